@@ -1,0 +1,31 @@
+"""Defaults shared by every config: one place where each value is set."""
+
+import ml_collections
+
+from lm import config as config_lib
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every field with its default, as a ConfigDict (typos are rejected later)."""
+  c = ml_collections.ConfigDict()
+  for name, cls in config_lib.SECTIONS.items():
+    c[name] = ml_collections.ConfigDict(
+        {f.name: f.default for f in config_lib.dataclasses.fields(cls)})
+  c.rules = [list(r) for r in config_lib.DEFAULT_RULES]
+  c.name = 'run'
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'size=s,lr=1e-3' -> ConfigDict, with types taken from the defaults."""
+  out = ml_collections.ConfigDict(defaults)
+  for kv in (arg or '').split(','):
+    if not kv:
+      continue
+    if '=' not in kv:
+      raise ValueError(f'config argument {kv!r} must be key=value')
+    k, v = kv.split('=', 1)
+    if k not in defaults:
+      raise ValueError(f'unknown config argument {k!r}; valid: {sorted(defaults)}')
+    out[k] = type(defaults[k])(v)
+  return out

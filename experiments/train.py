@@ -1,0 +1,37 @@
+"""Trains a model: python -m experiments.train --config=configs/tiny.py --workdir=runs/tiny"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lm import config as config_lib
+from lm import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
+_SAMPLE = flags.DEFINE_integer('sample_tokens', 200, 'Tokens to sample at the end (0: none).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+  try:
+    cfg = config_lib.from_configdict(_CONFIG.value)
+    out = train.train_and_evaluate(cfg, _WORKDIR.value)
+  except (config_lib.ConfigError, train.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if 'bits_per_byte' in out:
+    print(f'final validation: loss {out["loss"]:.4f} nats/token, '
+          f'perplexity {out["perplexity"]:.3f}, bits per byte {out["bits_per_byte"]:.4f}')
+  if _SAMPLE.value:
+    from lm import sampling
+    text = sampling.sample_text(out['state'].params, out['config'].model, out['tokenizer'],
+                                prompt='def ', max_new_tokens=_SAMPLE.value, temperature=0.8)
+    print('sample:\n' + text)
+
+
+if __name__ == '__main__':
+  app.run(main)

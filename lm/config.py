@@ -1,0 +1,336 @@
+"""Validated, frozen run configuration: the ConfigDict stops here."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any
+
+import ml_collections
+
+POSITIONS = ('learned', 'rope', 'sinusoidal', 'none')
+NORMS = ('layernorm', 'rmsnorm')
+ACTIVATIONS = ('gelu', 'swiglu', 'relu2')
+DTYPES = ('float32', 'bfloat16')
+REMAT = ('none', 'full', 'save_dots')
+SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
+COOLDOWN_SHAPES = ('linear', '1-sqrt')
+SOURCES = ('stdlib', 'dir', 'tfds')
+TOKENIZERS = ('byte', 'sentencepiece')
+WD_EXCLUDE = ('norm', 'bias', 'embedding')
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field, value and fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 0  # 0 means the tokenizer's vocabulary size.
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 0  # 0 means num_heads (plain multi-head attention).
+  head_dim: int = 0  # 0 means d_model // num_heads.
+  mlp_dim: int = 0  # 0 means 4 * d_model.
+  max_len: int = 128
+  position: str = 'learned'
+  rope_theta: float = 10_000.0
+  norm: str = 'layernorm'
+  norm_eps: float = 1e-5
+  use_bias: bool = True
+  qk_norm: bool = False
+  activation: str = 'gelu'
+  tie_embeddings: bool = True
+  embed_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  param_dtype: str = 'float32'
+  dtype: str = 'float32'
+  scan_layers: bool = True
+  remat: str = 'none'
+  init_std: float = 0.02
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dh(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def ff_dim(self) -> int:
+    return self.mlp_dim or 4 * self.d_model
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  lr: float = 3e-3
+  min_lr_ratio: float = 0.1
+  warmup_steps: int = 50
+  schedule: str = 'cosine'
+  cooldown_fraction: float = 0.2
+  cooldown_shape: str = '1-sqrt'
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  wd_exclude: tuple[str, ...] = WD_EXCLUDE
+  grad_clip: float = 1.0
+  z_loss: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = 'stdlib'
+  path: str = ''  # Directory or glob for source='dir'.
+  tfds_name: str = ''  # Catalog name for source='tfds', e.g. 'tiny_shakespeare'.
+  text_key: str = 'text'
+  train_split: str = 'train'
+  val_split: str = 'validation'
+  val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
+  cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
+  tokenizer: str = 'byte'
+  tokenizer_path: str = ''
+  seq_len: int = 128
+  shuffle_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 32  # Global batch, in sequences.
+  grad_accum: int = 1
+  steps: int = 500
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 100
+  eval_batches: int = 8
+  checkpoint_every: int = 250
+  keep_checkpoints: int = 3
+  peak_flops: float = 0.0  # Per device; 0 means look up the device kind.
+  flops_convention: str = 'exact'
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: ModelConfig
+  opt: OptimizerConfig
+  data: DataConfig
+  train: TrainConfig
+  mesh: MeshConfig
+  rules: tuple[tuple[str, Any], ...]
+  name: str = 'run'
+
+
+# Logical axis -> mesh axes. Sizes of 1 make an axis a no-op, so this one
+# table serves data parallel, FSDP and tensor parallel by the mesh alone.
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv', 'tensor'),
+    ('head_dim', None),
+    ('mlp', 'tensor'),
+    ('vocab', 'tensor'),
+    ('layers', None),
+)
+
+
+def _err(field: str, value: Any, valid: str) -> ConfigError:
+  return ConfigError(f'config.{field}={value!r} is invalid: {valid}')
+
+
+def _build(cls, section: str, d: dict[str, Any]):
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  for k in d:
+    if k not in fields:
+      close = difflib.get_close_matches(k, fields, n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise ConfigError(
+          f'config.{section}.{k} is not a known field{hint}; '
+          f'valid fields: {", ".join(sorted(fields))}')
+  kw = {}
+  for k, v in d.items():
+    default = fields[k].default
+    if isinstance(default, tuple) and isinstance(v, (list, tuple)):
+      v = tuple(v)
+    elif isinstance(default, bool) and not isinstance(v, bool):
+      raise _err(f'{section}.{k}', v, 'expected True or False')
+    elif isinstance(default, float) and isinstance(v, int):
+      v = float(v)
+    elif isinstance(default, int) and not isinstance(default, bool):
+      if isinstance(v, float) and v.is_integer():
+        v = int(v)
+      if not isinstance(v, int) or isinstance(v, bool):
+        raise _err(f'{section}.{k}', v, 'expected an integer')
+    kw[k] = v
+  return cls(**kw)
+
+
+def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
+  if value not in options:
+    raise _err(field, value, f'must be one of {", ".join(options)}')
+
+
+def _positive(field: str, value: float) -> None:
+  if not value > 0:
+    raise _err(field, value, 'must be > 0')
+
+
+def _rate(field: str, value: float) -> None:
+  if not 0.0 <= value < 1.0:
+    raise _err(field, value, 'must be in [0, 1)')
+
+
+def validate_model(m: ModelConfig) -> None:
+  for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
+    _positive(f'model.{f}', getattr(m, f))
+  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim'):
+    if getattr(m, f) < 0:
+      raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')
+  if m.head_dim == 0 and m.d_model % m.num_heads:
+    raise _err('model.d_model', m.d_model,
+               f'must be divisible by model.num_heads={m.num_heads}')
+  if m.num_heads % m.kv_heads:
+    raise _err('model.num_kv_heads', m.num_kv_heads,
+               f'must divide model.num_heads={m.num_heads}')
+  if m.position == 'rope' and m.dh % 2:
+    raise _err('model.head_dim', m.dh, 'RoPE needs an even head dimension')
+  _choice('model.position', m.position, POSITIONS)
+  _choice('model.norm', m.norm, NORMS)
+  _choice('model.activation', m.activation, ACTIVATIONS)
+  _choice('model.param_dtype', m.param_dtype, DTYPES)
+  _choice('model.dtype', m.dtype, DTYPES)
+  _choice('model.remat', m.remat, REMAT)
+  for f in ('embed_dropout', 'attn_dropout', 'resid_dropout'):
+    _rate(f'model.{f}', getattr(m, f))
+  _positive('model.init_std', m.init_std)
+  _positive('model.norm_eps', m.norm_eps)
+
+
+def validate(c: Config) -> None:
+  """Checks every cross-field rule that can fail before compilation."""
+  m, o, d, t = c.model, c.opt, c.data, c.train
+  validate_model(m)
+  _positive('opt.lr', o.lr)
+  if o.warmup_steps < 0:
+    raise _err('opt.warmup_steps', o.warmup_steps, 'must be >= 0')
+  if o.warmup_steps > t.steps:
+    raise _err('opt.warmup_steps', o.warmup_steps,
+               f'warmup must not be longer than train.steps={t.steps}')
+  _choice('opt.schedule', o.schedule, SCHEDULES)
+  _choice('opt.cooldown_shape', o.cooldown_shape, COOLDOWN_SHAPES)
+  if not 0.0 < o.cooldown_fraction <= 1.0:
+    raise _err('opt.cooldown_fraction', o.cooldown_fraction, 'must be in (0, 1]')
+  if not 0.0 <= o.min_lr_ratio <= 1.0:
+    raise _err('opt.min_lr_ratio', o.min_lr_ratio, 'must be in [0, 1]')
+  for f in ('b1', 'b2'):
+    if not 0.0 <= getattr(o, f) < 1.0:
+      raise _err(f'opt.{f}', getattr(o, f), 'must be in [0, 1)')
+  _positive('opt.eps', o.eps)
+  if o.weight_decay < 0 or o.grad_clip < 0 or o.z_loss < 0:
+    raise ConfigError('config.opt.weight_decay, grad_clip and z_loss must be >= 0 '
+                      f'(got {o.weight_decay}, {o.grad_clip}, {o.z_loss})')
+  for x in o.wd_exclude:
+    _choice('opt.wd_exclude', x, WD_EXCLUDE)
+  _choice('data.source', d.source, SOURCES)
+  _choice('data.tokenizer', d.tokenizer, TOKENIZERS)
+  _positive('data.seq_len', d.seq_len)
+  if not 0.0 < d.val_fraction < 1.0:
+    raise _err('data.val_fraction', d.val_fraction, 'must be in (0, 1)')
+  if d.source == 'dir' and not d.path:
+    raise _err('data.path', d.path, "set a directory or glob for data.source='dir'")
+  if d.source == 'tfds' and not d.tfds_name:
+    raise _err('data.tfds_name', d.tfds_name,
+               "set a TFDS catalog name (e.g. 'tiny_shakespeare') for data.source='tfds'")
+  if d.tokenizer == 'sentencepiece' and not d.tokenizer_path:
+    raise _err('data.tokenizer_path', d.tokenizer_path,
+               'set the path of a SentencePiece .model file')
+  if m.position == 'learned' and d.seq_len > m.max_len:
+    raise _err('data.seq_len', d.seq_len,
+               f'longer than the learned position table model.max_len={m.max_len}')
+  for f in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every',
+            'eval_batches', 'checkpoint_every', 'keep_checkpoints'):
+    _positive(f'train.{f}', getattr(t, f))
+  if t.batch_size % t.grad_accum:
+    raise _err('train.batch_size', t.batch_size,
+               f'must be divisible by train.grad_accum={t.grad_accum}')
+  if t.peak_flops < 0:
+    raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
+  from lm import flops  # Local import: flops imports this module.
+  _choice('train.flops_convention', t.flops_convention, flops.CONVENTIONS)
+  for ax in MESH_AXES:
+    v = getattr(c.mesh, ax)
+    if v == 0 or v < -1:
+      raise _err(f'mesh.{ax}', v, 'must be a positive size or -1 (the rest)')
+  if sum(getattr(c.mesh, ax) == -1 for ax in MESH_AXES) > 1:
+    raise ConfigError(f'config.mesh={c.mesh}: at most one axis may be -1')
+  for name, axes in c.rules:
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None and a not in MESH_AXES:
+        raise _err('rules', (name, axes), f'mesh axes must be in {MESH_AXES}')
+
+
+def _rules(raw) -> tuple[tuple[str, Any], ...]:
+  out = []
+  for item in raw:
+    name, axes = item
+    out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+  return tuple(out)
+
+
+SECTIONS = {'model': ModelConfig, 'opt': OptimizerConfig, 'data': DataConfig,
+            'train': TrainConfig, 'mesh': MeshConfig}
+
+
+def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
+  """Validates a ConfigDict once and freezes it into dataclasses."""
+  d = cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
+  known = set(SECTIONS) | {'rules', 'name'}
+  for k in d:
+    if k not in known:
+      close = difflib.get_close_matches(k, known, n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise ConfigError(f'config.{k} is not a known section{hint}; '
+                        f'valid: {", ".join(sorted(known))}')
+  parts = {s: _build(cls, s, dict(d.get(s, {}))) for s, cls in SECTIONS.items()}
+  c = Config(**parts, rules=_rules(d.get('rules', DEFAULT_RULES)),
+             name=str(d.get('name', 'run')))
+  validate(c)
+  return c
+
+
+def to_dict(c: Config) -> dict[str, Any]:
+  return dataclasses.asdict(c)
+
+
+def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> list[str]:
+  """Fields (dotted) whose values differ between two nested dicts."""
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += diff(va, vb, f'{prefix}{k}.')
+    elif _norm(va) != _norm(vb):
+      out.append(f'{prefix}{k}: {va!r} != {vb!r}')
+  return out
+
+
+def _norm(v):
+  if isinstance(v, (list, tuple)):
+    return tuple(_norm(x) for x in v)
+  if isinstance(v, float) and math.isnan(v):
+    return 'nan'
+  return v

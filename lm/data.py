@@ -1,0 +1,265 @@
+"""Text corpora -> TFDS (ArrayRecord) -> token cache -> grain windows of L+1.
+
+Corpora are TFDS datasets read with `as_data_source` (random access, no
+TensorFlow). A directory of text files is turned into one by `TextFiles`;
+the default corpus is the running interpreter's standard library. Each split
+is tokenized once (documents joined with EOS) into a flat .npy cache; grain
+then cuts it into non-overlapping windows of seq_len + 1 tokens, shuffles
+them with a seed per epoch and batches them. The iterator state is one
+integer, so it checkpoints exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sysconfig
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lm.config import ConfigError, DataConfig
+
+
+def cache_root(d: DataConfig) -> str:
+  return d.cache_dir or os.environ.get('LM_CACHE') or os.path.expanduser('~/.cache/lm')
+
+
+# --- Corpus files -------------------------------------------------------------
+
+def stdlib_files() -> tuple[str, list[str]]:
+  """The .py files of this interpreter's standard library (no site-packages)."""
+  root = sysconfig.get_paths()['stdlib']
+  files = sorted(f for f in glob.glob(os.path.join(root, '**', '*.py'), recursive=True)
+                 if 'site-packages' not in f and 'dist-packages' not in f)
+  return root, files
+
+
+def dir_files(path: str) -> tuple[str, list[str]]:
+  """All regular files under a directory, or the files a glob matches."""
+  if os.path.isdir(path):
+    root = path
+    files = [os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs]
+  else:
+    if not glob.has_magic(path):
+      raise ConfigError(f'config.data.path={path!r} does not exist; give a directory '
+                        'of text files or a glob such as "/data/*.txt"')
+    files = glob.glob(path, recursive=True)
+    root = os.path.dirname(path.split('*')[0].split('?')[0].split('[')[0]) or '.'
+  files = sorted(f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith('.'))
+  if not files:
+    raise ConfigError(f'config.data.path={path!r} holds no files; give a directory or '
+                      'glob with at least two text files')
+  return root, files
+
+
+def split_of(relpath: str, val_fraction: float) -> str:
+  """Deterministic split by file: a hash of the relative path, not the order."""
+  h = int(hashlib.sha256(relpath.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+  return 'validation' if h < val_fraction else 'train'
+
+
+def assign_splits(root: str, files: list[str], val_fraction: float) -> dict[str, list[str]]:
+  if len(files) < 2:
+    raise ConfigError(f'the corpus under {root!r} has {len(files)} file(s); a split by '
+                      'file needs at least 2')
+  rel = [os.path.relpath(f, root) for f in files]
+  out = {'train': [], 'validation': []}
+  for f, r in zip(files, rel):
+    out[split_of(r, val_fraction)].append(f)
+  if not out['validation']:  # Tiny corpora: hold out the file hashed lowest.
+    f = min(files, key=lambda f: hashlib.sha256(os.path.relpath(f, root).encode()).hexdigest())
+    out['train'].remove(f)
+    out['validation'].append(f)
+  if not out['train']:
+    f = out['validation'].pop()
+    out['train'].append(f)
+  return out
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder):
+  """A local directory of text files as a TFDS dataset (one example per file)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def __init__(self, *, root: str, splits: dict[str, list[str]],
+               provenance: dict[str, Any], **kwargs):
+    self._root, self._splits, self._provenance = root, splits, provenance
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f'Text files under {self._root}, split by a hash of the path.',
+        features=tfds.features.FeaturesDict(
+            {'text': tfds.features.Text(), 'path': tfds.features.Text()}),
+        metadata=tfds.core.MetadataDict(self._provenance))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {s: self._generate_examples(fs) for s, fs in self._splits.items()}
+
+  def _generate_examples(self, files):
+    for f in files:
+      text = _read_text(f)
+      if text is not None:
+        rel = os.path.relpath(f, self._root)
+        yield rel, {'text': text, 'path': rel}
+
+
+def _read_text(path: str) -> str | None:
+  with open(path, 'rb') as fh:
+    raw = fh.read()
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError:
+    return None  # Not UTF-8 text: skipped and counted in the provenance.
+
+
+def provenance(root: str, splits: dict[str, list[str]]) -> dict[str, Any]:
+  """File counts, bytes and a content hash over (path, bytes) of kept files."""
+  h = hashlib.sha256()
+  out: dict[str, Any] = {'root': root, 'skipped_non_utf8': 0}
+  for s in sorted(splits):
+    n = b = 0
+    for f in splits[s]:
+      text = _read_text(f)
+      if text is None:
+        out['skipped_non_utf8'] += 1
+        continue
+      raw = text.encode('utf-8')
+      h.update(os.path.relpath(f, root).encode() + b'\0' + raw + b'\0')
+      n, b = n + 1, b + len(raw)
+    out[f'{s}_files'], out[f'{s}_bytes'] = n, b
+  out['file_count'] = out['train_files'] + out['validation_files']
+  out['total_bytes'] = out['train_bytes'] + out['validation_bytes']
+  out['content_sha256'] = h.hexdigest()
+  return out
+
+
+def build_text_dataset(root: str, files: list[str], val_fraction: float,
+                       cache: str) -> tfds.core.DatasetBuilder:
+  """Prepares (once; cached by a key over paths, sizes and mtimes) a TextFiles set."""
+  splits = assign_splits(root, files, val_fraction)
+  key = hashlib.sha256(json.dumps(
+      [val_fraction] + [(os.path.relpath(f, root), os.path.getsize(f),
+                         os.path.getmtime(f)) for f in files]).encode()).hexdigest()[:16]
+  data_dir = os.path.join(cache, 'textfiles', key)
+  done = os.path.join(data_dir, 'text_files', '1.0.0', 'dataset_info.json')
+  prov = {} if os.path.exists(done) else provenance(root, splits)
+  builder = TextFiles(root=root, splits=splits, provenance=prov, data_dir=data_dir,
+                      file_format='array_record')
+  if not os.path.exists(done):
+    tfds.disable_progress_bar()
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  return builder
+
+
+def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
+  """A TFDS catalog dataset prepared as ArrayRecord (downloads on first use)."""
+  try:
+    builder = tfds.builder(name, data_dir=os.path.join(cache, 'tfds'),
+                           file_format='array_record')
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError(f'config.data.tfds_name={name!r} is not a TFDS catalog dataset: '
+                      f'{str(e).splitlines()[0]}') from None
+  builder.download_and_prepare()
+  return builder
+
+
+def corpus(d: DataConfig) -> tuple[tfds.core.DatasetBuilder, str]:
+  """The TFDS builder for the configured corpus, and its text feature key."""
+  if d.source == 'tfds':
+    return catalog_dataset(d.tfds_name, cache_root(d)), d.text_key
+  root, files = stdlib_files() if d.source == 'stdlib' else dir_files(d.path)
+  return build_text_dataset(root, files, d.val_fraction, cache_root(d)), 'text'
+
+
+# --- Tokens -------------------------------------------------------------------
+
+def _as_str(x) -> str:
+  return x.decode('utf-8') if isinstance(x, bytes) else str(x)
+
+
+def tokenize_split(builder: tfds.core.DatasetBuilder, split: str, text_key: str,
+                   tokenizer) -> np.ndarray:
+  """All documents of a split, each followed by EOS, as one flat token array.
+
+  Cached as .npy beside the dataset, keyed by tokenizer, and written
+  atomically so an interrupted run never leaves a half-written cache.
+  """
+  if split not in builder.info.splits:
+    raise ConfigError(f'split {split!r} not in {builder.name}; available: '
+                      f'{", ".join(builder.info.splits)}')
+  path = os.path.join(builder.data_dir, f'tokens-{tokenizer.name}-{split}.npy')
+  if os.path.exists(path):
+    return np.load(path, mmap_mode='r')
+  src = builder.as_data_source(split=split)
+  if text_key not in builder.info.features:
+    raise ConfigError(f'config.data.text_key={text_key!r} is not a feature of '
+                      f'{builder.name}; features: {", ".join(builder.info.features)}')
+  eos = np.asarray([tokenizer.eos_id], np.int32)
+  docs = (grain.MapDataset.source(src)
+          .map(lambda ex: np.concatenate([tokenizer.encode(_as_str(ex[text_key])), eos])))
+  dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
+  tokens = np.concatenate([np.zeros(0, dtype)] + [t.astype(dtype) for t in docs])
+  tmp = path + f'.tmp{os.getpid()}.npy'
+  np.save(tmp, tokens)
+  os.replace(tmp, path)
+  return tokens
+
+
+class Windows:
+  """Non-overlapping windows of `size` tokens over a flat token array."""
+
+  def __init__(self, tokens: np.ndarray, size: int):
+    self.tokens, self.size = tokens, size
+
+  def __len__(self) -> int:
+    return len(self.tokens) // self.size
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return np.asarray(self.tokens[i * self.size:(i + 1) * self.size], np.int32)
+
+
+def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int) -> None:
+  n = len(tokens) // (seq_len + 1)
+  if n < need:
+    raise ConfigError(
+        f'the {split} split has {len(tokens)} tokens = {n} windows of '
+        f'data.seq_len+1={seq_len + 1}, fewer than the {need} one batch needs; '
+        'use a larger corpus, a shorter seq_len or a smaller batch')
+
+
+def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Shuffled (new order each epoch), repeated, per-process batches of L+1."""
+  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1))
+  ds = ds[process_index::process_count]
+  return ds.shuffle(seed=seed).repeat().batch(local_batch, drop_remainder=True).to_iter_dataset()
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch: int, num_batches: int,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The first windows of the split, in order, as (tokens, row weights) batches.
+
+  The last batch is padded with zero-weight rows so every window is counted once.
+  """
+  w = Windows(tokens, seq_len + 1)
+  n = min(len(w), batch * num_batches)
+  rows = np.stack([w[i] for i in range(n)])
+  pad = (-n) % batch
+  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  rows = np.concatenate([rows, np.zeros((pad, seq_len + 1), np.int32)])
+  local = batch // process_count
+  out = []
+  for i in range(0, len(rows), batch):
+    sl = slice(i + process_index * local, i + (process_index + 1) * local)
+    out.append((rows[sl], weights[sl]))
+  return out

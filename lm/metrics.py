@@ -1,0 +1,56 @@
+"""Metrics to JSONL (safe to tail) and TensorBoard, from process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+
+
+class Writer:
+  """Appends one JSON object per line and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+
+  def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), 'kind': kind}
+    row.update({k: _plain(v) for k, v in values.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for k, v in row.items():
+      if isinstance(v, (int, float)) and k != 'step':
+        self._tb.add_scalar(f'{kind}/{k}', v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+  if hasattr(v, 'item'):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if kind is None or r['kind'] == kind]

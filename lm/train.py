@@ -1,0 +1,357 @@
+"""TrainState, sharded init, the train step, evaluation and the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import grain
+
+from lm import config as config_lib
+from lm import data as data_lib
+from lm import flops as flops_lib
+from lm import metrics as metrics_lib
+from lm import optimizer as opt_lib
+from lm import sharding as shard_lib
+from lm import tokenizers
+from lm.config import Config, ConfigError
+from lm.model import Transformer, cross_entropy
+
+
+class CheckpointError(RuntimeError):
+  """A workdir's checkpoints are corrupt or belong to another run; left untouched."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+# --- Init ---------------------------------------------------------------------
+
+def resolve_vocab(c: Config, vocab_size: int) -> Config:
+  """Fills model.vocab_size from the tokenizer; a smaller explicit one is an error."""
+  if c.model.vocab_size == 0:
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=vocab_size))
+  if c.model.vocab_size < vocab_size:
+    raise ConfigError(f'config.model.vocab_size={c.model.vocab_size} is smaller than the '
+                      f'tokenizer vocabulary ({vocab_size}); use 0 or >= {vocab_size}')
+  return c
+
+
+def init_fn(c: Config, model: nn.Module, tx: optax.GradientTransformation):
+  def init(rng: jax.Array) -> TrainState:
+    p_rng, rng = jax.random.split(rng)
+    tokens = jnp.zeros((1, c.data.seq_len), jnp.int32)
+    params = model.init(p_rng, tokens)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=rng)
+  return init
+
+
+def state_shardings(c: Config, model: nn.Module, tx, mesh) -> tuple[Any, Any]:
+  """(abstract unboxed state, NamedShardings) from the logical axis names."""
+  abstract = jax.eval_shape(init_fn(c, model, tx), jax.random.key(0))
+  shardings = shard_lib.logical_to_sharding(abstract, mesh, c.rules)
+  shard_lib.check_divisible(abstract.params, mesh, c.rules)
+  return nn.unbox(abstract), shardings
+
+
+def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
+  """Initialises directly into its shards: the full state never sits on one host."""
+  init = init_fn(c, model, tx)
+  return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(
+      jax.random.key(c.train.seed))
+
+
+# --- Steps --------------------------------------------------------------------
+
+def loss_fn(params, model: nn.Module, tokens_BL1: jax.Array, weights_B: jax.Array,
+            rng: jax.Array, z_loss: float, train: bool):
+  """Mean next-token NLL (+ z-loss) over weighted rows, and summed statistics."""
+  inputs_BL, targets_BL = tokens_BL1[:, :-1], tokens_BL1[:, 1:]
+  logits_BLV = model.apply({'params': params}, inputs_BL, train=train,
+                           rngs={'dropout': rng} if train else {})
+  weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
+  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
+  denom = jnp.maximum(n, 1.0)
+  return (nll + z) / denom, {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
+
+
+def make_train_step(c: Config, model: nn.Module, tx):
+  A = c.train.grad_accum
+
+  def train_step(state: TrainState, tokens_BL1: jax.Array) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    B = tokens_BL1.shape[0]
+    # Micro-batches from strided rows keep each device's rows on that device.
+    micro_ABL1 = tokens_BL1.reshape(B // A, A, -1).swapaxes(0, 1)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+      g_acc, loss_acc = carry
+      i, toks = xs
+      (loss, _), g = grad_fn(state.params, model, toks, jnp.ones(toks.shape[0]),
+                             jax.random.fold_in(rng, i), c.opt.z_loss, True)
+      g_acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+      return (g_acc, loss_acc + loss), None
+
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    if A == 1:
+      (g, loss), _ = micro((zeros, 0.0), (0, tokens_BL1))
+    else:
+      (g, loss), _ = jax.lax.scan(micro, (zeros, 0.0), (jnp.arange(A), micro_ABL1))
+    g = jax.tree_util.tree_map(lambda x: x / A, g)
+    loss = loss / A
+    updates, opt_state = tx.update(g, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(g),
+               'param_norm': optax.global_norm(params),
+               'lr': opt_lib.schedule(c.opt, c.train.steps)(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
+  bytes_V = jnp.asarray(byte_lengths, jnp.float32)
+
+  def eval_step(params, tokens_BL1: jax.Array, weights_B: jax.Array) -> dict:
+    _, aux = loss_fn(params, model, tokens_BL1, weights_B, jax.random.key(0), 0.0, False)
+    nbytes = (bytes_V[aux['targets']] * weights_B[:, None]).sum()
+    return {'nll_sum': aux['nll_sum'], 'tokens': aux['tokens'], 'bytes': nbytes}
+
+  return eval_step
+
+
+def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
+  """Loss (nats/token), perplexity and bits per UTF-8 byte of the evaluated text."""
+  loss = sums['nll_sum'] / max(sums['tokens'], 1.0)
+  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+          'bits_per_byte': sums['nll_sum'] / math.log(2) / max(sums['bytes'], 1.0),
+          'tokens': sums['tokens'], 'bytes': sums['bytes']}
+
+
+# --- Checkpoints --------------------------------------------------------------
+
+def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=c.train.keep_checkpoints, create=True,
+          enable_async_checkpointing=True),
+      item_names=('state', 'data'))
+
+
+# Fields that must match to continue a run in an existing workdir.
+_RESUME_FIXED = ('model', 'data.source', 'data.path', 'data.tfds_name', 'data.tokenizer',
+                 'data.tokenizer_path', 'data.seq_len', 'train.batch_size')
+
+
+def check_workdir(workdir: str, c: Config) -> bool:
+  """True if the workdir holds this run's checkpoints; errors for foreign ones."""
+  ckpt = os.path.join(workdir, 'checkpoints')
+  cfg_path = os.path.join(workdir, 'config.json')
+  if not os.path.isdir(ckpt) or not os.listdir(ckpt):
+    return False
+  bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]
+  if bad or not os.path.exists(cfg_path):
+    raise CheckpointError(
+        f'{ckpt} is not a checkpoint directory of this codebase (unexpected entries '
+        f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
+        'choose another --workdir')
+  with open(cfg_path) as f:
+    old = json.load(f)
+  new = config_lib.to_dict(c)
+  diffs = [d for d in config_lib.diff(old, new)
+           if any(d.startswith(k + '.') or d.startswith(k + ':') for k in _RESUME_FIXED)]
+  if diffs:
+    raise CheckpointError(
+        f'{workdir} holds a run with a different architecture or data; it was left '
+        'untouched. Differing fields:\n  ' + '\n  '.join(diffs))
+  return True
+
+
+def restore(mngr: ocp.CheckpointManager, abstract: TrainState, shardings, data_iter):
+  step = mngr.latest_step()
+  target = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+  except Exception as e:  # Orbax raises many types for a damaged directory.
+    raise CheckpointError(
+        f'checkpoint step {step} in {mngr.directory} could not be restored '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it was left untouched: '
+        'choose another --workdir or remove the damaged step') from None
+  return out['state']
+
+
+# --- Loop ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Prepared:
+  """Everything that can fail cheaply, done before compilation."""
+  cfg: Config
+  tokenizer: Any
+  train_tokens: np.ndarray
+  val_tokens: np.ndarray
+  mesh: Any
+
+
+def prepare(c: Config, tok) -> Prepared:
+  """Mesh checks, then data preparation (cached), then window-count checks."""
+  mesh = shard_lib.make_mesh(c.mesh)
+  shard_lib.check_batch(c, mesh)
+  builder, key = data_lib.corpus(c.data)
+  train_tokens = data_lib.tokenize_split(builder, c.data.train_split, key, tok)
+  val_tokens = data_lib.tokenize_split(builder, c.data.val_split, key, tok)
+  data_lib.check_windows(train_tokens, c.data.seq_len, 'train', c.train.batch_size)
+  data_lib.check_windows(val_tokens, c.data.seq_len, 'validation', 1)
+  return Prepared(c, tok, train_tokens, val_tokens, mesh)
+
+
+def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
+                       log=print) -> dict[str, Any]:
+  """Trains (or resumes) a run in `workdir`; returns the final eval metrics.
+
+  `stop_at` ends the loop early after that many steps (to test resumption).
+  """
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  c = resolve_vocab(c, tok.vocab_size)
+  resume = check_workdir(workdir, c)
+  p = prepare(c, tok)
+  c, mesh, rules = p.cfg, p.mesh, list(p.cfg.rules)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config_lib.to_dict(c), f, indent=2)
+
+  model = Transformer(c.model)
+  tx = opt_lib.make(c.opt, c.train.steps)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  local_batch = c.train.batch_size // pcount
+  train_ds = data_lib.train_dataset(p.train_tokens, c.data.seq_len, local_batch,
+                                    c.data.shuffle_seed, pidx, pcount)
+  data_iter = iter(train_ds)
+  eval_data = data_lib.eval_batches(p.val_tokens, c.data.seq_len, c.train.batch_size,
+                                    c.train.eval_batches, pidx, pcount)
+
+  tokens_per_step = c.train.batch_size * c.data.seq_len
+  conv = flops_lib.all_conventions(c.model, c.data.seq_len)
+  flops_per_step = conv[c.train.flops_convention] * tokens_per_step
+  counts = flops_lib.param_counts(c.model)
+  dev = jax.devices()[0]
+  peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
+  peak_total = peak * jax.device_count()
+
+  writer = metrics_lib.Writer(workdir)
+  mngr = checkpoint_manager(workdir, c)
+  with mesh, nn.logical_axis_rules(rules):
+    abstract, shardings = state_shardings(c, model, tx, mesh)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
+    assert n_params == counts['total'], (n_params, counts)
+    batch_sh = shard_lib.batch_sharding(mesh, c.rules)
+    rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
+    if resume:
+      state = restore(mngr, abstract, shardings, data_iter)
+      log(f'resumed from step {int(state.step)} in {workdir}')
+    else:
+      state = init_state(c, model, tx, shardings)
+    writer.write(int(state.step), 'setup', {
+        'params_total': counts['total'], 'params_non_embedding': counts['non_embedding'],
+        **{f'flops_per_token_{k}': v for k, v in conv.items()},
+        'devices': jax.device_count(), 'device_kind': dev.device_kind,
+        'peak_flops_per_device': peak})
+
+    train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
+                         out_shardings=(shardings, None), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model, p.tokenizer.byte_lengths()),
+                        in_shardings=(shardings.params, batch_sh, rows_sh))
+
+    def to_global(x_local: np.ndarray) -> jax.Array:
+      sh = batch_sh if x_local.ndim == 2 else rows_sh
+      return jax.make_array_from_process_local_data(sh, x_local)
+
+    def evaluate(step: int) -> dict[str, float]:
+      sums = {'nll_sum': 0.0, 'tokens': 0.0, 'bytes': 0.0}
+      outs = [eval_step(state.params, to_global(t), to_global(w)) for t, w in eval_data]
+      for o in jax.device_get(outs):
+        for k in sums:
+          sums[k] += float(o[k])
+      res = summarize_eval(sums)
+      writer.write(step, 'eval', res)
+      return res
+
+    start = int(state.step)
+    end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
+    bar = None
+    if c.train.progress and jax.process_index() == 0:
+      from tqdm import tqdm
+      bar = tqdm(total=c.train.steps, initial=start, unit='step', dynamic_ncols=True)
+    pending, last_eval = None, {}
+    t_last, step_last = time.perf_counter(), start
+
+    def report(step: int, m: dict) -> None:
+      nonlocal t_last, step_last
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not math.isfinite(m['loss']):
+        raise FloatingPointError(f'loss is {m["loss"]} at step {step}; the last good '
+                                 f'checkpoint in {workdir} is kept')
+      now = time.perf_counter()
+      dt = (now - t_last) / max(step - step_last, 1)
+      t_last, step_last = now, step
+      m.update(step_time=dt, tokens_per_s=tokens_per_step / dt,
+               tokens=step * tokens_per_step, flops=step * flops_per_step,
+               mfu=flops_per_step / dt / peak_total if peak_total else float('nan'))
+      writer.write(step, 'train', m)
+      if bar is not None:
+        bar.set_postfix(loss=f'{m["loss"]:.4f}', tok_s=f'{m["tokens_per_s"]:.3g}')
+
+    for step in range(start, end):
+      batch = to_global(next(data_iter))
+      state, m = train_step(state, batch)
+      if pending is not None:  # Read step N's metrics after dispatching step N+1.
+        report(*pending)
+        pending = None
+      done = step + 1
+      if done % c.train.log_every == 0 or done == end:
+        pending = (done, m)
+      if bar is not None:
+        bar.update(1)
+      if done % c.train.eval_every == 0 or done == c.train.steps:
+        if pending is not None:
+          report(*pending)
+          pending = None
+        last_eval = evaluate(done)
+        if bar is not None:
+          bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
+                    f'bpb {last_eval["bits_per_byte"]:.4f}')
+      if done % c.train.checkpoint_every == 0 or done == end:
+        mngr.save(done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iter)))
+    if pending is not None:
+      report(*pending)
+    mngr.wait_until_finished()
+    if bar is not None:
+      bar.close()
+  writer.close()
+  mngr.close()
+  return {'step': end, **last_eval, 'params': counts['total'], 'state': state,
+          'config': c, 'tokenizer': p.tokenizer}
