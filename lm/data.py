@@ -186,17 +186,24 @@ def _as_str(x) -> str:
   return x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
 
+def token_cache_path(builder: tfds.core.DatasetBuilder, split: str, tokenizer,
+                     cache: str) -> str:
+  key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:12]
+  return os.path.join(cache, 'tokens', f'{builder.name}-{key}-{tokenizer.name}-{split}.npy')
+
+
 def tokenize_split(builder: tfds.core.DatasetBuilder, split: str, text_key: str,
-                   tokenizer) -> np.ndarray:
+                   tokenizer, cache: str) -> np.ndarray:
   """All documents of a split, each followed by EOS, as one flat token array.
 
-  Cached as .npy beside the dataset, keyed by tokenizer, and written
-  atomically so an interrupted run never leaves a half-written cache.
+  Cached as .npy (keyed by dataset dir, tokenizer and split) and written
+  atomically, so an interrupted run never leaves a half-written cache.
   """
-  if split not in builder.info.splits:
+  if builder.info.splits and split not in builder.info.splits:  # Mocks list none.
     raise ConfigError(f'split {split!r} not in {builder.name}; available: '
                       f'{", ".join(builder.info.splits)}')
-  path = os.path.join(builder.data_dir, f'tokens-{tokenizer.name}-{split}.npy')
+  path = token_cache_path(builder, split, tokenizer, cache)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   if os.path.exists(path):
     return np.load(path, mmap_mode='r')
   src = builder.as_data_source(split=split)

@@ -1,0 +1,31 @@
+"""Eight fake CPU devices for sharding, a private data cache, a small corpus."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=8'
+                           # Faster compiles; tests compare runs, not speed.
+                           + ' --xla_backend_optimization_level=0')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _cache(tmp_path_factory):
+  os.environ['LM_CACHE'] = str(tmp_path_factory.mktemp('lm_cache'))
+
+
+@pytest.fixture(scope='session')
+def corpus_dir(tmp_path_factory):
+  """40 small 'source files' of varied, learnable text (and one non-UTF-8 file)."""
+  d = tmp_path_factory.mktemp('corpus')
+  words = ['alpha', 'beta', 'gamma', 'delta', 'return', 'def', 'x', 'y', 'é', '→']
+  for i in range(40):
+    lines = [f'def f{i}_{j}(x):\n    return x * {j} + {" ".join(words[(i + j + k) % 10] for k in range(5))}\n'
+             for j in range(30)]
+    (d / f'mod_{i:02d}.py').write_text(''.join(lines), encoding='utf-8')
+  (d / 'sub').mkdir()
+  (d / 'sub' / 'notes.txt').write_text('nested file ' * 50, encoding='utf-8')
+  (d / 'binary.bin').write_bytes(b'\xff\xfe\x00bad')
+  return d

@@ -1,0 +1,165 @@
+"""TFDS builder, catalog path, token cache, packing and the grain iterator."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lm import data
+from lm.config import ConfigError, DataConfig
+from lm.tokenizers import ByteTokenizer
+
+
+@pytest.fixture(scope='module')
+def built(corpus_dir):
+  d = DataConfig(source='dir', path=str(corpus_dir), val_fraction=0.2)
+  return data.corpus(d)[0]
+
+
+def test_builder_writes_array_record_with_provenance(built, corpus_dir):
+  files = sorted(os.listdir(built.data_dir))
+  assert any('array_record' in f for f in files), files
+  meta = built.info.metadata
+  # 40 .py files + sub/notes.txt are UTF-8; binary.bin is counted as skipped.
+  assert meta['file_count'] == 41 and meta['skipped_non_utf8'] == 1
+  utf8 = [p for p in sorted(corpus_dir.rglob('*')) if p.is_file() and p.suffix != '.bin']
+  assert meta['total_bytes'] == sum(p.stat().st_size for p in utf8)
+  assert len(meta['content_sha256']) == 64
+  n_train, n_val = (built.info.splits[s].num_examples for s in ('train', 'validation'))
+  assert (n_train + n_val, n_train > n_val > 0) == (41, True)
+  # Every example is a whole file, verbatim.
+  ds = built.as_data_source(split='train')
+  ex = ds[0]
+  path = data._as_str(ex['path'])
+  assert data._as_str(ex['text']) == (corpus_dir / path).read_text()
+
+
+def test_split_is_by_file_and_deterministic(corpus_dir):
+  root, files = data.dir_files(str(corpus_dir))
+  a = data.assign_splits(root, files, 0.2)
+  b = data.assign_splits(root, list(reversed(files)), 0.2)
+  assert sorted(a['validation']) == sorted(b['validation'])
+  assert not set(a['train']) & set(a['validation'])
+  # Adding a file never moves an existing one between splits.
+  c = data.assign_splits(root, files + [str(corpus_dir / 'zzz_new.py')], 0.2)
+  assert set(a['validation']) <= set(c['validation'])
+
+
+def test_prepared_dataset_is_cached(built, corpus_dir):
+  d = DataConfig(source='dir', path=str(corpus_dir), val_fraction=0.2)
+  again = data.corpus(d)[0]
+  assert again.data_dir == built.data_dir
+  assert again.info.metadata['content_sha256'] == built.info.metadata['content_sha256']
+
+
+def test_tokens_are_documents_joined_by_eos(built):
+  tok = ByteTokenizer()
+  cache = os.environ['LM_CACHE']
+  tokens = data.tokenize_split(built, 'validation', 'text', tok, cache)
+  docs = [data._as_str(ex['text']) for ex in built.as_data_source(split='validation')]
+  want = np.concatenate([np.append(tok.encode(t), tok.eos_id) for t in docs])
+  np.testing.assert_array_equal(tokens, want)
+  assert os.path.exists(data.token_cache_path(built, 'validation', tok, cache))
+
+
+def test_packing_puts_every_token_exactly_once():
+  tokens = np.arange(1000, dtype=np.uint16)
+  L = 15
+  ds = data.train_dataset(tokens, L, local_batch=4, seed=3)
+  n_windows = 1000 // (L + 1)
+  it = iter(ds)
+  seen = np.concatenate([next(it) for _ in range(n_windows // 4)]).reshape(-1)
+  # One epoch's windows cover every packed token once (the ragged tail of
+  # 1000 % 16 tokens is dropped, and the last partial batch of windows).
+  assert len(seen) == len(set(seen.tolist()))
+  covered = n_windows // 4 * 4 * (L + 1)
+  assert len(seen) == covered
+  assert set(seen.tolist()) <= set(range(n_windows * (L + 1)))
+  windows = [data.Windows(tokens, L + 1)[i] for i in range(n_windows)]
+  np.testing.assert_array_equal(np.concatenate(windows), tokens[:n_windows * (L + 1)])
+
+
+def test_shuffle_changes_each_epoch_and_depends_on_seed():
+  tokens = np.arange(8 * 10, dtype=np.uint16)
+  it = iter(data.train_dataset(tokens, 9, local_batch=8, seed=0))
+  e1, e2 = next(it)[:, 0], next(it)[:, 0]
+  assert sorted(e1) == sorted(e2) and list(e1) != list(e2)
+  other = next(iter(data.train_dataset(tokens, 9, local_batch=8, seed=1)))[:, 0]
+  assert list(other) != list(e1)
+
+
+def test_per_process_shards_are_disjoint_and_cover():
+  tokens = np.arange(16 * 8, dtype=np.uint16)
+  firsts = []
+  for p in range(4):
+    it = iter(data.train_dataset(tokens, 15, local_batch=2, seed=0, process_index=p,
+                                 process_count=4))
+    firsts.append(next(it)[:, 0])
+  allf = np.concatenate(firsts)
+  assert sorted(allf.tolist()) == list(range(0, 128, 16))
+
+
+def test_iterator_state_round_trips():
+  tokens = np.arange(5000, dtype=np.uint16)
+  it = iter(data.train_dataset(tokens, 31, local_batch=4, seed=7))
+  for _ in range(13):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(5)]
+  it2 = iter(data.train_dataset(tokens, 31, local_batch=4, seed=7))
+  it2.set_state(state)
+  for w in want:
+    np.testing.assert_array_equal(next(it2), w)
+
+
+def test_eval_batches_count_each_window_once():
+  tokens = np.arange(10 * 8, dtype=np.uint16)
+  out = data.eval_batches(tokens, 7, batch=4, num_batches=5)
+  weights = np.concatenate([w for _, w in out])
+  assert weights.sum() == 10 and len(out) == 3
+  rows = np.concatenate([t for t, _ in out])[weights > 0]
+  np.testing.assert_array_equal(rows.reshape(-1), tokens)
+
+
+def test_catalog_dataset_with_mock_data(tmp_path):
+  d = DataConfig(source='tfds', tfds_name='tiny_shakespeare', cache_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=5):
+    builder, key = data.corpus(d)
+    tokens = data.tokenize_split(builder, 'train', key, ByteTokenizer(), str(tmp_path))
+  assert len(tokens) > 5 and (tokens == 257).sum() == 5  # One EOS per document.
+
+
+def test_catalog_bad_text_key_and_name(tmp_path):
+  d = DataConfig(source='tfds', tfds_name='tiny_shakespeare', cache_dir=str(tmp_path),
+                 text_key='content')
+  with tfds.testing.mock_data(num_examples=3):
+    builder, key = data.corpus(d)
+    with pytest.raises(ConfigError, match="text_key='content'.*features: text"):
+      data.tokenize_split(builder, 'train', key, ByteTokenizer(), str(tmp_path))
+  with pytest.raises(ConfigError, match='not a TFDS catalog dataset'):
+    data.catalog_dataset('no_such_dataset_xyz', str(tmp_path))
+
+
+def test_stdlib_corpus_files():
+  root, files = data.stdlib_files()
+  assert len(files) > 100 and all(f.endswith('.py') for f in files)
+  assert any(f.endswith(os.path.join('json', 'decoder.py')) for f in files)
+  assert not any('site-packages' in f for f in files)
+
+
+def test_missing_and_empty_data_dirs(tmp_path):
+  with pytest.raises(ConfigError, match='does not exist'):
+    data.dir_files(str(tmp_path / 'nope'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ConfigError, match='holds no files'):
+    data.dir_files(str(tmp_path / 'empty'))
+  with pytest.raises(ConfigError, match='holds no files'):
+    data.dir_files(str(tmp_path / '*.txt'))
+
+
+def test_split_hash_is_stable():
+  # Golden: the split of a path must never change between versions.
+  h = int(hashlib.sha256(b'json/decoder.py').hexdigest()[:8], 16) / 0xFFFFFFFF
+  assert data.split_of('json/decoder.py', 0.05) == ('validation' if h < 0.05 else 'train')

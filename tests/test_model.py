@@ -1,0 +1,162 @@
+"""Model invariants: shapes, causality, scan == unrolled, remat == none, counts."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import flops
+from lm.config import ModelConfig
+from lm.model import Transformer, cross_entropy, sinusoidal_table
+
+BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, max_len=16,
+                   mlp_dim=48)
+VARIANTS = {
+    'gpt2': BASE,
+    'llama': dataclasses.replace(BASE, position='rope', norm='rmsnorm', activation='swiglu',
+                                 use_bias=False, tie_embeddings=False, num_kv_heads=2),
+    'sinusoidal_qknorm_relu2': dataclasses.replace(BASE, position='sinusoidal', qk_norm=True,
+                                                   activation='relu2'),
+    'nopos_mqa_unrolled': dataclasses.replace(BASE, position='none', num_kv_heads=1,
+                                              scan_layers=False),
+    'bf16': dataclasses.replace(BASE, dtype='bfloat16'),
+}
+
+
+def _init(m, B=2, L=16, seed=0):
+  tokens = jax.random.randint(jax.random.key(seed + 1), (B, L), 0, m.vocab_size)
+  init = jax.jit(lambda r, t: nn.unbox(Transformer(m).init(r, t)['params']))
+  return init(jax.random.key(seed), tokens), tokens
+
+
+def _apply(m, params, tokens, **kw):
+  return jax.jit(lambda p, t: Transformer(m).apply({'params': p}, t, **kw))(params, tokens)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_shapes_dtypes_and_param_count(name):
+  m = VARIANTS[name]
+  params, tokens = _init(m)
+  logits = _apply(m, params, tokens)
+  assert logits.shape == (2, 16, m.vocab_size)
+  assert logits.dtype == jnp.float32  # Always float32, also with bf16 compute.
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+  n = sum(p.size for p in jax.tree_util.tree_leaves(params))
+  assert n == flops.param_counts(m)['total'], f'{name}: counted {flops.param_counts(m)}'
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_every_param_has_logical_axes(name):
+  m = VARIANTS[name]
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  boxed = jax.eval_shape(lambda: Transformer(m).init(jax.random.key(0), tokens))['params']
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  for leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), f'unannotated param {leaf}'
+    assert len(leaf.names) == leaf.value.ndim
+    allowed = {'embed', 'heads', 'kv', 'head_dim', 'mlp', 'vocab', 'layers', 'length'}
+    assert set(leaf.names) <= allowed, leaf.names
+
+
+@pytest.mark.parametrize('position', ['learned', 'rope', 'sinusoidal', 'none'])
+def test_causality(position):
+  """Changing token t changes no logit before t, and does change logits at t."""
+  m = dataclasses.replace(BASE, position=position)
+  params, tokens = _init(m)
+  t = 9
+  changed = tokens.at[:, t].set((tokens[:, t] + 7) % m.vocab_size)
+  f = jax.jit(lambda x: Transformer(m).apply({'params': params}, x))
+  a, b = f(tokens), f(changed)
+  np.testing.assert_array_equal(a[:, :t], b[:, :t])
+  assert not np.allclose(a[:, t:], b[:, t:])
+
+
+def _loss_and_grads(m, params, tokens):
+  def loss(p):
+    logits = Transformer(m).apply({'params': p}, tokens[:, :-1])
+    nll, _, n = cross_entropy(logits, tokens[:, 1:], jnp.ones(tokens[:, 1:].shape))
+    return nll / n
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def _stack_blocks(params, num_layers):
+  """Unrolled params (block_i) -> the scanned layout (blocks, leading layer axis)."""
+  blocks = [params.pop(f'block_{i}') for i in range(num_layers)]
+  params['blocks'] = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *blocks)
+  return params
+
+
+@pytest.mark.parametrize('name', ['llama'])
+def test_scan_equals_unrolled(name):
+  scanned = dataclasses.replace(VARIANTS[name], scan_layers=True)
+  unrolled = dataclasses.replace(scanned, scan_layers=False)
+  p_un, tokens = _init(unrolled)
+  p_sc = _stack_blocks(dict(p_un), scanned.num_layers)
+  l_un, g_un = _loss_and_grads(unrolled, p_un, tokens)
+  l_sc, g_sc = _loss_and_grads(scanned, p_sc, tokens)
+  np.testing.assert_allclose(l_un, l_sc, rtol=1e-6)
+  g_un = _stack_blocks(dict(g_un), scanned.num_layers)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_un),
+                          jax.tree_util.tree_leaves(g_sc)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('scan,remat', [(True, 'full'), (False, 'save_dots')])
+def test_remat_equals_no_remat(scan, remat):
+  base = dataclasses.replace(VARIANTS['llama'], scan_layers=scan)
+  params, tokens = _init(base)
+  l0, g0 = _loss_and_grads(base, params, tokens)
+  l1, g1 = _loss_and_grads(dataclasses.replace(base, remat=remat), params, tokens)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_is_driven_by_the_rng():
+  m = dataclasses.replace(BASE, embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1)
+  params, tokens = _init(m)
+  f = jax.jit(lambda p, t, r: Transformer(m).apply({'params': p}, t, train=True,
+                                                  rngs={'dropout': r}))
+  apply = lambda seed: f(params, tokens, jax.random.key(seed))  # noqa: E731
+  np.testing.assert_array_equal(apply(1), apply(1))
+  assert not np.allclose(apply(1), apply(2))
+  eval_a = _apply(m, params, tokens)
+  eval_b = _apply(dataclasses.replace(m, embed_dropout=0.0, attn_dropout=0.0,
+                                      resid_dropout=0.0), params, tokens)
+  np.testing.assert_array_equal(eval_a, eval_b)  # Off at eval time.
+
+
+def test_gqa_with_repeated_kv_equals_mha():
+  """GQA with K heads equals MHA whose K/V heads are the K heads repeated G times."""
+  gqa = dataclasses.replace(BASE, num_kv_heads=2)
+  mha = dataclasses.replace(BASE, num_kv_heads=4)
+  p_gqa, tokens = _init(gqa)
+  p_mha = jax.tree_util.tree_map(lambda x: x, p_gqa)
+  for name in ('key', 'value'):
+    k = p_gqa['blocks']['attn'][name]['kernel']  # [layers, D, K, Dh]
+    p_mha['blocks']['attn'][name]['kernel'] = jnp.repeat(k, 2, axis=2)
+    b = p_gqa['blocks']['attn'][name]['bias']
+    p_mha['blocks']['attn'][name]['bias'] = jnp.repeat(b, 2, axis=1)
+  a = _apply(gqa, p_gqa, tokens)
+  b = _apply(mha, p_mha, tokens)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_sinusoidal_formula():
+  pe = np.asarray(sinusoidal_table(50, 16))
+  pos, i = 37, 3
+  np.testing.assert_allclose(pe[pos, 2 * i], np.sin(pos / 10000 ** (2 * i / 16)), rtol=1e-5)
+  np.testing.assert_allclose(pe[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / 16)), rtol=1e-5)
+
+
+def test_z_loss_adds_squared_log_normalizer():
+  logits = jnp.array([[[1.0, 2.0, 3.0]]])
+  targets = jnp.array([[2]])
+  nll, z, n = cross_entropy(logits, targets, jnp.ones((1, 1)), z_loss=1e-2)
+  lse = np.log(np.exp([1.0, 2.0, 3.0]).sum())
+  np.testing.assert_allclose(nll, lse - 3.0, rtol=1e-6)
+  np.testing.assert_allclose(z, 1e-2 * lse ** 2, rtol=1e-6)
+  assert n == 1
