@@ -88,18 +88,25 @@ class Attention(nn.Module):
     H, K, Dh = c.num_heads, c.kv_heads, c.dh
     G = H // K
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
-    dense = functools.partial(nn.DenseGeneral, use_bias=c.use_bias, dtype=dt,
-                              param_dtype=pdt)
-    q_BLHDh = dense((H, Dh), name='query',
-                    kernel_init=_init(c.init_std, ('embed', 'heads', 'head_dim')),
-                    bias_init=nn.with_logical_partitioning(
-                        nn.initializers.zeros, ('heads', 'head_dim')))(x_BLD)
-    kv_init = _init(c.init_std, ('embed', 'kv', 'head_dim'))
-    kv_bias = nn.with_logical_partitioning(nn.initializers.zeros, ('kv', 'head_dim'))
-    k_BSKDh = dense((K, Dh), name='key', kernel_init=kv_init,
-                    bias_init=kv_bias)(x_BLD)
-    v_BSKDh = dense((K, Dh), name='value', kernel_init=kv_init,
-                    bias_init=kv_bias)(x_BLD)
+
+    def proj(name: str, shape: tuple[int, ...], axes: tuple[str, ...], std: float):
+      """A D -> (heads, Dh) kernel and its bias (or None)."""
+      w = self.param(name, _init(std, axes), shape, pdt).astype(dt)
+      b = None
+      if c.use_bias:
+        b = self.param(name + '_bias', nn.with_logical_partitioning(
+            nn.initializers.zeros, axes[1:]), shape[1:], pdt).astype(dt)
+      return w, b
+
+    wq, bq = proj('query', (c.d_model, H, Dh), ('embed', 'heads', 'head_dim'), c.init_std)
+    wk, bk = proj('key', (c.d_model, K, Dh), ('embed', 'kv', 'head_dim'), c.init_std)
+    wv, bv = proj('value', (c.d_model, K, Dh), ('embed', 'kv', 'head_dim'), c.init_std)
+    x_BLD = x_BLD.astype(dt)
+    q_BLHDh = jnp.einsum('BLD,DHd->BLHd', x_BLD, wq)
+    k_BSKDh = jnp.einsum('BSD,DKd->BSKd', x_BLD, wk)
+    v_BSKDh = jnp.einsum('BSD,DKd->BSKd', x_BLD, wv)
+    if c.use_bias:
+      q_BLHDh, k_BSKDh, v_BSKDh = q_BLHDh + bq, k_BSKDh + bk, v_BSKDh + bv
     if c.qk_norm:
       q_BLHDh = Norm(c, 'head_dim', name='query_norm')(q_BLHDh)
       k_BSKDh = Norm(c, 'head_dim', name='key_norm')(k_BSKDh)
@@ -117,10 +124,13 @@ class Attention(nn.Module):
     o_BLKGDh = jnp.einsum('BKGLS,BSKd->BLKGd', p_BKGLS.astype(dt), v_BSKDh)
     o_BLHDh = o_BLKGDh.reshape(B, L, H, Dh)
     out_std = c.init_std / math.sqrt(2 * c.num_layers)
-    return dense(c.d_model, axis=(-2, -1), name='out',
-                 kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')),
-                 bias_init=nn.with_logical_partitioning(
-                     nn.initializers.zeros, ('embed',)))(o_BLHDh)
+    wo = self.param('out', _init(out_std, ('heads', 'head_dim', 'embed')),
+                    (H, Dh, c.d_model), pdt).astype(dt)
+    y_BLD = jnp.einsum('BLHd,HdD->BLD', o_BLHDh, wo)
+    if c.use_bias:
+      y_BLD = y_BLD + self.param('out_bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, ('embed',)), (c.d_model,), pdt).astype(dt)
+    return y_BLD
 
 
 class Mlp(nn.Module):

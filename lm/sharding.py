@@ -46,6 +46,14 @@ def make_mesh(m: MeshConfig, devices: list | None = None) -> Mesh:
   return Mesh(arr, MESH_AXES)
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Removes flax's axis-name boxes without applying sharding constraints
+  (which abstract ShapeDtypeStructs cannot take)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree_util.tree_map(
+      lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def logical_to_sharding(tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """Tree of logical PartitionSpecs (or boxed values) -> NamedShardings."""
   specs = nn.get_partition_spec(tree)
@@ -65,7 +73,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_divisible(abstract_params: Any, mesh: Mesh, rules: Rules) -> None:
   """Every sharded dimension must divide by the product of its mesh axes."""
   shardings = logical_to_sharding(abstract_params, mesh, rules)
-  flat, _ = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params))
+  flat, _ = jax.tree_util.tree_flatten_with_path(strip_boxes(abstract_params))
   flat_sh = jax.tree_util.tree_leaves(shardings)
   for (path, leaf), sh in zip(flat, flat_sh):
     for dim, axes in zip(leaf.shape, sh.spec):

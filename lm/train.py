@@ -68,7 +68,7 @@ def state_shardings(c: Config, model: nn.Module, tx, mesh) -> tuple[Any, Any]:
   abstract = jax.eval_shape(init_fn(c, model, tx), jax.random.key(0))
   shardings = shard_lib.logical_to_sharding(abstract, mesh, c.rules)
   shard_lib.check_divisible(abstract.params, mesh, c.rules)
-  return nn.unbox(abstract), shardings
+  return shard_lib.strip_boxes(abstract), shardings
 
 
 def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
@@ -92,36 +92,45 @@ def loss_fn(params, model: nn.Module, tokens_BL1: jax.Array, weights_B: jax.Arra
   return (nll + z) / denom, {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
 
 
-def make_train_step(c: Config, model: nn.Module, tx):
+def make_grad_fn(c: Config, model: nn.Module):
+  """(params, tokens, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
   A = c.train.grad_accum
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, tokens_BL1: jax.Array) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(state.rng, state.step)
+  def grads(params, tokens_BL1: jax.Array, rng: jax.Array):
     B = tokens_BL1.shape[0]
-    # Micro-batches from strided rows keep each device's rows on that device.
-    micro_ABL1 = tokens_BL1.reshape(B // A, A, -1).swapaxes(0, 1)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro(carry, xs):
       g_acc, loss_acc = carry
       i, toks = xs
-      (loss, _), g = grad_fn(state.params, model, toks, jnp.ones(toks.shape[0]),
+      (loss, _), g = grad_fn(params, model, toks, jnp.ones(toks.shape[0]),
                              jax.random.fold_in(rng, i), c.opt.z_loss, True)
       g_acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
       return (g_acc, loss_acc + loss), None
 
-    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     if A == 1:
       (g, loss), _ = micro((zeros, 0.0), (0, tokens_BL1))
     else:
+      # Micro-batches from strided rows keep each device's rows on that device.
+      micro_ABL1 = tokens_BL1.reshape(B // A, A, -1).swapaxes(0, 1)
       (g, loss), _ = jax.lax.scan(micro, (zeros, 0.0), (jnp.arange(A), micro_ABL1))
-    g = jax.tree_util.tree_map(lambda x: x / A, g)
-    loss = loss / A
+    return loss / A, jax.tree_util.tree_map(lambda x: x / A, g)
+
+  return grads
+
+
+def make_train_step(c: Config, model: nn.Module, tx):
+  grads = make_grad_fn(c, model)
+  lr = opt_lib.schedule(c.opt, c.train.steps)
+
+  def train_step(state: TrainState, tokens_BL1: jax.Array) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)  # Same on resume: step is saved.
+    loss, g = grads(state.params, tokens_BL1, rng)
     updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(g),
-               'param_norm': optax.global_norm(params),
-               'lr': opt_lib.schedule(c.opt, c.train.steps)(state.step)}
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(g),
+               'param_norm': optax.tree.norm(params), 'lr': lr(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -263,7 +272,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
 
   writer = metrics_lib.Writer(workdir)
   mngr = checkpoint_manager(workdir, c)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state_shardings(c, model, tx, mesh)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
     assert n_params == counts['total'], (n_params, counts)

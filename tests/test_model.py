@@ -136,10 +136,10 @@ def test_gqa_with_repeated_kv_equals_mha():
   p_gqa, tokens = _init(gqa)
   p_mha = jax.tree_util.tree_map(lambda x: x, p_gqa)
   for name in ('key', 'value'):
-    k = p_gqa['blocks']['attn'][name]['kernel']  # [layers, D, K, Dh]
-    p_mha['blocks']['attn'][name]['kernel'] = jnp.repeat(k, 2, axis=2)
-    b = p_gqa['blocks']['attn'][name]['bias']
-    p_mha['blocks']['attn'][name]['bias'] = jnp.repeat(b, 2, axis=1)
+    k = p_gqa['blocks']['attn'][name]  # [layers, D, K, Dh]
+    p_mha['blocks']['attn'][name] = jnp.repeat(k, 2, axis=2)
+    b = p_gqa['blocks']['attn'][name + '_bias']
+    p_mha['blocks']['attn'][name + '_bias'] = jnp.repeat(b, 2, axis=1)
   a = _apply(gqa, p_gqa, tokens)
   b = _apply(mha, p_mha, tokens)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

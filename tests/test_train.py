@@ -1,0 +1,142 @@
+"""Train step, eval arithmetic, the loop's outputs, and exact resumption."""
+
+import dataclasses
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import metrics, train
+from lm import optimizer as opt_lib
+from lm.model import Transformer
+from lm.tokenizers import ByteTokenizer
+from tests.helpers import tiny
+
+
+def _setup(c):
+  c = train.resolve_vocab(c, 259)
+  model = Transformer(c.model)
+  tx = opt_lib.make(c.opt, c.train.steps)
+  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
+  return c, model, tx, state
+
+
+def _batch(c, seed=0):
+  return jax.random.randint(jax.random.key(seed), (c.train.batch_size, c.data.seq_len + 1),
+                            0, 256)
+
+
+def test_overfits_one_batch():
+  c, model, tx, state = _setup(tiny(**{'train.steps': 60, 'opt.lr': 1e-2}))
+  step = jax.jit(train.make_train_step(c, model, tx))
+  batch = _batch(c)
+  losses = []
+  for _ in range(60):
+    state, m = step(state, batch)
+    losses.append(float(m['loss']))
+  assert losses[0] == pytest.approx(math.log(259), rel=0.05)  # Near-uniform at init.
+  assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_grad_accumulation_matches_full_batch():
+  c1, model, tx, state = _setup(tiny())
+  c2 = dataclasses.replace(c1, train=dataclasses.replace(c1.train, grad_accum=4))
+  batch, rng = _batch(c1), jax.random.key(1)
+  l1, g1 = jax.jit(train.make_grad_fn(c1, model))(state.params, batch, rng)
+  l2, g2 = jax.jit(train.make_grad_fn(c2, model))(state.params, batch, rng)
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  # Tolerance relative to the largest gradient: some (the key bias) are exactly
+  # zero in exact arithmetic, so only float noise would be compared there.
+  scale = max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g1))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_bits_per_byte_arithmetic():
+  s = train.summarize_eval({'nll_sum': 100 * math.log(2), 'tokens': 40.0, 'bytes': 50.0})
+  assert s['bits_per_byte'] == pytest.approx(2.0)
+  assert s['loss'] == pytest.approx(100 * math.log(2) / 40)
+  assert s['perplexity'] == pytest.approx(math.exp(s['loss']))
+
+
+def test_uniform_model_scores_log2_vocab_bits_per_byte():
+  """Zero params give uniform logits: loss ln V; bpb counts bytes, not EOS."""
+  c, model, _, state = _setup(tiny())
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  tokens = np.full((4, c.data.seq_len + 1), ord('a'), np.int32)
+  tokens[0, 5] = ByteTokenizer().eos_id  # Zero bytes: excluded from the byte count.
+  weights = np.array([1, 1, 1, 0], np.float32)  # A padding row counts for nothing.
+  out = jax.jit(train.make_eval_step(model, ByteTokenizer().byte_lengths()))(
+      zeros, tokens, weights)
+  s = train.summarize_eval({k: float(v) for k, v in out.items()})
+  n_targets = 3 * c.data.seq_len
+  assert s['tokens'] == n_targets and s['bytes'] == n_targets - 1
+  assert s['loss'] == pytest.approx(math.log(259), rel=1e-6)
+  assert s['bits_per_byte'] == pytest.approx(math.log2(259) * n_targets / (n_targets - 1))
+
+
+def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
+  c = tiny(corpus_dir)
+  out = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  rows = metrics.read(str(tmp_path), 'train')
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6]
+  for key in ('loss', 'grad_norm', 'lr', 'tokens', 'flops', 'step_time', 'tokens_per_s', 'mfu'):
+    assert key in rows[-1], key
+  assert rows[-1]['tokens'] == 6 * 8 * 16
+  assert rows[-1]['loss'] < rows[0]['loss']
+  evals = metrics.read(str(tmp_path), 'eval')
+  assert [r['step'] for r in evals] == [3, 6]
+  assert out['bits_per_byte'] == evals[-1]['bits_per_byte'] > 0
+  setup = metrics.read(str(tmp_path), 'setup')[0]
+  assert setup['devices'] == 8 and setup['params_total'] == out['params']
+  assert json.load(open(tmp_path / 'config.json'))['model']['vocab_size'] == 259
+  assert os.listdir(tmp_path / 'tb')
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+
+
+def _losses(workdir):
+  return {r['step']: r['loss'] for r in metrics.read(workdir, 'train')}
+
+
+def test_resume_is_bitwise_identical(tmp_path, corpus_dir):
+  c = tiny(corpus_dir, **{'model.resid_dropout': 0.1, 'model.attn_dropout': 0.1})
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  train.train_and_evaluate(c, whole, log=lambda *_: None)
+  train.train_and_evaluate(c, split, stop_at=3, log=lambda *_: None)
+  assert max(_losses(split)) == 3
+  msgs = []
+  train.train_and_evaluate(c, split, log=msgs.append)
+  assert msgs == [f'resumed from step 3 in {split}']
+  assert _losses(whole) == _losses(split)  # Exact float equality, every step.
+
+
+def test_foreign_and_corrupt_checkpoints_are_refused_and_kept(tmp_path, corpus_dir):
+  c = tiny(corpus_dir)
+  foreign = tmp_path / 'foreign'
+  (foreign / 'checkpoints').mkdir(parents=True)
+  (foreign / 'checkpoints' / 'model.pt').write_text('not ours')
+  with pytest.raises(train.CheckpointError, match='not a checkpoint directory'):
+    train.train_and_evaluate(c, str(foreign))
+  assert (foreign / 'checkpoints' / 'model.pt').read_text() == 'not ours'
+
+  run = tmp_path / 'run'
+  train.train_and_evaluate(c, str(run), stop_at=3, log=lambda *_: None)
+  other = tiny(corpus_dir, **{'model.d_model': 64})
+  with pytest.raises(train.CheckpointError, match=r'model.d_model: 32 != 64'):
+    train.train_and_evaluate(other, str(run))
+
+  damaged = run / 'checkpoints' / '3' / 'state'
+  for p in damaged.rglob('*'):
+    if p.is_file():
+      p.write_bytes(b'garbage')
+  before = {p: p.read_bytes() for p in (run / 'checkpoints').rglob('*') if p.is_file()}
+  with pytest.raises(train.CheckpointError, match='could not be restored.*left untouched'):
+    train.train_and_evaluate(c, str(run))
+  after = {p: p.read_bytes() for p in (run / 'checkpoints').rglob('*') if p.is_file()}
+  assert before == after
