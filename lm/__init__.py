@@ -1,0 +1,1 @@
+"""lm: a JAX/Flax codebase for language-model scaling research."""

@@ -52,6 +52,7 @@ class ModelConfig:
   scan_layers: bool = True
   remat: str = 'none'
   init_std: float = 0.02
+  attn_block: int = 128  # Causal query-block length (0: one block).
 
   @property
   def kv_heads(self) -> int:
@@ -197,7 +198,7 @@ def _rate(field: str, value: float) -> None:
 def validate_model(m: ModelConfig) -> None:
   for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
     _positive(f'model.{f}', getattr(m, f))
-  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim'):
+  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block'):
     if getattr(m, f) < 0:
       raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')
   if m.head_dim == 0 and m.d_model % m.num_heads:

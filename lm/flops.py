@@ -6,9 +6,11 @@ Conventions for training FLOPs per token (C = flops_per_token * tokens):
   kaplan       6N + 6 * layers * ctx * d_attn (Kaplan 2020, Table 1).
   chinchilla   3 x forward, forward as in Hoffmann et al. 2022, App. F
                (embeddings, causal-free attention incl. softmax, dense, logits).
-  exact        3 x the matmuls the step really runs: projections, full L x L
-               scores and context (the causal mask is applied, not skipped),
-               MLP (GLU aware) and logits. MFU uses this one.
+  exact        3 x the matmuls the step really runs: projections, scores and
+               context over the key blocks attention computes (query blocks of
+               model.attn_block skip keys after the block; within a block the
+               mask is applied, not skipped), MLP (GLU aware) and logits.
+               MFU uses this one.
 """
 
 from __future__ import annotations
@@ -50,11 +52,16 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int,
   D, H, K, Dh, F, Lyr, L = (m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim,
                             m.num_layers, seq_len)
   n_mlp = 3 if m.activation == 'swiglu' else 2
+  block = m.attn_block or L
+  # Keys each query is scored against, averaged over queries, as computed.
+  keys = sum((min(q0 + block, L) - q0) * min(q0 + block, L) for q0 in range(0, L, block)) / L
   return {
       'qkv': Lyr * 2 * D * (H + 2 * K) * Dh,
       'attn_out': Lyr * 2 * H * Dh * D,
       'attn_scores_full': Lyr * 2 * L * H * Dh,
       'attn_context_full': Lyr * 2 * L * H * Dh,
+      'attn_scores_computed': Lyr * 2 * keys * H * Dh,
+      'attn_context_computed': Lyr * 2 * keys * H * Dh,
       # Causal: query t sees t+1 keys, (L+1)/2 on average.
       'attn_scores_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
       'attn_context_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
@@ -81,8 +88,8 @@ def train_flops_per_token(m: ModelConfig, seq_len: int, convention: str = 'exact
            + f['attn_context_full'] + softmax + f['mlp'] + f['logits'])
     return 3.0 * fwd
   if convention == 'exact':
-    fwd = (f['qkv'] + f['attn_out'] + f['attn_scores_full'] + f['attn_context_full']
-           + f['mlp'] + f['logits'])
+    fwd = (f['qkv'] + f['attn_out'] + f['attn_scores_computed']
+           + f['attn_context_computed'] + f['mlp'] + f['logits'])
     return 3.0 * fwd
   raise ValueError(f'unknown FLOP convention {convention!r}; one of {CONVENTIONS}')
 

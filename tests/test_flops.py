@@ -1,0 +1,49 @@
+"""FLOP conventions: the exact count matches XLA's cost analysis of the step."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import pytest
+
+from lm import flops, optimizer, train
+from lm.config import ModelConfig
+from tests.helpers import tiny
+
+
+@pytest.mark.parametrize('model', [
+    ModelConfig(vocab_size=512, d_model=128, num_layers=2, num_heads=4, max_len=128),
+    ModelConfig(vocab_size=384, d_model=96, num_layers=3, num_heads=6, num_kv_heads=2,
+                max_len=128, position='rope', norm='rmsnorm', activation='swiglu',
+                use_bias=False, tie_embeddings=False, attn_block=32),
+], ids=['gpt2', 'llama_gqa_blocked'])
+def test_exact_flops_match_xla_cost_analysis(model):
+  # Unrolled: XLA's cost analysis counts a while-loop body (nn.scan) once.
+  model = dataclasses.replace(model, scan_layers=False)
+  c = tiny()
+  c = dataclasses.replace(c, model=model, data=dataclasses.replace(c.data, seq_len=128),
+                          train=dataclasses.replace(c.train, batch_size=4))
+  m = train.Transformer(model)
+  tx = optimizer.make(c.opt, c.train.steps)
+  abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, m, tx)(r)), jax.random.key(0))
+  batch = jax.ShapeDtypeStruct((4, 129), 'int32')
+  compiled = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).compile()
+  cost = compiled.cost_analysis()
+  xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  ours = flops.train_flops_per_token(model, 128, 'exact') * 4 * 128
+  assert abs(xla / ours - 1) < 0.05, (xla, ours)
+
+
+def test_conventions_order_and_param_split():
+  m = ModelConfig(vocab_size=1000, d_model=256, num_layers=4, num_heads=4, max_len=512)
+  p = flops.param_counts(m)
+  assert p['non_embedding'] == 4 * (4 * 256 * 256 + 4 * 256 + 2 * 4 * 256 * 256 + 4 * 256 + 256
+                                    + 2 * 2 * 256) + 2 * 256
+  assert p['total'] == p['non_embedding'] + 1000 * 256 + 512 * 256
+  f = flops.all_conventions(m, 512)
+  assert f['6N'] == 6 * p['non_embedding']
+  assert f['6N'] < f['6N_with_head'] < f['kaplan']
+  # Blocks skip masked keys: the exact count falls as blocks shrink.
+  one = flops.train_flops_per_token(dataclasses.replace(m, attn_block=0), 512)
+  blocked = flops.train_flops_per_token(dataclasses.replace(m, attn_block=128), 512)
+  assert blocked < one

@@ -1,0 +1,114 @@
+"""Train-step throughput and MFU against this machine's measured matmul peak.
+
+python -m tools.bench_train [--configs=tiny,small,medium] [--steps=10] [--dtype=float32]
+
+Measures, in one run: for each config, the peak FLOP/s of large square
+matmuls (the best of several sizes, re-measured right before the config so
+both numbers see the same machine state), then the median step time of the
+jitted train step (AdamW included), tokens/s, achieved FLOP/s under the
+`exact` convention (lm/flops.py; cross-checked against XLA's cost analysis
+in the xla/exact column) and MFU = achieved / measured peak. Shared 2-core
+machines are noisy: run it twice before trusting a difference under ~10%.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+from absl import app, flags
+
+_CONFIGS = flags.DEFINE_string('configs', 'tiny,small,medium', 'Comma-separated names.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per config (after 2 warm-up steps).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+_SCAN = flags.DEFINE_bool('scan_layers', False, 'nn.scan over layers.')
+
+# name: (d_model, layers, heads, seq_len, batch); vocab 512, learned positions, GELU.
+CONFIGS = {
+    'tiny': (128, 2, 4, 128, 32),
+    'small': (256, 4, 4, 256, 16),
+    'medium': (512, 6, 8, 512, 8),
+    'gpt2_small': (768, 12, 12, 1024, 8),
+}
+
+
+def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
+  """Best FLOP/s of chained n x n matmuls over a few n."""
+  import jax
+  import jax.numpy as jnp
+  best, best_n = 0.0, 0
+  for n in (512, 1024, 2048):
+    a = jnp.full((n, n), 1e-3, dtype)
+    f = jax.jit(lambda x, a=a: x @ a @ a @ a @ a)
+    x = f(a).block_until_ready()
+    t_end = time.perf_counter() + seconds / 3
+    while time.perf_counter() < t_end:
+      t0 = time.perf_counter()
+      x = f(x).block_until_ready()
+      fl = 4 * 2 * n ** 3 / (time.perf_counter() - t0)
+      if fl > best:
+        best, best_n = fl, n
+  return best, best_n
+
+
+def bench(name: str, dtype: str, steps: int, scan: bool) -> dict:
+  import flax.linen as nn
+  import jax
+
+  from lm import flops, optimizer, train
+  from lm.config import ModelConfig, OptimizerConfig
+  from tests.helpers import tiny
+  d, layers, heads, L, B = CONFIGS[name]
+  m = ModelConfig(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads, max_len=L,
+                  position='learned', activation='gelu', dtype=dtype, scan_layers=scan)
+  c = tiny()
+  c = dataclasses.replace(c, model=m, data=dataclasses.replace(c.data, seq_len=L),
+                          train=dataclasses.replace(c.train, batch_size=B, steps=1000),
+                          opt=OptimizerConfig(warmup_steps=10))
+  model = train.Transformer(m)
+  tx = optimizer.make(c.opt, c.train.steps)
+  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
+  step = jax.jit(train.make_train_step(c, model, tx), donate_argnums=(0,))
+  batch = jax.random.randint(jax.random.key(1), (B, L + 1), 0, 512)
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  xla_flops = float(cost.get('flops', 0.0))
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  dt = statistics.median(times)
+  fl = flops.train_flops_per_token(m, L, 'exact') * B * L
+  return {'config': name, 'params': flops.param_counts(m)['total'], 'tokens/step': B * L,
+          'step_ms': dt * 1e3, 'tokens/s': B * L / dt, 'GFLOP/step': fl / 1e9,
+          'xla/exact': xla_flops / fl, 'GFLOP/s': fl / dt / 1e9}
+
+
+def main(argv):
+  del argv
+  import jax
+  dev = jax.devices()[0]
+  print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
+        f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
+  cols = ['config', 'params', 'tokens/step', 'step_ms', 'tokens/s', 'GFLOP/step',
+          'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU']
+  print('| ' + ' | '.join(cols) + ' |')
+  print('|' + '---|' * len(cols))
+  for name in _CONFIGS.value.split(','):
+    peak, _ = measure_peak(_DTYPE.value)
+    r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value)
+    r['peak GFLOP/s'] = peak / 1e9
+    r['MFU'] = f'{100 * r["GFLOP/s"] * 1e9 / peak:.1f}%'
+    print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
+                            for k in cols) + ' |', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
