@@ -2,15 +2,23 @@
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import train
+from lm import sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
 _SAMPLE = flags.DEFINE_integer('sample_tokens', 200, 'Tokens to sample at the end (0: none).')
+_COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-host: HOST:PORT of process 0.')
+_NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
+_PID = flags.DEFINE_integer('process_id', -1, 'Multi-host: this process (0-based).')
+_AUTO = flags.DEFINE_bool('auto_distributed', False,
+                          'Multi-host from the environment (TPU VM, SLURM, Open MPI).')
+_TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
+                                'Seconds to wait for all processes to register.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -19,14 +27,18 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   try:
     cfg = config_lib.from_configdict(_CONFIG.value)
+    sharding.init_distributed(_COORD.value, _NPROC.value, _PID.value, _AUTO.value,
+                              _TIMEOUT.value)
     out = train.train_and_evaluate(cfg, _WORKDIR.value)
   except (config_lib.ConfigError, train.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  if jax.process_index() != 0:
+    return
   if 'bits_per_byte' in out:
     print(f'final validation: loss {out["loss"]:.4f} nats/token, '
           f'perplexity {out["perplexity"]:.3f}, bits per byte {out["bits_per_byte"]:.4f}')
-  if _SAMPLE.value:
+  if _SAMPLE.value and jax.process_count() == 1:  # Params span hosts otherwise.
     from lm import sampling
     text = sampling.sample_text(out['state'].params, out['config'].model, out['tokenizer'],
                                 prompt='def ', max_new_tokens=_SAMPLE.value, temperature=0.8)

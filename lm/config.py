@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vocab_size: int = 0  # 0 means the tokenizer's vocabulary size.
+  vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128.
   d_model: int = 128
   num_layers: int = 2
   num_heads: int = 4
@@ -118,9 +118,14 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
+  """Axis sizes within a slice (ICI); -1 = the rest. dcn_* split an axis across
+  slices (multi-slice TPU, or hosts over the data-centre network)."""
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,19 +139,28 @@ class Config:
   name: str = 'run'
 
 
-# Logical axis -> mesh axes. Sizes of 1 make an axis a no-op, so this one
-# table serves data parallel, FSDP and tensor parallel by the mesh alone.
-DEFAULT_RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('kv', 'tensor'),
-    ('head_dim', None),
-    ('mlp', 'tensor'),
-    ('vocab', 'tensor'),
-    ('layers', None),
-)
+# Logical axis -> mesh axes. The batch is always split over data x fsdp.
+# A mesh axis of size 1 is a no-op, so fsdp_tp serves every mesh; the others
+# keep parameters replicated along the axes they leave out. Activations'
+# `embed` never takes `fsdp`: flax gives each mesh axis to the first logical
+# axis that asks, and `batch` asks first.
+_BATCH = (('batch', ('data', 'fsdp')), ('length', None), ('head_dim', None),
+          ('layers', None))
+RULE_PRESETS = {
+    # Pure data parallel: parameters and optimizer state replicated.
+    'dp': _BATCH + (('embed', None), ('heads', None), ('kv', None), ('mlp', None),
+                    ('vocab', None)),
+    # ZeRO-3 style: params and optimizer state sharded over fsdp along embed;
+    # XLA all-gathers each layer's weights when it is used.
+    'fsdp': _BATCH + (('embed', 'fsdp'), ('heads', None), ('kv', None), ('mlp', None),
+                      ('vocab', None)),
+    # Megatron style: attention heads, MLP hidden units and vocab over tensor.
+    'tp': _BATCH + (('embed', None), ('heads', 'tensor'), ('kv', 'tensor'),
+                    ('mlp', 'tensor'), ('vocab', 'tensor')),
+    'fsdp_tp': _BATCH + (('embed', 'fsdp'), ('heads', 'tensor'), ('kv', 'tensor'),
+                         ('mlp', 'tensor'), ('vocab', 'tensor')),
+}
+DEFAULT_RULES = RULE_PRESETS['fsdp_tp']
 
 
 def _err(field: str, value: Any, valid: str) -> ConfigError:
@@ -276,6 +290,7 @@ def validate(c: Config) -> None:
     v = getattr(c.mesh, ax)
     if v == 0 or v < -1:
       raise _err(f'mesh.{ax}', v, 'must be a positive size or -1 (the rest)')
+    _positive(f'mesh.dcn_{ax}', getattr(c.mesh, f'dcn_{ax}'))
   if sum(getattr(c.mesh, ax) == -1 for ax in MESH_AXES) > 1:
     raise ConfigError(f'config.mesh={c.mesh}: at most one axis may be -1')
   for name, axes in c.rules:

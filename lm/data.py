@@ -245,10 +245,15 @@ def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int) -> No
 
 def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Shuffled (new order each epoch), repeated, per-process batches of L+1."""
-  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1))
+  """Shuffled (new order each epoch), repeated, per-process batches of L+1.
+
+  Process p reads windows p, p+P, p+2P, ... of the one global order, so the
+  global batch (all processes' rows) holds the same windows whatever the
+  process count, and each process reads only its own.
+  """
+  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1)).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count]
-  return ds.shuffle(seed=seed).repeat().batch(local_batch, drop_remainder=True).to_iter_dataset()
+  return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch: int, num_batches: int,

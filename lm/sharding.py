@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -17,8 +18,15 @@ Rules = tuple[tuple[str, Any], ...]
 
 
 def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
-  """Resolves -1 and checks that the axis sizes multiply to the device count."""
+  """Total size per axis (ICI x DCN), resolving -1; the product must be the
+  device count."""
+  dcn = {ax: getattr(m, f'dcn_{ax}') for ax in MESH_AXES}
+  n_dcn = math.prod(dcn.values())
+  if num_devices % n_dcn:
+    raise ConfigError(f'config.mesh dcn_* factors {dcn} multiply to {n_dcn}, which does '
+                      f'not divide the {num_devices} devices')
   sizes = {ax: getattr(m, ax) for ax in MESH_AXES}
+  num_devices //= n_dcn
   known = math.prod(v for v in sizes.values() if v != -1)
   for ax, v in sizes.items():
     if v == -1:
@@ -30,19 +38,25 @@ def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
   if math.prod(sizes.values()) != num_devices:
     raise ConfigError(
         f'config.mesh={sizes}: the axis sizes multiply to {math.prod(sizes.values())} '
-        f'but there are {num_devices} devices; make the product {num_devices} '
-        'or set one axis to -1')
-  return sizes
+        f'but there are {num_devices * n_dcn} devices'
+        + (f' ({num_devices} per DCN slice)' if n_dcn > 1 else '')
+        + f'; make the product {num_devices} or set one axis to -1')
+  return {ax: sizes[ax] * dcn[ax] for ax in MESH_AXES}
 
 
 def make_mesh(m: MeshConfig, devices: list | None = None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  """A (data, fsdp, tensor) mesh whose device order follows the topology."""
+  devices = jax.devices() if devices is None else list(devices)
   sizes = mesh_shape(m, len(devices))
-  shape = tuple(sizes[ax] for ax in MESH_AXES)
-  try:
-    arr = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (ValueError, NotImplementedError, AssertionError):
-    arr = np.asarray(devices).reshape(shape)  # Topology unknown (e.g. CPU).
+  dcn = tuple(getattr(m, f'dcn_{ax}') for ax in MESH_AXES)
+  shape = tuple(sizes[ax] // d for ax, d in zip(MESH_AXES, dcn))
+  if math.prod(dcn) > 1:
+    arr = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices=devices)
+  else:
+    try:
+      arr = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+      arr = np.asarray(devices).reshape(shape)  # Topology unknown (e.g. CPU).
   return Mesh(arr, MESH_AXES)
 
 
@@ -102,3 +116,42 @@ def check_batch(c: Config, mesh: Mesh) -> None:
     raise ConfigError(
         f'config.train.batch_size={c.train.batch_size}: micro-batch {micro} is not '
         f'divisible by the {jax.process_count()} processes')
+
+
+def init_distributed(coordinator: str = '', num_processes: int = 0, process_id: int = -1,
+                     auto: bool = False, timeout_s: int = 300) -> None:
+  """Starts jax.distributed: explicitly (coordinator, count, id) or, with
+  `auto`, from the environment (TPU VMs, SLURM, Open MPI, ...). No-op otherwise.
+
+  CPU collectives go through gloo so CPU processes can train together.
+  """
+  if not (coordinator or auto):
+    if num_processes > 1 or process_id >= 0:
+      raise ConfigError(f'--num_processes={num_processes} / --process_id={process_id} '
+                        'need --coordinator_address=HOST:PORT (or --auto_distributed)')
+    return
+  if coordinator and (num_processes < 1 or not 0 <= process_id < num_processes):
+    raise ConfigError(f'--coordinator_address={coordinator!r} needs --num_processes >= 1 '
+                      f'and 0 <= --process_id < num_processes (got {num_processes}, '
+                      f'{process_id})')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # jax aborts the process (it does not raise) when not every process registers
+  # in time, so say first what this process expects.
+  print(f'jax.distributed: process {process_id if coordinator else "auto"} of '
+        f'{num_processes or "auto"}, coordinator {coordinator or "auto"}; waiting up to '
+        f'{timeout_s} s for all processes. DEADLINE_EXCEEDED below means they did not '
+        'all start, or disagree on --num_processes or the coordinator.',
+        file=sys.stderr, flush=True)
+  kw = {} if auto and not coordinator else dict(
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout_s, **kw)
+  except Exception as e:  # Timeouts surface as several error types.
+    raise ConfigError(
+        f'jax.distributed could not start (coordinator {coordinator or "auto"}, '
+        f'{num_processes or "auto"} processes, this is process {process_id}): '
+        f'{str(e).splitlines()[0][:300]}. Check that every process got the same '
+        '--num_processes and coordinator address, and that all were started') from None
+  if num_processes and jax.process_count() != num_processes:
+    raise ConfigError(f'--num_processes={num_processes} but the coordinator reports '
+                      f'{jax.process_count()} processes')

@@ -44,9 +44,11 @@ class TrainState:
 # --- Init ---------------------------------------------------------------------
 
 def resolve_vocab(c: Config, vocab_size: int) -> Config:
-  """Fills model.vocab_size from the tokenizer; a smaller explicit one is an error."""
+  """Fills model.vocab_size from the tokenizer, rounded up to a multiple of 128
+  (fast matmuls; shardable over `tensor`); a smaller explicit size is an error."""
   if c.model.vocab_size == 0:
-    return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=vocab_size))
+    padded = -(-vocab_size // 128) * 128
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=padded))
   if c.model.vocab_size < vocab_size:
     raise ConfigError(f'config.model.vocab_size={c.model.vocab_size} is smaller than the '
                       f'tokenizer vocabulary ({vocab_size}); use 0 or >= {vocab_size}')
@@ -223,9 +225,9 @@ class Prepared:
   mesh: Any
 
 
-def prepare(c: Config, tok) -> Prepared:
+def prepare(c: Config, tok, devices=None) -> Prepared:
   """Mesh checks, then data preparation (cached), then window-count checks."""
-  mesh = shard_lib.make_mesh(c.mesh)
+  mesh = shard_lib.make_mesh(c.mesh, devices)
   shard_lib.check_batch(c, mesh)
   builder, key = data_lib.corpus(c.data)
   cache = data_lib.cache_root(c.data)
@@ -237,15 +239,16 @@ def prepare(c: Config, tok) -> Prepared:
 
 
 def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
-                       log=print) -> dict[str, Any]:
+                       log=print, devices=None) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns the final eval metrics.
 
-  `stop_at` ends the loop early after that many steps (to test resumption).
+  `stop_at` ends the loop early after that many steps (to test resumption);
+  `devices` restricts the mesh to some devices (default: all).
   """
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   c = resolve_vocab(c, tok.vocab_size)
   resume = check_workdir(workdir, c)
-  p = prepare(c, tok)
+  p = prepare(c, tok, devices)
   c, mesh, rules = p.cfg, p.mesh, list(p.cfg.rules)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -268,7 +271,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   counts = flops_lib.param_counts(c.model)
   dev = jax.devices()[0]
   peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
-  peak_total = peak * jax.device_count()
+  peak_total = peak * mesh.size
 
   writer = metrics_lib.Writer(workdir)
   mngr = checkpoint_manager(workdir, c)
@@ -286,7 +289,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     writer.write(int(state.step), 'setup', {
         'params_total': counts['total'], 'params_non_embedding': counts['non_embedding'],
         **{f'flops_per_token_{k}': v for k, v in conv.items()},
-        'devices': jax.device_count(), 'device_kind': dev.device_kind,
+        'devices': mesh.size, 'processes': jax.process_count(), 'mesh': dict(mesh.shape),
+        'device_kind': dev.device_kind,
         'peak_flops_per_device': peak})
 
     train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),

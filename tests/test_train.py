@@ -39,7 +39,7 @@ def test_overfits_one_batch():
   for _ in range(60):
     state, m = step(state, batch)
     losses.append(float(m['loss']))
-  assert losses[0] == pytest.approx(math.log(259), rel=0.05)  # Near-uniform at init.
+  assert losses[0] == pytest.approx(math.log(384), rel=0.05)  # Near-uniform at init.
   assert losses[-1] < 0.25 * losses[0], losses
 
 
@@ -77,8 +77,8 @@ def test_uniform_model_scores_log2_vocab_bits_per_byte():
   s = train.summarize_eval({k: float(v) for k, v in out.items()})
   n_targets = 3 * c.data.seq_len
   assert s['tokens'] == n_targets and s['bytes'] == n_targets - 1
-  assert s['loss'] == pytest.approx(math.log(259), rel=1e-6)
-  assert s['bits_per_byte'] == pytest.approx(math.log2(259) * n_targets / (n_targets - 1))
+  assert s["loss"] == pytest.approx(math.log(384), rel=1e-6)  # 259 padded to 384.
+  assert s["bits_per_byte"] == pytest.approx(math.log2(384) * n_targets / (n_targets - 1))
 
 
 def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
@@ -95,7 +95,7 @@ def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
   assert out['bits_per_byte'] == evals[-1]['bits_per_byte'] > 0
   setup = metrics.read(str(tmp_path), 'setup')[0]
   assert setup['devices'] == 8 and setup['params_total'] == out['params']
-  assert json.load(open(tmp_path / 'config.json'))['model']['vocab_size'] == 259
+  assert json.load(open(tmp_path / 'config.json'))['model']["vocab_size"] == 384
   assert os.listdir(tmp_path / 'tb')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 

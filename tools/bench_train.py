@@ -1,6 +1,11 @@
 """Train-step throughput and MFU against this machine's measured matmul peak.
 
 python -m tools.bench_train [--configs=tiny,small,medium] [--steps=10] [--dtype=float32]
+                            [--mesh=DATA,FSDP,TENSOR] [--batch=N]
+
+On accelerators: --configs=gpt2_small --dtype=bfloat16 --mesh=-1,1,1 (all
+devices data-parallel) or --mesh=1,-1,1 (FSDP); MFU is then against the
+measured bf16 matmul peak (the table in lm/flops.py gives the data-sheet one).
 
 Measures, in one run: for each config, the peak FLOP/s of large square
 matmuls (the best of several sizes, re-measured right before the config so
@@ -23,6 +28,8 @@ _CONFIGS = flags.DEFINE_string('configs', 'tiny,small,medium', 'Comma-separated 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per config (after 2 warm-up steps).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'nn.scan over layers.')
+_MESH = flags.DEFINE_string('mesh', '', 'data,fsdp,tensor sizes (-1: the rest); empty: 1 device.')
+_BATCH = flags.DEFINE_integer('batch', 0, 'Global batch override (0: the config\'s).')
 
 # name: (d_model, layers, heads, seq_len, batch); vocab 512, learned positions, GELU.
 CONFIGS = {
@@ -52,14 +59,17 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
   return best, best_n
 
 
-def bench(name: str, dtype: str, steps: int, scan: bool) -> dict:
+def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
+          batch: int = 0) -> dict:
   import flax.linen as nn
   import jax
 
   from lm import flops, optimizer, train
-  from lm.config import ModelConfig, OptimizerConfig
+  from lm import sharding as shard_lib
+  from lm.config import MeshConfig, ModelConfig, OptimizerConfig
   from tests.helpers import tiny
   d, layers, heads, L, B = CONFIGS[name]
+  B = batch or B
   m = ModelConfig(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads, max_len=L,
                   position='learned', activation='gelu', dtype=dtype, scan_layers=scan)
   c = tiny()
@@ -68,13 +78,23 @@ def bench(name: str, dtype: str, steps: int, scan: bool) -> dict:
                           opt=OptimizerConfig(warmup_steps=10))
   model = train.Transformer(m)
   tx = optimizer.make(c.opt, c.train.steps)
-  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
-  step = jax.jit(train.make_train_step(c, model, tx), donate_argnums=(0,))
-  batch = jax.random.randint(jax.random.key(1), (B, L + 1), 0, 512)
-  compiled = step.lower(state, batch).compile()
+  sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
+  devices = jax.devices() if mesh_arg else jax.devices()[:1]
+  c = dataclasses.replace(c, mesh=MeshConfig(*sizes))
+  mesh = shard_lib.make_mesh(c.mesh, devices)
+  shard_lib.check_batch(c, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
+    _, shardings = train.state_shardings(c, model, tx, mesh)
+    state = train.init_state(c, model, tx, shardings)
+    batch_sh = shard_lib.batch_sharding(mesh, c.rules)
+    step = jax.jit(train.make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, None), donate_argnums=(0,))
+    batch = jax.device_put(jax.random.randint(jax.random.key(1), (B, L + 1), 0, 512), batch_sh)
+    compiled = step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   xla_flops = float(cost.get('flops', 0.0))
+  step = compiled
   for _ in range(2):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -86,9 +106,10 @@ def bench(name: str, dtype: str, steps: int, scan: bool) -> dict:
     times.append(time.perf_counter() - t0)
   dt = statistics.median(times)
   fl = flops.train_flops_per_token(m, L, 'exact') * B * L
-  return {'config': name, 'params': flops.param_counts(m)['total'], 'tokens/step': B * L,
+  return {'config': name, 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
+          'tokens/step': B * L,
           'step_ms': dt * 1e3, 'tokens/s': B * L / dt, 'GFLOP/step': fl / 1e9,
-          'xla/exact': xla_flops / fl, 'GFLOP/s': fl / dt / 1e9}
+          'xla/exact': xla_flops * mesh.size / fl, 'GFLOP/s': fl / dt / 1e9}  # XLA: per device.
 
 
 def main(argv):
@@ -97,15 +118,15 @@ def main(argv):
   dev = jax.devices()[0]
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
         f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
-  cols = ['config', 'params', 'tokens/step', 'step_ms', 'tokens/s', 'GFLOP/step',
+  cols = ['config', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s', 'GFLOP/step',
           'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU']
   print('| ' + ' | '.join(cols) + ' |')
   print('|' + '---|' * len(cols))
   for name in _CONFIGS.value.split(','):
     peak, _ = measure_peak(_DTYPE.value)
-    r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value)
+    r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value, _MESH.value, _BATCH.value)
     r['peak GFLOP/s'] = peak / 1e9
-    r['MFU'] = f'{100 * r["GFLOP/s"] * 1e9 / peak:.1f}%'
+    r['MFU'] = f'{100 * r["GFLOP/s"] * 1e9 / (peak * r["devices"]):.1f}%'
     print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
                             for k in cols) + ' |', flush=True)
 

@@ -1,0 +1,130 @@
+"""Does a run fit? Per-parameter shardings and per-device memory for a config and mesh.
+
+python -m tools.shardings --config=configs/gpt2_small.py --config.mesh.fsdp=8 [--aot]
+
+Prints each parameter's shape, logical axes, partition spec and bytes per
+device, then per-device totals for parameters, optimizer state, gradients
+and an activation estimate. --aot lowers and compiles the real train step on
+the mesh (`.lower().compile()`) and prints XLA's memory analysis. To try a mesh
+bigger than this machine on CPU, fake devices first:
+XLA_FLAGS=--xla_force_host_platform_device_count=64 python -m tools.shardings ...
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lm import config as config_lib
+from lm import optimizer, tokenizers, train
+from lm import sharding as shard_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+_AOT = flags.DEFINE_bool('aot', False, 'Compile the train step and print XLA memory stats.')
+flags.mark_flags_as_required(['config'])
+
+
+def _gib(n: float) -> str:
+  return f'{n / 2**30:.3f} GiB'
+
+
+def _per_device(arr, sharding) -> int:
+  return math.prod(sharding.shard_shape(arr.shape)) * np.dtype(arr.dtype).itemsize
+
+
+def activation_bytes(c: config_lib.Config, mesh) -> int:
+  """Rough per-device activations kept for the backward pass (float32 or bf16).
+
+  Per layer and token: ~34 * D values of residual/attention/MLP intermediates
+  (the usual estimate of Korthikanti et al. 2022, no sequence parallelism)
+  plus 5 * H * L for attention scores/probabilities; remat=full keeps only
+  the layer input. Divided over the batch axes (data x fsdp) and, for the
+  head- and MLP-sized parts, over tensor.
+  """
+  m = c.model
+  bytes_per = 2 if m.dtype == 'bfloat16' else 4
+  B, L = c.train.batch_size // c.train.grad_accum, c.data.seq_len
+  dp = mesh.shape['data'] * mesh.shape['fsdp']
+  tp = mesh.shape['tensor']
+  if m.remat == 'full':
+    per_layer = B * L * m.d_model
+  else:
+    per_layer = B * L * (10 * m.d_model + 24 * m.d_model / tp + 5 * m.num_heads * L / tp)
+  logits = B * L * m.vocab_size * 4 * 2 / tp  # Logits and their gradient, float32.
+  return int((m.num_layers * per_layer * bytes_per + logits) / dp)
+
+
+def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str, float]:
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  c = train.resolve_vocab(c, tok.vocab_size)
+  mesh = shard_lib.make_mesh(c.mesh)
+  shard_lib.check_batch(c, mesh)
+  model = train.Transformer(c.model)
+  tx = optimizer.make(c.opt, c.train.steps)
+  rules = list(c.rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(train.init_fn(c, model, tx), jax.random.key(0))
+    abstract, shardings = train.state_shardings(c, model, tx, mesh)
+  logical = nn.get_partition_spec(boxed.params)
+  print(f'mesh {dict(mesh.shape)} on {mesh.size} {jax.devices()[0].platform} devices; '
+        f'rules: {dict(c.rules)}\n', file=out)
+  rows = [('parameter', 'shape', 'logical axes', 'partition spec', 'bytes/device')]
+  flat = jax.tree_util.tree_leaves_with_path(abstract.params)
+  for (path, a), lg, sh in zip(flat, jax.tree_util.tree_leaves(logical),
+                               jax.tree_util.tree_leaves(shardings.params)):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    rows.append((name, str(a.shape), str(tuple(lg)), str(tuple(sh.spec)),
+                 f'{_per_device(a, sh):,}'))
+  widths = [max(len(r[i]) for r in rows) for i in range(5)]
+  for r in rows:
+    print('  '.join(x.ljust(w) for x, w in zip(r, widths)), file=out)
+
+  def total(tree, shs):
+    return sum(_per_device(a, s) for a, s in zip(jax.tree_util.tree_leaves(tree),
+                                                 jax.tree_util.tree_leaves(shs)))
+
+  totals = {'params': total(abstract.params, shardings.params),
+            'optimizer': total(abstract.opt_state, shardings.opt_state)}
+  totals['grads'] = totals['params']  # Float32, sharded like the params.
+  totals['activations (estimate)'] = activation_bytes(c, mesh)
+  totals['total'] = sum(totals.values())
+  print('\nper device:', file=out)
+  for k, v in totals.items():
+    print(f'  {k:24s} {_gib(v)}', file=out)
+  if aot:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      batch = jax.ShapeDtypeStruct((c.train.batch_size, c.data.seq_len + 1), np.int32,
+                                   sharding=shard_lib.batch_sharding(mesh, c.rules))
+      state = jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+      step = jax.jit(train.make_train_step(c, model, tx), out_shardings=(shardings, None),
+                     donate_argnums=(0,))
+      compiled = step.lower(state, batch).compile()
+    mem = compiled.memory_analysis()
+    print('\nXLA memory analysis of the compiled train step (per device):', file=out)
+    for k in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
+              'alias_size_in_bytes', 'generated_code_size_in_bytes'):
+      v = getattr(mem, k, None)
+      if v is not None:
+        totals[f'xla_{k}'] = v
+        print(f'  {k:32s} {_gib(v)}', file=out)
+  return totals
+
+
+def main(argv):
+  del argv
+  try:
+    report(config_lib.from_configdict(_CONFIG.value), _AOT.value)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
