@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import sysconfig
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import numpy as np

@@ -1,6 +1,5 @@
 """Both tokenizers round-trip text exactly; byte lengths support bits per byte."""
 
-import numpy as np
 import pytest
 
 from lm.tokenizers import ByteTokenizer, SentencePieceTokenizer
