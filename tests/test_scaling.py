@@ -1,0 +1,116 @@
+"""Fits recover known laws from noisy synthetic data; intervals cover the truth."""
+
+import numpy as np
+import pytest
+
+from lm import scaling
+from lm.scaling import FitError
+
+# Hoffmann et al. 2022's Approach 3 estimates, used as the known law.
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+SMALL_GRID = {'alpha': (0.0, 0.5, 1.0), 'beta': (0.0, 0.5, 1.0), 'e': (0.0, 0.5),
+              'a': (0.0, 5.0, 10.0), 'b': (0.0, 5.0, 10.0)}
+
+
+def law(n, d):
+  return E + A / n ** ALPHA + B / d ** BETA
+
+
+def grid_data(noise=0.003, seed=0):
+  rng = np.random.default_rng(seed)
+  n = np.repeat(np.geomspace(1e7, 1e9, 6), 5)
+  d = np.tile(np.geomspace(1e9, 1e11, 5), 6)
+  return n, d, law(n, d) * np.exp(rng.normal(0, noise, n.shape))
+
+
+def test_approach3_recovers_the_law():
+  n, d, loss = grid_data()
+  f = scaling.approach3(n, d, loss, grid=SMALL_GRID)
+  assert f.E == pytest.approx(E, rel=0.02)
+  assert f.alpha == pytest.approx(ALPHA, rel=0.05)
+  assert f.beta == pytest.approx(BETA, rel=0.05)
+  assert f.a == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
+  assert f.grad_norm < 1e-3 and f.starts == 3 * 3 * 2 * 3 * 3
+  assert isinstance(f.start_on_grid_edge, bool)
+
+
+def test_approach3_bootstrap_covers_the_truth():
+  n, d, loss = grid_data(seed=1)
+  f = scaling.approach3(n, d, loss, grid=SMALL_GRID)
+  x_best = [np.log(f.A), np.log(f.B), np.log(f.E), f.alpha, f.beta]
+
+  def refit(idx):
+    g = scaling.approach3(n[idx], d[idx], loss[idx], starts=[x_best])
+    return {'E': g.E, 'alpha': g.alpha, 'beta': g.beta, 'a': g.a}
+
+  ci = scaling.bootstrap(refit, len(loss), resamples=200, seed=0)
+  for name, truth in [('E', E), ('alpha', ALPHA), ('beta', BETA), ('a', BETA / (ALPHA + BETA))]:
+    lo, hi = ci[name]
+    assert lo <= truth <= hi, f'{name}: {truth} outside [{lo}, {hi}]'
+    assert hi - lo < 0.5 * truth, f'{name}: interval [{lo}, {hi}] is uninformative'
+
+
+def isoflop_data(noise=0.002, seed=0):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for c in (1e18, 1e19, 1e20, 1e21):
+    n_star, _ = scaling.ParametricFit(E, A, B, ALPHA, BETA, 0, 0, {}, False, 0).optimal(c)
+    for n in n_star * np.geomspace(0.25, 4, 7):
+      d = c / (6 * n)
+      rows.append((c, n, law(n, d) * np.exp(rng.normal(0, noise))))
+  return [np.array(x) for x in zip(*rows)]
+
+
+def test_approach2_recovers_the_exponents():
+  c, n, loss = isoflop_data()
+  f = scaling.approach2(c, n, loss, tokens_for=lambda c, n: c / (6 * n))
+  a = BETA / (ALPHA + BETA)
+  assert f.N_opt.exponent == pytest.approx(a, abs=0.03)
+  assert f.D_opt.exponent == pytest.approx(1 - a, abs=0.03)
+  assert all(f.bracketed)
+  ci = scaling.bootstrap(
+      lambda idx: {'a': scaling.approach2(c[idx], n[idx], loss[idx],
+                                          lambda cc, nn: cc / (6 * nn)).N_opt.exponent},
+      len(c), resamples=300, groups=c)
+  assert ci['a'][0] <= a <= ci['a'][1], ci['a']
+
+
+def test_approach1_envelope_follows_the_frontier():
+  curves, n_of = {}, {}
+  for n in np.geomspace(1e7, 3e9, 14):
+    d = np.geomspace(1e8, 3e11, 40)
+    curves[f'n{n:.0f}'] = (6 * n * d, law(n, d))
+    n_of[f'n{n:.0f}'] = n
+  f = scaling.approach1(curves, n_of, lambda name: 6 * n_of[name], num_bins=30)
+  assert f['N_opt'].exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.1)
+  losses = [e[1] for e in f['envelope']]
+  assert losses == sorted(losses, reverse=True)  # The envelope only goes down.
+
+
+def test_held_out_prediction_of_the_largest_budget():
+  c, n, loss = isoflop_data(seed=3)
+  small = c < c.max()
+  f = scaling.approach3(n[small], c[small] / (6 * n[small]), loss[small], grid=SMALL_GRID)
+  big = ~small
+  pred = f.loss(n[big], c[big] / (6 * n[big]))
+  assert np.max(np.abs(pred / loss[big] - 1)) < 0.01
+
+
+def test_power_law_fit_is_exact_on_exact_data():
+  x = np.geomspace(1, 1e6, 10)
+  p = scaling.fit_power_law(x, 3.0 * x ** 0.7)
+  assert (p.k, p.exponent) == pytest.approx((3.0, 0.7))
+
+
+def test_bad_inputs():
+  n, d, loss = grid_data()
+  with pytest.raises(FitError, match=r'loss has non-finite values at rows \[2\]'):
+    scaling.approach3(n, d, np.where(np.arange(len(loss)) == 2, np.nan, loss))
+  with pytest.raises(FitError, match='needs at least 5 points, got 4'):
+    scaling.approach3(n[:4], d[:4], loss[:4])
+  with pytest.raises(FitError, match='at least 2 compute budgets'):
+    scaling.approach2([1e18] * 5, n[:5], loss[:5], lambda c, m: c / (6 * m))
+  with pytest.raises(FitError, match='at least 3 model sizes per budget'):
+    scaling.approach2([1e18, 1e18, 1e19, 1e19], n[:4], loss[:4], lambda c, m: c / (6 * m))
+  with pytest.raises(FitError, match='at least 2 runs'):
+    scaling.envelope({'a': (np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]))})
