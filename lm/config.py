@@ -111,6 +111,7 @@ class TrainConfig:
   eval_batches: int = 8
   checkpoint_every: int = 250
   keep_checkpoints: int = 3
+  extra_checkpoints: tuple[int, ...] = ()  # Steps also saved (WSD branch points).
   peak_flops: float = 0.0  # Per device; 0 means look up the device kind.
   flops_convention: str = 'exact'
   progress: bool = True

@@ -143,6 +143,9 @@ def approach2(budget, n, loss, tokens_for: Callable[[float, float], float]) -> I
 GRID = {'alpha': (0.0, 0.5, 1.0, 1.5, 2.0), 'beta': (0.0, 0.5, 1.0, 1.5, 2.0),
         'e': (-1.0, -0.5, 0.0, 0.5, 1.0), 'a': (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
         'b': (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)}
+# A 162-start subset for quick fits (tests, previews).
+COARSE_GRID = {'alpha': (0.0, 0.5, 1.0), 'beta': (0.0, 0.5, 1.0), 'e': (0.0, 0.5),
+               'a': (0.0, 5.0, 10.0), 'b': (0.0, 5.0, 10.0)}
 _ORDER = ('a', 'b', 'e', 'alpha', 'beta')
 
 
@@ -234,12 +237,13 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
 
 def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
               resamples: int = 1000, seed: int = 0, level: float = 0.95,
-              groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+              groups: np.ndarray | None = None, draws_out: dict | None = None
+              ) -> dict[str, tuple[float, float]]:
   """Percentile intervals of each value fit_fn returns over resampled rows.
 
   With `groups`, rows are resampled within each group (e.g. per budget), so
   every resample keeps the design a method needs. Failed refits are skipped
-  and counted in the '_failed' entry.
+  and counted in the '_failed' entry; `draws_out` receives every draw.
   """
   rng = np.random.default_rng(seed)
   rows = np.arange(num_points)
@@ -258,6 +262,8 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
       continue
     for k, v in vals.items():
       draws.setdefault(k, []).append(v)
+  if draws_out is not None:
+    draws_out.update({k: np.asarray(v) for k, v in draws.items()})
   lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
   out = {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in draws.items()}
   out['_failed'] = (failed, resamples)

@@ -356,7 +356,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
         if bar is not None:
           bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
                     f'bpb {last_eval["bits_per_byte"]:.4f}')
-      if done % c.train.checkpoint_every == 0 or done == end:
+      if (done % c.train.checkpoint_every == 0 or done == end
+          or done in c.train.extra_checkpoints):
         mngr.save(done, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iter)))

@@ -8,8 +8,7 @@ from lm.scaling import FitError
 
 # Hoffmann et al. 2022's Approach 3 estimates, used as the known law.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
-SMALL_GRID = {'alpha': (0.0, 0.5, 1.0), 'beta': (0.0, 0.5, 1.0), 'e': (0.0, 0.5),
-              'a': (0.0, 5.0, 10.0), 'b': (0.0, 5.0, 10.0)}
+SMALL_GRID = scaling.COARSE_GRID
 
 
 def law(n, d):

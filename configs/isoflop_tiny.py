@@ -1,0 +1,22 @@
+"""python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isoflop
+
+The main job: a small IsoFLOP sweep (3 budgets x 5 sizes) of tiny byte-level
+models on the default corpus, sized to finish in about 15 minutes on 2 CPU
+cores, then fits and a report. Budgets are in FLOPs under sweep.convention.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  del arg
+  c = common.base()
+  c.name = 'isoflop_tiny'
+  c.model.update(max_len=64, position='learned', activation='gelu', norm='layernorm')
+  c.data.update(seq_len=64)
+  c.opt.update(lr=3e-3, warmup_steps=20, schedule='cosine', min_lr_ratio=0.1)
+  c.train.update(batch_size=32, steps=100, log_every=20, eval_batches=4, keep_checkpoints=1)
+  c.sweep = dict(design='isoflop', convention='exact', budgets=[2e11, 6e11, 2e12], sizes=5,
+                 tokens_per_param=200.0, aspect=8, head_dim=8, evals_per_run=5,
+                 bootstrap=1000)
+  return c

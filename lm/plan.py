@@ -1,0 +1,161 @@
+"""Model ladders and sweep plans: IsoFLOP, N x D grid, WSD cooldown branches.
+
+Ladder rule: d_model = aspect * num_layers (so d_model / num_layers is fixed,
+as in Kaplan et al. 2020, Sec. 3), heads = d_model / head_dim, MLP 4 x
+d_model; rung k has k layers. A target size maps to the rung whose
+non-embedding parameter count is closest in log space. A plan is a list of `Run`s, each a set of
+config overrides on the sweep's base config with its planned N, D and C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from lm import flops
+from lm.config import ConfigError, ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  overrides: dict[str, Any]  # 'section.field' -> value, on top of the base config.
+  n: int  # Non-embedding parameters.
+  tokens: int  # D: training tokens (steps x tokens per step).
+  compute: float  # C under the sweep's FLOP convention.
+  budget: float  # The planned budget this run belongs to (0 for grids).
+  design: str
+  branch_from: str = ''  # WSD: the run whose checkpoint this one continues.
+  branch_step: int = 0
+
+
+def ladder_model(target_n: float, base: ModelConfig, aspect: int, head_dim: int,
+                 max_layers: int = 64) -> ModelConfig:
+  """The ladder model whose non-embedding count is nearest `target_n` (log)."""
+  all_ = rungs(base, aspect, head_dim, max_layers)
+  n, m = min(all_, key=lambda r: abs(math.log(r[0] / target_n)))
+  if abs(math.log(n / target_n)) > math.log(2):
+    raise ConfigError(
+        f'no ladder model is within 2x of {target_n:.3g} non-embedding params (closest: '
+        f'{n:,} with {m.num_layers} layers, d_model {m.d_model}); the rule d_model = '
+        f'{aspect} x layers allows {all_[0][0]:,}..{all_[-1][0]:,}')
+  return m
+
+
+def ladder(targets: list[float], base: ModelConfig, aspect: int, head_dim: int) -> list[ModelConfig]:
+  return [ladder_model(t, base, aspect, head_dim) for t in targets]
+
+
+def _model_overrides(m: ModelConfig) -> dict[str, Any]:
+  return {'model.d_model': m.d_model, 'model.num_layers': m.num_layers,
+          'model.num_heads': m.num_heads, 'model.mlp_dim': m.mlp_dim}
+
+
+def _steps(tokens: float, tokens_per_step: int, what: str) -> int:
+  steps = int(round(tokens / tokens_per_step))
+  if steps < 1:
+    raise ConfigError(f'{what}: {tokens:.3g} tokens is less than one step of '
+                      f'{tokens_per_step} tokens; raise the budget or shrink the batch')
+  return steps
+
+
+def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
+          ) -> list[tuple[int, ModelConfig]]:
+  """Every ladder model, smallest first, with its non-embedding count."""
+  if aspect % head_dim:
+    raise ConfigError(f'sweep.aspect={aspect} must be a multiple of sweep.head_dim={head_dim} '
+                      'so that every rung has whole heads')
+  out = []
+  for layers in range(1, max_layers + 1):
+    d = aspect * layers
+    m = dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=d // head_dim,
+                            num_kv_heads=0, head_dim=0, mlp_dim=4 * d)
+    out.append((flops.param_counts(m)['non_embedding'], m))
+  return out
+
+
+def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_step: int,
+            convention: str, aspect: int, head_dim: int, sizes: int = 5,
+            tokens_per_param: float = 20.0, min_steps: int = 20) -> list[Run]:
+  """Per budget C: `sizes` consecutive ladder models centred on the rung
+  nearest the expected optimum N* = sqrt(C / (6 r)) (D = r N, r =
+  tokens_per_param, Hoffmann et al. 2022), so the minimum is bracketed on
+  both sides; each trains for D = C / (FLOPs per token of that model)."""
+  if sizes < 3:
+    raise ConfigError(f'sweep.sizes={sizes}: an IsoFLOP profile needs at least 3 sizes '
+                      '(5 recommended) to bracket its minimum')
+  ladder_ = rungs(base, aspect, head_dim)
+  runs = []
+  for c in sorted(budgets):
+    n_star = math.sqrt(c / (6 * tokens_per_param))
+    centre = min(range(len(ladder_)), key=lambda i: abs(math.log(ladder_[i][0] / n_star)))
+    lo = centre - sizes // 2
+    if lo < 0 or lo + sizes > len(ladder_):
+      raise ConfigError(
+          f'budget {c:.3g} is too small (or too large) for this ladder: its expected optimum '
+          f'N*={n_star:.3g} is rung {centre + 1} and {sizes} sizes centred there need rungs '
+          f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; raise the smallest budget or lower '
+          'sweep.aspect')
+    for n, m in ladder_[lo:lo + sizes]:
+      fpt = flops.train_flops_per_token(m, seq_len, convention)
+      steps = _steps(c / fpt, tokens_per_step, f'budget {c:.3g}, {m.num_layers} layers')
+      if steps < min_steps:
+        raise ConfigError(
+            f'budget {c:.3g} is too small: the {m.num_layers}-layer model would train '
+            f'{steps} steps (< sweep.min_steps={min_steps}); raise the smallest budget')
+      d = steps * tokens_per_step
+      runs.append(Run(name=f'C{c:.2e}_L{m.num_layers}_d{m.d_model}',
+                      overrides={**_model_overrides(m), 'train.steps': steps},
+                      n=n, tokens=d, compute=fpt * d, budget=c, design='isoflop'))
+  return runs
+
+
+def grid(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len: int,
+         tokens_per_step: int, convention: str, aspect: int, head_dim: int) -> list[Run]:
+  """Every ladder model for every token count."""
+  runs = []
+  for m in ladder(targets_n, base, aspect, head_dim):
+    fpt = flops.train_flops_per_token(m, seq_len, convention)
+    for t in tokens:
+      steps = _steps(t, tokens_per_step, f'grid D={t:.3g}')
+      d = steps * tokens_per_step
+      runs.append(Run(name=f'L{m.num_layers}_d{m.d_model}_D{d:.2e}',
+                      overrides={**_model_overrides(m), 'train.steps': steps},
+                      n=flops.param_counts(m)['non_embedding'], tokens=d, compute=fpt * d,
+                      budget=0.0, design='grid'))
+  return runs
+
+
+def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len: int,
+                 tokens_per_step: int, convention: str, aspect: int, head_dim: int,
+                 cooldown_fraction: float = 0.2) -> list[Run]:
+  """One stable (constant-LR) run per size, checkpointed where each branch
+  starts; each branch continues from there with a cooldown of
+  `cooldown_fraction` of its own length (Hägele et al. 2024), so a size yields
+  several D for about the cost of the longest. A branch of S steps shares
+  its first (1 - f) S steps with the stable run exactly, which is what makes
+  starting it from that checkpoint correct."""
+  runs = []
+  for m in ladder(targets_n, base, aspect, head_dim):
+    fpt = flops.train_flops_per_token(m, seq_len, convention)
+    n = flops.param_counts(m)['non_embedding']
+    stable = f'L{m.num_layers}_d{m.d_model}_stable'
+    branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)
+    starts = [int(s * (1 - cooldown_fraction)) for s in branch_steps]
+    runs.append(Run(name=stable, overrides={
+        **_model_overrides(m), 'train.steps': max(starts), 'opt.schedule': 'constant',
+        'train.extra_checkpoints': tuple(starts), 'train.checkpoint_every': max(starts),
+        'train.keep_checkpoints': len(starts) + 1},
+        n=n, tokens=max(starts) * tokens_per_step, compute=fpt * max(starts) * tokens_per_step,
+        budget=0.0, design='wsd_stable'))
+    for s, s0 in zip(branch_steps, starts):
+      d = s * tokens_per_step
+      runs.append(Run(name=f'L{m.num_layers}_d{m.d_model}_D{d:.2e}', overrides={
+          **_model_overrides(m), 'train.steps': s, 'opt.schedule': 'wsd',
+          'opt.cooldown_fraction': (s - s0) / s},
+          n=n, tokens=d, compute=fpt * d, budget=0.0, design='wsd', branch_from=stable,
+          branch_step=s0))
+  return runs

@@ -1,0 +1,264 @@
+"""Plans a sweep from its config, runs it (resumably), and tabulates results.
+
+A sweep config is a run config plus a `sweep` section (see
+configs/isoflop_tiny.py). Each run trains in <workdir>/runs/<name>; a run
+with result.json status 'done' is skipped, an interrupted one resumes from
+its checkpoint, and a failed one is recorded and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import traceback
+from typing import Any
+
+import ml_collections
+
+from lm import config as config_lib
+from lm import flops, metrics, plan, tokenizers, train
+
+DESIGNS = ('isoflop', 'grid', 'wsd')
+
+
+def sweep_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      'design': 'isoflop', 'convention': 'exact', 'budgets': [], 'sizes': 5,
+      'tokens_per_param': 20.0, 'min_steps': 20, 'params': [], 'tokens': [],
+      'aspect': 32, 'head_dim': 16, 'cooldown_fraction': 0.2, 'seeds': [0], 'lrs': [],
+      'evals_per_run': 6, 'bootstrap': 1000, 'grid': 'full'})
+
+
+def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
+  """(run ConfigDict without `sweep`, validated sweep settings)."""
+  cd = ml_collections.ConfigDict(cd.to_dict())  # Unlocked copy (config_flags locks).
+  raw = cd.sweep.to_dict() if 'sweep' in cd else {}
+  if 'sweep' in cd:
+    del cd['sweep']
+  s = sweep_defaults()
+  for k, v in raw.items():
+    if k not in s:
+      raise config_lib.ConfigError(f'config.sweep.{k} is not a known field; valid: '
+                                   f'{", ".join(sorted(s))}')
+    s[k] = v
+  if s.design not in DESIGNS:
+    raise config_lib.ConfigError(f'config.sweep.design={s.design!r}: one of {DESIGNS}')
+  if s.grid not in ('full', 'coarse'):
+    raise config_lib.ConfigError(f'config.sweep.grid={s.grid!r}: full (Hoffmann et al. 2022, '
+                                 '4500 starts) or coarse (162 starts)')
+  if s.convention not in flops.CONVENTIONS:
+    raise config_lib.ConfigError(f'config.sweep.convention={s.convention!r}: one of '
+                                 f'{flops.CONVENTIONS}')
+  return cd, s
+
+
+def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
+  """Validates the base config and the sweep settings, then plans every run."""
+  run_cd, s = split(cd)
+  base = _resolved(config_lib.from_configdict(run_cd))
+  m = base.model
+  tps = base.train.batch_size * base.data.seq_len
+  common = dict(base=m, seq_len=base.data.seq_len, tokens_per_step=tps,
+                convention=s.convention, aspect=s.aspect, head_dim=s.head_dim)
+  if s.design == 'isoflop':
+    if not s.budgets:
+      raise config_lib.ConfigError('config.sweep.budgets is empty: list compute budgets in FLOPs')
+    runs = plan.isoflop(list(s.budgets), sizes=s.sizes, tokens_per_param=s.tokens_per_param, min_steps=s.min_steps, **common)
+  elif s.design == 'grid':
+    runs = plan.grid(list(s.params), list(s.tokens), **common)
+  else:
+    runs = plan.wsd_branches(list(s.params), list(s.tokens),
+                             cooldown_fraction=s.cooldown_fraction, **common)
+  out = []
+  for r in runs:  # Optional LR sweep and seed replicates.
+    for lr in (list(s.lrs) or [None]):
+      for seed in s.seeds:
+        extra = {'train.seed': seed, 'data.shuffle_seed': seed}
+        name = r.name + (f'_lr{lr:g}' if lr else '') + (f'_s{seed}' if len(s.seeds) > 1 else '')
+        if lr:
+          extra['opt.lr'] = lr
+        branch = r.branch_from + (f'_lr{lr:g}' if lr else '') + (
+            f'_s{seed}' if len(s.seeds) > 1 and r.branch_from else '') if r.branch_from else ''
+        out.append(dataclasses.replace(r, name=name, overrides={**r.overrides, **extra},
+                                       branch_from=branch))
+  return out
+
+
+def _resolved(c: config_lib.Config) -> config_lib.Config:
+  """The config with the vocabulary size the run will use (FLOPs depend on it)."""
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  return train.resolve_vocab(c, tok.vocab_size)
+
+
+def run_config(cd: ml_collections.ConfigDict, r: plan.Run, evals: int) -> config_lib.Config:
+  run_cd, _ = split(cd)
+  for k, v in r.overrides.items():
+    sec, field = k.split('.')
+    run_cd[sec][field] = v
+  steps = r.overrides['train.steps']
+  run_cd.train.eval_every = max(1, steps // evals)
+  run_cd.train.log_every = max(1, min(run_cd.train.log_every, steps // 10 or 1))
+  run_cd.opt.warmup_steps = min(run_cd.opt.warmup_steps, max(steps // 10, 1))
+  if 'train.checkpoint_every' not in r.overrides:
+    run_cd.train.checkpoint_every = max(1, steps // 2)
+  run_cd.train.progress = False
+  run_cd.name = r.name
+  return config_lib.from_configdict(run_cd)
+
+
+def config_hash(c: config_lib.Config) -> str:
+  return hashlib.sha256(json.dumps(config_lib.to_dict(c), sort_keys=True,
+                                   default=str).encode()).hexdigest()[:12]
+
+
+def _result_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'runs', name, 'result.json')
+
+
+def write_plan(workdir: str, runs: list[plan.Run]) -> None:
+  """Saves plan.json; refuses to replace a different plan already there."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'plan.json')
+  new = [dataclasses.asdict(r) for r in runs]
+  new = json.loads(json.dumps(new))  # Tuples -> lists, as when read back.
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != new:
+      raise config_lib.ConfigError(
+          f'{workdir} holds a different sweep plan ({len(old)} runs); it was left '
+          'untouched: use another --workdir')
+    return
+  with open(path, 'w') as f:
+    json.dump(new, f, indent=1)
+
+
+def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
+            log=print) -> list[dict]:
+  """Runs every planned run not yet done; returns their result records."""
+  runs = make_plan(cd)
+  _, s = split(cd)
+  if only:
+    runs = [r for r in runs if r.name == only or r.name == only.rsplit('/', 1)[-1]]
+    if not runs:
+      raise config_lib.ConfigError(f'--only={only!r} is not a run of this sweep')
+  else:
+    write_plan(workdir, runs)
+  total_c = sum(r.compute for r in runs)
+  done_c, spent, t0 = 0.0, 0.0, time.time()
+  results = []
+  for i, r in enumerate(runs):
+    rdir = os.path.join(workdir, 'runs', r.name)
+    res_path = _result_path(workdir, r.name)
+    if os.path.exists(res_path):
+      with open(res_path) as f:
+        prev = json.load(f)
+      if prev.get('status') == 'done':
+        results.append(prev)
+        done_c += r.compute
+        continue
+    t_run = time.time()
+    try:
+      c = run_config(cd, r, s.evals_per_run)
+      if r.branch_from and not os.path.isdir(os.path.join(rdir, 'checkpoints')):
+        _start_branch(workdir, r)
+      out = train.train_and_evaluate(c, rdir, log=lambda *_: None)
+      rec = {'status': 'done', 'final_loss': out['loss'], 'final_bpb': out['bits_per_byte']}
+    except Exception as e:  # One failed run must not stop the sweep.
+      rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
+             'traceback': traceback.format_exc()[-2000:]}
+    rec.update(name=r.name, wall_s=time.time() - t_run)
+    os.makedirs(rdir, exist_ok=True)
+    with open(res_path, 'w') as f:
+      json.dump(rec, f, indent=1)
+    results.append(rec)
+    spent += time.time() - t_run
+    done_c += r.compute
+    left = len(runs) - i - 1
+    eta = spent / max(done_c, 1) * (total_c - done_c) if done_c < total_c else 0.0
+    log(f'[sweep] {i + 1}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
+        f'({r.name}: {rec["status"]}'
+        + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
+           f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s)')
+  log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
+  return results
+
+
+def _start_branch(workdir: str, r: plan.Run) -> None:
+  """Seeds a WSD branch with its stable run's checkpoint at the branch step."""
+  src = os.path.join(workdir, 'runs', r.branch_from)
+  ckpt = os.path.join(src, 'checkpoints', str(r.branch_step))
+  if not os.path.isdir(ckpt):
+    raise FileNotFoundError(f'{r.name} branches from {ckpt}, which does not exist yet; '
+                            f'run {r.branch_from} first')
+  dst = os.path.join(workdir, 'runs', r.name)
+  os.makedirs(os.path.join(dst, 'checkpoints'), exist_ok=True)
+  shutil.copytree(ckpt, os.path.join(dst, 'checkpoints', str(r.branch_step)))
+  shutil.copy(os.path.join(src, 'config.json'), os.path.join(dst, 'config.json'))
+
+
+def commands(cd_arg: str, workdir: str, runs: list[plan.Run]) -> list[dict]:
+  """One launchable command per run (e.g. one cluster job or TPU pod each)."""
+  out = []
+  for r in runs:
+    cmd = (f'python -m experiments.sweep --config={cd_arg} --workdir={workdir} '
+           f'--only={r.name}')
+    out.append({'name': r.name, 'command': cmd, 'workdir': os.path.join(workdir, 'runs', r.name),
+                'after': r.branch_from, **{k: v for k, v in dataclasses.asdict(r).items()
+                                           if k in ('n', 'tokens', 'compute', 'budget')}})
+  return out
+
+
+COLUMNS = ['name', 'status', 'design', 'budget', 'config_hash', 'N', 'N_total', 'D',
+           *[f'C_{k}' for k in flops.CONVENTIONS], 'final_loss', 'best_loss', 'final_bpb',
+           'best_bpb', 'wall_s', 'error']
+
+
+def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """results.csv and results.jsonl: one row per planned run, whatever its state."""
+  runs = make_plan(cd)
+  _, s = split(cd)
+  rows = []
+  for r in runs:
+    c = _resolved(run_config(cd, r, s.evals_per_run))
+    counts = flops.param_counts(c.model)
+    rdir = os.path.join(workdir, 'runs', r.name)
+    res = {}
+    if os.path.exists(_result_path(workdir, r.name)):
+      with open(_result_path(workdir, r.name)) as f:
+        res = json.load(f)
+    evals = metrics.read(rdir, 'eval')
+    final_step = r.overrides['train.steps']
+    final = [e for e in evals if e['step'] == final_step]
+    row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
+           'budget': r.budget, 'config_hash': config_hash(c), 'N': counts['non_embedding'],
+           'N_total': counts['total'], 'D': r.tokens,
+           **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(c.model,
+                                                                       c.data.seq_len).items()},
+           'final_loss': final[-1]['loss'] if final else float('nan'),
+           'best_loss': min((e['loss'] for e in evals), default=float('nan')),
+           'final_bpb': final[-1]['bits_per_byte'] if final else float('nan'),
+           'best_bpb': min((e['bits_per_byte'] for e in evals), default=float('nan')),
+           'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
+    rows.append(row)
+  with open(os.path.join(workdir, 'results.jsonl'), 'w') as f:
+    for row in rows:
+      f.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                          for k, v in row.items()}) + '\n')
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+  return rows
+
+
+def curves(workdir: str, names: list[str]) -> dict[str, list[dict]]:
+  """Each run's eval rows (step, loss), for the envelope method."""
+  return {n: metrics.read(os.path.join(workdir, 'runs', n), 'eval') for n in names}
+

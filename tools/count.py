@@ -1,0 +1,53 @@
+"""Parameter and FLOP counts for a config, or for a ladder of sizes.
+
+python -m tools.count --config=configs/gpt2_small.py
+python -m tools.count --config=configs/isoflop_tiny.py --ladder=1e4,1e5,1e6 [--aspect=8 --head_dim=8]
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lm import config as config_lib
+from lm import flops, plan, sweep
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A run or sweep config.')
+_LADDER = flags.DEFINE_string('ladder', '', 'Comma-separated target non-embedding sizes.')
+_ASPECT = flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s).')
+_HEAD_DIM = flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s).')
+
+
+def table(models, seq_len: int) -> str:
+  cols = ['layers', 'd_model', 'heads', 'total', 'non_embedding', 'embedding', 'head',
+          *[f'{c}/tok' for c in flops.CONVENTIONS]]
+  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+  for m in models:
+    p = flops.param_counts(m)
+    f = flops.all_conventions(m, seq_len)
+    vals = [m.num_layers, m.d_model, m.num_heads, p['total'], p['non_embedding'],
+            p['embedding'] + p['position'], p['head'], *[f'{f[c]:.4g}' for c in flops.CONVENTIONS]]
+    lines.append('| ' + ' | '.join(f'{v:,}' if isinstance(v, int) else str(v) for v in vals) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  try:
+    run_cd, s = sweep.split(_CONFIG.value)
+    c = sweep._resolved(config_lib.from_configdict(run_cd))
+    models = [c.model]
+    if _LADDER.value:
+      aspect, hd = _ASPECT.value or s.aspect, _HEAD_DIM.value or s.head_dim
+      models = plan.ladder([float(x) for x in _LADDER.value.split(',')], c.model, aspect, hd)
+    print(f'seq_len {c.data.seq_len}, vocab {c.model.vocab_size}; FLOPs are training FLOPs '
+          'per token under each convention (lm/flops.py)\n')
+    print(table(models, c.data.seq_len))
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,80 @@
+"""Fits scaling laws to a results table (CSV or JSONL with N, D, C and loss columns).
+
+python -m tools.fit --results=runs/isoflop/results.csv [--method=3] [--convention=exact]
+  method 2 needs a `budget` column (an IsoFLOP design); method 3 needs N, D, loss.
+Strict: a missing or non-finite value, or too few points, is an error.
+"""
+
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from lm import scaling
+
+_RESULTS = flags.DEFINE_string('results', None, 'results.csv or results.jsonl.')
+_METHOD = flags.DEFINE_enum('method', '3', ['2', '3'], 'Hoffmann approach 2 or 3.')
+_CONV = flags.DEFINE_string('convention', 'exact', 'Which C_<convention> column is C.')
+_LOSS = flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
+_BOOT = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples.')
+
+
+def read(path: str) -> list[dict]:
+  with open(path) as f:
+    if path.endswith('.jsonl'):
+      return [json.loads(line) for line in f if line.strip()]
+    return list(csv.DictReader(f))
+
+
+def column(rows, key) -> np.ndarray:
+  out = []
+  for i, r in enumerate(rows):
+    v = r.get(key)
+    try:
+      v = float(v)
+    except (TypeError, ValueError):
+      v = float('nan')
+    if not math.isfinite(v):
+      raise scaling.FitError(f'row {i} ({r.get("name", "?")}): {key}={r.get(key)!r} is missing '
+                             'or not finite; drop or re-run that run')
+    out.append(v)
+  return np.asarray(out)
+
+
+def main(argv):
+  del argv
+  try:
+    rows = [r for r in read(_RESULTS.value) if r.get('status', 'done') == 'done']
+    n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, _LOSS.value)
+    if _METHOD.value == '3':
+      f = scaling.approach3(n, d, loss)
+      x = [math.log(f.A), math.log(f.B), math.log(f.E), f.alpha, f.beta]
+      ci = scaling.bootstrap(lambda i: (lambda g: {k: getattr(g, k) for k in (
+          'E', 'A', 'B', 'alpha', 'beta', 'a')})(scaling.approach3(n[i], d[i], loss[i],
+                                                                 starts=[x])), len(loss), _BOOT.value)
+      for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
+        print(f'{k:6s} {getattr(f, k):.4g}  95% CI [{ci[k][0]:.4g}, {ci[k][1]:.4g}]')
+      print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
+            f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
+    else:
+      budget, c = column(rows, 'budget'), column(rows, f'C_{_CONV.value}')
+      fpt = c / d
+      order = np.argsort(n)
+      tokens_for = lambda cc, nn: cc / np.interp(np.log(nn), np.log(n[order]), fpt[order])  # noqa
+      f = scaling.approach2(budget, n, loss, tokens_for)
+      ci = scaling.bootstrap(lambda i: {'a': scaling.approach2(
+          budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), _BOOT.value,
+          groups=budget)
+      print(f'N_opt = {f.N_opt.k:.4g} C^{f.N_opt.exponent:.4g} (a 95% CI [{ci["a"][0]:.4g}, '
+            f'{ci["a"][1]:.4g}]); D_opt = {f.D_opt.k:.4g} C^{f.D_opt.exponent:.4g}')
+  except scaling.FitError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['results'])
+  app.run(main)
