@@ -10,7 +10,9 @@ Conventions for training FLOPs per token (C = flops_per_token * tokens):
                context over the key blocks attention computes (query blocks of
                model.attn_block skip keys after the block; within a block the
                mask is applied, not skipped), MLP (GLU aware) and logits.
-               MFU uses this one.
+               MFU uses this one. Like PaLM's MFU (Chowdhery et al. 2022,
+               App. B) it leaves out rematerialisation: with remat the
+               hardware does up to one more forward pass than this counts.
 """
 
 from __future__ import annotations

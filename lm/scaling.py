@@ -202,7 +202,8 @@ class ParametricFit:
 
 
 def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
-              starts: Sequence[Sequence[float]] | None = None) -> ParametricFit:
+              starts: Sequence[Sequence[float]] | None = None, polish: int = 10
+              ) -> ParametricFit:
   """Hoffmann's parametric fit; `starts` (a, b, e, alpha, beta) replace the grid."""
   n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
   _check('approach 3', N=n, D=d, loss=loss)
@@ -215,12 +216,18 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
   from_grid = starts is None
   if from_grid:
     starts = list(itertools.product(*(grid[k] for k in _ORDER)))
+  # Stage 1: every start with L-BFGS's default tolerances finds the basins.
+  # Stage 2: the best `polish` of them again with tight tolerances: with
+  # delta = 1e-3 most residuals sit in Huber's linear part, whose small,
+  # nearly constant gradient otherwise stops L-BFGS early (and made the
+  # bootstrap intervals far too narrow). Same optimum, ~4x less time.
+  args = (logn, logd, logl, delta)
+  rough = [(scipy.optimize.minimize(_objective, np.asarray(x0, float), args=args, jac=True,
+                                    method='L-BFGS-B'), x0) for x0 in starts]
+  rough.sort(key=lambda rx: rx[0].fun)
   best = None
-  for x0 in starts:
-    # Tight tolerances: with delta = 1e-3 most residuals sit in Huber's linear
-    # part, whose small, nearly constant gradient stops L-BFGS early otherwise.
-    res = scipy.optimize.minimize(_objective, np.asarray(x0, float),
-                                  args=(logn, logd, logl, delta), jac=True, method='L-BFGS-B',
+  for r0, x0 in rough[:polish]:
+    res = scipy.optimize.minimize(_objective, r0.x, args=args, jac=True, method='L-BFGS-B',
                                   options={'ftol': 1e-15, 'gtol': 1e-10, 'maxiter': 5000})
     if best is None or res.fun < best[0].fun:
       best = (res, x0)

@@ -163,3 +163,35 @@ def test_count_table_and_strict_fit_columns():
   np.testing.assert_array_equal(fit.column(rows[:1], 'N'), [100.0])
   with pytest.raises(FitError, match=r"row 1 \(b\): D='' is missing or not finite"):
     fit.column(rows, 'D')
+
+
+def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
+  """Branches start from the stable run's checkpoint and only add the cooldown."""
+  from lm import metrics
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='wsd', convention='exact', params=[6000.0], tokens=[2560.0, 5120.0],
+                  aspect=8, head_dim=8, cooldown_fraction=0.25, evals_per_run=2)
+  runs = sweep.make_plan(cd)
+  assert [r.design for r in runs] == ['wsd_stable', 'wsd', 'wsd']
+  wd = str(tmp_path / 'wsd')
+  res = sweep.run_all(cd, wd, log=lambda *_: None)
+  assert [r['status'] for r in res] == ['done'] * 3, res
+  stable = {r['step']: r for r in metrics.read(os.path.join(wd, 'runs', runs[0].name), 'train')}
+  for b in runs[1:]:
+    rows = metrics.read(os.path.join(wd, 'runs', b.name), 'train')
+    steps = [r['step'] for r in rows]
+    assert min(steps) > b.branch_step  # Resumed, not retrained.
+    assert max(steps) == b.overrides['train.steps']
+    assert rows[-1]['lr'] < 0.5 * stable[b.branch_step]['lr']  # Cooled down.
+
+
+def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
+  cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
+  runs = sweep.make_plan(cd)
+  assert len(runs) == 6 * 4 and len({r.name for r in runs}) == 24
+  assert {(r.overrides['opt.lr'], r.overrides['train.seed']) for r in runs} == {
+      (1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
+  cmds = sweep.commands('configs/x.py', '/sw', runs)
+  assert cmds[0]['command'] == ('python -m experiments.sweep --config=configs/x.py '
+                                f'--workdir=/sw --only={runs[0].name}')
+  assert json.loads(json.dumps(cmds))[0]['workdir'] == f'/sw/runs/{runs[0].name}'

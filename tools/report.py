@@ -26,10 +26,6 @@ from ml_collections import config_flags  # noqa: E402
 from lm import config as config_lib  # noqa: E402
 from lm import flops, scaling, sweep  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The sweep config.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory.')
-
-
 def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
   """(usable rows, excluded rows with the reason). Non-finite losses of runs
   marked done are an error: the table is inconsistent."""
@@ -251,12 +247,15 @@ def write_report(cd, workdir: str) -> str:
 def main(argv):
   del argv
   try:
-    print(write_report(_CONFIG.value, _WORKDIR.value))
+    print(write_report(flags.FLAGS.config, flags.FLAGS.workdir))
   except (scaling.FitError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program: experiments.sweep imports this module.
+  config_flags.DEFINE_config_file('config', None, 'The sweep config.')
+  flags.DEFINE_string('workdir', None, 'The sweep directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
