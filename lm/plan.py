@@ -13,7 +13,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 
 from lm import flops
 from lm.config import ConfigError, ModelConfig

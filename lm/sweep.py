@@ -215,7 +215,8 @@ def commands(cd_arg: str, workdir: str, runs: list[plan.Run]) -> list[dict]:
   return out
 
 
-COLUMNS = ['name', 'status', 'design', 'budget', 'config_hash', 'N', 'N_total', 'D',
+COLUMNS = ['name', 'status', 'design', 'budget', 'config_hash', 'N', 'N_with_head', 'N_total',
+           'D',
            *[f'C_{k}' for k in flops.CONVENTIONS], 'final_loss', 'best_loss', 'final_bpb',
            'best_bpb', 'wall_s', 'error']
 
@@ -238,6 +239,7 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     final = [e for e in evals if e['step'] == final_step]
     row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
            'budget': r.budget, 'config_hash': config_hash(c), 'N': counts['non_embedding'],
+           'N_with_head': counts['non_embedding'] + c.model.d_model * c.model.vocab_size,
            'N_total': counts['total'], 'D': r.tokens,
            **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(c.model,
                                                                        c.data.seq_len).items()},

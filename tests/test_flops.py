@@ -16,8 +16,8 @@ from tests.helpers import tiny
     ModelConfig(vocab_size=384, d_model=96, num_layers=3, num_heads=6, num_kv_heads=2,
                 max_len=128, position='rope', norm='rmsnorm', activation='swiglu',
                 use_bias=False, tie_embeddings=False, attn_block=32),
-    ModelConfig(vocab_size=256, d_model=64, num_layers=4, num_heads=2, max_len=128,
-                position='sinusoidal', activation='relu2', qk_norm=True, mlp_dim=160,
+    ModelConfig(vocab_size=256, d_model=128, num_layers=4, num_heads=2, max_len=128,
+                position='sinusoidal', activation='relu2', qk_norm=True, mlp_dim=320,
                 tie_embeddings=False, attn_block=0),
 ], ids=['gpt2', 'llama_gqa_blocked', 'relu2_qknorm_untied'])
 def test_exact_flops_match_xla_cost_analysis(model):

@@ -12,10 +12,15 @@ from ml_collections import config_flags
 from lm import config as config_lib
 from lm import flops, plan, sweep
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A run or sweep config.')
-_LADDER = flags.DEFINE_string('ladder', '', 'Comma-separated target non-embedding sizes.')
-_ASPECT = flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s).')
-_HEAD_DIM = flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s).')
+
+
+def _define_flags() -> None:
+  """Flags exist only when this runs as a program, so tests can import it."""
+  config_flags.DEFINE_config_file('config', None, 'A run or sweep config.')
+  flags.DEFINE_string('ladder', '', 'Comma-separated target non-embedding sizes.')
+  flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s).')
+  flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s).')
+  flags.mark_flags_as_required(['config'])
 
 
 def table(models, seq_len: int) -> str:
@@ -33,13 +38,14 @@ def table(models, seq_len: int) -> str:
 
 def main(argv):
   del argv
+  F = flags.FLAGS
   try:
-    run_cd, s = sweep.split(_CONFIG.value)
+    run_cd, s = sweep.split(F.config)
     c = sweep._resolved(config_lib.from_configdict(run_cd))
     models = [c.model]
-    if _LADDER.value:
-      aspect, hd = _ASPECT.value or s.aspect, _HEAD_DIM.value or s.head_dim
-      models = plan.ladder([float(x) for x in _LADDER.value.split(',')], c.model, aspect, hd)
+    if F.ladder:
+      aspect, hd = F.aspect or s.aspect, F.head_dim or s.head_dim
+      models = plan.ladder([float(x) for x in F.ladder.split(',')], c.model, aspect, hd)
     print(f'seq_len {c.data.seq_len}, vocab {c.model.vocab_size}; FLOPs are training FLOPs '
           'per token under each convention (lm/flops.py)\n')
     print(table(models, c.data.seq_len))
@@ -49,5 +55,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
+  _define_flags()
   app.run(main)

@@ -15,11 +15,16 @@ from absl import app, flags
 
 from lm import scaling
 
-_RESULTS = flags.DEFINE_string('results', None, 'results.csv or results.jsonl.')
-_METHOD = flags.DEFINE_enum('method', '3', ['2', '3'], 'Hoffmann approach 2 or 3.')
-_CONV = flags.DEFINE_string('convention', 'exact', 'Which C_<convention> column is C.')
-_LOSS = flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
-_BOOT = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples.')
+
+
+def _define_flags() -> None:
+  """Flags exist only when this runs as a program, so tests can import it."""
+  flags.DEFINE_string('results', None, 'results.csv or results.jsonl.')
+  flags.DEFINE_enum('method', '3', ['2', '3'], 'Hoffmann approach 2 or 3.')
+  flags.DEFINE_string('convention', 'exact', 'Which C_<convention> column is C.')
+  flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
+  flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples.')
+  flags.mark_flags_as_required(['results'])
 
 
 def read(path: str) -> list[dict]:
@@ -46,27 +51,28 @@ def column(rows, key) -> np.ndarray:
 
 def main(argv):
   del argv
+  F = flags.FLAGS
   try:
-    rows = [r for r in read(_RESULTS.value) if r.get('status', 'done') == 'done']
-    n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, _LOSS.value)
-    if _METHOD.value == '3':
+    rows = [r for r in read(F.results) if r.get('status', 'done') == 'done']
+    n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, F.loss)
+    if F.method == '3':
       f = scaling.approach3(n, d, loss)
       x = [math.log(f.A), math.log(f.B), math.log(f.E), f.alpha, f.beta]
       ci = scaling.bootstrap(lambda i: (lambda g: {k: getattr(g, k) for k in (
           'E', 'A', 'B', 'alpha', 'beta', 'a')})(scaling.approach3(n[i], d[i], loss[i],
-                                                                 starts=[x])), len(loss), _BOOT.value)
+                                                                 starts=[x])), len(loss), F.bootstrap)
       for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
         print(f'{k:6s} {getattr(f, k):.4g}  95% CI [{ci[k][0]:.4g}, {ci[k][1]:.4g}]')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
             f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
     else:
-      budget, c = column(rows, 'budget'), column(rows, f'C_{_CONV.value}')
+      budget, c = column(rows, 'budget'), column(rows, f'C_{F.convention}')
       fpt = c / d
       order = np.argsort(n)
       tokens_for = lambda cc, nn: cc / np.interp(np.log(nn), np.log(n[order]), fpt[order])  # noqa
       f = scaling.approach2(budget, n, loss, tokens_for)
       ci = scaling.bootstrap(lambda i: {'a': scaling.approach2(
-          budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), _BOOT.value,
+          budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), F.bootstrap,
           groups=budget)
       print(f'N_opt = {f.N_opt.k:.4g} C^{f.N_opt.exponent:.4g} (a 95% CI [{ci["a"][0]:.4g}, '
             f'{ci["a"][1]:.4g}]); D_opt = {f.D_opt.k:.4g} C^{f.D_opt.exponent:.4g}')
@@ -76,5 +82,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['results'])
+  _define_flags()
   app.run(main)

@@ -24,7 +24,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lm import config as config_lib  # noqa: E402
-from lm import flops, scaling, sweep  # noqa: E402
+from lm import scaling, sweep  # noqa: E402
 
 def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
   """(usable rows, excluded rows with the reason). Non-finite losses of runs

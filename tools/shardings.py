@@ -25,9 +25,6 @@ from lm import config as config_lib
 from lm import optimizer, tokenizers, train
 from lm import sharding as shard_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_AOT = flags.DEFINE_bool('aot', False, 'Compile the train step and print XLA memory stats.')
-flags.mark_flags_as_required(['config'])
 
 
 def _gib(n: float) -> str:
@@ -120,11 +117,15 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
 def main(argv):
   del argv
   try:
-    report(config_lib.from_configdict(_CONFIG.value), _AOT.value)
+    report(config_lib.from_configdict(flags.FLAGS.config), flags.FLAGS.aot)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program, so tests can import this module.
+  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  flags.DEFINE_bool('aot', False, 'Compile the train step and print XLA memory stats.')
+  flags.mark_flags_as_required(['config'])
   app.run(main)

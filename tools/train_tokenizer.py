@@ -45,20 +45,22 @@ def train(texts: list[str], out_prefix: str, vocab_size: int, model_type: str = 
   return out_prefix + '.model'
 
 
-_OUT = flags.DEFINE_string('out', None, 'Output prefix (writes PREFIX.model and .vocab).')
-_VOCAB = flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.')
-_TYPE = flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
-_PATH = flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
 
 
 def main(argv):
   del argv
-  d = DataConfig(source='dir' if _PATH.value else 'stdlib', path=_PATH.value)
+  F = flags.FLAGS
+  d = DataConfig(source='dir' if F.data_path else 'stdlib', path=F.data_path)
   builder, key = data_lib.corpus(d)
   texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
-  print(train(texts, _OUT.value, _VOCAB.value, _TYPE.value))
+  print(train(texts, F.out, F.vocab_size, F.model_type))
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program, so tests can import this module.
+  flags.DEFINE_string('out', None, 'Output prefix (writes PREFIX.model and .vocab).')
+  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.')
+  flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
+  flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
   flags.mark_flag_as_required('out')
   app.run(main)
