@@ -275,3 +275,27 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
   out = {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in draws.items()}
   out['_failed'] = (failed, resamples)
   return out
+
+
+def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, seed: int = 0
+                        ) -> dict[str, tuple[float, float]]:
+  """Bootstrap intervals of E, A, B, alpha, beta and a; each refit starts from
+  the full fit's optimum (a grid search per resample would cost ~30 s each)."""
+  n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
+  x_best = [math.log(fit.A), math.log(fit.B), math.log(fit.E), fit.alpha, fit.beta]
+
+  def refit(idx):
+    g = approach3(n[idx], d[idx], loss[idx], starts=[x_best])
+    return {k: getattr(g, k) for k in ('E', 'A', 'B', 'alpha', 'beta', 'a')}
+
+  return bootstrap(refit, len(loss), resamples, seed)
+
+
+def tokens_at(n, c, d) -> Callable[[float, float], float]:
+  """(C, N) -> D for a model of N params at budget C, with FLOPs per token
+  interpolated in log N across the runs (n, c, d), so it follows whichever
+  FLOP convention c was counted in."""
+  n, c, d = (np.asarray(x, float) for x in (n, c, d))
+  order = np.argsort(n)
+  logn, fpt = np.log(n[order]), (c / d)[order]
+  return lambda cc, nn: cc / np.interp(np.log(nn), logn, fpt)

@@ -57,19 +57,14 @@ def main(argv):
     n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
-      x = [math.log(f.A), math.log(f.B), math.log(f.E), f.alpha, f.beta]
-      ci = scaling.bootstrap(lambda i: (lambda g: {k: getattr(g, k) for k in (
-          'E', 'A', 'B', 'alpha', 'beta', 'a')})(scaling.approach3(n[i], d[i], loss[i],
-                                                                 starts=[x])), len(loss), F.bootstrap)
+      ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap)
       for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
         print(f'{k:6s} {getattr(f, k):.4g}  95% CI [{ci[k][0]:.4g}, {ci[k][1]:.4g}]')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
             f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
     else:
       budget, c = column(rows, 'budget'), column(rows, f'C_{F.convention}')
-      fpt = c / d
-      order = np.argsort(n)
-      tokens_for = lambda cc, nn: cc / np.interp(np.log(nn), np.log(n[order]), fpt[order])  # noqa
+      tokens_for = scaling.tokens_at(n, c, d)
       f = scaling.approach2(budget, n, loss, tokens_for)
       ci = scaling.bootstrap(lambda i: {'a': scaling.approach2(
           budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), F.bootstrap,

@@ -116,11 +116,7 @@ def write_report(cd, workdir: str) -> str:
   md += ['## Approach 2: IsoFLOP profiles', '']
   a2 = None
   try:
-    def tokens_for(cc, nn):
-      # D at the optimum: interpolate FLOPs per token in log N across the runs.
-      order = np.argsort(n)
-      return cc / np.interp(np.log(nn), np.log(n[order]),
-                            (c / d)[order])
+    tokens_for = scaling.tokens_at(n, c, d)
     a2 = scaling.approach2(budget, n, loss, tokens_for)
     draws: dict = {}
     ci2 = scaling.bootstrap(
@@ -173,12 +169,7 @@ def write_report(cd, workdir: str) -> str:
   try:
     grid = scaling.GRID if s.grid == 'full' else scaling.COARSE_GRID
     f3 = scaling.approach3(n, d, loss, grid=grid)
-    x_best = [math.log(f3.A), math.log(f3.B), math.log(f3.E), f3.alpha, f3.beta]
-    ci3 = scaling.bootstrap(
-        lambda idx: (lambda g: {'E': g.E, 'A': g.A, 'B': g.B, 'alpha': g.alpha,
-                                'beta': g.beta, 'a': g.a})(
-            scaling.approach3(n[idx], d[idx], loss[idx], starts=[x_best])),
-        len(loss), resamples=s.bootstrap)
+    ci3 = scaling.approach3_intervals(n, d, loss, f3, s.bootstrap)
     md += ['| parameter | estimate | 95% CI |', '|---|---|---|']
     for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
       md.append(f'| {k} | {_fmt(getattr(f3, k))} | {_ci(ci3, k)} |')
