@@ -111,7 +111,8 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   from tools import report
   path = report.write_report(cd, wd)
   text = open(path).read()
-  for section in ('Approach 1', 'Approach 2', 'Approach 3', 'Held-out check', '95% CI'):
+  for section in ('Approach 1', 'Approach 2', 'Approach 3', 'Held-out check', '95% CI',
+                  'intervals resample whole runs', "k' = "):
     assert section in text, section
   assert 'Poorly constrained' in text  # 6 points cannot pin down 5 parameters.
   for png in ('loss_vs_flops.png', 'isoflop.png', 'optimal_vs_compute.png', 'parametric.png'):

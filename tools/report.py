@@ -95,11 +95,21 @@ def write_report(cd, workdir: str) -> str:
                                      for e in ev]), np.array([e['loss'] for e in ev]))
     n_of = {r['name']: r['N'] for r in rows}
     a1 = scaling.approach1(curves, n_of, lambda name: fpt_of[name])
-    md += [f'N_opt(C) = {_fmt(a1["N_opt"].k)} C^{_fmt(a1["N_opt"].exponent)}; '
-           f'D_opt(C) = {_fmt(a1["D_opt"].k)} C^{_fmt(a1["D_opt"].exponent)} '
-           f'({len(a1["envelope"])} envelope points from '
-           f'{len({e[2] for e in a1["envelope"]})} runs; no interval: the envelope is a '
-           'handful of correlated points, treat it as a sanity check).', '']
+    names = list(curves)
+
+    def refit1(idx):  # Resample whole runs (curves), keeping duplicates apart.
+      picked = {f'{names[i]}#{j}': curves[names[i]] for j, i in enumerate(idx)}
+      f = scaling.approach1(picked, {k: n_of[k.split('#')[0]] for k in picked},
+                            lambda k: fpt_of[k.split('#')[0]])
+      return {'a': f['N_opt'].exponent, 'b': f['D_opt'].exponent}
+
+    ci1 = scaling.bootstrap(refit1, len(names), resamples=s.bootstrap)
+    md += [f'N_opt(C) = {_fmt(a1["N_opt"].k)} C^a with a = {_fmt(a1["N_opt"].exponent)} '
+           f'(95% CI {_ci(ci1, "a")}); D_opt(C) = {_fmt(a1["D_opt"].k)} C^b with '
+           f'b = {_fmt(a1["D_opt"].exponent)} (95% CI {_ci(ci1, "b")}). '
+           f'{len(a1["envelope"])} envelope points from '
+           f'{len({e[2] for e in a1["envelope"]})} runs; intervals resample whole runs '
+           f'(failed refits: {ci1["_failed"][0]} of {ci1["_failed"][1]}).', '']
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (cc, ll) in curves.items():
       ax.plot(cc, ll, alpha=0.5, lw=1)
@@ -124,9 +134,12 @@ def write_report(cd, workdir: str) -> str:
                                 'log_kn': math.log(f.N_opt.k), 'log_kd': math.log(f.D_opt.k)})(
             scaling.approach2(budget[idx], n[idx], loss[idx], tokens_for)),
         len(loss), resamples=s.bootstrap, groups=budget, draws_out=draws)
-    md += [f'N_opt(C) = {_fmt(a2.N_opt.k)} C^a with a = {_fmt(a2.N_opt.exponent)} '
-           f'(95% CI {_ci(ci2, "a")}); D_opt(C) = {_fmt(a2.D_opt.k)} C^b with '
-           f'b = {_fmt(a2.D_opt.exponent)} (95% CI {_ci(ci2, "b")}). '
+    kn = [math.exp(v) for v in ci2['log_kn']]
+    kd = [math.exp(v) for v in ci2['log_kd']]
+    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI [{_fmt(kn[0])}, '
+           f'{_fmt(kn[1])}]), a = {_fmt(a2.N_opt.exponent)} (95% CI {_ci(ci2, "a")}); '
+           f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI [{_fmt(kd[0])}, '
+           f'{_fmt(kd[1])}]), b = {_fmt(a2.D_opt.exponent)} (95% CI {_ci(ci2, "b")}). '
            f'Bootstrap refits that failed: {ci2["_failed"][0]} of {ci2["_failed"][1]}.', '',
            '| budget | N_opt | loss at N_opt | minimum inside sampled N |', '|---|---|---|---|']
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
