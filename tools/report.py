@@ -51,8 +51,13 @@ def _fmt(v: float) -> str:
   return f'{v:.4g}'
 
 
-def _ci(ci: dict, k: str) -> str:
-  lo, hi = ci.get(k, (float('nan'), float('nan')))
+def _ci(ci: dict, k: str, transform=None) -> str:
+  """'[lo, hi]', or why there is none (every bootstrap refit failed)."""
+  if k not in ci:
+    return 'none: every bootstrap refit failed'
+  lo, hi = ci[k]
+  if transform is not None:
+    lo, hi = transform(lo), transform(hi)
   return f'[{_fmt(lo)}, {_fmt(hi)}]'
 
 
@@ -134,12 +139,11 @@ def write_report(cd, workdir: str) -> str:
                                 'log_kn': math.log(f.N_opt.k), 'log_kd': math.log(f.D_opt.k)})(
             scaling.approach2(budget[idx], n[idx], loss[idx], tokens_for)),
         len(loss), resamples=s.bootstrap, groups=budget, draws_out=draws)
-    kn = [math.exp(v) for v in ci2['log_kn']]
-    kd = [math.exp(v) for v in ci2['log_kd']]
-    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI [{_fmt(kn[0])}, '
-           f'{_fmt(kn[1])}]), a = {_fmt(a2.N_opt.exponent)} (95% CI {_ci(ci2, "a")}); '
-           f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI [{_fmt(kd[0])}, '
-           f'{_fmt(kd[1])}]), b = {_fmt(a2.D_opt.exponent)} (95% CI {_ci(ci2, "b")}). '
+    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI {_ci(ci2, "log_kn", math.exp)}), '
+           f'a = {_fmt(a2.N_opt.exponent)} (95% CI {_ci(ci2, "a")}); '
+           f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI '
+           f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
+           f'(95% CI {_ci(ci2, "b")}). '
            f'Bootstrap refits that failed: {ci2["_failed"][0]} of {ci2["_failed"][1]}.', '',
            '| budget | N_opt | loss at N_opt | minimum inside sampled N |', '|---|---|---|---|']
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
