@@ -80,13 +80,13 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
     for lr in (list(s.lrs) or [None]):
       for seed in s.seeds:
         extra = {'train.seed': seed, 'data.shuffle_seed': seed}
-        name = r.name + (f'_lr{lr:g}' if lr else '') + (f'_s{seed}' if len(s.seeds) > 1 else '')
         if lr:
           extra['opt.lr'] = lr
-        branch = r.branch_from + (f'_lr{lr:g}' if lr else '') + (
-            f'_s{seed}' if len(s.seeds) > 1 and r.branch_from else '') if r.branch_from else ''
-        out.append(dataclasses.replace(r, name=name, overrides={**r.overrides, **extra},
-                                       branch_from=branch))
+        # A WSD branch continues the stable run of the same LR and seed.
+        suffix = (f'_lr{lr:g}' if lr else '') + (f'_s{seed}' if len(s.seeds) > 1 else '')
+        out.append(dataclasses.replace(
+            r, name=r.name + suffix, overrides={**r.overrides, **extra},
+            branch_from=r.branch_from + suffix if r.branch_from else ''))
   return out
 
 

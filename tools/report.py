@@ -91,7 +91,6 @@ def write_report(cd, workdir: str) -> str:
   md += ['## Approach 1: lower envelope of loss vs compute', '']
   try:
     curves = {}
-    tokens_per_step = None
     for r in rows:
       ev = sweep.curves(workdir, [r['name']])[r['name']]
       steps = max(e['step'] for e in ev)
