@@ -13,6 +13,7 @@ def base() -> ml_collections.ConfigDict:
         {f.name: f.default for f in config_lib.dataclasses.fields(cls)})
   c.rules = [list(r) for r in config_lib.DEFAULT_RULES]
   c.name = 'run'
+  c.init_from = ''  # Fine-tuning: a workdir or checkpoints/<step> directory.
   return c
 
 

@@ -7,7 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import sharding, train
+from lm import classify, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
@@ -30,7 +30,7 @@ def main(argv):
     sharding.init_distributed(_COORD.value, _NPROC.value, _PID.value, _AUTO.value,
                               _TIMEOUT.value)
     out = train.train_and_evaluate(cfg, _WORKDIR.value)
-  except (config_lib.ConfigError, train.CheckpointError) as e:
+  except (config_lib.ConfigError, train.CheckpointError, classify.LabelError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if jax.process_index() != 0:
@@ -38,11 +38,18 @@ def main(argv):
   if 'bits_per_byte' in out:
     print(f'final validation: loss {out["loss"]:.4f} nats/token, '
           f'perplexity {out["perplexity"]:.3f}, bits per byte {out["bits_per_byte"]:.4f}')
-  if _SAMPLE.value and jax.process_count() == 1:  # Params span hosts otherwise.
-    from lm import sampling
-    text = sampling.sample_text(out['state'].params, out['config'].model, out['tokenizer'],
-                                prompt='def ', max_new_tokens=_SAMPLE.value, temperature=0.8)
-    print('sample:\n' + text)
+  if 'accuracy' in out:
+    print(f'final validation: loss {out["loss"]:.4f} nats/example, '
+          f'accuracy {out["accuracy"]:.4f} on {int(out["examples"])} examples')
+  m = out['config'].model
+  if _SAMPLE.value and not m.num_classes and jax.process_count() == 1:
+    from lm import sampling  # Params span hosts with more than one process.
+    tok = out['tokenizer']
+    n = min(_SAMPLE.value, m.max_len - 5)
+    s = sampling.SamplingConfig(max_new_tokens=n, temperature=0.8, top_k=50)
+    new = sampling.generate(out['state'].params, m, [[tok.eos_id, *tok.encode('def ')]],
+                            s, tok.eos_id)[0][0]
+    print('sample:\ndef ' + tok.decode(new))
 
 
 if __name__ == '__main__':

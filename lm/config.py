@@ -9,6 +9,7 @@ from typing import Any
 
 import ml_collections
 
+POOLS = ('last', 'first', 'mean')
 POSITIONS = ('learned', 'rope', 'sinusoidal', 'none')
 NORMS = ('layernorm', 'rmsnorm')
 ACTIVATIONS = ('gelu', 'swiglu', 'relu2')
@@ -16,7 +17,7 @@ DTYPES = ('float32', 'bfloat16')
 REMAT = ('none', 'full', 'save_dots')
 SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
-SOURCES = ('stdlib', 'dir', 'tfds')
+SOURCES = ('stdlib', 'dir', 'tfds', 'file')
 TOKENIZERS = ('byte', 'sentencepiece')
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -53,6 +54,8 @@ class ModelConfig:
   remat: str = 'none'
   init_std: float = 0.02
   attn_block: int = 128  # Causal query-block length (0: one block).
+  num_classes: int = 0  # > 0: a sequence classifier with this many classes.
+  pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
 
   @property
   def kv_heads(self) -> int:
@@ -82,6 +85,7 @@ class OptimizerConfig:
   wd_exclude: tuple[str, ...] = WD_EXCLUDE
   grad_clip: float = 1.0
   z_loss: float = 0.0
+  freeze_backbone: bool = False  # Classifier fine-tuning: train only the head.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +94,9 @@ class DataConfig:
   path: str = ''  # Directory or glob for source='dir'.
   tfds_name: str = ''  # Catalog name for source='tfds', e.g. 'tiny_shakespeare'.
   text_key: str = 'text'
+  label_key: str = ''  # Set: labelled examples for a classifier (source file or tfds).
+  labels: tuple[str, ...] = ()  # Class names; () = the sorted labels of the train split.
+  eval_path: str = ''  # source='file': eval file; '' = hold out val_fraction of rows.
   train_split: str = 'train'
   val_split: str = 'validation'
   val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
@@ -138,6 +145,7 @@ class Config:
   mesh: MeshConfig
   rules: tuple[tuple[str, Any], ...]
   name: str = 'run'
+  init_from: str = ''  # Fine-tune: a workdir or step directory to take params from.
 
 
 # Logical axis -> mesh axes. The batch is always split over data x fsdp.
@@ -213,7 +221,8 @@ def _rate(field: str, value: float) -> None:
 def validate_model(m: ModelConfig) -> None:
   for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
     _positive(f'model.{f}', getattr(m, f))
-  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block'):
+  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block',
+            'num_classes'):
     if getattr(m, f) < 0:
       raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')
   if m.head_dim == 0 and m.d_model % m.num_heads:
@@ -230,6 +239,7 @@ def validate_model(m: ModelConfig) -> None:
   _choice('model.param_dtype', m.param_dtype, DTYPES)
   _choice('model.dtype', m.dtype, DTYPES)
   _choice('model.remat', m.remat, REMAT)
+  _choice('model.pool', m.pool, POOLS)
   for f in ('embed_dropout', 'attn_dropout', 'resid_dropout'):
     _rate(f'model.{f}', getattr(m, f))
   _positive('model.init_std', m.init_std)
@@ -271,6 +281,18 @@ def validate(c: Config) -> None:
   if d.source == 'tfds' and not d.tfds_name:
     raise _err('data.tfds_name', d.tfds_name,
                "set a TFDS catalog name (e.g. 'tiny_shakespeare') for data.source='tfds'")
+  if d.source == 'file' and not (d.path and d.label_key):
+    raise _err('data.path', d.path, "data.source='file' needs data.path (a .csv or "
+               '.jsonl file of labelled examples) and data.label_key')
+  if d.label_key and d.source not in ('file', 'tfds'):
+    raise _err('data.source', d.source, "labelled data (data.label_key set) comes from "
+               "data.source='file' or 'tfds'")
+  if o.freeze_backbone and not d.label_key:
+    raise _err('opt.freeze_backbone', True, 'only classifier fine-tuning (data.label_key '
+               'set) has a head to train alone')
+  if m.num_classes and not d.label_key:
+    raise _err('model.num_classes', m.num_classes, 'a classifier needs labelled data: '
+               'set data.label_key (and data.source file or tfds)')
   if d.tokenizer == 'sentencepiece' and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
                'set the path of a SentencePiece .model file')
@@ -315,7 +337,7 @@ SECTIONS = {'model': ModelConfig, 'opt': OptimizerConfig, 'data': DataConfig,
 def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
   """Validates a ConfigDict once and freezes it into dataclasses."""
   d = cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
-  known = set(SECTIONS) | {'rules', 'name'}
+  known = set(SECTIONS) | {'rules', 'name', 'init_from'}
   for k in d:
     if k not in known:
       close = difflib.get_close_matches(k, known, n=1)
@@ -324,7 +346,7 @@ def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
                         f'valid: {", ".join(sorted(known))}')
   parts = {s: _build(cls, s, dict(d.get(s, {}))) for s, cls in SECTIONS.items()}
   c = Config(**parts, rules=_rules(d.get('rules', DEFAULT_RULES)),
-             name=str(d.get('name', 'run')))
+             name=str(d.get('name', 'run')), init_from=str(d.get('init_from', '')))
   validate(c)
   return c
 

@@ -251,7 +251,14 @@ def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
   global batch (all processes' rows) holds the same windows whatever the
   process count, and each process reads only its own.
   """
-  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1)).shuffle(seed=seed).repeat()
+  return batched(Windows(tokens, seq_len + 1), local_batch, seed, process_index,
+                 process_count)
+
+
+def batched(source, local_batch: int, seed: int, process_index: int = 0,
+            process_count: int = 1) -> grain.IterDataset:
+  """Any random-access source, shuffled per epoch, repeated, this process's rows."""
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count]
   return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
 
@@ -274,4 +281,20 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch: int, num_batches: int,
   for i in range(0, len(rows), batch):
     sl = slice(i + process_index * local, i + (process_index + 1) * local)
     out.append((rows[sl], weights[sl]))
+  return out
+
+
+def eval_rows(rows: dict[str, np.ndarray], batch: int, process_index: int = 0,
+              process_count: int = 1) -> list[tuple[dict, np.ndarray]]:
+  """Every row of a dict of arrays, in order, as (batch, row weights) pairs;
+  the last batch is padded with zero-weight copies of row 0."""
+  n = len(next(iter(rows.values())))
+  pad = (-n) % batch
+  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  padded = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in rows.items()}
+  local = batch // process_count
+  out = []
+  for i in range(0, n + pad, batch):
+    sl = slice(i + process_index * local, i + (process_index + 1) * local)
+    out.append(({k: v[sl] for k, v in padded.items()}, weights[sl]))
   return out

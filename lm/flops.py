@@ -40,10 +40,12 @@ def param_counts(m: ModelConfig, vocab_size: int | None = None) -> dict[str, int
       'attention': Lyr * attn,
       'mlp': Lyr * mlp,
       'norms': Lyr * 2 * norm + norm,
-      'head': 0 if m.tie_embeddings else D * V,
+      'head': 0 if (m.tie_embeddings or m.num_classes) else D * V,
+      'classifier': (D + 1) * m.num_classes,
   }
   c['non_embedding'] = c['attention'] + c['mlp'] + c['norms']
-  c['total'] = sum(c[k] for k in ('embedding', 'position', 'attention', 'mlp', 'norms', 'head'))
+  c['total'] = sum(c[k] for k in ('embedding', 'position', 'attention', 'mlp', 'norms', 'head',
+                                    'classifier'))
   return c
 
 
@@ -68,7 +70,7 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int,
       'attn_scores_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
       'attn_context_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
       'mlp': Lyr * n_mlp * 2 * D * F,
-      'logits': 2 * D * V,
+      'logits': 0 if m.num_classes else 2 * D * V,
       'embedding': 2 * D * V,  # As a one-hot matmul (Chinchilla); a gather in practice.
   }
 

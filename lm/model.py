@@ -91,58 +91,94 @@ class Norm(nn.Module):
     return y.astype(x.dtype)
 
 
+def attend(q_BLKGDh: Array, k_BSKDh: Array, v_BSKDh: Array, bias_BHLS: Array,
+           drop: nn.Dropout, train: bool) -> Array:
+  """Softmax(q k^T + bias) v in float32 logits; q is pre-scaled. -> BxLxKxGxDh."""
+  B, L, K, G, _ = q_BLKGDh.shape
+  S = k_BSKDh.shape[1]
+  s_BKGLS = jnp.einsum('BLKGd,BSKd->BKGLS', q_BLKGDh, k_BSKDh,
+                       preferred_element_type=jnp.float32)
+  # Softmax on a 4-D view with an additive mask: on CPU ~1.7x faster
+  # (fwd+bwd) than jnp.where on the 5-D grouped layout.
+  s_BHLS = s_BKGLS.reshape(B, K * G, L, S) + bias_BHLS
+  p_BHLS = drop(jax.nn.softmax(s_BHLS, axis=-1), deterministic=not train)
+  p_BKGLS = p_BHLS.astype(v_BSKDh.dtype).reshape(B, K, G, L, S)
+  return jnp.einsum('BKGLS,BSKd->BLKGd', p_BKGLS, v_BSKDh)
+
+
+def mask_bias(mask_BLS: Array) -> Array:
+  """Boolean B x L x S (True = may attend) -> additive B x 1 x L x S float32."""
+  return jnp.where(mask_BLS, 0.0, jnp.finfo(jnp.float32).min)[:, None]
+
+
 class Attention(nn.Module):
-  """Causal multi-head attention with grouped-query K/V heads."""
+  """Multi-head attention with grouped-query K/V heads.
+
+  Self-attention is causal by default; `mask_BLS` replaces the causal mask
+  (padding masks, bidirectional encoders, decoding). With `cache` (a dict of
+  fixed-size B x S x K x Dh `k` and `v`) the new keys and values are written at
+  slot `index` and the queries attend to the whole cache under `mask_BLS`.
+  Cross-attention (`cross=True`) takes keys and values from `kv_BSD`, or from a
+  cache that already holds them.
+  """
   cfg: ModelConfig
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD: Array, pos_BL: Array, train: bool) -> Array:
+  def __call__(self, x_BLD: Array, pos_BL: Array, train: bool,
+               mask_BLS: Array | None = None, cache: dict | None = None,
+               index: Array | None = None, kv_BSD: Array | None = None
+               ) -> tuple[Array, dict | None]:
     c = self.cfg
     H, K, Dh = c.num_heads, c.kv_heads, c.dh
     G = H // K
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
 
-    def proj(name: str, shape: tuple[int, ...], axes: tuple[str, ...], std: float):
-      """A D -> (heads, Dh) kernel and its bias (or None)."""
-      w = self.param(name, _init(std, axes), shape, pdt).astype(dt)
-      b = None
+    def proj(name: str, x: Array, heads: int, axes: tuple[str, ...]) -> Array:
+      """x_BxLxD -> BxLxheadsxDh (+ bias)."""
+      w = self.param(name, _init(c.init_std, axes), (c.d_model, heads, Dh), pdt)
+      y = jnp.einsum('BLD,DHd->BLHd', x.astype(dt), w.astype(dt))
       if c.use_bias:
-        b = self.param(name + '_bias', nn.with_logical_partitioning(
-            nn.initializers.zeros, axes[1:]), shape[1:], pdt).astype(dt)
-      return w, b
+        y = y + self.param(name + '_bias', nn.with_logical_partitioning(
+            nn.initializers.zeros, axes[1:]), (heads, Dh), pdt).astype(dt)
+      return y
 
-    wq, bq = proj('query', (c.d_model, H, Dh), ('embed', 'heads', 'head_dim'), c.init_std)
-    wk, bk = proj('key', (c.d_model, K, Dh), ('embed', 'kv', 'head_dim'), c.init_std)
-    wv, bv = proj('value', (c.d_model, K, Dh), ('embed', 'kv', 'head_dim'), c.init_std)
-    x_BLD = x_BLD.astype(dt)
-    q_BLHDh = jnp.einsum('BLD,DHd->BLHd', x_BLD, wq)
-    k_BSKDh = jnp.einsum('BSD,DKd->BSKd', x_BLD, wk)
-    v_BSKDh = jnp.einsum('BSD,DKd->BSKd', x_BLD, wv)
-    if c.use_bias:
-      q_BLHDh, k_BSKDh, v_BSKDh = q_BLHDh + bq, k_BSKDh + bk, v_BSKDh + bv
+    q_BLHDh = proj('query', x_BLD, H, ('embed', 'heads', 'head_dim'))
     if c.qk_norm:
       q_BLHDh = Norm(c, 'head_dim', name='query_norm')(q_BLHDh)
-      k_BSKDh = Norm(c, 'head_dim', name='key_norm')(k_BSKDh)
-    if c.position == 'rope':
+    if self.cross and cache is not None and kv_BSD is None:
+      k_BSKDh, v_BSKDh = cache['k'], cache['v']  # Precomputed from the encoder.
+    else:
+      src_BSD = kv_BSD if self.cross else x_BLD
+      k_BSKDh = proj('key', src_BSD, K, ('embed', 'kv', 'head_dim'))
+      v_BSKDh = proj('value', src_BSD, K, ('embed', 'kv', 'head_dim'))
+      if c.qk_norm:
+        k_BSKDh = Norm(c, 'head_dim', name='key_norm')(k_BSKDh)
+      if c.position == 'rope' and not self.cross:
+        k_BSKDh = apply_rope(k_BSKDh, pos_BL, c.rope_theta)
+      if cache is not None and not self.cross:
+        at = (0, index, 0, 0)
+        k_BSKDh = jax.lax.dynamic_update_slice(cache['k'], k_BSKDh.astype(cache['k'].dtype), at)
+        v_BSKDh = jax.lax.dynamic_update_slice(cache['v'], v_BSKDh.astype(cache['v'].dtype), at)
+      if cache is not None:
+        cache = {'k': k_BSKDh, 'v': v_BSKDh}
+    if c.position == 'rope' and not self.cross:
       q_BLHDh = apply_rope(q_BLHDh, pos_BL, c.rope_theta)
-      k_BSKDh = apply_rope(k_BSKDh, pos_BL, c.rope_theta)
+
     B, L = x_BLD.shape[:2]
     q_BLKGDh = q_BLHDh.reshape(B, L, K, G, Dh) * jnp.asarray(1.0 / math.sqrt(Dh), dt)
+    k_BSKDh, v_BSKDh = k_BSKDh.astype(dt), v_BSKDh.astype(dt)
     drop = nn.Dropout(c.attn_dropout)
-    # Queries in causal blocks: block i attends only keys [0, end_i), which
-    # skips the fully masked upper triangle (~1.9x faster fwd+bwd on CPU at
-    # L=512 with 4 blocks). Results equal one block up to summation order.
-    outs = []
-    for q0, q1 in attn_blocks(L, c.attn_block):
-      s_BKGLS = jnp.einsum('BLKGd,BSKd->BKGLS', q_BLKGDh[:, q0:q1], k_BSKDh[:, :q1],
-                           preferred_element_type=jnp.float32)
-      # Softmax on a 4-D view with an additive mask: on CPU ~1.7x faster
-      # (fwd+bwd) than jnp.where on the 5-D grouped layout.
-      s_BHLS = s_BKGLS.reshape(B, H, q1 - q0, q1) + causal_bias(q0, q1)
-      p_BHLS = drop(jax.nn.softmax(s_BHLS, axis=-1), deterministic=not train)
-      p_BKGLS = p_BHLS.astype(dt).reshape(B, K, G, q1 - q0, q1)
-      outs.append(jnp.einsum('BKGLS,BSKd->BLKGd', p_BKGLS, v_BSKDh[:, :q1]))
-    o_BLKGDh = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+    if mask_BLS is not None:
+      o_BLKGDh = attend(q_BLKGDh, k_BSKDh, v_BSKDh, mask_bias(mask_BLS), drop, train)
+    else:
+      # Causal query blocks: block i attends only keys [0, end_i), which skips
+      # the fully masked upper triangle (~1.9x faster fwd+bwd on CPU at L=512
+      # with 4 blocks). Results equal one block up to summation order.
+      outs = [attend(q_BLKGDh[:, q0:q1], k_BSKDh[:, :q1], v_BSKDh[:, :q1],
+                     causal_bias(q0, q1), drop, train)
+              for q0, q1 in attn_blocks(L, c.attn_block)]
+      o_BLKGDh = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
     o_BLHDh = o_BLKGDh.reshape(B, L, H, Dh)
     out_std = c.init_std / math.sqrt(2 * c.num_layers)
     wo = self.param('out', _init(out_std, ('heads', 'head_dim', 'embed')),
@@ -151,7 +187,7 @@ class Attention(nn.Module):
     if c.use_bias:
       y_BLD = y_BLD + self.param('out_bias', nn.with_logical_partitioning(
           nn.initializers.zeros, ('embed',)), (c.d_model,), pdt).astype(dt)
-    return y_BLD
+    return y_BLD, cache
 
 
 class Mlp(nn.Module):
@@ -188,16 +224,19 @@ class Block(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD: Array, pos_BL: Array) -> tuple[Array, None]:
+  def __call__(self, x_BLD: Array, pos_BL: Array, mask_BLS: Array | None = None,
+               cache: dict | None = None, index: Array | None = None
+               ) -> tuple[Array, dict | None]:
     c = self.cfg
     drop = nn.Dropout(c.resid_dropout)
-    h = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL, self.train)
+    h, cache = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
+                                         self.train, mask_BLS, cache, index)
     x_BLD = _constrain(x_BLD + drop(h, deterministic=not self.train),
                        ('batch', 'length', 'embed'))
     h = Mlp(c, name='mlp')(Norm(c, name='mlp_norm')(x_BLD))
     x_BLD = _constrain(x_BLD + drop(h, deterministic=not self.train),
                        ('batch', 'length', 'embed'))
-    return x_BLD, None
+    return x_BLD, cache
 
 
 _REMAT_POLICIES = {
@@ -206,13 +245,38 @@ _REMAT_POLICIES = {
 }
 
 
+def init_cache(c: ModelConfig, batch: int, length: int) -> dict[str, Array]:
+  """Zeroed self-attention K/V cache, stacked over layers: layers x B x S x K x Dh."""
+  shape = (c.num_layers, batch, length, c.kv_heads, c.dh)
+  return {'k': jnp.zeros(shape, _DTYPES[c.dtype]), 'v': jnp.zeros(shape, _DTYPES[c.dtype])}
+
+
+def pool(x_BLD: Array, valid_BL: Array, how: str) -> Array:
+  """One vector per sequence: the last valid token, the first token or the mean."""
+  if how == 'last':
+    last_B = jnp.maximum(valid_BL.sum(-1) - 1, 0)
+    return jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
+  if how == 'first':
+    return x_BLD[:, 0]
+  w_BL1 = valid_BL[..., None].astype(x_BLD.dtype)
+  return (x_BLD * w_BL1).sum(1) / jnp.maximum(w_BL1.sum(1), 1.0)
+
+
 class Transformer(nn.Module):
-  """tokens_BxL -> logits_BxLxV (float32)."""
+  """Decoder-only LM: tokens_BxL -> logits_BxLxV (float32).
+
+  With `cfg.num_classes > 0` it is a sequence classifier: the final hidden
+  states are pooled over `valid_BL` (right padding; causal attention keeps the
+  valid tokens from seeing pads) into logits_BxC. With `cache` (see
+  `init_cache`) it also returns the updated cache; `index` is the cache slot
+  of tokens_BL[:, 0] and `mask_BLS` says which slots each query may see.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BL: Array, train: bool = False,
-               pos_BL: Array | None = None) -> Array:
+  def __call__(self, tokens_BL: Array, train: bool = False, pos_BL: Array | None = None,
+               *, valid_BL: Array | None = None, mask_BLS: Array | None = None,
+               cache: dict | None = None, index: Array | None = None):
     c = self.cfg
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     B, L = tokens_BL.shape
@@ -237,16 +301,29 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=_REMAT_POLICIES[c.remat],
                        prevent_cse=not c.scan_layers)
     if c.scan_layers:
-      x_BLD, _ = nn.scan(
+      x_BLD, cache = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast,), length=c.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'},
-      )(c, train, name='blocks')(x_BLD, pos_BL)
+      )(c, train, name='blocks')(x_BLD, pos_BL, mask_BLS, cache, index)
     else:
+      layers = []
       for i in range(c.num_layers):
-        x_BLD, _ = block(c, train, name=f'block_{i}')(x_BLD, pos_BL)
+        layer = None if cache is None else jax.tree_util.tree_map(lambda a: a[i], cache)
+        x_BLD, layer = block(c, train, name=f'block_{i}')(x_BLD, pos_BL, mask_BLS, layer, index)
+        layers.append(layer)
+      if cache is not None:
+        cache = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
 
     x_BLD = Norm(c, name='final_norm')(x_BLD)
+    if c.num_classes:
+      if valid_BL is None:
+        valid_BL = jnp.ones((B, L), bool)
+      h_BD = pool(x_BLD, valid_BL, c.pool).astype(jnp.float32)
+      return nn.Dense(c.num_classes, dtype=jnp.float32, param_dtype=pdt, name='cls_head',
+                      kernel_init=_init(c.init_std, ('embed', None)),
+                      bias_init=nn.with_logical_partitioning(
+                          nn.initializers.zeros, (None,)))(h_BD)
     if c.tie_embeddings:
       logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD.astype(jnp.float32),
                               embed.embedding.astype(jnp.float32))
@@ -254,7 +331,8 @@ class Transformer(nn.Module):
       logits_BLV = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
                             param_dtype=pdt, name='head',
                             kernel_init=_init(c.init_std, ('embed', 'vocab')))(x_BLD)
-    return _constrain(logits_BLV.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    logits_BLV = _constrain(logits_BLV.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    return logits_BLV if cache is None else (logits_BLV, cache)
 
 
 def cross_entropy(logits_BLV: Array, targets_BL: Array, weights_BL: Array,

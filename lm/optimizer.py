@@ -54,7 +54,7 @@ def decay_mask(params: Any, exclude: tuple[str, ...]) -> Any:
     leaf = names[-1]
     if 'norm' in exclude and leaf == 'scale':
       return False
-    if 'bias' in exclude and leaf == 'bias':
+    if 'bias' in exclude and leaf.endswith('bias'):  # Also query_bias, out_bias, ...
       return False
     if 'embedding' in exclude and leaf == 'embedding':
       return False
@@ -70,4 +70,12 @@ def make(o: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
   parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=lambda p: decay_mask(p, o.wd_exclude)))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if o.freeze_backbone:  # Only the classifier head trains; no Adam state for the rest.
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, head_labels)
+  return tx
+
+
+def head_labels(params: Any) -> Any:
+  return {k: jax.tree_util.tree_map(lambda _: 'train' if k == 'cls_head' else 'frozen', v)
+          for k, v in params.items()}

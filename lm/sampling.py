@@ -1,40 +1,282 @@
-"""Sampling without a cache: each new token re-runs the forward pass.
+"""Autoregressive decoding with a fixed-size key/value cache, and scoring.
 
-Simple and obviously correct; a KV-cached decoder replaces it for speed.
+Prompts of different lengths are left-padded to one length P, so every row
+writes new tokens at the same cache slot; each row's positions start at its
+first real token and pad slots are masked out of attention. One jitted prefill
+fills the cache with the prompts; one jitted `lax.while_loop` then samples a
+token, writes its keys and values at slot P + i and computes the next logits,
+until `max_new_tokens` or every row has emitted EOS.
+
+Logit processing follows the usual order (as in Hugging Face's `generate`):
+repetition penalty, then greedy argmax, or temperature, top-k and top-p, then
+a categorical draw.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lm.config import ModelConfig
-from lm.model import Transformer
+from lm.model import Transformer, init_cache
+
+Array = jax.Array
 
 
-def sample_text(params, m: ModelConfig, tokenizer, prompt: str, max_new_tokens: int,
-                temperature: float = 1.0, seed: int = 0) -> str:
-  """Samples after `prompt` (greedy if temperature == 0); returns the new text."""
+class SamplingError(ValueError):
+  """A generation request is invalid; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 64
+  greedy: bool = False  # Argmax; temperature, top_k and top_p are then unused.
+  temperature: float = 1.0
+  top_k: int = 0  # 0: off.
+  top_p: float = 1.0  # 1.0: off.
+  repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019); 1.0: off.
+  num_return_sequences: int = 1
+  seed: int = 0
+
+
+def validate(s: SamplingConfig) -> None:
+  if s.max_new_tokens < 1:
+    raise SamplingError(f'max_new_tokens={s.max_new_tokens} is invalid: must be >= 1')
+  if not s.greedy and not s.temperature > 0:
+    raise SamplingError(f'temperature={s.temperature} is invalid with sampling on: '
+                        'must be > 0 (use greedy decoding for the argmax)')
+  if s.top_k < 0:
+    raise SamplingError(f'top_k={s.top_k} is invalid: must be >= 1 (or 0 for off)')
+  if not 0.0 < s.top_p <= 1.0:
+    raise SamplingError(f'top_p={s.top_p} is invalid: must be in (0, 1]')
+  if not s.repetition_penalty > 0:
+    raise SamplingError(f'repetition_penalty={s.repetition_penalty} is invalid: '
+                        'must be > 0 (1.0 = off, > 1 discourages repeats)')
+  if s.num_return_sequences < 1:
+    raise SamplingError(f'num_return_sequences={s.num_return_sequences} is invalid: '
+                        'must be >= 1')
+
+
+def check_prompts(prompts: list[list[int]], m: ModelConfig, max_new_tokens: int) -> None:
+  if not prompts:
+    raise SamplingError('no prompts given')
+  for i, p in enumerate(prompts):
+    if len(p) == 0:
+      raise SamplingError(f'prompt {i} is empty: give at least one token')
+    if len(p) + max_new_tokens > m.max_len:
+      raise SamplingError(
+          f'prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that '
+          f'exceeds the context model.max_len={m.max_len}: shorten the prompt or ask '
+          f'for at most {m.max_len - len(p)} new tokens')
+
+
+# --- Logit processing (pure, batched) -------------------------------------------
+
+def repetition_penalty(logits_BV: Array, seen_BV: Array, penalty: float) -> Array:
+  """Seen tokens: positive logits divided by `penalty`, negative ones multiplied."""
+  pen_BV = jnp.where(logits_BV > 0, logits_BV / penalty, logits_BV * penalty)
+  return jnp.where(seen_BV, pen_BV, logits_BV)
+
+
+def top_k_filter(logits_BV: Array, k: int) -> Array:
+  """-inf below the k-th largest logit (ties with it are kept)."""
+  kth_B1 = jax.lax.top_k(logits_BV, k)[0][:, -1:]
+  return jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+
+
+def top_p_filter(logits_BV: Array, p: float) -> Array:
+  """Keeps the smallest set of most likely tokens whose probability reaches p."""
+  sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+  probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+  before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # Mass of more likely tokens.
+  n_B1 = jnp.maximum((before_BV < p).sum(-1, keepdims=True), 1)
+  cut_B1 = jnp.take_along_axis(sorted_BV, n_B1 - 1, axis=-1)
+  return jnp.where(logits_BV < cut_B1, -jnp.inf, logits_BV)
+
+
+def choose(logits_BV: Array, seen_BV: Array, rng: Array, s: SamplingConfig) -> Array:
+  """Next token per row after the configured logit processing."""
+  if s.repetition_penalty != 1.0:
+    logits_BV = repetition_penalty(logits_BV, seen_BV, s.repetition_penalty)
+  if s.greedy:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV / s.temperature
+  if s.top_k:
+    logits_BV = top_k_filter(logits_BV, min(s.top_k, logits_BV.shape[-1]))
+  if s.top_p < 1.0:
+    logits_BV = top_p_filter(logits_BV, s.top_p)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+# --- Cached decoding -------------------------------------------------------------
+
+def _visible(slot_L: Array, start_B: Array, S: int) -> Array:
+  """B x L x S: query at cache slot t sees slots [start_b, t]."""
+  s_S = jnp.arange(S)
+  return (s_S[None, None, :] >= start_B[:, None, None]) & (
+      s_S[None, None, :] <= slot_L[None, :, None])
+
+
+@functools.partial(jax.jit, static_argnames=('m', 'S'))
+def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int):
+  """Runs the left-padded prompts through the model into a fresh cache of S slots.
+
+  Returns (logits_BxV of the last prompt token, cache)."""
+  B, P = tokens_BP.shape
+  slot_P = jnp.arange(P)
+  pos_BP = jnp.maximum(slot_P[None, :] - start_B[:, None], 0)
+  logits_BPV, cache = Transformer(m).apply(
+      {'params': params}, tokens_BP, pos_BL=pos_BP, mask_BLS=_visible(slot_P, start_B, S),
+      cache=init_cache(m, B, S), index=0)
+  return logits_BPV[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnames=('m', 's', 'eos_id'))
+def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Array,
+           cache: dict, seen_BV: Array, start_B: Array, rng: Array):
+  """Samples up to s.max_new_tokens per row; -1 fills a row after its EOS.
+
+  Returns tokens_BxN (EOS included where emitted)."""
+  B = logits_BV.shape[0]
+  P = cache['k'].shape[2] - s.max_new_tokens
+  S = cache['k'].shape[2]
   model = Transformer(m)
-  L = m.max_len
-  ids = list(tokenizer.encode(prompt)) or [tokenizer.eos_id]
 
-  @jax.jit
-  def next_token(params, window_1L, n, rng):
-    logits = model.apply({'params': params}, window_1L)[0, n - 1]
-    if temperature == 0:
-      return jnp.argmax(logits)
-    return jax.random.categorical(rng, logits / temperature)
+  def cond(carry):
+    i, _, _, _, done_B, _ = carry
+    return (i < s.max_new_tokens) & ~done_B.all()
 
-  rng = jax.random.key(seed)
-  out = []
-  for i in range(max_new_tokens):
-    ctx = (ids + out)[-L:]
-    window = np.zeros((1, L), np.int32)
-    window[0, :len(ctx)] = ctx
-    tok = int(next_token(params, window, len(ctx), jax.random.fold_in(rng, i)))
-    if tok == tokenizer.eos_id:
+  def body(carry):
+    i, logits_BV, cache, seen_BV, done_B, out_BN = carry
+    tok_B = choose(logits_BV, seen_BV, jax.random.fold_in(rng, i), s)
+    out_BN = out_BN.at[:, i].set(jnp.where(done_B, -1, tok_B))
+    done_B = done_B | (tok_B == eos_id)
+    seen_BV = seen_BV.at[jnp.arange(B), tok_B].set(True)
+    slot = P + i
+    logits_B1V, cache = model.apply(
+        {'params': params}, tok_B[:, None], pos_BL=(slot - start_B)[:, None],
+        mask_BLS=_visible(slot[None], start_B, S), cache=cache, index=slot)
+    return i + 1, logits_B1V[:, 0], cache, seen_BV, done_B, out_BN
+
+  out_BN = jnp.full((B, s.max_new_tokens), -1, jnp.int32)
+  carry = (jnp.int32(0), logits_BV, cache, seen_BV, jnp.zeros(B, bool), out_BN)
+  return jax.lax.while_loop(cond, body, carry)[-1]
+
+
+def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+  P = max(len(p) for p in prompts)
+  tokens = np.zeros((len(prompts), P), np.int32)  # Pad id 0: masked out anyway.
+  start = np.zeros(len(prompts), np.int32)
+  for b, p in enumerate(prompts):
+    tokens[b, P - len(p):] = p
+    start[b] = P - len(p)
+  return tokens, start
+
+
+def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
+             eos_id: int) -> list[list[list[int]]]:
+  """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped)."""
+  validate(s)
+  check_prompts(prompts, m, s.max_new_tokens)
+  rows = [p for p in prompts for _ in range(s.num_return_sequences)]
+  tokens_BP, start_B = _left_pad(rows)
+  P = tokens_BP.shape[1]
+  seen_BV = np.zeros((len(rows), m.vocab_size), bool)
+  for b, p in enumerate(rows):
+    seen_BV[b, p] = True
+  logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens)
+  out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
+                             jax.random.key(s.seed)))
+  seqs = []
+  for row in out_BN:
+    row = row[row >= 0].tolist()
+    seqs.append(row[:row.index(eos_id)] if eos_id in row else row)
+  n = s.num_return_sequences
+  return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+# --- Without a cache (reference and benchmark baseline) ----------------------------
+
+@functools.partial(jax.jit, static_argnames=('m',))
+def _full_logits(params, m: ModelConfig, tokens_BS: Array, start_B: Array, n: Array):
+  """Logits at slot n-1 of left-padded windows, recomputing every position."""
+  S = tokens_BS.shape[1]
+  slot_S = jnp.arange(S)
+  pos_BS = jnp.maximum(slot_S[None, :] - start_B[:, None], 0)
+  logits_BSV = Transformer(m).apply({'params': params}, tokens_BS, pos_BL=pos_BS,
+                                    mask_BLS=_visible(slot_S, start_B, S))
+  return jax.lax.dynamic_index_in_dim(logits_BSV, n - 1, axis=1, keepdims=False)
+
+
+def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
+                      s: SamplingConfig, eos_id: int) -> list[list[list[int]]]:
+  """Same contract as `generate`; each new token re-runs the whole window."""
+  validate(s)
+  check_prompts(prompts, m, s.max_new_tokens)
+  rows = [p for p in prompts for _ in range(s.num_return_sequences)]
+  tokens_BP, start_B = _left_pad(rows)
+  B, P = tokens_BP.shape
+  window_BS = np.zeros((B, P + s.max_new_tokens), np.int32)
+  window_BS[:, :P] = tokens_BP
+  seen_BV = np.zeros((B, m.vocab_size), bool)
+  for b, p in enumerate(rows):
+    seen_BV[b, p] = True
+  done_B = np.zeros(B, bool)
+  out = [[] for _ in range(B)]
+  rng = jax.random.key(s.seed)
+  step = jax.jit(functools.partial(choose, s=s))
+  for i in range(s.max_new_tokens):
+    logits_BV = _full_logits(params, m, window_BS, start_B, P + i)
+    tok_B = np.asarray(step(logits_BV, seen_BV, jax.random.fold_in(rng, i)))
+    for b in range(B):
+      if not done_B[b]:
+        out[b].append(int(tok_B[b]))
+    done_B |= tok_B == eos_id
+    seen_BV[np.arange(B), tok_B] = True
+    window_BS[:, P + i] = tok_B
+    if done_B.all():
       break
-    out.append(tok)
-  return prompt + tokenizer.decode(out)
+  seqs = [o[:o.index(eos_id)] if eos_id in o else o for o in out]
+  n = s.num_return_sequences
+  return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+# --- Scoring ------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=('m',))
+def _token_logprobs(params, m: ModelConfig, tokens_1L: Array) -> Array:
+  logits_1LV = Transformer(m).apply({'params': params}, tokens_1L[:, :-1])
+  logp_1LV = jax.nn.log_softmax(logits_1LV, axis=-1)
+  return jnp.take_along_axis(logp_1LV, tokens_1L[:, 1:, None], axis=-1)[0, :, 0]
+
+
+def score(params, m: ModelConfig, tokens: list[int], context: list[int]) -> dict:
+  """Log-probability (nats) of each of `tokens` given `context` and what precedes it.
+
+  Text longer than the context window is scored in windows of model.max_len
+  that overlap by half, so every token after the first window sees at least
+  max_len / 2 tokens of context."""
+  if not tokens:
+    raise SamplingError('nothing to score: the text is empty')
+  if not context:
+    raise SamplingError('scoring needs at least one context token (e.g. EOS)')
+  seq = list(context) + list(tokens)
+  L, first = m.max_len, len(context)
+  logp = np.zeros(len(seq))
+  done = first  # Tokens before `done` are scored (or are context).
+  while done < len(seq):
+    lo = 0 if done <= L else done - L // 2
+    hi = min(lo + L + 1, len(seq))
+    padded = np.zeros(L + 1, np.int32)  # One compiled shape for every window.
+    padded[:hi - lo] = seq[lo:hi]
+    lp = np.asarray(_token_logprobs(params, m, padded[None]))
+    logp[done:hi] = lp[done - lo - 1:hi - lo - 1]  # lp[j] scores seq[lo + j + 1].
+    done = hi
+  lp_tok = logp[first:]
+  return {'logprobs': lp_tok.tolist(), 'nll': float(-lp_tok.sum()), 'tokens': len(tokens),
+          'perplexity': math.exp(min(-lp_tok.mean(), 700.0))}

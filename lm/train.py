@@ -18,6 +18,8 @@ import optax
 import orbax.checkpoint as ocp
 import grain
 
+from lm import checkpoint as ckpt_lib
+from lm import classify
 from lm import config as config_lib
 from lm import data as data_lib
 from lm import flops as flops_lib
@@ -29,8 +31,7 @@ from lm.config import Config, ConfigError
 from lm.model import Transformer, cross_entropy
 
 
-class CheckpointError(RuntimeError):
-  """A workdir's checkpoints are corrupt or belong to another run; left untouched."""
+CheckpointError = ckpt_lib.CheckpointError
 
 
 @flax.struct.dataclass
@@ -82,41 +83,59 @@ def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
 
 # --- Steps --------------------------------------------------------------------
 
-def loss_fn(params, model: nn.Module, tokens_BL1: jax.Array, weights_B: jax.Array,
+def loss_fn(params, model: nn.Module, batch: Any, weights_B: jax.Array,
             rng: jax.Array, z_loss: float, train: bool):
-  """Mean next-token NLL (+ z-loss) over weighted rows, and summed statistics."""
-  inputs_BL, targets_BL = tokens_BL1[:, :-1], tokens_BL1[:, 1:]
-  logits_BLV = model.apply({'params': params}, inputs_BL, train=train,
-                           rngs={'dropout': rng} if train else {})
+  """Mean loss (+ z-loss) over weighted rows, and summed statistics.
+
+  A language model's batch is tokens_Bx(L+1) (next-token NLL); a classifier's
+  is a dict of tokens_BxL, valid_BxL and labels_B (cross-entropy over classes).
+  """
+  rngs = {'dropout': rng} if train else {}
+  if model.cfg.num_classes:
+    logits_BC = model.apply({'params': params}, batch['tokens'], train=train,
+                            valid_BL=batch['valid'], rngs=rngs)
+    labels_B = batch['labels']
+    nll, z, n = cross_entropy(logits_BC[:, None], labels_B[:, None], weights_B[:, None],
+                              z_loss)
+    correct = ((jnp.argmax(logits_BC, -1) == labels_B) * weights_B).sum()
+    return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'examples': n,
+                                             'correct': correct}
+  inputs_BL, targets_BL = batch[:, :-1], batch[:, 1:]
+  logits_BLV = model.apply({'params': params}, inputs_BL, train=train, rngs=rngs)
   weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
   nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
   denom = jnp.maximum(n, 1.0)
   return (nll + z) / denom, {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
 
 
+def _rows(batch: Any) -> int:
+  return jax.tree_util.tree_leaves(batch)[0].shape[0]
+
+
 def make_grad_fn(c: Config, model: nn.Module):
-  """(params, tokens, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
+  """(params, batch, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
   A = c.train.grad_accum
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads(params, tokens_BL1: jax.Array, rng: jax.Array):
-    B = tokens_BL1.shape[0]
+  def grads(params, batch: Any, rng: jax.Array):
+    B = _rows(batch)
 
     def micro(carry, xs):
       g_acc, loss_acc = carry
-      i, toks = xs
-      (loss, _), g = grad_fn(params, model, toks, jnp.ones(toks.shape[0]),
+      i, mb = xs
+      (loss, _), g = grad_fn(params, model, mb, jnp.ones(_rows(mb)),
                              jax.random.fold_in(rng, i), c.opt.z_loss, True)
       g_acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
       return (g_acc, loss_acc + loss), None
 
     zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     if A == 1:
-      (g, loss), _ = micro((zeros, 0.0), (0, tokens_BL1))
+      (g, loss), _ = micro((zeros, 0.0), (0, batch))
     else:
       # Micro-batches from strided rows keep each device's rows on that device.
-      micro_ABL1 = tokens_BL1.reshape(B // A, A, -1).swapaxes(0, 1)
-      (g, loss), _ = jax.lax.scan(micro, (zeros, 0.0), (jnp.arange(A), micro_ABL1))
+      micro_batches = jax.tree_util.tree_map(
+          lambda x: x.reshape(B // A, A, *x.shape[1:]).swapaxes(0, 1), batch)
+      (g, loss), _ = jax.lax.scan(micro, (zeros, 0.0), (jnp.arange(A), micro_batches))
     return loss / A, jax.tree_util.tree_map(lambda x: x / A, g)
 
   return grads
@@ -126,9 +145,9 @@ def make_train_step(c: Config, model: nn.Module, tx):
   grads = make_grad_fn(c, model)
   lr = opt_lib.schedule(c.opt, c.train.steps)
 
-  def train_step(state: TrainState, tokens_BL1: jax.Array) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)  # Same on resume: step is saved.
-    loss, g = grads(state.params, tokens_BL1, rng)
+    loss, g = grads(state.params, batch, rng)
     updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(g),
@@ -141,8 +160,10 @@ def make_train_step(c: Config, model: nn.Module, tx):
 def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
   bytes_V = jnp.asarray(byte_lengths, jnp.float32)
 
-  def eval_step(params, tokens_BL1: jax.Array, weights_B: jax.Array) -> dict:
-    _, aux = loss_fn(params, model, tokens_BL1, weights_B, jax.random.key(0), 0.0, False)
+  def eval_step(params, batch: Any, weights_B: jax.Array) -> dict:
+    _, aux = loss_fn(params, model, batch, weights_B, jax.random.key(0), 0.0, False)
+    if model.cfg.num_classes:
+      return aux
     nbytes = (bytes_V[aux['targets']] * weights_B[:, None]).sum()
     return {'nll_sum': aux['nll_sum'], 'tokens': aux['tokens'], 'bytes': nbytes}
 
@@ -150,7 +171,12 @@ def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
 
 
 def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
-  """Loss (nats/token), perplexity and bits per UTF-8 byte of the evaluated text."""
+  """LM: loss (nats/token), perplexity and bits per UTF-8 byte of the evaluated
+  text. Classifier: loss (nats/example) and accuracy."""
+  if 'correct' in sums:
+    n = max(sums['examples'], 1.0)
+    return {'loss': sums['nll_sum'] / n, 'accuracy': sums['correct'] / n,
+            'examples': sums['examples']}
   loss = sums['nll_sum'] / max(sums['tokens'], 1.0)
   return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
           'bits_per_byte': sums['nll_sum'] / math.log(2) / max(sums['bytes'], 1.0),
@@ -220,22 +246,67 @@ class Prepared:
   """Everything that can fail cheaply, done before compilation."""
   cfg: Config
   tokenizer: Any
-  train_tokens: np.ndarray
-  val_tokens: np.ndarray
+  train_source: Any  # Random access: windows of L+1 tokens, or labelled examples.
+  eval_data: list  # (batch, row weights) pairs.
   mesh: Any
 
 
-def prepare(c: Config, tok, devices=None) -> Prepared:
+def resolve_labels(c: Config) -> tuple[Config, tuple | None]:
+  """For a classifier: reads the labelled data and fills data.labels and
+  model.num_classes from it. Returns (config, (train pairs, eval pairs) or None)."""
+  if not c.data.label_key:
+    return c, None
+  train, evals, names = classify.load(c.data, data_lib.cache_root(c.data))
+  if c.model.num_classes and c.model.num_classes != len(names):
+    raise ConfigError(f'config.model.num_classes={c.model.num_classes} but the data has '
+                      f'{len(names)} labels {list(names)}; use 0 (from the data)')
+  if len(names) < 2:
+    raise ConfigError(f'the labelled data has {len(names)} label(s) {list(names)}; '
+                      'a classifier needs at least 2')
+  c = dataclasses.replace(
+      c, model=dataclasses.replace(c.model, num_classes=len(names)),
+      data=dataclasses.replace(c.data, labels=tuple(names)))
+  return c, (train, evals)
+
+
+def check_init_from(c: Config) -> Config:
+  """The source run's config, if its params fit this model; else a clear error."""
+  src = ckpt_lib.load_config(c.init_from)
+  diffs = ckpt_lib.arch_diff(src.model, c.model)
+  for f in ('tokenizer', 'tokenizer_path'):
+    if getattr(src.data, f) != getattr(c.data, f):
+      diffs.append(f'data.{f}: {getattr(src.data, f)!r} != {getattr(c.data, f)!r}')
+  if diffs:
+    raise CheckpointError(
+        f'config.init_from={c.init_from!r} holds a model with another architecture or '
+        'tokenizer than this config; differing fields (checkpoint != config):\n  '
+        + '\n  '.join(diffs))
+  return src
+
+
+def prepare(c: Config, tok, devices=None, labelled: tuple | None = None) -> Prepared:
   """Mesh checks, then data preparation (cached), then window-count checks."""
   mesh = shard_lib.make_mesh(c.mesh, devices)
   shard_lib.check_batch(c, mesh)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  B, L = c.train.batch_size, c.data.seq_len
+  if labelled is not None:
+    train = classify.encode(labelled[0], c.data.labels, tok, L, 'train split')
+    evals = classify.encode(labelled[1], c.data.labels, tok, L, 'eval split')
+    if len(train['labels']) < B:
+      raise ConfigError(f'the train split has {len(train["labels"])} examples, fewer than '
+                        f'train.batch_size={B}')
+    return Prepared(c, tok, classify.Rows(train),
+                    data_lib.eval_rows(evals, B, pidx, pcount), mesh)
   builder, key = data_lib.corpus(c.data)
   cache = data_lib.cache_root(c.data)
   train_tokens = data_lib.tokenize_split(builder, c.data.train_split, key, tok, cache)
   val_tokens = data_lib.tokenize_split(builder, c.data.val_split, key, tok, cache)
-  data_lib.check_windows(train_tokens, c.data.seq_len, 'train', c.train.batch_size)
-  data_lib.check_windows(val_tokens, c.data.seq_len, 'validation', 1)
-  return Prepared(c, tok, train_tokens, val_tokens, mesh)
+  data_lib.check_windows(train_tokens, L, 'train', B)
+  data_lib.check_windows(val_tokens, L, 'validation', 1)
+  return Prepared(c, tok, data_lib.Windows(train_tokens, L + 1),
+                  data_lib.eval_batches(val_tokens, L, B, c.train.eval_batches, pidx, pcount),
+                  mesh)
 
 
 def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
@@ -247,8 +318,10 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   """
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   c = resolve_vocab(c, tok.vocab_size)
+  c, labelled = resolve_labels(c)
   resume = check_workdir(workdir, c)
-  p = prepare(c, tok, devices)
+  src = check_init_from(c) if c.init_from and not resume else None
+  p = prepare(c, tok, devices, labelled)
   c, mesh, rules = p.cfg, p.mesh, list(p.cfg.rules)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -259,11 +332,9 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   tx = opt_lib.make(c.opt, c.train.steps)
   pidx, pcount = jax.process_index(), jax.process_count()
   local_batch = c.train.batch_size // pcount
-  train_ds = data_lib.train_dataset(p.train_tokens, c.data.seq_len, local_batch,
-                                    c.data.shuffle_seed, pidx, pcount)
-  data_iter = iter(train_ds)
-  eval_data = data_lib.eval_batches(p.val_tokens, c.data.seq_len, c.train.batch_size,
-                                    c.train.eval_batches, pidx, pcount)
+  data_iter = iter(data_lib.batched(p.train_source, local_batch, c.data.shuffle_seed,
+                                    pidx, pcount))
+  eval_data = p.eval_data
 
   tokens_per_step = c.train.batch_size * c.data.seq_len
   conv = flops_lib.all_conventions(c.model, c.data.seq_len)
@@ -279,13 +350,19 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     abstract, shardings = state_shardings(c, model, tx, mesh)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
     assert n_params == counts['total'], (n_params, counts)
-    batch_sh = shard_lib.batch_sharding(mesh, c.rules)
+    batch_sh = jax.tree_util.tree_map(
+        lambda x: shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), eval_data[0][0])
     rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
     if resume:
       state = restore(mngr, abstract, shardings, data_iter)
       log(f'resumed from step {int(state.step)} in {workdir}')
     else:
       state = init_state(c, model, tx, shardings)
+    if src is not None:  # Fine-tuning: pre-trained params, fresh optimizer, step 0.
+      _, loaded = ckpt_lib.load_params(c.init_from, src.model)
+      params, taken, fresh = ckpt_lib.merge(state.params, loaded)
+      state = state.replace(params=jax.device_put(params, shardings.params))
+      log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else ''))
     writer.write(int(state.step), 'setup', {
         'params_total': counts['total'], 'params_non_embedding': counts['non_embedding'],
         **{f'flops_per_token_{k}': v for k, v in conv.items()},
@@ -298,16 +375,15 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     eval_step = jax.jit(make_eval_step(model, p.tokenizer.byte_lengths()),
                         in_shardings=(shardings.params, batch_sh, rows_sh))
 
-    def to_global(x_local: np.ndarray) -> jax.Array:
-      sh = batch_sh if x_local.ndim == 2 else rows_sh
-      return jax.make_array_from_process_local_data(sh, x_local)
+    def to_global(x_local: Any) -> Any:
+      return jax.tree_util.tree_map(
+          lambda x: jax.make_array_from_process_local_data(
+              shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), x), x_local)
 
     def evaluate(step: int) -> dict[str, float]:
-      sums = {'nll_sum': 0.0, 'tokens': 0.0, 'bytes': 0.0}
-      outs = [eval_step(state.params, to_global(t), to_global(w)) for t, w in eval_data]
-      for o in jax.device_get(outs):
-        for k in sums:
-          sums[k] += float(o[k])
+      outs = jax.device_get([eval_step(state.params, to_global(b), to_global(w))
+                             for b, w in eval_data])
+      sums = {k: sum(float(o[k]) for o in outs) for k in outs[0]}
       res = summarize_eval(sums)
       writer.write(step, 'eval', res)
       return res
@@ -354,8 +430,9 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
           pending = None
         last_eval = evaluate(done)
         if bar is not None:
+          extra = ('accuracy', 'acc') if 'accuracy' in last_eval else ('bits_per_byte', 'bpb')
           bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
-                    f'bpb {last_eval["bits_per_byte"]:.4f}')
+                    f'{extra[1]} {last_eval[extra[0]]:.4f}')
       if (done % c.train.checkpoint_every == 0 or done == end
           or done in c.train.extra_checkpoints):
         mngr.save(done, args=ocp.args.Composite(

@@ -112,10 +112,15 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   path = report.write_report(cd, wd)
   text = open(path).read()
   for section in ('Approach 1', 'Approach 2', 'Approach 3', 'Held-out check', '95% CI',
-                  'intervals resample whole runs', "k' = "):
+                  'intervals resample whole runs'):
     assert section in text, section
+  # Six tiny runs may or may not bracket a minimum per budget; either way the
+  # report says what it found (test_scaling checks the fit on known data).
+  assert "k' = " in text or 'is not convex' in text
   assert 'Poorly constrained' in text  # 6 points cannot pin down 5 parameters.
-  for png in ('loss_vs_flops.png', 'isoflop.png', 'optimal_vs_compute.png', 'parametric.png'):
+  pngs = ['loss_vs_flops.png', 'parametric.png']
+  pngs += ['isoflop.png', 'optimal_vs_compute.png'] if "k' = " in text else []
+  for png in pngs:
     assert os.path.getsize(os.path.join(wd, 'report', png)) > 1000, png
 
 

@@ -1,0 +1,125 @@
+"""Reading a run's params for sampling, fine-tuning and export; writing params-only runs.
+
+A run directory (workdir) holds config.json and checkpoints/<step>/state; a
+path may name the workdir (latest step) or one step directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from lm import config as config_lib
+from lm import sharding as shard_lib
+from lm.config import Config, ModelConfig
+from lm.model import Transformer
+
+
+class CheckpointError(RuntimeError):
+  """A workdir's checkpoints are corrupt, missing or belong to another run."""
+
+
+# Fields that do not change the parameter pytree (shapes or layout).
+NON_ARCH_FIELDS = ('embed_dropout', 'attn_dropout', 'resid_dropout', 'dtype', 'remat',
+                   'init_std', 'attn_block', 'pool')
+
+
+def find(path: str) -> tuple[str, str]:
+  """(config.json path, step directory) for a workdir or a step directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    ckpt = os.path.join(path, 'checkpoints')
+    steps = sorted(int(e) for e in os.listdir(ckpt) if e.isdigit())
+    if not steps:
+      raise CheckpointError(f'{ckpt} holds no finished checkpoint (no step directories)')
+    return os.path.join(path, 'config.json'), os.path.join(ckpt, str(steps[-1]))
+  parent = os.path.dirname(path)
+  if os.path.basename(path).isdigit() and os.path.basename(parent) == 'checkpoints':
+    return os.path.join(os.path.dirname(parent), 'config.json'), path
+  raise CheckpointError(
+      f'{path} is neither a run directory (with checkpoints/ and config.json) nor a '
+      'step directory (<workdir>/checkpoints/<step>)')
+
+
+def load_config(path: str) -> Config:
+  cfg_path, _ = find(path)
+  if not os.path.exists(cfg_path):
+    raise CheckpointError(f'no config.json at {cfg_path}: {path} was not written by '
+                          'experiments.train or tools.hf')
+  with open(cfg_path) as f:
+    return config_lib.from_configdict(json.load(f))
+
+
+def abstract_params(m: ModelConfig) -> Any:
+  tokens = jnp.zeros((1, min(8, m.max_len)), jnp.int32)
+  boxed = jax.eval_shape(lambda: Transformer(m).init(jax.random.key(0), tokens)['params'])
+  return shard_lib.strip_boxes(boxed)
+
+
+def load_params(path: str, m: ModelConfig | None = None) -> tuple[Config, Any]:
+  """(the run's config, its params on the default device) from a workdir or step."""
+  c = load_config(path)
+  m = m or c.model
+  _, step_dir = find(path)
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract_params(m))
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      out = ckptr.restore(os.path.join(step_dir, 'state'), args=ocp.args.PyTreeRestore(
+          item={'params': target},
+          restore_args={'params': ocp.checkpoint_utils.construct_restore_args(target)},
+          partial_restore=True))
+  except Exception as e:  # Orbax raises many types for a damaged directory.
+    raise CheckpointError(f'params in {step_dir} could not be restored '
+                          f'({type(e).__name__}: {str(e).splitlines()[0][:300]})') from None
+  return c, out['params']
+
+
+def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+  """The fields that make two models' parameter pytrees differ."""
+  da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+  for k in NON_ARCH_FIELDS + ('num_classes',):
+    da.pop(k)
+    db.pop(k)
+  if a.position != 'learned' and b.position != 'learned':
+    da.pop('max_len')
+    db.pop('max_len')
+  return config_lib.diff(da, db)
+
+
+def save_params(workdir: str, c: Config, params: Any, step: int = 0) -> str:
+  """Writes config.json and a params-only checkpoint that `load_params` reads."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config_lib.to_dict(c), f, indent=2)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=ocp.CheckpointManagerOptions(create=True),
+                               item_names=('state',))
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  mngr.wait_until_finished()
+  mngr.close()
+  return os.path.join(workdir, 'checkpoints', str(step))
+
+
+def merge(init: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
+  """Top-level params from `loaded` where the shapes match, else from `init`.
+
+  Returns (params, names taken from loaded, names kept fresh): a classifier
+  started from a language model keeps its new `cls_head` fresh."""
+  out, taken, fresh = {}, [], []
+  shapes = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)
+  for k, v in init.items():
+    if k in loaded and shapes(loaded[k]) == shapes(v):
+      out[k] = loaded[k]
+      taken.append(k)
+    else:
+      out[k] = v
+      fresh.append(k)
+  return out, taken, fresh

@@ -1,0 +1,129 @@
+"""Labelled text for sequence classification: CSV/JSONL files or TFDS datasets.
+
+Each example becomes `data.seq_len` tokens: the text's tokens (truncated to
+seq_len - 1) and EOS, right-padded with zeros, a `valid` mask and a label id.
+EOS ends every document in pre-training, so the decoder's last-token pooling
+reads the state at a token it has learned to see at the end of a text.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from lm.config import ConfigError, DataConfig
+
+
+class LabelError(ValueError):
+  """A labelled example is missing a field or has a label outside the label set."""
+
+
+def read_file(path: str, text_key: str, label_key: str) -> list[tuple[str, str]]:
+  """(text, label) pairs from a .csv (header row) or .jsonl file."""
+  if not os.path.isfile(path):
+    raise ConfigError(f'labelled data file {path!r} does not exist')
+  ext = os.path.splitext(path)[1].lower()
+  rows: list[tuple[int, dict]] = []
+  if ext == '.csv':
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]  # Line 1: header.
+  elif ext in ('.jsonl', '.json'):
+    with open(path, encoding='utf-8') as f:
+      for i, line in enumerate(f):
+        if line.strip():
+          try:
+            rows.append((i + 1, json.loads(line)))
+          except json.JSONDecodeError as e:
+            raise LabelError(f'{path}:{i + 1}: not a JSON object ({e.msg})') from None
+  else:
+    raise ConfigError(f'labelled data file {path!r}: expected a .csv or .jsonl file')
+  out = []
+  for line, r in rows:
+    for key in (text_key, label_key):
+      if not isinstance(r, dict) or r.get(key) in (None, ''):
+        raise LabelError(f'{path}:{line}: missing field {key!r} (fields: '
+                         f'{", ".join(r) if isinstance(r, dict) else type(r).__name__}); '
+                         f'every example needs {text_key!r} and {label_key!r}')
+    out.append((str(r[text_key]), str(r[label_key])))
+  if not out:
+    raise LabelError(f'{path} holds no examples')
+  return out
+
+
+def _held_out(text: str, fraction: float) -> bool:
+  h = int.from_bytes(hashlib.sha256(text.encode('utf-8')).digest()[:8], 'big')
+  return h / 2**64 < fraction
+
+
+def load(d: DataConfig, cache: str) -> tuple[list, list, tuple[str, ...]]:
+  """(train pairs, eval pairs, label names) for the configured source."""
+  if d.source == 'file':
+    train = read_file(d.path, d.text_key, d.label_key)
+    if d.eval_path:
+      evals = read_file(d.eval_path, d.text_key, d.label_key)
+    else:  # Hash split: the same example always lands on the same side.
+      evals = [p for p in train if _held_out(p[0], d.val_fraction)]
+      train = [p for p in train if not _held_out(p[0], d.val_fraction)]
+      if not train or not evals:
+        raise ConfigError(f'data.val_fraction={d.val_fraction} leaves an empty train or '
+                          f'eval split of {d.path}; set data.eval_path')
+    names = d.labels or tuple(sorted({label for _, label in train}))
+    return train, evals, names
+  from lm import data as data_lib  # TFDS catalog dataset with a ClassLabel feature.
+  builder = data_lib.catalog_dataset(d.tfds_name, cache)
+  feats = builder.info.features
+  for key in (d.text_key, d.label_key):
+    if key not in feats:
+      raise ConfigError(f'data key {key!r} is not a feature of {d.tfds_name}; '
+                        f'features: {", ".join(feats)}')
+  names = d.labels or tuple(getattr(feats[d.label_key], 'names', ()) or ())
+
+  def pairs(split):
+    src = builder.as_data_source(split=split)
+    out = []
+    for ex in src:
+      text = ex[d.text_key]
+      text = text.decode('utf-8') if isinstance(text, bytes) else str(text)
+      lab = int(ex[d.label_key])
+      out.append((text, names[lab] if names and 0 <= lab < len(names) else str(lab)))
+    return out
+
+  train, evals = pairs(d.train_split), pairs(d.val_split)
+  return train, evals, names or tuple(sorted({lab for _, lab in train}))
+
+
+def encode(pairs: list[tuple[str, str]], names: tuple[str, ...], tokenizer, seq_len: int,
+           where: str) -> dict[str, np.ndarray]:
+  """{'tokens', 'valid': N x seq_len, 'labels': N} arrays."""
+  index = {n: i for i, n in enumerate(names)}
+  unknown = sorted({lab for _, lab in pairs if lab not in index})
+  if unknown:
+    raise LabelError(f'{where}: labels {unknown[:10]} are not in the label set '
+                     f'{list(names)}; fix the data or set data.labels')
+  n = len(pairs)
+  tokens = np.zeros((n, seq_len), np.int32)
+  valid = np.zeros((n, seq_len), bool)
+  labels = np.zeros(n, np.int32)
+  for i, (text, lab) in enumerate(pairs):
+    ids = list(tokenizer.encode(text)[:seq_len - 1]) + [tokenizer.eos_id]
+    tokens[i, :len(ids)] = ids
+    valid[i, :len(ids)] = True
+    labels[i] = index[lab]
+  return {'tokens': tokens, 'valid': valid, 'labels': labels}
+
+
+class Rows:
+  """Random access to the i-th example of a dict of arrays (a grain source)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in self.arrays.items()}

@@ -1,0 +1,170 @@
+"""KV-cached decoding equals the full forward pass; logit processors keep their promises."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import sampling
+from lm.config import ModelConfig
+from lm.model import Transformer, init_cache
+from lm.sampling import SamplingConfig, SamplingError
+
+BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, max_len=24,
+                   mlp_dim=48, num_kv_heads=2)
+EOS = 60
+
+
+def _params(m, seed=0):
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return jax.jit(lambda r: nn.unbox(Transformer(m).init(r, tokens)['params']))(
+      jax.random.key(seed))
+
+
+@pytest.mark.parametrize('position', ['learned', 'rope', 'sinusoidal', 'none'])
+@pytest.mark.parametrize('scan', [True, False])
+def test_cached_decoding_matches_full_forward(position, scan):
+  """Prefill 5 tokens (row 1 left-padded by 2), then feed the rest one at a time."""
+  m = dataclasses.replace(BASE, position=position, scan_layers=scan)
+  params = _params(m)
+  seq = np.asarray(jax.random.randint(jax.random.key(3), (2, 16), 0, 59))
+  full = [np.asarray(Transformer(m).apply({'params': params}, seq[b:b + 1]))[0]
+          for b in range(2)]
+  P, start = 5, np.array([0, 2], np.int32)
+  prompt = np.zeros((2, P), np.int32)
+  prompt[0] = seq[0, :P]
+  prompt[1, 2:] = seq[1, :P - 2]
+  S = P + 12
+  logits, cache = sampling.prefill(params, m, prompt, start, S)
+  np.testing.assert_allclose(logits[0], full[0][P - 1], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits[1], full[1][P - 3], atol=1e-5, rtol=1e-5)
+  model = Transformer(m)
+  for i in range(10):
+    slot = P + i
+    tok = np.array([seq[0, slot], seq[1, slot - 2]], np.int32)[:, None]
+    out, cache = model.apply({'params': params}, tok, pos_BL=(slot - start)[:, None],
+                             mask_BLS=sampling._visible(jnp.array([slot]), start, S),
+                             cache=cache, index=slot)
+    np.testing.assert_allclose(out[0, 0], full[0][slot], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out[1, 0], full[1][slot - 2], atol=1e-5, rtol=1e-5)
+
+
+def test_init_cache_shape():
+  c = init_cache(BASE, 3, 10)
+  assert c['k'].shape == (2, 3, 10, 2, 8) and c['v'].shape == c['k'].shape
+
+
+def test_greedy_is_deterministic_batched_and_equals_uncached():
+  m = dataclasses.replace(BASE, position='rope')
+  params = _params(m, seed=1)
+  prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+  s = SamplingConfig(max_new_tokens=8, greedy=True)
+  a = sampling.generate(params, m, prompts, s, EOS)
+  assert a == sampling.generate(params, m, prompts, s, EOS)
+  assert a == sampling.generate_uncached(params, m, prompts, s, EOS)
+  # Left padding changes nothing: each prompt alone gives the same tokens.
+  for p, out in zip(prompts, a):
+    assert sampling.generate(params, m, [p], s, EOS) == [out]
+  # And each step is the argmax of the full forward pass.
+  seq = prompts[1] + a[1][0]
+  logits = Transformer(m).apply({'params': params}, jnp.asarray([seq]))[0]
+  assert list(np.argmax(logits[len(prompts[1]) - 1:-1], -1)) == a[1][0]
+
+
+def test_sampling_is_reproducible_and_returns_distinct_sequences():
+  params = _params(BASE, seed=2)
+  s = SamplingConfig(max_new_tokens=10, temperature=1.5, num_return_sequences=4, seed=7)
+  a = sampling.generate(params, BASE, [[1, 2], [3]], s, EOS)
+  assert a == sampling.generate(params, BASE, [[1, 2], [3]], s, EOS)
+  assert len(a) == 2 and all(len(x) == 4 for x in a)
+  assert len({tuple(x) for x in a[0]}) > 1
+  other = sampling.generate(params, BASE, [[1, 2], [3]], dataclasses.replace(s, seed=8), EOS)
+  assert other != a
+
+
+def test_eos_stops_one_row_while_others_continue():
+  params = _params(BASE, seed=4)
+  prompts = [[1, 2, 3], [20, 21]]
+  s = SamplingConfig(max_new_tokens=6, greedy=True)
+  free = sampling.generate(params, BASE, prompts, s, eos_id=-5)  # No EOS possible.
+  eos = next(t for t in free[0][0] if t not in free[1][0])
+  k = free[0][0].index(eos)
+  out = sampling.generate(params, BASE, prompts, s, eos_id=eos)
+  assert out[0][0] == free[0][0][:k]
+  assert out[1][0] == free[1][0] and len(out[1][0]) == 6
+
+
+def _draws(logits_V, s, n=4000):
+  logits_BV = jnp.broadcast_to(jnp.asarray(logits_V), (n, len(logits_V)))
+  seen = jnp.zeros(logits_BV.shape, bool)
+  return np.asarray(jax.jit(lambda r: sampling.choose(logits_BV, seen, r, s))(
+      jax.random.key(0)))
+
+
+def test_top_k_never_leaves_the_k_most_likely():
+  logits = np.asarray(jax.random.normal(jax.random.key(5), (50,))) * 0.3  # Flat-ish.
+  toks = _draws(logits, SamplingConfig(top_k=5, temperature=2.0))
+  top5 = set(np.argsort(-logits)[:5].tolist())
+  assert set(toks.tolist()) == top5  # All of them drawn, nothing else.
+
+
+def test_top_p_never_leaves_the_nucleus():
+  probs = np.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02])
+  toks = _draws(np.log(probs), SamplingConfig(top_p=0.75))
+  # 0.4 + 0.25 < 0.75 <= 0.4 + 0.25 + 0.15: the nucleus is {0, 1, 2}.
+  assert set(toks.tolist()) == {0, 1, 2}
+  # Within the nucleus, probabilities are renormalised: 0.4 / 0.8 = 0.5.
+  assert abs((toks == 0).mean() - 0.5) < 0.03
+  assert set(_draws(np.log(probs), SamplingConfig(top_p=0.3)).tolist()) == {0}
+
+
+def test_repetition_penalty_changes_exactly_the_seen_logits():
+  logits = jnp.array([[2.0, -1.0, 0.5, -3.0, 1.0]])
+  seen = jnp.array([[True, True, False, False, True]])
+  out = sampling.repetition_penalty(logits, seen, 2.0)
+  np.testing.assert_allclose(out, [[1.0, -2.0, 0.5, -3.0, 0.5]])
+  # Greedy with a strong penalty moves off a seen argmax.
+  s = SamplingConfig(greedy=True, repetition_penalty=10.0)
+  assert int(sampling.choose(logits, seen, jax.random.key(0), s)[0]) == 2
+
+
+def test_score_matches_the_forward_pass_and_windows_long_text():
+  params = _params(BASE)
+  ctx, toks = [EOS], list(range(1, 11))
+  out = sampling.score(params, BASE, toks, ctx)
+  logp = jax.nn.log_softmax(Transformer(BASE).apply({'params': params},
+                                                    jnp.asarray([ctx + toks[:-1]]))[0])
+  want = [float(logp[i, t]) for i, t in enumerate(toks)]
+  np.testing.assert_allclose(out['logprobs'], want, atol=1e-5)
+  assert out['perplexity'] == pytest.approx(np.exp(-np.mean(want)), rel=1e-5)
+  long = sampling.score(params, BASE, list(np.arange(60) % 59), ctx)  # > max_len=24.
+  assert len(long['logprobs']) == 60 and np.isfinite(long['logprobs']).all()
+  np.testing.assert_allclose(long['logprobs'][:23],
+                             sampling.score(params, BASE, list(np.arange(23)), ctx)['logprobs'],
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('kw,match', [
+    (dict(temperature=0.0), 'temperature=0.0'),
+    (dict(temperature=-1.0), 'temperature=-1.0'),
+    (dict(top_p=0.0), 'top_p=0.0'),
+    (dict(top_p=1.5), 'top_p=1.5'),
+    (dict(top_k=-1), 'top_k=-1'),
+    (dict(max_new_tokens=0), 'max_new_tokens=0'),
+])
+def test_bad_sampling_settings(kw, match):
+  with pytest.raises(SamplingError, match=match):
+    sampling.validate(SamplingConfig(**kw))
+
+
+def test_bad_prompts():
+  params = _params(BASE)
+  s = SamplingConfig(max_new_tokens=10)
+  with pytest.raises(SamplingError, match='prompt 1 is empty'):
+    sampling.generate(params, BASE, [[1], []], s, EOS)
+  with pytest.raises(SamplingError, match='prompt 0 has 20 tokens.*max_len=24'):
+    sampling.generate(params, BASE, [list(range(20))], s, EOS)
+  assert sampling.validate(SamplingConfig(greedy=True, temperature=0.0)) is None
