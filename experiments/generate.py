@@ -12,7 +12,7 @@
 import math
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lm import checkpoint, sampling, tokenizers
 
@@ -35,6 +35,7 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
   try:
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.num_classes:

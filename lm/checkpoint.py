@@ -91,7 +91,7 @@ def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
   if a.position != 'learned' and b.position != 'learned':
     da.pop('max_len')
     db.pop('max_len')
-  return config_lib.diff(da, db)
+  return config_lib.diff(da, db, 'model.')
 
 
 def save_params(workdir: str, c: Config, params: Any, step: int = 0) -> str:

@@ -68,6 +68,9 @@ def check_prompts(prompts: list[list[int]], m: ModelConfig, max_new_tokens: int)
   for i, p in enumerate(prompts):
     if len(p) == 0:
       raise SamplingError(f'prompt {i} is empty: give at least one token')
+    if len(p) >= m.max_len:
+      raise SamplingError(f'prompt {i} has {len(p)} tokens, as long as or longer than the '
+                          f'context model.max_len={m.max_len}: shorten it')
     if len(p) + max_new_tokens > m.max_len:
       raise SamplingError(
           f'prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that '

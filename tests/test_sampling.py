@@ -168,3 +168,5 @@ def test_bad_prompts():
   with pytest.raises(SamplingError, match='prompt 0 has 20 tokens.*max_len=24'):
     sampling.generate(params, BASE, [list(range(20))], s, EOS)
   assert sampling.validate(SamplingConfig(greedy=True, temperature=0.0)) is None
+  with pytest.raises(SamplingError, match='prompt 0 has 30 tokens, as long as or longer'):
+    sampling.generate(params, BASE, [list(range(30))], s, EOS)

@@ -1,0 +1,27 @@
+"""python -m experiments.train --config=configs/finetune_classify.py \
+    --config.init_from=runs/tiny --config.data.path=train.csv \
+    --config.data.eval_path=eval.csv --workdir=runs/cls
+
+Sequence classification on top of a pre-trained decoder (configs/tiny.py's
+architecture): a linear head on the pooled final hidden states, cross-entropy
+over the labels, accuracy on the eval split. The data is a .csv (with a header)
+or .jsonl file with `text` and `label` fields, or a TFDS catalog dataset:
+  --config.data.source=tfds --config.data.tfds_name=glue/sst2
+  --config.data.text_key=sentence --config.data.val_split=validation
+Labels are the sorted distinct labels of the train split unless data.labels
+lists them. --config.opt.freeze_backbone=True trains only the head. Without
+init_from the whole model trains from scratch.
+"""
+
+from configs import tiny
+
+
+def get_config(arg=None):
+  c = tiny.get_config(arg)
+  c.name = 'finetune_classify'
+  c.data.update(source='file', path='', eval_path='', label_key='label', text_key='text',
+                seq_len=128)
+  c.model.update(pool='last')  # The EOS that ends each example (see lm/classify.py).
+  c.opt.update(lr=1e-3, warmup_steps=20, schedule='cosine', min_lr_ratio=0.0)
+  c.train.update(batch_size=32, steps=300, eval_every=100, checkpoint_every=100)
+  return c

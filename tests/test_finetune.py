@@ -1,0 +1,175 @@
+"""Fine-tuning from a checkpoint: language modelling and sequence classification."""
+
+import dataclasses
+import json
+import random
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lm import checkpoint, classify, train
+from lm.config import ConfigError, DataConfig
+from lm.tokenizers import ByteTokenizer
+from tests.helpers import tiny
+
+A_WORDS = ['alpha', 'beta', 'gamma', 'kappa']
+B_WORDS = ['delta', 'omega', 'sigma', 'theta']
+
+
+def _labelled(path, n, seed, fmt='jsonl'):
+  """A learnable task: the words of a text come from its class's vocabulary."""
+  rng = random.Random(seed)
+  rows = []
+  for _ in range(n):
+    lab = rng.choice(['a', 'b'])
+    words = A_WORDS if lab == 'a' else B_WORDS
+    rows.append({'text': ' '.join(rng.choice(words) for _ in range(rng.randint(2, 5))),
+                 'label': lab})
+  if fmt == 'jsonl':
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  else:
+    path.write_text('text,label\n' + ''.join(f'{r["text"]},{r["label"]}\n' for r in rows))
+  return path
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory, corpus_dir):
+  wd = tmp_path_factory.mktemp('pre')
+  train.train_and_evaluate(tiny(corpus_dir), str(wd), log=lambda *a: None)
+  return wd
+
+
+def test_lm_finetune_starts_from_pretrained_params(pretrained, tmp_path):
+  other = tmp_path / 'mine'
+  other.mkdir()
+  for i in range(12):
+    (other / f'n{i}.txt').write_text(f'my own notes number {i}: ' + 'lorem ipsum ' * 60)
+  c = tiny(other, **{'opt.lr': 1e-3})
+  c = dataclasses.replace(c, init_from=str(pretrained))
+  _, want = checkpoint.load_params(str(pretrained))
+  logs = []
+  out = train.train_and_evaluate(c, str(tmp_path / 'ft0'), stop_at=0, log=logs.append)
+  assert int(out['state'].step) == 0  # Fresh optimizer, step 0.
+  for a, b in zip(jax.tree_util.tree_leaves(out['state'].params), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert any('initialised' in line for line in logs)
+  assert all(float(np.abs(x).sum()) == 0 for x in
+             jax.tree_util.tree_leaves(out['state'].opt_state) if x.ndim)
+  out = train.train_and_evaluate(c, str(tmp_path / 'ft'), log=lambda *a: None)
+  assert out['step'] == 6 and np.isfinite(out['loss'])
+
+
+def test_init_from_another_architecture_is_refused(pretrained, tmp_path, corpus_dir):
+  c = tiny(corpus_dir, **{'model.d_model': 64, 'model.num_layers': 3})
+  c = dataclasses.replace(c, init_from=str(pretrained))
+  with pytest.raises(train.CheckpointError,
+                     match=r'(?s)model.d_model: 32 != 64.*model.num_layers: 2 != 3'):
+    train.train_and_evaluate(c, str(tmp_path / 'x'))
+  c = dataclasses.replace(c, init_from=str(tmp_path / 'nowhere'))
+  with pytest.raises(train.CheckpointError, match='neither a run directory'):
+    train.train_and_evaluate(c, str(tmp_path / 'y'))
+
+
+def _classifier(tmp_path, **kw):
+  train_f = _labelled(tmp_path / 'train.jsonl', 400, 0)
+  eval_f = _labelled(tmp_path / 'eval.csv', 64, 1, fmt='csv')
+  over = {'data.source': 'file', 'data.path': str(train_f), 'data.eval_path': str(eval_f),
+          'data.label_key': 'label', 'data.seq_len': 32, 'train.batch_size': 16,
+          'train.steps': 40, 'train.eval_every': 40, 'train.checkpoint_every': 40,
+          'opt.lr': 3e-3, 'opt.warmup_steps': 4, 'model.pool': 'mean'}
+  over.update(kw)
+  return tiny(**over)
+
+
+def test_classifier_learns_a_learnable_task(tmp_path):
+  out = train.train_and_evaluate(_classifier(tmp_path), str(tmp_path / 'cls'),
+                                 log=lambda *a: None)
+  assert out['config'].model.num_classes == 2 and out['config'].data.labels == ('a', 'b')
+  assert out['examples'] == 64
+  assert out['accuracy'] >= 0.9, out  # Chance is ~0.5.
+
+
+def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
+  c = _classifier(tmp_path, **{'opt.freeze_backbone': True, 'train.steps': 8,
+                               'train.eval_every': 8, 'train.checkpoint_every': 8,
+                               'model.pool': 'last'})
+  c = dataclasses.replace(c, init_from=str(pretrained))
+  logs = []
+  out = train.train_and_evaluate(c, str(tmp_path / 'frozen'), log=logs.append)
+  assert any("new: ['cls_head']" in line for line in logs), logs
+  _, lm = checkpoint.load_params(str(pretrained))
+  got = out['state'].params
+  for k in lm:
+    if k in got:
+      for a, b in zip(jax.tree_util.tree_leaves(got[k]), jax.tree_util.tree_leaves(lm[k])):
+        np.testing.assert_array_equal(a, b)
+  assert 'cls_head' in got and 'cls_head' not in lm
+  r = _cli(f'--workdir={tmp_path / "frozen"}', '--prompt=x')
+  assert r.returncode == 2 and 'holds a sequence classifier' in r.stderr
+
+
+def test_label_files_errors(tmp_path):
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_text('{"text": "hi", "label": "a"}\n{"text": "there"}\n')
+  with pytest.raises(classify.LabelError, match=r"bad.jsonl:2: missing field 'label'"):
+    classify.read_file(str(bad), 'text', 'label')
+  csv_f = tmp_path / 'x.csv'
+  csv_f.write_text('sentence,label\nhello,a\n')
+  with pytest.raises(classify.LabelError, match=r"x.csv:2: missing field 'text'"):
+    classify.read_file(str(csv_f), 'text', 'label')
+  with pytest.raises(classify.LabelError, match=r"labels \['c'\] are not in the label set"):
+    classify.encode([('t', 'c')], ('a', 'b'), ByteTokenizer(), 8, 'eval split')
+  tr = _labelled(tmp_path / 't.jsonl', 50, 0)
+  ev = tmp_path / 'e.jsonl'
+  ev.write_text('{"text": "alpha", "label": "zzz"}\n')
+  c = tiny(**{'data.source': 'file', 'data.path': str(tr), 'data.eval_path': str(ev),
+              'data.label_key': 'label'})
+  with pytest.raises(classify.LabelError, match="zzz"):
+    train.train_and_evaluate(c, str(tmp_path / 'wd'))
+  assert not (tmp_path / 'wd').exists()  # Failed before anything was written.
+
+
+def test_encode_truncates_and_ends_with_eos():
+  out = classify.encode([('abcdef', 'b'), ('x', 'a')], ('a', 'b'), ByteTokenizer(), 4, 'x')
+  assert out['tokens'][0].tolist() == [97, 98, 99, 257]
+  assert out['valid'][1].tolist() == [True, True, False, False]
+  assert out['labels'].tolist() == [1, 0]
+
+
+def test_tfds_classification_dataset_with_mock_data(tmp_path):
+  d = DataConfig(source='tfds', tfds_name='imdb_reviews', label_key='label',
+                 val_split='test', cache_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=6):
+    train_pairs, eval_pairs, names = classify.load(d, str(tmp_path))
+  assert names == ('neg', 'pos') and len(train_pairs) == 6 and len(eval_pairs) == 6
+  assert all(lab in names for _, lab in train_pairs + eval_pairs)
+  with tfds.testing.mock_data(num_examples=2):
+    with pytest.raises(ConfigError, match="'sentence' is not a feature"):
+      classify.load(DataConfig(source='tfds', tfds_name='imdb_reviews', label_key='label',
+                               text_key='sentence', cache_dir=str(tmp_path)), str(tmp_path))
+
+
+def _cli(*args):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, '-m', 'experiments.generate', *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_generate_cli_samples_scores_and_refuses_bad_input(pretrained, tmp_path):
+  prompts = tmp_path / 'p.txt'
+  prompts.write_text('def f(x):\\n    return\nimport\n')
+  r = _cli(f'--workdir={pretrained}', '--prompt=def fibonacci(', f'--prompts_file={prompts}',
+           '--max_new_tokens=8', '--temperature=0.7', '--top_k=50', '--top_p=0.9',
+           '--repetition_penalty=1.3', '--num_return_sequences=2')
+  assert r.returncode == 0, r.stderr
+  for i in range(3):
+    for j in range(2):
+      assert f'=== prompt {i}, sample {j} ===' in r.stdout
+  assert 'def f(x):\n    return' in r.stdout
+  r = _cli(f'--workdir={pretrained}', '--score=def f(x):')
+  assert r.returncode == 0 and 'perplexity' in r.stdout and 'bits per byte' in r.stdout
+  r = _cli(f'--workdir={pretrained}', '--prompt=x', '--top_k=0', '--temperature=-1')
+  assert r.returncode == 2 and 'temperature=-1.0 is invalid' in r.stderr
