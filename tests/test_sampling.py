@@ -24,8 +24,9 @@ def _params(m, seed=0):
       jax.random.key(seed))
 
 
-@pytest.mark.parametrize('position', ['learned', 'rope', 'sinusoidal', 'none'])
-@pytest.mark.parametrize('scan', [True, False])
+@pytest.mark.parametrize('position,scan', [('learned', True), ('rope', True),
+                                           ('sinusoidal', True), ('none', True),
+                                           ('rope', False)])
 def test_cached_decoding_matches_full_forward(position, scan):
   """Prefill 5 tokens (row 1 left-padded by 2), then feed the rest one at a time."""
   m = dataclasses.replace(BASE, position=position, scan_layers=scan)
@@ -41,13 +42,17 @@ def test_cached_decoding_matches_full_forward(position, scan):
   logits, cache = sampling.prefill(params, m, prompt, start, S)
   np.testing.assert_allclose(logits[0], full[0][P - 1], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(logits[1], full[1][P - 3], atol=1e-5, rtol=1e-5)
-  model = Transformer(m)
+
+  @jax.jit
+  def step(tok, cache, slot):
+    return Transformer(m).apply({'params': params}, tok, pos_BL=(slot - start)[:, None],
+                                mask_BLS=sampling._visible(slot[None], start, S),
+                                cache=cache, index=slot)
+
   for i in range(10):
     slot = P + i
     tok = np.array([seq[0, slot], seq[1, slot - 2]], np.int32)[:, None]
-    out, cache = model.apply({'params': params}, tok, pos_BL=(slot - start)[:, None],
-                             mask_BLS=sampling._visible(jnp.array([slot]), start, S),
-                             cache=cache, index=slot)
+    out, cache = step(tok, cache, jnp.int32(slot))
     np.testing.assert_allclose(out[0, 0], full[0][slot], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(out[1, 0], full[1][slot - 2], atol=1e-5, rtol=1e-5)
 
@@ -97,7 +102,7 @@ def test_eos_stops_one_row_while_others_continue():
   assert out[1][0] == free[1][0] and len(out[1][0]) == 6
 
 
-def _draws(logits_V, s, n=4000):
+def _draws(logits_V, s, n=2000):
   logits_BV = jnp.broadcast_to(jnp.asarray(logits_V), (n, len(logits_V)))
   seen = jnp.zeros(logits_BV.shape, bool)
   return np.asarray(jax.jit(lambda r: sampling.choose(logits_BV, seen, r, s))(
@@ -117,7 +122,7 @@ def test_top_p_never_leaves_the_nucleus():
   # 0.4 + 0.25 < 0.75 <= 0.4 + 0.25 + 0.15: the nucleus is {0, 1, 2}.
   assert set(toks.tolist()) == {0, 1, 2}
   # Within the nucleus, probabilities are renormalised: 0.4 / 0.8 = 0.5.
-  assert abs((toks == 0).mean() - 0.5) < 0.03
+  assert abs((toks == 0).mean() - 0.5) < 0.05
   assert set(_draws(np.log(probs), SamplingConfig(top_p=0.3)).tolist()) == {0}
 
 
