@@ -1,0 +1,138 @@
+"""Hugging Face parity: our logits and greedy tokens equal transformers' (torch, CPU)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lm import checkpoint, sampling
+from lm.config import ModelConfig
+from lm.model import Transformer
+from tests.helpers import tiny
+from tools import hf
+
+V = 61
+
+
+def _randomize(model, std=0.1):
+  """Random values everywhere (HF inits biases to 0 and norms to 1: too easy)."""
+  g = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      is_scale = ('ln' in name or 'norm' in name) and name.endswith('weight')
+      p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if is_scale else 0.0))
+  return model.eval()
+
+
+def _gpt2(path):
+  cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_inner=48,
+                                n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
+                                attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+  model = _randomize(transformers.GPT2LMHeadModel(cfg))
+  model.save_pretrained(path)
+  return model
+
+
+def _llama(path, tie=False):
+  cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=32,
+                                 rope_theta=500.0, tie_word_embeddings=tie,
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+  model = _randomize(transformers.LlamaForCausalLM(cfg))
+  model.save_pretrained(path)
+  return model
+
+
+MAKERS = {'gpt2': _gpt2, 'llama': _llama, 'llama_tied': lambda p: _llama(p, tie=True)}
+
+
+def _tokens(B=2, L=16, seed=0):
+  return np.random.default_rng(seed).integers(1, V, size=(B, L))
+
+
+@pytest.mark.parametrize('kind', MAKERS)
+def test_imported_logits_match_transformers(kind, tmp_path):
+  theirs = MAKERS[kind](tmp_path / 'hf')
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+  c, params = checkpoint.load_params(str(tmp_path / 'run'))
+  assert c.model.position == ('learned' if kind == 'gpt2' else 'rope')
+  tokens = _tokens()
+  ours = Transformer(c.model).apply({'params': params}, jnp.asarray(tokens))
+  with torch.no_grad():
+    want = theirs(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kind', ['gpt2', 'llama'])
+def test_greedy_generation_matches_transformers(kind, tmp_path):
+  theirs = MAKERS[kind](tmp_path / 'hf')
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+  c, params = checkpoint.load_params(str(tmp_path / 'run'))
+  prompts = [[5, 9, 13, 2, 7, 40], [11, 3, 22]]  # Different lengths: left padding.
+  ours = sampling.generate(params, c.model, prompts, sampling.SamplingConfig(
+      max_new_tokens=10, greedy=True), eos_id=-1)
+  P = max(map(len, prompts))
+  ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+  mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+  with torch.no_grad():
+    out = theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10,
+                          min_new_tokens=10, do_sample=False, pad_token_id=0)
+  assert [o[0] for o in ours] == out[:, P:].tolist()
+
+
+def _ours(kind):
+  base = ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4, mlp_dim=48,
+                     max_len=32)
+  if kind == 'gpt2':
+    return base
+  return dataclasses.replace(base, position='rope', norm='rmsnorm', use_bias=False,
+                             activation='swiglu', tie_embeddings=False, num_kv_heads=2,
+                             rope_theta=500.0, norm_eps=1e-6, scan_layers=False)
+
+
+@pytest.mark.parametrize('kind', ['gpt2', 'llama'])
+def test_export_loads_in_transformers_and_round_trips(kind, tmp_path):
+  m = _ours(kind)
+  params = jax.tree_util.tree_map(
+      lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape),  # Non-trivial.
+      jax.jit(lambda r: Transformer(m).init(r, jnp.zeros((1, 8), jnp.int32))['params'])(
+          jax.random.key(0)))
+  params = jax.tree_util.tree_map(lambda x: getattr(x, 'value', x), params,
+                                  is_leaf=lambda x: hasattr(x, 'value'))
+  c = dataclasses.replace(tiny(**{'data.seq_len': 16}), model=m)
+  checkpoint.save_params(str(tmp_path / 'run'), c, params, step=3)
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
+  tokens = _tokens()
+  with torch.no_grad():
+    want = theirs(torch.tensor(tokens)).logits.numpy()
+  ours = Transformer(m).apply({'params': params}, jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(ours), want, atol=1e-4, rtol=1e-4)
+  # Export then import: identical params, and our config comes back.
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'back'))
+  c2, back = checkpoint.load_params(str(tmp_path / 'back'))
+  assert c2.model == m and c2.data == c.data
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_unsupported_architectures_are_refused(tmp_path):
+  m = dataclasses.replace(_ours('gpt2'), activation='relu2', position='sinusoidal')
+  with pytest.raises(hf.HFError, match=r"(?s)no Hugging Face equivalent.*"
+                                       r"model.position='sinusoidal'.*model.activation='relu2'"):
+    hf.family(m)
+  c = dataclasses.replace(tiny(), model=m)
+  checkpoint.save_params(str(tmp_path / 'run'), c, {'x': np.zeros(2)})
+  with pytest.raises(hf.HFError, match='no Hugging Face equivalent'):
+    hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  assert not (tmp_path / 'hf').exists()
+  with pytest.raises(hf.HFError, match="model_type='bert' is not supported"):
+    hf.model_config({'model_type': 'bert'})
+  with pytest.raises(hf.HFError, match='no config.json'):
+    hf.read_dir(str(tmp_path))

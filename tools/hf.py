@@ -1,0 +1,365 @@
+"""Hugging Face interchange: export a run as a GPT-2 or Llama directory, import one.
+
+  python -m tools.hf export --workdir=runs/tiny --out=hf/tiny
+  python -m tools.hf import --hf_dir=hf/tiny --workdir=runs/from_hf
+
+An export is a transformers directory (config.json + model.safetensors) that
+`AutoModelForCausalLM.from_pretrained` loads: GPT-2 for learned positions,
+LayerNorm with biases, tanh-GELU and tied embeddings; Llama for RoPE, RMSNorm
+without biases and SwiGLU (any GQA, tied or not). Other architectures have no
+transformers equivalent and are refused with the fields that prevent it. Our
+whole run config rides along in config.json under `lm_config`, so importing
+our own export restores the tokenizer and training settings.
+
+An import reads such a directory (GPT-2 or Llama weights on local disk, one
+safetensors file or a sharded index) into a run directory with a step-0
+params checkpoint, which `experiments.generate --workdir` samples from and
+`--config.init_from` fine-tunes. A Llama-family tokenizer.model (SentencePiece)
+beside the weights becomes the run's tokenizer; GPT-2's byte-level BPE has no
+tokenizer here, so such runs take token ids we cannot produce from text.
+Neither direction needs torch; the parity tests use transformers and torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import numpy as np
+
+from lm import checkpoint
+from lm import config as config_lib
+from lm.config import ModelConfig
+
+
+class HFError(ValueError):
+  """The architecture or directory has no counterpart on the other side."""
+
+
+# --- Which family -------------------------------------------------------------
+
+_GPT2 = dict(position='learned', norm='layernorm', use_bias=True, activation='gelu',
+             tie_embeddings=True, qk_norm=False)
+_LLAMA = dict(position='rope', norm='rmsnorm', use_bias=False, activation='swiglu',
+              qk_norm=False)
+
+
+def family(m: ModelConfig) -> str:
+  """'gpt2' or 'llama', or an HFError naming the fields that match neither."""
+  misses = {}
+  for name, want in (('gpt2', _GPT2), ('llama', _LLAMA)):
+    bad = [f'model.{k}={getattr(m, k)!r} (needs {v!r})' for k, v in want.items()
+           if getattr(m, k) != v]
+    if name == 'gpt2':
+      if m.kv_heads != m.num_heads:
+        bad.append(f'model.num_kv_heads={m.num_kv_heads} (GPT-2 has no GQA)')
+      if m.dh * m.num_heads != m.d_model:
+        bad.append(f'model.head_dim={m.head_dim} (GPT-2 needs d_model / num_heads)')
+    if not bad:
+      return name
+    misses[name] = bad
+  if m.num_classes:
+    raise HFError('a sequence classifier has no causal-LM equivalent to export')
+  raise HFError('this architecture has no Hugging Face equivalent:\n  as GPT-2: '
+                + '; '.join(misses['gpt2']) + '\n  as Llama: ' + '; '.join(misses['llama']))
+
+
+# --- Layer access ---------------------------------------------------------------
+
+def _layers(params: dict, m: ModelConfig) -> list[dict]:
+  """Per-layer param dicts (numpy), from the scanned or the unrolled layout."""
+  import jax
+  p = jax.tree_util.tree_map(np.asarray, params)
+  if m.scan_layers:
+    return [jax.tree_util.tree_map(lambda a, i=i: a[i], p['blocks'])
+            for i in range(m.num_layers)]
+  return [p[f'block_{i}'] for i in range(m.num_layers)]
+
+
+def _from_layers(top: dict, layers: list[dict], m: ModelConfig) -> dict:
+  import jax
+  if m.scan_layers:
+    return {**top, 'blocks': jax.tree_util.tree_map(lambda *a: np.stack(a), *layers)}
+  return {**top, **{f'block_{i}': l for i, l in enumerate(layers)}}
+
+
+# --- Ours -> transformers -------------------------------------------------------
+
+def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json dict, safetensors tensors) in transformers' layout."""
+  fam = family(m)
+  D, H, K, Dh, F, V = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim, m.vocab_size
+  p = {k: v for k, v in params.items()}
+  t: dict[str, np.ndarray] = {}
+  if fam == 'gpt2':
+    t['transformer.wte.weight'] = np.asarray(p['embed']['embedding'])
+    t['transformer.wpe.weight'] = np.asarray(p['pos_embed']['embedding'])
+    for i, l in enumerate(_layers(params, m)):
+      a, pre = l['attn'], f'transformer.h.{i}.'
+      t[pre + 'ln_1.weight'], t[pre + 'ln_1.bias'] = l['attn_norm']['scale'], l['attn_norm']['bias']
+      t[pre + 'attn.c_attn.weight'] = np.concatenate(
+          [a[n].reshape(D, H * Dh) for n in ('query', 'key', 'value')], axis=1)
+      t[pre + 'attn.c_attn.bias'] = np.concatenate(
+          [a[n + '_bias'].reshape(-1) for n in ('query', 'key', 'value')])
+      t[pre + 'attn.c_proj.weight'] = a['out'].reshape(H * Dh, D)
+      t[pre + 'attn.c_proj.bias'] = a['out_bias']
+      t[pre + 'ln_2.weight'], t[pre + 'ln_2.bias'] = l['mlp_norm']['scale'], l['mlp_norm']['bias']
+      t[pre + 'mlp.c_fc.weight'], t[pre + 'mlp.c_fc.bias'] = l['mlp']['up']['kernel'], l['mlp']['up']['bias']
+      t[pre + 'mlp.c_proj.weight'] = l['mlp']['down']['kernel']
+      t[pre + 'mlp.c_proj.bias'] = l['mlp']['down']['bias']
+    t['transformer.ln_f.weight'] = np.asarray(p['final_norm']['scale'])
+    t['transformer.ln_f.bias'] = np.asarray(p['final_norm']['bias'])
+    cfg = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], vocab_size=V,
+               n_embd=D, n_layer=m.num_layers, n_head=H, n_inner=F, n_positions=m.max_len,
+               n_ctx=m.max_len, activation_function='gelu_new',
+               layer_norm_epsilon=m.norm_eps, tie_word_embeddings=True,
+               resid_pdrop=m.resid_dropout, embd_pdrop=m.embed_dropout,
+               attn_pdrop=m.attn_dropout, initializer_range=m.init_std)
+  else:
+    t['model.embed_tokens.weight'] = np.asarray(p['embed']['embedding'])
+    for i, l in enumerate(_layers(params, m)):
+      a, pre = l['attn'], f'model.layers.{i}.'
+      t[pre + 'input_layernorm.weight'] = l['attn_norm']['scale']
+      t[pre + 'self_attn.q_proj.weight'] = a['query'].reshape(D, H * Dh).T
+      t[pre + 'self_attn.k_proj.weight'] = a['key'].reshape(D, K * Dh).T
+      t[pre + 'self_attn.v_proj.weight'] = a['value'].reshape(D, K * Dh).T
+      t[pre + 'self_attn.o_proj.weight'] = a['out'].reshape(H * Dh, D).T
+      t[pre + 'post_attention_layernorm.weight'] = l['mlp_norm']['scale']
+      for ours, theirs in (('gate', 'gate_proj'), ('up', 'up_proj'), ('down', 'down_proj')):
+        t[pre + f'mlp.{theirs}.weight'] = l['mlp'][ours]['kernel'].T
+    t['model.norm.weight'] = np.asarray(p['final_norm']['scale'])
+    if not m.tie_embeddings:
+      t['lm_head.weight'] = np.asarray(p['head']['kernel']).T
+    cfg = dict(model_type='llama', architectures=['LlamaForCausalLM'], vocab_size=V,
+               hidden_size=D, intermediate_size=F, num_hidden_layers=m.num_layers,
+               num_attention_heads=H, num_key_value_heads=K, head_dim=Dh,
+               max_position_embeddings=m.max_len, rms_norm_eps=m.norm_eps,
+               rope_theta=m.rope_theta,
+               rope_parameters={'rope_type': 'default', 'rope_theta': m.rope_theta},
+               hidden_act='silu', attention_bias=False, mlp_bias=False,
+               tie_word_embeddings=m.tie_embeddings, attention_dropout=m.attn_dropout,
+               initializer_range=m.init_std)
+  cfg['torch_dtype'] = 'float32'
+  t = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in t.items()}
+  return cfg, t
+
+
+# --- transformers -> ours -------------------------------------------------------
+
+def _get(cfg: dict, *names, default=None):
+  for n in names:
+    if cfg.get(n) is not None:
+      return cfg[n]
+  return default
+
+
+def model_config(cfg: dict) -> ModelConfig:
+  """Our ModelConfig for a transformers GPT-2 or Llama config.json."""
+  kind = cfg.get('model_type')
+  if kind == 'gpt2':
+    act = cfg.get('activation_function', 'gelu_new')
+    if act not in ('gelu_new', 'gelu_pytorch_tanh'):
+      raise HFError(f'GPT-2 activation_function={act!r}: only the tanh GELU is supported')
+    if cfg.get('scale_attn_by_inverse_layer_idx') or cfg.get('reorder_and_upcast_attn'):
+      raise HFError('GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn '
+                    'is not supported')
+    D = cfg['n_embd']
+    return ModelConfig(
+        vocab_size=cfg['vocab_size'], d_model=D, num_layers=cfg['n_layer'],
+        num_heads=cfg['n_head'], mlp_dim=cfg.get('n_inner') or 4 * D,
+        max_len=cfg['n_positions'], position='learned', norm='layernorm',
+        norm_eps=cfg.get('layer_norm_epsilon', 1e-5), use_bias=True, activation='gelu',
+        tie_embeddings=True, init_std=cfg.get('initializer_range', 0.02))
+  if kind in ('llama', 'mistral', 'qwen2'):
+    if cfg.get('attention_bias') or cfg.get('mlp_bias') or kind == 'qwen2':
+      raise HFError(f'{kind} with attention or MLP biases is not supported')
+    if cfg.get('hidden_act', 'silu') != 'silu':
+      raise HFError(f'hidden_act={cfg["hidden_act"]!r}: only SwiGLU (silu) is supported')
+    rope = _get(cfg, 'rope_parameters', 'rope_scaling', default={}) or {}
+    if rope.get('rope_type', rope.get('type', 'default')) != 'default':
+      raise HFError(f'rope scaling {rope} is not supported (plain RoPE only)')
+    if cfg.get('sliding_window') and kind == 'mistral':
+      raise HFError('sliding-window attention is not supported')
+    D, H = cfg['hidden_size'], cfg['num_attention_heads']
+    dh = cfg.get('head_dim') or D // H
+    return ModelConfig(
+        vocab_size=cfg['vocab_size'], d_model=D, num_layers=cfg['num_hidden_layers'],
+        num_heads=H, num_kv_heads=cfg.get('num_key_value_heads') or H,
+        head_dim=0 if dh * H == D else dh, mlp_dim=cfg['intermediate_size'],
+        max_len=cfg['max_position_embeddings'], position='rope',
+        rope_theta=float(rope.get('rope_theta', cfg.get('rope_theta', 10000.0))),
+        norm='rmsnorm', norm_eps=cfg.get('rms_norm_eps', 1e-6), use_bias=False,
+        activation='swiglu', tie_embeddings=bool(cfg.get('tie_word_embeddings', False)),
+        init_std=cfg.get('initializer_range', 0.02))
+  raise HFError(f'model_type={kind!r} is not supported: use a GPT-2 or Llama checkpoint')
+
+
+def from_hf(cfg: dict, t: dict[str, np.ndarray], m: ModelConfig | None = None
+            ) -> tuple[ModelConfig, dict]:
+  """(our ModelConfig, params) from a transformers config and its tensors."""
+  m = m or model_config(cfg)
+  D, H, K, Dh, F = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim
+  t = {k: np.asarray(v, np.float32) for k, v in t.items()}
+
+  def need(name):
+    if name not in t:
+      raise HFError(f'tensor {name!r} is missing from the checkpoint')
+    return t[name]
+
+  layers = []
+  if cfg['model_type'] == 'gpt2':
+    if not any(k.startswith('transformer.') for k in t):  # GPT2Model without the LM head.
+      t = {'transformer.' + k: v for k, v in t.items()}
+    for i in range(m.num_layers):
+      g = lambda n, i=i: need(f'transformer.h.{i}.{n}')
+      w, b = g('attn.c_attn.weight'), g('attn.c_attn.bias')
+      layers.append({
+          'attn_norm': {'scale': g('ln_1.weight'), 'bias': g('ln_1.bias')},
+          'attn': {'query': w[:, :D].reshape(D, H, Dh), 'key': w[:, D:2 * D].reshape(D, H, Dh),
+                   'value': w[:, 2 * D:].reshape(D, H, Dh),
+                   'query_bias': b[:D].reshape(H, Dh), 'key_bias': b[D:2 * D].reshape(H, Dh),
+                   'value_bias': b[2 * D:].reshape(H, Dh),
+                   'out': g('attn.c_proj.weight').reshape(H, Dh, D),
+                   'out_bias': g('attn.c_proj.bias')},
+          'mlp_norm': {'scale': g('ln_2.weight'), 'bias': g('ln_2.bias')},
+          'mlp': {'up': {'kernel': g('mlp.c_fc.weight'), 'bias': g('mlp.c_fc.bias')},
+                  'down': {'kernel': g('mlp.c_proj.weight'), 'bias': g('mlp.c_proj.bias')}}})
+    top = {'embed': {'embedding': need('transformer.wte.weight')},
+           'pos_embed': {'embedding': need('transformer.wpe.weight')},
+           'final_norm': {'scale': need('transformer.ln_f.weight'),
+                          'bias': need('transformer.ln_f.bias')}}
+  else:
+    for i in range(m.num_layers):
+      g = lambda n, i=i: need(f'model.layers.{i}.{n}')
+      layers.append({
+          'attn_norm': {'scale': g('input_layernorm.weight')},
+          'attn': {'query': g('self_attn.q_proj.weight').T.reshape(D, H, Dh),
+                   'key': g('self_attn.k_proj.weight').T.reshape(D, K, Dh),
+                   'value': g('self_attn.v_proj.weight').T.reshape(D, K, Dh),
+                   'out': g('self_attn.o_proj.weight').T.reshape(H, Dh, D)},
+          'mlp_norm': {'scale': g('post_attention_layernorm.weight')},
+          'mlp': {'gate': {'kernel': g('mlp.gate_proj.weight').T},
+                  'up': {'kernel': g('mlp.up_proj.weight').T},
+                  'down': {'kernel': g('mlp.down_proj.weight').T}}})
+    top = {'embed': {'embedding': need('model.embed_tokens.weight')},
+           'final_norm': {'scale': need('model.norm.weight')}}
+    if not m.tie_embeddings:
+      top['head'] = {'kernel': need('lm_head.weight').T}
+  params = _from_layers(top, layers, m)
+  _check_shapes(params, m)
+  return m, params
+
+
+def _check_shapes(params: dict, m: ModelConfig) -> None:
+  import jax
+  want = checkpoint.abstract_params(m)
+  got_s = jax.tree_util.tree_map(lambda a: a.shape, params)
+  want_s = jax.tree_util.tree_map(lambda a: a.shape, want)
+  if got_s != want_s:
+    raise HFError(f'the tensors do not fit the config: got {got_s}, expected {want_s}')
+
+
+# --- Files -----------------------------------------------------------------------
+
+def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """config.json and all safetensors tensors (one file or a sharded index)."""
+  from safetensors import safe_open
+  cfg_path = os.path.join(hf_dir, 'config.json')
+  if not os.path.exists(cfg_path):
+    raise HFError(f'{hf_dir} has no config.json: not a transformers model directory')
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  files = sorted(glob.glob(os.path.join(hf_dir, '*.safetensors')))
+  if not files:
+    raise HFError(f'{hf_dir} has no *.safetensors weights (PyTorch .bin files are not '
+                  'read: re-save with safe_serialization=True)')
+  t = {}
+  for path in files:
+    with safe_open(path, framework='numpy') as f:
+      for k in f.keys():
+        t[k] = f.get_tensor(k)
+  return cfg, t
+
+
+def export(workdir: str, out: str) -> str:
+  """Writes a transformers directory for the run's latest (or given) checkpoint."""
+  from safetensors.numpy import save_file
+  c = checkpoint.load_config(workdir)
+  family(c.model)  # Refuse before reading any weights.
+  c, params = checkpoint.load_params(workdir)
+  cfg, tensors = to_hf(params, c.model)
+  cfg['lm_config'] = config_lib.to_dict(c)
+  tok = c.data
+  cfg['eos_token_id'] = cfg['bos_token_id'] = _eos(tok.tokenizer, tok.tokenizer_path)
+  os.makedirs(out, exist_ok=True)
+  save_file(tensors, os.path.join(out, 'model.safetensors'), metadata={'format': 'pt'})
+  with open(os.path.join(out, 'config.json'), 'w') as f:
+    json.dump(cfg, f, indent=2)
+  if tok.tokenizer == 'sentencepiece':
+    shutil.copy(tok.tokenizer_path, os.path.join(out, 'tokenizer.model'))
+  return out
+
+
+def _eos(kind: str, path: str) -> int:
+  from lm import tokenizers
+  return int(tokenizers.get_tokenizer(kind, path).eos_id)
+
+
+def import_dir(hf_dir: str, workdir: str) -> str:
+  """Writes a run directory (config.json + step-0 params) from a transformers dir."""
+  cfg, t = read_dir(hf_dir)
+  m = model_config(cfg)
+  if 'lm_config' in cfg:  # Our own export: keep the tokenizer and training settings.
+    d = dict(cfg['lm_config'])
+    m = dataclasses.replace(m, **{k: d['model'][k] for k in
+                                  checkpoint.NON_ARCH_FIELDS + ('scan_layers',)})
+    m, params = from_hf(cfg, t, m)
+    d['model'] = dataclasses.asdict(m)
+  else:
+    m, params = from_hf(cfg, t, m)
+    from configs import common
+    d = common.base().to_dict()
+    d['model'] = dataclasses.asdict(m)
+    d['data']['seq_len'] = min(d['data']['seq_len'], m.max_len)
+    spm = os.path.join(hf_dir, 'tokenizer.model')
+    if os.path.exists(spm):
+      d['data'].update(tokenizer='sentencepiece', tokenizer_path=os.path.abspath(spm))
+    d['name'] = os.path.basename(os.path.abspath(hf_dir))
+  d['init_from'] = ''
+  c = config_lib.from_configdict(d)
+  checkpoint.save_params(workdir, c, params)
+  return workdir
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if len(argv) != 2 or argv[1] not in ('export', 'import'):
+    print('usage: python -m tools.hf export --workdir=W --out=DIR | '
+          'import --hf_dir=DIR --workdir=W', file=sys.stderr)
+    sys.exit(2)
+  try:
+    if argv[1] == 'export':
+      if not (FLAGS.workdir and FLAGS.out):
+        raise HFError('export needs --workdir and --out')
+      print(f'wrote {export(FLAGS.workdir, FLAGS.out)}')
+    else:
+      if not (FLAGS.workdir and FLAGS.hf_dir):
+        raise HFError('import needs --hf_dir and --workdir')
+      print(f'wrote {import_dir(FLAGS.hf_dir, FLAGS.workdir)}')
+  except (HFError, checkpoint.CheckpointError, config_lib.ConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  flags.DEFINE_string('workdir', None, 'Our run directory (export: source; import: target).')
+  flags.DEFINE_string('out', None, 'export: the transformers directory to write.')
+  flags.DEFINE_string('hf_dir', None, 'import: a transformers GPT-2 or Llama directory.')
+  app.run(main)
