@@ -38,11 +38,16 @@ def main(argv):
   if 'bits_per_byte' in out:
     print(f'final validation: loss {out["loss"]:.4f} nats/token, '
           f'perplexity {out["perplexity"]:.3f}, bits per byte {out["bits_per_byte"]:.4f}')
-  if 'accuracy' in out:
+  if 'examples' in out:
     print(f'final validation: loss {out["loss"]:.4f} nats/example, '
           f'accuracy {out["accuracy"]:.4f} on {int(out["examples"])} examples')
+  elif 'accuracy' in out:
+    what = 'masked-token' if out['config'].model.family == 'encoder' else 'target-token'
+    print(f'final validation: {what} loss {out["loss"]:.4f} nats, accuracy '
+          f'{out["accuracy"]:.4f} over {int(out["tokens"])} tokens')
   m = out['config'].model
-  if _SAMPLE.value and not m.num_classes and jax.process_count() == 1:
+  if (_SAMPLE.value and not m.num_classes and m.family == 'decoder'
+      and jax.process_count() == 1):
     from lm import sampling  # Params span hosts with more than one process.
     tok = out['tokenizer']
     n = min(_SAMPLE.value, m.max_len - 5)

@@ -12,13 +12,12 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lm import config as config_lib
 from lm import sharding as shard_lib
 from lm.config import Config, ModelConfig
-from lm.model import Transformer
+from lm.model import Transformer, init_inputs
 
 
 class CheckpointError(RuntimeError):
@@ -57,8 +56,8 @@ def load_config(path: str) -> Config:
 
 
 def abstract_params(m: ModelConfig) -> Any:
-  tokens = jnp.zeros((1, min(8, m.max_len)), jnp.int32)
-  boxed = jax.eval_shape(lambda: Transformer(m).init(jax.random.key(0), tokens)['params'])
+  inputs = init_inputs(m, min(8, m.max_len))
+  boxed = jax.eval_shape(lambda: Transformer(m).init(jax.random.key(0), **inputs)['params'])
   return shard_lib.strip_boxes(boxed)
 
 

@@ -60,45 +60,57 @@ def _held_out(text: str, fraction: float) -> bool:
 
 
 def load(d: DataConfig, cache: str) -> tuple[list, list, tuple[str, ...]]:
-  """(train pairs, eval pairs, label names) for the configured source."""
+  """(train pairs, eval pairs, label names) for the configured source.
+
+  With data.target_key instead of data.label_key the pairs are (input, target)
+  texts for sequence to sequence, and there are no label names."""
+  second = d.label_key or d.target_key
   if d.source == 'file':
-    train = read_file(d.path, d.text_key, d.label_key)
+    train = read_file(d.path, d.text_key, second)
     if d.eval_path:
-      evals = read_file(d.eval_path, d.text_key, d.label_key)
+      evals = read_file(d.eval_path, d.text_key, second)
     else:  # Hash split: the same example always lands on the same side.
       evals = [p for p in train if _held_out(p[0], d.val_fraction)]
       train = [p for p in train if not _held_out(p[0], d.val_fraction)]
       if not train or not evals:
         raise ConfigError(f'data.val_fraction={d.val_fraction} leaves an empty train or '
                           f'eval split of {d.path}; set data.eval_path')
+    if d.target_key:
+      return train, evals, ()
     names = d.labels or tuple(sorted({label for _, label in train}))
     return train, evals, names
   from lm import data as data_lib  # TFDS catalog dataset with a ClassLabel feature.
   builder = data_lib.catalog_dataset(d.tfds_name, cache)
   feats = builder.info.features
-  for key in (d.text_key, d.label_key):
+  for key in (d.text_key, second):
     if key not in feats:
       raise ConfigError(f'data key {key!r} is not a feature of {d.tfds_name}; '
                         f'features: {", ".join(feats)}')
-  names = d.labels or tuple(getattr(feats[d.label_key], 'names', ()) or ())
+  names = () if d.target_key else (
+      d.labels or tuple(getattr(feats[d.label_key], 'names', ()) or ()))
+  as_str = lambda x: x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
   def pairs(split):
-    src = builder.as_data_source(split=split)
     out = []
-    for ex in src:
-      text = ex[d.text_key]
-      text = text.decode('utf-8') if isinstance(text, bytes) else str(text)
+    for ex in builder.as_data_source(split=split):
+      if d.target_key:
+        out.append((as_str(ex[d.text_key]), as_str(ex[d.target_key])))
+        continue
       lab = int(ex[d.label_key])
-      out.append((text, names[lab] if names and 0 <= lab < len(names) else str(lab)))
+      out.append((as_str(ex[d.text_key]),
+                  names[lab] if names and 0 <= lab < len(names) else str(lab)))
     return out
 
   train, evals = pairs(d.train_split), pairs(d.val_split)
+  if d.target_key:
+    return train, evals, ()
   return train, evals, names or tuple(sorted({lab for _, lab in train}))
 
 
 def encode(pairs: list[tuple[str, str]], names: tuple[str, ...], tokenizer, seq_len: int,
-           where: str) -> dict[str, np.ndarray]:
-  """{'tokens', 'valid': N x seq_len, 'labels': N} arrays."""
+           where: str, prefix: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+  """{'tokens', 'valid': N x seq_len, 'labels': N} arrays; `prefix` ids (an
+  encoder's BOS, read by first-token pooling) go before each text."""
   index = {n: i for i, n in enumerate(names)}
   unknown = sorted({lab for _, lab in pairs if lab not in index})
   if unknown:
@@ -109,7 +121,7 @@ def encode(pairs: list[tuple[str, str]], names: tuple[str, ...], tokenizer, seq_
   valid = np.zeros((n, seq_len), bool)
   labels = np.zeros(n, np.int32)
   for i, (text, lab) in enumerate(pairs):
-    ids = list(tokenizer.encode(text)[:seq_len - 1]) + [tokenizer.eos_id]
+    ids = (list(prefix) + list(tokenizer.encode(text)))[:seq_len - 1] + [tokenizer.eos_id]
     tokens[i, :len(ids)] = ids
     valid[i, :len(ids)] = True
     labels[i] = index[lab]

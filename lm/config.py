@@ -9,6 +9,7 @@ from typing import Any
 
 import ml_collections
 
+FAMILIES = ('decoder', 'encoder', 'encoder_decoder')
 POOLS = ('last', 'first', 'mean')
 POSITIONS = ('learned', 'rope', 'sinusoidal', 'none')
 NORMS = ('layernorm', 'rmsnorm')
@@ -29,9 +30,11 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  family: str = 'decoder'  # decoder (causal LM), encoder (masked LM) or encoder_decoder.
   vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128.
   d_model: int = 128
-  num_layers: int = 2
+  num_layers: int = 2  # Encoder-decoder: the encoder's layers.
+  num_decoder_layers: int = 0  # Encoder-decoder: 0 means num_layers.
   num_heads: int = 4
   num_kv_heads: int = 0  # 0 means num_heads (plain multi-head attention).
   head_dim: int = 0  # 0 means d_model // num_heads.
@@ -56,6 +59,10 @@ class ModelConfig:
   attn_block: int = 128  # Causal query-block length (0: one block).
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
 
   @property
   def kv_heads(self) -> int:
@@ -103,8 +110,15 @@ class DataConfig:
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
   tokenizer: str = 'byte'
   tokenizer_path: str = ''
-  seq_len: int = 128
+  seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
   shuffle_seed: int = 0
+  target_key: str = ''  # Set: (input, target) pairs for an encoder-decoder (seq2seq).
+  target_len: int = 0  # Seq2seq target length; 0 means seq_len.
+  mlm_rate: float = 0.15  # Masked LM: fraction of positions selected...
+  mlm_mask_frac: float = 0.8  # ...of which this fraction becomes MASK,
+  mlm_random_frac: float = 0.1  # this fraction a random token (the rest stay).
+  noise_density: float = 0.15  # Span corruption: fraction of tokens in spans,
+  mean_span: float = 3.0  # and their mean length.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,10 +233,11 @@ def _rate(field: str, value: float) -> None:
 
 
 def validate_model(m: ModelConfig) -> None:
+  _choice('model.family', m.family, FAMILIES)
   for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
     _positive(f'model.{f}', getattr(m, f))
   for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block',
-            'num_classes'):
+            'num_classes', 'num_decoder_layers'):
     if getattr(m, f) < 0:
       raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')
   if m.head_dim == 0 and m.d_model % m.num_heads:
@@ -281,12 +296,32 @@ def validate(c: Config) -> None:
   if d.source == 'tfds' and not d.tfds_name:
     raise _err('data.tfds_name', d.tfds_name,
                "set a TFDS catalog name (e.g. 'tiny_shakespeare') for data.source='tfds'")
-  if d.source == 'file' and not (d.path and d.label_key):
+  if d.source == 'file' and not (d.path and (d.label_key or d.target_key)):
     raise _err('data.path', d.path, "data.source='file' needs data.path (a .csv or "
-               '.jsonl file of labelled examples) and data.label_key')
-  if d.label_key and d.source not in ('file', 'tfds'):
-    raise _err('data.source', d.source, "labelled data (data.label_key set) comes from "
-               "data.source='file' or 'tfds'")
+               '.jsonl file) and data.label_key (classification) or data.target_key '
+               '(sequence to sequence)')
+  if (d.label_key or d.target_key) and d.source not in ('file', 'tfds'):
+    raise _err('data.source', d.source, "labelled or paired data (data.label_key or "
+               "data.target_key set) comes from data.source='file' or 'tfds'")
+  if d.target_key and (m.family != 'encoder_decoder' or d.label_key):
+    raise _err('data.target_key', d.target_key, 'sequence-to-sequence pairs need '
+               "model.family='encoder_decoder' and no data.label_key")
+  if d.target_len < 0:
+    raise _err('data.target_len', d.target_len, 'must be >= 0 (0 = seq_len)')
+  for f in ('mlm_rate', 'noise_density'):
+    if not 0.0 < getattr(d, f) < 1.0:
+      raise _err(f'data.{f}', getattr(d, f), 'must be in (0, 1)')
+  for f in ('mlm_mask_frac', 'mlm_random_frac'):
+    if not 0.0 <= getattr(d, f) <= 1.0:
+      raise _err(f'data.{f}', getattr(d, f), 'must be in [0, 1]')
+  if d.mlm_mask_frac + d.mlm_random_frac > 1.0:
+    raise ConfigError(f'config.data.mlm_mask_frac + mlm_random_frac = '
+                      f'{d.mlm_mask_frac + d.mlm_random_frac} must be <= 1')
+  if not d.mean_span >= 1.0:
+    raise _err('data.mean_span', d.mean_span, 'must be >= 1 (tokens per span)')
+  if m.family != 'decoder' and m.pool == 'last' and d.label_key:
+    raise _err('model.pool', m.pool, f"family {m.family} classifies from the 'first' "
+               "token or the 'mean'")
   if o.freeze_backbone and not d.label_key:
     raise _err('opt.freeze_backbone', True, 'only classifier fine-tuning (data.label_key '
                'set) has a head to train alone')

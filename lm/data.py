@@ -234,13 +234,15 @@ class Windows:
     return np.asarray(self.tokens[i * self.size:(i + 1) * self.size], np.int32)
 
 
-def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int) -> None:
-  n = len(tokens) // (seq_len + 1)
+def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int,
+                  extra: int = 1) -> None:
+  """Windows are seq_len + extra tokens (1: a causal LM's shifted target)."""
+  n = len(tokens) // (seq_len + extra)
   if n < need:
     raise ConfigError(
         f'the {split} split has {len(tokens)} tokens = {n} windows of '
-        f'data.seq_len+1={seq_len + 1}, fewer than the {need} one batch needs; '
-        'use a larger corpus, a shorter seq_len or a smaller batch')
+        f'{seq_len + extra} tokens, fewer than the {need} one batch needs; '
+        'use a larger corpus, a shorter data.seq_len or a smaller batch')
 
 
 def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
@@ -256,9 +258,15 @@ def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
 
 
 def batched(source, local_batch: int, seed: int, process_index: int = 0,
-            process_count: int = 1) -> grain.IterDataset:
-  """Any random-access source, shuffled per epoch, repeated, this process's rows."""
+            process_count: int = 1, transform=None) -> grain.IterDataset:
+  """Any random-access source, shuffled per epoch, repeated, this process's rows.
+
+  `transform(example, rng)` (an objective's corruption) runs before the rows
+  are split between processes, so a global position draws the same noise
+  whatever the process count, and a new one every epoch."""
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if transform is not None:
+    ds = ds.random_map(transform, seed=seed)
   ds = ds[process_index::process_count]
   return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
 

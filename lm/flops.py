@@ -27,59 +27,93 @@ CONVENTIONS = ('6N', '6N_with_head', 'kaplan', 'chinchilla', 'exact')
 def param_counts(m: ModelConfig, vocab_size: int | None = None) -> dict[str, int]:
   """Parameters by component; 'total' equals the size of the params pytree."""
   V = vocab_size or m.vocab_size
-  D, H, K, Dh, F, Lyr = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim, m.num_layers
+  D, H, K, Dh, F = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim
   b = int(m.use_bias)
   norm = D * (2 if (m.norm == 'layernorm' and m.use_bias) else 1)
   qk_norm = 2 * Dh * (2 if (m.norm == 'layernorm' and m.use_bias) else 1) if m.qk_norm else 0
   attn = D * (H + 2 * K) * Dh + H * Dh * D + b * ((H + 2 * K) * Dh + D) + qk_norm
   n_up = 2 if m.activation == 'swiglu' else 1
   mlp = n_up * D * F + F * D + b * (n_up * F + D)
+  enc_dec = m.family == 'encoder_decoder'
+  Le, Ld = (m.num_layers, m.decoder_layers) if enc_dec else (m.num_layers, 0)
   c = {
       'embedding': V * D,
       'position': m.max_len * D if m.position == 'learned' else 0,
-      'attention': Lyr * attn,
-      'mlp': Lyr * mlp,
-      'norms': Lyr * 2 * norm + norm,
+      'attention': (Le + Ld) * attn,
+      'cross_attention': Ld * (attn + norm),  # With its pre-norm.
+      'mlp': (Le + Ld) * mlp,
+      'norms': (Le + Ld) * 2 * norm + norm * (2 if enc_dec else 1),
       'head': 0 if (m.tie_embeddings or m.num_classes) else D * V,
       'classifier': (D + 1) * m.num_classes,
   }
-  c['non_embedding'] = c['attention'] + c['mlp'] + c['norms']
-  c['total'] = sum(c[k] for k in ('embedding', 'position', 'attention', 'mlp', 'norms', 'head',
-                                    'classifier'))
+  c['non_embedding'] = c['attention'] + c['cross_attention'] + c['mlp'] + c['norms']
+  c['total'] = sum(c[k] for k in ('embedding', 'position', 'attention', 'cross_attention',
+                                  'mlp', 'norms', 'head', 'classifier'))
   return c
 
 
-def forward_flops_per_token(m: ModelConfig, seq_len: int,
-                            vocab_size: int | None = None) -> dict[str, float]:
-  """Matmul FLOPs (2 per multiply-add) of one forward pass, per token."""
-  V = vocab_size or m.vocab_size
-  D, H, K, Dh, F, Lyr, L = (m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim,
-                            m.num_layers, seq_len)
+def _blocked_keys(L: int, block: int) -> float:
+  """Keys each query is scored against with causal query blocks, averaged."""
+  block = block or L
+  return sum((min(q0 + block, L) - q0) * min(q0 + block, L) for q0 in range(0, L, block)) / L
+
+
+def _stack(m: ModelConfig, layers: int, L: int, causal: bool) -> dict[str, float]:
+  """Per-token matmul FLOPs of a stack of self-attention blocks over L tokens."""
+  D, H, K, Dh, F = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim
   n_mlp = 3 if m.activation == 'swiglu' else 2
-  block = m.attn_block or L
-  # Keys each query is scored against, averaged over queries, as computed.
-  keys = sum((min(q0 + block, L) - q0) * min(q0 + block, L) for q0 in range(0, L, block)) / L
+  # Causal stacks skip whole key blocks (model.attn_block); bidirectional ones
+  # score every key. Query t of a causal stack needs t+1 keys, (L+1)/2 on average.
+  keys = _blocked_keys(L, m.attn_block) if causal else L
+  needed = (L + 1) / 2 if causal else L
   return {
-      'qkv': Lyr * 2 * D * (H + 2 * K) * Dh,
-      'attn_out': Lyr * 2 * H * Dh * D,
-      'attn_scores_full': Lyr * 2 * L * H * Dh,
-      'attn_context_full': Lyr * 2 * L * H * Dh,
-      'attn_scores_computed': Lyr * 2 * keys * H * Dh,
-      'attn_context_computed': Lyr * 2 * keys * H * Dh,
-      # Causal: query t sees t+1 keys, (L+1)/2 on average.
-      'attn_scores_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
-      'attn_context_causal': Lyr * 2 * (L + 1) / 2 * H * Dh,
-      'mlp': Lyr * n_mlp * 2 * D * F,
-      'logits': 0 if m.num_classes else 2 * D * V,
-      'embedding': 2 * D * V,  # As a one-hot matmul (Chinchilla); a gather in practice.
+      'qkv': layers * 2 * D * (H + 2 * K) * Dh,
+      'attn_out': layers * 2 * H * Dh * D,
+      'attn_scores_full': layers * 2 * L * H * Dh,
+      'attn_context_full': layers * 2 * L * H * Dh,
+      'attn_scores_computed': layers * 2 * keys * H * Dh,
+      'attn_context_computed': layers * 2 * keys * H * Dh,
+      'attn_scores_causal': layers * 2 * needed * H * Dh,
+      'attn_context_causal': layers * 2 * needed * H * Dh,
+      'mlp': layers * n_mlp * 2 * D * F,
   }
 
 
+def forward_flops_per_token(m: ModelConfig, seq_len: int, vocab_size: int | None = None,
+                            enc_len: int = 0, dec_len: int = 0) -> dict[str, float]:
+  """Matmul FLOPs (2 per multiply-add) of one forward pass, per token of seq_len.
+
+  An encoder-decoder runs its encoder over enc_len tokens and its decoder over
+  dec_len per example (lm.objectives.lengths); its totals are divided by
+  seq_len, the text tokens one example consumes, so C = flops x tokens."""
+  V = vocab_size or m.vocab_size
+  D, H, K, Dh = m.d_model, m.num_heads, m.kv_heads, m.dh
+  if m.family != 'encoder_decoder':
+    f = _stack(m, m.num_layers, seq_len, causal=m.family == 'decoder')
+    f['cross'] = 0.0
+    f['logits'] = 0 if m.num_classes else 2 * D * V
+    f['embedding'] = 2 * D * V  # As a one-hot matmul (Chinchilla); a gather in practice.
+    return f
+  enc_len = enc_len or seq_len
+  dec_len = dec_len or seq_len
+  e = _stack(m, m.num_layers, enc_len, causal=False)
+  d = _stack(m, m.decoder_layers, dec_len, causal=True)
+  f = {k: (e[k] * enc_len + d[k] * dec_len) / seq_len for k in e}
+  Ld = m.decoder_layers
+  cross = (dec_len * Ld * (2 * D * H * Dh + 2 * H * Dh * D + 2 * 2 * enc_len * H * Dh)
+           + enc_len * Ld * 2 * D * 2 * K * Dh)  # q, out and attention; k, v of the encoder.
+  f['cross'] = cross / seq_len
+  f['logits'] = 2 * D * V * dec_len / seq_len
+  f['embedding'] = 2 * D * V * (enc_len + dec_len) / seq_len
+  return f
+
+
 def train_flops_per_token(m: ModelConfig, seq_len: int, convention: str = 'exact',
-                          vocab_size: int | None = None) -> float:
+                          vocab_size: int | None = None, enc_len: int = 0,
+                          dec_len: int = 0) -> float:
   V = vocab_size or m.vocab_size
   p = param_counts(m, V)
-  f = forward_flops_per_token(m, seq_len, V)
+  f = forward_flops_per_token(m, seq_len, V, enc_len, dec_len)
   if convention == '6N':
     return 6.0 * p['non_embedding']
   if convention == '6N_with_head':
@@ -89,18 +123,19 @@ def train_flops_per_token(m: ModelConfig, seq_len: int, convention: str = 'exact
   if convention == 'chinchilla':
     softmax = m.num_layers * 3 * m.num_heads * seq_len
     fwd = (f['embedding'] + f['qkv'] + f['attn_out'] + f['attn_scores_full']
-           + f['attn_context_full'] + softmax + f['mlp'] + f['logits'])
+           + f['attn_context_full'] + f['cross'] + softmax + f['mlp'] + f['logits'])
     return 3.0 * fwd
   if convention == 'exact':
     fwd = (f['qkv'] + f['attn_out'] + f['attn_scores_computed']
-           + f['attn_context_computed'] + f['mlp'] + f['logits'])
+           + f['attn_context_computed'] + f['cross'] + f['mlp'] + f['logits'])
     return 3.0 * fwd
   raise ValueError(f'unknown FLOP convention {convention!r}; one of {CONVENTIONS}')
 
 
-def all_conventions(m: ModelConfig, seq_len: int, vocab_size: int | None = None
-                    ) -> dict[str, float]:
-  return {c: train_flops_per_token(m, seq_len, c, vocab_size) for c in CONVENTIONS}
+def all_conventions(m: ModelConfig, seq_len: int, vocab_size: int | None = None,
+                    enc_len: int = 0, dec_len: int = 0) -> dict[str, float]:
+  return {c: train_flops_per_token(m, seq_len, c, vocab_size, enc_len, dec_len)
+          for c in CONVENTIONS}
 
 
 # Dense peak FLOP/s per device by device_kind prefix (vendor data sheets).

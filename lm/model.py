@@ -1,4 +1,5 @@
-"""Decoder-only Transformer as flax.linen modules used as pure functions.
+"""Transformers (decoder, encoder, encoder-decoder) as flax.linen modules used as
+pure functions.
 
 Shape letters (also in einsum strings):
   B batch, L length (queries), S length (keys), D d_model, H query heads,
@@ -219,24 +220,39 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), [x + cross_attn(norm(x), enc)],
+  then x + mlp(norm(x)). The cross-attention sublayer exists with `cross`."""
   cfg: ModelConfig
   train: bool = False
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x_BLD: Array, pos_BL: Array, mask_BLS: Array | None = None,
-               cache: dict | None = None, index: Array | None = None
+               cache: dict | None = None, index: Array | None = None,
+               enc_BSD: Array | None = None, enc_mask_BLS: Array | None = None
                ) -> tuple[Array, dict | None]:
     c = self.cfg
     drop = nn.Dropout(c.resid_dropout)
-    h, cache = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
-                                         self.train, mask_BLS, cache, index)
-    x_BLD = _constrain(x_BLD + drop(h, deterministic=not self.train),
-                       ('batch', 'length', 'embed'))
+
+    def residual(x_BLD, h_BLD):
+      return _constrain(x_BLD + drop(h_BLD, deterministic=not self.train),
+                        ('batch', 'length', 'embed'))
+
+    sc = None if cache is None else {'k': cache['k'], 'v': cache['v']}
+    h, sc = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
+                                      self.train, mask_BLS, sc, index)
+    x_BLD = residual(x_BLD, h)
+    new = sc
+    if self.cross:
+      cc = None if cache is None else {'k': cache['ck'], 'v': cache['cv']}
+      h, cc = Attention(c, cross=True, name='cross_attn')(
+          Norm(c, name='cross_norm')(x_BLD), pos_BL, self.train, enc_mask_BLS, cc,
+          kv_BSD=enc_BSD)
+      x_BLD = residual(x_BLD, h)
+      if cache is not None:
+        new = {**sc, 'ck': cc['k'], 'cv': cc['v']}
     h = Mlp(c, name='mlp')(Norm(c, name='mlp_norm')(x_BLD))
-    x_BLD = _constrain(x_BLD + drop(h, deterministic=not self.train),
-                       ('batch', 'length', 'embed'))
-    return x_BLD, cache
+    return residual(x_BLD, h), new
 
 
 _REMAT_POLICIES = {
@@ -245,10 +261,19 @@ _REMAT_POLICIES = {
 }
 
 
-def init_cache(c: ModelConfig, batch: int, length: int) -> dict[str, Array]:
-  """Zeroed self-attention K/V cache, stacked over layers: layers x B x S x K x Dh."""
-  shape = (c.num_layers, batch, length, c.kv_heads, c.dh)
-  return {'k': jnp.zeros(shape, _DTYPES[c.dtype]), 'v': jnp.zeros(shape, _DTYPES[c.dtype])}
+def init_cache(c: ModelConfig, batch: int, length: int, enc_length: int = 0
+               ) -> dict[str, Array]:
+  """Zeroed decoder K/V cache, stacked over layers: layers x B x S x K x Dh.
+
+  An encoder-decoder's cache also holds the cross-attention K/V (`ck`, `cv`)
+  over enc_length encoder positions, filled once by the prefill."""
+  dt = _DTYPES[c.dtype]
+  shape = (c.decoder_layers, batch, length, c.kv_heads, c.dh)
+  out = {'k': jnp.zeros(shape, dt), 'v': jnp.zeros(shape, dt)}
+  if c.family == 'encoder_decoder':
+    cshape = (c.decoder_layers, batch, enc_length, c.kv_heads, c.dh)
+    out.update(ck=jnp.zeros(cshape, dt), cv=jnp.zeros(cshape, dt))
+  return out
 
 
 def pool(x_BLD: Array, valid_BL: Array, how: str) -> Array:
@@ -262,58 +287,112 @@ def pool(x_BLD: Array, valid_BL: Array, how: str) -> Array:
   return (x_BLD * w_BL1).sum(1) / jnp.maximum(w_BL1.sum(1), 1.0)
 
 
-class Transformer(nn.Module):
-  """Decoder-only LM: tokens_BxL -> logits_BxLxV (float32).
+def init_inputs(c: ModelConfig, length: int) -> dict[str, Array]:
+  """Keyword inputs that create every parameter of the family at `model.init`."""
+  tokens = jnp.zeros((1, length), jnp.int32)
+  if c.family == 'encoder_decoder':
+    return {'tokens_BL': tokens, 'enc_tokens_BS': tokens}
+  return {'tokens_BL': tokens}
 
-  With `cfg.num_classes > 0` it is a sequence classifier: the final hidden
-  states are pooled over `valid_BL` (right padding; causal attention keeps the
-  valid tokens from seeing pads) into logits_BxC. With `cache` (see
-  `init_cache`) it also returns the updated cache; `index` is the cache slot
-  of tokens_BL[:, 0] and `mask_BLS` says which slots each query may see.
+
+def _positions(B: int, L: int) -> Array:
+  return jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+
+
+class Transformer(nn.Module):
+  """One model, three families (cfg.family), all built from `Block`:
+
+  decoder          causal LM: tokens_BxL -> logits_BxLxV (float32).
+  encoder          bidirectional over the valid tokens (valid_BL, default all):
+                   tokens_BxL -> logits_BxLxV (masked LM, tied head by default).
+  encoder_decoder  an encoder stack over enc_tokens_BxS (enc_valid_BxS), then a
+                   causal decoder stack over tokens_BxL whose blocks also
+                   cross-attend to the encoder output -> logits_BxLxV.
+                   `encode_only=True` returns the encoder output; passing it
+                   back as enc_out_BSD skips the encoder (generation).
+
+  With `cfg.num_classes > 0` the final hidden states are pooled over valid_BL
+  into logits_BxC instead (decoders: right padding, which causal attention
+  keeps out of the valid tokens' view). With `cache` (see `init_cache`) the
+  decoder also returns the updated cache; `index` is the cache slot of
+  tokens_BL[:, 0] and `mask_BLS` says which slots each query may see.
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL: Array, train: bool = False, pos_BL: Array | None = None,
                *, valid_BL: Array | None = None, mask_BLS: Array | None = None,
-               cache: dict | None = None, index: Array | None = None):
+               cache: dict | None = None, index: Array | None = None,
+               enc_tokens_BS: Array | None = None, enc_valid_BS: Array | None = None,
+               enc_out_BSD: Array | None = None, encode_only: bool = False):
     c = self.cfg
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
-    B, L = tokens_BL.shape
-    if pos_BL is None:
-      pos_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     embed = nn.Embed(c.vocab_size, c.d_model, dtype=dt, param_dtype=pdt,
                      embedding_init=_init(c.init_std, ('vocab', 'embed')),
                      name='embed')
-    x_BLD = embed(tokens_BL)
+    pos_emb = None
     if c.position == 'learned':
       pos_emb = nn.Embed(c.max_len, c.d_model, dtype=dt, param_dtype=pdt,
                          embedding_init=_init(c.init_std, ('length', 'embed')),
                          name='pos_embed')
-      x_BLD = x_BLD + pos_emb(pos_BL)
-    elif c.position == 'sinusoidal':
-      x_BLD = x_BLD + sinusoidal_table(c.max_len, c.d_model)[pos_BL].astype(dt)
-    x_BLD = nn.Dropout(c.embed_dropout)(x_BLD, deterministic=not train)
-    x_BLD = _constrain(x_BLD, ('batch', 'length', 'embed'))
 
-    block = Block
-    if c.remat != 'none':
-      block = nn.remat(block, policy=_REMAT_POLICIES[c.remat],
-                       prevent_cse=not c.scan_layers)
-    if c.scan_layers:
-      x_BLD, cache = nn.scan(
-          block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
-          metadata_params={nn.PARTITION_NAME: 'layers'},
-      )(c, train, name='blocks')(x_BLD, pos_BL, mask_BLS, cache, index)
-    else:
+    def embed_tokens(tok_BL: Array, pos_BL: Array) -> Array:
+      x_BLD = embed(tok_BL)
+      if pos_emb is not None:
+        x_BLD = x_BLD + pos_emb(pos_BL)
+      elif c.position == 'sinusoidal':
+        x_BLD = x_BLD + sinusoidal_table(c.max_len, c.d_model)[pos_BL].astype(dt)
+      x_BLD = nn.Dropout(c.embed_dropout)(x_BLD, deterministic=not train)
+      return _constrain(x_BLD, ('batch', 'length', 'embed'))
+
+    def stack(name: str, n: int, cross: bool, x_BLD, pos_BL, mask_BLS, cache,
+              enc_BSD=None, enc_mask_BLS=None):
+      block = Block
+      if c.remat != 'none':
+        block = nn.remat(block, policy=_REMAT_POLICIES[c.remat],
+                         prevent_cse=not c.scan_layers)
+      if c.scan_layers:
+        return nn.scan(
+            block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=n, metadata_params={nn.PARTITION_NAME: 'layers'},
+        )(c, train, cross, name=name)(x_BLD, pos_BL, mask_BLS, cache, index, enc_BSD,
+                                      enc_mask_BLS)
       layers = []
-      for i in range(c.num_layers):
+      for i in range(n):
         layer = None if cache is None else jax.tree_util.tree_map(lambda a: a[i], cache)
-        x_BLD, layer = block(c, train, name=f'block_{i}')(x_BLD, pos_BL, mask_BLS, layer, index)
+        x_BLD, layer = block(c, train, cross, name=f'{name[:-1]}_{i}')(
+            x_BLD, pos_BL, mask_BLS, layer, index, enc_BSD, enc_mask_BLS)
         layers.append(layer)
       if cache is not None:
         cache = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
+      return x_BLD, cache
+
+    enc_mask_B1S = None
+    if c.family == 'encoder_decoder':
+      if enc_out_BSD is None:
+        B, S = enc_tokens_BS.shape
+        if enc_valid_BS is None:
+          enc_valid_BS = jnp.ones((B, S), bool)
+        e_BSD = embed_tokens(enc_tokens_BS, _positions(B, S))
+        e_BSD, _ = stack('encoder_blocks', c.num_layers, False, e_BSD, _positions(B, S),
+                         enc_valid_BS[:, None, :], None)
+        enc_out_BSD = Norm(c, name='encoder_norm')(e_BSD)
+      if encode_only:
+        return enc_out_BSD
+      if enc_valid_BS is None:
+        enc_valid_BS = jnp.ones(enc_out_BSD.shape[:2], bool)
+      enc_mask_B1S = enc_valid_BS[:, None, :]
+
+    B, L = tokens_BL.shape
+    if pos_BL is None:
+      pos_BL = _positions(B, L)
+    if c.family == 'encoder' and mask_BLS is None:  # Bidirectional over valid tokens.
+      mask_BLS = (jnp.ones((B, L), bool) if valid_BL is None else valid_BL)[:, None, :]
+    x_BLD = embed_tokens(tokens_BL, pos_BL)
+    n_layers = c.decoder_layers if c.family == 'encoder_decoder' else c.num_layers
+    x_BLD, cache = stack('blocks', n_layers, c.family == 'encoder_decoder', x_BLD, pos_BL,
+                         mask_BLS, cache, enc_out_BSD, enc_mask_B1S)
 
     x_BLD = Norm(c, name='final_norm')(x_BLD)
     if c.num_classes:

@@ -78,7 +78,8 @@ def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
 
 def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_step: int,
             convention: str, aspect: int, head_dim: int, sizes: int = 5,
-            tokens_per_param: float = 20.0, min_steps: int = 20) -> list[Run]:
+            tokens_per_param: float = 20.0, min_steps: int = 20,
+            lengths: tuple[int, int] = (0, 0)) -> list[Run]:
   """Per budget C: `sizes` consecutive ladder models centred on the rung
   nearest the expected optimum N* = sqrt(C / (6 r)) (D = r N, r =
   tokens_per_param, Hoffmann et al. 2022), so the minimum is bracketed on
@@ -99,7 +100,7 @@ def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_st
           f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; raise the smallest budget or lower '
           'sweep.aspect')
     for n, m in ladder_[lo:lo + sizes]:
-      fpt = flops.train_flops_per_token(m, seq_len, convention)
+      fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
       steps = _steps(c / fpt, tokens_per_step, f'budget {c:.3g}, {m.num_layers} layers')
       if steps < min_steps:
         raise ConfigError(
@@ -113,11 +114,12 @@ def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_st
 
 
 def grid(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len: int,
-         tokens_per_step: int, convention: str, aspect: int, head_dim: int) -> list[Run]:
+         tokens_per_step: int, convention: str, aspect: int, head_dim: int,
+         lengths: tuple[int, int] = (0, 0)) -> list[Run]:
   """Every ladder model for every token count."""
   runs = []
   for m in ladder(targets_n, base, aspect, head_dim):
-    fpt = flops.train_flops_per_token(m, seq_len, convention)
+    fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
     for t in tokens:
       steps = _steps(t, tokens_per_step, f'grid D={t:.3g}')
       d = steps * tokens_per_step
@@ -130,7 +132,8 @@ def grid(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len
 
 def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len: int,
                  tokens_per_step: int, convention: str, aspect: int, head_dim: int,
-                 cooldown_fraction: float = 0.2) -> list[Run]:
+                 cooldown_fraction: float = 0.2, lengths: tuple[int, int] = (0, 0)
+                 ) -> list[Run]:
   """One stable (constant-LR) run per size, checkpointed where each branch
   starts; each branch continues from there with a cooldown of
   `cooldown_fraction` of its own length (Hägele et al. 2024), so a size yields
@@ -139,7 +142,7 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
   starting it from that checkpoint correct."""
   runs = []
   for m in ladder(targets_n, base, aspect, head_dim):
-    fpt = flops.train_flops_per_token(m, seq_len, convention)
+    fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
     n = flops.param_counts(m)['non_embedding']
     stable = f'L{m.num_layers}_d{m.d_model}_stable'
     branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from lm import config as config_lib
-from lm import flops, metrics, plan, tokenizers, train
+from lm import flops, metrics, objectives, plan, tokenizers, train
 
 DESIGNS = ('isoflop', 'grid', 'wsd')
 
@@ -65,7 +65,8 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
   m = base.model
   tps = base.train.batch_size * base.data.seq_len
   common = dict(base=m, seq_len=base.data.seq_len, tokens_per_step=tps,
-                convention=s.convention, aspect=s.aspect, head_dim=s.head_dim)
+                convention=s.convention, aspect=s.aspect, head_dim=s.head_dim,
+                lengths=_lengths(base))
   if s.design == 'isoflop':
     if not s.budgets:
       raise config_lib.ConfigError('config.sweep.budgets is empty: list compute budgets in FLOPs')
@@ -88,6 +89,13 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
             r, name=r.name + suffix, overrides={**r.overrides, **extra},
             branch_from=r.branch_from + suffix if r.branch_from else ''))
   return out
+
+
+def _lengths(c: config_lib.Config) -> tuple[int, int]:
+  """(encoder, decoder) lengths per example for an encoder-decoder's FLOPs; else (0, 0)."""
+  if c.model.family != 'encoder_decoder':
+    return 0, 0
+  return objectives.lengths(c.model, c.data)
 
 
 def _resolved(c: config_lib.Config) -> config_lib.Config:
@@ -241,12 +249,14 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            'budget': r.budget, 'config_hash': config_hash(c), 'N': counts['non_embedding'],
            'N_with_head': counts['non_embedding'] + c.model.d_model * c.model.vocab_size,
            'N_total': counts['total'], 'D': r.tokens,
-           **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(c.model,
-                                                                       c.data.seq_len).items()},
+           **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(
+               c.model, c.data.seq_len, None, *_lengths(c)).items()},
            'final_loss': final[-1]['loss'] if final else float('nan'),
            'best_loss': min((e['loss'] for e in evals), default=float('nan')),
-           'final_bpb': final[-1]['bits_per_byte'] if final else float('nan'),
-           'best_bpb': min((e['bits_per_byte'] for e in evals), default=float('nan')),
+           # Masked-LM and encoder-decoder evals have no bits per byte.
+           'final_bpb': final[-1].get('bits_per_byte', float('nan')) if final else float('nan'),
+           'best_bpb': min((e.get('bits_per_byte', float('nan')) for e in evals),
+                           default=float('nan')),
            'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
     rows.append(row)
   with open(os.path.join(workdir, 'results.jsonl'), 'w') as f:

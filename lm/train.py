@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -24,11 +25,12 @@ from lm import config as config_lib
 from lm import data as data_lib
 from lm import flops as flops_lib
 from lm import metrics as metrics_lib
+from lm import objectives
 from lm import optimizer as opt_lib
 from lm import sharding as shard_lib
 from lm import tokenizers
 from lm.config import Config, ConfigError
-from lm.model import Transformer, cross_entropy
+from lm.model import Transformer, cross_entropy, init_inputs
 
 
 CheckpointError = ckpt_lib.CheckpointError
@@ -44,11 +46,27 @@ class TrainState:
 
 # --- Init ---------------------------------------------------------------------
 
+def objective(c: Config) -> str:
+  """classify, seq2seq, or the family's pre-training objective: lm, mlm or span."""
+  if c.data.label_key:
+    return 'classify'
+  if c.data.target_key:
+    return 'seq2seq'
+  return {'decoder': 'lm', 'encoder': 'mlm', 'encoder_decoder': 'span'}[c.model.family]
+
+
 def resolve_vocab(c: Config, vocab_size: int) -> Config:
   """Fills model.vocab_size from the tokenizer, rounded up to a multiple of 128
-  (fast matmuls; shardable over `tensor`); a smaller explicit size is an error."""
+  (fast matmuls; shardable over `tensor`), leaving room for MASK and sentinel
+  ids (lm/objectives.py); a smaller explicit size is an error."""
   if c.model.vocab_size == 0:
-    padded = -(-vocab_size // 128) * 128
+    need = vocab_size
+    if c.model.family != 'decoder':
+      need += 1  # MASK.
+    if objective(c) == 'span':
+      need += objectives.span_counts(c.data.seq_len, c.data.noise_density,
+                                     c.data.mean_span)[1]
+    padded = -(-need // 128) * 128
     return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=padded))
   if c.model.vocab_size < vocab_size:
     raise ConfigError(f'config.model.vocab_size={c.model.vocab_size} is smaller than the '
@@ -59,8 +77,7 @@ def resolve_vocab(c: Config, vocab_size: int) -> Config:
 def init_fn(c: Config, model: nn.Module, tx: optax.GradientTransformation):
   def init(rng: jax.Array) -> TrainState:
     p_rng, rng = jax.random.split(rng)
-    tokens = jnp.zeros((1, c.data.seq_len), jnp.int32)
-    params = model.init(p_rng, tokens)['params']
+    params = model.init(p_rng, **init_inputs(c.model, c.data.seq_len))['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=rng)
   return init
@@ -87,25 +104,38 @@ def loss_fn(params, model: nn.Module, batch: Any, weights_B: jax.Array,
             rng: jax.Array, z_loss: float, train: bool):
   """Mean loss (+ z-loss) over weighted rows, and summed statistics.
 
-  A language model's batch is tokens_Bx(L+1) (next-token NLL); a classifier's
-  is a dict of tokens_BxL, valid_BxL and labels_B (cross-entropy over classes).
+  Batches by objective: causal LM, tokens_Bx(L+1) (next-token NLL); classifier,
+  a dict of tokens, valid and labels (cross-entropy over classes); masked LM,
+  inputs, targets and weights (NLL at the selected positions); encoder-decoder,
+  enc_inputs, enc_valid, dec_inputs, targets and weights.
   """
   rngs = {'dropout': rng} if train else {}
+  apply = functools.partial(model.apply, {'params': params}, train=train, rngs=rngs)
   if model.cfg.num_classes:
-    logits_BC = model.apply({'params': params}, batch['tokens'], train=train,
-                            valid_BL=batch['valid'], rngs=rngs)
+    logits_BC = apply(batch['tokens'], valid_BL=batch['valid'])
     labels_B = batch['labels']
     nll, z, n = cross_entropy(logits_BC[:, None], labels_B[:, None], weights_B[:, None],
                               z_loss)
     correct = ((jnp.argmax(logits_BC, -1) == labels_B) * weights_B).sum()
     return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'examples': n,
                                              'correct': correct}
-  inputs_BL, targets_BL = batch[:, :-1], batch[:, 1:]
-  logits_BLV = model.apply({'params': params}, inputs_BL, train=train, rngs=rngs)
-  weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
+  if model.cfg.family == 'decoder':
+    inputs_BL, targets_BL = batch[:, :-1], batch[:, 1:]
+    logits_BLV = apply(inputs_BL)
+    weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
+  else:
+    targets_BL = batch['targets']
+    weights_BL = batch['weights'] * weights_B[:, None]
+    if model.cfg.family == 'encoder':
+      logits_BLV = apply(batch['inputs'])
+    else:
+      logits_BLV = apply(batch['dec_inputs'], enc_tokens_BS=batch['enc_inputs'],
+                         enc_valid_BS=batch['enc_valid'])
   nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  denom = jnp.maximum(n, 1.0)
-  return (nll + z) / denom, {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
+  aux = {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
+  if model.cfg.family != 'decoder':
+    aux['correct'] = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
+  return (nll + z) / jnp.maximum(n, 1.0), aux
 
 
 def _rows(batch: Any) -> int:
@@ -164,6 +194,8 @@ def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
     _, aux = loss_fn(params, model, batch, weights_B, jax.random.key(0), 0.0, False)
     if model.cfg.num_classes:
       return aux
+    if model.cfg.family != 'decoder':  # Token accuracy; bits per byte means little here.
+      return {k: aux[k] for k in ('nll_sum', 'tokens', 'correct')}
     nbytes = (bytes_V[aux['targets']] * weights_B[:, None]).sum()
     return {'nll_sum': aux['nll_sum'], 'tokens': aux['tokens'], 'bytes': nbytes}
 
@@ -173,10 +205,15 @@ def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
 def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
   """LM: loss (nats/token), perplexity and bits per UTF-8 byte of the evaluated
   text. Classifier: loss (nats/example) and accuracy."""
-  if 'correct' in sums:
+  if 'examples' in sums:
     n = max(sums['examples'], 1.0)
     return {'loss': sums['nll_sum'] / n, 'accuracy': sums['correct'] / n,
             'examples': sums['examples']}
+  if 'correct' in sums:  # Masked LM and encoder-decoder: per target token.
+    n = max(sums['tokens'], 1.0)
+    loss = sums['nll_sum'] / n
+    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+            'accuracy': sums['correct'] / n, 'tokens': sums['tokens']}
   loss = sums['nll_sum'] / max(sums['tokens'], 1.0)
   return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
           'bits_per_byte': sums['nll_sum'] / math.log(2) / max(sums['bytes'], 1.0),
@@ -246,14 +283,17 @@ class Prepared:
   """Everything that can fail cheaply, done before compilation."""
   cfg: Config
   tokenizer: Any
-  train_source: Any  # Random access: windows of L+1 tokens, or labelled examples.
+  train_source: Any  # Random access: windows of tokens, or labelled examples.
   eval_data: list  # (batch, row weights) pairs.
   mesh: Any
+  transform: Any = None  # (example, rng) -> batch row: the objective's corruption.
 
 
 def resolve_labels(c: Config) -> tuple[Config, tuple | None]:
   """For a classifier: reads the labelled data and fills data.labels and
   model.num_classes from it. Returns (config, (train pairs, eval pairs) or None)."""
+  if c.data.target_key:  # Sequence-to-sequence pairs: no labels to resolve.
+    return c, classify.load(c.data, data_lib.cache_root(c.data))[:2]
   if not c.data.label_key:
     return c, None
   train, evals, names = classify.load(c.data, data_lib.cache_root(c.data))
@@ -290,9 +330,19 @@ def prepare(c: Config, tok, devices=None, labelled: tuple | None = None) -> Prep
   shard_lib.check_batch(c, mesh)
   pidx, pcount = jax.process_index(), jax.process_count()
   B, L = c.train.batch_size, c.data.seq_len
+  if labelled is not None and c.data.target_key:
+    enc_len, dec_len = objectives.lengths(c.model, c.data)
+    train = objectives.encode_pairs(labelled[0], tok, enc_len, dec_len)
+    evals = objectives.encode_pairs(labelled[1], tok, enc_len, dec_len)
+    if len(train['targets']) < B:
+      raise ConfigError(f'the train split has {len(train["targets"])} pairs, fewer than '
+                        f'train.batch_size={B}')
+    return Prepared(c, tok, classify.Rows(train),
+                    data_lib.eval_rows(evals, B, pidx, pcount), mesh)
   if labelled is not None:
-    train = classify.encode(labelled[0], c.data.labels, tok, L, 'train split')
-    evals = classify.encode(labelled[1], c.data.labels, tok, L, 'eval split')
+    prefix = (tok.bos_id,) if c.model.family == 'encoder' else ()
+    train = classify.encode(labelled[0], c.data.labels, tok, L, 'train split', prefix)
+    evals = classify.encode(labelled[1], c.data.labels, tok, L, 'eval split', prefix)
     if len(train['labels']) < B:
       raise ConfigError(f'the train split has {len(train["labels"])} examples, fewer than '
                         f'train.batch_size={B}')
@@ -302,11 +352,26 @@ def prepare(c: Config, tok, devices=None, labelled: tuple | None = None) -> Prep
   cache = data_lib.cache_root(c.data)
   train_tokens = data_lib.tokenize_split(builder, c.data.train_split, key, tok, cache)
   val_tokens = data_lib.tokenize_split(builder, c.data.val_split, key, tok, cache)
-  data_lib.check_windows(train_tokens, L, 'train', B)
-  data_lib.check_windows(val_tokens, L, 'validation', 1)
-  return Prepared(c, tok, data_lib.Windows(train_tokens, L + 1),
-                  data_lib.eval_batches(val_tokens, L, B, c.train.eval_batches, pidx, pcount),
-                  mesh)
+  obj = objective(c)
+  extra = 1 if obj == 'lm' else 0  # A causal LM's window has the shifted target.
+  data_lib.check_windows(train_tokens, L, 'train', B, extra)
+  data_lib.check_windows(val_tokens, L, 'validation', 1, extra)
+  if obj == 'lm':
+    return Prepared(c, tok, data_lib.Windows(train_tokens, L + 1),
+                    data_lib.eval_batches(val_tokens, L, B, c.train.eval_batches, pidx,
+                                          pcount), mesh)
+  if obj == 'mlm':
+    transform = functools.partial(objectives.mlm_example, d=c.data, tokenizer=tok)
+  else:
+    transform = functools.partial(objectives.span_example, d=c.data, m=c.model,
+                                  tokenizer=tok)
+  # Eval: the first windows of the split, each with noise fixed by its index.
+  val = data_lib.Windows(val_tokens, L)
+  rows = [transform(val[i], np.random.default_rng([c.data.shuffle_seed, i]))
+          for i in range(min(len(val), B * c.train.eval_batches))]
+  rows = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return Prepared(c, tok, data_lib.Windows(train_tokens, L),
+                  data_lib.eval_rows(rows, B, pidx, pcount), mesh, transform)
 
 
 def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
@@ -318,6 +383,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   """
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   c = resolve_vocab(c, tok.vocab_size)
+  objectives.check(c.model, c.data, tok.vocab_size)
   c, labelled = resolve_labels(c)
   resume = check_workdir(workdir, c)
   src = check_init_from(c) if c.init_from and not resume else None
@@ -333,11 +399,14 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   pidx, pcount = jax.process_index(), jax.process_count()
   local_batch = c.train.batch_size // pcount
   data_iter = iter(data_lib.batched(p.train_source, local_batch, c.data.shuffle_seed,
-                                    pidx, pcount))
+                                    pidx, pcount, p.transform))
   eval_data = p.eval_data
 
   tokens_per_step = c.train.batch_size * c.data.seq_len
-  conv = flops_lib.all_conventions(c.model, c.data.seq_len)
+  enc_len, dec_len = objectives.lengths(c.model, c.data)
+  if c.model.family != 'encoder_decoder':
+    enc_len, dec_len = 0, 0
+  conv = flops_lib.all_conventions(c.model, c.data.seq_len, enc_len=enc_len, dec_len=dec_len)
   flops_per_step = conv[c.train.flops_convention] * tokens_per_step
   counts = flops_lib.param_counts(c.model)
   dev = jax.devices()[0]
