@@ -42,6 +42,12 @@ def main(argv):
       raise sampling.SamplingError(
           f'{_WORKDIR.value} holds a sequence classifier ({c.model.num_classes} classes), '
           'not a language model; generate needs a language-model run')
+    if c.model.family == 'encoder':
+      raise sampling.SamplingError(
+          f'{_WORKDIR.value} holds an encoder (masked LM), which does not generate left '
+          'to right: use python -m experiments.fill_mask')
+    if c.model.family == 'encoder_decoder' and _SCORE.value is not None:
+      raise sampling.SamplingError('--score needs a decoder-only language model')
     tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
     prefix = [tok.eos_id] if _DOC_START.value else []
     s = sampling.SamplingConfig(
@@ -59,7 +65,12 @@ def main(argv):
       for i, t in enumerate(texts):
         if not t:
           raise sampling.SamplingError(f'prompt {i} is empty: give some text to continue')
-      prompts = [prefix + list(tok.encode(t)) for t in texts]
+      enc_inputs = None
+      if c.model.family == 'encoder_decoder':  # The prompt is the encoder's input.
+        enc_inputs = [list(tok.encode(t)) + [tok.eos_id] for t in texts]
+        prompts = [[tok.bos_id] for _ in texts]
+      else:
+        prompts = [prefix + list(tok.encode(t)) for t in texts]
       sampling.check_prompts(prompts, c.model, s.max_new_tokens)
     _, params = checkpoint.load_params(_WORKDIR.value)
   except (sampling.SamplingError, checkpoint.CheckpointError, OSError, ValueError) as e:
@@ -80,11 +91,23 @@ def main(argv):
           f'{out["perplexity"]:.4f}  bits per byte {out["nll"] / math.log(2) / nbytes:.4f}')
     return
 
-  outs = sampling.generate(params, c.model, prompts, s, tok.eos_id)
+  outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs)
   for i, (text, seqs) in enumerate(zip(texts, outs)):
     for j, seq in enumerate(seqs):
       print(f'=== prompt {i}, sample {j} ===')
-      print(text + tok.decode(seq))
+      if enc_inputs is None:
+        print(text + tok.decode(seq))
+      else:  # Sentinels (ids above the tokenizer's) are shown as <extra_id_N>.
+        parts, run = [], []
+        for t in seq + [None]:
+          if t is not None and t < tok.vocab_size:
+            run.append(t)
+            continue
+          parts.append(tok.decode(run))
+          run = []
+          if t is not None:
+            parts.append(f'<extra_id_{c.model.vocab_size - 1 - t}>')
+        print(''.join(parts))
 
 
 if __name__ == '__main__':

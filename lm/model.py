@@ -370,7 +370,7 @@ class Transformer(nn.Module):
 
     enc_mask_B1S = None
     if c.family == 'encoder_decoder':
-      if enc_out_BSD is None:
+      if enc_out_BSD is None and enc_tokens_BS is not None:
         B, S = enc_tokens_BS.shape
         if enc_valid_BS is None:
           enc_valid_BS = jnp.ones((B, S), bool)
@@ -380,8 +380,12 @@ class Transformer(nn.Module):
         enc_out_BSD = Norm(c, name='encoder_norm')(e_BSD)
       if encode_only:
         return enc_out_BSD
+      if enc_out_BSD is None and cache is None:
+        raise ValueError('an encoder-decoder needs enc_tokens_BS, enc_out_BSD or a cache '
+                         'holding the cross-attention keys and values')
       if enc_valid_BS is None:
-        enc_valid_BS = jnp.ones(enc_out_BSD.shape[:2], bool)
+        S = enc_out_BSD.shape[1] if enc_out_BSD is not None else cache['ck'].shape[2]
+        enc_valid_BS = jnp.ones((tokens_BL.shape[0], S), bool)
       enc_mask_B1S = enc_valid_BS[:, None, :]
 
     B, L = tokens_BL.shape

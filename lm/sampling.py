@@ -125,23 +125,35 @@ def _visible(slot_L: Array, start_B: Array, S: int) -> Array:
       s_S[None, None, :] <= slot_L[None, :, None])
 
 
+@functools.partial(jax.jit, static_argnames=('m',))
+def encode(params, m: ModelConfig, enc_BS: Array, enc_valid_BS: Array) -> Array:
+  """An encoder-decoder's encoder output, computed once per request."""
+  return Transformer(m).apply({'params': params}, enc_BS[:, :1], enc_tokens_BS=enc_BS,
+                              enc_valid_BS=enc_valid_BS, encode_only=True)
+
+
 @functools.partial(jax.jit, static_argnames=('m', 'S'))
-def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int):
+def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int,
+            enc_out_BSD: Array | None = None, enc_valid_BS: Array | None = None):
   """Runs the left-padded prompts through the model into a fresh cache of S slots.
 
-  Returns (logits_BxV of the last prompt token, cache)."""
+  An encoder-decoder also fills the cache's cross-attention K/V from
+  enc_out_BSD here, once. Returns (logits_BxV of the last prompt token, cache)."""
   B, P = tokens_BP.shape
   slot_P = jnp.arange(P)
   pos_BP = jnp.maximum(slot_P[None, :] - start_B[:, None], 0)
+  S_enc = 0 if enc_out_BSD is None else enc_out_BSD.shape[1]
   logits_BPV, cache = Transformer(m).apply(
       {'params': params}, tokens_BP, pos_BL=pos_BP, mask_BLS=_visible(slot_P, start_B, S),
-      cache=init_cache(m, B, S), index=0)
+      cache=init_cache(m, B, S, S_enc), index=0, enc_out_BSD=enc_out_BSD,
+      enc_valid_BS=enc_valid_BS)
   return logits_BPV[:, -1], cache
 
 
 @functools.partial(jax.jit, static_argnames=('m', 's', 'eos_id'))
 def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Array,
-           cache: dict, seen_BV: Array, start_B: Array, rng: Array):
+           cache: dict, seen_BV: Array, start_B: Array, rng: Array,
+           enc_valid_BS: Array | None = None):
   """Samples up to s.max_new_tokens per row; -1 fills a row after its EOS.
 
   Returns tokens_BxN (EOS included where emitted)."""
@@ -163,7 +175,8 @@ def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Ar
     slot = P + i
     logits_B1V, cache = model.apply(
         {'params': params}, tok_B[:, None], pos_BL=(slot - start_B)[:, None],
-        mask_BLS=_visible(slot[None], start_B, S), cache=cache, index=slot)
+        mask_BLS=_visible(slot[None], start_B, S), cache=cache, index=slot,
+        enc_valid_BS=enc_valid_BS)
     return i + 1, logits_B1V[:, 0], cache, seen_BV, done_B, out_BN
 
   out_BN = jnp.full((B, s.max_new_tokens), -1, jnp.int32)
@@ -181,25 +194,55 @@ def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   return tokens, start
 
 
+def _right_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+  S = max(len(r) for r in rows)
+  tokens = np.zeros((len(rows), S), np.int32)
+  valid = np.zeros((len(rows), S), bool)
+  for b, r in enumerate(rows):
+    tokens[b, :len(r)] = r
+    valid[b, :len(r)] = True
+  return tokens, valid
+
+
 def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
-             eos_id: int) -> list[list[list[int]]]:
-  """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped)."""
+             eos_id: int, enc_inputs: list[list[int]] | None = None
+             ) -> list[list[list[int]]]:
+  """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped).
+
+  An encoder-decoder takes one encoder input per prompt (`enc_inputs`); its
+  prompts are the decoder's start (usually [BOS])."""
   validate(s)
   check_prompts(prompts, m, s.max_new_tokens)
-  rows = [p for p in prompts for _ in range(s.num_return_sequences)]
+  if m.family == 'encoder':
+    raise SamplingError('an encoder (masked LM) does not generate left to right: use '
+                        'experiments.fill_mask')
+  if (m.family == 'encoder_decoder') != (enc_inputs is not None):
+    raise SamplingError('encoder inputs are needed for, and only for, an encoder-decoder')
+  n = s.num_return_sequences
+  rows = [p for p in prompts for _ in range(n)]
   tokens_BP, start_B = _left_pad(rows)
   P = tokens_BP.shape[1]
   seen_BV = np.zeros((len(rows), m.vocab_size), bool)
   for b, p in enumerate(rows):
     seen_BV[b, p] = True
-  logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens)
+  enc_out, enc_valid = None, None
+  if enc_inputs is not None:
+    if len(enc_inputs) != len(prompts) or not all(enc_inputs):
+      raise SamplingError('give one non-empty encoder input per prompt')
+    too_long = [i for i, e in enumerate(enc_inputs) if len(e) > m.max_len]
+    if too_long:
+      raise SamplingError(f'encoder inputs {too_long} are longer than model.max_len='
+                          f'{m.max_len}')
+    enc_tok, enc_valid = _right_pad([e for e in enc_inputs for _ in range(n)])
+    enc_out = encode(params, m, enc_tok, enc_valid)
+  logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens,
+                             enc_out, enc_valid)
   out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
-                             jax.random.key(s.seed)))
+                             jax.random.key(s.seed), enc_valid))
   seqs = []
   for row in out_BN:
     row = row[row >= 0].tolist()
     seqs.append(row[:row.index(eos_id)] if eos_id in row else row)
-  n = s.num_return_sequences
   return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
@@ -218,7 +261,9 @@ def _full_logits(params, m: ModelConfig, tokens_BS: Array, start_B: Array, n: Ar
 
 def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
                       s: SamplingConfig, eos_id: int) -> list[list[list[int]]]:
-  """Same contract as `generate`; each new token re-runs the whole window."""
+  """Same contract as `generate` (decoder-only); each new token re-runs the window."""
+  if m.family != 'decoder':
+    raise SamplingError(f'generate_uncached serves decoder-only models, not {m.family}')
   validate(s)
   check_prompts(prompts, m, s.max_new_tokens)
   rows = [p for p in prompts for _ in range(s.num_return_sequences)]
@@ -264,6 +309,8 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int]) -> dict
   Text longer than the context window is scored in windows of model.max_len
   that overlap by half, so every token after the first window sees at least
   max_len / 2 tokens of context."""
+  if m.family != 'decoder':
+    raise SamplingError(f'scoring needs a decoder-only language model, not {m.family}')
   if not tokens:
     raise SamplingError('nothing to score: the text is empty')
   if not context:

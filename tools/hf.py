@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sys
-from typing import Any
 
 import numpy as np
 
@@ -203,7 +202,7 @@ def from_hf(cfg: dict, t: dict[str, np.ndarray], m: ModelConfig | None = None
             ) -> tuple[ModelConfig, dict]:
   """(our ModelConfig, params) from a transformers config and its tensors."""
   m = m or model_config(cfg)
-  D, H, K, Dh, F = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim
+  D, H, K, Dh = m.d_model, m.num_heads, m.kv_heads, m.dh
   t = {k: np.asarray(v, np.float32) for k, v in t.items()}
 
   def need(name):

@@ -1,0 +1,294 @@
+"""Encoder (masked LM) and encoder-decoder families: attention structure, objectives,
+cross-attention cache, training, FLOPs, sharding and bad input."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import flops, objectives, optimizer, sampling, train
+from lm import sharding as shard_lib
+from lm.config import ConfigError, ModelConfig
+from lm.model import Transformer, init_inputs
+from lm.tokenizers import ByteTokenizer
+from tests.helpers import tiny, tiny_cd
+
+TOK = ByteTokenizer()
+ENC = ModelConfig(family='encoder', vocab_size=384, d_model=32, num_layers=2, num_heads=4,
+                  max_len=64, mlp_dim=64)
+ED = dataclasses.replace(ENC, family='encoder_decoder', num_decoder_layers=3,
+                         position='rope', num_kv_heads=2)
+
+
+def _params(m, L=8):
+  return jax.jit(lambda r: nn.unbox(Transformer(m).init(r, **init_inputs(m, L))['params']))(
+      jax.random.key(0))
+
+
+def _toks(shape, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, shape), jnp.int32)
+
+
+def test_encoder_is_bidirectional_and_masks_padding():
+  p = _params(ENC)
+  x = _toks((2, 16))
+  f = jax.jit(lambda t, v: Transformer(ENC).apply({'params': p}, t, valid_BL=v))
+  valid = jnp.ones((2, 16), bool)
+  a = f(x, valid)
+  b = f(x.at[:, 12].set((x[:, 12] + 5) % 256), valid)
+  assert not np.allclose(a[:, :12], b[:, :12])  # A later token changes earlier outputs.
+  pad = valid.at[:, 10:].set(False)
+  c = f(x, pad)
+  d = f(x.at[:, 10:].set(7), pad)
+  np.testing.assert_allclose(c[:, :10], d[:, :10], atol=1e-6)  # Pads are invisible.
+
+
+def test_encoder_decoder_decoder_is_causal_and_sees_the_encoder():
+  p = _params(ED)
+  enc, dec = _toks((2, 12), 1), _toks((2, 10), 2)
+  f = jax.jit(lambda e, d: Transformer(ED).apply({'params': p}, d, enc_tokens_BS=e))
+  a = f(enc, dec)
+  b = f(enc, dec.at[:, 6].set((dec[:, 6] + 3) % 256))
+  np.testing.assert_array_equal(a[:, :6], b[:, :6])
+  assert not np.allclose(a[:, 6:], b[:, 6:])
+  c = f(enc.at[:, 11].set((enc[:, 11] + 3) % 256), dec)
+  assert not np.allclose(a[:, 0], c[:, 0])  # Every decoder position sees all of the input.
+
+
+def test_cross_attention_cache_matches_full_forward():
+  p = _params(ED)
+  enc, dec = _toks((2, 12), 3), _toks((2, 9), 4)
+  full = Transformer(ED).apply({'params': p}, dec, enc_tokens_BS=enc)
+  valid = jnp.ones((2, 12), bool)
+  enc_out = sampling.encode(p, ED, enc, valid)
+  start = jnp.zeros(2, jnp.int32)
+  S = 9
+  logits, cache = sampling.prefill(p, ED, dec[:, :3], start, S, enc_out, valid)
+  np.testing.assert_allclose(logits, full[:, 2], atol=1e-5, rtol=1e-5)
+
+  @jax.jit
+  def step(tok, cache, slot):
+    return Transformer(ED).apply({'params': p}, tok, pos_BL=jnp.full((2, 1), slot),
+                                 mask_BLS=sampling._visible(slot[None], start, S),
+                                 cache=cache, index=slot, enc_valid_BS=valid)
+
+  for slot in range(3, 9):
+    out, cache = step(dec[:, slot:slot + 1], cache, jnp.int32(slot))
+    np.testing.assert_allclose(out[:, 0], full[:, slot], atol=1e-5, rtol=1e-5)
+  # Greedy generation reuses it: the first token is the argmax after BOS.
+  got = sampling.generate(p, ED, [[1], [1]], sampling.SamplingConfig(
+      max_new_tokens=4, greedy=True), eos_id=-1, enc_inputs=[list(enc[0]), list(enc[1])])
+  first = Transformer(ED).apply({'params': p}, jnp.ones((2, 1), jnp.int32), enc_tokens_BS=enc)
+  assert [g[0][0] for g in got] == np.argmax(first[:, 0], -1).tolist()
+
+
+def test_mlm_recipe_proportions():
+  rng = np.random.default_rng(0)
+  L, n = 100, 2000
+  sel = masked = rand = kept = 0
+  for _ in range(n):
+    w = rng.integers(0, 256, L)
+    ex = objectives.mlm(w, rng, 0.15, 0.8, 0.1, mask_id=259, vocab=256)
+    s = ex['weights'] > 0
+    assert s.sum() == 15 and (ex['targets'] == w).all()
+    assert (ex['inputs'][~s] == w[~s]).all()  # Unselected positions are untouched.
+    sel += s.sum()
+    masked += (ex['inputs'][s] == 259).sum()
+    changed = (ex['inputs'][s] != w[s]) & (ex['inputs'][s] != 259)
+    rand += changed.sum()
+    kept += (ex['inputs'][s] == w[s]).sum()
+  # Random replacements equal the original 1/256 of the time (then they count as kept).
+  assert abs(masked / sel - 0.8) < 0.01
+  assert abs(rand / sel - 0.1 * 255 / 256) < 0.01
+  assert abs(kept / sel - (0.1 + 0.1 / 256)) < 0.01
+
+
+def test_mlm_loss_counts_only_selected_positions():
+  c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
+  p = _params(c.model)
+  ex = objectives.mlm(np.arange(16) % 256, np.random.default_rng(1), 0.25, 0.8, 0.1, 259, 256)
+  batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
+  f = jax.jit(lambda b: train.loss_fn(p, Transformer(c.model), b, jnp.ones(1),
+                                      jax.random.key(0), 0.0, False))
+  loss, aux = f(batch)
+  assert float(aux['tokens']) == 4
+  other = dict(batch, targets=jnp.where(batch['weights'] > 0, batch['targets'], 0))
+  assert float(f(other)[0]) == float(loss)
+
+
+def test_span_corruption_round_trips_with_fixed_lengths():
+  rng = np.random.default_rng(0)
+  spans_seen = []
+  for n in (16, 100, 128, 301):
+    enc_len, dec_len = objectives.span_lengths(n, 0.15, 3.0)
+    for _ in range(200):
+      w = rng.integers(0, 256, n)
+      ex = objectives.span_corrupt(w, rng, 0.15, 3.0, sentinel0=383, eos_id=257, start_id=256)
+      assert len(ex['enc_inputs']) == enc_len and len(ex['targets']) == dec_len
+      assert ex['dec_inputs'][0] == 256 and (ex['dec_inputs'][1:] == ex['targets'][:-1]).all()
+      np.testing.assert_array_equal(objectives.span_restore(ex['enc_inputs'], ex['targets'],
+                                                            259, 257), w)
+      noise, spans = objectives.span_counts(n, 0.15, 3.0)
+      spans_seen.append(noise / spans)
+      assert abs(noise / n - 0.15) <= 0.5 / n + 1e-9
+  assert abs(np.mean(spans_seen) - 3.0) < 0.35
+
+
+def _family_batch(c, seed=0):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(c.train.batch_size):
+    w = rng.integers(0, 256, c.data.seq_len)
+    if c.model.family == 'encoder':
+      rows.append(objectives.mlm_example(w, rng, c.data, TOK))
+    else:
+      rows.append(objectives.span_example(w, rng, c.data, c.model, TOK))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_each_family_overfits_one_batch(family):
+  c = train.resolve_vocab(tiny(**{'model.family': family, 'train.steps': 60,
+                                  'opt.lr': 1e-2}), 259)
+  model = Transformer(c.model)
+  tx = optimizer.make(c.opt, c.train.steps)
+  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
+  step = jax.jit(train.make_train_step(c, model, tx))
+  batch = _family_batch(c)
+  losses = []
+  for _ in range(60):
+    state, m = step(state, batch)
+    losses.append(float(m['loss']))
+  assert losses[-1] < 0.3 * losses[0], losses
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_exact_flops_match_xla(family):
+  # d_model 128 as in test_flops: at 32, elementwise work XLA also counts is ~9%.
+  c = train.resolve_vocab(tiny(**{'model.family': family, 'model.scan_layers': False,
+                                  'data.seq_len': 128, 'model.max_len': 256,
+                                  'model.d_model': 128, 'model.mlp_dim': 512,
+                                  'model.num_decoder_layers': 3}), 259)
+  model = Transformer(c.model)
+  tx = optimizer.make(c.opt, c.train.steps)
+  abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)),
+                            jax.random.key(0))
+  batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 _family_batch(c))
+  compiled = jax.jit(train.make_train_step(c, model, tx)).lower(abstract, batch).compile()
+  cost = compiled.cost_analysis()
+  xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  enc_len, dec_len = objectives.lengths(c.model, c.data)
+  if family == 'encoder':
+    enc_len, dec_len = 0, 0
+  ours = flops.train_flops_per_token(c.model, 128, 'exact', enc_len=enc_len,
+                                     dec_len=dec_len) * 8 * 128
+  assert abs(xla / ours - 1) < 0.05, (xla, ours)
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_sharded_mesh_matches_single_device(family):
+  def run(mesh_shape, devices):
+    d, f, t = mesh_shape
+    c = train.resolve_vocab(tiny(**{'model.family': family, 'mesh.data': d, 'mesh.fsdp': f,
+                                    'mesh.tensor': t}), 259)
+    mesh = shard_lib.make_mesh(c.mesh, devices)
+    model, tx = Transformer(c.model), optimizer.make(c.opt, c.train.steps)
+    batches = [_family_batch(c, s) for s in range(3)]
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
+      abstract, shardings = train.state_shardings(c, model, tx, mesh)
+      state = train.init_state(c, model, tx, shardings)
+      bsh = jax.tree_util.tree_map(
+          lambda x: shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), batches[0])
+      step = jax.jit(train.make_train_step(c, model, tx), in_shardings=(shardings, bsh),
+                     out_shardings=(shardings, None))
+      losses = []
+      for b in batches:
+        state, m = step(state, jax.device_put(b, bsh))
+        losses.append(float(m['loss']))
+    names = {jax.tree_util.keystr(k): v.spec for k, v in
+             jax.tree_util.tree_leaves_with_path(shardings.params)}
+    return losses, names
+
+  ref, _ = run((1, 1, 1), jax.devices()[:1])
+  got, specs = run((2, 2, 2), jax.devices())
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  if family == 'encoder_decoder':  # New parameters are sharded by their logical axes.
+    assert tuple(specs["['blocks']['cross_attn']['query']"]) == (None, 'fsdp', 'tensor', None)
+    assert tuple(specs["['encoder_blocks']['attn']['out']"]) == (None, 'tensor', None, 'fsdp')
+
+
+def test_classifier_on_the_encoder_family(tmp_path):
+  from tests.test_finetune import _classifier
+  out = train.train_and_evaluate(
+      _classifier(tmp_path, **{'model.family': 'encoder', 'model.pool': 'first'}),
+      str(tmp_path / 'cls'), log=lambda *a: None)
+  assert out['accuracy'] >= 0.9, out
+
+
+def test_seq2seq_pairs_from_jsonl(tmp_path):
+  rng = np.random.default_rng(0)
+  rows = []
+  for _ in range(64):
+    word = ''.join(rng.choice(list('abcdef'), 4))
+    rows.append({'input': word, 'target': word[::-1]})
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  c = tiny(**{'model.family': 'encoder_decoder', 'data.source': 'file',
+              'data.path': str(path), 'data.text_key': 'input', 'data.target_key': 'target',
+              'data.val_fraction': 0.25, 'data.seq_len': 8, 'train.steps': 6})
+  out = train.train_and_evaluate(c, str(tmp_path / 'wd'), log=lambda *a: None)
+  assert np.isfinite(out['loss']) and 0 <= out['accuracy'] <= 1 and out['tokens'] > 0
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_text('{"input": "x"}\n')
+  c = dataclasses.replace(c, data=dataclasses.replace(c.data, path=str(bad)))
+  from lm import classify
+  with pytest.raises(classify.LabelError, match=r"bad.jsonl:1: missing field 'target'"):
+    train.train_and_evaluate(c, str(tmp_path / 'wd2'))
+
+
+@pytest.mark.parametrize('override,match', [
+    ({'model.family': 'bert'}, r"model.family='bert'.*decoder, encoder, encoder_decoder"),
+    ({'data.mlm_rate': 1.0}, r"data.mlm_rate=1.0.*\(0, 1\)"),
+    ({'data.mlm_rate': 0.0}, r"data.mlm_rate=0.0"),
+    ({'data.noise_density': 1.5}, r"data.noise_density=1.5"),
+    ({'data.mean_span': 0.5}, r"data.mean_span=0.5.*>= 1"),
+    ({'data.target_key': 'y', 'data.source': 'file', 'data.path': 'p.jsonl'},
+     r"data.target_key='y'.*model.family='encoder_decoder'"),
+])
+def test_bad_family_config(override, match):
+  from lm import config as config_lib
+  with pytest.raises(ConfigError, match=match):
+    config_lib.from_configdict(tiny_cd(**override))
+
+
+def test_cli_refuses_checkpoints_of_another_family(tmp_path):
+  from lm import checkpoint
+  c = train.resolve_vocab(tiny(**{'model.family': 'encoder_decoder'}), 259)
+  checkpoint.save_params(str(tmp_path / 'ed'), c, _params(c.model))
+  r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask',
+                      f'--workdir={tmp_path / "ed"}', '--text=a [MASK]'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'holds a encoder_decoder model; fill-mask needs' in r.stderr
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_sweep_plans_each_family_at_equal_compute(family, tmp_path):
+  from lm import sweep
+  from tests.test_sweep import _sweep_cd
+  cd = _sweep_cd(tmp_path)
+  cd.model.family = family
+  runs = sweep.make_plan(cd)
+  assert len(runs) == 6
+  for r in runs:
+    c = sweep._resolved(sweep.run_config(cd, r, 3))
+    assert c.model.family == family
+    fpt = flops.train_flops_per_token(c.model, c.data.seq_len, 'exact', None,
+                                      *sweep._lengths(c))
+    assert abs(fpt * r.tokens / r.budget - 1) < 0.35  # Steps are whole numbers.
