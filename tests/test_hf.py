@@ -132,6 +132,8 @@ def test_unsupported_architectures_are_refused(tmp_path):
   with pytest.raises(hf.HFError, match='no Hugging Face equivalent'):
     hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
   assert not (tmp_path / 'hf').exists()
+  with pytest.raises(hf.HFError, match="model.family='encoder'"):
+    hf.family(dataclasses.replace(_ours('gpt2'), family='encoder'))
   with pytest.raises(hf.HFError, match="model_type='bert' is not supported"):
     hf.model_config({'model_type': 'bert'})
   with pytest.raises(hf.HFError, match='no config.json'):

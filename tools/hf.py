@@ -50,6 +50,9 @@ _LLAMA = dict(position='rope', norm='rmsnorm', use_bias=False, activation='swigl
 
 def family(m: ModelConfig) -> str:
   """'gpt2' or 'llama', or an HFError naming the fields that match neither."""
+  if m.family != 'decoder':
+    raise HFError(f'model.family={m.family!r}: only decoder-only models export as GPT-2 '
+                  'or Llama')
   misses = {}
   for name, want in (('gpt2', _GPT2), ('llama', _LLAMA)):
     bad = [f'model.{k}={getattr(m, k)!r} (needs {v!r})' for k, v in want.items()
