@@ -292,3 +292,28 @@ def test_sweep_plans_each_family_at_equal_compute(family, tmp_path):
     fpt = flops.train_flops_per_token(c.model, c.data.seq_len, 'exact', None,
                                       *sweep._lengths(c))
     assert abs(fpt * r.tokens / r.budget - 1) < 0.35  # Steps are whole numbers.
+
+
+def test_cli_generate_refuses_an_encoder(tmp_path):
+  from lm import checkpoint
+  c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
+  checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
+  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+                      f'--workdir={tmp_path / "enc"}', '--prompt=x'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'holds an encoder (masked LM)' in r.stderr
+
+
+def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  from lm import classify
+  from lm.config import DataConfig
+  d = DataConfig(source='tfds', tfds_name='billsum', text_key='text',
+                 target_key='summary', val_split='test', cache_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=5):
+    train_pairs, eval_pairs, names = classify.load(d, str(tmp_path))
+  assert names == () and len(train_pairs) == 5 and len(eval_pairs) == 5
+  assert all(isinstance(a, str) and isinstance(b, str) for a, b in train_pairs)
+  out = objectives.encode_pairs(train_pairs, TOK, 16, 8)
+  assert out['enc_inputs'].shape == (5, 16) and out['targets'].shape == (5, 8)
+  assert (out['dec_inputs'][:, 0] == TOK.bos_id).all()
