@@ -319,6 +319,9 @@ def validate(c: Config) -> None:
                       f'{d.mlm_mask_frac + d.mlm_random_frac} must be <= 1')
   if not d.mean_span >= 1.0:
     raise _err('data.mean_span', d.mean_span, 'must be >= 1 (tokens per span)')
+  if m.family == 'encoder_decoder' and d.label_key:
+    raise _err('data.label_key', d.label_key, "classification fine-tuning serves "
+               "model.family='decoder' or 'encoder'")
   if m.family != 'decoder' and m.pool == 'last' and d.label_key:
     raise _err('model.pool', m.pool, f"family {m.family} classifies from the 'first' "
                "token or the 'mean'")

@@ -259,6 +259,10 @@ def test_seq2seq_pairs_from_jsonl(tmp_path):
     ({'data.mlm_rate': 0.0}, r"data.mlm_rate=0.0"),
     ({'data.noise_density': 1.5}, r"data.noise_density=1.5"),
     ({'data.mean_span': 0.5}, r"data.mean_span=0.5.*>= 1"),
+    ({'model.family': 'encoder_decoder', 'data.label_key': 'l', 'data.source': 'file',
+      'data.path': 'p.jsonl'}, r"data.label_key='l'.*'decoder' or 'encoder'"),
+    ({'model.family': 'encoder', 'data.label_key': 'l', 'data.source': 'file',
+      'data.path': 'p.jsonl'}, r"model.pool='last'.*'first'"),
     ({'data.target_key': 'y', 'data.source': 'file', 'data.path': 'p.jsonl'},
      r"data.target_key='y'.*model.family='encoder_decoder'"),
 ])
@@ -317,3 +321,29 @@ def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):
   out = objectives.encode_pairs(train_pairs, TOK, 16, 8)
   assert out['enc_inputs'].shape == (5, 16) and out['targets'].shape == (5, 8)
   assert (out['dec_inputs'][:, 0] == TOK.bos_id).all()
+
+
+def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
+  from experiments.fill_mask import FillMaskError, mask_ids
+  from lm import checkpoint
+  ids, where = mask_ids('ab[MASK]c[MASK]', TOK)
+  assert ids == [97, 98, 259, 99, 259] and where == [2, 4]
+  with pytest.raises(FillMaskError, match='no \\[MASK\\] marker'):
+    mask_ids('abc', TOK)
+  c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
+  checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
+  r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask', f'--workdir={tmp_path / "enc"}',
+                      '--text=def f(x):\\n    return x [MASK] 1[MASK]', '--top_k=3'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  blocks = r.stdout.split('[MASK] ')[1:]
+  assert len(blocks) == 2 and all(len(b.strip().splitlines()) == 4 for b in blocks)
+  probs = [float(line.split()[-1]) for b in blocks for line in b.strip().splitlines()[1:]]
+  assert all(0 < p < 1 for p in probs)
+  c = train.resolve_vocab(tiny(**{'model.family': 'encoder_decoder'}), 259)
+  checkpoint.save_params(str(tmp_path / 'ed'), c, _params(c.model))
+  r = subprocess.run([sys.executable, '-m', 'experiments.generate', f'--workdir={tmp_path / "ed"}',
+                      '--prompt=import os', '--prompt=x', '--greedy', '--max_new_tokens=5'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert '=== prompt 1, sample 0 ===' in r.stdout
