@@ -155,9 +155,10 @@ def mlm_example(window_L: np.ndarray, rng: np.random.Generator, d: DataConfig,
 
 
 def lengths(m: ModelConfig, d: DataConfig) -> tuple[int, int]:
-  """(encoder or model input length, decoder length; 0 if none) of one example."""
-  if m.family != 'encoder_decoder' or d.label_key:
-    return d.seq_len, 0
+  """(encoder length, decoder length) of one encoder-decoder example; (0, 0) for
+  the other families, whose FLOPs need only data.seq_len."""
+  if m.family != 'encoder_decoder':
+    return 0, 0
   if d.target_key:
     return d.seq_len, d.target_len or d.seq_len
   return span_lengths(d.seq_len, d.noise_density, d.mean_span)

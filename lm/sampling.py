@@ -204,6 +204,26 @@ def _right_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   return tokens, valid
 
 
+def _rows(prompts: list[list[int]], m: ModelConfig, s: SamplingConfig
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Checks the request; each prompt repeated num_return_sequences times,
+  left-padded: (tokens_BxP, start_B, seen_BxV: the prompt tokens of each row)."""
+  validate(s)
+  check_prompts(prompts, m, s.max_new_tokens)
+  rows = [p for p in prompts for _ in range(s.num_return_sequences)]
+  tokens_BP, start_B = _left_pad(rows)
+  seen_BV = np.zeros((len(rows), m.vocab_size), bool)
+  for b, p in enumerate(rows):
+    seen_BV[b, p] = True
+  return tokens_BP, start_B, seen_BV
+
+
+def _per_prompt(rows: list[list[int]], eos_id: int, n: int) -> list[list[list[int]]]:
+  """Each row cut before its EOS, grouped n rows per prompt."""
+  rows = [r[:r.index(eos_id)] if eos_id in r else r for r in rows]
+  return [rows[i:i + n] for i in range(0, len(rows), n)]
+
+
 def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
              eos_id: int, enc_inputs: list[list[int]] | None = None
              ) -> list[list[list[int]]]:
@@ -211,20 +231,14 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
 
   An encoder-decoder takes one encoder input per prompt (`enc_inputs`); its
   prompts are the decoder's start (usually [BOS])."""
-  validate(s)
-  check_prompts(prompts, m, s.max_new_tokens)
   if m.family == 'encoder':
     raise SamplingError('an encoder (masked LM) does not generate left to right: use '
                         'experiments.fill_mask')
   if (m.family == 'encoder_decoder') != (enc_inputs is not None):
     raise SamplingError('encoder inputs are needed for, and only for, an encoder-decoder')
   n = s.num_return_sequences
-  rows = [p for p in prompts for _ in range(n)]
-  tokens_BP, start_B = _left_pad(rows)
+  tokens_BP, start_B, seen_BV = _rows(prompts, m, s)
   P = tokens_BP.shape[1]
-  seen_BV = np.zeros((len(rows), m.vocab_size), bool)
-  for b, p in enumerate(rows):
-    seen_BV[b, p] = True
   enc_out, enc_valid = None, None
   if enc_inputs is not None:
     if len(enc_inputs) != len(prompts) or not all(enc_inputs):
@@ -239,11 +253,7 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
                              enc_out, enc_valid)
   out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
                              jax.random.key(s.seed), enc_valid))
-  seqs = []
-  for row in out_BN:
-    row = row[row >= 0].tolist()
-    seqs.append(row[:row.index(eos_id)] if eos_id in row else row)
-  return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+  return _per_prompt([row[row >= 0].tolist() for row in out_BN], eos_id, n)
 
 
 # --- Without a cache (reference and benchmark baseline) ----------------------------
@@ -264,16 +274,10 @@ def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
   """Same contract as `generate` (decoder-only); each new token re-runs the window."""
   if m.family != 'decoder':
     raise SamplingError(f'generate_uncached serves decoder-only models, not {m.family}')
-  validate(s)
-  check_prompts(prompts, m, s.max_new_tokens)
-  rows = [p for p in prompts for _ in range(s.num_return_sequences)]
-  tokens_BP, start_B = _left_pad(rows)
+  tokens_BP, start_B, seen_BV = _rows(prompts, m, s)
   B, P = tokens_BP.shape
   window_BS = np.zeros((B, P + s.max_new_tokens), np.int32)
   window_BS[:, :P] = tokens_BP
-  seen_BV = np.zeros((B, m.vocab_size), bool)
-  for b, p in enumerate(rows):
-    seen_BV[b, p] = True
   done_B = np.zeros(B, bool)
   out = [[] for _ in range(B)]
   rng = jax.random.key(s.seed)
@@ -289,9 +293,7 @@ def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
     window_BS[:, P + i] = tok_B
     if done_B.all():
       break
-  seqs = [o[:o.index(eos_id)] if eos_id in o else o for o in out]
-  n = s.num_return_sequences
-  return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+  return _per_prompt(out, eos_id, s.num_return_sequences)
 
 
 # --- Scoring ------------------------------------------------------------------------

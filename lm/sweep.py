@@ -66,7 +66,7 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
   tps = base.train.batch_size * base.data.seq_len
   common = dict(base=m, seq_len=base.data.seq_len, tokens_per_step=tps,
                 convention=s.convention, aspect=s.aspect, head_dim=s.head_dim,
-                lengths=_lengths(base))
+                lengths=objectives.lengths(base.model, base.data))
   if s.design == 'isoflop':
     if not s.budgets:
       raise config_lib.ConfigError('config.sweep.budgets is empty: list compute budgets in FLOPs')
@@ -89,13 +89,6 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
             r, name=r.name + suffix, overrides={**r.overrides, **extra},
             branch_from=r.branch_from + suffix if r.branch_from else ''))
   return out
-
-
-def _lengths(c: config_lib.Config) -> tuple[int, int]:
-  """(encoder, decoder) lengths per example for an encoder-decoder's FLOPs; else (0, 0)."""
-  if c.model.family != 'encoder_decoder':
-    return 0, 0
-  return objectives.lengths(c.model, c.data)
 
 
 def _resolved(c: config_lib.Config) -> config_lib.Config:
@@ -250,7 +243,8 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            'N_with_head': counts['non_embedding'] + c.model.d_model * c.model.vocab_size,
            'N_total': counts['total'], 'D': r.tokens,
            **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(
-               c.model, c.data.seq_len, None, *_lengths(c)).items()},
+               c.model, c.data.seq_len, None,
+               *objectives.lengths(c.model, c.data)).items()},
            'final_loss': final[-1]['loss'] if final else float('nan'),
            'best_loss': min((e['loss'] for e in evals), default=float('nan')),
            # Masked-LM and encoder-decoder evals have no bits per byte.

@@ -330,24 +330,20 @@ def prepare(c: Config, tok, devices=None, labelled: tuple | None = None) -> Prep
   shard_lib.check_batch(c, mesh)
   pidx, pcount = jax.process_index(), jax.process_count()
   B, L = c.train.batch_size, c.data.seq_len
-  if labelled is not None and c.data.target_key:
-    enc_len, dec_len = objectives.lengths(c.model, c.data)
-    train = objectives.encode_pairs(labelled[0], tok, enc_len, dec_len)
-    evals = objectives.encode_pairs(labelled[1], tok, enc_len, dec_len)
-    if len(train['targets']) < B:
-      raise ConfigError(f'the train split has {len(train["targets"])} pairs, fewer than '
+  if labelled is not None:  # Sequence-to-sequence pairs or labelled examples.
+    if c.data.target_key:
+      enc_len, dec_len = objectives.lengths(c.model, c.data)
+      encode = lambda pairs, where: objectives.encode_pairs(pairs, tok, enc_len, dec_len)
+    else:
+      prefix = (tok.bos_id,) if c.model.family == 'encoder' else ()
+      encode = lambda pairs, where: classify.encode(pairs, c.data.labels, tok, L, where,
+                                                    prefix)
+    train = classify.Rows(encode(labelled[0], 'train split'))
+    if len(train) < B:
+      raise ConfigError(f'the train split has {len(train)} examples, fewer than '
                         f'train.batch_size={B}')
-    return Prepared(c, tok, classify.Rows(train),
-                    data_lib.eval_rows(evals, B, pidx, pcount), mesh)
-  if labelled is not None:
-    prefix = (tok.bos_id,) if c.model.family == 'encoder' else ()
-    train = classify.encode(labelled[0], c.data.labels, tok, L, 'train split', prefix)
-    evals = classify.encode(labelled[1], c.data.labels, tok, L, 'eval split', prefix)
-    if len(train['labels']) < B:
-      raise ConfigError(f'the train split has {len(train["labels"])} examples, fewer than '
-                        f'train.batch_size={B}')
-    return Prepared(c, tok, classify.Rows(train),
-                    data_lib.eval_rows(evals, B, pidx, pcount), mesh)
+    return Prepared(c, tok, train, data_lib.eval_rows(
+        encode(labelled[1], 'eval split'), B, pidx, pcount), mesh)
   builder, key = data_lib.corpus(c.data)
   cache = data_lib.cache_root(c.data)
   train_tokens = data_lib.tokenize_split(builder, c.data.train_split, key, tok, cache)
@@ -403,10 +399,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   eval_data = p.eval_data
 
   tokens_per_step = c.train.batch_size * c.data.seq_len
-  enc_len, dec_len = objectives.lengths(c.model, c.data)
-  if c.model.family != 'encoder_decoder':
-    enc_len, dec_len = 0, 0
-  conv = flops_lib.all_conventions(c.model, c.data.seq_len, enc_len=enc_len, dec_len=dec_len)
+  conv = flops_lib.all_conventions(c.model, c.data.seq_len, None,
+                                   *objectives.lengths(c.model, c.data))
   flops_per_step = conv[c.train.flops_convention] * tokens_per_step
   counts = flops_lib.param_counts(c.model)
   dev = jax.devices()[0]
@@ -444,13 +438,11 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     eval_step = jax.jit(make_eval_step(model, p.tokenizer.byte_lengths()),
                         in_shardings=(shardings.params, batch_sh, rows_sh))
 
-    def to_global(x_local: Any) -> Any:
-      return jax.tree_util.tree_map(
-          lambda x: jax.make_array_from_process_local_data(
-              shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), x), x_local)
+    def to_global(x_local: Any, sh: Any = batch_sh) -> Any:
+      return jax.tree_util.tree_map(jax.make_array_from_process_local_data, sh, x_local)
 
     def evaluate(step: int) -> dict[str, float]:
-      outs = jax.device_get([eval_step(state.params, to_global(b), to_global(w))
+      outs = jax.device_get([eval_step(state.params, to_global(b), to_global(w, rows_sh))
                              for b, w in eval_data])
       sums = {k: sum(float(o[k]) for o in outs) for k in outs[0]}
       res = summarize_eval(sums)

@@ -96,11 +96,10 @@ def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
   """(config.json dict, safetensors tensors) in transformers' layout."""
   fam = family(m)
   D, H, K, Dh, F, V = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim, m.vocab_size
-  p = {k: v for k, v in params.items()}
   t: dict[str, np.ndarray] = {}
   if fam == 'gpt2':
-    t['transformer.wte.weight'] = np.asarray(p['embed']['embedding'])
-    t['transformer.wpe.weight'] = np.asarray(p['pos_embed']['embedding'])
+    t['transformer.wte.weight'] = np.asarray(params['embed']['embedding'])
+    t['transformer.wpe.weight'] = np.asarray(params['pos_embed']['embedding'])
     for i, l in enumerate(_layers(params, m)):
       a, pre = l['attn'], f'transformer.h.{i}.'
       t[pre + 'ln_1.weight'], t[pre + 'ln_1.bias'] = l['attn_norm']['scale'], l['attn_norm']['bias']
@@ -114,8 +113,8 @@ def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
       t[pre + 'mlp.c_fc.weight'], t[pre + 'mlp.c_fc.bias'] = l['mlp']['up']['kernel'], l['mlp']['up']['bias']
       t[pre + 'mlp.c_proj.weight'] = l['mlp']['down']['kernel']
       t[pre + 'mlp.c_proj.bias'] = l['mlp']['down']['bias']
-    t['transformer.ln_f.weight'] = np.asarray(p['final_norm']['scale'])
-    t['transformer.ln_f.bias'] = np.asarray(p['final_norm']['bias'])
+    t['transformer.ln_f.weight'] = np.asarray(params['final_norm']['scale'])
+    t['transformer.ln_f.bias'] = np.asarray(params['final_norm']['bias'])
     cfg = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], vocab_size=V,
                n_embd=D, n_layer=m.num_layers, n_head=H, n_inner=F, n_positions=m.max_len,
                n_ctx=m.max_len, activation_function='gelu_new',
@@ -123,7 +122,7 @@ def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
                resid_pdrop=m.resid_dropout, embd_pdrop=m.embed_dropout,
                attn_pdrop=m.attn_dropout, initializer_range=m.init_std)
   else:
-    t['model.embed_tokens.weight'] = np.asarray(p['embed']['embedding'])
+    t['model.embed_tokens.weight'] = np.asarray(params['embed']['embedding'])
     for i, l in enumerate(_layers(params, m)):
       a, pre = l['attn'], f'model.layers.{i}.'
       t[pre + 'input_layernorm.weight'] = l['attn_norm']['scale']
@@ -134,9 +133,9 @@ def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
       t[pre + 'post_attention_layernorm.weight'] = l['mlp_norm']['scale']
       for ours, theirs in (('gate', 'gate_proj'), ('up', 'up_proj'), ('down', 'down_proj')):
         t[pre + f'mlp.{theirs}.weight'] = l['mlp'][ours]['kernel'].T
-    t['model.norm.weight'] = np.asarray(p['final_norm']['scale'])
+    t['model.norm.weight'] = np.asarray(params['final_norm']['scale'])
     if not m.tie_embeddings:
-      t['lm_head.weight'] = np.asarray(p['head']['kernel']).T
+      t['lm_head.weight'] = np.asarray(params['head']['kernel']).T
     cfg = dict(model_type='llama', architectures=['LlamaForCausalLM'], vocab_size=V,
                hidden_size=D, intermediate_size=F, num_hidden_layers=m.num_layers,
                num_attention_heads=H, num_key_value_heads=K, head_dim=Dh,
