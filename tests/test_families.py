@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from lm import flops, objectives, optimizer, sampling, train
-from lm import sharding as shard_lib
 from lm.config import ConfigError, ModelConfig
 from lm.model import Transformer, init_inputs
 from lm.tokenizers import ByteTokenizer
@@ -154,11 +153,9 @@ def _family_batch(c, seed=0):
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
 def test_each_family_overfits_one_batch(family):
-  c = train.resolve_vocab(tiny(**{'model.family': family, 'train.steps': 60,
-                                  'opt.lr': 1e-2}), 259)
-  model = Transformer(c.model)
-  tx = optimizer.make(c.opt, c.train.steps)
-  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
+  from tests.test_train import _setup
+  c, model, tx, state = _setup(tiny(**{'model.family': family, 'train.steps': 60,
+                                       'opt.lr': 1e-2}))
   step = jax.jit(train.make_train_step(c, model, tx))
   batch = _family_batch(c)
   losses = []
@@ -184,36 +181,20 @@ def test_exact_flops_match_xla(family):
   compiled = jax.jit(train.make_train_step(c, model, tx)).lower(abstract, batch).compile()
   cost = compiled.cost_analysis()
   xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
-  enc_len, dec_len = objectives.lengths(c.model, c.data)
-  if family == 'encoder':
-    enc_len, dec_len = 0, 0
-  ours = flops.train_flops_per_token(c.model, 128, 'exact', enc_len=enc_len,
-                                     dec_len=dec_len) * 8 * 128
+  ours = flops.train_flops_per_token(c.model, 128, 'exact', None,
+                                     *objectives.lengths(c.model, c.data)) * 8 * 128
   assert abs(xla / ours - 1) < 0.05, (xla, ours)
 
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
 def test_sharded_mesh_matches_single_device(family):
+  from tests.test_sharding import _mesh_cfg, _run
+
   def run(mesh_shape, devices):
-    d, f, t = mesh_shape
-    c = train.resolve_vocab(tiny(**{'model.family': family, 'mesh.data': d, 'mesh.fsdp': f,
-                                    'mesh.tensor': t}), 259)
-    mesh = shard_lib.make_mesh(c.mesh, devices)
-    model, tx = Transformer(c.model), optimizer.make(c.opt, c.train.steps)
-    batches = [_family_batch(c, s) for s in range(3)]
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
-      abstract, shardings = train.state_shardings(c, model, tx, mesh)
-      state = train.init_state(c, model, tx, shardings)
-      bsh = jax.tree_util.tree_map(
-          lambda x: shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), batches[0])
-      step = jax.jit(train.make_train_step(c, model, tx), in_shardings=(shardings, bsh),
-                     out_shardings=(shardings, None))
-      losses = []
-      for b in batches:
-        state, m = step(state, jax.device_put(b, bsh))
-        losses.append(float(m['loss']))
-    names = {jax.tree_util.keystr(k): v.spec for k, v in
-             jax.tree_util.tree_leaves_with_path(shardings.params)}
+    c = _mesh_cfg(mesh_shape, **{'model.family': family})
+    losses, state = _run(c, devices, batches=[_family_batch(c, s) for s in range(3)])
+    names = {jax.tree_util.keystr(k): v.sharding.spec for k, v in
+             jax.tree_util.tree_leaves_with_path(state.params)}
     return losses, names
 
   ref, _ = run((1, 1, 1), jax.devices()[:1])
@@ -272,14 +253,19 @@ def test_bad_family_config(override, match):
     config_lib.from_configdict(tiny_cd(**override))
 
 
-def test_cli_refuses_checkpoints_of_another_family(tmp_path):
+@pytest.mark.parametrize('family,cli,arg,message', [
+    ('encoder_decoder', 'fill_mask', '--text=a [MASK]',
+     'holds a encoder_decoder model; fill-mask needs'),
+    ('encoder', 'generate', '--prompt=x', 'holds an encoder (masked LM)'),
+])
+def test_cli_refuses_checkpoints_of_another_family(family, cli, arg, message, tmp_path):
   from lm import checkpoint
-  c = train.resolve_vocab(tiny(**{'model.family': 'encoder_decoder'}), 259)
-  checkpoint.save_params(str(tmp_path / 'ed'), c, _params(c.model))
-  r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask',
-                      f'--workdir={tmp_path / "ed"}', '--text=a [MASK]'],
+  c = train.resolve_vocab(tiny(**{'model.family': family}), 259)
+  checkpoint.save_params(str(tmp_path / 'run'), c, _params(c.model))
+  r = subprocess.run([sys.executable, '-m', f'experiments.{cli}',
+                      f'--workdir={tmp_path / "run"}', arg],
                      capture_output=True, text=True, timeout=300)
-  assert r.returncode == 2 and 'holds a encoder_decoder model; fill-mask needs' in r.stderr
+  assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
@@ -294,18 +280,8 @@ def test_sweep_plans_each_family_at_equal_compute(family, tmp_path):
     c = sweep._resolved(sweep.run_config(cd, r, 3))
     assert c.model.family == family
     fpt = flops.train_flops_per_token(c.model, c.data.seq_len, 'exact', None,
-                                      *sweep._lengths(c))
+                                      *objectives.lengths(c.model, c.data))
     assert abs(fpt * r.tokens / r.budget - 1) < 0.35  # Steps are whole numbers.
-
-
-def test_cli_generate_refuses_an_encoder(tmp_path):
-  from lm import checkpoint
-  c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
-  checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
-  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
-                      f'--workdir={tmp_path / "enc"}', '--prompt=x'],
-                     capture_output=True, text=True, timeout=300)
-  assert r.returncode == 2 and 'holds an encoder (masked LM)' in r.stderr
 
 
 def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):

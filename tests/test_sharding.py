@@ -27,17 +27,20 @@ def _mesh_cfg(mesh, **kw):
                              259)
 
 
-def _run(c, devices, steps=5):
-  """`steps` train steps on fixed batches; returns losses and the final state."""
+def _run(c, devices, steps=5, batches=None):
+  """Train steps on fixed batches (default: `steps` random LM batches); returns
+  losses and the final state. Batches may be dicts (other families)."""
   mesh = shard_lib.make_mesh(c.mesh, devices)
   model = train.Transformer(c.model)
   tx = optimizer.make(c.opt, c.train.steps)
-  batches = np.asarray(jax.random.randint(jax.random.key(7), (steps, 8, c.data.seq_len + 1),
-                                          0, 256))
+  if batches is None:
+    batches = np.asarray(jax.random.randint(jax.random.key(7),
+                                            (steps, 8, c.data.seq_len + 1), 0, 256))
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
     _, shardings = train.state_shardings(c, model, tx, mesh)
     state = train.init_state(c, model, tx, shardings)
-    batch_sh = shard_lib.batch_sharding(mesh, c.rules)
+    batch_sh = jax.tree_util.tree_map(
+        lambda x: shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), batches[0])
     step = jax.jit(train.make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, None))
     losses = []
