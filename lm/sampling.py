@@ -37,7 +37,7 @@ class SamplingConfig:
   max_new_tokens: int = 64
   greedy: bool = False  # Argmax; temperature, top_k and top_p are then unused.
   temperature: float = 1.0
-  top_k: int = 0  # 0: off.
+  top_k: int | None = None  # None: off.
   top_p: float = 1.0  # 1.0: off.
   repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019); 1.0: off.
   num_return_sequences: int = 1
@@ -50,8 +50,9 @@ def validate(s: SamplingConfig) -> None:
   if not s.greedy and not s.temperature > 0:
     raise SamplingError(f'temperature={s.temperature} is invalid with sampling on: '
                         'must be > 0 (use greedy decoding for the argmax)')
-  if s.top_k < 0:
-    raise SamplingError(f'top_k={s.top_k} is invalid: must be >= 1 (or 0 for off)')
+  if s.top_k is not None and s.top_k < 1:
+    raise SamplingError(f'top_k={s.top_k} is invalid: must be >= 1 (leave it unset for '
+                        'no top-k filtering)')
   if not 0.0 < s.top_p <= 1.0:
     raise SamplingError(f'top_p={s.top_p} is invalid: must be in (0, 1]')
   if not s.repetition_penalty > 0:

@@ -171,5 +171,5 @@ def test_generate_cli_samples_scores_and_refuses_bad_input(pretrained, tmp_path)
   assert 'def f(x):\n    return' in r.stdout
   r = _cli(f'--workdir={pretrained}', '--score=def f(x):')
   assert r.returncode == 0 and 'perplexity' in r.stdout and 'bits per byte' in r.stdout
-  r = _cli(f'--workdir={pretrained}', '--prompt=x', '--top_k=0', '--temperature=-1')
+  r = _cli(f'--workdir={pretrained}', '--prompt=x', '--temperature=-1')
   assert r.returncode == 2 and 'temperature=-1.0 is invalid' in r.stderr

@@ -158,6 +158,7 @@ def test_score_matches_the_forward_pass_and_windows_long_text():
     (dict(top_p=0.0), 'top_p=0.0'),
     (dict(top_p=1.5), 'top_p=1.5'),
     (dict(top_k=-1), 'top_k=-1'),
+    (dict(top_k=0), 'top_k=0 is invalid: must be >= 1'),
     (dict(max_new_tokens=0), 'max_new_tokens=0'),
 ])
 def test_bad_sampling_settings(kw, match):
