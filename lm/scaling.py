@@ -179,6 +179,9 @@ class ParametricFit:
   best_start: dict
   start_on_grid_edge: bool
   starts: int
+  # The optimum as fitted, (log A, log B, log E, alpha, beta): exp(log E) can
+  # underflow to E = 0 when the data want no irreducible loss.
+  x: tuple[float, ...] = ()
 
   @property
   def a(self) -> float:
@@ -239,7 +242,8 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
   return ParametricFit(E=float(math.exp(e)), A=float(math.exp(a)), B=float(math.exp(b)),
                        alpha=float(alpha), beta=float(beta), objective=float(res.fun),
                        grad_norm=float(np.linalg.norm(g)), best_start=start,
-                       start_on_grid_edge=bool(on_edge), starts=len(starts))
+                       start_on_grid_edge=bool(on_edge), starts=len(starts),
+                       x=tuple(float(v) for v in res.x))
 
 
 def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
@@ -282,7 +286,7 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   """Bootstrap intervals of E, A, B, alpha, beta and a; each refit starts from
   the full fit's optimum (a grid search per resample would cost ~30 s each)."""
   n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
-  x_best = [math.log(fit.A), math.log(fit.B), math.log(fit.E), fit.alpha, fit.beta]
+  x_best = list(fit.x)
 
   def refit(idx):
     g = approach3(n[idx], d[idx], loss[idx], starts=[x_best])

@@ -49,6 +49,18 @@ def test_approach3_bootstrap_covers_the_truth():
     assert hi - lo < 0.5 * truth, f'{name}: interval [{lo}, {hi}] is uninformative'
 
 
+def test_intervals_survive_a_fit_with_no_irreducible_loss():
+  """exp(log E) underflows to 0 when the data want E -> 0; the bootstrap
+  restarts from the fitted optimum, not from log(E) (it used to crash)."""
+  n, d, _ = grid_data()
+  loss = A / n ** ALPHA + B / d ** BETA  # E = 0.
+  starts = [(np.log(A), np.log(B), -800.0, ALPHA, BETA)]  # exp(-800) == 0.0.
+  f = scaling.approach3(n, d, loss, starts=starts)
+  assert f.E < 1e-300 and f.alpha == pytest.approx(ALPHA, rel=1e-3)
+  ci = scaling.approach3_intervals(n, d, loss, f, resamples=5)
+  assert ci['_failed'][0] < 5 and ci['alpha'][0] == pytest.approx(ALPHA, rel=1e-2)
+
+
 def isoflop_data(noise=0.002, seed=0):
   rng = np.random.default_rng(seed)
   rows = []
