@@ -59,7 +59,7 @@ def test_cached_decoding_matches_full_forward(position, scan):
 
 def test_init_cache_shape():
   c = init_cache(BASE, 3, 10)
-  assert c['k'].shape == (2, 3, 10, 2, 8) and c['v'].shape == c['k'].shape
+  assert c['k'].shape == (2, 3, 2, 10, 8) and c['v'].shape == c['k'].shape
 
 
 def test_greedy_is_deterministic_batched_and_equals_uncached():
