@@ -11,25 +11,29 @@ forward pass over the whole fixed window (prompt + new tokens) for every new
 token, as lm.sampling.generate_uncached does; each step costs the same, so
 it is timed over --uncached_steps steps and reported per token.
 
-Measured on this project's 2-core CPU machine, fp32, 2026-11-22, one run each:
+Measured on this project's 2-core CPU machine, fp32, 2026-11-22, one run each,
+after the heads-major attention change (KV cache layers x B x K x S x Dh):
 
   python -m tools.bench_decode            (layers unrolled, the default)
   config  batch  cached tok/s  uncached tok/s  speedup
-  small       1        1099.5            69.8    15.7x
-  small       8        1667.7            84.7    19.7x
-  medium      1         207.3            13.8    15.1x
-  medium      8         431.7            21.2    20.4x
+  small       1         985.4            94.7    10.4x
+  small       8        2138.6            71.1    30.1x
+  medium      1         226.7            22.3    10.2x
+  medium      8         508.3            22.8    22.3x
 
   python -m tools.bench_decode --scan_layers
-  small       1        1213.7           105.1    11.5x
-  small       8        1204.2            70.6    17.1x
-  medium      1         161.4            20.5     7.9x
-  medium      8         333.0            18.5    18.0x
+  small       1         982.6           112.9     8.7x
+  small       8        1318.2            70.6    18.7x
+  medium      1         147.7            17.9     8.3x
+  medium      8         356.1            20.5    17.3x
 
-The cache wins by 8-20x at 256 new tokens. With nn.scan the decode loop
+(Before that change, batch 8 decoded at 1667.7 (small) and 431.7 (medium)
+cached tok/s unrolled; batch 1 is unchanged within noise.)
+
+The cache wins by 8-30x at 256 new tokens. With nn.scan the decode loop
 re-stacks the whole layers x B x S cache every token (the scan's outputs), so
-unrolled layers decode ~1.3x faster at batch 8 (medium: 432 vs 333 tok/s).
-Batch 8 is only 1.5-2x batch 1 in tokens/s: XLA:CPU runs 8-row matmuls far
+unrolled layers decode ~1.4-1.6x faster at batch 8 (medium: 508 vs 356 tok/s).
+Batch 8 is only 2.2x batch 1 in tokens/s: XLA:CPU runs 8-row matmuls far
 below its peak. No GPU was lent to this task, so there are no accelerator
 figures; the tool runs unchanged on one.
 """
