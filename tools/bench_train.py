@@ -28,7 +28,7 @@ Measured on this project's 2-core CPU machine (AMD EPYC, 2 cores, fp32),
 
 The same host gave 716-790 ms (small) and 3.1-3.7 s (medium) per step before
 the heads-major attention (lm/model.py); step times drift by ~10% between
-runs here, so the targets are met in some runs and missed in others.
+runs here; both targets are missed narrowly in the runs above.
 
 Where the time goes (medium, by ablation in one process, alternating steps):
 removing the attention core (both attention matmuls and the softmax) saves
