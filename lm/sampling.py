@@ -159,8 +159,8 @@ def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Ar
 
   Returns tokens_BxN (EOS included where emitted)."""
   B = logits_BV.shape[0]
-  P = cache['k'].shape[3] - s.max_new_tokens
   S = cache['k'].shape[3]
+  P = S - s.max_new_tokens
   model = Transformer(m)
 
   def cond(carry):

@@ -153,15 +153,8 @@ def _family_batch(c, seed=0):
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
 def test_each_family_overfits_one_batch(family):
-  from tests.test_train import _setup
-  c, model, tx, state = _setup(tiny(**{'model.family': family, 'train.steps': 60,
-                                       'opt.lr': 1e-2}))
-  step = jax.jit(train.make_train_step(c, model, tx))
-  batch = _family_batch(c)
-  losses = []
-  for _ in range(60):
-    state, m = step(state, batch)
-    losses.append(float(m['loss']))
+  from tests.test_train import overfit_losses
+  losses = overfit_losses(_family_batch, **{'model.family': family})
   assert losses[-1] < 0.3 * losses[0], losses
 
 

@@ -36,7 +36,7 @@ def test_approach3_recovers_the_law():
 def test_approach3_bootstrap_covers_the_truth():
   n, d, loss = grid_data(seed=1)
   f = scaling.approach3(n, d, loss, grid=SMALL_GRID)
-  x_best = [np.log(f.A), np.log(f.B), np.log(f.E), f.alpha, f.beta]
+  x_best = list(f.x)
 
   def refit(idx):
     g = scaling.approach3(n[idx], d[idx], loss[idx], starts=[x_best])
