@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, sampling, tokenizers
+from lm import checkpoint, host, sampling, tokenizers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -35,6 +35,7 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   del argv
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
   try:
     c = checkpoint.load_config(_WORKDIR.value)

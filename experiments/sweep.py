@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import scaling, sweep
+from lm import host, scaling, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -30,6 +30,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)
   cd, wd = _CONFIG.value, _WORKDIR.value
   try:

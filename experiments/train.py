@@ -7,7 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import classify, sharding, train
+from lm import classify, host, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
@@ -24,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   try:
     cfg = config_lib.from_configdict(_CONFIG.value)

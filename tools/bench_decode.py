@@ -91,6 +91,8 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int)
 
 def main(argv):
   del argv
+  from lm import host
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   rows = [bench(n, int(b), _NEW.value, _PROMPT.value, _UNCACHED_STEPS.value)
           for n in _MODELS.value.split(',') for b in _BATCHES.value.split(',')]
   print(f'{"config":<8}{"batch":>6}{"cached tok/s":>14}{"uncached tok/s":>16}{"speedup":>9}')

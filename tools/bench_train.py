@@ -137,6 +137,8 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
 
 def main(argv):
   del argv
+  from lm import host
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   import jax
   dev = jax.devices()[0]
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
