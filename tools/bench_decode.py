@@ -12,28 +12,29 @@ token, as lm.sampling.generate_uncached does; each step costs the same, so
 it is timed over --uncached_steps steps and reported per token.
 
 Measured on this project's 2-core CPU machine, fp32, 2026-11-22, one run each,
-after the heads-major attention change (KV cache layers x B x K x S x Dh):
+with lm/host.py keeping freed host memory (KV cache layers x B x K x S x Dh):
 
   python -m tools.bench_decode            (layers unrolled, the default)
   config  batch  cached tok/s  uncached tok/s  speedup
-  small       1         985.4            94.7    10.4x
-  small       8        2138.6            71.1    30.1x
-  medium      1         226.7            22.3    10.2x
-  medium      8         508.3            22.8    22.3x
+  small       1        1172.0            94.7    12.4x
+  small       8        2836.2           121.2    23.4x
+  medium      1         267.7            22.9    11.7x
+  medium      8         547.1            22.8    24.0x
 
   python -m tools.bench_decode --scan_layers
-  small       1         982.6           112.9     8.7x
-  small       8        1318.2            70.6    18.7x
-  medium      1         147.7            17.9     8.3x
-  medium      8         356.1            20.5    17.3x
+  small       1         921.4           110.7     8.3x
+  small       8        1619.5           103.7    15.6x
+  medium      1         168.2            22.5     7.5x
+  medium      8         410.9            26.4    15.6x
 
-(Before that change, batch 8 decoded at 1667.7 (small) and 431.7 (medium)
-cached tok/s unrolled; batch 1 is unchanged within noise.)
+(Without lm/host.py, the same session: 1098.1, 2315.3, 250.8 and 526.2
+cached tok/s unrolled; decoding allocates little, so it gains less than
+training.)
 
-The cache wins by 8-30x at 256 new tokens. With nn.scan the decode loop
+The cache wins by 7.5-24x at 256 new tokens. With nn.scan the decode loop
 re-stacks the whole layers x B x S cache every token (the scan's outputs), so
-unrolled layers decode ~1.4-1.6x faster at batch 8 (medium: 508 vs 356 tok/s).
-Batch 8 is only 2.2x batch 1 in tokens/s: XLA:CPU runs 8-row matmuls far
+unrolled layers decode ~1.3-1.75x faster at batch 8 (medium: 547 vs 411 tok/s).
+Batch 8 is only 2-2.4x batch 1 in tokens/s: XLA:CPU runs 8-row matmuls far
 below its peak. No GPU was lent to this task, so there are no accelerator
 figures; the tool runs unchanged on one.
 """

@@ -16,32 +16,36 @@ in the xla/exact column) and MFU = achieved / measured peak. Shared 2-core
 machines are noisy: run it twice before trusting a difference under ~10%.
 
 Measured on this project's 2-core CPU machine (AMD EPYC, 2 cores, fp32),
-2026-11-22, `python -m tools.bench_train`, two consecutive runs:
+2026-11-22, `python -m tools.bench_train` (10 timed steps), two consecutive runs
+after lm/host.py (CPU-only runs keep freed host memory):
 
   config  step_ms  tokens/s  GFLOP/step  GFLOP/s  peak GFLOP/s   MFU   target
-  tiny      122.6     33410       12.88    105.1         417.4  25.2%      -
-  small     626.8      6534       90.19    143.9         417.4  34.5%    35%
-  medium   2804.0      1461      518.6     185.0         414.6  44.6%    45%
-  tiny      184.2     22240       12.88     69.95        396.6  17.6%      -
-  small     664.5      6164       90.19    135.7         406.7  33.4%    35%
-  medium   3245.0      1262      518.6     159.8         383.9  41.6%    45%
+  tiny       76.1     53820       12.88    169.3         437.1  38.7%      -
+  small     447.6      9150       90.19    201.5         431.7  46.7%    35%
+  medium   2104.0      1947      518.6     246.5         427.0  57.7%    45%
+  tiny       84.5     48450       12.88    152.4         436.6  34.9%      -
+  small     489.6      8365       90.19    184.2         438.9  42.0%    35%
+  medium   2328.0      1760      518.6     222.8         430.5  51.8%    45%
 
-The same host gave 716-790 ms (small) and 3.1-3.7 s (medium) per step before
-the heads-major attention (lm/model.py); step times drift by ~10% between
-runs here; both targets are missed narrowly in the runs above.
+The same session without lm/host.py (its keep_freed_memory patched to a no-op):
+tiny 108.9 ms 26.4%, small 548.2 ms 36.7%, medium 2564 ms 44.6%. Shared
+2-core machines drift by ~10% between runs.
 
-Where the time goes (medium, by ablation in one process, alternating steps):
-removing the attention core (both attention matmuls and the softmax) saves
-~0.65 s of ~2.9 s although it is 24 of 519 GFLOP: XLA:CPU runs the batched
-(B x K) matmuls with a 64-wide contraction at ~10% of the peak. The dense
-matmuls run at ~60% of it. GELU, the norms and AdamW cost under 5% each;
-other GELU formulations, a where-mask instead of an additive causal bias and
-query blocks of 32-256 were all within noise.
+Where the time went: XLA:CPU allocates each step's temporaries afresh (1.9 GB
+for medium, 0.57 GB for small; `compiled.memory_analysis()`), and glibc
+serves blocks that large with mmap and unmaps them on free, so every step
+page-faulted all of them back in: ~470K minor faults per medium step, about
+0.5 s of it. The faults/step column counts them (resource.getrusage); it
+should read ~0 once the heap has grown to its steady state. This had also
+made the batched attention matmuls look ~3x slower than they are: a
+64x512x64x512 einsum takes 26 ms with a fresh 64 MB output and 8 ms when its
+pages are mapped, while an in-place 64 MB update runs at ~55 GB/s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import resource
 import statistics
 import time
 
@@ -121,18 +125,20 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
   for _ in range(2):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
-  times = []
+  times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
   dt = statistics.median(times)
   fl = flops.train_flops_per_token(m, L, 'exact') * B * L
   return {'config': name, 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
           'tokens/step': B * L,
           'step_ms': dt * 1e3, 'tokens/s': B * L / dt, 'GFLOP/step': fl / 1e9,
-          'xla/exact': xla_flops * mesh.size / fl, 'GFLOP/s': fl / dt / 1e9}  # XLA: per device.
+          'xla/exact': xla_flops * mesh.size / fl, 'GFLOP/s': fl / dt / 1e9,  # XLA: per device.
+          'faults/step': round(faults)}
 
 
 def main(argv):
@@ -144,7 +150,7 @@ def main(argv):
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
         f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
   cols = ['config', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s', 'GFLOP/step',
-          'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU']
+          'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU', 'faults/step']
   print('| ' + ' | '.join(cols) + ' |')
   print('|' + '---|' * len(cols))
   for name in _CONFIGS.value.split(','):
