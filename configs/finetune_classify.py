@@ -9,8 +9,10 @@ or .jsonl file with `text` and `label` fields, or a TFDS catalog dataset:
   --config.data.source=tfds --config.data.tfds_name=glue/sst2
   --config.data.text_key=sentence --config.data.val_split=validation
 Labels are the sorted distinct labels of the train split unless data.labels
-lists them. --config.opt.freeze_backbone=True trains only the head. Without
-init_from the whole model trains from scratch.
+lists them. --config.opt.freeze_backbone=True trains only the head (a linear
+probe): the backward pass stops at the head, so a step costs about one forward
+pass (tiny, 2-core CPU: 17.6 ms instead of 93.9 ms per step of 32 x 128 tokens).
+Without init_from the whole model trains from scratch.
 """
 
 from configs import tiny

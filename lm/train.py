@@ -142,10 +142,29 @@ def _rows(batch: Any) -> int:
   return jax.tree_util.tree_leaves(batch)[0].shape[0]
 
 
+def _head_only_grad_fn():
+  """value_and_grad of loss_fn w.r.t. the classifier head only; the frozen
+  backbone's grads are zeros. The backward pass then stops at the pooled
+  features: with grads of every parameter, a frozen backbone still cost a full
+  backward (the grad-norm metric kept XLA from pruning it)."""
+  def head_loss(head, params, *args):
+    return loss_fn({**params, 'cls_head': head}, *args)
+
+  grad_head = jax.value_and_grad(head_loss, has_aux=True)
+
+  def grad_fn(params, *args):
+    out, g_head = grad_head(params['cls_head'], params, *args)
+    g = {k: jax.tree_util.tree_map(jnp.zeros_like, v) for k, v in params.items()}
+    return out, {**g, 'cls_head': g_head}
+
+  return grad_fn
+
+
 def make_grad_fn(c: Config, model: nn.Module):
   """(params, batch, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
   A = c.train.grad_accum
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = (_head_only_grad_fn() if c.opt.freeze_backbone
+             else jax.value_and_grad(loss_fn, has_aux=True))
 
   def grads(params, batch: Any, rng: jax.Array):
     B = _rows(batch)
@@ -401,6 +420,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   tokens_per_step = c.train.batch_size * c.data.seq_len
   conv = flops_lib.all_conventions(c.model, c.data.seq_len, None,
                                    *objectives.lengths(c.model, c.data))
+  if c.opt.freeze_backbone:  # Forward only: the backward stops at the head.
+    conv = {k: v / 3 for k, v in conv.items()}
   flops_per_step = conv[c.train.flops_convention] * tokens_per_step
   counts = flops_lib.param_counts(c.model)
   dev = jax.devices()[0]

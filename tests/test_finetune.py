@@ -110,6 +110,36 @@ def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
   assert r.returncode == 2 and 'holds a sequence classifier' in r.stderr
 
 
+def test_frozen_backbone_differentiates_only_the_head(tmp_path):
+  """Head grads equal the full gradient's; the backbone's are zeros, and the
+  compiled step does a fraction of the full step's work (no backbone backward)."""
+  c = _classifier(tmp_path, **{'opt.freeze_backbone': True, 'train.grad_accum': 2})
+  c = dataclasses.replace(c, model=dataclasses.replace(c.model, num_classes=2, vocab_size=384))
+  full = dataclasses.replace(c, opt=dataclasses.replace(c.opt, freeze_backbone=False))
+  model = train.Transformer(c.model)
+  B, L = 4, 32
+  batch = {'tokens': jax.random.randint(jax.random.key(1), (B, L), 0, 256),
+           'valid': jax.numpy.arange(L)[None, :] < jax.numpy.array([[32], [20], [9], [3]]),
+           'labels': jax.numpy.array([0, 1, 1, 0])}
+  params = model.init(jax.random.key(0), batch['tokens'], valid_BL=batch['valid'])['params']
+  params = jax.tree_util.tree_map(lambda p: p.value if hasattr(p, 'value') else p, params,
+                                  is_leaf=lambda p: hasattr(p, 'value'))
+  rng = jax.random.key(2)
+  loss_f, g_f = train.make_grad_fn(c, model)(params, batch, rng)
+  loss_full, g_full = train.make_grad_fn(full, model)(params, batch, rng)
+  np.testing.assert_allclose(loss_f, loss_full, rtol=1e-6)
+  for k in params:
+    for a, b in zip(jax.tree_util.tree_leaves(g_f[k]), jax.tree_util.tree_leaves(g_full[k])):
+      if k == 'cls_head':
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+      else:
+        assert not np.any(a) and np.any(b), k
+  cost = [jax.jit(train.make_grad_fn(x, model)).lower(params, batch, rng).compile()
+          .cost_analysis() for x in (c, full)]
+  cost = [x[0] if isinstance(x, list) else x for x in cost]
+  assert cost[0]['flops'] < 0.5 * cost[1]['flops'], cost  # Forward ~1/3 of fwd + bwd.
+
+
 def test_label_files_errors(tmp_path):
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"text": "hi", "label": "a"}\n{"text": "there"}\n')
