@@ -44,3 +44,6 @@ def test_cpu_only_follows_jax_platforms(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
   assert not host.cpu_only()
   assert not host.keep_freed_memory()  # Not applied where an accelerator runs.
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setenv('LM_KEEP_FREED_MEMORY', '0')
+  assert not host.keep_freed_memory(force=True)  # The opt-out wins.
