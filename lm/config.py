@@ -19,7 +19,7 @@ REMAT = ('none', 'full', 'save_dots')
 SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
 SOURCES = ('stdlib', 'dir', 'tfds', 'file')
-TOKENIZERS = ('byte', 'sentencepiece')
+TOKENIZERS = ('byte', 'sentencepiece', 'hf')
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -108,7 +108,7 @@ class DataConfig:
   val_split: str = 'validation'
   val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
-  tokenizer: str = 'byte'
+  tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
   tokenizer_path: str = ''
   seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
   shuffle_seed: int = 0
@@ -334,6 +334,9 @@ def validate(c: Config) -> None:
   if d.tokenizer == 'sentencepiece' and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
                'set the path of a SentencePiece .model file')
+  if d.tokenizer == 'hf' and not d.tokenizer_path:
+    raise _err('data.tokenizer_path', d.tokenizer_path,
+               'set the path of a Hugging Face tokenizer.json file')
   if m.position == 'learned' and d.seq_len > m.max_len:
     raise _err('data.seq_len', d.seq_len,
                f'longer than the learned position table model.max_len={m.max_len}')

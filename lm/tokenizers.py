@@ -1,4 +1,5 @@
-"""Byte-level and SentencePiece tokenizers with one small interface."""
+"""Byte-level, SentencePiece and Hugging Face (tokenizer.json) tokenizers with one
+small interface: encode, decode, byte_lengths, bos/eos/pad ids, vocab_size, name."""
 
 from __future__ import annotations
 
@@ -67,9 +68,100 @@ class SentencePieceTokenizer:
     return out
 
 
+def _gpt2_byte_chars() -> dict[str, int]:
+  """Byte-level BPE's printable stand-in for each byte (Radford et al. 2019's
+  GPT-2 scheme): printable Latin-1 bytes stand for themselves, the other 68
+  bytes map to chr(256 + n) in byte order. Inverted: char -> byte."""
+  keep = [*range(ord('!'), ord('~') + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+  chars, n = {}, 0
+  for b in range(256):
+    if b in keep:
+      chars[chr(b)] = b
+    else:
+      chars[chr(256 + n)] = b
+      n += 1
+  return chars
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizers` tokenizer.json (GPT-2's byte-level BPE, Llama's,
+  or one trained with the `tokenizers` library), via that library.
+
+  Special ids come from tokenizer_config.json beside the file when it names
+  them, else from the usual token strings; without a pad token, EOS pads
+  (padding is always masked)."""
+
+  _NAMES = {'bos': ('<|endoftext|>', '<s>', '<bos>', '[CLS]'),
+            'eos': ('<|endoftext|>', '</s>', '<eos>', '[SEP]'),
+            'pad': ('<pad>', '[PAD]', '<|padding|>')}
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'data.tokenizer_path={path!r} does not exist; expected a '
+                              'Hugging Face tokenizer.json')
+    self.path = path
+    self.tok = Tokenizer.from_file(path)
+    self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+    named = {}
+    side = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
+    if os.path.isfile(side):
+      import json
+      with open(side) as f:
+        tc = json.load(f)
+      for role in self._NAMES:
+        t = tc.get(f'{role}_token')
+        t = t.get('content') if isinstance(t, dict) else t
+        if isinstance(t, str) and self.tok.token_to_id(t) is not None:
+          named[role] = self.tok.token_to_id(t)
+    for role, names in self._NAMES.items():
+      if role not in named:
+        named[role] = next((self.tok.token_to_id(t) for t in names
+                            if self.tok.token_to_id(t) is not None), None)
+    if named['eos'] is None:
+      raise ValueError(f'{path}: no end-of-text token; name one as eos_token in a '
+                       'tokenizer_config.json beside it')
+    self.eos_id = named['eos']
+    self.bos_id = self.eos_id if named['bos'] is None else named['bos']
+    self.pad_id = self.eos_id if named['pad'] is None else named['pad']
+    with open(path, 'rb') as f:
+      import hashlib
+      self.name = 'hf-' + hashlib.sha256(f.read()).hexdigest()[:12]
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def byte_lengths(self) -> np.ndarray:
+    """Bytes per id, exact for byte-level BPE (pieces through the GPT-2 byte
+    map) and for SentencePiece-style vocabularies (U+2581 is a space, <0xNN>
+    byte-fallback pieces are one byte); special tokens count 0."""
+    import json
+    import re
+    out = np.zeros(self.vocab_size, np.int32)
+    spec = json.loads(self.tok.to_str())
+    byte_level = 'ByteLevel' in json.dumps([spec.get('pre_tokenizer'), spec.get('decoder')])
+    byte_chars = _gpt2_byte_chars()
+    specials = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+    for piece, i in self.tok.get_vocab(with_added_tokens=True).items():
+      if i in specials or i >= self.vocab_size:
+        continue
+      if byte_level and all(ch in byte_chars for ch in piece):
+        out[i] = len(piece)
+      elif re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', piece):
+        out[i] = 1
+      else:
+        out[i] = len(piece.replace('\u2581', ' ').encode('utf-8'))
+    return out
+
+
 def get_tokenizer(kind: str, path: str = ''):
   if kind == 'byte':
     return ByteTokenizer()
   if kind == 'sentencepiece':
     return SentencePieceTokenizer(path)
-  raise ValueError(f'data.tokenizer={kind!r}: must be byte or sentencepiece')
+  if kind == 'hf':
+    return HFTokenizer(path)
+  raise ValueError(f'data.tokenizer={kind!r}: must be byte, sentencepiece or hf')

@@ -28,6 +28,8 @@ CASES = [
     ({'model.dtype': 'float16'}, r"model.dtype='float16' .* float32, bfloat16"),
     ({'data.source': 'dir'}, r"data.path='' .* directory or glob"),
     ({'mesh.data': 0}, r'mesh.data=0 .* positive size or -1'),
+    ({'data.tokenizer': 'gpt2'}, r"data.tokenizer='gpt2' .* byte, sentencepiece, hf"),
+    ({'data.tokenizer': 'hf'}, r"data.tokenizer_path='' .* Hugging Face tokenizer.json"),
 ]
 
 

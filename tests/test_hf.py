@@ -138,3 +138,47 @@ def test_unsupported_architectures_are_refused(tmp_path):
     hf.model_config({'model_type': 'bert'})
   with pytest.raises(hf.HFError, match='no config.json'):
     hf.read_dir(str(tmp_path))
+
+
+def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
+  """A GPT-2 directory with a byte-level BPE tokenizer.json imports as an `hf`
+  tokenizer run: our ids and greedy text equal transformers', the generate CLI
+  takes a text prompt, and an export carries the tokenizer back out."""
+  import subprocess
+  import sys
+
+  from lm import tokenizers
+  from tests.test_tokenizers import _train_hf
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  _train_hf(texts, tmp_path / 'hf' / 'tokenizer.json')
+  their_tok = transformers.AutoTokenizer.from_pretrained  # After config.json exists.
+  ours_tok = tokenizers.get_tokenizer('hf', str(tmp_path / 'hf' / 'tokenizer.json'))
+  eos = ours_tok.eos_id
+  cfg = transformers.GPT2Config(vocab_size=ours_tok.vocab_size, n_embd=32, n_layer=2,
+                                n_head=4, n_inner=48, n_positions=64, resid_pdrop=0.0,
+                                embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos,
+                                eos_token_id=eos)
+  theirs = _randomize(transformers.GPT2LMHeadModel(cfg))
+  theirs.save_pretrained(tmp_path / 'hf')
+  their_tok = their_tok(str(tmp_path / 'hf'))
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+  c, params = checkpoint.load_params(str(tmp_path / 'run'))
+  assert c.data.tokenizer == 'hf'
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  prompt = 'def f3_4(x):\n    return'
+  ids = list(tok.encode(prompt))
+  assert ids == their_tok(prompt)['input_ids']
+  ours = sampling.generate(params, c.model, [ids], sampling.SamplingConfig(
+      max_new_tokens=8, greedy=True), eos_id=-1)[0][0]
+  with torch.no_grad():
+    out = theirs.generate(input_ids=torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8,
+                          do_sample=False, pad_token_id=eos)
+  assert tok.decode(ours) == their_tok.decode(out[0, len(ids):], skip_special_tokens=True)
+  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+                      f'--workdir={tmp_path / "run"}', f'--prompt={prompt}', '--greedy',
+                      '--max_new_tokens=8'], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert "=== prompt 0, sample 0 ===" in r.stdout, r.stdout
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
+  assert (tmp_path / 'out' / 'tokenizer.json').read_bytes() == (
+      tmp_path / 'hf' / 'tokenizer.json').read_bytes()

@@ -1,8 +1,8 @@
-"""Both tokenizers round-trip text exactly; byte lengths support bits per byte."""
+"""Tokenizers round-trip text exactly; byte lengths support bits per byte."""
 
 import pytest
 
-from lm.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from lm.tokenizers import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
 from tools import train_tokenizer
 
 TEXTS = ['def f(x):\n\treturn x  # two  spaces\n', 'naïve café → ∑ 😀', '', '  lead and trail  ',
@@ -48,3 +48,81 @@ def test_sentencepiece_unigram_trains(tmp_path, corpus_dir):
 def test_missing_sentencepiece_file(tmp_path):
   with pytest.raises(FileNotFoundError, match='tokenizer_path'):
     SentencePieceTokenizer(str(tmp_path / 'nope.model'))
+
+
+def _train_hf(texts, path, style='byte_level', vocab=400):
+  """A tokenizer.json trained with the `tokenizers` library: byte-level BPE as
+  GPT-2's, or a SentencePiece-style (U+2581) BPE."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  if style == 'byte_level':
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+  else:
+    tok = Tokenizer(models.BPE(unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme='never')
+    tok.decoder = decoders.Metaspace(prepend_scheme='never')
+    alphabet = []
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=vocab, special_tokens=['<|endoftext|>', '<unk>'], initial_alphabet=alphabet))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tok.save(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def hf_bpe(tmp_path_factory, corpus_dir):
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  return _train_hf(texts, tmp_path_factory.mktemp('hf') / 'tokenizer.json')
+
+
+def test_hf_byte_level_bpe_round_trip(hf_bpe):
+  tok = get_tokenizer('hf', hf_bpe)
+  assert tok.eos_id == tok.bos_id == tok.pad_id == tok.tok.token_to_id('<|endoftext|>')
+  assert 300 < tok.vocab_size <= 400 and tok.name.startswith('hf-')
+  lengths = tok.byte_lengths()
+  for t in TEXTS:  # Byte-level: any text, emoji included, round-trips.
+    ids = tok.encode(t)
+    assert tok.decode(ids) == t, repr(t)
+    assert lengths[ids].sum() == len(t.encode('utf-8')), repr(t)
+  assert lengths[tok.eos_id] == 0
+  assert tok.decode([tok.eos_id, *tok.encode('hi')]) == 'hi'
+  line = 'def f3_4(x):\n    return x * 4 + delta\n'
+  assert len(tok.encode(line)) < len(line) / 2
+
+
+def test_hf_sentencepiece_style_byte_lengths(tmp_path, corpus_dir):
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  tok = get_tokenizer('hf', _train_hf(texts, tmp_path / 'tokenizer.json', 'metaspace'))
+  lengths = tok.byte_lengths()
+  for line in texts[3].splitlines()[:5]:  # Corpus lines: every character is known.
+    ids = tok.encode(line)
+    assert tok.decode(ids) == line
+    assert lengths[ids].sum() == len(line.encode('utf-8')), line
+
+
+def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
+  import json
+  import shutil
+  shutil.copy(hf_bpe, tmp_path / 'tokenizer.json')
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps(
+      {'eos_token': {'content': '<unk>'}, 'pad_token': '<|endoftext|>'}))
+  tok = get_tokenizer('hf', str(tmp_path / 'tokenizer.json'))
+  assert tok.eos_id == tok.tok.token_to_id('<unk>')
+  assert tok.pad_id == tok.bos_id == tok.tok.token_to_id('<|endoftext|>')
+  with pytest.raises(FileNotFoundError, match='tokenizer.json'):
+    get_tokenizer('hf', str(tmp_path / 'nope.json'))
+
+
+def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path):
+  """The data pipeline, the vocabulary padding and bits per byte with BPE ids."""
+  from lm import train
+  from tests.helpers import tiny
+  c = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': hf_bpe,
+                          'train.steps': 3, 'train.eval_every': 3})
+  out = train.train_and_evaluate(c, str(tmp_path / 'run'), log=lambda *a: None)
+  n = get_tokenizer('hf', hf_bpe).vocab_size
+  assert out['config'].model.vocab_size == -(-n // 128) * 128  # Padded to a multiple of 128.
+  assert out['bytes'] > 2 * out['tokens']  # BPE ids stand for several bytes each.
+  assert abs(out['bits_per_byte'] - out['loss'] * out['tokens'] / out['bytes'] / 0.6931472) < 1e-4

@@ -14,9 +14,10 @@ our own export restores the tokenizer and training settings.
 An import reads such a directory (GPT-2 or Llama weights on local disk, one
 safetensors file or a sharded index) into a run directory with a step-0
 params checkpoint, which `experiments.generate --workdir` samples from and
-`--config.init_from` fine-tunes. A Llama-family tokenizer.model (SentencePiece)
-beside the weights becomes the run's tokenizer; GPT-2's byte-level BPE has no
-tokenizer here, so such runs take token ids we cannot produce from text.
+`--config.init_from` fine-tunes. A tokenizer beside the weights becomes the
+run's tokenizer: tokenizer.model (SentencePiece) if present, else tokenizer.json
+(GPT-2's byte-level BPE, Llama 3's, ...; data.tokenizer=hf, read by the
+`tokenizers` library), so `experiments.generate --prompt=...` works on text.
 Neither direction needs torch; the parity tests use transformers and torch.
 """
 
@@ -303,6 +304,11 @@ def export(workdir: str, out: str) -> str:
     json.dump(cfg, f, indent=2)
   if tok.tokenizer == 'sentencepiece':
     shutil.copy(tok.tokenizer_path, os.path.join(out, 'tokenizer.model'))
+  if tok.tokenizer == 'hf':
+    shutil.copy(tok.tokenizer_path, os.path.join(out, 'tokenizer.json'))
+    side = os.path.join(os.path.dirname(tok.tokenizer_path), 'tokenizer_config.json')
+    if os.path.isfile(side):
+      shutil.copy(side, os.path.join(out, 'tokenizer_config.json'))
   return out
 
 
@@ -327,9 +333,11 @@ def import_dir(hf_dir: str, workdir: str) -> str:
     d = common.base().to_dict()
     d['model'] = dataclasses.asdict(m)
     d['data']['seq_len'] = min(d['data']['seq_len'], m.max_len)
-    spm = os.path.join(hf_dir, 'tokenizer.model')
+    spm, tj = (os.path.join(hf_dir, n) for n in ('tokenizer.model', 'tokenizer.json'))
     if os.path.exists(spm):
       d['data'].update(tokenizer='sentencepiece', tokenizer_path=os.path.abspath(spm))
+    elif os.path.exists(tj):
+      d['data'].update(tokenizer='hf', tokenizer_path=os.path.abspath(tj))
     d['name'] = os.path.basename(os.path.abspath(hf_dir))
   d['init_from'] = ''
   c = config_lib.from_configdict(d)
