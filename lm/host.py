@@ -37,7 +37,9 @@ def cpu_only() -> bool:
   platforms = os.environ.get('JAX_PLATFORMS', '')
   if platforms:
     return platforms.split(',')[0].strip() == 'cpu'
-  if importlib.util.find_spec('libtpu') is not None:
+  # PJRT plugins (CUDA, ROCm, ...) are found by entry point or as a module of
+  # the jax_plugins namespace package; TPUs through libtpu.
+  if any(importlib.util.find_spec(m) is not None for m in ('libtpu', 'jax_plugins')):
     return False
   return not list(importlib.metadata.entry_points(group='jax_plugins'))
 

@@ -47,3 +47,11 @@ def test_cpu_only_follows_jax_platforms(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('LM_KEEP_FREED_MEMORY', '0')
   assert not host.keep_freed_memory(force=True)  # The opt-out wins.
+
+
+def test_cpu_only_sees_installed_accelerator_plugins(monkeypatch):
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  assert host.cpu_only()  # This environment has CPU-only jax.
+  monkeypatch.setattr(host.importlib.metadata, 'entry_points',
+                      lambda group: ['xla_cuda12'] if group == 'jax_plugins' else [])
+  assert not host.cpu_only()
