@@ -84,7 +84,7 @@ def load_params(path: str, m: ModelConfig | None = None) -> tuple[Config, Any]:
 def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
   """The fields that make two models' parameter pytrees differ."""
   da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-  for k in NON_ARCH_FIELDS + ('num_classes',):
+  for k in NON_ARCH_FIELDS + ('num_classes', 'mlm_transform'):  # Heads, not the backbone.
     da.pop(k)
     db.pop(k)
   if a.position != 'learned' and b.position != 'learned':

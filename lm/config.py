@@ -59,6 +59,7 @@ class ModelConfig:
   attn_block: int = 128  # Causal query-block length (0: one block).
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
+  mlm_transform: bool = False  # Encoder: BERT's dense + GELU + norm before the LM head.
 
   @property
   def decoder_layers(self) -> int:
@@ -243,6 +244,9 @@ def validate_model(m: ModelConfig) -> None:
   if m.head_dim == 0 and m.d_model % m.num_heads:
     raise _err('model.d_model', m.d_model,
                f'must be divisible by model.num_heads={m.num_heads}')
+  if m.mlm_transform and m.family != 'encoder':
+    raise _err('model.mlm_transform', True, "BERT's masked-LM head transform needs "
+               "model.family='encoder'")
   if m.num_heads % m.kv_heads:
     raise _err('model.num_kv_heads', m.num_kv_heads,
                f'must divide model.num_heads={m.num_heads}')

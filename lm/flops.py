@@ -9,7 +9,8 @@ Conventions for training FLOPs per token (C = flops_per_token * tokens):
   exact        3 x the matmuls the step really runs: projections, scores and
                context over the key blocks attention computes (query blocks of
                model.attn_block skip keys after the block; within a block the
-               mask is applied, not skipped), MLP (GLU aware) and logits.
+               mask is applied, not skipped), MLP (GLU aware), the MLM head
+               transform (model.mlm_transform) and logits.
                MFU uses this one. Like PaLM's MFU (Chowdhery et al. 2022,
                App. B) it leaves out rematerialisation: with remat the
                hardware does up to one more forward pass than this counts.
@@ -45,10 +46,12 @@ def param_counts(m: ModelConfig, vocab_size: int | None = None) -> dict[str, int
       'norms': (Le + Ld) * 2 * norm + norm * (2 if enc_dec else 1),
       'head': 0 if (m.tie_embeddings or m.num_classes) else D * V,
       'classifier': (D + 1) * m.num_classes,
+      'mlm_transform': (D * D + b * D + norm) if m.mlm_transform and not m.num_classes else 0,
   }
-  c['non_embedding'] = c['attention'] + c['cross_attention'] + c['mlp'] + c['norms']
+  c['non_embedding'] = (c['attention'] + c['cross_attention'] + c['mlp'] + c['norms']
+                        + c['mlm_transform'])
   c['total'] = sum(c[k] for k in ('embedding', 'position', 'attention', 'cross_attention',
-                                  'mlp', 'norms', 'head', 'classifier'))
+                                  'mlp', 'norms', 'head', 'classifier', 'mlm_transform'))
   return c
 
 
@@ -92,6 +95,7 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int, vocab_size: int | None
     f = _stack(m, m.num_layers, seq_len, causal=m.family == 'decoder')
     f['cross'] = 0.0
     f['logits'] = 0 if m.num_classes else 2 * D * V
+    f['mlm_transform'] = 2 * D * D if m.mlm_transform and not m.num_classes else 0
     f['embedding'] = 2 * D * V  # As a one-hot matmul (Chinchilla); a gather in practice.
     return f
   enc_len = enc_len or seq_len
@@ -103,6 +107,7 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int, vocab_size: int | None
   cross = (dec_len * Ld * (2 * D * H * Dh + 2 * H * Dh * D + 2 * 2 * enc_len * H * Dh)
            + enc_len * Ld * 2 * D * 2 * K * Dh)  # q, out and attention; k, v of the encoder.
   f['cross'] = cross / seq_len
+  f['mlm_transform'] = 0.0
   f['logits'] = 2 * D * V * dec_len / seq_len
   f['embedding'] = 2 * D * V * (enc_len + dec_len) / seq_len
   return f
@@ -123,11 +128,12 @@ def train_flops_per_token(m: ModelConfig, seq_len: int, convention: str = 'exact
   if convention == 'chinchilla':
     softmax = m.num_layers * 3 * m.num_heads * seq_len
     fwd = (f['embedding'] + f['qkv'] + f['attn_out'] + f['attn_scores_full']
-           + f['attn_context_full'] + f['cross'] + softmax + f['mlp'] + f['logits'])
+           + f['attn_context_full'] + f['cross'] + softmax + f['mlp'] + f['mlm_transform']
+           + f['logits'])
     return 3.0 * fwd
   if convention == 'exact':
-    fwd = (f['qkv'] + f['attn_out'] + f['attn_scores_computed']
-           + f['attn_context_computed'] + f['cross'] + f['mlp'] + f['logits'])
+    fwd = (f['qkv'] + f['attn_out'] + f['attn_scores_computed'] + f['attn_context_computed']
+           + f['cross'] + f['mlp'] + f['mlm_transform'] + f['logits'])
     return 3.0 * fwd
   raise ValueError(f'unknown FLOP convention {convention!r}; one of {CONVENTIONS}')
 

@@ -420,6 +420,12 @@ class Transformer(nn.Module):
                       kernel_init=_init(c.init_std, ('embed', None)),
                       bias_init=nn.with_logical_partitioning(
                           nn.initializers.zeros, (None,)))(h_BD)
+    if c.mlm_transform:  # BERT's masked-LM head transform (Devlin et al. 2019).
+      x_BLD = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=dt, param_dtype=pdt,
+                       name='mlm_dense', kernel_init=_init(c.init_std, ('embed', 'mlp')),
+                       bias_init=nn.with_logical_partitioning(
+                           nn.initializers.zeros, ('mlp',)))(x_BLD)
+      x_BLD = Norm(c, name='mlm_norm')(nn.gelu(x_BLD, approximate=True))
     if c.tie_embeddings:
       logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD.astype(jnp.float32),
                               embed.embedding.astype(jnp.float32))

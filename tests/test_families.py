@@ -158,13 +158,13 @@ def test_each_family_overfits_one_batch(family):
   assert losses[-1] < 0.3 * losses[0], losses
 
 
-@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
-def test_exact_flops_match_xla(family):
+def _xla_and_exact_flops(family: str, **over) -> tuple[float, float]:
+  """XLA's and our `exact` FLOPs of one train step (batch 8 x 128)."""
   # d_model 128 as in test_flops: at 32, elementwise work XLA also counts is ~9%.
   c = train.resolve_vocab(tiny(**{'model.family': family, 'model.scan_layers': False,
                                   'data.seq_len': 128, 'model.max_len': 256,
                                   'model.d_model': 128, 'model.mlp_dim': 512,
-                                  'model.num_decoder_layers': 3}), 259)
+                                  'model.num_decoder_layers': 3, **over}), 259)
   model = Transformer(c.model)
   tx = optimizer.make(c.opt, c.train.steps)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)),
@@ -176,7 +176,29 @@ def test_exact_flops_match_xla(family):
   xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
   ours = flops.train_flops_per_token(c.model, 128, 'exact', None,
                                      *objectives.lengths(c.model, c.data)) * 8 * 128
+  return xla, ours
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_exact_flops_match_xla(family):
+  xla, ours = _xla_and_exact_flops(family)
   assert abs(xla / ours - 1) < 0.05, (xla, ours)
+
+
+def test_mlm_transform_params_and_flops():
+  """BERT's head transform: counted params equal the pytree's, and the FLOPs it
+  adds equal what XLA sees it add (a few % of the step: compared as a difference)."""
+  m = dataclasses.replace(ENC, mlm_transform=True)
+  p = _params(m)
+  assert set(p) >= {'mlm_dense', 'mlm_norm'}
+  assert sum(x.size for x in jax.tree_util.tree_leaves(p)) == flops.param_counts(m)['total']
+  assert (flops.param_counts(m)['non_embedding'] - flops.param_counts(ENC)['non_embedding']
+          == 32 * 32 + 32 + 2 * 32)  # Dense with bias, LayerNorm scale and bias.
+  (x0, o0), (x1, o1) = (_xla_and_exact_flops('encoder', **{'model.mlm_transform': t})
+                        for t in (False, True))
+  assert o1 > o0 and abs((x1 - x0) / (o1 - o0) - 1) < 0.1, (x1 - x0, o1 - o0)
+  with pytest.raises(ConfigError, match="model.mlm_transform=True .* model.family='encoder'"):
+    tiny(**{'model.mlm_transform': True})
 
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
