@@ -27,9 +27,16 @@ after lm/host.py (CPU-only runs keep freed host memory):
   small     489.6      8365       90.19    184.2         438.9  42.0%    35%
   medium   2328.0      1760      518.6     222.8         430.5  51.8%    45%
 
-The same session without lm/host.py (its keep_freed_memory patched to a no-op):
-tiny 108.9 ms 26.4%, small 548.2 ms 36.7%, medium 2564 ms 44.6%. Shared
-2-core machines drift by ~10% between runs.
+A third run, then one with `--nokeep_freed_memory` (lm/host.py not applied)
+right after it:
+
+  config  step_ms  MFU    faults/step     --nokeep: step_ms  MFU    faults/step
+  tiny       80.3  39.0%           0                  115.6  26.2%       42631
+  small     444.4  48.1%           0                  549.9  37.1%      149031
+  medium   2484.0  48.7%       45969                 2857.0  42.7%      458128
+
+(medium's 46K is one step of heap growth among the ten.) Shared 2-core
+machines drift by ~10% between runs.
 
 Where the time went: XLA:CPU allocates each step's temporaries afresh (1.9 GB
 for medium, 0.57 GB for small; `compiled.memory_analysis()`), and glibc
@@ -57,6 +64,9 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'nn.scan over layers.')
 _MESH = flags.DEFINE_string('mesh', '', 'data,fsdp,tensor sizes (-1: the rest); empty: 1 device.')
 _BATCH = flags.DEFINE_integer('batch', 0, 'Global batch override (0: the config\'s).')
+_KEEP = flags.DEFINE_bool('keep_freed_memory', True,
+                          'lm/host.py\'s allocator setting, as the entry points apply it; '
+                          '--nokeep_freed_memory measures without it.')
 
 # name: (d_model, layers, heads, seq_len, batch); vocab 512, learned positions, GELU.
 CONFIGS = {
@@ -144,7 +154,8 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
 def main(argv):
   del argv
   from lm import host
-  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
+  if _KEEP.value:
+    host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   import jax
   dev = jax.devices()[0]
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
