@@ -4,9 +4,10 @@ Why this exists: XLA:CPU allocates every step's temporaries afresh (1.9 GB for
 tools/bench_train's medium config) and glibc malloc serves blocks that large
 with mmap and returns them with munmap when they are freed. The kernel then
 page-faults and zeroes every 4 KiB page again on the next step: ~470,000 minor
-faults per medium step, a fifth to a quarter of its time on the 2-core CI machine
-(2.75 s -> 2.2 s per step; a fresh 64 MB einsum output costs 26 ms where an
-in-place write of the same bytes takes 2 ms). Keeping freed memory in the
+faults per medium step. On the 2-core CI machine that is 13-30% of the step
+time across tools/bench_train's configs (medium 2.86 -> 2.48 s, small 550 ->
+444 ms); a fresh 64 MB einsum output costs 26 ms where an in-place write of
+the same bytes takes 2 ms. Keeping freed memory in the
 process makes the next step reuse pages that are already mapped.
 
 The price is host memory: the process keeps what it freed, and first-fit
