@@ -20,6 +20,8 @@ SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
 SOURCES = ('stdlib', 'dir', 'tfds', 'file')
 TOKENIZERS = ('byte', 'sentencepiece', 'hf')
+_TOKENIZER_FILES = {'sentencepiece': 'a SentencePiece .model file',
+                    'hf': 'a Hugging Face tokenizer.json file'}
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -335,12 +337,9 @@ def validate(c: Config) -> None:
   if m.num_classes and not d.label_key:
     raise _err('model.num_classes', m.num_classes, 'a classifier needs labelled data: '
                'set data.label_key (and data.source file or tfds)')
-  if d.tokenizer == 'sentencepiece' and not d.tokenizer_path:
+  if d.tokenizer in _TOKENIZER_FILES and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
-               'set the path of a SentencePiece .model file')
-  if d.tokenizer == 'hf' and not d.tokenizer_path:
-    raise _err('data.tokenizer_path', d.tokenizer_path,
-               'set the path of a Hugging Face tokenizer.json file')
+               f'set the path of {_TOKENIZER_FILES[d.tokenizer]}')
   if m.position == 'learned' and d.seq_len > m.max_len:
     raise _err('data.seq_len', d.seq_len,
                f'longer than the learned position table model.max_len={m.max_len}')

@@ -32,23 +32,27 @@ class ByteTokenizer:
     return out
 
 
+def _file_name(prefix: str, path: str, hint: str) -> str:
+  """A name for the token cache from the file's content; `hint` says what to
+  do when data.tokenizer_path does not exist."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'data.tokenizer_path={path!r} does not exist; {hint}')
+  import hashlib
+  with open(path, 'rb') as f:
+    return f'{prefix}-' + hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 class SentencePieceTokenizer:
   """A trained SentencePiece model (unigram or BPE) loaded from a file."""
 
   def __init__(self, path: str):
     import sentencepiece as spm
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-          f'data.tokenizer_path={path!r} does not exist; train one with '
-          'python -m tools.train_tokenizer')
+    self.name = _file_name('sp', path, 'train one with python -m tools.train_tokenizer')
     self.path = path
     self.sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size = self.sp.get_piece_size()
     self.bos_id, self.eos_id, self.pad_id = (
         self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id())
-    with open(path, 'rb') as f:
-      import hashlib
-      self.name = 'sp-' + hashlib.sha256(f.read()).hexdigest()[:12]
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.sp.encode(text), np.int32)
@@ -96,37 +100,36 @@ class HFTokenizer:
             'pad': ('<pad>', '[PAD]', '<|padding|>')}
 
   def __init__(self, path: str):
+    import json
+
     from tokenizers import Tokenizer
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'data.tokenizer_path={path!r} does not exist; expected a '
-                              'Hugging Face tokenizer.json')
+    self.name = _file_name('hf', path, 'expected a Hugging Face tokenizer.json')
     self.path = path
     self.tok = Tokenizer.from_file(path)
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-    named = {}
     side = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
+    tc = {}
     if os.path.isfile(side):
-      import json
       with open(side) as f:
         tc = json.load(f)
-      for role in self._NAMES:
-        t = tc.get(f'{role}_token')
-        t = t.get('content') if isinstance(t, dict) else t
-        if isinstance(t, str) and self.tok.token_to_id(t) is not None:
-          named[role] = self.tok.token_to_id(t)
-    for role, names in self._NAMES.items():
-      if role not in named:
-        named[role] = next((self.tok.token_to_id(t) for t in names
-                            if self.tok.token_to_id(t) is not None), None)
-    if named['eos'] is None:
+
+    def find(role: str) -> int | None:
+      """The id of the role's token named in tokenizer_config.json, else of
+      the first usual name in the vocabulary."""
+      named = tc.get(f'{role}_token')
+      named = named.get('content') if isinstance(named, dict) else named
+      for t in ([named] if isinstance(named, str) else []) + list(self._NAMES[role]):
+        if (i := self.tok.token_to_id(t)) is not None:
+          return i
+      return None
+
+    self.eos_id = find('eos')
+    if self.eos_id is None:
       raise ValueError(f'{path}: no end-of-text token; name one as eos_token in a '
                        'tokenizer_config.json beside it')
-    self.eos_id = named['eos']
-    self.bos_id = self.eos_id if named['bos'] is None else named['bos']
-    self.pad_id = self.eos_id if named['pad'] is None else named['pad']
-    with open(path, 'rb') as f:
-      import hashlib
-      self.name = 'hf-' + hashlib.sha256(f.read()).hexdigest()[:12]
+    bos, pad = find('bos'), find('pad')
+    self.bos_id = self.eos_id if bos is None else bos
+    self.pad_id = self.eos_id if pad is None else pad
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)

@@ -37,6 +37,10 @@ from lm import config as config_lib
 from lm.config import ModelConfig
 
 
+# Our tokenizer kinds and the file each is in a transformers directory.
+TOKENIZER_FILES = {'sentencepiece': 'tokenizer.model', 'hf': 'tokenizer.json'}
+
+
 class HFError(ValueError):
   """The architecture or directory has no counterpart on the other side."""
 
@@ -302,10 +306,9 @@ def export(workdir: str, out: str) -> str:
   save_file(tensors, os.path.join(out, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump(cfg, f, indent=2)
-  if tok.tokenizer == 'sentencepiece':
-    shutil.copy(tok.tokenizer_path, os.path.join(out, 'tokenizer.model'))
-  if tok.tokenizer == 'hf':
-    shutil.copy(tok.tokenizer_path, os.path.join(out, 'tokenizer.json'))
+  if tok.tokenizer in TOKENIZER_FILES:
+    shutil.copy(tok.tokenizer_path, os.path.join(out, TOKENIZER_FILES[tok.tokenizer]))
+  if tok.tokenizer == 'hf':  # A tokenizer_config.json beside it names its special tokens.
     side = os.path.join(os.path.dirname(tok.tokenizer_path), 'tokenizer_config.json')
     if os.path.isfile(side):
       shutil.copy(side, os.path.join(out, 'tokenizer_config.json'))
@@ -333,11 +336,11 @@ def import_dir(hf_dir: str, workdir: str) -> str:
     d = common.base().to_dict()
     d['model'] = dataclasses.asdict(m)
     d['data']['seq_len'] = min(d['data']['seq_len'], m.max_len)
-    spm, tj = (os.path.join(hf_dir, n) for n in ('tokenizer.model', 'tokenizer.json'))
-    if os.path.exists(spm):
-      d['data'].update(tokenizer='sentencepiece', tokenizer_path=os.path.abspath(spm))
-    elif os.path.exists(tj):
-      d['data'].update(tokenizer='hf', tokenizer_path=os.path.abspath(tj))
+    for kind, name in TOKENIZER_FILES.items():  # SentencePiece first, as Llama 2 ships both.
+      if os.path.exists(os.path.join(hf_dir, name)):
+        d['data'].update(tokenizer=kind, tokenizer_path=os.path.abspath(
+            os.path.join(hf_dir, name)))
+        break
     d['name'] = os.path.basename(os.path.abspath(hf_dir))
   d['init_from'] = ''
   c = config_lib.from_configdict(d)
