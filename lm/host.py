@@ -7,8 +7,8 @@ page-faults and zeroes every 4 KiB page again on the next step: ~470,000 minor
 faults per medium step. On the 2-core CI machine that is 13-30% of the step
 time across tools/bench_train's configs (medium 2.86 -> 2.48 s, small 550 ->
 444 ms); a fresh 64 MB einsum output costs 26 ms where an in-place write of
-the same bytes takes 2 ms. Keeping freed memory in the
-process makes the next step reuse pages that are already mapped.
+the same bytes takes 2 ms. Keeping freed memory in the process makes the next
+step reuse pages that are already mapped.
 
 The price is host memory: the process keeps what it freed, and first-fit
 placement in one heap leaves holes, so resident memory settles at up to ~1.7x
@@ -54,10 +54,10 @@ def keep_freed_memory(force: bool = False) -> bool:
   exceeds that in tools/bench_train: 280K faults per step came back); and
   one arena, so the threads XLA starts later allocate from the heap this
   keeps. Threads that already exist keep their own arenas: call this before
-  the first JAX device query or computation. The process then holds its peak host memory, which a
-  training step reaches again every step anyway. Returns whether the settings
-  were applied: only on Linux with glibc, unless LM_KEEP_FREED_MEMORY=0, and
-  (unless `force`) when cpu_only().
+  the first JAX device query or computation. The process then keeps what it
+  freed (the module docstring gives the memory this costs). Returns whether
+  the settings were applied: only on Linux with glibc, unless
+  LM_KEEP_FREED_MEMORY=0, and (unless `force`) when cpu_only().
   """
   if os.environ.get('LM_KEEP_FREED_MEMORY', '1') == '0':
     return False

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import random
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -121,9 +122,8 @@ def test_frozen_backbone_differentiates_only_the_head(tmp_path):
   batch = {'tokens': jax.random.randint(jax.random.key(1), (B, L), 0, 256),
            'valid': jax.numpy.arange(L)[None, :] < jax.numpy.array([[32], [20], [9], [3]]),
            'labels': jax.numpy.array([0, 1, 1, 0])}
-  params = model.init(jax.random.key(0), batch['tokens'], valid_BL=batch['valid'])['params']
-  params = jax.tree_util.tree_map(lambda p: p.value if hasattr(p, 'value') else p, params,
-                                  is_leaf=lambda p: hasattr(p, 'value'))
+  params = nn.unbox(model.init(jax.random.key(0), batch['tokens'],
+                               valid_BL=batch['valid'])['params'])
   rng = jax.random.key(2)
   loss_f, g_f = train.make_grad_fn(c, model)(params, batch, rng)
   loss_full, g_full = train.make_grad_fn(full, model)(params, batch, rng)

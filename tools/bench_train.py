@@ -135,13 +135,13 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
   for _ in range(2):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
-  times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  times, faults0 = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
   dt = statistics.median(times)
   fl = flops.train_flops_per_token(m, L, 'exact') * B * L
   return {'config': name, 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
