@@ -3,12 +3,16 @@
 Why this exists: XLA:CPU allocates every step's temporaries afresh (1.9 GB for
 tools/bench_train's medium config) and glibc malloc serves blocks that large
 with mmap and returns them with munmap when they are freed. The kernel then
-page-faults and zeroes every 4 KiB page again on the next step: ~470,000 minor
-faults per medium step. On the 2-core CI machine that is 13-30% of the step
-time across tools/bench_train's configs (medium 2.86 -> 2.48 s, small 550 ->
-444 ms); a fresh 64 MB einsum output costs 26 ms where an in-place write of
-the same bytes takes 2 ms. Keeping freed memory in the process makes the next
-step reuse pages that are already mapped.
+page-faults and zeroes the pages again on the next step: with 4 KiB pages
+~465,000 minor faults per medium step. On the 2-core CI machine that is
+13-30% of the step time across tools/bench_train's configs (2026-11-25 A/B:
+medium 4.51 -> 3.68 s, small 965 -> 740 ms, tiny 186 -> 129 ms); a fresh 64 MB
+einsum output costs 26 ms where an in-place write of the same bytes takes 2 ms.
+Keeping freed memory in the process makes the next step reuse pages that are
+already mapped. How large the effect is depends on the kernel: one that maps
+larger folios or faults around (mTHP, huge pages) takes several to hundreds of
+times fewer faults for the same bytes, so it gains less (tests/test_host.py
+therefore measures the host's own default before judging the setting).
 
 The price is host memory: the process keeps what it freed, and first-fit
 placement in one heap leaves holes, so resident memory settles at up to ~1.7x

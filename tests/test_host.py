@@ -8,8 +8,9 @@ import pytest
 from lm import host
 
 # A jitted function whose 256 MB temporary (tanh(x @ x.T)) is allocated on every
-# call; prints the minor page faults of the third call.
-_PROBE = '''
+# call; prints the minor page faults of each of the calls after two warm-ups.
+_CALLS = 4
+_PROBE = f'''
 import resource, sys
 from lm import host
 if sys.argv[1] == "keep":
@@ -18,24 +19,35 @@ import jax, jax.numpy as jnp
 x = jnp.ones((8192, 256), jnp.float32)
 f = jax.jit(lambda x: jnp.tanh(jnp.tanh(x @ x.T) @ x).sum())
 f(x).block_until_ready(); f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-f(x).block_until_ready()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+for _ in range({_CALLS}):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(x).block_until_ready()
+  print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 '''
 
-
-def _faults(mode: str) -> int:
+def _faults(mode: str) -> list[int]:
   out = subprocess.run([sys.executable, '-c', _PROBE, mode], check=True,
                        capture_output=True, text=True)
-  return int(out.stdout.split()[-1])
+  return [int(n) for n in out.stdout.split()[-_CALLS:]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')
 def test_keep_freed_memory_stops_page_faults_on_repeated_calls():
+  """What lm/host.py promises, relative to this host's own default.
+
+  How many faults a call costs by default depends on the kernel: 65,536 with
+  4 KiB pages (256 MB mapped afresh), 5,120-14,336 on a kernel that maps larger
+  folios or faults around, ~128 with 2 MiB transparent huge pages. So the
+  baseline is measured here, and the setting must remove (almost) all of it.
+  """
   default, kept = _faults('default'), _faults('keep')
-  # 256 MB is 65,536 pages of 4 KiB: by default each call maps them afresh.
-  assert default > 30000, default
-  assert kept < default / 20, (kept, default)
+  per_call = sorted(default)[len(default) // 2]  # Median: robust to one odd call.
+  if per_call < 32:
+    pytest.skip(f'this host page-faults only {per_call} times per call without the '
+                f'setting ({default}): nothing for keep_freed_memory to remove here')
+  # Every call after the warm-ups reuses mapped pages: at most a few faults
+  # each, and together far fewer than one default call.
+  assert sum(kept) < per_call / 10, (kept, default)
 
 
 def test_cpu_only_follows_jax_platforms(monkeypatch):

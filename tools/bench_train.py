@@ -38,6 +38,22 @@ right after it:
 (medium's 46K is one step of heap growth among the ten.) Shared 2-core
 machines drift by ~10% between runs.
 
+2026-11-25, A/B again on a machine of the same kind (kernel 6.18, THP
+"madvise", 4 KiB pages; this window's measured peak was about half of the
+runs above, ~213 GFLOP/s, so compare MFU, not step times, across windows):
+
+  config  step_ms  MFU    faults/step     --nokeep: step_ms  MFU    faults/step
+  tiny      129.4  46.9%           0                  185.6  32.3%       42540
+  small     740.2  56.9%       15048                  964.9  43.5%      149138
+  medium   3680.0  66.5%       90918                 4506.0  53.4%      464836
+
+How many faults the default costs depends on the kernel, not on our code:
+here it mapped every 4 KiB page afresh (as above), but a kernel that maps
+larger folios or faults around takes far fewer faults for the same memory
+(tests/test_host.py's 256 MB probe: 65,536 faults per call here, 5,120 on
+another host of this kind, ~256 with glibc's huge-page tunable), so the
+column and the saving it explains vary from host to host.
+
 Where the time went: XLA:CPU allocates each step's temporaries afresh (1.9 GB
 for medium, 0.57 GB for small; `compiled.memory_analysis()`), and glibc
 serves blocks that large with mmap and unmaps them on free, so every step
