@@ -36,19 +36,9 @@ def main(argv):
     sys.exit(2)
   if jax.process_index() != 0:
     return
-  if 'bits_per_byte' in out:
-    print(f'final validation: loss {out["loss"]:.4f} nats/token, '
-          f'perplexity {out["perplexity"]:.3f}, bits per byte {out["bits_per_byte"]:.4f}')
-  if 'examples' in out:
-    print(f'final validation: loss {out["loss"]:.4f} nats/example, '
-          f'accuracy {out["accuracy"]:.4f} on {int(out["examples"])} examples')
-  elif 'accuracy' in out:
-    what = 'masked-token' if out['config'].model.family == 'encoder' else 'target-token'
-    print(f'final validation: {what} loss {out["loss"]:.4f} nats, accuracy '
-          f'{out["accuracy"]:.4f} over {int(out["tokens"])} tokens')
+  print(f'final validation: {out["objective"].describe(out)}')
   m = out['config'].model
-  if (_SAMPLE.value and not m.num_classes and m.family == 'decoder'
-      and jax.process_count() == 1):
+  if _SAMPLE.value and out['objective'].name == 'lm' and jax.process_count() == 1:
     from lm import sampling  # Params span hosts with more than one process.
     tok = out['tokenizer']
     n = min(_SAMPLE.value, m.max_len - 5)

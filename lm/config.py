@@ -24,6 +24,8 @@ _TOKENIZER_FILES = {'sentencepiece': 'a SentencePiece .model file',
                     'hf': 'a Hugging Face tokenizer.json file'}
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# FLOP conventions (lm/flops.py defines them; listed here so config needs no flops import).
+CONVENTIONS = ('6N', '6N_with_head', 'kaplan', 'chinchilla', 'exact')
 
 
 class ConfigError(ValueError):
@@ -139,6 +141,7 @@ class TrainConfig:
   peak_flops: float = 0.0  # Per device; 0 means look up the device kind.
   flops_convention: str = 'exact'
   progress: bool = True
+  objective: str = ''  # lm/objectives table; '' = from data.label_key/target_key and the family.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,8 +354,7 @@ def validate(c: Config) -> None:
                f'must be divisible by train.grad_accum={t.grad_accum}')
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
-  from lm import flops  # Local import: flops imports this module.
-  _choice('train.flops_convention', t.flops_convention, flops.CONVENTIONS)
+  _choice('train.flops_convention', t.flops_convention, CONVENTIONS)
   for ax in MESH_AXES:
     v = getattr(c.mesh, ax)
     if v == 0 or v < -1:

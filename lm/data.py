@@ -245,16 +245,25 @@ def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int,
         'use a larger corpus, a shorter data.seq_len or a smaller batch')
 
 
-def train_dataset(tokens: np.ndarray, seq_len: int, local_batch: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Shuffled (new order each epoch), repeated, per-process batches of L+1.
+class Keyed:
+  """A source whose examples are arrays, as dicts {key: array} (batches are dicts)."""
 
-  Process p reads windows p, p+P, p+2P, ... of the one global order, so the
-  global batch (all processes' rows) holds the same windows whatever the
-  process count, and each process reads only its own.
-  """
-  return batched(Windows(tokens, seq_len + 1), local_batch, seed, process_index,
-                 process_count)
+  def __init__(self, source, key: str):
+    self.source, self.key = source, key
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {self.key: self.source[i]}
+
+
+def token_splits(d: DataConfig, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """(train, validation) token arrays of the configured text corpus (cached)."""
+  builder, key = corpus(d)
+  cache = cache_root(d)
+  return (tokenize_split(builder, d.train_split, key, tokenizer, cache),
+          tokenize_split(builder, d.val_split, key, tokenizer, cache))
 
 
 def batched(source, local_batch: int, seed: int, process_index: int = 0,

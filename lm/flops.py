@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import time
 
-from lm.config import ModelConfig
-
-CONVENTIONS = ('6N', '6N_with_head', 'kaplan', 'chinchilla', 'exact')
+from lm.config import CONVENTIONS, ModelConfig
 
 
 def param_counts(m: ModelConfig, vocab_size: int | None = None) -> dict[str, int]:
@@ -87,7 +85,7 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int, vocab_size: int | None
   """Matmul FLOPs (2 per multiply-add) of one forward pass, per token of seq_len.
 
   An encoder-decoder runs its encoder over enc_len tokens and its decoder over
-  dec_len per example (lm.objectives.lengths); its totals are divided by
+  dec_len per example (an objective's `lengths`, lm/objectives); its totals are divided by
   seq_len, the text tokens one example consumes, so C = flops x tokens."""
   V = vocab_size or m.vocab_size
   D, H, K, Dh = m.d_model, m.num_heads, m.kv_heads, m.dh

@@ -2,7 +2,9 @@
 
 Ladder rule: d_model = aspect * num_layers (so d_model / num_layers is fixed,
 as in Kaplan et al. 2020, Sec. 3), heads = d_model / head_dim, MLP 4 x
-d_model; rung k has k layers. A target size maps to the rung whose
+d_model, KV heads gcd(heads, base KV heads) for a grouped-query base (else
+multi-head); rung k has k layers. Every one of these fields is a run override
+(RUNG_FIELDS), so the planned count is the trained model's. A target size maps to the rung whose
 non-embedding parameter count is closest in log space. A plan is a list of `Run`s, each a set of
 config overrides on the sweep's base config with its planned N, D and C.
 """
@@ -31,6 +33,10 @@ class Run:
   branch_step: int = 0
 
 
+# The model fields a ladder rung sets (the rest come from the sweep's base config).
+RUNG_FIELDS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
+
+
 def ladder_model(target_n: float, base: ModelConfig, aspect: int, head_dim: int,
                  max_layers: int = 64) -> ModelConfig:
   """The ladder model whose non-embedding count is nearest `target_n` (log)."""
@@ -49,8 +55,8 @@ def ladder(targets: list[float], base: ModelConfig, aspect: int, head_dim: int) 
 
 
 def _model_overrides(m: ModelConfig) -> dict[str, Any]:
-  return {'model.d_model': m.d_model, 'model.num_layers': m.num_layers,
-          'model.num_heads': m.num_heads, 'model.mlp_dim': m.mlp_dim}
+  """Every field a rung sets, so the run trains the model the plan counted."""
+  return {f'model.{k}': getattr(m, k) for k in RUNG_FIELDS}
 
 
 def _steps(tokens: float, tokens_per_step: int, what: str) -> int:
@@ -70,8 +76,11 @@ def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
   out = []
   for layers in range(1, max_layers + 1):
     d = aspect * layers
-    m = dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=d // head_dim,
-                            num_kv_heads=0, head_dim=0, mlp_dim=4 * d)
+    heads = d // head_dim
+    # Grouped-query bases keep their KV heads where they divide the rung's heads.
+    kv = math.gcd(heads, base.num_kv_heads) if base.num_kv_heads else 0
+    m = dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=heads,
+                            num_kv_heads=kv, head_dim=0, mlp_dim=4 * d)
     out.append((flops.param_counts(m)['non_embedding'], m))
   return out
 

@@ -66,7 +66,7 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
   tps = base.train.batch_size * base.data.seq_len
   common = dict(base=m, seq_len=base.data.seq_len, tokens_per_step=tps,
                 convention=s.convention, aspect=s.aspect, head_dim=s.head_dim,
-                lengths=objectives.lengths(base.model, base.data))
+                lengths=objectives.get(base).lengths(base))
   if s.design == 'isoflop':
     if not s.budgets:
       raise config_lib.ConfigError('config.sweep.budgets is empty: list compute budgets in FLOPs')
@@ -170,7 +170,9 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
       if r.branch_from and not os.path.isdir(os.path.join(rdir, 'checkpoints')):
         _start_branch(workdir, r)
       out = train.train_and_evaluate(c, rdir, log=lambda *_: None)
-      rec = {'status': 'done', 'final_loss': out['loss'], 'final_bpb': out['bits_per_byte']}
+      h = out['objective'].headline
+      rec = {'status': 'done', 'final_loss': out['loss'], 'headline': h,
+             'final_headline': out[h]}
     except Exception as e:  # One failed run must not stop the sweep.
       rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
              'traceback': traceback.format_exc()[-2000:]}
@@ -216,10 +218,12 @@ def commands(cd_arg: str, workdir: str, runs: list[plan.Run]) -> list[dict]:
   return out
 
 
-COLUMNS = ['name', 'status', 'design', 'budget', 'config_hash', 'N', 'N_with_head', 'N_total',
-           'D',
-           *[f'C_{k}' for k in flops.CONVENTIONS], 'final_loss', 'best_loss', 'final_bpb',
-           'best_bpb', 'wall_s', 'error']
+# `headline` names the objective's headline metric (lm/objectives: bits_per_byte
+# for a causal LM, accuracy for the others); final_/best_headline are its values.
+COLUMNS = ['name', 'status', 'design', 'objective', 'budget', 'config_hash', 'N',
+           'N_with_head', 'N_total', 'D', *[f'C_{k}' for k in flops.CONVENTIONS],
+           'final_loss', 'best_loss', 'headline', 'final_headline', 'best_headline',
+           'wall_s', 'error']
 
 
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -229,6 +233,7 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   rows = []
   for r in runs:
     c = _resolved(run_config(cd, r, s.evals_per_run))
+    obj = objectives.get(c)
     counts = flops.param_counts(c.model)
     rdir = os.path.join(workdir, 'runs', r.name)
     res = {}
@@ -238,19 +243,20 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     evals = metrics.read(rdir, 'eval')
     final_step = r.overrides['train.steps']
     final = [e for e in evals if e['step'] == final_step]
+    h = obj.headline
+    best = max if obj.higher_is_better else min
     row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
-           'budget': r.budget, 'config_hash': config_hash(c), 'N': counts['non_embedding'],
+           'objective': obj.name, 'budget': r.budget, 'config_hash': config_hash(c),
+           'N': counts['non_embedding'],
            'N_with_head': counts['non_embedding'] + c.model.d_model * c.model.vocab_size,
            'N_total': counts['total'], 'D': r.tokens,
            **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(
-               c.model, c.data.seq_len, None,
-               *objectives.lengths(c.model, c.data)).items()},
+               c.model, c.data.seq_len, None, *obj.lengths(c)).items()},
            'final_loss': final[-1]['loss'] if final else float('nan'),
            'best_loss': min((e['loss'] for e in evals), default=float('nan')),
-           # Masked-LM and encoder-decoder evals have no bits per byte.
-           'final_bpb': final[-1].get('bits_per_byte', float('nan')) if final else float('nan'),
-           'best_bpb': min((e.get('bits_per_byte', float('nan')) for e in evals),
-                           default=float('nan')),
+           'headline': h,
+           'final_headline': final[-1].get(h, float('nan')) if final else float('nan'),
+           'best_headline': best((e[h] for e in evals if h in e), default=float('nan')),
            'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
     rows.append(row)
   with open(os.path.join(workdir, 'results.jsonl'), 'w') as f:

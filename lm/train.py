@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,7 +21,6 @@ import orbax.checkpoint as ocp
 import grain
 
 from lm import checkpoint as ckpt_lib
-from lm import classify
 from lm import config as config_lib
 from lm import data as data_lib
 from lm import flops as flops_lib
@@ -30,7 +30,7 @@ from lm import optimizer as opt_lib
 from lm import sharding as shard_lib
 from lm import tokenizers
 from lm.config import Config, ConfigError
-from lm.model import Transformer, cross_entropy, init_inputs
+from lm.model import Transformer, init_inputs
 
 
 CheckpointError = ckpt_lib.CheckpointError
@@ -46,26 +46,12 @@ class TrainState:
 
 # --- Init ---------------------------------------------------------------------
 
-def objective(c: Config) -> str:
-  """classify, seq2seq, or the family's pre-training objective: lm, mlm or span."""
-  if c.data.label_key:
-    return 'classify'
-  if c.data.target_key:
-    return 'seq2seq'
-  return {'decoder': 'lm', 'encoder': 'mlm', 'encoder_decoder': 'span'}[c.model.family]
-
-
 def resolve_vocab(c: Config, vocab_size: int) -> Config:
-  """Fills model.vocab_size from the tokenizer, rounded up to a multiple of 128
-  (fast matmuls; shardable over `tensor`), leaving room for MASK and sentinel
-  ids (lm/objectives.py); a smaller explicit size is an error."""
+  """Fills model.vocab_size from the tokenizer plus the ids the objective needs
+  above it (MASK, sentinels), rounded up to a multiple of 128 (fast matmuls;
+  shardable over `tensor`); a smaller explicit size is an error."""
   if c.model.vocab_size == 0:
-    need = vocab_size
-    if c.model.family != 'decoder':
-      need += 1  # MASK.
-    if objective(c) == 'span':
-      need += objectives.span_counts(c.data.seq_len, c.data.noise_density,
-                                     c.data.mean_span)[1]
+    need = vocab_size + objectives.get(c).extra_ids(c)
     padded = -(-need // 128) * 128
     return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=padded))
   if c.model.vocab_size < vocab_size:
@@ -100,42 +86,12 @@ def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
 
 # --- Steps --------------------------------------------------------------------
 
-def loss_fn(params, model: nn.Module, batch: Any, weights_B: jax.Array,
-            rng: jax.Array, z_loss: float, train: bool):
-  """Mean loss (+ z-loss) over weighted rows, and summed statistics.
-
-  Batches by objective: causal LM, tokens_Bx(L+1) (next-token NLL); classifier,
-  a dict of tokens, valid and labels (cross-entropy over classes); masked LM,
-  inputs, targets and weights (NLL at the selected positions); encoder-decoder,
-  enc_inputs, enc_valid, dec_inputs, targets and weights.
-  """
+def loss_fn(params, model: nn.Module, objective: objectives.Objective, batch: dict,
+            weights_B: jax.Array, rng: jax.Array, z_loss: float, train: bool):
+  """The objective's mean loss (+ z-loss) over weighted rows, and its statistics."""
   rngs = {'dropout': rng} if train else {}
   apply = functools.partial(model.apply, {'params': params}, train=train, rngs=rngs)
-  if model.cfg.num_classes:
-    logits_BC = apply(batch['tokens'], valid_BL=batch['valid'])
-    labels_B = batch['labels']
-    nll, z, n = cross_entropy(logits_BC[:, None], labels_B[:, None], weights_B[:, None],
-                              z_loss)
-    correct = ((jnp.argmax(logits_BC, -1) == labels_B) * weights_B).sum()
-    return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'examples': n,
-                                             'correct': correct}
-  if model.cfg.family == 'decoder':
-    inputs_BL, targets_BL = batch[:, :-1], batch[:, 1:]
-    logits_BLV = apply(inputs_BL)
-    weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
-  else:
-    targets_BL = batch['targets']
-    weights_BL = batch['weights'] * weights_B[:, None]
-    if model.cfg.family == 'encoder':
-      logits_BLV = apply(batch['inputs'])
-    else:
-      logits_BLV = apply(batch['dec_inputs'], enc_tokens_BS=batch['enc_inputs'],
-                         enc_valid_BS=batch['enc_valid'])
-  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  aux = {'nll_sum': nll, 'tokens': n, 'targets': targets_BL}
-  if model.cfg.family != 'decoder':
-    aux['correct'] = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
-  return (nll + z) / jnp.maximum(n, 1.0), aux
+  return objective.loss(apply, batch, weights_B, z_loss)
 
 
 def _rows(batch: Any) -> int:
@@ -163,16 +119,17 @@ def _head_only_grad_fn():
 def make_grad_fn(c: Config, model: nn.Module):
   """(params, batch, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
   A = c.train.grad_accum
+  objective = objectives.get(c)
   grad_fn = (_head_only_grad_fn() if c.opt.freeze_backbone
              else jax.value_and_grad(loss_fn, has_aux=True))
 
-  def grads(params, batch: Any, rng: jax.Array):
+  def grads(params, batch: dict, rng: jax.Array):
     B = _rows(batch)
 
     def micro(carry, xs):
       g_acc, loss_acc = carry
       i, mb = xs
-      (loss, _), g = grad_fn(params, model, mb, jnp.ones(_rows(mb)),
+      (loss, _), g = grad_fn(params, model, objective, mb, jnp.ones(_rows(mb)),
                              jax.random.fold_in(rng, i), c.opt.z_loss, True)
       g_acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
       return (g_acc, loss_acc + loss), None
@@ -194,7 +151,7 @@ def make_train_step(c: Config, model: nn.Module, tx):
   grads = make_grad_fn(c, model)
   lr = opt_lib.schedule(c.opt, c.train.steps)
 
-  def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)  # Same on resume: step is saved.
     loss, g = grads(state.params, batch, rng)
     updates, opt_state = tx.update(g, state.opt_state, state.params)
@@ -206,37 +163,81 @@ def make_train_step(c: Config, model: nn.Module, tx):
   return train_step
 
 
-def make_eval_step(model: nn.Module, byte_lengths: np.ndarray):
+def make_eval_step(c: Config, model: nn.Module, byte_lengths: np.ndarray):
+  """(params, batch, row weights) -> the objective's statistics, summed over rows."""
+  objective = objectives.get(c)
   bytes_V = jnp.asarray(byte_lengths, jnp.float32)
 
-  def eval_step(params, batch: Any, weights_B: jax.Array) -> dict:
-    _, aux = loss_fn(params, model, batch, weights_B, jax.random.key(0), 0.0, False)
-    if model.cfg.num_classes:
-      return aux
-    if model.cfg.family != 'decoder':  # Token accuracy; bits per byte means little here.
-      return {k: aux[k] for k in ('nll_sum', 'tokens', 'correct')}
-    nbytes = (bytes_V[aux['targets']] * weights_B[:, None]).sum()
-    return {'nll_sum': aux['nll_sum'], 'tokens': aux['tokens'], 'bytes': nbytes}
+  def eval_step(params, batch: dict, weights_B: jax.Array) -> dict:
+    _, aux = loss_fn(params, model, objective, batch, weights_B, jax.random.key(0), 0.0,
+                     False)
+    return objective.eval_sums(aux, batch, weights_B, bytes_V)
 
   return eval_step
 
 
-def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
-  """LM: loss (nats/token), perplexity and bits per UTF-8 byte of the evaluated
-  text. Classifier: loss (nats/example) and accuracy."""
-  if 'examples' in sums:
-    n = max(sums['examples'], 1.0)
-    return {'loss': sums['nll_sum'] / n, 'accuracy': sums['correct'] / n,
-            'examples': sums['examples']}
-  if 'correct' in sums:  # Masked LM and encoder-decoder: per target token.
-    n = max(sums['tokens'], 1.0)
-    loss = sums['nll_sum'] / n
-    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
-            'accuracy': sums['correct'] / n, 'tokens': sums['tokens']}
-  loss = sums['nll_sum'] / max(sums['tokens'], 1.0)
-  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
-          'bits_per_byte': sums['nll_sum'] / math.log(2) / max(sums['bytes'], 1.0),
-          'tokens': sums['tokens'], 'bytes': sums['bytes']}
+# --- The factory --------------------------------------------------------------
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything compiled code needs, built once from a resolved config.
+
+  Used by train_and_evaluate, tools/bench_train and tools/shardings, so they
+  train, time and size exactly the same step. Steps trace under `context()`."""
+  cfg: Config
+  objective: objectives.Objective
+  model: nn.Module
+  tx: optax.GradientTransformation
+  mesh: Any
+  abstract: TrainState  # Unboxed ShapeDtypeStructs.
+  shardings: TrainState  # NamedShardings.
+  batch_shardings: dict
+  rows_sharding: Any
+  train_step: Any  # jitted (state, batch) -> (state, metrics); donates the state.
+  eval_step: Any  # jitted (params, batch, row weights) -> statistics.
+
+  @contextlib.contextmanager
+  def context(self):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(list(self.cfg.rules)):
+      yield
+
+  def init(self) -> TrainState:
+    return init_state(self.cfg, self.model, self.tx, self.shardings)
+
+  def abstract_batch(self) -> dict:
+    """The global train batch as sharded ShapeDtypeStructs (ahead-of-time lowering)."""
+    B = self.cfg.train.batch_size
+    return {k: jax.ShapeDtypeStruct((B, *shape), dtype, sharding=self.batch_shardings[k])
+            for k, (shape, dtype) in self.objective.row_shapes(self.cfg).items()}
+
+  def to_global(self, local: Any, sharding: Any = None) -> Any:
+    """This process's rows -> one global array per leaf."""
+    return jax.tree_util.tree_map(jax.make_array_from_process_local_data,
+                                  sharding or self.batch_shardings, local)
+
+
+def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Trainer:
+  """Mesh, model, optimizer, shardings and jitted steps for a resolved config
+  (model.vocab_size set: resolve_vocab). Checks the mesh, the batch and every
+  parameter's divisibility; compiles nothing."""
+  objective = objectives.get(c)
+  mesh = shard_lib.make_mesh(c.mesh, devices)
+  shard_lib.check_batch(c, mesh)
+  model = Transformer(c.model)
+  tx = opt_lib.make(c.opt, c.train.steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
+    abstract, shardings = state_shardings(c, model, tx, mesh)
+  batch_sh = {k: shard_lib.batch_sharding(mesh, c.rules, ndim=1 + len(shape))
+              for k, (shape, _) in objective.row_shapes(c).items()}
+  rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
+  if byte_lengths is None:
+    byte_lengths = np.ones(c.model.vocab_size, np.float32)
+  train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
+                       out_shardings=(shardings, None), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(c, model, byte_lengths),
+                      in_shardings=(shardings.params, batch_sh, rows_sh))
+  return Trainer(c, objective, model, tx, mesh, abstract, shardings, batch_sh, rows_sh,
+                 train_step, eval_step)
 
 
 # --- Checkpoints --------------------------------------------------------------
@@ -297,37 +298,6 @@ def restore(mngr: ocp.CheckpointManager, abstract: TrainState, shardings, data_i
 
 # --- Loop ---------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Prepared:
-  """Everything that can fail cheaply, done before compilation."""
-  cfg: Config
-  tokenizer: Any
-  train_source: Any  # Random access: windows of tokens, or labelled examples.
-  eval_data: list  # (batch, row weights) pairs.
-  mesh: Any
-  transform: Any = None  # (example, rng) -> batch row: the objective's corruption.
-
-
-def resolve_labels(c: Config) -> tuple[Config, tuple | None]:
-  """For a classifier: reads the labelled data and fills data.labels and
-  model.num_classes from it. Returns (config, (train pairs, eval pairs) or None)."""
-  if c.data.target_key:  # Sequence-to-sequence pairs: no labels to resolve.
-    return c, classify.load(c.data, data_lib.cache_root(c.data))[:2]
-  if not c.data.label_key:
-    return c, None
-  train, evals, names = classify.load(c.data, data_lib.cache_root(c.data))
-  if c.model.num_classes and c.model.num_classes != len(names):
-    raise ConfigError(f'config.model.num_classes={c.model.num_classes} but the data has '
-                      f'{len(names)} labels {list(names)}; use 0 (from the data)')
-  if len(names) < 2:
-    raise ConfigError(f'the labelled data has {len(names)} label(s) {list(names)}; '
-                      'a classifier needs at least 2')
-  c = dataclasses.replace(
-      c, model=dataclasses.replace(c.model, num_classes=len(names)),
-      data=dataclasses.replace(c.data, labels=tuple(names)))
-  return c, (train, evals)
-
-
 def check_init_from(c: Config) -> Config:
   """The source run's config, if its params fit this model; else a clear error."""
   src = ckpt_lib.load_config(c.init_from)
@@ -343,50 +313,107 @@ def check_init_from(c: Config) -> Config:
   return src
 
 
-def prepare(c: Config, tok, devices=None, labelled: tuple | None = None) -> Prepared:
-  """Mesh checks, then data preparation (cached), then window-count checks."""
-  mesh = shard_lib.make_mesh(c.mesh, devices)
-  shard_lib.check_batch(c, mesh)
-  pidx, pcount = jax.process_index(), jax.process_count()
-  B, L = c.train.batch_size, c.data.seq_len
-  if labelled is not None:  # Sequence-to-sequence pairs or labelled examples.
-    if c.data.target_key:
-      enc_len, dec_len = objectives.lengths(c.model, c.data)
-      encode = lambda pairs, where: objectives.encode_pairs(pairs, tok, enc_len, dec_len)
-    else:
-      prefix = (tok.bos_id,) if c.model.family == 'encoder' else ()
-      encode = lambda pairs, where: classify.encode(pairs, c.data.labels, tok, L, where,
-                                                    prefix)
-    train = classify.Rows(encode(labelled[0], 'train split'))
-    if len(train) < B:
-      raise ConfigError(f'the train split has {len(train)} examples, fewer than '
-                        f'train.batch_size={B}')
-    return Prepared(c, tok, train, data_lib.eval_rows(
-        encode(labelled[1], 'eval split'), B, pidx, pcount), mesh)
-  builder, key = data_lib.corpus(c.data)
-  cache = data_lib.cache_root(c.data)
-  train_tokens = data_lib.tokenize_split(builder, c.data.train_split, key, tok, cache)
-  val_tokens = data_lib.tokenize_split(builder, c.data.val_split, key, tok, cache)
-  obj = objective(c)
-  extra = 1 if obj == 'lm' else 0  # A causal LM's window has the shifted target.
-  data_lib.check_windows(train_tokens, L, 'train', B, extra)
-  data_lib.check_windows(val_tokens, L, 'validation', 1, extra)
-  if obj == 'lm':
-    return Prepared(c, tok, data_lib.Windows(train_tokens, L + 1),
-                    data_lib.eval_batches(val_tokens, L, B, c.train.eval_batches, pidx,
-                                          pcount), mesh)
-  if obj == 'mlm':
-    transform = functools.partial(objectives.mlm_example, d=c.data, tokenizer=tok)
-  else:
-    transform = functools.partial(objectives.span_example, d=c.data, m=c.model,
-                                  tokenizer=tok)
-  # Eval: the first windows of the split, each with noise fixed by its index.
-  val = data_lib.Windows(val_tokens, L)
-  rows = [transform(val[i], np.random.default_rng([c.data.shuffle_seed, i]))
-          for i in range(min(len(val), B * c.train.eval_batches))]
-  rows = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-  return Prepared(c, tok, data_lib.Windows(train_tokens, L),
-                  data_lib.eval_rows(rows, B, pidx, pcount), mesh, transform)
+def resolve(c: Config) -> tuple[Config, Any, objectives.Objective, Any]:
+  """(config with vocabulary and data-decided fields filled, tokenizer,
+  objective, loaded labelled/paired data or None): the cheap checks that come
+  before the workdir is touched."""
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  c = resolve_vocab(c, tok.vocab_size)
+  objective = objectives.get(c)
+  objective.check(c, tok.vocab_size)
+  c, loaded = objective.load(c)
+  return c, tok, objective, loaded
+
+
+def flops_per_token(c: Config) -> dict[str, float]:
+  """Training FLOPs per token under every convention, for this objective."""
+  conv = flops_lib.all_conventions(c.model, c.data.seq_len, None,
+                                   *objectives.get(c).lengths(c))
+  if c.opt.freeze_backbone:  # Forward only: the backward stops at the head.
+    conv = {k: v / 3 for k, v in conv.items()}
+  return conv
+
+
+class _Progress:
+  """Train metrics: read one step late (the loop never waits for the device),
+  timed, written to metrics.jsonl and the progress bar."""
+
+  def __init__(self, c: Config, workdir: str, writer, start: int, flops_per_step: float,
+               peak_total: float):
+    self.c, self.workdir, self.writer = c, workdir, writer
+    self.tokens_per_step = c.train.batch_size * c.data.seq_len
+    self.flops_per_step, self.peak_total = flops_per_step, peak_total
+    self.t_last, self.step_last, self.pending = time.perf_counter(), start, None
+    self.bar = None
+    if c.train.progress and jax.process_index() == 0:
+      from tqdm import tqdm
+      self.bar = tqdm(total=c.train.steps, initial=start, unit='step', dynamic_ncols=True)
+
+  def flush(self) -> None:
+    if self.pending is not None:
+      self._report(*self.pending)
+      self.pending = None
+
+  def _report(self, step: int, m: dict) -> None:
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not math.isfinite(m['loss']):
+      raise FloatingPointError(f'loss is {m["loss"]} at step {step}; the last good '
+                               f'checkpoint in {self.workdir} is kept')
+    now = time.perf_counter()
+    dt = (now - self.t_last) / max(step - self.step_last, 1)
+    self.t_last, self.step_last = now, step
+    m.update(step_time=dt, tokens_per_s=self.tokens_per_step / dt,
+             tokens=step * self.tokens_per_step, flops=step * self.flops_per_step,
+             mfu=self.flops_per_step / dt / self.peak_total if self.peak_total
+             else float('nan'))
+    self.writer.write(step, 'train', m)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f'{m["loss"]:.4f}', tok_s=f'{m["tokens_per_s"]:.3g}')
+
+  def close(self) -> None:
+    self.flush()
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _evaluate(t: Trainer, params, evals: list, writer, step: int) -> dict[str, float]:
+  outs = jax.device_get([t.eval_step(params, t.to_global(b), t.to_global(w, t.rows_sharding))
+                         for b, w in evals])
+  res = t.objective.summarize({k: sum(float(o[k]) for o in outs) for k in outs[0]})
+  writer.write(step, 'eval', res)
+  return res
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState, data_iter) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=grain.checkpoint.CheckpointSave(data_iter)))
+
+
+def _setup_row(c: Config, t: Trainer, conv: dict, peak: float) -> dict:
+  counts = flops_lib.param_counts(c.model)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(t.abstract.params))
+  assert n_params == counts['total'], (n_params, counts)
+  return {'params_total': counts['total'], 'params_non_embedding': counts['non_embedding'],
+          **{f'flops_per_token_{k}': v for k, v in conv.items()},
+          'devices': t.mesh.size, 'processes': jax.process_count(), 'mesh': dict(t.mesh.shape),
+          'device_kind': jax.devices()[0].device_kind, 'peak_flops_per_device': peak,
+          'objective': t.objective.name}
+
+
+def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: bool,
+                 src: Config | None, log) -> TrainState:
+  """Restored, or fresh (with a fine-tuning run's pre-trained params)."""
+  if resume:
+    state = restore(mngr, t.abstract, t.shardings, data_iter)
+    log(f'resumed from step {int(state.step)} in {workdir}')
+    return state
+  state = t.init()
+  if src is not None:  # Fine-tuning: pre-trained params, fresh optimizer, step 0.
+    _, loaded = ckpt_lib.load_params(c.init_from, src.model)
+    params, taken, fresh = ckpt_lib.merge(state.params, loaded)
+    state = state.replace(params=jax.device_put(params, t.shardings.params))
+    log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else ''))
+  return state
 
 
 def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
@@ -396,136 +423,57 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   `stop_at` ends the loop early after that many steps (to test resumption);
   `devices` restricts the mesh to some devices (default: all).
   """
-  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
-  c = resolve_vocab(c, tok.vocab_size)
-  objectives.check(c.model, c.data, tok.vocab_size)
-  c, labelled = resolve_labels(c)
+  c, tok, objective, loaded = resolve(c)
   resume = check_workdir(workdir, c)
   src = check_init_from(c) if c.init_from and not resume else None
-  p = prepare(c, tok, devices, labelled)
-  c, mesh, rules = p.cfg, p.mesh, list(p.cfg.rules)
+  t = build(c, devices, tok.byte_lengths())
+  pidx, pcount = jax.process_index(), jax.process_count()
+  data = objective.data(c, tok, loaded, pidx, pcount)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if pidx == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(config_lib.to_dict(c), f, indent=2)
-
-  model = Transformer(c.model)
-  tx = opt_lib.make(c.opt, c.train.steps)
-  pidx, pcount = jax.process_index(), jax.process_count()
-  local_batch = c.train.batch_size // pcount
-  data_iter = iter(data_lib.batched(p.train_source, local_batch, c.data.shuffle_seed,
-                                    pidx, pcount, p.transform))
-  eval_data = p.eval_data
-
-  tokens_per_step = c.train.batch_size * c.data.seq_len
-  conv = flops_lib.all_conventions(c.model, c.data.seq_len, None,
-                                   *objectives.lengths(c.model, c.data))
-  if c.opt.freeze_backbone:  # Forward only: the backward stops at the head.
-    conv = {k: v / 3 for k, v in conv.items()}
-  flops_per_step = conv[c.train.flops_convention] * tokens_per_step
-  counts = flops_lib.param_counts(c.model)
+  data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
+                                    c.data.shuffle_seed, pidx, pcount, data.transform))
+  conv = flops_per_token(c)
+  flops_per_step = conv[c.train.flops_convention] * c.train.batch_size * c.data.seq_len
   dev = jax.devices()[0]
   peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
-  peak_total = peak * mesh.size
 
   writer = metrics_lib.Writer(workdir)
   mngr = checkpoint_manager(workdir, c)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(c, model, tx, mesh)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
-    assert n_params == counts['total'], (n_params, counts)
-    batch_sh = jax.tree_util.tree_map(
-        lambda x: shard_lib.batch_sharding(mesh, c.rules, ndim=x.ndim), eval_data[0][0])
-    rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
-    if resume:
-      state = restore(mngr, abstract, shardings, data_iter)
-      log(f'resumed from step {int(state.step)} in {workdir}')
-    else:
-      state = init_state(c, model, tx, shardings)
-    if src is not None:  # Fine-tuning: pre-trained params, fresh optimizer, step 0.
-      _, loaded = ckpt_lib.load_params(c.init_from, src.model)
-      params, taken, fresh = ckpt_lib.merge(state.params, loaded)
-      state = state.replace(params=jax.device_put(params, shardings.params))
-      log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else ''))
-    writer.write(int(state.step), 'setup', {
-        'params_total': counts['total'], 'params_non_embedding': counts['non_embedding'],
-        **{f'flops_per_token_{k}': v for k, v in conv.items()},
-        'devices': mesh.size, 'processes': jax.process_count(), 'mesh': dict(mesh.shape),
-        'device_kind': dev.device_kind,
-        'peak_flops_per_device': peak})
-
-    train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
-                         out_shardings=(shardings, None), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, p.tokenizer.byte_lengths()),
-                        in_shardings=(shardings.params, batch_sh, rows_sh))
-
-    def to_global(x_local: Any, sh: Any = batch_sh) -> Any:
-      return jax.tree_util.tree_map(jax.make_array_from_process_local_data, sh, x_local)
-
-    def evaluate(step: int) -> dict[str, float]:
-      outs = jax.device_get([eval_step(state.params, to_global(b), to_global(w, rows_sh))
-                             for b, w in eval_data])
-      sums = {k: sum(float(o[k]) for o in outs) for k in outs[0]}
-      res = summarize_eval(sums)
-      writer.write(step, 'eval', res)
-      return res
-
+  with t.context():
+    state = _start_state(c, t, workdir, mngr, data_iter, resume, src, log)
+    writer.write(int(state.step), 'setup', _setup_row(c, t, conv, peak))
     start = int(state.step)
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
-    bar = None
-    if c.train.progress and jax.process_index() == 0:
-      from tqdm import tqdm
-      bar = tqdm(total=c.train.steps, initial=start, unit='step', dynamic_ncols=True)
-    pending, last_eval = None, {}
-    t_last, step_last = time.perf_counter(), start
-
-    def report(step: int, m: dict) -> None:
-      nonlocal t_last, step_last
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not math.isfinite(m['loss']):
-        raise FloatingPointError(f'loss is {m["loss"]} at step {step}; the last good '
-                                 f'checkpoint in {workdir} is kept')
-      now = time.perf_counter()
-      dt = (now - t_last) / max(step - step_last, 1)
-      t_last, step_last = now, step
-      m.update(step_time=dt, tokens_per_s=tokens_per_step / dt,
-               tokens=step * tokens_per_step, flops=step * flops_per_step,
-               mfu=flops_per_step / dt / peak_total if peak_total else float('nan'))
-      writer.write(step, 'train', m)
-      if bar is not None:
-        bar.set_postfix(loss=f'{m["loss"]:.4f}', tok_s=f'{m["tokens_per_s"]:.3g}')
-
+    progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size)
+    last_eval = {}
     for step in range(start, end):
-      batch = to_global(next(data_iter))
-      state, m = train_step(state, batch)
-      if pending is not None:  # Read step N's metrics after dispatching step N+1.
-        report(*pending)
-        pending = None
+      state, m = t.train_step(state, t.to_global(next(data_iter)))
+      progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
       done = step + 1
       if done % c.train.log_every == 0 or done == end:
-        pending = (done, m)
-      if bar is not None:
-        bar.update(1)
+        progress.pending = (done, m)
+      if progress.bar is not None:
+        progress.bar.update(1)
       if done % c.train.eval_every == 0 or done == c.train.steps:
-        if pending is not None:
-          report(*pending)
-          pending = None
-        last_eval = evaluate(done)
-        if bar is not None:
-          extra = ('accuracy', 'acc') if 'accuracy' in last_eval else ('bits_per_byte', 'bpb')
-          bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
-                    f'{extra[1]} {last_eval[extra[0]]:.4f}')
+        progress.flush()
+        last_eval = _evaluate(t, state.params, data.evals, writer, done)
+        if progress.bar is not None:
+          h = objective.headline
+          progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
+                             f'{h} {last_eval[h]:.4f}')
       if (done % c.train.checkpoint_every == 0 or done == end
           or done in c.train.extra_checkpoints):
-        mngr.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iter)))
-    if pending is not None:
-      report(*pending)
+        _save(mngr, done, state, data_iter)
+    progress.close()
     mngr.wait_until_finished()
-    if bar is not None:
-      bar.close()
+    if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
+      final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]
+      last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
+                   if final else _evaluate(t, state.params, data.evals, writer, end))
   writer.close()
   mngr.close()
-  return {'step': end, **last_eval, 'params': counts['total'], 'state': state,
-          'config': c, 'tokenizer': p.tokenizer}
+  return {'step': end, **last_eval, 'params': flops_lib.param_counts(c.model)['total'],
+          'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}

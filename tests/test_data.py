@@ -18,6 +18,12 @@ def built(corpus_dir):
   return data.corpus(d)[0]
 
 
+def _train_dataset(tokens, seq_len, local_batch, seed, process_index=0, process_count=1):
+  """A causal LM's training windows (L + 1 tokens), as the trainer batches them."""
+  return data.batched(data.Windows(tokens, seq_len + 1), local_batch, seed, process_index,
+                      process_count)
+
+
 def test_builder_writes_array_record_with_provenance(built, corpus_dir):
   files = sorted(os.listdir(built.data_dir))
   assert any('array_record' in f for f in files), files
@@ -67,7 +73,7 @@ def test_tokens_are_documents_joined_by_eos(built):
 def test_packing_puts_every_token_exactly_once():
   tokens = np.arange(1000, dtype=np.uint16)
   L = 15
-  ds = data.train_dataset(tokens, L, local_batch=4, seed=3)
+  ds = _train_dataset(tokens, L, local_batch=4, seed=3)
   n_windows = 1000 // (L + 1)
   it = iter(ds)
   seen = np.concatenate([next(it) for _ in range(n_windows // 4)]).reshape(-1)
@@ -83,10 +89,10 @@ def test_packing_puts_every_token_exactly_once():
 
 def test_shuffle_changes_each_epoch_and_depends_on_seed():
   tokens = np.arange(8 * 10, dtype=np.uint16)
-  it = iter(data.train_dataset(tokens, 9, local_batch=8, seed=0))
+  it = iter(_train_dataset(tokens, 9, local_batch=8, seed=0))
   e1, e2 = next(it)[:, 0], next(it)[:, 0]
   assert sorted(e1) == sorted(e2) and list(e1) != list(e2)
-  other = next(iter(data.train_dataset(tokens, 9, local_batch=8, seed=1)))[:, 0]
+  other = next(iter(_train_dataset(tokens, 9, local_batch=8, seed=1)))[:, 0]
   assert list(other) != list(e1)
 
 
@@ -94,7 +100,7 @@ def test_per_process_shards_are_disjoint_and_cover():
   tokens = np.arange(16 * 8, dtype=np.uint16)
   firsts = []
   for p in range(4):
-    it = iter(data.train_dataset(tokens, 15, local_batch=2, seed=0, process_index=p,
+    it = iter(_train_dataset(tokens, 15, local_batch=2, seed=0, process_index=p,
                                  process_count=4))
     firsts.append(next(it)[:, 0])
   allf = np.concatenate(firsts)
@@ -103,12 +109,12 @@ def test_per_process_shards_are_disjoint_and_cover():
 
 def test_iterator_state_round_trips():
   tokens = np.arange(5000, dtype=np.uint16)
-  it = iter(data.train_dataset(tokens, 31, local_batch=4, seed=7))
+  it = iter(_train_dataset(tokens, 31, local_batch=4, seed=7))
   for _ in range(13):
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(5)]
-  it2 = iter(data.train_dataset(tokens, 31, local_batch=4, seed=7))
+  it2 = iter(_train_dataset(tokens, 31, local_batch=4, seed=7))
   it2.set_state(state)
   for w in want:
     np.testing.assert_array_equal(next(it2), w)

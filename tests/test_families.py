@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lm import flops, objectives, optimizer, sampling, train
+from lm.objectives import mlm, seq2seq, span
 from lm.config import ConfigError, ModelConfig
 from lm.model import Transformer, init_inputs
 from lm.tokenizers import ByteTokenizer
@@ -93,7 +94,7 @@ def test_mlm_recipe_proportions():
   sel = masked = rand = kept = 0
   for _ in range(n):
     w = rng.integers(0, 256, L)
-    ex = objectives.mlm(w, rng, 0.15, 0.8, 0.1, mask_id=259, vocab=256)
+    ex = mlm.mlm(w, rng, 0.15, 0.8, 0.1, mask_id=259, vocab=256)
     s = ex['weights'] > 0
     assert s.sum() == 15 and (ex['targets'] == w).all()
     assert (ex['inputs'][~s] == w[~s]).all()  # Unselected positions are untouched.
@@ -111,10 +112,10 @@ def test_mlm_recipe_proportions():
 def test_mlm_loss_counts_only_selected_positions():
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
   p = _params(c.model)
-  ex = objectives.mlm(np.arange(16) % 256, np.random.default_rng(1), 0.25, 0.8, 0.1, 259, 256)
+  ex = mlm.mlm(np.arange(16) % 256, np.random.default_rng(1), 0.25, 0.8, 0.1, 259, 256)
   batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
-  f = jax.jit(lambda b: train.loss_fn(p, Transformer(c.model), b, jnp.ones(1),
-                                      jax.random.key(0), 0.0, False))
+  f = jax.jit(lambda b: train.loss_fn(p, Transformer(c.model), objectives.get(c), b,
+                                      jnp.ones(1), jax.random.key(0), 0.0, False))
   loss, aux = f(batch)
   assert float(aux['tokens']) == 4
   other = dict(batch, targets=jnp.where(batch['weights'] > 0, batch['targets'], 0))
@@ -125,15 +126,15 @@ def test_span_corruption_round_trips_with_fixed_lengths():
   rng = np.random.default_rng(0)
   spans_seen = []
   for n in (16, 100, 128, 301):
-    enc_len, dec_len = objectives.span_lengths(n, 0.15, 3.0)
+    enc_len, dec_len = span.span_lengths(n, 0.15, 3.0)
     for _ in range(200):
       w = rng.integers(0, 256, n)
-      ex = objectives.span_corrupt(w, rng, 0.15, 3.0, sentinel0=383, eos_id=257, start_id=256)
+      ex = span.span_corrupt(w, rng, 0.15, 3.0, sentinel0=383, eos_id=257, start_id=256)
       assert len(ex['enc_inputs']) == enc_len and len(ex['targets']) == dec_len
       assert ex['dec_inputs'][0] == 256 and (ex['dec_inputs'][1:] == ex['targets'][:-1]).all()
-      np.testing.assert_array_equal(objectives.span_restore(ex['enc_inputs'], ex['targets'],
+      np.testing.assert_array_equal(span.span_restore(ex['enc_inputs'], ex['targets'],
                                                             259, 257), w)
-      noise, spans = objectives.span_counts(n, 0.15, 3.0)
+      noise, spans = span.span_counts(n, 0.15, 3.0)
       spans_seen.append(noise / spans)
       assert abs(noise / n - 0.15) <= 0.5 / n + 1e-9
   assert abs(np.mean(spans_seen) - 3.0) < 0.35
@@ -145,9 +146,9 @@ def _family_batch(c, seed=0):
   for _ in range(c.train.batch_size):
     w = rng.integers(0, 256, c.data.seq_len)
     if c.model.family == 'encoder':
-      rows.append(objectives.mlm_example(w, rng, c.data, TOK))
+      rows.append(mlm.mlm_example(w, rng, c.data, TOK))
     else:
-      rows.append(objectives.span_example(w, rng, c.data, c.model, TOK))
+      rows.append(span.span_example(w, rng, c.data, c.model, TOK))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -175,7 +176,7 @@ def _xla_and_exact_flops(family: str, **over) -> tuple[float, float]:
   cost = compiled.cost_analysis()
   xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
   ours = flops.train_flops_per_token(c.model, 128, 'exact', None,
-                                     *objectives.lengths(c.model, c.data)) * 8 * 128
+                                     *objectives.get(c).lengths(c)) * 8 * 128
   return xla, ours
 
 
@@ -295,7 +296,7 @@ def test_sweep_plans_each_family_at_equal_compute(family, tmp_path):
     c = sweep._resolved(sweep.run_config(cd, r, 3))
     assert c.model.family == family
     fpt = flops.train_flops_per_token(c.model, c.data.seq_len, 'exact', None,
-                                      *objectives.lengths(c.model, c.data))
+                                      *objectives.get(c).lengths(c))
     assert abs(fpt * r.tokens / r.budget - 1) < 0.35  # Steps are whole numbers.
 
 
@@ -309,7 +310,7 @@ def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):
     train_pairs, eval_pairs, names = classify.load(d, str(tmp_path))
   assert names == () and len(train_pairs) == 5 and len(eval_pairs) == 5
   assert all(isinstance(a, str) and isinstance(b, str) for a, b in train_pairs)
-  out = objectives.encode_pairs(train_pairs, TOK, 16, 8)
+  out = seq2seq.encode_pairs(train_pairs, TOK, 16, 8)
   assert out['enc_inputs'].shape == (5, 16) and out['targets'].shape == (5, 8)
   assert (out['dec_inputs'][:, 0] == TOK.bos_id).all()
 

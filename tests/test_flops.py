@@ -29,7 +29,7 @@ def test_exact_flops_match_xla_cost_analysis(model):
   m = train.Transformer(model)
   tx = optimizer.make(c.opt, c.train.steps)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, m, tx)(r)), jax.random.key(0))
-  batch = jax.ShapeDtypeStruct((4, 129), 'int32')
+  batch = {'tokens': jax.ShapeDtypeStruct((4, 129), 'int32')}
   compiled = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).compile()
   cost = compiled.cost_analysis()
   xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])

@@ -34,8 +34,8 @@ def _run(c, devices, steps=5, batches=None):
   model = train.Transformer(c.model)
   tx = optimizer.make(c.opt, c.train.steps)
   if batches is None:
-    batches = np.asarray(jax.random.randint(jax.random.key(7),
-                                            (steps, 8, c.data.seq_len + 1), 0, 256))
+    batches = [{'tokens': b} for b in np.asarray(jax.random.randint(
+        jax.random.key(7), (steps, 8, c.data.seq_len + 1), 0, 256))]
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
     _, shardings = train.state_shardings(c, model, tx, mesh)
     state = train.init_state(c, model, tx, shardings)

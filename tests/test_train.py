@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lm import metrics, train
+from lm import objectives
 from lm import optimizer as opt_lib
 from lm.model import Transformer
 from lm.tokenizers import ByteTokenizer
@@ -27,8 +28,8 @@ def _setup(c):
 
 
 def _batch(c, seed=0):
-  return jax.random.randint(jax.random.key(seed), (c.train.batch_size, c.data.seq_len + 1),
-                            0, 256)
+  return {'tokens': jax.random.randint(jax.random.key(seed),
+                                       (c.train.batch_size, c.data.seq_len + 1), 0, 256)}
 
 
 def overfit_losses(batch_fn, **overrides) -> list[float]:
@@ -65,7 +66,7 @@ def test_grad_accumulation_matches_full_batch():
 
 
 def test_bits_per_byte_arithmetic():
-  s = train.summarize_eval({'nll_sum': 100 * math.log(2), 'tokens': 40.0, 'bytes': 50.0})
+  s = objectives.OBJECTIVES['lm'].summarize({'nll_sum': 100 * math.log(2), 'tokens': 40.0, 'bytes': 50.0})
   assert s['bits_per_byte'] == pytest.approx(2.0)
   assert s['loss'] == pytest.approx(100 * math.log(2) / 40)
   assert s['perplexity'] == pytest.approx(math.exp(s['loss']))
@@ -78,9 +79,9 @@ def test_uniform_model_scores_log2_vocab_bits_per_byte():
   tokens = np.full((4, c.data.seq_len + 1), ord('a'), np.int32)
   tokens[0, 5] = ByteTokenizer().eos_id  # Zero bytes: excluded from the byte count.
   weights = np.array([1, 1, 1, 0], np.float32)  # A padding row counts for nothing.
-  out = jax.jit(train.make_eval_step(model, ByteTokenizer().byte_lengths()))(
-      zeros, tokens, weights)
-  s = train.summarize_eval({k: float(v) for k, v in out.items()})
+  out = jax.jit(train.make_eval_step(c, model, ByteTokenizer().byte_lengths()))(
+      zeros, {'tokens': tokens}, weights)
+  s = objectives.OBJECTIVES['lm'].summarize({k: float(v) for k, v in out.items()})
   n_targets = 3 * c.data.seq_len
   assert s['tokens'] == n_targets and s['bytes'] == n_targets - 1
   assert s["loss"] == pytest.approx(math.log(384), rel=1e-6)  # 259 padded to 384.

@@ -114,36 +114,33 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
 
 def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
           batch: int = 0) -> dict:
-  import flax.linen as nn
   import jax
+  import numpy as np
 
-  from lm import flops, optimizer, train
-  from lm import sharding as shard_lib
-  from lm.config import MeshConfig, ModelConfig, OptimizerConfig
-  from tests.helpers import tiny
+  from configs import common
+  from lm import config as config_lib
+  from lm import flops, train
   d, layers, heads, L, B = CONFIGS[name]
-  B = batch or B
-  m = ModelConfig(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads, max_len=L,
+  cd = common.base()
+  cd.model.update(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads, max_len=L,
                   position='learned', activation='gelu', dtype=dtype, scan_layers=scan)
-  c = tiny()
-  c = dataclasses.replace(c, model=m, data=dataclasses.replace(c.data, seq_len=L),
-                          train=dataclasses.replace(c.train, batch_size=B, steps=1000),
-                          opt=OptimizerConfig(warmup_steps=10))
-  model = train.Transformer(m)
-  tx = optimizer.make(c.opt, c.train.steps)
+  cd.data.seq_len = L
+  cd.train.update(batch_size=batch or B, steps=1000, progress=False)
+  cd.opt.warmup_steps = 10
   sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
-  devices = jax.devices() if mesh_arg else jax.devices()[:1]
-  c = dataclasses.replace(c, mesh=MeshConfig(*sizes))
-  mesh = shard_lib.make_mesh(c.mesh, devices)
-  shard_lib.check_batch(c, mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
-    _, shardings = train.state_shardings(c, model, tx, mesh)
-    state = train.init_state(c, model, tx, shardings)
-    batch_sh = shard_lib.batch_sharding(mesh, c.rules)
-    step = jax.jit(train.make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
-                   out_shardings=(shardings, None), donate_argnums=(0,))
-    batch = jax.device_put(jax.random.randint(jax.random.key(1), (B, L + 1), 0, 512), batch_sh)
-    compiled = step.lower(state, batch).compile()
+  cd.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
+  c = config_lib.from_configdict(cd)
+  m, B = c.model, c.train.batch_size
+  t = train.build(c, jax.devices() if mesh_arg else jax.devices()[:1])
+  mesh = t.mesh
+  with t.context():
+    state = t.init()
+    rng = np.random.default_rng(1)  # Random ids; weights and masks all ones.
+    batch = {k: jax.device_put(
+        rng.integers(0, m.vocab_size, a.shape).astype(a.dtype)
+        if np.issubdtype(a.dtype, np.integer) else np.ones(a.shape, a.dtype),
+        t.batch_shardings[k]) for k, a in t.abstract_batch().items()}
+    compiled = t.train_step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   xla_flops = float(cost.get('flops', 0.0))

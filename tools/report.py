@@ -69,14 +69,19 @@ def write_report(cd, workdir: str) -> str:
   os.makedirs(out_dir, exist_ok=True)
   md = [f'# Scaling report: {os.path.basename(os.path.abspath(workdir))}', '',
         f'Design: {s.design}; compute convention: `{conv}` (lm/flops.py); N = non-embedding '
-        f'parameters; D = training tokens; loss = final validation loss (nats/token); '
+        f'parameters; D = training tokens; loss = final validation loss (nats per target token); '
         f'{s.bootstrap} bootstrap resamples, 95% percentile intervals.', '']
-  md += ['## Runs', '', '| run | N | D | C | final loss | bits/byte | status |',
+  every = rows + excluded
+  objective = every[0].get('objective', 'lm') if every else 'lm'
+  headline = every[0].get('headline', 'bits_per_byte') if every else 'bits_per_byte'
+  md += [f'Objective: {objective}; headline metric: {headline} (final eval); fits use '
+         'the loss.', '']
+  md += ['## Runs', '', f'| run | N | D | C | final loss | {headline} | status |',
          '|---|---|---|---|---|---|---|']
-  for r in rows + excluded:
+  for r in every:
     md.append(f'| {r["name"]} | {r["N"]:,} | {r["D"]:,} | {r[f"C_{conv}"]:.3g} | '
               f'{_fmt(r["final_loss"]) if r.get("final_loss") is not None else "-"} | '
-              f'{_fmt(r["final_bpb"]) if r.get("final_bpb") is not None else "-"} | '
+              f'{_fmt(r["final_headline"]) if r.get("final_headline") is not None else "-"} | '
               f'{r["status"] if r in rows else r["reason"][:80]} |')
   md.append('')
   n = np.array([r['N'] for r in rows], float)

@@ -22,8 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import optimizer, tokenizers, train
-from lm import sharding as shard_lib
+from lm import tokenizers, train
 
 
 
@@ -60,14 +59,10 @@ def activation_bytes(c: config_lib.Config, mesh) -> int:
 def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str, float]:
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   c = train.resolve_vocab(c, tok.vocab_size)
-  mesh = shard_lib.make_mesh(c.mesh)
-  shard_lib.check_batch(c, mesh)
-  model = train.Transformer(c.model)
-  tx = optimizer.make(c.opt, c.train.steps)
-  rules = list(c.rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(train.init_fn(c, model, tx), jax.random.key(0))
-    abstract, shardings = train.state_shardings(c, model, tx, mesh)
+  t = train.build(c)
+  mesh, abstract, shardings = t.mesh, t.abstract, t.shardings
+  with t.context():
+    boxed = jax.eval_shape(train.init_fn(c, t.model, t.tx), jax.random.key(0))
   logical = nn.get_partition_spec(boxed.params)
   print(f'mesh {dict(mesh.shape)} on {mesh.size} {jax.devices()[0].platform} devices; '
         f'rules: {dict(c.rules)}\n', file=out)
@@ -94,15 +89,11 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
   print('\nper device:', file=out)
   for k, v in totals.items():
     print(f'  {k:24s} {_gib(v)}', file=out)
-  if aot:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      batch = jax.ShapeDtypeStruct((c.train.batch_size, c.data.seq_len + 1), np.int32,
-                                   sharding=shard_lib.batch_sharding(mesh, c.rules))
+  if aot:  # The train step the trainer runs, on this objective's batch.
+    with t.context():
       state = jax.tree_util.tree_map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-      step = jax.jit(train.make_train_step(c, model, tx), out_shardings=(shardings, None),
-                     donate_argnums=(0,))
-      compiled = step.lower(state, batch).compile()
+      compiled = t.train_step.lower(state, t.abstract_batch()).compile()
     mem = compiled.memory_analysis()
     print('\nXLA memory analysis of the compiled train step (per device):', file=out)
     for k in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
