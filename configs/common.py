@@ -17,6 +17,18 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def sweep(**values) -> ml_collections.ConfigDict:
+  """A sweep section: every SweepConfig field with its default, then `values`.
+
+  List-valued fields are tuples, so the command line can override them:
+  --config.sweep.budgets='(1e11, 1e12)'."""
+  out = ml_collections.ConfigDict(
+      {f.name: f.default for f in config_lib.dataclasses.fields(config_lib.SweepConfig)})
+  for k, v in values.items():
+    out[k] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'size=s,lr=1e-3' -> ConfigDict, with types taken from the defaults."""
   out = ml_collections.ConfigDict(defaults)

@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.data.update(seq_len=64)
   c.opt.update(lr=3e-3, warmup_steps=20, schedule='cosine', min_lr_ratio=0.1)
   c.train.update(batch_size=64, steps=100, log_every=20, eval_batches=4, keep_checkpoints=1)
-  c.sweep = dict(design='isoflop', convention='exact', budgets=[1.5e11, 4e11, 1e12], sizes=5,
-                 tokens_per_param=150.0, aspect=8, head_dim=8, evals_per_run=5,
-                 bootstrap=1000)
+  c.sweep = common.sweep(design='isoflop', convention='exact', budgets=(1.5e11, 4e11, 1e12),
+                         sizes=5, tokens_per_param=150.0, aspect=8, head_dim=8,
+                         evals_per_run=5, bootstrap=1000)
   return c

@@ -40,11 +40,18 @@ def main(argv):
         print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}')
       return
     if _MODE.value == 'commands':
-      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, runs)
+      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, runs,
+                            sweep.config_overrides(sys.argv[1:]))
       print(json.dumps(cmds, indent=1) if _JSON.value else '\n'.join(c['command'] for c in cmds))
       return
     if _MODE.value == 'run':
-      sweep.run_all(cd, wd, only=_ONLY.value)
+      results = sweep.run_all(cd, wd, only=_ONLY.value)
+      failed = [r for r in results if r['status'] == 'failed']
+      if results and len(failed) == len(results):
+        print(f'error: every run failed ({len(failed)}); the first: {failed[0]["name"]}: '
+              f'{failed[0]["error"][:300]} (tracebacks in {wd}/runs/*/result.json)',
+              file=sys.stderr)
+        sys.exit(1)
       if _ONLY.value:
         return
     rows = sweep.collect(cd, wd)

@@ -168,6 +168,62 @@ class Config:
   init_from: str = ''  # Fine-tune: a workdir or step directory to take params from.
 
 
+SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd')
+START_GRIDS = ('full', 'coarse')
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """A sweep config's `sweep` section (lm/sweep.py, lm/plan.py, tools/report.py)."""
+  design: str = 'isoflop'  # isoflop (per budget, `sizes` ladder models), grid (N x D), wsd.
+  convention: str = 'exact'  # FLOP convention that defines C (lm/flops.py).
+  budgets: tuple[float, ...] = ()  # isoflop: compute budgets in FLOPs.
+  sizes: int = 5  # isoflop: consecutive ladder models per budget (>= 3).
+  tokens_per_param: float = 20.0  # isoflop: D/N at the expected optimum (centres the sizes).
+  min_steps: int = 20  # isoflop: refuse a run shorter than this.
+  params: tuple[float, ...] = ()  # grid/wsd: target non-embedding parameter counts.
+  tokens: tuple[float, ...] = ()  # grid/wsd: training tokens per run.
+  aspect: int = 32  # Ladder: d_model = aspect x layers.
+  head_dim: int = 16  # Ladder: heads = d_model / head_dim.
+  cooldown_fraction: float = 0.2  # wsd: each branch's cooldown share of its steps.
+  seeds: tuple[int, ...] = (0,)  # Replicates of every run (train.seed and data order).
+  lrs: tuple[float, ...] = ()  # Optional learning-rate sweep of every run.
+  evals_per_run: int = 6  # Evaluations over a run (the envelope method reads them).
+  bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
+  grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
+
+
+def sweep_config(d: dict[str, Any]) -> SweepConfig:
+  """Validates a `sweep` section (a dict or ConfigDict) into a SweepConfig."""
+  s = _build(SweepConfig, 'sweep', dict(d))
+  _choice('sweep.design', s.design, SWEEP_DESIGNS)
+  _choice('sweep.convention', s.convention, CONVENTIONS)
+  _choice('sweep.grid', s.grid, START_GRIDS)
+  for f in ('budgets', 'params', 'tokens', 'lrs'):
+    for v in getattr(s, f):
+      if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+              and math.isfinite(v)):
+        raise _err(f'sweep.{f}', getattr(s, f), f'every entry must be a positive number, '
+                   f'not {v!r}')
+  need = {'isoflop': ('budgets',), 'grid': ('params', 'tokens'), 'wsd': ('params', 'tokens')}
+  for f in need[s.design]:
+    if not getattr(s, f):
+      raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} needs at least one '
+                 'value, e.g. --config.sweep.' + f + "='(1e5, 1e6)'")
+  if s.design == 'isoflop' and s.sizes < 3:
+    raise _err('sweep.sizes', s.sizes, 'an IsoFLOP profile needs at least 3 sizes '
+               '(5 recommended) to bracket its minimum')
+  if not s.seeds:
+    raise _err('sweep.seeds', s.seeds, 'list at least one seed')
+  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run'):
+    _positive(f'sweep.{f}', getattr(s, f))
+  if not 0.0 < s.cooldown_fraction <= 1.0:
+    raise _err('sweep.cooldown_fraction', s.cooldown_fraction, 'must be in (0, 1]')
+  if s.bootstrap < 0:
+    raise _err('sweep.bootstrap', s.bootstrap, 'must be >= 0')
+  return s
+
+
 # Logical axis -> mesh axes. The batch is always split over data x fsdp.
 # A mesh axis of size 1 is a no-op, so fsdp_tp serves every mesh; the others
 # keep parameters replicated along the axes they leave out. Activations'

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import time
 import traceback
@@ -24,38 +25,13 @@ import ml_collections
 from lm import config as config_lib
 from lm import flops, metrics, objectives, plan, tokenizers, train
 
-DESIGNS = ('isoflop', 'grid', 'wsd')
-
-
-def sweep_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      'design': 'isoflop', 'convention': 'exact', 'budgets': [], 'sizes': 5,
-      'tokens_per_param': 20.0, 'min_steps': 20, 'params': [], 'tokens': [],
-      'aspect': 32, 'head_dim': 16, 'cooldown_fraction': 0.2, 'seeds': [0], 'lrs': [],
-      'evals_per_run': 6, 'bootstrap': 1000, 'grid': 'full'})
-
-
 def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
-  """(run ConfigDict without `sweep`, validated sweep settings)."""
+  """(run ConfigDict without `sweep`, validated SweepConfig)."""
   cd = ml_collections.ConfigDict(cd.to_dict())  # Unlocked copy (config_flags locks).
   raw = cd.sweep.to_dict() if 'sweep' in cd else {}
   if 'sweep' in cd:
     del cd['sweep']
-  s = sweep_defaults()
-  for k, v in raw.items():
-    if k not in s:
-      raise config_lib.ConfigError(f'config.sweep.{k} is not a known field; valid: '
-                                   f'{", ".join(sorted(s))}')
-    s[k] = v
-  if s.design not in DESIGNS:
-    raise config_lib.ConfigError(f'config.sweep.design={s.design!r}: one of {DESIGNS}')
-  if s.grid not in ('full', 'coarse'):
-    raise config_lib.ConfigError(f'config.sweep.grid={s.grid!r}: full (Hoffmann et al. 2022, '
-                                 '4500 starts) or coarse (162 starts)')
-  if s.convention not in flops.CONVENTIONS:
-    raise config_lib.ConfigError(f'config.sweep.convention={s.convention!r}: one of '
-                                 f'{flops.CONVENTIONS}')
-  return cd, s
+  return cd, config_lib.sweep_config(raw)
 
 
 def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
@@ -206,12 +182,28 @@ def _start_branch(workdir: str, r: plan.Run) -> None:
   shutil.copy(os.path.join(src, 'config.json'), os.path.join(dst, 'config.json'))
 
 
-def commands(cd_arg: str, workdir: str, runs: list[plan.Run]) -> list[dict]:
-  """One launchable command per run (e.g. one cluster job or TPU pod each)."""
+def config_overrides(argv: list[str]) -> list[str]:
+  """The --config.* flags of a command line, as --flag=value strings."""
+  out, i = [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith('--config.'):
+      if '=' not in a and i + 1 < len(argv):  # The '--flag value' form.
+        a, i = f'{a}={argv[i + 1]}', i + 1
+      out.append(a)
+    i += 1
+  return out
+
+
+def commands(cd_arg: str, workdir: str, runs: list[plan.Run], overrides: list[str] = ()
+             ) -> list[dict]:
+  """One launchable command per run (e.g. one cluster job or TPU pod each),
+  carrying the sweep's --config.* overrides so every job runs this plan."""
+  extra = ''.join(' ' + shlex.quote(o) for o in overrides)
   out = []
   for r in runs:
-    cmd = (f'python -m experiments.sweep --config={cd_arg} --workdir={workdir} '
-           f'--only={r.name}')
+    cmd = (f'python -m experiments.sweep --config={shlex.quote(cd_arg)} '
+           f'--workdir={shlex.quote(workdir)}{extra} --only={r.name}')
     out.append({'name': r.name, 'command': cmd, 'workdir': os.path.join(workdir, 'runs', r.name),
                 'after': r.branch_from, **{k: v for k, v in dataclasses.asdict(r).items()
                                            if k in ('n', 'tokens', 'compute', 'budget')}})

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from lm import config as config_lib
 from lm import flops, plan, sweep
 from lm.config import ConfigError, ModelConfig
 from tests.helpers import tiny_cd
@@ -95,10 +96,22 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   res2 = sweep.run_all(cd, wd, log=logs2.append)
   assert all(r['status'] == 'done' for r in res2)
   assert sum('[sweep] ' in line and '/6 done' in line for line in logs2) == 1
+  # Killed after its last checkpoint, before result.json: recorded as done on
+  # rerun from its final eval, without training again.
+  lost = runs[2].name
+  os.remove(os.path.join(wd, 'runs', lost, 'result.json'))
+  from lm import metrics
+  n_rows = len(metrics.read(os.path.join(wd, 'runs', lost), 'train'))
+  n_evals = len(metrics.read(os.path.join(wd, 'runs', lost), 'eval'))
+  res3 = sweep.run_all(cd, wd, log=lambda *_: None)
+  assert all(r['status'] == 'done' for r in res3), res3
+  assert len(metrics.read(os.path.join(wd, 'runs', lost), 'train')) == n_rows
+  assert len(metrics.read(os.path.join(wd, 'runs', lost), 'eval')) == n_evals
   rows = sweep.collect(cd, wd)
   with open(os.path.join(wd, 'results.csv')) as f:
     table = list(csv.DictReader(f))
   assert len(table) == 6 and set(sweep.COLUMNS) <= set(table[0])
+  assert {(t['objective'], t['headline']) for t in table} == {('lm', 'bits_per_byte')}
   for r in rows:
     assert r['status'] == 'done' and np.isfinite(r['final_loss'])
     assert r['C_6N'] == 6 * r['N'] * r['D']
@@ -112,7 +125,7 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   path = report.write_report(cd, wd)
   text = open(path).read()
   for section in ('Approach 1', 'Approach 2', 'Approach 3', 'Held-out check', '95% CI',
-                  'intervals resample whole runs'):
+                  'intervals resample whole runs', 'headline metric: bits_per_byte'):
     assert section in text, section
   # Six tiny runs may or may not bracket a minimum per budget; either way the
   # report says what it found (test_scaling checks the fit on known data).
@@ -200,4 +213,106 @@ def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   cmds = sweep.commands('configs/x.py', '/sw', runs)
   assert cmds[0]['command'] == ('python -m experiments.sweep --config=configs/x.py '
                                 f'--workdir=/sw --only={runs[0].name}')
+  argv = ['--workdir=/sw', '--config.opt.lr=1e-3', '--config.sweep.budgets', '(1e9, 2e9)']
+  assert sweep.config_overrides(argv) == ['--config.opt.lr=1e-3',
+                                          '--config.sweep.budgets=(1e9, 2e9)']
+  cmd = sweep.commands('configs/x.py', '/sw', runs[:1], sweep.config_overrides(argv))[0]
+  assert cmd['command'] == ("python -m experiments.sweep --config=configs/x.py --workdir=/sw "
+                            "--config.opt.lr=1e-3 '--config.sweep.budgets=(1e9, 2e9)' "
+                            f'--only={runs[0].name}')
   assert json.loads(json.dumps(cmds))[0]['workdir'] == f'/sw/runs/{runs[0].name}'
+
+
+@pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
+def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir, family):
+  """A 2 x 2 grid sweep of masked-LM / span-corruption models: every run done,
+  results.csv and the report name the objective's headline metric."""
+  cd = _sweep_cd(corpus_dir)
+  cd.model.family = family
+  base = sweep._resolved(config_lib.from_configdict(sweep.split(cd)[0])).model
+  rung2, rung3 = [float(n) for n, _ in plan.rungs(base, 8, 8, max_layers=3)[1:]]
+  cd.sweep = dict(design='grid', convention='exact', params=[rung2, rung3],
+                  tokens=[640.0, 1280.0], aspect=8, head_dim=8, evals_per_run=2,
+                  bootstrap=10, grid='coarse')
+  wd = str(tmp_path / family)
+  res = sweep.run_all(cd, wd, log=lambda *_: None)
+  assert [r['status'] for r in res] == ['done'] * 4, res
+  rows = sweep.collect(cd, wd)
+  want = {'encoder': 'mlm', 'encoder_decoder': 'span'}[family]
+  assert {(r['objective'], r['headline']) for r in rows} == {(want, 'accuracy')}
+  assert all(0.0 <= r['final_headline'] <= 1.0 and r['best_headline'] >= r['final_headline']
+             for r in rows)
+  from tools import report
+  text = open(report.write_report(cd, wd)).read()
+  assert f'Objective: {want}; headline metric: accuracy' in text
+  assert '| accuracy | status |' in text
+
+
+def _sweep_cli(tmp_path, *args):
+  import subprocess
+  import sys
+  cfg = tmp_path / 'sweep_cfg.py'
+  cfg.write_text(
+      'from configs import common\n'
+      'def get_config(arg=None):\n'
+      '  c = common.base()\n'
+      "  c.model.update(max_len=16)\n"
+      "  c.data.update(seq_len=16, source='dir', path=%r)\n"
+      "  c.opt.update(warmup_steps=2)\n"
+      "  c.train.update(batch_size=8, eval_batches=1, progress=False)\n"
+      "  c.sweep = common.sweep(design='grid', params=(6000.0,), tokens=(640.0,), aspect=8,\n"
+      "                         head_dim=8, evals_per_run=2, bootstrap=10, grid='coarse')\n"
+      '  return c\n' % str(tmp_path / 'corpus'))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  return subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--config={cfg}',
+                         f'--workdir={tmp_path / "sw"}', *args], capture_output=True,
+                        text=True, cwd=root, env=env)
+
+
+def test_sweep_cli_overrides_lists_and_fails_when_every_run_fails(tmp_path):
+  (tmp_path / 'corpus').mkdir()
+  (tmp_path / 'corpus' / 'a.py').write_text('x = 1\n' * 10)  # Far too little text.
+  r = _sweep_cli(tmp_path, '--mode=commands', "--config.sweep.tokens=(640.0, 1280.0)")
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == 2 and all("'--config.sweep.tokens=(640.0, 1280.0)'" in x for x in lines)
+  r = _sweep_cli(tmp_path, '--config.sweep.params=(-1.0,)', '--mode=plan')
+  assert r.returncode == 2 and 'sweep.params' in r.stderr and 'Traceback' not in r.stderr
+  r = _sweep_cli(tmp_path)
+  assert r.returncode == 1, (r.stdout, r.stderr)
+  assert 'every run failed (1)' in r.stderr and 'ConfigError' in r.stderr
+
+
+def test_planned_counts_and_compute_match_the_trained_models(corpus_dir):
+  """Randomly drawn valid bases (GQA, untied, gated MLPs, RoPE, biases, QK-norm,
+  every family): each planned run's N is the trained model's, its parameter
+  tree has exactly the counted size, and its C is within 2% of its budget."""
+  import flax.linen as nn
+  import jax
+
+  from lm import objectives
+  from lm.model import Transformer, init_inputs
+  rng = np.random.default_rng(0)
+  for trial in range(6):
+    family = ('decoder', 'encoder', 'encoder_decoder')[trial % 3]
+    conv = str(rng.choice(flops.CONVENTIONS))
+    cd = _sweep_cd(corpus_dir)
+    cd.sweep.update(budgets=[3e9, 1e10], min_steps=50, convention=conv)
+    cd.model.update(
+        family=family, num_kv_heads=int(rng.choice([0, 1, 2])),
+        head_dim=int(rng.choice([0, 16])), activation=str(rng.choice(['gelu', 'swiglu', 'relu2'])),
+        position=str(rng.choice(['learned', 'rope', 'sinusoidal'])),
+        use_bias=bool(rng.integers(2)), tie_embeddings=bool(rng.integers(2)),
+        qk_norm=bool(rng.integers(2)), norm=str(rng.choice(['layernorm', 'rmsnorm'])),
+        mlm_transform=family == 'encoder' and bool(rng.integers(2)))
+    for r in sweep.make_plan(cd):
+      c = sweep._resolved(sweep.run_config(cd, r, 3))
+      counts = flops.param_counts(c.model)
+      tree = jax.eval_shape(lambda k, m=c.model: Transformer(m).init(
+          k, **init_inputs(m, c.data.seq_len))['params'], jax.random.key(0))
+      size = sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(tree)))
+      assert (r.n, size) == (counts['non_embedding'], counts['total']), (trial, r.name)
+      C = flops.all_conventions(c.model, c.data.seq_len, None,
+                                *objectives.get(c).lengths(c))[conv] * r.tokens
+      assert abs(C / r.budget - 1) < 0.02, (trial, r.name, conv, C, r.budget)
