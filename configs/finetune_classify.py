@@ -12,7 +12,8 @@ Labels are the sorted distinct labels of the train split unless data.labels
 lists them. --config.opt.freeze_backbone=True trains only the head (a linear
 probe): the backward pass stops at the head, so a step costs about one forward
 pass (tiny, 2-core CPU: 17.6 ms instead of 93.9 ms per step of 32 x 128 tokens).
-Without init_from the whole model trains from scratch.
+It refuses to start without init_from (train.require_init_from); to train a
+classifier from scratch, set --config.train.require_init_from=False.
 """
 
 from configs import tiny
@@ -25,5 +26,6 @@ def get_config(arg=None):
                 seq_len=128)
   c.model.update(pool='last')  # The EOS that ends each example (see lm/classify.py).
   c.opt.update(lr=1e-3, warmup_steps=20, schedule='cosine', min_lr_ratio=0.0)
-  c.train.update(batch_size=32, steps=300, eval_every=100, checkpoint_every=100)
+  c.train.update(batch_size=32, steps=300, eval_every=100, checkpoint_every=100,
+                 require_init_from=True)
   return c

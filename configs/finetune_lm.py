@@ -18,5 +18,5 @@ def get_config(arg=None):
   c.init_from = ''  # Required: the pre-training workdir or <workdir>/checkpoints/<step>.
   c.data.update(source='dir', path='', val_fraction=0.05)
   c.opt.update(lr=3e-4, warmup_steps=10, schedule='cosine', min_lr_ratio=0.0)
-  c.train.update(steps=200, eval_every=50, checkpoint_every=100)
+  c.train.update(steps=200, eval_every=50, checkpoint_every=100, require_init_from=True)
   return c

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import host, scaling, sweep
+from lm import cli, host, scaling, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -32,8 +32,9 @@ def main(argv):
   del argv
   host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)
-  cd, wd = _CONFIG.value, _WORKDIR.value
+  wd = _WORKDIR.value
   try:
+    cd = _CONFIG.value
     runs = sweep.make_plan(cd)
     if _MODE.value == 'plan':
       for r in runs:
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -6,8 +6,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lm import cli
 from lm import config as config_lib
-from lm import classify, host, sharding, train
+from lm import classify, cli, host, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

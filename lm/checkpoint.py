@@ -24,11 +24,6 @@ class CheckpointError(RuntimeError):
   """A workdir's checkpoints are corrupt, missing or belong to another run."""
 
 
-# Fields that do not change the parameter pytree (shapes or layout).
-NON_ARCH_FIELDS = ('embed_dropout', 'attn_dropout', 'resid_dropout', 'dtype', 'remat',
-                   'init_std', 'attn_block', 'pool')
-
-
 def find(path: str) -> tuple[str, str]:
   """(config.json path, step directory) for a workdir or a step directory."""
   path = os.path.abspath(path)
@@ -82,15 +77,11 @@ def load_params(path: str, m: ModelConfig | None = None) -> tuple[Config, Any]:
 
 
 def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
-  """The fields that make two models' parameter pytrees differ."""
-  da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-  for k in NON_ARCH_FIELDS + ('num_classes', 'mlm_transform'):  # Heads, not the backbone.
-    da.pop(k)
-    db.pop(k)
-  if a.position != 'learned' and b.position != 'learned':
-    da.pop('max_len')
-    db.pop('max_len')
-  return config_lib.diff(da, db, 'model.')
+  """The architecture fields (lm/config.FIELD_KINDS 'arch') in which two models
+  differ: their parameter trees or functions differ. Task heads may differ."""
+  base = config_lib.from_configdict({})
+  return config_lib.kind_diff(dataclasses.replace(base, model=a),
+                              dataclasses.replace(base, model=b), (config_lib.ARCH,))
 
 
 def save_params(workdir: str, c: Config, params: Any, step: int = 0) -> str:

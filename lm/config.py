@@ -36,30 +36,30 @@ class ConfigError(ValueError):
 class ModelConfig:
   family: str = 'decoder'  # decoder (causal LM), encoder (masked LM) or encoder_decoder.
   vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128.
-  d_model: int = 128
-  num_layers: int = 2  # Encoder-decoder: the encoder's layers.
+  d_model: int = 128  # Width of the residual stream.
+  num_layers: int = 2  # Transformer blocks (encoder-decoder: the encoder's).
   num_decoder_layers: int = 0  # Encoder-decoder: 0 means num_layers.
-  num_heads: int = 4
+  num_heads: int = 4  # Attention (query) heads.
   num_kv_heads: int = 0  # 0 means num_heads (plain multi-head attention).
   head_dim: int = 0  # 0 means d_model // num_heads.
   mlp_dim: int = 0  # 0 means 4 * d_model.
-  max_len: int = 128
-  position: str = 'learned'
-  rope_theta: float = 10_000.0
-  norm: str = 'layernorm'
-  norm_eps: float = 1e-5
-  use_bias: bool = True
-  qk_norm: bool = False
-  activation: str = 'gelu'
-  tie_embeddings: bool = True
-  embed_dropout: float = 0.0
-  attn_dropout: float = 0.0
-  resid_dropout: float = 0.0
-  param_dtype: str = 'float32'
-  dtype: str = 'float32'
-  scan_layers: bool = True
-  remat: str = 'none'
-  init_std: float = 0.02
+  max_len: int = 128  # Longest sequence: size of the learned position table (and the KV cache).
+  position: str = 'learned'  # Positions: learned | rope | sinusoidal | none.
+  rope_theta: float = 10_000.0  # RoPE base frequency.
+  norm: str = 'layernorm'  # layernorm | rmsnorm (pre-norm blocks and a final norm).
+  norm_eps: float = 1e-5  # Epsilon of every norm.
+  use_bias: bool = True  # Biases in the attention and MLP projections (and LayerNorm).
+  qk_norm: bool = False  # Normalise queries and keys per head before the dot product.
+  activation: str = 'gelu'  # MLP: gelu | swiglu (gated) | relu2 (squared ReLU).
+  tie_embeddings: bool = True  # Output head shares the input embedding matrix.
+  embed_dropout: float = 0.0  # Dropout on the embeddings (training only).
+  attn_dropout: float = 0.0  # Dropout on the attention weights (training only).
+  resid_dropout: float = 0.0  # Dropout on each residual branch (training only).
+  param_dtype: str = 'float32'  # Storage dtype of the parameters.
+  dtype: str = 'float32'  # Compute dtype of matmuls; logits and softmax stay float32.
+  scan_layers: bool = True  # nn.scan over layers (one compiled layer; params stacked).
+  remat: str = 'none'  # Rematerialisation: none | full | save_dots.
+  init_std: float = 0.02  # Std of the normal initialiser of weight matrices.
   attn_block: int = 128  # Causal query-block length (0: one block).
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
@@ -81,42 +81,49 @@ class ModelConfig:
   def ff_dim(self) -> int:
     return self.mlp_dim or 4 * self.d_model
 
+  def canonical(self) -> 'ModelConfig':
+    """The same model with every 0-means-default field spelled out (0 KV heads
+    and num_kv_heads = num_heads are one architecture)."""
+    return dataclasses.replace(self, num_decoder_layers=self.decoder_layers,
+                               num_kv_heads=self.kv_heads, head_dim=self.dh,
+                               mlp_dim=self.ff_dim)
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  lr: float = 3e-3
-  min_lr_ratio: float = 0.1
-  warmup_steps: int = 50
-  schedule: str = 'cosine'
-  cooldown_fraction: float = 0.2
-  cooldown_shape: str = '1-sqrt'
-  b1: float = 0.9
-  b2: float = 0.95
-  eps: float = 1e-8
-  weight_decay: float = 0.1
-  wd_exclude: tuple[str, ...] = WD_EXCLUDE
-  grad_clip: float = 1.0
-  z_loss: float = 0.0
+  lr: float = 3e-3  # Peak learning rate (AdamW).
+  min_lr_ratio: float = 0.1  # Final learning rate as a fraction of the peak (cosine, linear).
+  warmup_steps: int = 50  # Linear warmup from 0 to the peak.
+  schedule: str = 'cosine'  # After warmup: cosine | linear | constant | inverse_sqrt | wsd.
+  cooldown_fraction: float = 0.2  # wsd: share of the steps spent cooling down.
+  cooldown_shape: str = '1-sqrt'  # wsd cooldown: linear | 1-sqrt.
+  b1: float = 0.9  # Adam's first-moment decay.
+  b2: float = 0.95  # Adam's second-moment decay.
+  eps: float = 1e-8  # Adam's epsilon.
+  weight_decay: float = 0.1  # Decoupled weight decay (times the learning rate).
+  wd_exclude: tuple[str, ...] = WD_EXCLUDE  # No weight decay on: norm, bias, embedding.
+  grad_clip: float = 1.0  # Clip the global gradient norm to this (0: off).
+  z_loss: float = 0.0  # Weight of the z-loss (log Z)^2 on the logits (0: off).
   freeze_backbone: bool = False  # Classifier fine-tuning: train only the head.
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = 'stdlib'
+  source: str = 'stdlib'  # stdlib (the built-in corpus) | dir | tfds | file (CSV/JSONL).
   path: str = ''  # Directory or glob for source='dir'.
   tfds_name: str = ''  # Catalog name for source='tfds', e.g. 'tiny_shakespeare'.
-  text_key: str = 'text'
+  text_key: str = 'text'  # Feature or column holding the text.
   label_key: str = ''  # Set: labelled examples for a classifier (source file or tfds).
   labels: tuple[str, ...] = ()  # Class names; () = the sorted labels of the train split.
   eval_path: str = ''  # source='file': eval file; '' = hold out val_fraction of rows.
-  train_split: str = 'train'
-  val_split: str = 'validation'
+  train_split: str = 'train'  # Split to train on.
+  val_split: str = 'validation'  # Split to evaluate on.
   val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
   tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
-  tokenizer_path: str = ''
+  tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf).
   seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
-  shuffle_seed: int = 0
+  shuffle_seed: int = 0  # Seed of the data order (and of corruption noise).
   target_key: str = ''  # Set: (input, target) pairs for an encoder-decoder (seq2seq).
   target_len: int = 0  # Seq2seq target length; 0 means seq_len.
   mlm_rate: float = 0.15  # Masked LM: fraction of positions selected...
@@ -129,31 +136,32 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   batch_size: int = 32  # Global batch, in sequences.
-  grad_accum: int = 1
-  steps: int = 500
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 100
-  eval_batches: int = 8
-  checkpoint_every: int = 250
-  keep_checkpoints: int = 3
+  grad_accum: int = 1  # Micro-batches per step (divides batch_size).
+  steps: int = 500  # Optimizer steps; the schedule ends here.
+  seed: int = 0  # Seed of the initialisation and dropout.
+  log_every: int = 10  # Steps between train-metric rows.
+  eval_every: int = 100  # Steps between evaluations (and always at the end).
+  eval_batches: int = 8  # Batches per evaluation (the first windows of the split).
+  checkpoint_every: int = 250  # Steps between checkpoints (and always at the end).
+  keep_checkpoints: int = 3  # Checkpoints kept on disk (oldest deleted).
   extra_checkpoints: tuple[int, ...] = ()  # Steps also saved (WSD branch points).
   peak_flops: float = 0.0  # Per device; 0 means look up the device kind.
-  flops_convention: str = 'exact'
-  progress: bool = True
+  flops_convention: str = 'exact'  # FLOP convention of the logged FLOPs and MFU (lm/flops.py).
+  progress: bool = True  # Show a progress bar.
   objective: str = ''  # lm/objectives table; '' = from data.label_key/target_key and the family.
+  require_init_from: bool = False  # Fine-tuning configs: refuse to train from scratch.
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Axis sizes within a slice (ICI); -1 = the rest. dcn_* split an axis across
   slices (multi-slice TPU, or hosts over the data-centre network)."""
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  dcn_data: int = 1
-  dcn_fsdp: int = 1
-  dcn_tensor: int = 1
+  data: int = -1  # Data-parallel devices (-1: the rest).
+  fsdp: int = 1  # FSDP devices: parameters sharded along embed (-1: the rest).
+  tensor: int = 1  # Tensor-parallel devices: heads, MLP and vocab (-1: the rest).
+  dcn_data: int = 1  # Slices (or hosts) along data, over the data-centre network.
+  dcn_fsdp: int = 1  # Slices along fsdp.
+  dcn_tensor: int = 1  # Slices along tensor.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +172,76 @@ class Config:
   train: TrainConfig
   mesh: MeshConfig
   rules: tuple[tuple[str, Any], ...]
-  name: str = 'run'
+  name: str = 'run'  # Run name (metrics, sweeps).
   init_from: str = ''  # Fine-tune: a workdir or step directory to take params from.
+
+
+# What a field is to a run's checkpoints; the resume check (lm/train.py), the
+# architecture diff of init_from (lm/checkpoint.py), the sweep planner
+# (lm/plan.py) and Hugging Face export (tools/hf.py) read this one table.
+#   arch   changes the parameter tree or the function it computes: checkpoints
+#          with another value do not load, HF export must map it or refuse.
+#   head   a task head's architecture: fine-tuning may add or replace it.
+#   fixed  not architecture, but a run cannot continue with another value.
+#   free   anything else: may change on resume or when fine-tuning.
+ARCH, HEAD, FIXED, FREE = 'arch', 'head', 'fixed', 'free'
+FIELD_KINDS: dict[str, str] = {
+    **{f'model.{k}': ARCH for k in (
+        'family', 'vocab_size', 'd_model', 'num_layers', 'num_decoder_layers', 'num_heads',
+        'num_kv_heads', 'head_dim', 'mlp_dim', 'max_len', 'position', 'rope_theta', 'norm',
+        'norm_eps', 'use_bias', 'qk_norm', 'activation', 'tie_embeddings', 'param_dtype',
+        'scan_layers')},
+    **{f'model.{k}': HEAD for k in ('num_classes', 'pool', 'mlm_transform')},
+    **{f'model.{k}': FREE for k in ('embed_dropout', 'attn_dropout', 'resid_dropout',
+                                    'dtype', 'remat', 'init_std', 'attn_block')},
+    **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
+                                    'target_key', 'tokenizer', 'tokenizer_path', 'seq_len',
+                                    'target_len')},
+    'train.batch_size': FIXED, 'train.objective': FIXED,
+}
+
+
+def field_kind(path: str) -> str:
+  """'section.field' -> arch | head | fixed | free (unlisted fields are free)."""
+  return FIELD_KINDS.get(path, FREE)
+
+
+def kind_diff(a: Config, b: Config, kinds: tuple[str, ...]) -> list[str]:
+  """'section.field: a != b' for the fields of these kinds in which two configs
+  differ. Models compare canonically (mlp_dim 0 and 4 x d_model are one model),
+  and max_len only matters to learned positions."""
+  out = []
+  ma, mb = a.model.canonical(), b.model.canonical()
+  for path, kind in FIELD_KINDS.items():
+    if kind not in kinds:
+      continue
+    section, field = path.split('.')
+    if path == 'model.max_len' and 'learned' not in (ma.position, mb.position):
+      continue
+    if path == 'model.rope_theta' and 'rope' not in (ma.position, mb.position):
+      continue
+    va, vb = (getattr(m if section == 'model' else getattr(x, section), field)
+              for x, m in ((a, ma), (b, mb)))
+    if _norm(va) != _norm(vb):
+      out.append(f'{path}: {va!r} != {vb!r}')
+  return out
+
+
+def field_help() -> dict[str, tuple[Any, str]]:
+  """'section.field' -> (default, the one-line meaning written beside it above)."""
+  import inspect
+  import re
+  out = {}
+  for section, cls in {**SECTIONS, 'sweep': SweepConfig}.items():
+    notes = dict(re.findall(r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$', inspect.getsource(cls),
+                            re.M))
+    for f in dataclasses.fields(cls):
+      out[f'{section}.{f.name}'] = (f.default, notes.get(f.name, ''))
+  notes = dict(re.findall(r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$', inspect.getsource(Config),
+                          re.M))
+  for k in ('name', 'init_from'):
+    out[k] = (Config.__dataclass_fields__[k].default, notes.get(k, ''))
+  return out
 
 
 SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd')
@@ -408,6 +484,9 @@ def validate(c: Config) -> None:
   if t.batch_size % t.grad_accum:
     raise _err('train.batch_size', t.batch_size,
                f'must be divisible by train.grad_accum={t.grad_accum}')
+  if t.require_init_from and not c.init_from:
+    raise _err('init_from', c.init_from, 'this config fine-tunes a pre-trained model: set '
+               '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)

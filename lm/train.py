@@ -251,13 +251,11 @@ def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
       item_names=('state', 'data'))
 
 
-# Fields that must match to continue a run in an existing workdir.
-_RESUME_FIXED = ('model', 'data.source', 'data.path', 'data.tfds_name', 'data.tokenizer',
-                 'data.tokenizer_path', 'data.seq_len', 'train.batch_size')
-
-
 def check_workdir(workdir: str, c: Config) -> bool:
-  """True if the workdir holds this run's checkpoints; errors for foreign ones."""
+  """True if the workdir holds this run's checkpoints; errors for foreign ones.
+
+  A run continues only with the same architecture, task head and data
+  (lm/config.FIELD_KINDS: arch, head, fixed); free fields may change."""
   ckpt = os.path.join(workdir, 'checkpoints')
   cfg_path = os.path.join(workdir, 'config.json')
   if not os.path.isdir(ckpt) or not os.listdir(ckpt):
@@ -268,11 +266,13 @@ def check_workdir(workdir: str, c: Config) -> bool:
         f'{ckpt} is not a checkpoint directory of this codebase (unexpected entries '
         f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
         'choose another --workdir')
-  with open(cfg_path) as f:
-    old = json.load(f)
-  new = config_lib.to_dict(c)
-  diffs = [d for d in config_lib.diff(old, new)
-           if any(d.startswith(k + '.') or d.startswith(k + ':') for k in _RESUME_FIXED)]
+  try:
+    with open(cfg_path) as f:
+      old = config_lib.from_configdict(json.load(f))
+  except (ValueError, TypeError) as e:  # Truncated JSON, or a field we no longer accept.
+    raise CheckpointError(f'{cfg_path} cannot be read ({e}); it was left untouched: '
+                          'choose another --workdir') from None
+  diffs = config_lib.kind_diff(old, c, (config_lib.ARCH, config_lib.HEAD, config_lib.FIXED))
   if diffs:
     raise CheckpointError(
         f'{workdir} holds a run with a different architecture or data; it was left '

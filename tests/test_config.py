@@ -1,5 +1,6 @@
 """Every invalid value gets one clear error naming the field, value and fix."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -100,3 +101,62 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path):
   assert r.returncode == 2
   assert 'error: config.model.d_model=128 is invalid: must be divisible by model.num_heads=5' in r.stderr
   assert 'Traceback' not in r.stderr
+
+
+def test_config_tool_lists_every_field_and_cli_errors_are_one_line(tmp_path):
+  import subprocess
+  import sys
+
+  from lm import config as config_lib
+  from tools import config as tool
+  from configs import isoflop_tiny
+  cd = isoflop_tiny.get_config()
+  cd.model.d_model = 64
+  text = tool.table(cd)
+  for path, (_, meaning) in config_lib.field_help().items():
+    assert meaning, path  # Every field is explained beside its definition.
+    assert path in text, path
+  line = next(x for x in text.splitlines() if x.startswith('model.d_model '))
+  assert '*64' in line and 'arch' in line and 'Width of the residual stream' in line
+  for args, want in [(['--config.model.d_modle=3'], 'Did you mean "d_model"'),
+                     (['--config.train.steps=abc'], "invalid literal for int() with base 10: 'abc'")]:
+    r = subprocess.run([sys.executable, '-m', 'experiments.train', '--config=configs/tiny.py',
+                        f'--workdir={tmp_path / "w"}', *args], capture_output=True, text=True)
+    assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+  r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/nope.py'],
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and 'configs/nope.py' in r.stderr and 'Traceback' not in r.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_finetune_configs_refuse_to_start_without_init_from():
+  from configs import finetune_classify, finetune_lm
+  for mod in (finetune_lm, finetune_classify):
+    cd = mod.get_config()
+    cd.data.path = '/data'
+    with pytest.raises(ConfigError, match='config.init_from=.* fine-tunes a pre-trained model'):
+      config_lib.from_configdict(cd)
+    cd.init_from = 'runs/tiny'
+    config_lib.from_configdict(cd)
+
+
+def test_field_kinds_decide_architecture_and_resume_diffs():
+  from lm import checkpoint
+  c = tiny()
+  m = dataclasses.replace(c.model, mlp_dim=0)
+  # 0-means-default spellings are the same architecture.
+  same = dataclasses.replace(m, mlp_dim=4 * m.d_model, num_kv_heads=m.num_heads,
+                             head_dim=m.d_model // m.num_heads)
+  assert checkpoint.arch_diff(m, same) == []
+  assert checkpoint.arch_diff(m, dataclasses.replace(m, resid_dropout=0.1, remat='full',
+                                                     dtype='bfloat16')) == []
+  assert checkpoint.arch_diff(m, dataclasses.replace(m, num_kv_heads=2)) == [
+      'model.num_kv_heads: 4 != 2']
+  # Resume: free fields may change, fixed ones (data, batch) may not.
+  free = dataclasses.replace(c, train=dataclasses.replace(c.train, steps=99, eval_every=7))
+  assert config_lib.kind_diff(c, free, (config_lib.ARCH, config_lib.HEAD, config_lib.FIXED)) == []
+  other = dataclasses.replace(c, data=dataclasses.replace(c.data, seq_len=8))
+  assert config_lib.kind_diff(c, other, (config_lib.FIXED,)) == ['data.seq_len: 16 != 8']
+  for path in config_lib.FIELD_KINDS:  # The table names real fields only.
+    assert path in config_lib.field_help(), path

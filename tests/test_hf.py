@@ -182,3 +182,57 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   hf.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
   assert (tmp_path / 'out' / 'tokenizer.json').read_bytes() == (
       tmp_path / 'hf' / 'tokenizer.json').read_bytes()
+
+
+def test_every_architecture_field_is_mapped_or_refused_by_export():
+  from lm import config as config_lib
+  arch = {k.split('.')[1] for k, v in config_lib.FIELD_KINDS.items()
+          if k.startswith('model.') and v in (config_lib.ARCH, config_lib.HEAD)}
+  for name, table in hf.HF_FIELDS.items():
+    assert set(table) == arch, (name, set(table) ^ arch)
+
+
+# Every architecture option export maps: (family, overrides on _ours(family)).
+EXPORTABLE = {
+    'gpt2_default_mlp': ('gpt2', dict(mlp_dim=0)),
+    'gpt2_scanned': ('gpt2', dict(scan_layers=True, norm_eps=1e-6, max_len=24)),
+    'llama_gqa_untied': ('llama', dict()),
+    'llama_mqa_tied': ('llama', dict(num_kv_heads=1, tie_embeddings=True, rope_theta=1e4)),
+    'llama_wide_heads': ('llama', dict(head_dim=16, num_kv_heads=0, mlp_dim=0)),
+}
+
+
+@pytest.mark.parametrize('name', EXPORTABLE)
+def test_export_import_round_trips_config_and_logits(name, tmp_path):
+  kind, over = EXPORTABLE[name]
+  m = dataclasses.replace(_ours(kind), **over)
+  params = jax.jit(lambda r: Transformer(m).init(r, jnp.zeros((1, 8), jnp.int32))['params'])(
+      jax.random.key(0))
+  params = jax.tree_util.tree_map(lambda x: getattr(x, 'value', x), params,
+                                  is_leaf=lambda x: hasattr(x, 'value'))
+  c = dataclasses.replace(tiny(**{'data.seq_len': 16}), model=m)
+  checkpoint.save_params(str(tmp_path / 'run'), c, params)
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'back'))
+  c2, back = checkpoint.load_params(str(tmp_path / 'back'))
+  assert c2.model == m  # Spelled as before: fine-tuning from it is not refused.
+  assert checkpoint.arch_diff(c2.model, m) == []
+  tokens = jnp.asarray(_tokens())
+  np.testing.assert_allclose(np.asarray(Transformer(c2.model).apply({'params': back}, tokens)),
+                             np.asarray(Transformer(m).apply({'params': params}, tokens)),
+                             atol=1e-4, rtol=1e-4)
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
+  with torch.no_grad():
+    want = theirs(torch.tensor(np.asarray(tokens))).logits.numpy()
+  np.testing.assert_allclose(np.asarray(Transformer(m).apply({'params': params}, tokens)),
+                             want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('qk_norm', True), ('activation', 'relu2'), ('position', 'sinusoidal'),
+    ('position', 'none'), ('family', 'encoder'), ('num_classes', 3)])
+def test_unmappable_architecture_options_are_refused_by_name(field, value):
+  for kind in ('gpt2', 'llama'):
+    with pytest.raises(hf.HFError, match=f'model.{field}' if field != 'num_classes'
+                       else 'sequence classifier'):
+      hf.family(dataclasses.replace(_ours(kind), **{field: value}))

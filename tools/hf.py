@@ -47,10 +47,39 @@ class HFError(ValueError):
 
 # --- Which family -------------------------------------------------------------
 
-_GPT2 = dict(position='learned', norm='layernorm', use_bias=True, activation='gelu',
-             tie_embeddings=True, qk_norm=False)
-_LLAMA = dict(position='rope', norm='rmsnorm', use_bias=False, activation='swiglu',
-              qk_norm=False)
+# How export treats every architecture and head field (lm/config.FIELD_KINDS
+# 'arch' and 'head'), per Hugging Face family: OK (written to config.json or
+# the tensor layout, or unused by a decoder-only LM) or a rule the model must
+# meet, else export refuses naming the field. tests/test_hf.py checks that
+# every such field is listed, so a new architecture option cannot export wrongly.
+OK = 'ok'
+
+
+def _is(value):
+  return lambda m, f: getattr(m, f) == value, repr(value)
+
+
+_COMMON = {
+    'family': _is('decoder'), 'vocab_size': OK, 'd_model': OK, 'num_layers': OK,
+    'num_decoder_layers': OK,  # Unused by a decoder-only model.
+    'num_heads': OK, 'mlp_dim': OK, 'max_len': OK, 'norm_eps': OK,
+    'param_dtype': OK,  # Exported as float32.
+    'scan_layers': OK,  # Layout only: stacked layers are unstacked.
+    'qk_norm': _is(False), 'num_classes': _is(0), 'mlm_transform': _is(False),
+    'pool': OK,  # Unused without num_classes.
+}
+HF_FIELDS = {
+    'gpt2': {**_COMMON, 'position': _is('learned'), 'norm': _is('layernorm'),
+             'use_bias': _is(True), 'activation': _is('gelu'), 'tie_embeddings': _is(True),
+             'rope_theta': OK,  # Unused with learned positions.
+             'num_kv_heads': (lambda m, f: m.kv_heads == m.num_heads,
+                              'num_heads (GPT-2 has no GQA)'),
+             'head_dim': (lambda m, f: m.dh * m.num_heads == m.d_model,
+                          'd_model / num_heads')},
+    'llama': {**_COMMON, 'position': _is('rope'), 'norm': _is('rmsnorm'),
+              'use_bias': _is(False), 'activation': _is('swiglu'), 'tie_embeddings': OK,
+              'rope_theta': OK, 'num_kv_heads': OK, 'head_dim': OK},
+}
 
 
 def family(m: ModelConfig) -> str:
@@ -58,20 +87,15 @@ def family(m: ModelConfig) -> str:
   if m.family != 'decoder':
     raise HFError(f'model.family={m.family!r}: only decoder-only models export as GPT-2 '
                   'or Llama')
+  if m.num_classes:
+    raise HFError('a sequence classifier has no causal-LM equivalent to export')
   misses = {}
-  for name, want in (('gpt2', _GPT2), ('llama', _LLAMA)):
-    bad = [f'model.{k}={getattr(m, k)!r} (needs {v!r})' for k, v in want.items()
-           if getattr(m, k) != v]
-    if name == 'gpt2':
-      if m.kv_heads != m.num_heads:
-        bad.append(f'model.num_kv_heads={m.num_kv_heads} (GPT-2 has no GQA)')
-      if m.dh * m.num_heads != m.d_model:
-        bad.append(f'model.head_dim={m.head_dim} (GPT-2 needs d_model / num_heads)')
+  for name, table in HF_FIELDS.items():
+    bad = [f'model.{f}={getattr(m, f)!r} (needs {rule[1]})' for f, rule in table.items()
+           if rule != OK and not rule[0](m, f)]
     if not bad:
       return name
     misses[name] = bad
-  if m.num_classes:
-    raise HFError('a sequence classifier has no causal-LM equivalent to export')
   raise HFError('this architecture has no Hugging Face equivalent:\n  as GPT-2: '
                 + '; '.join(misses['gpt2']) + '\n  as Llama: ' + '; '.join(misses['llama']))
 
@@ -326,8 +350,14 @@ def import_dir(hf_dir: str, workdir: str) -> str:
   m = model_config(cfg)
   if 'lm_config' in cfg:  # Our own export: keep the tokenizer and training settings.
     d = dict(cfg['lm_config'])
-    m = dataclasses.replace(m, **{k: d['model'][k] for k in
-                                  checkpoint.NON_ARCH_FIELDS + ('scan_layers',)})
+    orig = config_lib.from_configdict(d).model
+    # Free and head fields, and the layer layout, come from the original.
+    keep = [f.name for f in dataclasses.fields(m)
+            if config_lib.field_kind(f'model.{f.name}') != config_lib.ARCH
+            or f.name == 'scan_layers']
+    m = dataclasses.replace(m, **{k: getattr(orig, k) for k in keep})
+    if not checkpoint.arch_diff(m, orig):
+      m = orig  # The same model: keep its spelling (mlp_dim 0, num_kv_heads 0, ...).
     m, params = from_hf(cfg, t, m)
     d['model'] = dataclasses.asdict(m)
   else:

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from lm import cli
 from lm import config as config_lib  # noqa: E402
 from lm import scaling, sweep  # noqa: E402
 
@@ -270,4 +271,4 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'The sweep config.')
   flags.DEFINE_string('workdir', None, 'The sweep directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import tokenizers, train
+from lm import cli, tokenizers, train
 
 
 
@@ -119,4 +119,4 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Config file.')
   flags.DEFINE_bool('aot', False, 'Compile the train step and print XLA memory stats.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

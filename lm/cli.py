@@ -1,0 +1,39 @@
+"""What every command-line entry point shares: flag parsing that fails in one line.
+
+`app.run(main, flags_parser=cli.parse_flags)`: a misspelt --config.* override
+(ml_collections raises AttributeError/KeyError with a did-you-mean while absl
+parses), a missing or broken config file, or any other flag error prints
+`error: ...` on one line and exits with status 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e)
+  if isinstance(e, (AttributeError, KeyError)):  # A repr'd message: 'name'\nDid you mean...
+    text = text.strip('\'"').replace('\\n', ' ').replace("\\'", "'")
+  return ' '.join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      getattr(flags.FLAGS.config, 'to_dict')  # A failed load raises only when read.
+    return rest
+  except (AttributeError, KeyError) as e:  # A --config.* path with no such field.
+    print(f'error: a --config override names no config field: {_one_line(e)}',
+          file=sys.stderr)
+  except flags.Error as e:
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+  except (OSError, SyntaxError, ValueError, TypeError) as e:  # Loading the config file.
+    why = _one_line(e).replace('Configuration is not available because of an earlier '
+                               'failure to load: ', '')
+    print(f'error: the config could not be loaded: {type(e).__name__}: {why}',
+          file=sys.stderr)
+  sys.exit(2)
