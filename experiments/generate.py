@@ -5,8 +5,14 @@
       --num_return_sequences=3
   python -m experiments.generate --workdir=runs/tiny --prompts_file=prompts.txt --greedy
   python -m experiments.generate --workdir=runs/tiny --score="import os"
+  # Encoder-decoder: infill the spans marked <extra_id_N> (span corruption's
+  # sentinels), or score a target given an input:
+  python -m experiments.generate --workdir=runs/t5_tiny --prompt="import <extra_id_0>" --greedy
+  python -m experiments.generate --workdir=runs/t5_tiny --prompt="import os" --score="<extra_id_0>"
 
 --workdir may also name one checkpoint, <workdir>/checkpoints/<step>.
+Encoders (masked LM) fill masks instead: experiments.fill_mask; classifiers
+predict labels: experiments.classify.
 """
 
 import math
@@ -42,21 +48,23 @@ def main(argv):
     if c.model.num_classes:
       raise sampling.SamplingError(
           f'{_WORKDIR.value} holds a sequence classifier ({c.model.num_classes} classes), '
-          'not a language model; generate needs a language-model run')
+          'which neither generates nor scores text: use python -m experiments.classify')
     if c.model.family == 'encoder':
       raise sampling.SamplingError(
-          f'{_WORKDIR.value} holds an encoder (masked LM), which does not generate left '
-          'to right: use python -m experiments.fill_mask')
-    if c.model.family == 'encoder_decoder' and _SCORE.value is not None:
-      raise sampling.SamplingError('--score needs a decoder-only language model')
+          f'{_WORKDIR.value} holds an encoder (masked LM), which has no left-to-right '
+          'likelihood to sample or score from: use python -m experiments.fill_mask')
+    seq2seq = c.model.family == 'encoder_decoder'
+    if seq2seq and _SCORE.value is not None and len(_PROMPT.value) != 1:
+      raise sampling.SamplingError(
+          '--score with an encoder-decoder scores the target given one --prompt (the '
+          'encoder input); give exactly one --prompt')
     tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
     prefix = [tok.eos_id] if _DOC_START.value else []
     s = sampling.SamplingConfig(
         max_new_tokens=_MAX_NEW.value, greedy=_GREEDY.value, temperature=_TEMP.value,
         top_k=_TOP_K.value, top_p=_TOP_P.value, repetition_penalty=_REP.value,
         num_return_sequences=_NUM.value, seed=_SEED.value)
-    if _SCORE.value is None:
-      sampling.validate(s)
+    if _SCORE.value is None or seq2seq:  # Prompts: to continue, or the input scored from.
       texts = list(_PROMPT.value)
       if _PROMPTS_FILE.value:
         with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
@@ -67,27 +75,40 @@ def main(argv):
         if not t:
           raise sampling.SamplingError(f'prompt {i} is empty: give some text to continue')
       enc_inputs = None
-      if c.model.family == 'encoder_decoder':  # The prompt is the encoder's input.
-        enc_inputs = [list(tok.encode(t)) + [tok.eos_id] for t in texts]
+      if seq2seq:  # The prompt is the encoder's input; <extra_id_N> marks a span.
+        enc_inputs = [sampling.encode_with_sentinels(t, tok, c.model.vocab_size)
+                      + [tok.eos_id] for t in texts]
         prompts = [[tok.bos_id] for _ in texts]
       else:
         prompts = [prefix + list(tok.encode(t)) for t in texts]
-      sampling.check_prompts(prompts, c.model, s.max_new_tokens)
+      if _SCORE.value is None:
+        sampling.validate(s)
+        sampling.check_prompts(prompts, c.model, s.max_new_tokens)
     _, params = checkpoint.load_params(_WORKDIR.value)
   except (sampling.SamplingError, checkpoint.CheckpointError, OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
   if _SCORE.value is not None:
-    ids = list(tok.encode(_SCORE.value))
     try:
-      out = sampling.score(params, c.model, ids, prefix or [tok.eos_id])
+      if seq2seq:  # log p(target | input); the target may hold sentinels.
+        ids = sampling.encode_with_sentinels(_SCORE.value, tok, c.model.vocab_size) + [
+            tok.eos_id]
+        enc = sampling.encode_with_sentinels(_PROMPT.value[0], tok, c.model.vocab_size)
+        out = sampling.score_seq2seq(params, c.model, enc + [tok.eos_id], ids, tok.bos_id)
+      else:
+        ids = list(tok.encode(_SCORE.value))
+        out = sampling.score(params, c.model, ids, prefix or [tok.eos_id])
     except sampling.SamplingError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     for i, lp in zip(ids, out['logprobs']):
-      print(f'{tok.decode([i])!r:>12} {lp:9.4f}')
-    nbytes = len(_SCORE.value.encode('utf-8'))
+      shown = (tok.decode([i]) if i < tok.vocab_size
+               else f'<extra_id_{c.model.vocab_size - 1 - i}>')
+      print(f'{shown!r:>16} {lp:9.4f}')
+    blen = tok.byte_lengths()  # Text bytes only: sentinels and EOS have none.
+    nbytes = (sum(int(blen[i]) for i in ids if i < len(blen)) if seq2seq
+              else len(_SCORE.value.encode('utf-8')))
     print(f'tokens {out["tokens"]}  nll {out["nll"]:.4f} nats  perplexity '
           f'{out["perplexity"]:.4f}  bits per byte {out["nll"] / math.log(2) / nbytes:.4f}')
     return
@@ -112,4 +133,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import cli, host, scaling, sweep
+from lm import cli, host, report, scaling, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -59,7 +59,6 @@ def main(argv):
     print(f'results: {os.path.join(wd, "results.csv")} ({len(rows)} runs, '
           f'{sum(r["status"] == "done" for r in rows)} done)')
     if _REPORT.value:
-      from tools import report
       path = report.write_report(cd, wd)
       print(f'report: {path}')
   except (config_lib.ConfigError, scaling.FitError) as e:

@@ -6,7 +6,6 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lm import cli
 from lm import config as config_lib
 from lm import classify, cli, host, sharding, train
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -257,46 +258,6 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
   return _per_prompt([row[row >= 0].tolist() for row in out_BN], eos_id, n)
 
 
-# --- Without a cache (reference and benchmark baseline) ----------------------------
-
-@functools.partial(jax.jit, static_argnames=('m',))
-def _full_logits(params, m: ModelConfig, tokens_BS: Array, start_B: Array, n: Array):
-  """Logits at slot n-1 of left-padded windows, recomputing every position."""
-  S = tokens_BS.shape[1]
-  slot_S = jnp.arange(S)
-  pos_BS = jnp.maximum(slot_S[None, :] - start_B[:, None], 0)
-  logits_BSV = Transformer(m).apply({'params': params}, tokens_BS, pos_BL=pos_BS,
-                                    mask_BLS=_visible(slot_S, start_B, S))
-  return jax.lax.dynamic_index_in_dim(logits_BSV, n - 1, axis=1, keepdims=False)
-
-
-def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
-                      s: SamplingConfig, eos_id: int) -> list[list[list[int]]]:
-  """Same contract as `generate` (decoder-only); each new token re-runs the window."""
-  if m.family != 'decoder':
-    raise SamplingError(f'generate_uncached serves decoder-only models, not {m.family}')
-  tokens_BP, start_B, seen_BV = _rows(prompts, m, s)
-  B, P = tokens_BP.shape
-  window_BS = np.zeros((B, P + s.max_new_tokens), np.int32)
-  window_BS[:, :P] = tokens_BP
-  done_B = np.zeros(B, bool)
-  out = [[] for _ in range(B)]
-  rng = jax.random.key(s.seed)
-  step = jax.jit(functools.partial(choose, s=s))
-  for i in range(s.max_new_tokens):
-    logits_BV = _full_logits(params, m, window_BS, start_B, P + i)
-    tok_B = np.asarray(step(logits_BV, seen_BV, jax.random.fold_in(rng, i)))
-    for b in range(B):
-      if not done_B[b]:
-        out[b].append(int(tok_B[b]))
-    done_B |= tok_B == eos_id
-    seen_BV[np.arange(B), tok_B] = True
-    window_BS[:, P + i] = tok_B
-    if done_B.all():
-      break
-  return _per_prompt(out, eos_id, s.num_return_sequences)
-
-
 # --- Scoring ------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=('m',))
@@ -333,3 +294,48 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int]) -> dict
   lp_tok = logp[first:]
   return {'logprobs': lp_tok.tolist(), 'nll': float(-lp_tok.sum()), 'tokens': len(tokens),
           'perplexity': math.exp(min(-lp_tok.mean(), 700.0))}
+
+
+@functools.partial(jax.jit, static_argnames=('m',))
+def _target_logprobs(params, m: ModelConfig, enc_1S: Array, dec_1T: Array, tgt_1T: Array
+                     ) -> Array:
+  logits_1TV = Transformer(m).apply({'params': params}, dec_1T, enc_tokens_BS=enc_1S,
+                                    enc_valid_BS=jnp.ones_like(enc_1S, bool))
+  logp_1TV = jax.nn.log_softmax(logits_1TV, axis=-1)
+  return jnp.take_along_axis(logp_1TV, tgt_1T[:, :, None], axis=-1)[0, :, 0]
+
+
+def score_seq2seq(params, m: ModelConfig, enc_ids: list[int], tokens: list[int],
+                  start_id: int) -> dict:
+  """Log-probability (nats) of each target token given the encoder input, by
+  teacher forcing: the decoder reads start_id then the target shifted right."""
+  if m.family != 'encoder_decoder':
+    raise SamplingError(f'seq2seq scoring needs an encoder_decoder model, not {m.family}')
+  if not tokens:
+    raise SamplingError('nothing to score: the text is empty')
+  if len(enc_ids) > m.max_len or len(tokens) > m.max_len:
+    raise SamplingError(f'the input ({len(enc_ids)} tokens) and the scored text '
+                        f'({len(tokens)}) must each fit model.max_len={m.max_len}')
+  dec = np.asarray([[start_id] + list(tokens[:-1])], np.int32)
+  lp = np.asarray(_target_logprobs(params, m, np.asarray([enc_ids], np.int32), dec,
+                                   np.asarray([tokens], np.int32)))
+  return {'logprobs': lp.tolist(), 'nll': float(-lp.sum()), 'tokens': len(tokens),
+          'perplexity': math.exp(min(-lp.mean(), 700.0))}
+
+
+SENTINEL = re.compile(r'<extra_id_(\d+)>')
+
+
+def encode_with_sentinels(text: str, tokenizer, vocab_size: int) -> list[int]:
+  """Token ids of a text whose `<extra_id_N>` markers become span-corruption
+  sentinels (id vocab_size - 1 - N), as an encoder-decoder saw them in training."""
+  ids, at = [], 0
+  for match in SENTINEL.finditer(text):
+    ids += list(tokenizer.encode(text[at:match.start()])) if match.start() > at else []
+    n = int(match.group(1))
+    if vocab_size - 1 - n <= tokenizer.vocab_size:  # MASK's id, or a text id.
+      raise SamplingError(f'{match.group(0)}: the model has only '
+                          f'{vocab_size - tokenizer.vocab_size - 1} sentinel ids')
+    ids.append(vocab_size - 1 - n)
+    at = match.end()
+  return ids + (list(tokenizer.encode(text[at:])) if at < len(text) else [])

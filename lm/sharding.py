@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from lm.config import MESH_AXES, Config, ConfigError, MeshConfig
 
@@ -78,10 +78,6 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
   """Leading (batch) axis sharded by the rules, the rest replicated."""
   spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), list(rules))
   return NamedSharding(mesh, spec)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
 
 
 def check_divisible(abstract_params: Any, mesh: Mesh, rules: Rules) -> None:

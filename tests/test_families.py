@@ -339,3 +339,18 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert '=== prompt 1, sample 0 ===' in r.stdout
+  # Infilling: <extra_id_N> in the prompt is span corruption's sentinel N; and
+  # --score gives log p(target | input).
+  ed = [sys.executable, '-m', 'experiments.generate', f'--workdir={tmp_path / "ed"}']
+  r = subprocess.run(ed + ['--prompt=import <extra_id_0> os', '--greedy', '--max_new_tokens=4'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and '=== prompt 0, sample 0 ===' in r.stdout, r.stderr
+  r = subprocess.run(ed + ['--prompt=import <extra_id_0>', '--score=<extra_id_0> os'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert "'<extra_id_0>'" in r.stdout and 'tokens 5  nll' in r.stdout, r.stdout  # + EOS.
+  r = subprocess.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 2 and '<extra_id_999>: the model has only' in r.stderr, r.stderr
+  r = subprocess.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import random
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -90,6 +92,22 @@ def test_classifier_learns_a_learnable_task(tmp_path):
   assert out['config'].model.num_classes == 2 and out['config'].data.labels == ('a', 'b')
   assert out['examples'] == 64
   assert out['accuracy'] >= 0.9, out  # Chance is ~0.5.
+  # Prediction on new text through the CLI: labels, probabilities, accuracy.
+  _labelled(tmp_path / 'new.jsonl', 40, seed=9)
+  r = subprocess.run([sys.executable, '-m', 'experiments.classify',
+                      f'--workdir={tmp_path / "cls"}', f'--file={tmp_path / "new.jsonl"}',
+                      f'--text={" ".join(A_WORDS[:3])}'], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == 41 and lines[0].startswith('a\ta=')
+  p = [float(x.split('=')[1]) for x in lines[0].split('\t')[1].split()]
+  assert abs(sum(p) - 1) < 1e-5 and p[0] > 0.5
+  assert float(r.stderr.split()[1]) >= 0.9 and 'on 40 labelled examples' in r.stderr
+  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+                      f'--workdir={tmp_path / "cls"}', '--prompt=x'], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2 and 'use python -m experiments.classify' in r.stderr
 
 
 def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
@@ -182,8 +200,6 @@ def test_tfds_classification_dataset_with_mock_data(tmp_path):
 
 
 def _cli(*args):
-  import subprocess
-  import sys
   return subprocess.run([sys.executable, '-m', 'experiments.generate', *args],
                         capture_output=True, text=True, timeout=300)
 

@@ -1,6 +1,7 @@
 """KV-cached decoding equals the full forward pass; logit processors keep their promises."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -12,6 +13,8 @@ from lm import sampling
 from lm.config import ModelConfig
 from lm.model import Transformer, init_cache
 from lm.sampling import SamplingConfig, SamplingError
+
+Array = jax.Array
 
 BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, max_len=24,
                    mlp_dim=48, num_kv_heads=2)
@@ -69,7 +72,7 @@ def test_greedy_is_deterministic_batched_and_equals_uncached():
   s = SamplingConfig(max_new_tokens=8, greedy=True)
   a = sampling.generate(params, m, prompts, s, EOS)
   assert a == sampling.generate(params, m, prompts, s, EOS)
-  assert a == sampling.generate_uncached(params, m, prompts, s, EOS)
+  assert a == generate_uncached(params, m, prompts, s, EOS)
   # Left padding changes nothing: each prompt alone gives the same tokens.
   for p, out in zip(prompts, a):
     assert sampling.generate(params, m, [p], s, EOS) == [out]
@@ -176,3 +179,42 @@ def test_bad_prompts():
   assert sampling.validate(SamplingConfig(greedy=True, temperature=0.0)) is None
   with pytest.raises(SamplingError, match='prompt 0 has 30 tokens, as long as or longer'):
     sampling.generate(params, BASE, [list(range(30))], s, EOS)
+
+
+@functools.partial(jax.jit, static_argnames=('m',))
+def _full_logits(params, m: ModelConfig, tokens_BS: Array, start_B: Array, n: Array):
+  """Logits at slot n-1 of left-padded windows, recomputing every position."""
+  S = tokens_BS.shape[1]
+  slot_S = jnp.arange(S)
+  pos_BS = jnp.maximum(slot_S[None, :] - start_B[:, None], 0)
+  logits_BSV = Transformer(m).apply({'params': params}, tokens_BS, pos_BL=pos_BS,
+                                    mask_BLS=sampling._visible(slot_S, start_B, S))
+  return jax.lax.dynamic_index_in_dim(logits_BSV, n - 1, axis=1, keepdims=False)
+
+
+def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
+                      s: SamplingConfig, eos_id: int) -> list[list[list[int]]]:
+  """The reference for the KV cache: `generate`'s contract (decoder-only), each
+  new token re-running the whole window."""
+  if m.family != 'decoder':
+    raise sampling.SamplingError(f'generate_uncached serves decoder-only models, not {m.family}')
+  tokens_BP, start_B, seen_BV = sampling._rows(prompts, m, s)
+  B, P = tokens_BP.shape
+  window_BS = np.zeros((B, P + s.max_new_tokens), np.int32)
+  window_BS[:, :P] = tokens_BP
+  done_B = np.zeros(B, bool)
+  out = [[] for _ in range(B)]
+  rng = jax.random.key(s.seed)
+  step = jax.jit(functools.partial(sampling.choose, s=s))
+  for i in range(s.max_new_tokens):
+    logits_BV = _full_logits(params, m, window_BS, start_B, P + i)
+    tok_B = np.asarray(step(logits_BV, seen_BV, jax.random.fold_in(rng, i)))
+    for b in range(B):
+      if not done_B[b]:
+        out[b].append(int(tok_B[b]))
+    done_B |= tok_B == eos_id
+    seen_BV[np.arange(B), tok_B] = True
+    window_BS[:, P + i] = tok_B
+    if done_B.all():
+      break
+  return sampling._per_prompt(out, eos_id, s.num_return_sequences)

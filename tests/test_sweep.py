@@ -121,7 +121,7 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   for r in rows:
     per_token.setdefault(r['N'], set()).add(round(r['C_exact'] / r['D']))
   assert all(len(v) == 1 for v in per_token.values())
-  from tools import report
+  from lm import report
   path = report.write_report(cd, wd)
   text = open(path).read()
   for section in ('Approach 1', 'Approach 2', 'Approach 3', 'Held-out check', '95% CI',
@@ -150,7 +150,7 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
 
 def test_report_refuses_non_finite_losses(tmp_path, corpus_dir):
   from lm.scaling import FitError
-  from tools import report
+  from lm import report
   with open(tmp_path / 'results.jsonl', 'w') as f:
     f.write(json.dumps({'name': 'r1', 'status': 'done', 'final_loss': None}) + '\n')
   with pytest.raises(FitError, match='r1 is marked done but its final loss is None'):
@@ -242,7 +242,7 @@ def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir,
   assert {(r['objective'], r['headline']) for r in rows} == {(want, 'accuracy')}
   assert all(0.0 <= r['final_headline'] <= 1.0 and r['best_headline'] >= r['final_headline']
              for r in rows)
-  from tools import report
+  from lm import report
   text = open(report.write_report(cd, wd)).read()
   assert f'Objective: {want}; headline metric: accuracy' in text
   assert '| accuracy | status |' in text

@@ -67,7 +67,6 @@ pages are mapped, while an in-place 64 MB update runs at ~55 GB/s.
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import statistics
 import time
@@ -117,18 +116,16 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
   import jax
   import numpy as np
 
-  from configs import common
   from lm import config as config_lib
   from lm import flops, train
   d, layers, heads, L, B = CONFIGS[name]
-  cd = common.base()
-  cd.model.update(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads, max_len=L,
-                  position='learned', activation='gelu', dtype=dtype, scan_layers=scan)
-  cd.data.seq_len = L
-  cd.train.update(batch_size=batch or B, steps=1000, progress=False)
-  cd.opt.warmup_steps = 10
   sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
-  cd.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
+  cd = {'model': dict(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads,
+                      max_len=L, position='learned', activation='gelu', dtype=dtype,
+                      scan_layers=scan),
+        'data': dict(seq_len=L), 'opt': dict(warmup_steps=10),
+        'train': dict(batch_size=batch or B, steps=1000, progress=False),
+        'mesh': dict(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])}
   c = config_lib.from_configdict(cd)
   m, B = c.model, c.train.batch_size
   t = train.build(c, jax.devices() if mesh_arg else jax.devices()[:1])

@@ -362,8 +362,7 @@ def import_dir(hf_dir: str, workdir: str) -> str:
     d['model'] = dataclasses.asdict(m)
   else:
     m, params = from_hf(cfg, t, m)
-    from configs import common
-    d = common.base().to_dict()
+    d = config_lib.to_dict(config_lib.from_configdict({}))  # Every default.
     d['model'] = dataclasses.asdict(m)
     d['data']['seq_len'] = min(d['data']['seq_len'], m.max_len)
     for kind, name in TOKENIZER_FILES.items():  # SentencePiece first, as Llama 2 ships both.

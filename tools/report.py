@@ -1,273 +1,32 @@
-"""Fits a finished (or partly finished) sweep and writes figures and a report.
+"""Fits a finished (or partly finished) sweep and writes figures, a report and fits.json.
 
 python -m tools.report --config=configs/isoflop_tiny.py --workdir=runs/isoflop
 
 Reads <workdir>/results.jsonl (experiments.sweep --mode=collect writes it)
-and each run's eval curve; writes <workdir>/report/report.md and PNG figures.
-Every fitted constant comes with a bootstrap interval; a fit that the data do
-not constrain says so instead of printing a bare number.
+and each run's eval curve; writes <workdir>/report/report.md, PNG figures and
+fits.json (lm/report.py).
 """
 
-from __future__ import annotations
-
-import json
-import math
-import os
 import sys
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 from lm import cli
-from lm import config as config_lib  # noqa: E402
-from lm import scaling, sweep  # noqa: E402
-
-def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
-  """(usable rows, excluded rows with the reason). Non-finite losses of runs
-  marked done are an error: the table is inconsistent."""
-  path = os.path.join(workdir, 'results.jsonl')
-  if not os.path.exists(path):
-    raise scaling.FitError(f'{path} does not exist: run experiments.sweep (or --mode=collect)')
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  ok, excluded = [], []
-  for r in rows:
-    if r['status'] != 'done':
-      excluded.append({**r, 'reason': r['status'] + (f': {r["error"]}' if r.get('error') else '')})
-      continue
-    loss = r.get('final_loss')
-    if loss is None or not math.isfinite(loss):
-      raise scaling.FitError(f'results.jsonl: run {r["name"]} is marked done but its final loss '
-                             f'is {loss!r}; re-run it or mark it failed')
-    ok.append(r)
-  return ok, excluded
-
-
-def _fmt(v: float) -> str:
-  return f'{v:.4g}'
-
-
-def _ci(ci: dict, k: str, transform=None) -> str:
-  """'[lo, hi]', or why there is none (every bootstrap refit failed)."""
-  if k not in ci:
-    return 'none: every bootstrap refit failed'
-  lo, hi = ci[k]
-  if transform is not None:
-    lo, hi = transform(lo), transform(hi)
-  return f'[{_fmt(lo)}, {_fmt(hi)}]'
-
-
-def write_report(cd, workdir: str) -> str:
-  _, s = sweep.split(cd)
-  conv = s.convention
-  rows, excluded = load_rows(workdir)
-  out_dir = os.path.join(workdir, 'report')
-  os.makedirs(out_dir, exist_ok=True)
-  md = [f'# Scaling report: {os.path.basename(os.path.abspath(workdir))}', '',
-        f'Design: {s.design}; compute convention: `{conv}` (lm/flops.py); N = non-embedding '
-        f'parameters; D = training tokens; loss = final validation loss (nats per target token); '
-        f'{s.bootstrap} bootstrap resamples, 95% percentile intervals.', '']
-  every = rows + excluded
-  objective = every[0].get('objective', 'lm') if every else 'lm'
-  headline = every[0].get('headline', 'bits_per_byte') if every else 'bits_per_byte'
-  md += [f'Objective: {objective}; headline metric: {headline} (final eval); fits use '
-         'the loss.', '']
-  md += ['## Runs', '', f'| run | N | D | C | final loss | {headline} | status |',
-         '|---|---|---|---|---|---|---|']
-  for r in every:
-    md.append(f'| {r["name"]} | {r["N"]:,} | {r["D"]:,} | {r[f"C_{conv}"]:.3g} | '
-              f'{_fmt(r["final_loss"]) if r.get("final_loss") is not None else "-"} | '
-              f'{_fmt(r["final_headline"]) if r.get("final_headline") is not None else "-"} | '
-              f'{r["status"] if r in rows else r["reason"][:80]} |')
-  md.append('')
-  n = np.array([r['N'] for r in rows], float)
-  d = np.array([r['D'] for r in rows], float)
-  c = np.array([r[f'C_{conv}'] for r in rows], float)
-  budget = np.array([r['budget'] for r in rows], float)
-  loss = np.array([r['final_loss'] for r in rows], float)
-  figures = []
-  fpt_of = {r['name']: r[f'C_{conv}'] / r['D'] for r in rows}
-
-  # Approach 1: envelope of the training curves.
-  md += ['## Approach 1: lower envelope of loss vs compute', '']
-  try:
-    curves = {}
-    for r in rows:
-      ev = sweep.curves(workdir, [r['name']])[r['name']]
-      steps = max(e['step'] for e in ev)
-      tokens_per_step = r['D'] / steps
-      curves[r['name']] = (np.array([fpt_of[r['name']] * e['step'] * tokens_per_step
-                                     for e in ev]), np.array([e['loss'] for e in ev]))
-    n_of = {r['name']: r['N'] for r in rows}
-    a1 = scaling.approach1(curves, n_of, lambda name: fpt_of[name])
-    names = list(curves)
-
-    def refit1(idx):  # Resample whole runs (curves), keeping duplicates apart.
-      picked = {f'{names[i]}#{j}': curves[names[i]] for j, i in enumerate(idx)}
-      f = scaling.approach1(picked, {k: n_of[k.split('#')[0]] for k in picked},
-                            lambda k: fpt_of[k.split('#')[0]])
-      return {'a': f['N_opt'].exponent, 'b': f['D_opt'].exponent}
-
-    ci1 = scaling.bootstrap(refit1, len(names), resamples=s.bootstrap)
-    md += [f'N_opt(C) = {_fmt(a1["N_opt"].k)} C^a with a = {_fmt(a1["N_opt"].exponent)} '
-           f'(95% CI {_ci(ci1, "a")}); D_opt(C) = {_fmt(a1["D_opt"].k)} C^b with '
-           f'b = {_fmt(a1["D_opt"].exponent)} (95% CI {_ci(ci1, "b")}). '
-           f'{len(a1["envelope"])} envelope points from '
-           f'{len({e[2] for e in a1["envelope"]})} runs; intervals resample whole runs '
-           f'(failed refits: {ci1["_failed"][0]} of {ci1["_failed"][1]}).', '']
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (cc, ll) in curves.items():
-      ax.plot(cc, ll, alpha=0.5, lw=1)
-    ec = [e[0] for e in a1['envelope']]
-    ax.plot(ec, [e[1] for e in a1['envelope']], 'k--', lw=2, label='envelope')
-    ax.set(xscale='log', xlabel=f'C (FLOPs, {conv})', ylabel='validation loss',
-           title='Loss curves vs compute')
-    ax.legend()
-    figures.append(('loss_vs_flops.png', fig))
-  except scaling.FitError as e:
-    md += [f'Not fitted: {e}', '']
-
-  # Approach 2: IsoFLOP parabolas.
-  md += ['## Approach 2: IsoFLOP profiles', '']
-  a2 = None
-  try:
-    tokens_for = scaling.tokens_at(n, c, d)
-    a2 = scaling.approach2(budget, n, loss, tokens_for)
-    draws: dict = {}
-    ci2 = scaling.bootstrap(
-        lambda idx: (lambda f: {'a': f.N_opt.exponent, 'b': f.D_opt.exponent,
-                                'log_kn': math.log(f.N_opt.k), 'log_kd': math.log(f.D_opt.k)})(
-            scaling.approach2(budget[idx], n[idx], loss[idx], tokens_for)),
-        len(loss), resamples=s.bootstrap, groups=budget, draws_out=draws)
-    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI {_ci(ci2, "log_kn", math.exp)}), '
-           f'a = {_fmt(a2.N_opt.exponent)} (95% CI {_ci(ci2, "a")}); '
-           f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI '
-           f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
-           f'(95% CI {_ci(ci2, "b")}). '
-           f'Bootstrap refits that failed: {ci2["_failed"][0]} of {ci2["_failed"][1]}.', '',
-           '| budget | N_opt | loss at N_opt | minimum inside sampled N |', '|---|---|---|---|']
-    for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
-      md.append(f'| {bb:.3g} | {nn:,.0f} | {_fmt(ll)} | {"yes" if br else "NO"} |')
-    md.append('')
-    if not all(a2.bracketed):
-      md += ['**Warning:** some minima lie outside the sampled sizes; their N_opt is an '
-             'extrapolation of the parabola.', '']
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for bb, par, nn, ll in zip(a2.budgets, a2.parabolas, a2.n_opt, a2.loss_opt):
-      sel = budget == bb
-      pts = ax.scatter(n[sel], loss[sel], label=f'C={bb:.2g}')
-      xs = np.linspace(np.log(n[sel].min()) - 0.3, np.log(n[sel].max()) + 0.3, 100)
-      ax.plot(np.exp(xs), np.polyval(par, xs), color=pts.get_facecolor()[0])
-      ax.plot([nn], [ll], 'k*', ms=12)
-    ax.set(xscale='log', xlabel='N (non-embedding params)', ylabel='final validation loss',
-           title='IsoFLOP profiles')
-    ax.legend()
-    figures.append(('isoflop.png', fig))
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4))
-    cs = np.geomspace(a2.budgets.min() / 3, a2.budgets.max() * 3, 50)
-    for ax, (label, law, pts, kk, ee) in zip(axs, [
-        ('N_opt', a2.N_opt, a2.n_opt, 'log_kn', 'a'),
-        ('D_opt', a2.D_opt, [tokens_for(bb, nn) for bb, nn in zip(a2.budgets, a2.n_opt)],
-         'log_kd', 'b')]):
-      ax.scatter(a2.budgets, pts, color='k', zorder=3)
-      ax.plot(cs, law(cs), label=f'{label} ∝ C^{law.exponent:.3f}')
-      if kk in draws:
-        band = np.exp(draws[kk][:, None] + draws[ee][:, None] * np.log(cs)[None, :])
-        ax.fill_between(cs, *np.percentile(band, [2.5, 97.5], axis=0), alpha=0.25,
-                        label='95% bootstrap band')
-      ax.set(xscale='log', yscale='log', xlabel='C (FLOPs)', ylabel=label)
-      ax.legend()
-    figures.append(('optimal_vs_compute.png', fig))
-  except scaling.FitError as e:
-    md += [f'Not fitted: {e}', '']
-
-  # Approach 3: parametric law.
-  md += ['## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta', '']
-  try:
-    grid = scaling.GRID if s.grid == 'full' else scaling.COARSE_GRID
-    f3 = scaling.approach3(n, d, loss, grid=grid)
-    ci3 = scaling.approach3_intervals(n, d, loss, f3, s.bootstrap)
-    md += ['| parameter | estimate | 95% CI |', '|---|---|---|']
-    for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
-      md.append(f'| {k} | {_fmt(getattr(f3, k))} | {_ci(ci3, k)} |')
-    md += ['', f'Objective (Huber, summed) {f3.objective:.4e}; gradient norm at the optimum '
-           f'{f3.grad_norm:.2e}; best of {f3.starts} grid starts: {f3.best_start} '
-           f'({"ON the grid edge" if f3.start_on_grid_edge else "inside the grid"}). '
-           f'Bootstrap refits start from the full fit\'s optimum; failed: '
-           f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
-    wide = [k for k in ('E', 'alpha', 'beta') if
-            ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))]
-    if wide or len(loss) < 20:
-      md += [f'**Poorly constrained:** {len(loss)} points'
-             + (f'; the intervals of {", ".join(wide)} are wider than half the estimate'
-                if wide else '') + '. Do not quote these constants without the intervals.', '']
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ns = np.geomspace(n.min() / 2, n.max() * 2, 80)
-    ds = np.geomspace(d.min() / 2, d.max() * 2, 80)
-    nn_, dd_ = np.meshgrid(ns, ds)
-    cont = ax.contourf(nn_, dd_, f3.loss(nn_, dd_), levels=20, cmap='viridis')
-    fig.colorbar(cont, label='predicted loss')
-    ax.scatter(n, d, c='w', edgecolors='k', s=20, label='runs')
-    k_flops = float(np.median(c / (n * d)))
-    cs = np.geomspace(c.min() / 3, c.max() * 3, 50)
-    nf, df = f3.optimal(cs, k_flops)
-    ax.plot(nf, df, 'r-', lw=2, label=f'frontier (C = {k_flops:.2g} N D)')
-    ax.set(xscale='log', yscale='log', xlabel='N', ylabel='D', xlim=(ns[0], ns[-1]),
-           ylim=(ds[0], ds[-1]), title='Parametric fit')
-    ax.legend(loc='lower left')
-    figures.append(('parametric.png', fig))
-  except scaling.FitError as e:
-    md += [f'Not fitted: {e}', '']
-
-  # Held-out check: fit on the smaller budgets, predict the largest.
-  md += ['## Held-out check', '']
-  if s.design == 'isoflop' and len(np.unique(budget)) >= 3:
-    big = budget == budget.max()
-    try:
-      f_small = scaling.approach3(n[~big], d[~big], loss[~big], grid=grid)
-      err = np.abs(f_small.loss(n[big], d[big]) / loss[big] - 1)
-      md += [f'Approach 3 fitted without budget {budget.max():.3g} predicts its '
-             f'{big.sum()} final losses with mean relative error {err.mean():.2%} '
-             f'(max {err.max():.2%}).']
-      a2_small = scaling.approach2(budget[~big], n[~big], loss[~big], tokens_for)
-      if a2 is not None:
-        pred = a2_small.N_opt(budget.max())
-        md += [f'Approach 2 fitted without it predicts N_opt = {pred:,.0f} there; the '
-               f'profile measured there has its minimum at {a2.n_opt[-1]:,.0f} '
-               f'(ratio {pred / a2.n_opt[-1]:.2f}).']
-    except scaling.FitError as e:
-      md += [f'Not computed: {e}']
-  else:
-    md += ['Not computed: needs an IsoFLOP design with at least 3 budgets.']
-  md.append('')
-  md += ['## Figures', '']
-  for fname, fig in figures:
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, fname), dpi=110)
-    plt.close(fig)
-    md.append(f'![{fname}]({fname})')
-  path = os.path.join(out_dir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(md) + '\n')
-  return path
+from lm import config as config_lib
+from lm import report, scaling
 
 
 def main(argv):
   del argv
   try:
-    print(write_report(flags.FLAGS.config, flags.FLAGS.workdir))
+    print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir))
   except (scaling.FitError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
-  # Flags only when run as a program: experiments.sweep imports this module.
   config_flags.DEFINE_config_file('config', None, 'The sweep config.')
   flags.DEFINE_string('workdir', None, 'The sweep directory.')
   flags.mark_flags_as_required(['config', 'workdir'])

@@ -81,3 +81,27 @@ OBJECTIVE = base.Objective(
     row_shapes=lambda c: {'tokens': ((c.data.seq_len,), np.int32),
                           'valid': ((c.data.seq_len,), np.bool_),
                           'labels': ((), np.int32)})
+
+
+def predict(params, c, tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
+  """[N, num_classes] label probabilities of new texts, encoded as in training
+  (same truncation, EOS, an encoder's BOS); batches of a fixed size, so one
+  compiled shape serves any number of texts."""
+  import jax
+
+  from lm.model import Transformer
+  if not texts:
+    return np.zeros((0, c.model.num_classes), np.float32)
+  prefix = (tokenizer.bos_id,) if c.model.family == 'encoder' else ()
+  rows = labelled.encode([(t, c.data.labels[0]) for t in texts], c.data.labels, tokenizer,
+                         c.data.seq_len, 'input', prefix)
+  f = jax.jit(lambda p, t, v: jax.nn.softmax(
+      Transformer(c.model).apply({'params': p}, t, valid_BL=v).astype(np.float32), -1))
+  out = []
+  for i in range(0, len(texts), batch):
+    tok, val = rows['tokens'][i:i + batch], rows['valid'][i:i + batch]
+    pad = batch - len(tok)
+    tok = np.concatenate([tok, np.repeat(tok[:1], pad, 0)])
+    val = np.concatenate([val, np.repeat(val[:1], pad, 0)])
+    out.append(np.asarray(f(params, tok, val))[:batch - pad])
+  return np.concatenate(out)

@@ -1,0 +1,88 @@
+"""Labels and probabilities for new texts from a trained sequence classifier.
+
+  python -m experiments.classify --workdir=runs/cls --text="what a film" --text="dull"
+  python -m experiments.classify --workdir=runs/cls --file=new.txt       # one text per line
+  python -m experiments.classify --workdir=runs/cls --file=test.jsonl    # or .csv: + accuracy
+
+A .csv/.jsonl file is read with the run's data.text_key (and data.label_key
+when its rows have labels, which then also prints the accuracy); any other
+file holds one text per line (\\n escapes). Prints, per text, the predicted
+label and every label's probability; --json writes them as JSON lines.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Classifier run directory or checkpoints/<step>.')
+_TEXT = flags.DEFINE_multi_string('text', [], 'A text to classify (repeat for several).')
+_FILE = flags.DEFINE_string('file', '', 'Texts: one per line, or a .csv/.jsonl file.')
+_JSON = flags.DEFINE_bool('json', False, 'One JSON object per text instead of a table.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def _read(path: str, c) -> tuple[list[str], list[str] | None]:
+  """(texts, gold labels or None)."""
+  from lm import classify
+  if os.path.splitext(path)[1].lower() in ('.csv', '.jsonl', '.json'):
+    try:
+      pairs = classify.read_file(path, c.data.text_key, c.data.label_key)
+      return [t for t, _ in pairs], [lab for _, lab in pairs]
+    except classify.LabelError:  # No labels: texts only.
+      pairs = classify.read_file(path, c.data.text_key, c.data.text_key)
+      return [t for t, _ in pairs], None
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--file={path!r} does not exist')
+  with open(path, encoding='utf-8') as f:
+    return [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()], None
+
+
+def main(argv):
+  del argv
+  from lm import checkpoint, classify, host, tokenizers
+  from lm.config import ConfigError
+  from lm.objectives import classify as objective
+  host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
+  logging.set_verbosity(logging.WARNING)
+  try:
+    c = checkpoint.load_config(_WORKDIR.value)
+    if not c.model.num_classes:
+      raise ConfigError(f'{_WORKDIR.value} holds a {c.model.family} language model, not a '
+                        'classifier: use experiments.generate (or fill_mask for encoders)')
+    texts, gold = list(_TEXT.value), None
+    if _FILE.value:
+      more, gold = _read(_FILE.value, c)
+      texts += more
+      gold = ([None] * len(_TEXT.value) + gold) if gold else None
+    if not texts:
+      raise ConfigError('give --text or --file')
+    unknown = sorted({g for g in gold or [] if g is not None} - set(c.data.labels))
+    if unknown:
+      raise ConfigError(f'{_FILE.value}: labels {unknown[:10]} are not among the run\'s '
+                        f'{list(c.data.labels)}')
+    tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+    _, params = checkpoint.load_params(_WORKDIR.value)
+  except (ConfigError, checkpoint.CheckpointError, classify.LabelError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  probs = objective.predict(params, c, tok, texts)
+  names = c.data.labels
+  for i, (text, p) in enumerate(zip(texts, probs)):
+    label = names[int(p.argmax())]
+    if _JSON.value:
+      print(json.dumps({'text': text, 'label': label,
+                        'probabilities': {n: float(x) for n, x in zip(names, p)}}))
+    else:
+      shown = ' '.join(f'{n}={x:.3f}' for n, x in zip(names, p))
+      print(f'{label}\t{shown}\t{text[:60]!r}')
+  if gold:
+    scored = [(g, names[int(p.argmax())]) for g, p in zip(gold, probs) if g is not None]
+    acc = sum(g == pred for g, pred in scored) / len(scored)
+    print(f'accuracy {acc:.4f} on {len(scored)} labelled examples', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)
