@@ -403,9 +403,17 @@ def validate_model(m: ModelConfig) -> None:
 
 
 def validate(c: Config) -> None:
-  """Checks every cross-field rule that can fail before compilation."""
-  m, o, d, t = c.model, c.opt, c.data, c.train
-  validate_model(m)
+  """Checks every rule that can fail before compilation: each section on its
+  own, then the rules that tie sections together."""
+  validate_model(c.model)
+  _validate_opt(c.opt, c.train)
+  _validate_data(c.data, c.model)
+  _validate_task(c)
+  _validate_train(c)
+  _validate_mesh(c)
+
+
+def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
   _positive('opt.lr', o.lr)
   if o.warmup_steps < 0:
     raise _err('opt.warmup_steps', o.warmup_steps, 'must be >= 0')
@@ -427,6 +435,9 @@ def validate(c: Config) -> None:
                       f'(got {o.weight_decay}, {o.grad_clip}, {o.z_loss})')
   for x in o.wd_exclude:
     _choice('opt.wd_exclude', x, WD_EXCLUDE)
+
+
+def _validate_data(d: DataConfig, m: ModelConfig) -> None:
   _choice('data.source', d.source, SOURCES)
   _choice('data.tokenizer', d.tokenizer, TOKENIZERS)
   _positive('data.seq_len', d.seq_len)
@@ -460,6 +471,11 @@ def validate(c: Config) -> None:
                       f'{d.mlm_mask_frac + d.mlm_random_frac} must be <= 1')
   if not d.mean_span >= 1.0:
     raise _err('data.mean_span', d.mean_span, 'must be >= 1 (tokens per span)')
+
+
+def _validate_task(c: Config) -> None:
+  """Labelled data, task heads and the model family agree."""
+  m, o, d = c.model, c.opt, c.data
   if m.family == 'encoder_decoder' and d.label_key:
     raise _err('data.label_key', d.label_key, "classification fine-tuning serves "
                "model.family='decoder' or 'encoder'")
@@ -478,6 +494,10 @@ def validate(c: Config) -> None:
   if m.position == 'learned' and d.seq_len > m.max_len:
     raise _err('data.seq_len', d.seq_len,
                f'longer than the learned position table model.max_len={m.max_len}')
+
+
+def _validate_train(c: Config) -> None:
+  t = c.train
   for f in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every',
             'eval_batches', 'checkpoint_every', 'keep_checkpoints'):
     _positive(f'train.{f}', getattr(t, f))
@@ -490,6 +510,9 @@ def validate(c: Config) -> None:
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)
+
+
+def _validate_mesh(c: Config) -> None:
   for ax in MESH_AXES:
     v = getattr(c.mesh, ax)
     if v == 0 or v < -1:

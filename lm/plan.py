@@ -17,7 +17,7 @@ from typing import Any
 
 
 from lm import flops
-from lm.config import ConfigError, ModelConfig
+from lm.config import ARCH, ConfigError, ModelConfig, field_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Run:
 
 # The model fields a ladder rung sets (the rest come from the sweep's base config).
 RUNG_FIELDS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
+# Rungs differ in architecture only (lm/config.FIELD_KINDS), so every other
+# setting of a run is the sweep's base config.
+assert all(field_kind(f'model.{f}') == ARCH for f in RUNG_FIELDS)
 
 
 def ladder_model(target_n: float, base: ModelConfig, aspect: int, head_dim: int,
