@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import cli, host, report, scaling, sweep
+from lm import cli, host, report, scaling, sweep, workdir
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -61,9 +61,12 @@ def main(argv):
     if _REPORT.value:
       path = report.write_report(cd, wd)
       print(f'report: {path}')
-  except (config_lib.ConfigError, scaling.FitError) as e:
+  except (config_lib.ConfigError, scaling.FitError, workdir.LockError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except workdir.Preempted as e:  # The run in progress checkpointed; rerun to continue.
+    print(f'sweep stopped by {e}', file=sys.stderr)
+    sys.exit(workdir.PREEMPTED_EXIT)
 
 
 if __name__ == '__main__':

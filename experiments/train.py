@@ -7,7 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import classify, cli, host, sharding, train
+from lm import classify, cli, host, sharding, train, workdir
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
@@ -31,9 +31,16 @@ def main(argv):
     sharding.init_distributed(_COORD.value, _NPROC.value, _PID.value, _AUTO.value,
                               _TIMEOUT.value)
     out = train.train_and_evaluate(cfg, _WORKDIR.value)
-  except (config_lib.ConfigError, train.CheckpointError, classify.LabelError) as e:
+  except (config_lib.ConfigError, train.CheckpointError, classify.LabelError,
+          workdir.LockError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except workdir.Preempted as e:  # Checkpointed: rerunning the command continues.
+    print(f'stopped by {e}', file=sys.stderr)
+    sys.exit(workdir.PREEMPTED_EXIT)
+  except FloatingPointError as e:  # Diverged: halted keeping the last finite checkpoint.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   if jax.process_index() != 0:
     return
   print(f'final validation: {out["objective"].describe(out)}')

@@ -24,6 +24,7 @@ _TOKENIZER_FILES = {'sentencepiece': 'a SentencePiece .model file',
                     'hf': 'a Hugging Face tokenizer.json file'}
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
+NONFINITE = ('halt', 'skip')
 # FLOP conventions (lm/flops.py defines them; listed here so config needs no flops import).
 CONVENTIONS = ('6N', '6N_with_head', 'kaplan', 'chinchilla', 'exact')
 
@@ -150,6 +151,8 @@ class TrainConfig:
   progress: bool = True  # Show a progress bar.
   objective: str = ''  # lm/objectives table; '' = from data.label_key/target_key and the family.
   require_init_from: bool = False  # Fine-tuning configs: refuse to train from scratch.
+  on_nonfinite: str = 'halt'  # NaN/inf loss: halt (keep the last finite checkpoint) | skip.
+  max_skips: int = 10  # on_nonfinite=skip: halt after this many skipped steps in a row.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +510,8 @@ def _validate_train(c: Config) -> None:
   if t.require_init_from and not c.init_from:
     raise _err('init_from', c.init_from, 'this config fine-tunes a pre-trained model: set '
                '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
+  _choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
+  _positive('train.max_skips', t.max_skips)
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lm import scaling, sweep  # noqa: E402
+from lm.workdir import write_atomic  # noqa: E402
 
 
 def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
@@ -108,17 +109,10 @@ def write_report(cd, workdir: str) -> str:
     fig.savefig(os.path.join(out_dir, fname), dpi=110)
     plt.close(fig)
     t.md.append(f'![{fname}]({fname})')
-  _write_atomic(os.path.join(out_dir, 'fits.json'), json.dumps(t.fits, indent=1) + '\n')
+  write_atomic(os.path.join(out_dir, 'fits.json'), json.dumps(t.fits, indent=1) + '\n')
   path = os.path.join(out_dir, 'report.md')
-  _write_atomic(path, '\n'.join(t.md) + '\n')
+  write_atomic(path, '\n'.join(t.md) + '\n')
   return path
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _runs_table(t: _Table, excluded: list[dict]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import ml_collections
 
 from lm import config as config_lib
 from lm import flops, metrics, objectives, plan, tokenizers, train
+from lm import workdir as workdir_lib
 
 def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
   """(run ConfigDict without `sweep`, validated SweepConfig)."""
@@ -112,13 +114,24 @@ def write_plan(workdir: str, runs: list[plan.Run]) -> None:
           f'{workdir} holds a different sweep plan ({len(old)} runs); it was left '
           'untouched: use another --workdir')
     return
-  with open(path, 'w') as f:
-    json.dump(new, f, indent=1)
+  workdir_lib.write_atomic(path, json.dumps(new, indent=1))
 
 
 def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
             log=print) -> list[dict]:
-  """Runs every planned run not yet done; returns their result records."""
+  """Runs every planned run not yet done; returns their result records.
+
+  Holds the sweep directory's lock (one sweep process at a time; --only runs,
+  one per cluster job, lock their own run directories instead). A run stopped
+  by SIGTERM/SIGINT checkpoints and the sweep stops (workdir.Preempted): rerun
+  it to continue where it was."""
+  if only:
+    return _run_all(cd, workdir, only, log)
+  with workdir_lib.lock(workdir, 'sweep', log):
+    return _run_all(cd, workdir, only, log)
+
+
+def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log) -> list[dict]:
   runs = make_plan(cd)
   _, s = split(cd)
   if only:
@@ -149,13 +162,15 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
       h = out['objective'].headline
       rec = {'status': 'done', 'final_loss': out['loss'], 'headline': h,
              'final_headline': out[h]}
+    except workdir_lib.Preempted:
+      log(f'[sweep] stopped during {r.name} (checkpointed); rerun to continue')
+      raise
     except Exception as e:  # One failed run must not stop the sweep.
       rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
              'traceback': traceback.format_exc()[-2000:]}
     rec.update(name=r.name, wall_s=time.time() - t_run)
     os.makedirs(rdir, exist_ok=True)
-    with open(res_path, 'w') as f:
-      json.dump(rec, f, indent=1)
+    workdir_lib.write_atomic(res_path, json.dumps(rec, indent=1))
     results.append(rec)
     spent += time.time() - t_run
     done_c += r.compute
@@ -251,14 +266,14 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            'best_headline': best((e[h] for e in evals if h in e), default=float('nan')),
            'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
     rows.append(row)
-  with open(os.path.join(workdir, 'results.jsonl'), 'w') as f:
-    for row in rows:
-      f.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                          for k, v in row.items()}) + '\n')
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
+  workdir_lib.write_atomic(os.path.join(workdir, 'results.jsonl'), ''.join(
+      json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                  for k, v in row.items()}) + '\n' for row in rows))
+  table = io.StringIO()
+  w = csv.DictWriter(table, COLUMNS)
+  w.writeheader()
+  w.writerows(rows)
+  workdir_lib.write_atomic(os.path.join(workdir, 'results.csv'), table.getvalue())
   return rows
 
 

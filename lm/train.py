@@ -29,6 +29,7 @@ from lm import objectives
 from lm import optimizer as opt_lib
 from lm import sharding as shard_lib
 from lm import tokenizers
+from lm import workdir as workdir_lib
 from lm.config import Config, ConfigError
 from lm.model import Transformer, init_inputs
 
@@ -156,8 +157,15 @@ def make_train_step(c: Config, model: nn.Module, tx):
     loss, g = grads(state.params, batch, rng)
     updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(g),
-               'param_norm': optax.tree.norm(params), 'lr': lr(state.step)}
+    grad_norm = optax.tree.norm(g)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr(state.step)}
+    if c.train.on_nonfinite == 'skip':  # A non-finite step changes nothing but the step.
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(ok, new, old)
+      params = jax.tree_util.tree_map(keep, params, state.params)
+      opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+      metrics['skipped'] = 1 - ok.astype(jnp.int32)
+    metrics['param_norm'] = optax.tree.norm(params)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -277,7 +285,8 @@ def check_workdir(workdir: str, c: Config) -> bool:
     raise CheckpointError(
         f'{workdir} holds a run with a different architecture or data; it was left '
         'untouched. Differing fields:\n  ' + '\n  '.join(diffs))
-  return True
+  # Only temporary directories (a kill during the first save): a fresh start.
+  return any(e.isdigit() for e in os.listdir(ckpt))
 
 
 def restore(mngr: ocp.CheckpointManager, abstract: TrainState, shardings, data_iter):
@@ -339,8 +348,9 @@ class _Progress:
   timed, written to metrics.jsonl and the progress bar."""
 
   def __init__(self, c: Config, workdir: str, writer, start: int, flops_per_step: float,
-               peak_total: float):
-    self.c, self.workdir, self.writer = c, workdir, writer
+               peak_total: float, last_good):
+    self.c, self.workdir, self.writer, self.last_good = c, workdir, writer, last_good
+    self.skips = 0
     self.tokens_per_step = c.train.batch_size * c.data.seq_len
     self.flops_per_step, self.peak_total = flops_per_step, peak_total
     self.t_last, self.step_last, self.pending = time.perf_counter(), start, None
@@ -356,9 +366,13 @@ class _Progress:
 
   def _report(self, step: int, m: dict) -> None:
     m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not math.isfinite(m['loss']):
-      raise FloatingPointError(f'loss is {m["loss"]} at step {step}; the last good '
-                               f'checkpoint in {self.workdir} is kept')
+    self.skips = self.skips + 1 if m.get('skipped') else 0
+    if self.skips > self.c.train.max_skips:
+      halt(self.workdir, step, m['loss'], self.last_good(),
+           f'{self.skips} steps in a row had a non-finite loss or gradient '
+           f'(train.max_skips={self.c.train.max_skips})')
+    if not math.isfinite(m['loss']) and not m.get('skipped'):
+      halt(self.workdir, step, m['loss'], self.last_good(), f'loss is {m["loss"]}')
     now = time.perf_counter()
     dt = (now - self.t_last) / max(step - self.step_last, 1)
     self.t_last, self.step_last = now, step
@@ -374,6 +388,23 @@ class _Progress:
     self.flush()
     if self.bar is not None:
       self.bar.close()
+
+
+def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str) -> None:
+  """Records a divergence in <workdir>/nonfinite.json and stops the run."""
+  if jax.process_index() == 0:
+    workdir_lib.write_atomic(os.path.join(workdir, 'nonfinite.json'), json.dumps(
+        {'step': step, 'loss': str(loss), 'why': why, 'last_good_checkpoint': last_good}))
+  kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
+          else 'no checkpoint was finite yet')
+  raise FloatingPointError(f'{why} at step {step}; {kept} in {workdir} (details in '
+                           'nonfinite.json; lower opt.lr or try train.on_nonfinite=skip)')
+
+
+@jax.jit
+def _finite(params, loss) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)]
+  return jnp.stack([jnp.isfinite(loss), *leaves]).all()
 
 
 def _evaluate(t: Trainer, params, evals: list, writer, step: int) -> dict[str, float]:
@@ -420,8 +451,13 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
                        log=print, devices=None) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns the final eval metrics.
 
-  `stop_at` ends the loop early after that many steps (to test resumption);
-  `devices` restricts the mesh to some devices (default: all).
+  Everything that can fail on bad input (config, workdir, data) fails before
+  the workdir is written. Training holds the workdir's lock (lm/workdir.py).
+  SIGTERM/SIGINT finish the step, checkpoint and raise workdir.Preempted; a
+  non-finite loss halts (FloatingPointError) keeping the last finite
+  checkpoint, or with train.on_nonfinite=skip skips the update. `stop_at` ends
+  the loop early after that many steps (to test resumption); `devices`
+  restricts the mesh to some devices (default: all).
   """
   c, tok, objective, loaded = resolve(c)
   resume = check_workdir(workdir, c)
@@ -429,10 +465,23 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
   data = objective.data(c, tok, loaded, pidx, pcount)
-  os.makedirs(workdir, exist_ok=True)
+  held = (workdir_lib.lock(workdir, f'training {c.name}', log) if pidx == 0
+          else contextlib.nullcontext())
+  with held:
+    if pidx == 0:  # Drop checkpoint writes that a kill cut short.
+      workdir_lib.clean_incomplete(os.path.join(workdir, 'checkpoints'), log)
+    if check_workdir(workdir, c) != resume:  # Changed before we held the lock.
+      resume = not resume
+      src = check_init_from(c) if c.init_from and not resume else None
+    return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log)
+
+
+def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
+           src: Config | None, stop_at: int | None, log) -> dict[str, Any]:
+  pidx, pcount = jax.process_index(), jax.process_count()
   if pidx == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config_lib.to_dict(c), f, indent=2)
+    workdir_lib.write_atomic(os.path.join(workdir, 'config.json'),
+                             json.dumps(config_lib.to_dict(c), indent=2))
   data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
                                     c.data.shuffle_seed, pidx, pcount, data.transform))
   conv = flops_per_token(c)
@@ -440,40 +489,64 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   dev = jax.devices()[0]
   peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
 
-  writer = metrics_lib.Writer(workdir)
   mngr = checkpoint_manager(workdir, c)
-  with t.context():
+  with t.context(), workdir_lib.Preemption() as preemption:
     state = _start_state(c, t, workdir, mngr, data_iter, resume, src, log)
-    writer.write(int(state.step), 'setup', _setup_row(c, t, conv, peak))
     start = int(state.step)
+    if pidx == 0:  # Rows a killed process wrote after its last checkpoint.
+      workdir_lib.truncate_metrics(workdir, start)
+    writer = metrics_lib.Writer(workdir)
+    writer.write(start, 'setup', _setup_row(c, t, conv, peak))
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
-    progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size)
+    progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
+                         mngr.latest_step)
     last_eval = {}
-    for step in range(start, end):
-      state, m = t.train_step(state, t.to_global(next(data_iter)))
-      progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
-      done = step + 1
-      if done % c.train.log_every == 0 or done == end:
-        progress.pending = (done, m)
-      if progress.bar is not None:
-        progress.bar.update(1)
-      if done % c.train.eval_every == 0 or done == c.train.steps:
-        progress.flush()
-        last_eval = _evaluate(t, state.params, data.evals, writer, done)
+    try:
+      for step in range(start, end):
+        state, m = t.train_step(state, t.to_global(next(data_iter)))
+        progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
+        done = step + 1
+        if done % c.train.log_every == 0 or done == end:
+          progress.pending = (done, m)
         if progress.bar is not None:
-          h = objective.headline
-          progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
-                             f'{h} {last_eval[h]:.4f}')
-      if (done % c.train.checkpoint_every == 0 or done == end
-          or done in c.train.extra_checkpoints):
-        _save(mngr, done, state, data_iter)
-    progress.close()
-    mngr.wait_until_finished()
+          progress.bar.update(1)
+        if done % c.train.eval_every == 0 or done == c.train.steps:
+          progress.flush()
+          last_eval = _evaluate(t, state.params, data.evals, writer, done)
+          if progress.bar is not None:
+            h = objective.headline
+            progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
+                               f'{h} {last_eval[h]:.4f}')
+        signame = preemption.signame or (
+            'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
+        if (done % c.train.checkpoint_every == 0 or done == end or signame
+            or done in c.train.extra_checkpoints):
+          _save_finite(c, mngr, done, state, m, data_iter, workdir)
+        if signame and done < end:
+          progress.close()
+          mngr.wait_until_finished()
+          raise workdir_lib.Preempted(done, signame, workdir)
+      progress.close()
+    finally:
+      mngr.wait_until_finished()  # Never leave a save half-written on the way out.
+      writer.close()
     if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
       final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]
+      writer = metrics_lib.Writer(workdir)
       last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
                    if final else _evaluate(t, state.params, data.evals, writer, end))
-  writer.close()
+      writer.close()
   mngr.close()
   return {'step': end, **last_eval, 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}
+
+
+def _save_finite(c: Config, mngr, step: int, state: TrainState, m: dict, data_iter,
+                 workdir: str) -> None:
+  """Checkpoints only finite parameters (and, unless skipping, a finite loss)."""
+  loss = m['loss'] if c.train.on_nonfinite == 'halt' else jnp.zeros(())
+  if not bool(_finite(state.params, loss)):
+    mngr.wait_until_finished()
+    halt(workdir, step, float(m['loss']), mngr.latest_step(),
+         'non-finite loss or parameters')
+  _save(mngr, step, state, data_iter)

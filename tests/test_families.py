@@ -132,7 +132,7 @@ def test_span_corruption_round_trips_with_fixed_lengths():
       ex = span.span_corrupt(w, rng, 0.15, 3.0, sentinel0=383, eos_id=257, start_id=256)
       assert len(ex['enc_inputs']) == enc_len and len(ex['targets']) == dec_len
       assert ex['dec_inputs'][0] == 256 and (ex['dec_inputs'][1:] == ex['targets'][:-1]).all()
-      np.testing.assert_array_equal(span.span_restore(ex['enc_inputs'], ex['targets'],
+      np.testing.assert_array_equal(_span_restore(ex['enc_inputs'], ex['targets'],
                                                             259, 257), w)
       noise, spans = span.span_counts(n, 0.15, 3.0)
       spans_seen.append(noise / spans)
@@ -354,3 +354,22 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert r.returncode == 2 and '<extra_id_999>: the model has only' in r.stderr, r.stderr
   r = subprocess.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr
+
+
+def _span_restore(enc_inputs: np.ndarray, targets: np.ndarray, text_vocab: int,
+                 eos_id: int) -> np.ndarray:
+  """The original window from a corrupted pair: the inverse that checks span_corrupt.
+
+  Ids >= text_vocab (the tokenizer's size) are sentinels; text never has them."""
+  spans: dict[int, list[int]] = {}
+  cur = None
+  for t in targets.tolist()[:-1]:  # The last target is EOS.
+    if t >= text_vocab:
+      cur = t
+      spans[cur] = []
+    else:
+      spans[cur].append(t)
+  out = []
+  for t in enc_inputs.tolist()[:-1]:  # The last input is EOS.
+    out += spans[t] if t >= text_vocab else [t]
+  return np.asarray(out, np.int32)

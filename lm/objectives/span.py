@@ -57,25 +57,6 @@ def span_corrupt(tokens_N: np.ndarray, rng: np.random.Generator, density: float,
           'dec_inputs': np.concatenate([[start_id], tgt[:-1]]).astype(np.int32)}
 
 
-def span_restore(enc_inputs: np.ndarray, targets: np.ndarray, text_vocab: int,
-                 eos_id: int) -> np.ndarray:
-  """The original window from a corrupted pair (inverse of span_corrupt).
-
-  Ids >= text_vocab (the tokenizer's size) are sentinels; text never has them."""
-  spans: dict[int, list[int]] = {}
-  cur = None
-  for t in targets.tolist()[:-1]:  # The last target is EOS.
-    if t >= text_vocab:
-      cur = t
-      spans[cur] = []
-    else:
-      spans[cur].append(t)
-  out = []
-  for t in enc_inputs.tolist()[:-1]:  # The last input is EOS.
-    out += spans[t] if t >= text_vocab else [t]
-  return np.asarray(out, np.int32)
-
-
 def span_example(window_N: np.ndarray, rng: np.random.Generator, d, m, tokenizer
                  ) -> dict[str, np.ndarray]:
   """One span-corrupted window in the encoder-decoder batch layout."""

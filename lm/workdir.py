@@ -1,0 +1,164 @@
+"""What keeps a run directory consistent across preemption, crashes and a
+second process: a lock, atomic writes, preemption signals, and recovery from
+checkpoint writes that never finished.
+
+- `lock(workdir)`: one training or sweep process per directory. The lock file
+  names its holder (host, pid, start time); a second process refuses at once,
+  and a lock whose pid is dead on this host is taken over with a warning.
+- `Preemption`: SIGTERM (TPU VMs, spot GPUs, Slurm) and SIGINT set a flag that
+  the training loop reads after each step; it checkpoints and raises
+  `Preempted`, and the CLIs exit with PREEMPTED_EXIT so a scheduler can tell
+  "rerun me" from failure.
+- `clean_incomplete(ckpt_dir)`: orbax writes a step into `<step>.orbax-
+  checkpoint-tmp-*` and renames it when complete; a kill in between leaves the
+  temporary directory, which is reported and removed so the run continues from
+  the last complete step (or starts afresh).
+- `write_atomic(path, text)`: temp file + rename, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): interrupted, rerun to continue.
+LOCK_NAME = '.lock'
+
+
+class LockError(RuntimeError):
+  """Another live process holds the workdir."""
+
+
+class Preempted(Exception):
+  """The loop stopped for a signal after writing a checkpoint at `step`."""
+
+  def __init__(self, step: int, signame: str, workdir: str):
+    super().__init__(f'{signame} at step {step}: checkpoint written in {workdir}; rerun the '
+                     'same command to continue')
+    self.step, self.signame = step, signame
+
+
+def write_atomic(path: str, text: str) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Exists, owned by someone else.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def lock(workdir: str, what: str = 'training', log=print):
+  """Holds <workdir>/.lock for the duration; see the module docstring."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_NAME)
+  me = {'host': socket.gethostname(), 'pid': os.getpid(), 'what': what,
+        'started': datetime.datetime.now().isoformat(timespec='seconds')}
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          holder = json.load(f)
+      except (OSError, ValueError):  # Being written this instant, or garbage.
+        holder = {}
+      same_host = holder.get('host') == me['host']
+      if same_host and isinstance(holder.get('pid'), int) and not _alive(holder['pid']):
+        log(f'warning: taking over the stale lock of {workdir} (pid {holder["pid"]} on '
+            f'{holder["host"]}, started {holder.get("started")}, is not running)')
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+        continue
+      raise LockError(
+          f'{workdir} is in use by {holder.get("what", "another process")} (host '
+          f'{holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
+          f'{holder.get("started", "?")}); wait for it to finish, or delete {path} if '
+          'that process is gone') from None
+    with os.fdopen(fd, 'w') as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+class Preemption:
+  """Context manager: SIGTERM/SIGINT set `.signame` instead of killing the
+  process (a second one kills it as usual). Inert outside the main thread."""
+
+  def __init__(self):
+    self.signame: str | None = None
+    self._old: dict = {}
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.signame is not None:  # Asked twice: stop now.
+      signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+      os.kill(os.getpid(), signum)
+      return
+    self.signame = signal.Signals(signum).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+    self._old = {}
+
+
+def clean_incomplete(ckpt_dir: str, log=print) -> list[str]:
+  """Removes checkpoint steps whose write never finished; returns their names."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  gone = sorted(e for e in os.listdir(ckpt_dir) if 'tmp' in e and not e.isdigit())
+  for e in gone:
+    shutil.rmtree(os.path.join(ckpt_dir, e), ignore_errors=True)
+  if gone:
+    left = sorted((e for e in os.listdir(ckpt_dir) if e.isdigit()), key=int)
+    log(f'warning: removed incomplete checkpoint writes {gone} in {ckpt_dir} (a process '
+        'was killed while saving); continuing from '
+        + (f'step {left[-1]}' if left else 'scratch'))
+  return gone
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+  """Drops metrics.jsonl rows after `step` (written after the checkpoint that a
+  resumed run continues from), so no step appears twice; returns how many."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [x for x in f if x.strip()]
+  keep = []
+  for x in lines:
+    try:
+      row = json.loads(x)
+    except ValueError:  # A line cut short by a kill: drop it.
+      continue
+    # The resumed run writes its own setup row at `step`.
+    if row.get('step', 0) < step or (row.get('step') == step and row.get('kind') != 'setup'):
+      keep.append(x)
+  if len(keep) != len(lines):
+    write_atomic(path, ''.join(keep))
+  return len(lines) - len(keep)

@@ -1,0 +1,141 @@
+"""Preemption, crashes, a second process and divergence (lm/workdir.py, lm/train.py).
+
+The longer version of the kill test is tools/fault_inject.py (20 injections)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoint, metrics, train, workdir
+from tests.helpers import tiny
+from tools import fault_inject
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _losses(wd):
+  return {r['step']: r['loss'] for r in metrics.read(str(wd), 'train')}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, corpus_dir):
+  """An uninterrupted 12-step run (the resumption tests compare against it)."""
+  wd = tmp_path_factory.mktemp('reference')
+  train.train_and_evaluate(tiny(corpus_dir, **{'train.steps': 12}), str(wd),
+                           log=lambda *_: None)
+  return _losses(wd)
+
+
+@pytest.fixture(scope='module')
+def cli_run(tmp_path_factory, corpus_dir):
+  """(config file, workdir of an uninterrupted CLI run of it)."""
+  d = tmp_path_factory.mktemp('cli')
+  config = fault_inject.write_config(str(d / 'cfg.py'), 16, str(corpus_dir))
+  env = fault_inject.environment(str(d / 'jax_cache'))  # Restarts skip compiling.
+  r = subprocess.run(fault_inject._cmd(config, str(d / 'ref')), cwd=ROOT, capture_output=True,
+                     text=True, env=env)
+  assert r.returncode == 0, r.stderr
+  return config, str(d / 'ref'), env
+
+
+def test_kills_and_sigterm_resume_bit_identically(tmp_path, cli_run):
+  """Five SIGKILLs at random moments (checkpoints every 2 steps, so some land in
+  a checkpoint write, the first one included) and one SIGTERM, which must
+  checkpoint and exit 75; the final losses equal an uninterrupted run's."""
+  config, ref, env = cli_run
+  logs = []
+  problems = fault_inject.inject(config, str(tmp_path / 'run'), ref, kills=5, seed=1,
+                                 sigterm=True, log=logs.append, env=env)
+  assert not problems, (problems, logs)
+  assert logs[0].startswith('injection 1: SIGTERM') and logs[0].endswith('exit 75'), logs
+
+
+def test_incomplete_checkpoint_writes_are_removed_and_the_run_continues(
+    tmp_path, corpus_dir, reference):
+  c = tiny(corpus_dir, **{'train.steps': 12})
+  # Killed during its first save: only a temporary directory -> a fresh start.
+  first = tmp_path / 'first'
+  train.train_and_evaluate(c, str(first), stop_at=2, log=lambda *_: None)
+  os.rename(first / 'checkpoints' / '2', first / 'checkpoints' / '3.orbax-checkpoint-tmp-9')
+  msgs = []
+  train.train_and_evaluate(c, str(first), log=msgs.append)
+  assert any('removed incomplete checkpoint writes' in m and 'from scratch' in m
+             for m in msgs), msgs
+  assert _losses(first) == reference
+  # Killed during a later save: back to the last complete step, then the same losses.
+  later = tmp_path / 'later'
+  train.train_and_evaluate(c, str(later), stop_at=6, log=lambda *_: None)
+  (later / 'checkpoints' / '9.orbax-checkpoint-tmp-1').mkdir()
+  with open(later / 'metrics.jsonl', 'a') as f:  # Rows written after the checkpoint...
+    f.write(json.dumps({'step': 7, 'kind': 'train', 'loss': 9.9}) + '\n{"step": 8, "ki')
+  msgs = []
+  train.train_and_evaluate(c, str(later), log=msgs.append)
+  assert 'resumed from step 6' in msgs[-1] and 'continuing from step 6' in msgs[0], msgs
+  assert _losses(later) == reference  # ...are dropped: no step is logged twice.
+  assert sorted(os.listdir(later / 'checkpoints'), key=int)[-1] == '12'
+
+
+def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, corpus_dir):
+  c = tiny(corpus_dir, **{'train.steps': 3})
+  wd = tmp_path / 'run'
+  wd.mkdir()
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'what': 'training x',
+            'started': '2026-01-01T00:00:00'}
+  (wd / '.lock').write_text(json.dumps(holder))
+  with pytest.raises(workdir.LockError, match=f'in use by training x .*pid {os.getpid()}'):
+    train.train_and_evaluate(c, str(wd), log=lambda *_: None)
+  assert not (wd / 'checkpoints').exists()
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True).stdout.strip()
+  (wd / '.lock').write_text(json.dumps({**holder, 'pid': int(dead)}))
+  msgs = []
+  train.train_and_evaluate(c, str(wd), log=msgs.append)
+  assert any('taking over the stale lock' in m for m in msgs), msgs
+  assert not (wd / '.lock').exists()  # Released at the end.
+
+
+def test_two_concurrent_starts_one_refuses(tmp_path, cli_run):
+  config, ref, env = cli_run
+  cmd = fault_inject._cmd(config, str(tmp_path / 'run'))
+  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [(p.wait(), p.stderr.read()) for p in procs]
+  codes = sorted(rc for rc, _ in outs)
+  refused = [err for rc, err in outs if rc == 2]
+  if codes == [0, 0]:  # One finished before the other started: the second resumed at the end.
+    pass
+  else:
+    assert codes == [0, 2], outs
+    assert 'is in use by training' in refused[0] and 'pid' in refused[0]
+  assert fault_inject.losses(str(tmp_path / 'run')) == fault_inject.losses(ref)
+
+
+def test_divergence_halts_keeping_a_finite_checkpoint(tmp_path, corpus_dir):
+  c = tiny(corpus_dir, **{'opt.lr': 1e30, 'opt.grad_clip': 0.0, 'train.steps': 12,
+                          'train.checkpoint_every': 1, 'opt.warmup_steps': 0})
+  wd = tmp_path / 'run'
+  with pytest.raises(FloatingPointError, match='at step .*nonfinite.json'):
+    train.train_and_evaluate(c, str(wd), log=lambda *_: None)
+  info = json.loads((wd / 'nonfinite.json').read_text())
+  steps = sorted(int(s) for s in os.listdir(wd / 'checkpoints') if s.isdigit())
+  assert info['last_good_checkpoint'] in (steps[-1] if steps else None,)
+  for s in steps:
+    _, params = checkpoint.load_params(str(wd / 'checkpoints' / str(s)))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+  # skip: non-finite steps leave the parameters alone; too many in a row halt.
+  skip = tiny(corpus_dir, **{'opt.lr': 1e30, 'opt.grad_clip': 0.0, 'train.steps': 12,
+                             'opt.warmup_steps': 0, 'train.on_nonfinite': 'skip',
+                             'train.max_skips': 3})
+  with pytest.raises(FloatingPointError, match='4 steps in a row had a non-finite loss'):
+    train.train_and_evaluate(skip, str(tmp_path / 'skip'), log=lambda *_: None)
+  rows = metrics.read(str(tmp_path / 'skip'), 'train')
+  assert sum(r.get('skipped', 0) for r in rows) >= 3
+  for prev, row in zip(rows, rows[1:]):  # A skipped step leaves the parameters alone.
+    if row.get('skipped'):
+      assert row['param_norm'] == prev['param_norm'], (prev, row)
