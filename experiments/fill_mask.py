@@ -84,4 +84,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,7 +1,9 @@
-"""Reading a run's params for sampling, fine-tuning and export; writing params-only runs.
+"""Checkpoints: the training state (saved only when finite, restored exactly,
+foreign or mismatched runs refused), and a run's params for sampling,
+fine-tuning and export.
 
-A run directory (workdir) holds config.json and checkpoints/<step>/state; a
-path may name the workdir (latest step) or one step directory.
+A run directory (workdir) holds config.json and checkpoints/<step>/{state,data};
+a path may name the workdir (latest step) or one step directory.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import json
 import os
 from typing import Any
 
+import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lm import config as config_lib
 from lm import sharding as shard_lib
+from lm import workdir as workdir_lib
 from lm.config import Config, ModelConfig
 from lm.model import Transformer, init_inputs
 
@@ -113,3 +118,89 @@ def merge(init: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
       out[k] = v
       fresh.append(k)
   return out, taken, fresh
+
+
+# --- Training checkpoints: the state and the data iterator --------------------
+
+def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=c.train.keep_checkpoints, create=True,
+          enable_async_checkpointing=True),
+      item_names=('state', 'data'))
+
+
+def check_workdir(workdir: str, c: Config) -> bool:
+  """True if the workdir holds this run's checkpoints; errors for foreign ones.
+
+  A run continues only with the same architecture, task head and data
+  (lm/config.FIELD_KINDS: arch, head, fixed); free fields may change."""
+  ckpt = os.path.join(workdir, 'checkpoints')
+  cfg_path = os.path.join(workdir, 'config.json')
+  if not os.path.isdir(ckpt) or not os.listdir(ckpt):
+    return False
+  bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]
+  if bad or not os.path.exists(cfg_path):
+    raise CheckpointError(
+        f'{ckpt} is not a checkpoint directory of this codebase (unexpected entries '
+        f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
+        'choose another --workdir')
+  try:
+    with open(cfg_path) as f:
+      old = config_lib.from_configdict(json.load(f))
+  except (ValueError, TypeError) as e:  # Truncated JSON, or a field we no longer accept.
+    raise CheckpointError(f'{cfg_path} cannot be read ({e}); it was left untouched: '
+                          'choose another --workdir') from None
+  diffs = config_lib.kind_diff(old, c, (config_lib.ARCH, config_lib.HEAD, config_lib.FIXED))
+  if diffs:
+    raise CheckpointError(
+        f'{workdir} holds a run with a different architecture or data; it was left '
+        'untouched: choose another --workdir. Differing fields (run != config): '
+        + '; '.join(diffs))
+  # Only temporary directories (a kill during the first save): a fresh start.
+  return any(e.isdigit() for e in os.listdir(ckpt))
+
+
+def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
+  step = mngr.latest_step()
+  target = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+  except Exception as e:  # Orbax raises many types for a damaged directory.
+    raise CheckpointError(
+        f'checkpoint step {step} in {mngr.directory} could not be restored '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it was left untouched: '
+        'choose another --workdir or remove the damaged step') from None
+  return out['state']
+
+
+def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str) -> None:
+  """Records a divergence in <workdir>/nonfinite.json and stops the run."""
+  if jax.process_index() == 0:
+    workdir_lib.write_atomic(os.path.join(workdir, 'nonfinite.json'), json.dumps(
+        {'step': step, 'loss': str(loss), 'why': why, 'last_good_checkpoint': last_good}))
+  kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
+          else 'no checkpoint was finite yet')
+  raise FloatingPointError(f'{why} at step {step}; {kept} in {workdir} (details in '
+                           'nonfinite.json; lower opt.lr or try train.on_nonfinite=skip)')
+
+
+@jax.jit
+def _finite(params, loss) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)]
+  return jnp.stack([jnp.isfinite(loss), *leaves]).all()
+
+
+def save(c: Config, mngr, step: int, state: Any, m: dict, data_iter, workdir: str) -> None:
+  """Checkpoints only finite parameters (and, unless skipping, a finite loss)."""
+  loss = m['loss'] if c.train.on_nonfinite == 'halt' else jnp.zeros(())
+  if not bool(_finite(state.params, loss)):
+    mngr.wait_until_finished()
+    halt(workdir, step, float(m['loss']), mngr.latest_step(),
+         'non-finite loss or parameters')
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=grain.checkpoint.CheckpointSave(data_iter)))

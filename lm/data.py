@@ -151,6 +151,12 @@ def build_text_dataset(root: str, files: list[str], val_fraction: float,
   data_dir = os.path.join(cache, 'textfiles', key)
   done = os.path.join(data_dir, 'text_files', '1.0.0', 'dataset_info.json')
   prov = {} if os.path.exists(done) else provenance(root, splits)
+  for split in splits if prov else ():
+    if not prov[f'{split}_files']:
+      raise ConfigError(
+          f'the corpus under {root!r} has no UTF-8 text file in its {split} split '
+          f'({len(splits[split])} files there, {prov["skipped_non_utf8"]} skipped in all as '
+          'non-UTF-8); add text files or change data.val_fraction')
   builder = TextFiles(root=root, splits=splits, provenance=prov, data_dir=data_dir,
                       file_format='array_record')
   if not os.path.exists(done):

@@ -236,6 +236,9 @@ COLUMNS = ['name', 'status', 'design', 'objective', 'budget', 'config_hash', 'N'
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state."""
   runs = make_plan(cd)
+  if not any(os.path.isdir(os.path.join(workdir, 'runs', r.name)) for r in runs):
+    raise config_lib.ConfigError(f'{workdir} holds no run of this sweep: run it first '
+                                 '(--mode=run, or the --mode=commands jobs)')
   _, s = split(cd)
   rows = []
   for r in runs:

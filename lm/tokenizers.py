@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from lm.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class ByteTokenizer:
@@ -36,7 +38,7 @@ def _file_name(prefix: str, path: str, hint: str) -> str:
   """A name for the token cache from the file's content; `hint` says what to
   do when data.tokenizer_path does not exist."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'data.tokenizer_path={path!r} does not exist; {hint}')
+    raise ConfigError(f'data.tokenizer_path={path!r} does not exist; {hint}')
   import hashlib
   with open(path, 'rb') as f:
     return f'{prefix}-' + hashlib.sha256(f.read()).hexdigest()[:12]

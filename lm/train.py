@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import grain
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
@@ -248,63 +246,6 @@ def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Tr
                  train_step, eval_step)
 
 
-# --- Checkpoints --------------------------------------------------------------
-
-def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=c.train.keep_checkpoints, create=True,
-          enable_async_checkpointing=True),
-      item_names=('state', 'data'))
-
-
-def check_workdir(workdir: str, c: Config) -> bool:
-  """True if the workdir holds this run's checkpoints; errors for foreign ones.
-
-  A run continues only with the same architecture, task head and data
-  (lm/config.FIELD_KINDS: arch, head, fixed); free fields may change."""
-  ckpt = os.path.join(workdir, 'checkpoints')
-  cfg_path = os.path.join(workdir, 'config.json')
-  if not os.path.isdir(ckpt) or not os.listdir(ckpt):
-    return False
-  bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]
-  if bad or not os.path.exists(cfg_path):
-    raise CheckpointError(
-        f'{ckpt} is not a checkpoint directory of this codebase (unexpected entries '
-        f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
-        'choose another --workdir')
-  try:
-    with open(cfg_path) as f:
-      old = config_lib.from_configdict(json.load(f))
-  except (ValueError, TypeError) as e:  # Truncated JSON, or a field we no longer accept.
-    raise CheckpointError(f'{cfg_path} cannot be read ({e}); it was left untouched: '
-                          'choose another --workdir') from None
-  diffs = config_lib.kind_diff(old, c, (config_lib.ARCH, config_lib.HEAD, config_lib.FIXED))
-  if diffs:
-    raise CheckpointError(
-        f'{workdir} holds a run with a different architecture or data; it was left '
-        'untouched. Differing fields:\n  ' + '\n  '.join(diffs))
-  # Only temporary directories (a kill during the first save): a fresh start.
-  return any(e.isdigit() for e in os.listdir(ckpt))
-
-
-def restore(mngr: ocp.CheckpointManager, abstract: TrainState, shardings, data_iter):
-  step = mngr.latest_step()
-  target = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  try:
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))
-  except Exception as e:  # Orbax raises many types for a damaged directory.
-    raise CheckpointError(
-        f'checkpoint step {step} in {mngr.directory} could not be restored '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it was left untouched: '
-        'choose another --workdir or remove the damaged step') from None
-  return out['state']
-
-
 # --- Loop ---------------------------------------------------------------------
 
 def check_init_from(c: Config) -> Config:
@@ -317,8 +258,8 @@ def check_init_from(c: Config) -> Config:
   if diffs:
     raise CheckpointError(
         f'config.init_from={c.init_from!r} holds a model with another architecture or '
-        'tokenizer than this config; differing fields (checkpoint != config):\n  '
-        + '\n  '.join(diffs))
+        'tokenizer than this config; differing fields (checkpoint != config): '
+        + '; '.join(diffs))
   return src
 
 
@@ -368,11 +309,11 @@ class _Progress:
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     self.skips = self.skips + 1 if m.get('skipped') else 0
     if self.skips > self.c.train.max_skips:
-      halt(self.workdir, step, m['loss'], self.last_good(),
+      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(),
            f'{self.skips} steps in a row had a non-finite loss or gradient '
            f'(train.max_skips={self.c.train.max_skips})')
     if not math.isfinite(m['loss']) and not m.get('skipped'):
-      halt(self.workdir, step, m['loss'], self.last_good(), f'loss is {m["loss"]}')
+      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), f'loss is {m["loss"]}')
     now = time.perf_counter()
     dt = (now - self.t_last) / max(step - self.step_last, 1)
     self.t_last, self.step_last = now, step
@@ -390,34 +331,12 @@ class _Progress:
       self.bar.close()
 
 
-def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str) -> None:
-  """Records a divergence in <workdir>/nonfinite.json and stops the run."""
-  if jax.process_index() == 0:
-    workdir_lib.write_atomic(os.path.join(workdir, 'nonfinite.json'), json.dumps(
-        {'step': step, 'loss': str(loss), 'why': why, 'last_good_checkpoint': last_good}))
-  kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
-          else 'no checkpoint was finite yet')
-  raise FloatingPointError(f'{why} at step {step}; {kept} in {workdir} (details in '
-                           'nonfinite.json; lower opt.lr or try train.on_nonfinite=skip)')
-
-
-@jax.jit
-def _finite(params, loss) -> jax.Array:
-  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)]
-  return jnp.stack([jnp.isfinite(loss), *leaves]).all()
-
-
 def _evaluate(t: Trainer, params, evals: list, writer, step: int) -> dict[str, float]:
   outs = jax.device_get([t.eval_step(params, t.to_global(b), t.to_global(w, t.rows_sharding))
                          for b, w in evals])
   res = t.objective.summarize({k: sum(float(o[k]) for o in outs) for k in outs[0]})
   writer.write(step, 'eval', res)
   return res
-
-
-def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState, data_iter) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=grain.checkpoint.CheckpointSave(data_iter)))
 
 
 def _setup_row(c: Config, t: Trainer, conv: dict, peak: float) -> dict:
@@ -435,7 +354,7 @@ def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: b
                  src: Config | None, log) -> TrainState:
   """Restored, or fresh (with a fine-tuning run's pre-trained params)."""
   if resume:
-    state = restore(mngr, t.abstract, t.shardings, data_iter)
+    state = ckpt_lib.restore(mngr, t.abstract, t.shardings, data_iter)
     log(f'resumed from step {int(state.step)} in {workdir}')
     return state
   state = t.init()
@@ -460,7 +379,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   restricts the mesh to some devices (default: all).
   """
   c, tok, objective, loaded = resolve(c)
-  resume = check_workdir(workdir, c)
+  resume = ckpt_lib.check_workdir(workdir, c)
   src = check_init_from(c) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -470,7 +389,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   with held:
     if pidx == 0:  # Drop checkpoint writes that a kill cut short.
       workdir_lib.clean_incomplete(os.path.join(workdir, 'checkpoints'), log)
-    if check_workdir(workdir, c) != resume:  # Changed before we held the lock.
+    if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
       src = check_init_from(c) if c.init_from and not resume else None
     return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log)
@@ -489,7 +408,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   dev = jax.devices()[0]
   peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
 
-  mngr = checkpoint_manager(workdir, c)
+  mngr = ckpt_lib.checkpoint_manager(workdir, c)
   with t.context(), workdir_lib.Preemption() as preemption:
     state = _start_state(c, t, workdir, mngr, data_iter, resume, src, log)
     start = int(state.step)
@@ -521,7 +440,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
         if (done % c.train.checkpoint_every == 0 or done == end or signame
             or done in c.train.extra_checkpoints):
-          _save_finite(c, mngr, done, state, m, data_iter, workdir)
+          ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
         if signame and done < end:
           progress.close()
           mngr.wait_until_finished()
@@ -539,14 +458,3 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   mngr.close()
   return {'step': end, **last_eval, 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}
-
-
-def _save_finite(c: Config, mngr, step: int, state: TrainState, m: dict, data_iter,
-                 workdir: str) -> None:
-  """Checkpoints only finite parameters (and, unless skipping, a finite loss)."""
-  loss = m['loss'] if c.train.on_nonfinite == 'halt' else jnp.zeros(())
-  if not bool(_finite(state.params, loss)):
-    mngr.wait_until_finished()
-    halt(workdir, step, float(m['loss']), mngr.latest_step(),
-         'non-finite loss or parameters')
-  _save(mngr, step, state, data_iter)

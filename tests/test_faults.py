@@ -36,7 +36,7 @@ def reference(tmp_path_factory, corpus_dir):
 def cli_run(tmp_path_factory, corpus_dir):
   """(config file, workdir of an uninterrupted CLI run of it)."""
   d = tmp_path_factory.mktemp('cli')
-  config = fault_inject.write_config(str(d / 'cfg.py'), 16, str(corpus_dir))
+  config = fault_inject.write_config(str(d / 'cfg.py'), 10, str(corpus_dir))
   env = fault_inject.environment(str(d / 'jax_cache'))  # Restarts skip compiling.
   r = subprocess.run(fault_inject._cmd(config, str(d / 'ref')), cwd=ROOT, capture_output=True,
                      text=True, env=env)
@@ -44,16 +44,28 @@ def cli_run(tmp_path_factory, corpus_dir):
   return config, str(d / 'ref'), env
 
 
-def test_kills_and_sigterm_resume_bit_identically(tmp_path, cli_run):
+def test_kills_sigterm_and_a_concurrent_start_end_bit_identically(tmp_path, cli_run):
   """Five SIGKILLs at random moments (checkpoints every 2 steps, so some land in
   a checkpoint write, the first one included) and one SIGTERM, which must
-  checkpoint and exit 75; the final losses equal an uninterrupted run's."""
+  checkpoint and exit 75; the final losses equal an uninterrupted run's. Then
+  two processes start on one workdir at once: one refuses, naming the holder."""
   config, ref, env = cli_run
   logs = []
   problems = fault_inject.inject(config, str(tmp_path / 'run'), ref, kills=5, seed=1,
                                  sigterm=True, log=logs.append, env=env)
   assert not problems, (problems, logs)
   assert logs[0].startswith('injection 1: SIGTERM') and logs[0].endswith('exit 75'), logs
+
+  cmd = fault_inject._cmd(config, str(tmp_path / 'twice'))
+  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [(p.wait(), p.stderr.read()) for p in procs]
+  codes = sorted(rc for rc, _ in outs)
+  if codes != [0, 0]:  # [0, 0]: one finished first; the other resumed at the end.
+    assert codes == [0, 2], outs
+    refused = [err for rc, err in outs if rc == 2][0]
+    assert 'is in use by training' in refused and 'pid' in refused, refused
+  assert fault_inject.losses(str(tmp_path / 'twice')) == fault_inject.losses(ref)
 
 
 def test_incomplete_checkpoint_writes_are_removed_and_the_run_continues(
@@ -98,22 +110,6 @@ def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path,
   train.train_and_evaluate(c, str(wd), log=msgs.append)
   assert any('taking over the stale lock' in m for m in msgs), msgs
   assert not (wd / '.lock').exists()  # Released at the end.
-
-
-def test_two_concurrent_starts_one_refuses(tmp_path, cli_run):
-  config, ref, env = cli_run
-  cmd = fault_inject._cmd(config, str(tmp_path / 'run'))
-  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
-  outs = [(p.wait(), p.stderr.read()) for p in procs]
-  codes = sorted(rc for rc, _ in outs)
-  refused = [err for rc, err in outs if rc == 2]
-  if codes == [0, 0]:  # One finished before the other started: the second resumed at the end.
-    pass
-  else:
-    assert codes == [0, 2], outs
-    assert 'is in use by training' in refused[0] and 'pid' in refused[0]
-  assert fault_inject.losses(str(tmp_path / 'run')) == fault_inject.losses(ref)
 
 
 def test_divergence_halts_keeping_a_finite_checkpoint(tmp_path, corpus_dir):

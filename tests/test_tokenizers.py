@@ -2,6 +2,8 @@
 
 import pytest
 
+from lm.config import ConfigError
+
 from lm.tokenizers import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
 from tools import train_tokenizer
 
@@ -46,7 +48,7 @@ def test_sentencepiece_unigram_trains(tmp_path, corpus_dir):
 
 
 def test_missing_sentencepiece_file(tmp_path):
-  with pytest.raises(FileNotFoundError, match='tokenizer_path'):
+  with pytest.raises(ConfigError, match='tokenizer_path'):
     SentencePieceTokenizer(str(tmp_path / 'nope.model'))
 
 
@@ -111,7 +113,7 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
   tok = get_tokenizer('hf', str(tmp_path / 'tokenizer.json'))
   assert tok.eos_id == tok.tok.token_to_id('<unk>')
   assert tok.pad_id == tok.bos_id == tok.tok.token_to_id('<|endoftext|>')
-  with pytest.raises(FileNotFoundError, match='tokenizer.json'):
+  with pytest.raises(ConfigError, match='tokenizer.json'):
     get_tokenizer('hf', str(tmp_path / 'nope.json'))
 
 

@@ -45,7 +45,16 @@ def main(argv):
     models = [c.model]
     if F.ladder:
       aspect, hd = F.aspect or s.aspect, F.head_dim or s.head_dim
-      models = plan.ladder([float(x) for x in F.ladder.split(',')], c.model, aspect, hd)
+      if aspect <= 0 or hd <= 0:
+        raise config_lib.ConfigError(f'--aspect={aspect} and --head_dim={hd} must be > 0')
+      try:
+        targets = [float(x) for x in F.ladder.split(',')]
+      except ValueError:
+        raise config_lib.ConfigError(f'--ladder={F.ladder!r}: give comma-separated sizes, '
+                                     'e.g. 1e4,1e5,1e6') from None
+      if not all(t > 0 and t < float('inf') for t in targets):
+        raise config_lib.ConfigError(f'--ladder={F.ladder!r}: sizes must be positive numbers')
+      models = plan.ladder(targets, c.model, aspect, hd)
     print(f'seq_len {c.data.seq_len}, vocab {c.model.vocab_size}; FLOPs are training FLOPs '
           'per token under each convention (lm/flops.py)\n')
     print(table(models, c.data.seq_len))
@@ -56,4 +65,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -127,27 +127,26 @@ def inject(config: str, workdir: str, reference: str, kills: int, seed: int = 0,
   return problems
 
 
-_KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILL injections.')
-_SIGTERM = flags.DEFINE_bool('sigterm', True, 'Also one SIGTERM (must checkpoint, exit 75).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill times.')
-_STEPS = flags.DEFINE_integer('steps', 60, 'Training steps of the run.')
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/lm_faults', 'Scratch directory (replaced).')
-_DATA = flags.DEFINE_string('data_dir', '', 'Text files to train on (default: stdlib).')
-
-
 def main(argv):
   del argv
-  shutil.rmtree(_WORKDIR.value, ignore_errors=True)
-  os.makedirs(_WORKDIR.value)
-  config = write_config(os.path.join(_WORKDIR.value, 'cfg.py'), _STEPS.value, _DATA.value)
-  problems = inject(config, os.path.join(_WORKDIR.value, 'run'),
-                    os.path.join(_WORKDIR.value, 'reference'), _KILLS.value, _SEED.value,
-                    _SIGTERM.value)
-  n = _KILLS.value + int(_SIGTERM.value)
+  shutil.rmtree(flags.FLAGS.workdir, ignore_errors=True)
+  os.makedirs(flags.FLAGS.workdir)
+  config = write_config(os.path.join(flags.FLAGS.workdir, 'cfg.py'), flags.FLAGS.steps, flags.FLAGS.data_dir)
+  problems = inject(config, os.path.join(flags.FLAGS.workdir, 'run'),
+                    os.path.join(flags.FLAGS.workdir, 'reference'), flags.FLAGS.kills, flags.FLAGS.seed,
+                    flags.FLAGS.sigterm)
+  n = flags.FLAGS.kills + int(flags.FLAGS.sigterm)
   print(f'{n} injections: ' + ('losses bit-identical to an uninterrupted run at every step'
                               if not problems else '; '.join(problems)))
   sys.exit(1 if problems else 0)
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program, so tests can import this module.
+  flags.DEFINE_integer('kills', 20, 'SIGKILL injections.')
+  flags.DEFINE_bool('sigterm', True, 'Also one SIGTERM (must checkpoint, exit 75).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the kill times.')
+  flags.DEFINE_integer('steps', 60, 'Training steps of the run.')
+  flags.DEFINE_string('workdir', '/tmp/lm_faults', 'Scratch directory (replaced).')
+  flags.DEFINE_string('data_dir', '', 'Text files to train on (default: stdlib).')
   app.run(main)

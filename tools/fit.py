@@ -78,4 +78,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -302,8 +302,13 @@ def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   cfg_path = os.path.join(hf_dir, 'config.json')
   if not os.path.exists(cfg_path):
     raise HFError(f'{hf_dir} has no config.json: not a transformers model directory')
-  with open(cfg_path) as f:
-    cfg = json.load(f)
+  try:
+    with open(cfg_path) as f:
+      cfg = json.load(f)
+  except ValueError as e:
+    raise HFError(f'{cfg_path} is not valid JSON ({e})') from None
+  if not isinstance(cfg, dict):
+    raise HFError(f'{cfg_path} does not hold a JSON object')
   files = sorted(glob.glob(os.path.join(hf_dir, '*.safetensors')))
   if not files:
     raise HFError(f'{hf_dir} has no *.safetensors weights (PyTorch .bin files are not '
@@ -316,9 +321,18 @@ def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   return cfg, t
 
 
-def export(workdir: str, out: str) -> str:
-  """Writes a transformers directory for the run's latest (or given) checkpoint."""
+def _refuse_nonempty(path: str, flag: str, hint: str) -> None:
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise HFError(f'{flag}={path} already exists and is not empty; it was left untouched: '
+                  + hint)
+
+
+def export(workdir: str, out: str, overwrite: bool = False) -> str:
+  """Writes a transformers directory for the run's latest (or given) checkpoint;
+  a non-empty `out` is refused unless `overwrite`."""
   from safetensors.numpy import save_file
+  if not overwrite:
+    _refuse_nonempty(out, '--out', 'choose an empty directory or pass --overwrite')
   c = checkpoint.load_config(workdir)
   family(c.model)  # Refuse before reading any weights.
   c, params = checkpoint.load_params(workdir)
@@ -345,7 +359,9 @@ def _eos(kind: str, path: str) -> int:
 
 
 def import_dir(hf_dir: str, workdir: str) -> str:
-  """Writes a run directory (config.json + step-0 params) from a transformers dir."""
+  """Writes a new run directory (config.json + step-0 params) from a transformers
+  dir; never into an existing run."""
+  _refuse_nonempty(workdir, '--workdir', 'import writes a new run: choose a new --workdir')
   cfg, t = read_dir(hf_dir)
   m = model_config(cfg)
   if 'lm_config' in cfg:  # Our own export: keep the tokenizer and training settings.
@@ -388,7 +404,7 @@ def main(argv: list[str]) -> None:
     if argv[1] == 'export':
       if not (FLAGS.workdir and FLAGS.out):
         raise HFError('export needs --workdir and --out')
-      print(f'wrote {export(FLAGS.workdir, FLAGS.out)}')
+      print(f'wrote {export(FLAGS.workdir, FLAGS.out, FLAGS.overwrite)}')
     else:
       if not (FLAGS.workdir and FLAGS.hf_dir):
         raise HFError('import needs --hf_dir and --workdir')
@@ -403,4 +419,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Our run directory (export: source; import: target).')
   flags.DEFINE_string('out', None, 'export: the transformers directory to write.')
   flags.DEFINE_string('hf_dir', None, 'import: a transformers GPT-2 or Llama directory.')
-  app.run(main)
+  flags.DEFINE_bool('overwrite', False, 'export: replace the files of a non-empty --out.')
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -63,4 +63,5 @@ if __name__ == '__main__':
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
   flags.mark_flag_as_required('out')
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,292 @@
+"""Feeds every CLI bad input and checks it fails the way the guide asks.
+
+python -m tools.bad_inputs [--only=SUBSTRING] [--scratch=/tmp/lm_bad_inputs]
+
+Each case runs one command in a subprocess against files this tool makes (a
+small corpus, a trained tiny run, its HF export, data files, ...), and must
+end with exit status 2 and a one-line `error: ...` on stderr naming the bad
+value or file, with no traceback, and without changing or adding any file
+under the scratch directory. Prints one line per case and the totals:
+
+  cases  clear errors  tracebacks  other failures  damaged files
+
+CASES lists them; tests/test_bad_inputs.py runs a sample and checks that
+the corpus holds at least 100 cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ['-m', 'experiments.train', '--config=configs/tiny.py']
+
+
+def _cfg(**over) -> list[str]:
+  return [f'--config.{k}={v}' for k, v in over.items()]
+
+
+# (name, argv after `python`, text that the error must contain). {S} is the
+# scratch directory, {RUN} a trained tiny run, {HF} its HF export, {CORPUS} a
+# small text corpus. Every run-config case trains into {S}/w, which must not appear.
+_W = '--workdir={S}/w'
+_DIR = ['--config.data.source=dir', '--config.data.path={CORPUS}']
+CASES: list[tuple[str, list[str], str]] = []
+
+# Config values, one per rule of lm/config.py (the train CLI; validated before
+# any data preparation or compilation).
+for field, value, want in [
+    ('model.family', 'gpt', 'model.family'), ('model.d_model', '0', 'model.d_model'),
+    ('model.d_model', '30', 'divisible by model.num_heads'),
+    ('model.num_layers', '0', 'model.num_layers'), ('model.num_heads', '-1', 'model.num_heads'),
+    ('model.max_len', '0', 'model.max_len'), ('model.vocab_size', '-5', 'model.vocab_size'),
+    ('model.num_kv_heads', '3', 'model.num_kv_heads'), ('model.head_dim', '-1', 'model.head_dim'),
+    ('model.mlp_dim', '-1', 'model.mlp_dim'), ('model.position', 'alibi', 'model.position'),
+    ('model.norm', 'batchnorm', 'model.norm'), ('model.activation', 'tanh', 'model.activation'),
+    ('model.dtype', 'float16', 'model.dtype'), ('model.param_dtype', 'int8', 'model.param_dtype'),
+    ('model.remat', 'some', 'model.remat'), ('model.pool', 'max', 'model.pool'),
+    ('model.embed_dropout', '1.5', 'model.embed_dropout'),
+    ('model.attn_dropout', '-0.1', 'model.attn_dropout'),
+    ('model.resid_dropout', '1.0', 'model.resid_dropout'),
+    ('model.init_std', '0', 'model.init_std'), ('model.norm_eps', '-1e-5', 'model.norm_eps'),
+    ('model.attn_block', '-2', 'model.attn_block'),
+    ('model.num_classes', '3', 'model.num_classes'),
+    ('model.mlm_transform', 'True', 'model.mlm_transform'),
+    ('model.num_decoder_layers', '-1', 'model.num_decoder_layers'),
+    ('opt.lr', '0', 'opt.lr'), ('opt.lr', '-1e-3', 'opt.lr'),
+    ('opt.warmup_steps', '-1', 'opt.warmup_steps'),
+    ('opt.warmup_steps', '100000', 'warmup must not be longer'),
+    ('opt.schedule', 'step', 'opt.schedule'), ('opt.cooldown_shape', 'cubic', 'opt.cooldown_shape'),
+    ('opt.cooldown_fraction', '0', 'opt.cooldown_fraction'),
+    ('opt.cooldown_fraction', '1.5', 'opt.cooldown_fraction'),
+    ('opt.min_lr_ratio', '2', 'opt.min_lr_ratio'), ('opt.b1', '1.0', 'opt.b1'),
+    ('opt.b2', '-0.5', 'opt.b2'), ('opt.eps', '0', 'opt.eps'),
+    ('opt.weight_decay', '-0.1', 'weight_decay'), ('opt.grad_clip', '-1', 'grad_clip'),
+    ('opt.z_loss', '-1e-4', 'z_loss'), ('opt.wd_exclude', "('norm', 'bogus')", 'opt.wd_exclude'),
+    ('opt.freeze_backbone', 'True', 'opt.freeze_backbone'),
+    ('data.source', 'web', 'data.source'), ('data.tokenizer', 'bpe', 'data.tokenizer'),
+    ('data.seq_len', '0', 'data.seq_len'), ('data.seq_len', '4096', 'data.seq_len'),
+    ('data.val_fraction', '0', 'data.val_fraction'), ('data.val_fraction', '1.0', 'data.val_fraction'),
+    ('data.source', 'dir', 'data.path'), ('data.source', 'tfds', 'data.tfds_name'),
+    ('data.source', 'file', 'data.path'), ('data.label_key', 'label', 'data.source'),
+    ('data.target_key', 'y', 'data.source'), ('data.target_len', '-1', 'data.target_len'),
+    ('data.mlm_rate', '0', 'data.mlm_rate'), ('data.mlm_rate', '1.0', 'data.mlm_rate'),
+    ('data.noise_density', '1.2', 'data.noise_density'),
+    ('data.mlm_mask_frac', '1.5', 'data.mlm_mask_frac'),
+    ('data.mlm_random_frac', '-0.1', 'data.mlm_random_frac'),
+    ('data.mean_span', '0.5', 'data.mean_span'),
+    ('data.tokenizer', 'sentencepiece', 'data.tokenizer_path'),
+    ('data.tokenizer', 'hf', 'data.tokenizer_path'),
+    ('train.batch_size', '0', 'train.batch_size'), ('train.grad_accum', '0', 'train.grad_accum'),
+    ('train.grad_accum', '3', 'divisible by train.grad_accum'),
+    ('train.steps', '0', 'train.steps'), ('train.log_every', '0', 'train.log_every'),
+    ('train.eval_every', '-1', 'train.eval_every'), ('train.eval_batches', '0', 'train.eval_batches'),
+    ('train.checkpoint_every', '0', 'train.checkpoint_every'),
+    ('train.keep_checkpoints', '0', 'train.keep_checkpoints'),
+    ('train.peak_flops', '-1.0', 'train.peak_flops'),
+    ('train.flops_convention', '7N', 'train.flops_convention'),
+    ('train.on_nonfinite', 'ignore', 'train.on_nonfinite'), ('train.max_skips', '0', 'train.max_skips'),
+    ('train.objective', 'dpo', 'train.objective'), ('train.objective', 'classify', 'data.label_key'),
+    ('mesh.data', '0', 'mesh.data'), ('mesh.fsdp', '-2', 'mesh.fsdp'),
+    ('mesh.dcn_data', '0', 'mesh.dcn_data'), ('mesh.data', '3', 'mesh'),
+    ('train.steps', 'many', "invalid literal for int() with base 10: 'many'"),
+    ('model.d_modle', '64', 'Did you mean "d_model"'), ('trian.steps', '5', 'trian'),
+]:
+  CASES.append((f'train --config.{field}={value}', [*TRAIN, _W, f'--config.{field}={value}'],
+                want))
+
+# Files and directories of the train CLI.
+CASES += [
+    ('train: missing config file', ['-m', 'experiments.train', '--config={S}/nope.py', _W],
+     'nope.py'),
+    ('train: config with a syntax error', ['-m', 'experiments.train',
+                                           '--config={S}/broken.py', _W], 'SyntaxError'),
+    ('train: no --workdir', [*TRAIN], '--workdir'),
+    ('train: data dir does not exist', [*TRAIN, _W, '--config.data.source=dir',
+                                        '--config.data.path={S}/missing'], 'missing'),
+    ('train: data dir of binary files', [*TRAIN, _W, '--config.data.source=dir',
+                                         '--config.data.path={S}/binary'], 'binary'),
+    ('train: a workdir with foreign checkpoints', [*TRAIN, '--workdir={S}/foreign', *_DIR],
+     'not a checkpoint directory'),
+    ('train: resume with another architecture', [*TRAIN, '--workdir={RUN}', *_DIR,
+                                                 '--config.model.d_model=64'],
+     'model.d_model'),
+    ('train: init_from that does not exist', [*TRAIN, _W, *_DIR, '--config.init_from={S}/none'],
+     'none'),
+    ('train: finetune_lm without init_from', ['-m', 'experiments.train',
+                                              '--config=configs/finetune_lm.py', _W, *_DIR],
+     'config.init_from'),
+    ('train: missing labelled file', [*TRAIN, _W, '--config.data.source=file',
+                                      '--config.data.path={S}/none.jsonl',
+                                      '--config.data.label_key=label'], 'none.jsonl'),
+    ('train: labelled file with a row missing its label',
+     [*TRAIN, _W, '--config.data.source=file', '--config.data.path={S}/nolabel.jsonl',
+      '--config.data.label_key=label'], "missing field 'label'"),
+    ('train: sentencepiece model file missing', [*TRAIN, _W, '--config.data.tokenizer=sentencepiece',
+                                                 '--config.data.tokenizer_path={S}/none.model'],
+     'none.model'),
+]
+
+# Other CLIs.
+CASES += [
+    ('generate: no such run', ['-m', 'experiments.generate', '--workdir={S}/none',
+                               '--prompt=x'], 'none'),
+    ('generate: empty prompt', ['-m', 'experiments.generate', '--workdir={RUN}', '--prompt='],
+     'prompt 0 is empty'),
+    ('generate: top_p out of range', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                      '--prompt=x', '--top_p=1.5'], 'top_p'),
+    ('generate: temperature 0', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                 '--prompt=x', '--temperature=0'], 'temperature'),
+    ('generate: too many new tokens', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                       '--prompt=x', '--max_new_tokens=100000'], 'max_len'),
+    ('generate: nothing to do', ['-m', 'experiments.generate', '--workdir={RUN}'],
+     'give --prompt'),
+    ('generate: missing prompts file', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                        '--prompts_file={S}/none.txt'], 'none.txt'),
+    ('fill_mask: a decoder run', ['-m', 'experiments.fill_mask', '--workdir={RUN}',
+                                  '--text=a [MASK]'], 'fill-mask needs'),
+    ('classify: a language-model run', ['-m', 'experiments.classify', '--workdir={RUN}',
+                                        '--text=x'], 'not a classifier'),
+    ('hf export: non-empty --out', ['-m', 'tools.hf', 'export', '--workdir={RUN}',
+                                    '--out={S}/full'], 'not empty'),
+    ('hf export: no such run', ['-m', 'tools.hf', 'export', '--workdir={S}/none',
+                                '--out={S}/o'], 'none'),
+    ('hf import: into an existing run', ['-m', 'tools.hf', 'import', '--hf_dir={HF}',
+                                         '--workdir={RUN}'], 'already exists'),
+    ('hf import: no config.json', ['-m', 'tools.hf', 'import', '--hf_dir={S}/binary',
+                                   '--workdir={S}/imp'], 'no config.json'),
+    ('hf import: corrupt config.json', ['-m', 'tools.hf', 'import', '--hf_dir={S}/badhf',
+                                        '--workdir={S}/imp'], 'config.json'),
+    ('count: negative aspect', ['-m', 'tools.count', '--config=configs/isoflop_tiny.py',
+                                '--ladder=1e4', '--aspect=-8'], 'aspect'),
+    ('count: bad ladder', ['-m', 'tools.count', '--config=configs/isoflop_tiny.py',
+                           '--ladder=1e4,abc'], 'ladder'),
+    ('count: negative ladder size', ['-m', 'tools.count', '--config=configs/isoflop_tiny.py',
+                                     '--ladder=-1e4'], 'positive'),
+    ('sweep: negative budget', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
+                                _W, "--config.sweep.budgets=(-1e11,)"], 'sweep.budgets'),
+    ('sweep: grid without params', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
+                                     _W, '--config.sweep.design=grid'], 'sweep.params'),
+    ('sweep: unknown design', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
+                               _W, '--config.sweep.design=random'], 'sweep.design'),
+    ('sweep: sizes < 3', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py', _W,
+                          '--config.sweep.sizes=2'], 'sweep.sizes'),
+    ('sweep: collect an empty workdir', ['-m', 'experiments.sweep',
+                                         '--config=configs/isoflop_tiny.py',
+                                         '--workdir={S}/empty', '--mode=collect'], 'no run'),
+    ('sweep: --only not in the plan', ['-m', 'experiments.sweep',
+                                       '--config=configs/isoflop_tiny.py', _W, '--only=nope'],
+     '--only'),
+    ('config: misspelt field', ['-m', 'tools.config', '--config=configs/tiny.py',
+                                '--config.train.stpes=3'], 'stpes'),
+    ('shardings: mesh larger than the devices', ['-m', 'tools.shardings',
+                                                 '--config=configs/tiny.py',
+                                                 '--config.mesh.data=64'], 'mesh'),
+]
+
+
+def _prepare(scratch: str) -> dict[str, str]:
+  """Makes the files the cases refer to; returns the placeholders."""
+  s = scratch
+  corpus = os.path.join(s, 'corpus')
+  os.makedirs(corpus, exist_ok=True)
+  for i in range(30):
+    with open(os.path.join(corpus, f'm{i}.py'), 'w') as f:
+      f.write(''.join(f'def f{i}_{j}(x):\n    return x * {j}\n' for j in range(40)))
+  os.makedirs(os.path.join(s, 'binary'), exist_ok=True)
+  for i in range(3):
+    with open(os.path.join(s, 'binary', f'b{i}.bin'), 'wb') as f:
+      f.write(b'\xff\xfe\x00\x81' * 50)
+  with open(os.path.join(s, 'broken.py'), 'w') as f:
+    f.write('def get_config(:\n')
+  os.makedirs(os.path.join(s, 'foreign', 'checkpoints'), exist_ok=True)
+  with open(os.path.join(s, 'foreign', 'checkpoints', 'model.pt'), 'w') as f:
+    f.write('not ours')
+  with open(os.path.join(s, 'nolabel.jsonl'), 'w') as f:
+    f.write('{"text": "a", "label": "x"}\n{"text": "b"}\n')
+  os.makedirs(os.path.join(s, 'full'), exist_ok=True)
+  with open(os.path.join(s, 'full', 'keep.txt'), 'w') as f:
+    f.write('keep me')
+  os.makedirs(os.path.join(s, 'badhf'), exist_ok=True)
+  with open(os.path.join(s, 'badhf', 'config.json'), 'w') as f:
+    f.write('{"model_type": "gpt2", ')
+  with open(os.path.join(s, 'badhf', 'model.safetensors'), 'wb') as f:
+    f.write(b'garbage')
+  os.makedirs(os.path.join(s, 'empty'), exist_ok=True)
+  run, hf = os.path.join(s, 'run'), os.path.join(s, 'hf')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  if not os.path.isdir(os.path.join(run, 'checkpoints')):
+    subprocess.run([sys.executable, *TRAIN, f'--workdir={run}', '--config.data.source=dir',
+                    f'--config.data.path={corpus}', '--config.train.steps=2',
+                    '--config.opt.warmup_steps=1', '--config.train.batch_size=8',
+                    '--config.data.seq_len=32', '--config.train.progress=False',
+                    '--sample_tokens=0'], check=True, cwd=ROOT, env=env, capture_output=True)
+  if not os.path.isdir(hf):
+    subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
+                    f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
+  return {'S': s, 'RUN': run, 'HF': hf, 'CORPUS': corpus}
+
+
+def _snapshot(root: str) -> dict[str, str]:
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, 'rb') as fh:
+        out[p] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+def run_case(name: str, argv: list[str], want: str, places: dict[str, str]) -> dict:
+  """{'verdict': clear | traceback | other, 'damaged': [paths], 'stderr': ...}."""
+  argv = [a.format(**places) for a in argv]
+  before = _snapshot(places['S'])
+  r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT, LM_CACHE=os.path.join(
+                         places['S'], 'cache')), timeout=600)
+  after = _snapshot(places['S'])
+  cache = os.path.join(places['S'], 'cache')
+  damaged = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p)
+                   and not p.startswith(cache + os.sep))
+  err = r.stderr.strip()
+  lines = [x for x in err.splitlines() if not x.startswith(('W', 'I')) or 'error' in x]
+  if 'Traceback' in err:
+    verdict = 'traceback'
+  elif (r.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ')
+        and want in lines[0]):
+    verdict = 'clear'
+  else:
+    verdict = 'other'
+  return {'name': name, 'verdict': verdict, 'damaged': damaged, 'rc': r.returncode,
+          'stderr': err[-400:]}
+
+
+def main(argv):
+  del argv
+  shutil.rmtree(flags.FLAGS.scratch, ignore_errors=True)
+  places = _prepare(flags.FLAGS.scratch)
+  results = []
+  for name, args, want in CASES:
+    if flags.FLAGS.only in name:
+      res = run_case(name, args, want, places)
+      results.append(res)
+      flag = '' if res['verdict'] == 'clear' and not res['damaged'] else '  <--'
+      print(f'{res["verdict"]:9s} {name}{flag}' + (f'\n    {res["stderr"]}' if flag else ''))
+  tot = {k: sum(r['verdict'] == k for r in results) for k in ('clear', 'traceback', 'other')}
+  damaged = sum(bool(r['damaged']) for r in results)
+  print(f'\ncases {len(results)}  clear errors {tot["clear"]}  tracebacks {tot["traceback"]}  '
+        f'other failures {tot["other"]}  damaged files {damaged}')
+  sys.exit(0 if tot['clear'] == len(results) and not damaged else 1)
+
+
+if __name__ == '__main__':
+  # Flags only when run as a program, so tests can import this module.
+  flags.DEFINE_string('only', '', 'Run the cases whose name contains this.')
+  flags.DEFINE_string('scratch', '/tmp/lm_bad_inputs', 'Scratch directory.')
+  app.run(main)
