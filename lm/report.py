@@ -208,13 +208,25 @@ def _approach2(t: _Table):
            f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
            f'(95% CI {_ci(ci2, "b")}). '
            f'Bootstrap refits that failed: {ci2["_failed"][0]} of {ci2["_failed"][1]}.', '',
-           '| budget | N_opt | loss at N_opt | minimum inside sampled N |', '|---|---|---|---|']
+           'Columns: the fitted parabola\'s minimum lies inside the sampled sizes; the '
+           'lowest *measured* loss is at the smallest or largest sampled size (then the '
+           'data do not bracket the optimum, whatever the parabola says).', '',
+           '| budget | N_opt | loss at N_opt | parabola minimum inside sampled N | '
+           'lowest measured loss at an end |', '|---|---|---|---|---|']
+    at_end = []
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
-      md.append(f'| {bb:.3g} | {nn:,.0f} | {_fmt(ll)} | {"yes" if br else "NO"} |')
+      sel = budget == bb
+      order = np.argsort(n[sel])
+      lowest = int(np.argmin(loss[sel][order]))
+      end = lowest in (0, sel.sum() - 1)
+      at_end.append(end)
+      md.append(f'| {bb:.3g} | {nn:,.0f} | {_fmt(ll)} | {"yes" if br else "NO"} | '
+                f'{"YES" if end else "no"} |')
     md.append('')
-    if not all(a2.bracketed):
-      md += ['**Warning:** some minima lie outside the sampled sizes; their N_opt is an '
-             'extrapolation of the parabola.', '']
+    if not all(a2.bracketed) or any(at_end):
+      md += ['**Warning:** some budgets are not bracketed (the parabola\'s minimum lies '
+             'outside the sampled sizes, or the lowest measured loss is at an end); their '
+             'N_opt is an extrapolation: add sizes on that side.', '']
     fig, ax = plt.subplots(figsize=(6, 4))
     for bb, par, nn, ll in zip(a2.budgets, a2.parabolas, a2.n_opt, a2.loss_opt):
       sel = budget == bb
@@ -265,8 +277,12 @@ def _approach3(t: _Table):
            f'({"ON the grid edge" if f3.start_on_grid_edge else "inside the grid"}). '
            f'Bootstrap refits start from the full fit\'s optimum; failed: '
            f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
-    wide = [k for k in ('E', 'alpha', 'beta') if
+    wide = [k for k in ('E', 'alpha', 'beta') if k not in ci3 or
             ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))]
+    if f3.E < 1e-3 * float(loss.min()):
+      md += [f'**E is at its lower bound (E = {_fmt(f3.E)} ≈ 0):** the fit puts the whole '
+             'loss into the power-law terms, and refits that start there stay there, so '
+             'the interval of E (and of A, alpha) is not informative.', '']
     if wide or len(loss) < 20:
       md += [f'**Poorly constrained:** {len(loss)} points'
              + (f'; the intervals of {", ".join(wide)} are wider than half the estimate'

@@ -253,8 +253,10 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
   """Percentile intervals of each value fit_fn returns over resampled rows.
 
   With `groups`, rows are resampled within each group (e.g. per budget), so
-  every resample keeps the design a method needs. Failed refits are skipped
-  and counted in the '_failed' entry; `draws_out` receives every draw.
+  every resample keeps the design a method needs. Failed refits (errors,
+  overflow, non-finite values) are skipped and counted in the '_failed' entry,
+  never raised; a value no refit produced has no entry. `draws_out` receives
+  every draw.
   """
   rng = np.random.default_rng(seed)
   rows = np.arange(num_points)
@@ -268,7 +270,10 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
                             for g in np.unique(groups)])
     try:
       vals = fit_fn(idx)
-    except (FitError, np.linalg.LinAlgError, FloatingPointError):
+    except (FitError, np.linalg.LinAlgError, FloatingPointError, OverflowError, ValueError):
+      failed += 1  # E.g. a near-flat resampled parabola whose optimum overflows.
+      continue
+    if not all(math.isfinite(v) for v in vals.values()):
       failed += 1
       continue
     for k, v in vals.items():

@@ -125,3 +125,27 @@ def test_bad_inputs():
     scaling.approach2([1e18, 1e18, 1e19, 1e19], n[:4], loss[:4], lambda c, m: c / (6 * m))
   with pytest.raises(FitError, match='at least 2 runs'):
     scaling.envelope({'a': (np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]))})
+
+
+def test_bootstrap_never_raises_and_counts_failed_refits():
+  import math as _math
+  from lm import scaling as sc
+
+  def fit(idx):
+    k = int(idx.sum()) % 3
+    if k == 0:
+      return {'a': _math.exp(1e4)}  # OverflowError, as a near-flat parabola gives.
+    if k == 1:
+      return {'a': float('nan')}
+    return {'a': 0.5}
+  ci = sc.bootstrap(fit, 10, resamples=60)
+  assert 0 < ci['_failed'][0] < 60 and ci['a'] == (0.5, 0.5)
+  none = sc.bootstrap(lambda idx: {'a': _math.exp(1e4)}, 10, resamples=5)
+  assert none == {'_failed': (5, 5)}
+
+
+def test_fit_tool_reports_an_interval_no_refit_produced():
+  from tools import fit
+  assert fit._interval({'_failed': (30, 30)}, 'a') == 'none: all 30 bootstrap refits failed'
+  assert fit._interval({'a': (0.4, 0.6), '_failed': (2, 30)}, 'a') == (
+      '[0.4, 0.6] (2 of 30 refits failed)')

@@ -49,6 +49,12 @@ def column(rows, key) -> np.ndarray:
   return np.asarray(out)
 
 
+def _interval(ci: dict, k: str) -> str:
+  if k not in ci:
+    return f'none: all {ci["_failed"][1]} bootstrap refits failed'
+  return f'[{ci[k][0]:.4g}, {ci[k][1]:.4g}] ({ci["_failed"][0]} of {ci["_failed"][1]} refits failed)'
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
@@ -59,7 +65,7 @@ def main(argv):
       f = scaling.approach3(n, d, loss)
       ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap)
       for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
-        print(f'{k:6s} {getattr(f, k):.4g}  95% CI [{ci[k][0]:.4g}, {ci[k][1]:.4g}]')
+        print(f'{k:6s} {getattr(f, k):.4g}  95% CI {_interval(ci, k)}')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
             f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
     else:
@@ -69,8 +75,8 @@ def main(argv):
       ci = scaling.bootstrap(lambda i: {'a': scaling.approach2(
           budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), F.bootstrap,
           groups=budget)
-      print(f'N_opt = {f.N_opt.k:.4g} C^{f.N_opt.exponent:.4g} (a 95% CI [{ci["a"][0]:.4g}, '
-            f'{ci["a"][1]:.4g}]); D_opt = {f.D_opt.k:.4g} C^{f.D_opt.exponent:.4g}')
+      print(f'N_opt = {f.N_opt.k:.4g} C^{f.N_opt.exponent:.4g} (a 95% CI {_interval(ci, "a")}); '
+            f'D_opt = {f.D_opt.k:.4g} C^{f.D_opt.exponent:.4g}')
   except scaling.FitError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
