@@ -230,8 +230,8 @@ def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir,
   cd = _sweep_cd(corpus_dir)
   cd.model.family = family
   base = sweep._resolved(config_lib.from_configdict(sweep.split(cd)[0])).model
-  rung2, rung3 = [float(n) for n, _ in plan.rungs(base, 8, 8, max_layers=3)[1:]]
-  cd.sweep = dict(design='grid', convention='exact', params=[rung2, rung3],
+  rung1, rung2 = [float(n) for n, _ in plan.rungs(base, 8, 8, max_layers=2)]
+  cd.sweep = dict(design='grid', convention='exact', params=[rung1, rung2],
                   tokens=[640.0, 1280.0], aspect=8, head_dim=8, evals_per_run=1,
                   bootstrap=10, grid='coarse')
   wd = str(tmp_path / family)
