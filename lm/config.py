@@ -235,15 +235,12 @@ def field_help() -> dict[str, tuple[Any, str]]:
   import inspect
   import re
   out = {}
-  for section, cls in {**SECTIONS, 'sweep': SweepConfig}.items():
+  for section, cls in {**SECTIONS, 'sweep': SweepConfig, '': Config}.items():
     notes = dict(re.findall(r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$', inspect.getsource(cls),
                             re.M))
     for f in dataclasses.fields(cls):
-      out[f'{section}.{f.name}'] = (f.default, notes.get(f.name, ''))
-  notes = dict(re.findall(r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$', inspect.getsource(Config),
-                          re.M))
-  for k in ('name', 'init_from'):
-    out[k] = (Config.__dataclass_fields__[k].default, notes.get(k, ''))
+      if f.default is not dataclasses.MISSING:  # Config's sections and rules have none.
+        out[f'{section}.{f.name}' if section else f.name] = (f.default, notes.get(f.name, ''))
   return out
 
 

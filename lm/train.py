@@ -443,17 +443,14 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
           ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
         if signame and done < end:
           progress.close()
-          mngr.wait_until_finished()
           raise workdir_lib.Preempted(done, signame, workdir)
       progress.close()
+      if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
+        final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]
+        last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
+                     if final else _evaluate(t, state.params, data.evals, writer, end))
     finally:
       mngr.wait_until_finished()  # Never leave a save half-written on the way out.
-      writer.close()
-    if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
-      final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]
-      writer = metrics_lib.Writer(workdir)
-      last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
-                   if final else _evaluate(t, state.params, data.evals, writer, end))
       writer.close()
   mngr.close()
   return {'step': end, **last_eval, 'params': flops_lib.param_counts(c.model)['total'],

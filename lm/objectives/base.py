@@ -14,10 +14,12 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 from lm import data as data_lib
 from lm.config import Config
+from lm.model import cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,16 @@ def token_summary(sums: dict[str, float]) -> dict[str, float]:
   if 'correct' in sums:
     out['accuracy'] = sums['correct'] / n
   return out
+
+
+def token_loss(logits_BLV, batch: dict, weights_B, z_loss: float):
+  """Mean NLL (+ z-loss) over the batch's weighted `targets`, and the summed
+  statistics (NLL, tokens, correct argmax) that token_eval_sums keeps."""
+  targets_BL = batch['targets']
+  weights_BL = batch['weights'] * weights_B[:, None]
+  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
+  correct = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
+  return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'tokens': n, 'correct': correct}
 
 
 def token_eval_sums(aux: dict, batch: dict, weights_B, bytes_V) -> dict:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 
 from lm.config import ConfigError
-from lm.model import cross_entropy
 from lm.objectives import base
 
 
@@ -53,12 +51,7 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> base.Data:
 
 
 def loss(apply, batch: dict, weights_B, z_loss: float):
-  targets_BL = batch['targets']
-  weights_BL = batch['weights'] * weights_B[:, None]
-  logits_BLV = apply(batch['inputs'])
-  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  correct = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
-  return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'tokens': n, 'correct': correct}
+  return base.token_loss(apply(batch['inputs']), batch, weights_B, z_loss)
 
 
 def describe(m: dict) -> str:

@@ -9,13 +9,11 @@ tokens only.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from lm import classify as labelled
 from lm import data as data_lib
 from lm.config import ConfigError
-from lm.model import cross_entropy
 from lm.objectives import base
 
 
@@ -60,13 +58,9 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> base.Data:
 
 def loss(apply, batch: dict, weights_B, z_loss: float):
   """Teacher-forced decoder NLL; shared with span corruption (same batch layout)."""
-  targets_BL = batch['targets']
-  weights_BL = batch['weights'] * weights_B[:, None]
   logits_BLV = apply(batch['dec_inputs'], enc_tokens_BS=batch['enc_inputs'],
                      enc_valid_BS=batch['enc_valid'])
-  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  correct = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
-  return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'tokens': n, 'correct': correct}
+  return base.token_loss(logits_BLV, batch, weights_B, z_loss)
 
 
 def describe(m: dict) -> str:
