@@ -16,6 +16,7 @@ NORMS = ('layernorm', 'rmsnorm')
 ACTIVATIONS = ('gelu', 'swiglu', 'relu2')
 DTYPES = ('float32', 'bfloat16')
 REMAT = ('none', 'full', 'save_dots')
+ATTENTION = ('auto', 'xla', 'dot_product', 'pallas', 'chunked')
 SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
 SOURCES = ('stdlib', 'dir', 'tfds', 'file')
@@ -61,7 +62,9 @@ class ModelConfig:
   scan_layers: bool = True  # nn.scan over layers (one compiled layer; params stacked).
   remat: str = 'none'  # Rematerialisation: none | full | save_dots.
   init_std: float = 0.02  # Std of the normal initialiser of weight matrices.
-  attn_block: int = 128  # Causal query-block length (0: one block).
+  attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one block).
+  loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (memory).
+  attention: str = 'auto'  # auto | xla | dot_product (cuDNN on GPU) | pallas | chunked (lm/model.py).
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
   mlm_transform: bool = False  # Encoder: BERT's dense + GELU + norm before the LM head.
@@ -123,6 +126,7 @@ class DataConfig:
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
   tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
   tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf).
+  document_mask: bool = True  # Causal LM: attention and positions stay within each packed document.
   seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
   shuffle_seed: int = 0  # Seed of the data order (and of corruption noise).
   target_key: str = ''  # Set: (input, target) pairs for an encoder-decoder (seq2seq).
@@ -196,7 +200,8 @@ FIELD_KINDS: dict[str, str] = {
         'scan_layers')},
     **{f'model.{k}': HEAD for k in ('num_classes', 'pool', 'mlm_transform')},
     **{f'model.{k}': FREE for k in ('embed_dropout', 'attn_dropout', 'resid_dropout',
-                                    'dtype', 'remat', 'init_std', 'attn_block')},
+                                    'dtype', 'remat', 'init_std', 'attn_block',
+                                    'attention', 'loss_chunk')},
     **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
                                     'target_key', 'tokenizer', 'tokenizer_path', 'seq_len',
                                     'target_len')},
@@ -374,7 +379,7 @@ def validate_model(m: ModelConfig) -> None:
   _choice('model.family', m.family, FAMILIES)
   for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
     _positive(f'model.{f}', getattr(m, f))
-  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block',
+  for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block', 'loss_chunk',
             'num_classes', 'num_decoder_layers'):
     if getattr(m, f) < 0:
       raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')
@@ -395,6 +400,7 @@ def validate_model(m: ModelConfig) -> None:
   _choice('model.param_dtype', m.param_dtype, DTYPES)
   _choice('model.dtype', m.dtype, DTYPES)
   _choice('model.remat', m.remat, REMAT)
+  _choice('model.attention', m.attention, ATTENTION)
   _choice('model.pool', m.pool, POOLS)
   for f in ('embed_dropout', 'attn_dropout', 'resid_dropout'):
     _rate(f'model.{f}', getattr(m, f))

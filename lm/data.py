@@ -18,9 +18,14 @@ import os
 import sysconfig
 from typing import Any
 
+import functools
+from typing import TYPE_CHECKING
+
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 from lm.config import ConfigError, DataConfig
 
@@ -81,34 +86,48 @@ def assign_splits(root: str, files: list[str], val_fraction: float) -> dict[str,
   return out
 
 
-class TextFiles(tfds.core.GeneratorBasedBuilder):
-  """A local directory of text files as a TFDS dataset (one example per file)."""
+def _tfds():
+  """tensorflow_datasets, imported when a corpus is prepared or opened: it costs
+  seconds at start-up and nothing else (training, benchmarks, GPU hosts) needs it."""
+  import tensorflow_datasets as tfds
+  return tfds
 
-  VERSION = tfds.core.Version('1.0.0')
 
-  def __init__(self, *, root: str, splits: dict[str, list[str]],
-               provenance: dict[str, Any], **kwargs):
-    self._root, self._splits, self._provenance = root, splits, provenance
-    super().__init__(**kwargs)
+@functools.cache
+def _text_files_class() -> type:
+  """TextFiles: a local directory of text files as a TFDS dataset (one example
+  per file). Defined on first use so that importing lm.data needs no TFDS."""
+  tfds = _tfds()
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=f'Text files under {self._root}, split by a hash of the path.',
-        features=tfds.features.FeaturesDict(
-            {'text': tfds.features.Text(), 'path': tfds.features.Text()}),
-        metadata=tfds.core.MetadataDict(self._provenance))
+  class TextFiles(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+    name = 'text_files'
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {s: self._generate_examples(fs) for s, fs in self._splits.items()}
+    def __init__(self, *, root: str, splits: dict[str, list[str]],
+                 provenance: dict[str, Any], **kwargs):
+      self._root, self._splits, self._provenance = root, splits, provenance
+      super().__init__(**kwargs)
 
-  def _generate_examples(self, files):
-    for f in files:
-      text = _read_text(f)
-      if text is not None:
-        rel = os.path.relpath(f, self._root)
-        yield rel, {'text': text, 'path': rel}
+    def _info(self) -> tfds.core.DatasetInfo:
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=f'Text files under {self._root}, split by a hash of the path.',
+          features=tfds.features.FeaturesDict(
+              {'text': tfds.features.Text(), 'path': tfds.features.Text()}),
+          metadata=tfds.core.MetadataDict(self._provenance))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {s: self._generate_examples(fs) for s, fs in self._splits.items()}
+
+    def _generate_examples(self, files):
+      for f in files:
+        text = _read_text(f)
+        if text is not None:
+          rel = os.path.relpath(f, self._root)
+          yield rel, {'text': text, 'path': rel}
+
+  return TextFiles
 
 
 def _read_text(path: str) -> str | None:
@@ -157,17 +176,18 @@ def build_text_dataset(root: str, files: list[str], val_fraction: float,
           f'the corpus under {root!r} has no UTF-8 text file in its {split} split '
           f'({len(splits[split])} files there, {prov["skipped_non_utf8"]} skipped in all as '
           'non-UTF-8); add text files or change data.val_fraction')
-  builder = TextFiles(root=root, splits=splits, provenance=prov, data_dir=data_dir,
+  builder = _text_files_class()(root=root, splits=splits, provenance=prov, data_dir=data_dir,
                       file_format='array_record')
   if not os.path.exists(done):
-    tfds.disable_progress_bar()
+    _tfds().disable_progress_bar()
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False))
+        download_config=_tfds().download.DownloadConfig(verify_ssl=False))
   return builder
 
 
 def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
   """A TFDS catalog dataset prepared as ArrayRecord (downloads on first use)."""
+  tfds = _tfds()
   try:
     builder = tfds.builder(name, data_dir=os.path.join(cache, 'tfds'),
                            file_format='array_record')

@@ -93,7 +93,7 @@ class Norm(nn.Module):
 
 
 def attend(q_BKGLDh: Array, k_BKSDh: Array, v_BKSDh: Array, bias_LS: Array,
-           drop: nn.Dropout, train: bool) -> Array:
+           drop: nn.Dropout | None = None, train: bool = False) -> Array:
   """Softmax(q k^T + bias) v with float32 logits; q is pre-scaled. -> BxKxGxLxDh.
 
   Heads-major layout, so both matmuls batch over (B, K) with no transposes and
@@ -106,22 +106,212 @@ def attend(q_BKGLDh: Array, k_BKSDh: Array, v_BKSDh: Array, bias_LS: Array,
                        preferred_element_type=jnp.float32) + bias_LS
   e_BKGLS = jnp.exp(s_BKGLS - jax.lax.stop_gradient(s_BKGLS.max(-1, keepdims=True)))
   z_BKGL1 = e_BKGLS.sum(-1, keepdims=True)
-  e_BKGLS = drop(e_BKGLS, deterministic=not train)
+  if drop is not None:
+    e_BKGLS = drop(e_BKGLS, deterministic=not train)
   o_BKGLDh = jnp.einsum('BKGLS,BKSd->BKGLd', e_BKGLS.astype(v_BKSDh.dtype), v_BKSDh,
                         preferred_element_type=jnp.float32)
   return (o_BKGLDh / z_BKGL1).astype(v_BKSDh.dtype)
 
 
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
 def mask_bias(mask_BLS: Array) -> Array:
   """Boolean B x L x S (True = may attend) -> additive B x 1 x 1 x L x S float32."""
-  return jnp.where(mask_BLS, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]
+  return jnp.where(mask_BLS, 0.0, _NEG)[:, None, None]
+
+
+def _allowed(mask_BLS: Array | None, seg_BL: Array | None, seg_BS: Array | None
+             ) -> Array | None:
+  """The explicit mask and the same-document mask as one boolean B x L|1 x S."""
+  same_BLS = None if seg_BL is None else seg_BL[:, :, None] == seg_BS[:, None, :]
+  if mask_BLS is None or same_BLS is None:
+    return same_BLS if mask_BLS is None else mask_BLS
+  return mask_BLS & same_BLS
+
+
+def attention_xla(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
+                  mask_BLS: Array | None, seg_BL: Array | None, block: int,
+                  drop: nn.Dropout | None, train: bool) -> Array:
+  """Einsum + float32 softmax + einsum (`attend`), the reference every path is
+  tested against. Causal attention runs in query blocks: block i attends only
+  keys [0, end_i), which skips the fully masked upper triangle (~1.9x faster
+  fwd+bwd on CPU at L=512 with 4 blocks)."""
+  B, L, H, Dh = q_BLHDh.shape
+  K = k_BKSDh.shape[1]
+  q_BKGLDh = (q_BLHDh.reshape(B, L, K, H // K, Dh).transpose(0, 2, 3, 1, 4)
+              * jnp.asarray(1.0 / math.sqrt(Dh), q_BLHDh.dtype))
+  if not causal:
+    allowed = _allowed(mask_BLS, seg_BL, seg_BL)
+    bias = 0.0 if allowed is None else mask_bias(allowed)
+    o_BKGLDh = attend(q_BKGLDh, k_BKSDh, v_BKSDh, bias, drop, train)
+  else:
+    outs = []
+    for q0, q1 in attn_blocks(L, block):
+      bias = causal_bias(q0, q1)
+      if seg_BL is not None:
+        bias = bias + mask_bias(seg_BL[:, q0:q1, None] == seg_BL[:, None, :q1])
+      outs.append(attend(q_BKGLDh[:, :, :, q0:q1], k_BKSDh[:, :, :q1], v_BKSDh[:, :, :q1],
+                         bias, drop, train))
+    o_BKGLDh = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+  return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+
+
+def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
+                      mask_BLS: Array | None, seg_BL: Array | None, block: int) -> Array:
+  """Online softmax over key blocks (Milakov & Gimelshein 2018; FlashAttention's
+  recurrence, Dao et al. 2022) in pure JAX: runs on every backend.
+
+  Each query block scans over the key blocks it needs (causal: those up to its
+  end) carrying the running max, normaliser and float32 accumulator, and is
+  rematerialised in the backward pass, so only O(L x block) scores are ever
+  live instead of O(L x S). Rows with no allowed key return 0."""
+  B, L, H, Dh = q_BLHDh.shape
+  K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
+  G, dt = H // K, v_BKSDh.dtype
+  qb = min(block or 512, L)
+  kb = min(block or 512, S)
+  pad = (-S) % kb
+  if pad:  # Padded keys are masked out below.
+    k_BKSDh = jnp.pad(k_BKSDh, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v_BKSDh = jnp.pad(v_BKSDh, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  q_BKGLDh = (q_BLHDh.reshape(B, L, K, G, Dh).transpose(0, 2, 3, 1, 4)
+              * jnp.asarray(1.0 / math.sqrt(Dh), q_BLHDh.dtype))
+  seg_BS = None if seg_BL is None else jnp.pad(seg_BL, ((0, 0), (0, (S + pad) - L)))
+  m_BLS = None if mask_BLS is None else jnp.pad(mask_BLS, ((0, 0), (0, 0), (0, pad)))
+
+  def query_block(q_BKGlDh, q0: int, n_kb: int):
+    l = q_BKGlDh.shape[3]
+    q_pos_l = q0 + jnp.arange(l)
+
+    def step(carry, j):
+      m_BKGl, z_BKGl, acc_BKGlDh = carry
+      k0 = j * kb
+      k_BKkDh = jax.lax.dynamic_slice_in_dim(k_BKSDh, k0, kb, axis=2)
+      v_BKkDh = jax.lax.dynamic_slice_in_dim(v_BKSDh, k0, kb, axis=2)
+      k_pos_k = k0 + jnp.arange(kb)
+      ok_Blk = jnp.broadcast_to(k_pos_k < S, (1, l, kb))
+      if causal:
+        ok_Blk = ok_Blk & (k_pos_k[None, :] <= q_pos_l[:, None])[None]
+      if m_BLS is not None:
+        rows = m_BLS if m_BLS.shape[1] == 1 else jax.lax.dynamic_slice_in_dim(
+            m_BLS, q0, l, axis=1)
+        ok_Blk = ok_Blk & jax.lax.dynamic_slice_in_dim(rows, k0, kb, axis=2)
+      if seg_BS is not None:
+        ok_Blk = ok_Blk & (jax.lax.dynamic_slice_in_dim(seg_BL, q0, l, axis=1)[:, :, None]
+                           == jax.lax.dynamic_slice_in_dim(seg_BS, k0, kb, axis=1)[:, None])
+      ok_B11lk = ok_Blk[:, None, None]
+      s_BKGlk = jnp.einsum('BKGld,BKkd->BKGlk', q_BKGlDh, k_BKkDh,
+                           preferred_element_type=jnp.float32)
+      s_BKGlk = jnp.where(ok_B11lk, s_BKGlk, _NEG)
+      m_new = jax.lax.stop_gradient(jnp.maximum(m_BKGl, s_BKGlk.max(-1)))
+      p_BKGlk = jnp.where(ok_B11lk, jnp.exp(s_BKGlk - m_new[..., None]), 0.0)
+      corr = jnp.exp(m_BKGl - m_new)
+      acc_BKGlDh = acc_BKGlDh * corr[..., None] + jnp.einsum(
+          'BKGlk,BKkd->BKGld', p_BKGlk.astype(dt), v_BKkDh,
+          preferred_element_type=jnp.float32)
+      return (m_new, z_BKGl * corr + p_BKGlk.sum(-1), acc_BKGlDh), None
+
+    init = (jnp.full((B, K, G, l), _NEG, jnp.float32), jnp.zeros((B, K, G, l), jnp.float32),
+            jnp.zeros((B, K, G, l, Dh), jnp.float32))
+    (_, z_BKGl, acc_BKGlDh), _ = jax.lax.scan(step, init, jnp.arange(n_kb))
+    return (acc_BKGlDh / jnp.maximum(z_BKGl, 1e-30)[..., None]).astype(dt)
+
+  outs = []
+  n_all = (S + pad) // kb
+  for q0 in range(0, L, qb):
+    q1 = min(q0 + qb, L)
+    n_kb = min(-(-q1 // kb), n_all) if causal else n_all
+    f = jax.checkpoint(functools.partial(query_block, q0=q0, n_kb=n_kb))
+    outs.append(f(q_BKGLDh[:, :, :, q0:q1]))
+  o_BKGLDh = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+  return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+
+
+def attention_dot_product(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
+                          mask_BLS: Array | None, seg_BL: Array | None) -> Array:
+  """jax.nn.dot_product_attention: cuDNN's fused flash attention on NVIDIA GPUs
+  (bfloat16/float16), JAX's XLA implementation elsewhere."""
+  B, L, H, Dh = q_BLHDh.shape
+  dt = q_BLHDh.dtype
+  k_BSKDh, v_BSKDh = k_BKSDh.transpose(0, 2, 1, 3), v_BKSDh.transpose(0, 2, 1, 3)
+  allowed = _allowed(mask_BLS, seg_BL, seg_BL)
+  gpu = jax.devices()[0].platform == 'gpu'
+  impl = 'cudnn' if gpu and dt in (jnp.bfloat16, jnp.float16) and Dh % 8 == 0 else 'xla'
+  if allowed is not None:  # cuDNN takes masks of the full B x 1 x L x S shape only.
+    allowed = jnp.broadcast_to(allowed, (B, L, k_BSKDh.shape[1]))[:, None]
+  return jax.nn.dot_product_attention(
+      q_BLHDh, k_BSKDh, v_BSKDh, mask=allowed,
+      is_causal=causal, scale=1.0 / math.sqrt(Dh), implementation=impl)
+
+
+def attention_pallas(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
+                     mask_BLS: Array | None, seg_BL: Array | None, block: int) -> Array:
+  """JAX's Pallas flash attention (jax.experimental.pallas.ops.gpu.attention,
+  a Triton kernel; interpret mode off GPUs, for tests). It takes self-attention
+  with causal and segment masks; anything else (cross-attention, padding or
+  decode masks) runs the `chunked` path."""
+  B, L, H, Dh = q_BLHDh.shape
+  K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
+  if mask_BLS is not None or S != L or L % 16:
+    return attention_chunked(q_BLHDh, k_BKSDh, v_BKSDh, causal=causal, mask_BLS=mask_BLS,
+                             seg_BL=seg_BL, block=block)
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+  k_BSHDh = jnp.repeat(k_BKSDh.transpose(0, 2, 1, 3), H // K, axis=2)
+  v_BSHDh = jnp.repeat(v_BKSDh.transpose(0, 2, 1, 3), H // K, axis=2)
+  b = min(128, L)
+  sizes = pallas_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=min(32, L),
+                                      block_kv_dkv=min(32, L), block_q_dq=min(32, L),
+                                      block_kv_dq=min(32, L))
+  return pallas_attention.mha(
+      q_BLHDh, k_BSHDh, v_BSHDh, None if seg_BL is None else seg_BL.astype(jnp.int32),
+      sm_scale=1.0 / math.sqrt(Dh), causal=causal, block_sizes=sizes,
+      interpret=jax.devices()[0].platform != 'gpu')
+
+
+ATTENTION_PATHS = {'xla': attention_xla, 'chunked': attention_chunked,
+                   'dot_product': attention_dot_product, 'pallas': attention_pallas}
+
+
+def resolve_attention(path: str, length: int, dropout: float) -> str:
+  """`auto`: cuDNN flash attention (dot_product) on GPUs; elsewhere the einsum
+  path up to 2048 tokens and the O(L x block)-memory chunked path beyond.
+  Attention dropout exists only on the xla path."""
+  if dropout > 0:
+    return 'xla'
+  if path != 'auto':
+    return path
+  if jax.devices()[0].platform == 'gpu':
+    return 'dot_product'
+  return 'xla' if length <= 2048 else 'chunked'
+
+
+def attention(path: str, q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
+              mask_BLS: Array | None = None, seg_BL: Array | None = None, block: int = 128,
+              drop: nn.Dropout | None = None, train: bool = False) -> Array:
+  """Scaled dot-product attention by the named path (model.attention) -> BxLxHxDh.
+
+  q_BLHDh: queries; k_BKSDh, v_BKSDh: keys and values, heads-major (the KV
+  cache's layout), K dividing H (GQA). causal: query i sees keys <= i;
+  mask_BLS: boolean B x L|1 x S (True = may attend; padding, decoding,
+  cross-attention); seg_BL: document ids of a packed self-attention window
+  (a query sees only keys of its own document)."""
+  path = resolve_attention(path, max(q_BLHDh.shape[1], k_BKSDh.shape[2]),
+                           drop.rate if drop is not None and train else 0.0)
+  kw = dict(causal=causal, mask_BLS=mask_BLS, seg_BL=seg_BL)
+  if path == 'xla':
+    return attention_xla(q_BLHDh, k_BKSDh, v_BKSDh, block=block, drop=drop, train=train, **kw)
+  if path == 'dot_product':
+    return attention_dot_product(q_BLHDh, k_BKSDh, v_BKSDh, **kw)
+  return ATTENTION_PATHS[path](q_BLHDh, k_BKSDh, v_BKSDh, block=block, **kw)
 
 
 class Attention(nn.Module):
   """Multi-head attention with grouped-query K/V heads.
 
   Self-attention is causal by default; `mask_BLS` replaces the causal mask
-  (padding masks, bidirectional encoders, decoding). With `cache` (a dict of
+  (padding masks, bidirectional encoders, decoding); `seg_BL` (document ids
+  of packed windows) keeps self-attention within each document. With `cache` (a dict of
   fixed-size B x K x S x Dh `k` and `v`) the new keys and values are written at
   slot `index` and the queries attend to the whole cache under `mask_BLS`.
   Cross-attention (`cross=True`) takes keys and values from `kv_BSD`, or from a
@@ -133,11 +323,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: Array, pos_BL: Array, train: bool,
                mask_BLS: Array | None = None, cache: dict | None = None,
-               index: Array | None = None, kv_BSD: Array | None = None
-               ) -> tuple[Array, dict | None]:
+               index: Array | None = None, kv_BSD: Array | None = None,
+               seg_BL: Array | None = None) -> tuple[Array, dict | None]:
     c = self.cfg
     H, K, Dh = c.num_heads, c.kv_heads, c.dh
-    G = H // K
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
 
     q_axes, kv_axes = ('embed', 'heads', 'head_dim'), ('embed', 'kv', 'head_dim')
@@ -164,8 +353,6 @@ class Attention(nn.Module):
     B, L = x_BLD.shape[:2]
     if c.position == 'rope' and not self.cross:
       q_BLHDh = apply_rope(q_BLHDh, pos_BL, c.rope_theta)
-    q_BKGLDh = (q_BLHDh.reshape(B, L, K, G, Dh).transpose(0, 2, 3, 1, 4)
-                * jnp.asarray(1.0 / math.sqrt(Dh), dt))
     if self.cross and cache is not None and kv_BSD is None:
       k_BKSDh, v_BKSDh = cache['k'], cache['v']  # Precomputed from the encoder.
     else:
@@ -182,18 +369,10 @@ class Attention(nn.Module):
       if cache is not None:
         cache = {'k': k_BKSDh, 'v': v_BKSDh}
     k_BKSDh, v_BKSDh = k_BKSDh.astype(dt), v_BKSDh.astype(dt)
-    drop = nn.Dropout(c.attn_dropout)
-    if mask_BLS is not None:
-      o_BKGLDh = attend(q_BKGLDh, k_BKSDh, v_BKSDh, mask_bias(mask_BLS), drop, train)
-    else:
-      # Causal query blocks: block i attends only keys [0, end_i), which skips
-      # the fully masked upper triangle (~1.9x faster fwd+bwd on CPU at L=512
-      # with 4 blocks). Results equal one block up to summation order.
-      outs = [attend(q_BKGLDh[:, :, :, q0:q1], k_BKSDh[:, :, :q1], v_BKSDh[:, :, :q1],
-                     causal_bias(q0, q1), drop, train)
-              for q0, q1 in attn_blocks(L, c.attn_block)]
-      o_BKGLDh = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
-    o_BLHDh = o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+    o_BLHDh = attention(c.attention, q_BLHDh.astype(dt), k_BKSDh, v_BKSDh,
+                        causal=mask_BLS is None, mask_BLS=mask_BLS,
+                        seg_BL=None if self.cross else seg_BL, block=c.attn_block,
+                        drop=nn.Dropout(c.attn_dropout), train=train)
     out_std = c.init_std / math.sqrt(2 * c.num_layers)
     wo = self.param('out', _init(out_std, ('heads', 'head_dim', 'embed')),
                     (H, Dh, c.d_model), pdt).astype(dt)
@@ -242,8 +421,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: Array, pos_BL: Array, mask_BLS: Array | None = None,
                cache: dict | None = None, index: Array | None = None,
-               enc_BSD: Array | None = None, enc_mask_BLS: Array | None = None
-               ) -> tuple[Array, dict | None]:
+               enc_BSD: Array | None = None, enc_mask_BLS: Array | None = None,
+               seg_BL: Array | None = None) -> tuple[Array, dict | None]:
     c = self.cfg
     drop = nn.Dropout(c.resid_dropout)
 
@@ -253,7 +432,7 @@ class Block(nn.Module):
 
     sc = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     h, sc = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
-                                      self.train, mask_BLS, sc, index)
+                                      self.train, mask_BLS, sc, index, seg_BL=seg_BL)
     x_BLD = residual(x_BLD, h)
     new = sc
     if self.cross:
@@ -329,6 +508,10 @@ class Transformer(nn.Module):
   keeps out of the valid tokens' view). With `cache` (see `init_cache`) the
   decoder also returns the updated cache; `index` is the cache slot of
   tokens_BL[:, 0] and `mask_BLS` says which slots each query may see.
+  `segment_ids_BL` (packed windows; pass per-document pos_BL with it) keeps
+  the (self-)attention of the main stack within each document. With
+  `targets_BL` (and their weights) it returns `token_sums` instead of logits:
+  the loss without materialising them (cfg.loss_chunk).
   """
   cfg: ModelConfig
 
@@ -337,7 +520,9 @@ class Transformer(nn.Module):
                *, valid_BL: Array | None = None, mask_BLS: Array | None = None,
                cache: dict | None = None, index: Array | None = None,
                enc_tokens_BS: Array | None = None, enc_valid_BS: Array | None = None,
-               enc_out_BSD: Array | None = None, encode_only: bool = False):
+               enc_out_BSD: Array | None = None, encode_only: bool = False,
+               segment_ids_BL: Array | None = None, targets_BL: Array | None = None,
+               target_weights_BL: Array | None = None, z_loss: float = 0.0):
     c = self.cfg
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     embed = nn.Embed(c.vocab_size, c.d_model, dtype=dt, param_dtype=pdt,
@@ -359,7 +544,7 @@ class Transformer(nn.Module):
       return _constrain(x_BLD, ('batch', 'length', 'embed'))
 
     def stack(name: str, n: int, cross: bool, x_BLD, pos_BL, mask_BLS, cache,
-              enc_BSD=None, enc_mask_BLS=None):
+              enc_BSD=None, enc_mask_BLS=None, seg_BL=None):
       block = Block
       if c.remat != 'none':
         block = nn.remat(block, policy=_REMAT_POLICIES[c.remat],
@@ -367,15 +552,16 @@ class Transformer(nn.Module):
       if c.scan_layers:
         return nn.scan(
             block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast,
+                     nn.broadcast),
             length=n, metadata_params={nn.PARTITION_NAME: 'layers'},
         )(c, train, cross, name=name)(x_BLD, pos_BL, mask_BLS, cache, index, enc_BSD,
-                                      enc_mask_BLS)
+                                      enc_mask_BLS, seg_BL)
       layers = []
       for i in range(n):
         layer = None if cache is None else jax.tree_util.tree_map(lambda a: a[i], cache)
         x_BLD, layer = block(c, train, cross, name=f'{name[:-1]}_{i}')(
-            x_BLD, pos_BL, mask_BLS, layer, index, enc_BSD, enc_mask_BLS)
+            x_BLD, pos_BL, mask_BLS, layer, index, enc_BSD, enc_mask_BLS, seg_BL)
         layers.append(layer)
       if cache is not None:
         cache = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
@@ -409,7 +595,7 @@ class Transformer(nn.Module):
     x_BLD = embed_tokens(tokens_BL, pos_BL)
     n_layers = c.decoder_layers if c.family == 'encoder_decoder' else c.num_layers
     x_BLD, cache = stack('blocks', n_layers, c.family == 'encoder_decoder', x_BLD, pos_BL,
-                         mask_BLS, cache, enc_out_BSD, enc_mask_B1S)
+                         mask_BLS, cache, enc_out_BSD, enc_mask_B1S, segment_ids_BL)
 
     x_BLD = Norm(c, name='final_norm')(x_BLD)
     if c.num_classes:
@@ -427,14 +613,65 @@ class Transformer(nn.Module):
                            nn.initializers.zeros, ('mlp',)))(x_BLD)
       x_BLD = Norm(c, name='mlm_norm')(nn.gelu(x_BLD, approximate=True))
     if c.tie_embeddings:
-      logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD.astype(jnp.float32),
-                              embed.embedding.astype(jnp.float32))
+      w_DV = embed.embedding.T
     else:
-      logits_BLV = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
-                            param_dtype=pdt, name='head',
-                            kernel_init=_init(c.init_std, ('embed', 'vocab')))(x_BLD)
-    logits_BLV = _constrain(logits_BLV.astype(jnp.float32), ('batch', 'length', 'vocab'))
+      w_DV = LMHead(c, name='head')()
+    if targets_BL is not None:
+      return token_sums(x_BLD, w_DV, targets_BL, target_weights_BL, z_loss, c.loss_chunk, dt)
+    logits_BLV = jnp.einsum('BLD,DV->BLV', x_BLD.astype(dt), w_DV.astype(dt),
+                            preferred_element_type=jnp.float32)
+    logits_BLV = _constrain(logits_BLV, ('batch', 'length', 'vocab'))
     return logits_BLV if cache is None else (logits_BLV, cache)
+
+
+class LMHead(nn.Module):
+  """An untied output projection D x V (the param tree of a bias-free nn.Dense),
+  returned as a matrix so the loss can apply it chunk by chunk."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self) -> Array:
+    c = self.cfg
+    return self.param('kernel', _init(c.init_std, ('embed', 'vocab')),
+                      (c.d_model, c.vocab_size), _DTYPES[c.param_dtype])
+
+
+def token_sums(x_BLD: Array, w_DV: Array, targets_BL: Array, weights_BL: Array,
+               z_loss: float, chunk: int, dtype) -> dict[str, Array]:
+  """Weighted sums of next-token NLL, z-loss, tokens and argmax hits, from the
+  final hidden states and the output matrix.
+
+  The logits are a matmul in the compute dtype with float32 accumulation; the
+  log-softmax is float32. With `chunk` > 0 they are made `chunk` positions at
+  a time inside a rematerialised scan, so the B x L x V float32 logits (and
+  their gradient) are never live at once: only B x chunk x V."""
+  B, L, D = x_BLD.shape
+
+  def sums(x_BcD, t_Bc, w_Bc):
+    logits_BcV = jnp.einsum('BcD,DV->BcV', x_BcD.astype(dtype), w_DV.astype(dtype),
+                            preferred_element_type=jnp.float32)
+    lse_Bc = jax.nn.logsumexp(logits_BcV, axis=-1)
+    tgt_Bc = jnp.take_along_axis(logits_BcV, t_Bc[..., None], axis=-1)[..., 0]
+    hit_Bc = jax.lax.stop_gradient(jnp.argmax(logits_BcV, -1) == t_Bc)
+    return jnp.stack([((lse_Bc - tgt_Bc) * w_Bc).sum(), (jnp.square(lse_Bc) * w_Bc).sum(),
+                      (hit_Bc * w_Bc).sum()])
+
+  w_BL = weights_BL.astype(jnp.float32)
+  if not chunk or chunk >= L:
+    out = sums(x_BLD, targets_BL, w_BL)
+  else:
+    pad = (-L) % chunk
+    n = (L + pad) // chunk
+
+    def split(a):  # B x L x ... -> n x B x chunk x ... (padded positions weigh 0).
+      a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+      return jnp.moveaxis(a.reshape(B, n, chunk, *a.shape[2:]), 1, 0)
+
+    body = jax.checkpoint(lambda acc, xs: (acc + sums(*xs), None))
+    out, _ = jax.lax.scan(body, jnp.zeros(3, jnp.float32),
+                          (split(x_BLD), split(targets_BL), split(w_BL)))
+  return {'nll_sum': out[0], 'z_sum': z_loss * out[1], 'tokens': w_BL.sum(),
+          'correct': out[2]}
 
 
 def cross_entropy(logits_BLV: Array, targets_BL: Array, weights_BL: Array,

@@ -242,7 +242,9 @@ def test_shardings_tool_totals_and_aot(tmp_path):
   assert totals['params'] == want
   assert totals['optimizer'] >= 2 * want  # Adam's two moments, sharded alike.
   # XLA's arguments are the state (params + optimizer + an int32 step + a
-  # uint32[2] RNG key) and this device's share of the int32 batch.
-  batch_bytes = 4 * c.train.batch_size * (c.data.seq_len + 1) // (c.mesh.data * c.mesh.fsdp)
+  # uint32[2] RNG key) and this device's share of the int32 batch: tokens
+  # (seq_len + 1) and, with document masking, segment ids and positions.
+  row_ints = (c.data.seq_len + 1) + 2 * c.data.seq_len
+  batch_bytes = 4 * c.train.batch_size * row_ints // (c.mesh.data * c.mesh.fsdp)
   assert totals['xla_argument_size_in_bytes'] == (
       totals['params'] + totals['optimizer'] + 4 + 8 + batch_bytes)

@@ -63,6 +63,39 @@ should read ~0 once the heap has grown to its steady state. This had also
 made the batched attention matmuls look ~3x slower than they are: a
 64x512x64x512 einsum takes 26 ms with a fresh 64 MB output and 8 ms when its
 pages are mapped, while an in-place 64 MB update runs at ~55 GB/s.
+
+One NVIDIA H100 80GB HBM3 (the device tool's nvidia-h100-x1; jax 0.11.2,
+flax 0.12.10 as installed there), 2026-11-25, bfloat16 compute with float32
+parameters, 10 timed steps, `bash tools/gpu_check.sh` and then the runs it
+lists by hand; vocab 50304, seq 1024. MFU is against the measured bf16 matmul
+peak (8192^3 random-data products: 746-772 TFLOP/s) and, in "sheet", against
+the data sheet's 989 TFLOP/s dense peak. "temp" is XLA's compiled temporary
+buffer; "peak" the allocator's peak (first block: one process ran all four
+paths, so its peak column is the largest of them, 28.2 GB).
+
+  config       attention    layers  batch  loss_chunk  step_ms  tokens/s  MFU    sheet  temp GiB  peak GiB
+  gpt2_small   xla          scan    16     0           111.9    146,400   15.4%  11.9%  26.1      -
+  gpt2_small   dot_product  scan    16     0            62.3    263,100   27.8%  21.4%  16.0      -
+  gpt2_small   chunked      scan    16     0           172.4     95,050    9.9%   7.7%  16.0      -
+  gpt2_small   pallas       scan    16     0            65.8    249,100   26.2%  20.3%  16.0      -
+  (second call, each run its own process)
+  gpt2_small   dot_product  scan    16     0            62.3    262,800   28.3%  21.4%  16.0      17.4
+  gpt2_small   dot_product  unroll  16     0            50.3    325,500   34.5%  26.5%  12.1      13.5
+  gpt2_small   dot_product  scan    32     256         129.5    253,100   26.7%  20.6%  23.0      24.3
+  gpt2_medium  dot_product  scan    16     256         154.4    106,100   31.8%  24.6%  28.5      32.5
+  gpt2_medium  dot_product  unroll  16     256         117.5    139,500   41.7%  32.3%  17.9      21.8
+  gpt2_medium  pallas       scan    16     256         164.6     99,510   29.6%  23.1%  28.5      32.5
+  gpt2_medium  xla          scan     8     256         153.0     53,540   16.0%  12.4%  29.2      33.2
+
+gpt2_medium (355M) with xla attention at batch 16 and whole logits ran out of
+memory (one 59.4 GiB temporary). The issue's goal of 50% MFU for the ~350M
+config is not met: 41.7% of the measured peak (32.3% of the data sheet) is the
+best measured. Unrolled layers beat nn.scan by 20-25% on the GPU (scan's
+stacked activations cost copies), so the GPU configs want
+model.scan_layers=False. What limits the rest was not measured (no profile
+was taken in the device time this session had); the xla/exact column reads
+~0 on GPUs because XLA's cost analysis does not count cuDNN's or Triton's
+custom calls.
 """
 
 from __future__ import annotations
@@ -79,16 +112,23 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'nn.scan over layers.')
 _MESH = flags.DEFINE_string('mesh', '', 'data,fsdp,tensor sizes (-1: the rest); empty: 1 device.')
 _BATCH = flags.DEFINE_integer('batch', 0, 'Global batch override (0: the config\'s).')
+_ATTENTION = flags.DEFINE_string('attention', 'xla',
+                                 'Comma-separated model.attention paths, each benchmarked.')
+_LOSS_CHUNK = flags.DEFINE_integer('loss_chunk', 0, 'model.loss_chunk (0: whole logits).')
+_REMAT = flags.DEFINE_string('remat', 'none', 'model.remat policy.')
 _KEEP = flags.DEFINE_bool('keep_freed_memory', True,
                           'lm/host.py\'s allocator setting, as the entry points apply it; '
                           '--nokeep_freed_memory measures without it.')
 
-# name: (d_model, layers, heads, seq_len, batch); vocab 512, learned positions, GELU.
+# name: (d_model, layers, heads, seq_len, batch, vocab); learned positions, GELU,
+# tied embeddings. gpt2_small/gpt2_medium are GPT-2's 124M and 350M shapes
+# (vocab 50257 padded to 50304, a multiple of 128).
 CONFIGS = {
-    'tiny': (128, 2, 4, 128, 32),
-    'small': (256, 4, 4, 256, 16),
-    'medium': (512, 6, 8, 512, 8),
-    'gpt2_small': (768, 12, 12, 1024, 8),
+    'tiny': (128, 2, 4, 128, 32, 512),
+    'small': (256, 4, 4, 256, 16, 512),
+    'medium': (512, 6, 8, 512, 8, 512),
+    'gpt2_small': (768, 12, 12, 1024, 8, 50304),
+    'gpt2_medium': (1024, 24, 16, 1024, 8, 50304),
 }
 
 
@@ -97,8 +137,11 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
   import jax
   import jax.numpy as jnp
   best, best_n = 0.0, 0
-  for n in (512, 1024, 2048):
-    a = jnp.full((n, n), 1e-3, dtype)
+  sizes = (512, 1024, 2048) if jax.devices()[0].platform == 'cpu' else (4096, 8192)
+  for n in sizes:
+    # Random data (constant or zero operands run faster than real ones on GPUs),
+    # scaled by 1/sqrt(n) so the chained products stay O(1).
+    a = (jax.random.normal(jax.random.key(n), (n, n), jnp.float32) / n ** 0.5).astype(dtype)
     f = jax.jit(lambda x, a=a: x @ a @ a @ a @ a)
     x = f(a).block_until_ready()
     t_end = time.perf_counter() + seconds / 3
@@ -112,17 +155,19 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
 
 
 def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
-          batch: int = 0) -> dict:
+          batch: int = 0, attention: str = 'xla', loss_chunk: int = 0,
+          remat: str = 'none') -> dict:
   import jax
   import numpy as np
 
   from lm import config as config_lib
   from lm import flops, train
-  d, layers, heads, L, B = CONFIGS[name]
+  d, layers, heads, L, B, V = CONFIGS[name]
   sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
-  cd = {'model': dict(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads,
+  cd = {'model': dict(vocab_size=V, d_model=d, num_layers=layers, num_heads=heads,
                       max_len=L, position='learned', activation='gelu', dtype=dtype,
-                      scan_layers=scan),
+                      scan_layers=scan, attention=attention, loss_chunk=loss_chunk,
+                      remat=remat),
         'data': dict(seq_len=L), 'opt': dict(warmup_steps=10),
         'train': dict(batch_size=batch or B, steps=1000, progress=False),
         'mesh': dict(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])}
@@ -133,11 +178,21 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
   with t.context():
     state = t.init()
     rng = np.random.default_rng(1)  # Random ids; weights and masks all ones.
-    batch = {k: jax.device_put(
-        rng.integers(0, m.vocab_size, a.shape).astype(a.dtype)
-        if np.issubdtype(a.dtype, np.integer) else np.ones(a.shape, a.dtype),
-        t.batch_shardings[k]) for k, a in t.abstract_batch().items()}
+
+    def row(k, a):  # Document masking: 4 documents per window.
+      if k == 'segments':
+        return np.broadcast_to(np.arange(a.shape[1]) * 4 // a.shape[1], a.shape)
+      if k == 'positions':
+        return np.broadcast_to(np.arange(a.shape[1]) % (a.shape[1] // 4), a.shape)
+      if np.issubdtype(a.dtype, np.integer):
+        return rng.integers(0, m.vocab_size, a.shape)
+      return np.ones(a.shape, a.dtype)
+
+    batch = {k: jax.device_put(np.asarray(row(k, a), a.dtype), t.batch_shardings[k])
+             for k, a in t.abstract_batch().items()}
     compiled = t.train_step.lower(state, batch).compile()
+  mem = compiled.memory_analysis()
+  temp_mb = getattr(mem, 'temp_size_in_bytes', 0) / 2 ** 20
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   xla_flops = float(cost.get('flops', 0.0))
@@ -152,9 +207,12 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+  stats = jax.devices()[0].memory_stats() or {}  # GPU/TPU: the allocator's peak.
+  peak_mb = stats.get('peak_bytes_in_use', 0) / 2 ** 20
   dt = statistics.median(times)
   fl = flops.train_flops_per_token(m, L, 'exact') * B * L
-  return {'config': name, 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
+  return {'config': name, 'attention': attention, 'temp MiB': temp_mb,
+          'peak MiB': peak_mb if peak_mb else '-', 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
           'tokens/step': B * L,
           'step_ms': dt * 1e3, 'tokens/s': B * L / dt, 'GFLOP/step': fl / 1e9,
           'xla/exact': xla_flops * mesh.size / fl, 'GFLOP/s': fl / dt / 1e9,  # XLA: per device.
@@ -170,18 +228,26 @@ def main(argv):
   dev = jax.devices()[0]
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
         f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
-  cols = ['config', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s', 'GFLOP/step',
-          'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU', 'faults/step']
+  from lm import flops
+  sheet = flops.peak_flops(dev.device_kind, _DTYPE.value, 'tpu')  # The table only.
+  cols = ['config', 'attention', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s',
+          'GFLOP/step', 'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU']
+  cols += ['MFU sheet'] if sheet else []
+  cols += ['temp MiB', 'peak MiB', 'faults/step']
   print('| ' + ' | '.join(cols) + ' |')
   print('|' + '---|' * len(cols))
-  for name in _CONFIGS.value.split(','):
+  runs = [(n, a) for n in _CONFIGS.value.split(',') for a in _ATTENTION.value.split(',')]
+  for name, attention in runs:
     before, _ = measure_peak(_DTYPE.value)
-    r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value, _MESH.value, _BATCH.value)
+    r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value, _MESH.value, _BATCH.value,
+              attention, _LOSS_CHUNK.value, _REMAT.value)
     # The peak is the best the machine showed around this config: one window
     # on a shared machine can read 25% low and would inflate MFU.
     peak = max(before, measure_peak(_DTYPE.value)[0])
     r['peak GFLOP/s'] = peak / 1e9
     r['MFU'] = f'{100 * r["GFLOP/s"] * 1e9 / (peak * r["devices"]):.1f}%'
+    if sheet:  # Against the data sheet's dense peak (lm/flops.PEAK_FLOPS).
+      r['MFU sheet'] = f'{100 * r["GFLOP/s"] * 1e9 / (sheet * r["devices"]):.1f}%'
     print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
                             for k in cols) + ' |', flush=True)
 

@@ -38,21 +38,27 @@ def activation_bytes(c: config_lib.Config, mesh) -> int:
   """Rough per-device activations kept for the backward pass (float32 or bf16).
 
   Per layer and token: ~34 * D values of residual/attention/MLP intermediates
-  (the usual estimate of Korthikanti et al. 2022, no sequence parallelism)
-  plus 5 * H * L for attention scores/probabilities; remat=full keeps only
-  the layer input. Divided over the batch axes (data x fsdp) and, for the
+  (the usual estimate of Korthikanti et al. 2022, no sequence parallelism),
+  plus 5 * H * L for attention scores/probabilities where the attention path
+  materialises them (xla); remat=full keeps only the layer input. The float32
+  logits and their gradient count B x L x V, or B x loss_chunk x V when the
+  loss is chunked. Divided over the batch axes (data x fsdp) and, for the
   head- and MLP-sized parts, over tensor.
   """
+  from lm import model as model_lib
   m = c.model
   bytes_per = 2 if m.dtype == 'bfloat16' else 4
   B, L = c.train.batch_size // c.train.grad_accum, c.data.seq_len
   dp = mesh.shape['data'] * mesh.shape['fsdp']
   tp = mesh.shape['tensor']
+  scores = model_lib.resolve_attention(m.attention, L, m.attn_dropout) == 'xla'
   if m.remat == 'full':
     per_layer = B * L * m.d_model
   else:
-    per_layer = B * L * (10 * m.d_model + 24 * m.d_model / tp + 5 * m.num_heads * L / tp)
-  logits = B * L * m.vocab_size * 4 * 2 / tp  # Logits and their gradient, float32.
+    per_layer = B * L * (10 * m.d_model + 24 * m.d_model / tp
+                         + scores * 5 * m.num_heads * L / tp)
+  positions = min(m.loss_chunk or L, L)
+  logits = B * positions * m.vocab_size * 4 * 2 / tp  # Logits and their gradient, float32.
   return int((m.num_layers * per_layer * bytes_per + logits) / dp)
 
 

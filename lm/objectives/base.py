@@ -19,7 +19,6 @@ import numpy as np
 
 from lm import data as data_lib
 from lm.config import Config
-from lm.model import cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +99,16 @@ def token_summary(sums: dict[str, float]) -> dict[str, float]:
   return out
 
 
-def token_loss(logits_BLV, batch: dict, weights_B, z_loss: float):
-  """Mean NLL (+ z-loss) over the batch's weighted `targets`, and the summed
-  statistics (NLL, tokens, correct argmax) that token_eval_sums keeps."""
-  targets_BL = batch['targets']
-  weights_BL = batch['weights'] * weights_B[:, None]
-  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  correct = ((jnp.argmax(logits_BLV, -1) == targets_BL) * weights_BL).sum()
-  return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'tokens': n, 'correct': correct}
+def token_loss(apply, batch: dict, weights_B, z_loss: float, *args, **kwargs):
+  """Mean NLL (+ z-loss) over the batch's weighted `targets` of the model
+  apply(*args, **kwargs), and the summed statistics (NLL, tokens, correct
+  argmax) that token_eval_sums keeps. The model computes them from its final
+  hidden states (lm/model.token_sums: chunked with model.loss_chunk)."""
+  s = apply(*args, targets_BL=batch['targets'],
+            target_weights_BL=batch['weights'] * weights_B[:, None], z_loss=z_loss, **kwargs)
+  n = s['tokens']
+  return ((s['nll_sum'] + s['z_sum']) / jnp.maximum(n, 1.0),
+          {'nll_sum': s['nll_sum'], 'tokens': n, 'correct': s['correct']})
 
 
 def token_eval_sums(aux: dict, batch: dict, weights_B, bytes_V) -> dict:

@@ -1,6 +1,10 @@
 """Causal language modelling: predict every next token (maximum likelihood).
 
 A row is a window of seq_len + 1 tokens (inputs and their shifted targets).
+Windows cut across documents (EOS-separated); with data.document_mask each row
+also carries the document id and in-document position of every input token, so
+attention never crosses a document boundary and positions restart at each
+document (packing as in Raffel et al. 2020 and Krell et al. 2021).
 Eval reports loss (nats/token), perplexity and bits per UTF-8 byte of the
 evaluated text, so runs with different tokenizers compare.
 """
@@ -13,8 +17,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import data as data_lib
-from lm.model import cross_entropy
+from lm.objectives import base
 from lm.objectives.base import Data, Objective
+
+
+def documents(inputs_L: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
+  """Document ids (0, 1, ... in window order) and positions within the document
+  of a window's input tokens; an EOS ends its document."""
+  L = len(inputs_L)
+  starts_L = np.zeros(L, bool)
+  starts_L[1:] = inputs_L[:-1] == eos
+  seg_L = np.cumsum(starts_L).astype(np.int32)
+  first_L = np.maximum.accumulate(np.where(starts_L, np.arange(L), 0))
+  return seg_L, (np.arange(L) - first_L).astype(np.int32)
+
+
+class DocWindows:
+  """Windows as rows {tokens, segments, positions} (document masking)."""
+
+  def __init__(self, windows: data_lib.Windows, eos: int):
+    self.windows, self.eos = windows, eos
+
+  def __len__(self) -> int:
+    return len(self.windows)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return self.row(self.windows[i])
+
+  def row(self, tokens_L1: np.ndarray) -> dict[str, np.ndarray]:
+    seg, pos = documents(tokens_L1[:-1], self.eos)
+    return {'tokens': tokens_L1, 'segments': seg, 'positions': pos}
 
 
 def data(c, tokenizer, loaded, pidx: int, pcount: int) -> Data:
@@ -24,18 +56,31 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> Data:
   data_lib.check_windows(train, L, 'train', B, extra=1)
   data_lib.check_windows(val, L, 'validation', 1, extra=1)
   evals = data_lib.eval_batches(val, L, B, c.train.eval_batches, pidx, pcount)
-  return Data(data_lib.Keyed(data_lib.Windows(train, L + 1), 'tokens'),
-              [({'tokens': rows}, w) for rows, w in evals])
+  windows = data_lib.Windows(train, L + 1)
+  if not c.data.document_mask:
+    return Data(data_lib.Keyed(windows, 'tokens'),
+                [({'tokens': rows}, w) for rows, w in evals])
+  docs = DocWindows(windows, tokenizer.eos_id)
+  return Data(docs, [(base.stack_rows([docs.row(r) for r in rows]), w) for rows, w in evals])
 
 
 def loss(apply, batch: dict, weights_B, z_loss: float):
   tokens_BL1 = batch['tokens']
   inputs_BL, targets_BL = tokens_BL1[:, :-1], tokens_BL1[:, 1:]
-  logits_BLV = apply(inputs_BL)
-  weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape)
-  nll, z, n = cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss)
-  return (nll + z) / jnp.maximum(n, 1.0), {'nll_sum': nll, 'tokens': n,
-                                           'targets': targets_BL}
+  weights_BL = jnp.broadcast_to(weights_B[:, None], targets_BL.shape).astype(jnp.float32)
+  s = apply(inputs_BL, pos_BL=batch.get('positions'), segment_ids_BL=batch.get('segments'),
+            targets_BL=targets_BL, target_weights_BL=weights_BL, z_loss=z_loss)
+  n = s['tokens']
+  return (s['nll_sum'] + s['z_sum']) / jnp.maximum(n, 1.0), {
+      'nll_sum': s['nll_sum'], 'tokens': n, 'targets': targets_BL}
+
+
+def row_shapes(c) -> dict:
+  L = c.data.seq_len
+  out = {'tokens': ((L + 1,), np.int32)}
+  if c.data.document_mask:
+    out.update(segments=((L,), np.int32), positions=((L,), np.int32))
+  return out
 
 
 def eval_sums(aux: dict, batch: dict, weights_B, bytes_V) -> dict:
@@ -59,4 +104,4 @@ def describe(m: dict) -> str:
 OBJECTIVE = Objective(
     name='lm', families=('decoder',), headline='bits_per_byte', higher_is_better=False,
     data=data, loss=loss, eval_sums=eval_sums, summarize=summarize, describe=describe,
-    row_shapes=lambda c: {'tokens': ((c.data.seq_len + 1,), np.int32)})
+    row_shapes=row_shapes)

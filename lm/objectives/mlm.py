@@ -51,7 +51,7 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> base.Data:
 
 
 def loss(apply, batch: dict, weights_B, z_loss: float):
-  return base.token_loss(apply(batch['inputs']), batch, weights_B, z_loss)
+  return base.token_loss(apply, batch, weights_B, z_loss, batch['inputs'])
 
 
 def describe(m: dict) -> str:

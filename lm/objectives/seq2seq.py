@@ -58,9 +58,8 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> base.Data:
 
 def loss(apply, batch: dict, weights_B, z_loss: float):
   """Teacher-forced decoder NLL; shared with span corruption (same batch layout)."""
-  logits_BLV = apply(batch['dec_inputs'], enc_tokens_BS=batch['enc_inputs'],
-                     enc_valid_BS=batch['enc_valid'])
-  return base.token_loss(logits_BLV, batch, weights_B, z_loss)
+  return base.token_loss(apply, batch, weights_B, z_loss, batch['dec_inputs'],
+                         enc_tokens_BS=batch['enc_inputs'], enc_valid_BS=batch['enc_valid'])
 
 
 def describe(m: dict) -> str:

@@ -1,0 +1,140 @@
+"""Every attention path (model.attention) agrees with the xla reference, for
+outputs and gradients, under each kind of mask; document masking isolates the
+documents of a packed window."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import model as model_lib
+from lm.config import ModelConfig
+
+ON_GPU = jax.devices()[0].platform == 'gpu'
+# pallas runs its Triton kernel on GPUs and in interpret mode elsewhere (slow,
+# so its cases use the smallest shapes); dot_product is cuDNN on GPUs only.
+PATHS = ['chunked', 'dot_product', 'pallas']
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+
+def _inputs(B, L, S, H, K, Dh, dtype, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  q = jax.random.normal(ks[0], (B, L, H, Dh), jnp.float32).astype(dtype)
+  k = jax.random.normal(ks[1], (B, K, S, Dh), jnp.float32).astype(dtype)
+  v = jax.random.normal(ks[2], (B, K, S, Dh), jnp.float32).astype(dtype)
+  return q, k, v
+
+
+def _segments(B, L, seed=1):
+  """Random document boundaries: ids 0, 0, 1, 1, 1, 2, ... per row."""
+  starts = np.random.default_rng(seed).random((B, L)) < 0.1
+  starts[:, 0] = False
+  return jnp.asarray(np.cumsum(starts, axis=1), jnp.int32)
+
+
+CASES = {
+    # name: (B, L, S, H, K, Dh, causal, mask kind, segments)
+    'causal': (2, 32, 32, 4, 4, 16, True, None, False),
+    'causal_gqa_segments': (2, 32, 32, 4, 2, 16, True, None, True),
+    'padding': (2, 32, 32, 4, 4, 16, False, 'padding', False),
+    'bidirectional_segments': (2, 32, 32, 4, 1, 16, False, None, True),
+    'cross': (2, 16, 24, 4, 2, 16, False, 'padding', False),
+    'decode': (2, 1, 40, 4, 2, 16, False, 'decode', False),
+}
+
+
+def _mask(kind, B, L, S):
+  if kind == 'padding':  # Row b has S - 3b valid keys.
+    return (jnp.arange(S)[None, :] < (S - 3 * jnp.arange(B))[:, None])[:, None, :]
+  if kind == 'decode':  # Cache slots filled up to a per-row index.
+    return (jnp.arange(S)[None, :] <= jnp.asarray([17, 33])[:B, None])[:, None, :]
+  return None
+
+
+def _run(path, case, dtype):
+  B, L, S, H, K, Dh, causal, mkind, seg = CASES[case]
+  q, k, v = _inputs(B, L, S, H, K, Dh, dtype)
+  mask = _mask(mkind, B, L, S)
+  seg_BL = _segments(B, L) if seg else None
+
+  def f(q, k, v):
+    o = model_lib.attention(path, q, k, v, causal=causal, mask_BLS=mask, seg_BL=seg_BL,
+                            block=16)
+    w = jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape)
+    return (o.astype(jnp.float32) * w).sum(), o
+
+  (_, o), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  return o.astype(jnp.float32), [g.astype(jnp.float32) for g in grads]
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize('case', list(CASES))
+@pytest.mark.parametrize('path', PATHS)
+def test_paths_agree_with_xla_float32(path, case):
+  o_ref, g_ref = _run('xla', case, jnp.float32)
+  o, g = _run(path, case, jnp.float32)
+  assert _rel(o, o_ref) < TOL[jnp.float32], (path, case)
+  for a, b, name in zip(g, g_ref, 'qkv'):
+    assert _rel(a, b) < TOL[jnp.float32], (path, case, 'grad ' + name)
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_paths_agree_with_xla_bfloat16(path):
+  for case in ('causal_gqa_segments', 'cross'):
+    o_ref, g_ref = _run('xla', case, jnp.float32)
+    o, g = _run(path, case, jnp.bfloat16)
+    assert _rel(o, o_ref) < TOL[jnp.bfloat16], (path, case)
+    for a, b in zip(g, g_ref):
+      assert _rel(a, b) < TOL[jnp.bfloat16], (path, case)
+
+
+def test_auto_picks_by_backend_and_length():
+  gpu = ON_GPU
+  assert model_lib.resolve_attention('auto', 512, 0.0) == ('dot_product' if gpu else 'xla')
+  assert model_lib.resolve_attention('auto', 8192, 0.0) == ('dot_product' if gpu else 'chunked')
+  assert model_lib.resolve_attention('chunked', 512, 0.1) == 'xla'  # Dropout: xla only.
+
+
+def _doc_model(attention):
+  return ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                     max_len=32, position='rope', attention=attention, attn_block=8)
+
+
+@pytest.mark.parametrize('attention', ['xla', 'chunked'])
+def test_document_mask_isolates_documents(attention):
+  """Changing every token of one document changes no logit of another."""
+  c = _doc_model(attention)
+  m = model_lib.Transformer(c)
+  tokens = jax.random.randint(jax.random.key(0), (1, 32), 1, 64)
+  seg = jnp.asarray([[0] * 10 + [1] * 12 + [2] * 10], jnp.int32)
+  pos = jnp.asarray([list(range(10)) + list(range(12)) + list(range(10))], jnp.int32)
+  params = m.init(jax.random.key(1), tokens)
+  other = tokens.at[:, 10:22].set((tokens[:, 10:22] + 7) % 64)  # Rewrite document 1.
+
+  def logits(t, seg_BL):
+    return m.apply(params, t, pos_BL=pos, segment_ids_BL=seg_BL)
+
+  a, b = logits(tokens, seg), logits(other, seg)
+  np.testing.assert_array_equal(a[:, :10], b[:, :10])
+  np.testing.assert_array_equal(a[:, 22:], b[:, 22:])  # Document 2 comes after 1.
+  assert not np.allclose(a[:, 10:22], b[:, 10:22])
+  # Without the mask, document 2 sees document 1.
+  a, b = logits(tokens, None), logits(other, None)
+  assert not np.allclose(a[:, 22:], b[:, 22:])
+
+
+def test_model_paths_agree_end_to_end():
+  """The whole model (GQA, rope, segments) gives the same logits on every path."""
+  tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 64)
+  seg = _segments(2, 32)
+  params = model_lib.Transformer(_doc_model('xla')).init(jax.random.key(1), tokens)
+  ref = model_lib.Transformer(_doc_model('xla')).apply(params, tokens, segment_ids_BL=seg)
+  for attention in ['chunked', 'dot_product']:
+    out = model_lib.Transformer(_doc_model(attention)).apply(params, tokens,
+                                                             segment_ids_BL=seg)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,110 @@
+"""Will it fit? Per-device memory of a config's train step, compiled ahead of
+time on fake CPU devices, without running a step.
+
+python -m tools.memory --config=configs/llama3_8b.py --devices=64 \\
+    --config.mesh.fsdp=64 [--accelerator=h100]
+
+Makes --devices fake CPU devices, builds the trainer on the config's mesh,
+lowers and compiles the real train step on abstract (shape-only) state and
+batch, and prints per device: parameters and optimizer state (from their
+shardings), an analytic activation estimate (tools/shardings.py), and XLA's
+buffer assignment of the compiled step (arguments, temporaries: gradients,
+saved activations and workspace; outputs aliased to the donated state). The
+XLA figures are XLA:CPU's: GPU and TPU compilers fuse and schedule
+differently, so treat them as an estimate within tens of percent, and the
+analytic parts (parameters, optimizer) as exact. Ends with whether the step
+fits the named accelerator's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+# Usable memory per device in bytes (data sheets; a few percent goes to the runtime).
+ACCELERATORS = {
+    'h100': ('NVIDIA H100 80GB', 80e9), 'h200': ('NVIDIA H200', 141e9),
+    'a100': ('NVIDIA A100 80GB', 80e9), 'a100_40': ('NVIDIA A100 40GB', 40e9),
+    'v4': ('TPU v4', 32e9), 'v5e': ('TPU v5e', 16e9), 'v5p': ('TPU v5p', 95e9),
+    'v6e': ('TPU v6e', 32e9),
+}
+
+_DEVICES = flags.DEFINE_integer('devices', 8, 'Fake CPU devices to compile for.')
+_ACCEL = flags.DEFINE_enum('accelerator', 'h100', list(ACCELERATORS),
+                           'Whose memory to compare against.')
+
+
+def _gib(n: float) -> str:
+  return f'{n / 2**30:8.2f} GiB'
+
+
+def estimate(c, out=sys.stdout) -> dict[str, float]:
+  """Per-device bytes of the train step of config `c` on all visible devices."""
+  import jax
+
+  from lm import tokenizers, train
+  from tools import shardings as shardings_tool
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  c = train.resolve_vocab(c, tok.vocab_size)
+  t = train.build(c)
+  abstract, shs = t.abstract, t.shardings
+
+  def total(tree, sh):
+    return sum(shardings_tool._per_device(a, s) for a, s in zip(
+        jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(sh)))
+
+  with t.context():
+    state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shs)
+    compiled = t.train_step.lower(state, t.abstract_batch()).compile()
+  mem = compiled.memory_analysis()
+  r = {'parameters': total(abstract.params, shs.params),
+       'optimizer state': total(abstract.opt_state, shs.opt_state),
+       'activations (estimate)': shardings_tool.activation_bytes(c, t.mesh),
+       'xla arguments': mem.argument_size_in_bytes,
+       'xla temporaries': mem.temp_size_in_bytes,
+       'xla outputs (not aliased)': mem.output_size_in_bytes - mem.alias_size_in_bytes}
+  r['xla total'] = r['xla arguments'] + r['xla temporaries'] + r['xla outputs (not aliased)']
+  m = c.model
+  print(f'{c.name}: {sum(a.size for a in jax.tree_util.tree_leaves(abstract.params)) / 1e9:.2f}B '
+        f'parameters, batch {c.train.batch_size} x {c.data.seq_len} '
+        f'(grad_accum {c.train.grad_accum}), dtype {m.dtype}, remat {m.remat}, attention '
+        f'{m.attention}, loss_chunk {m.loss_chunk}', file=out)
+  print(f'mesh {dict(t.mesh.shape)} on {t.mesh.size} fake CPU devices; per device:', file=out)
+  for k, v in r.items():
+    print(f'  {k:28s}{_gib(v)}', file=out)
+  return r
+
+
+def main(argv):
+  del argv
+  from lm import config as config_lib
+  try:
+    c = config_lib.from_configdict(flags.FLAGS.config)
+    r = estimate(c)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  name, cap = ACCELERATORS[_ACCEL.value]
+  need = r['xla total']
+  verdict = 'fits' if need <= 0.95 * cap else 'does NOT fit'
+  print(f'{verdict} on {name} ({cap / 1e9:.0f} GB): {need / 1e9:.1f} GB per device, '
+        f'{100 * need / cap:.0f}% of its memory (compiled by XLA:CPU; keep ~5% for the runtime)')
+
+
+if __name__ == '__main__':
+  # The fake devices must exist before JAX starts: read --devices first.
+  n = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--devices=')), '8')
+  if not n.isdigit() or int(n) < 1:
+    print(f'error: --devices={n!r} must be a positive number of devices', file=sys.stderr)
+    sys.exit(2)
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                             + f' --xla_force_host_platform_device_count={n}')
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  flags.mark_flags_as_required(['config'])
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)
