@@ -15,7 +15,7 @@ POSITIONS = ('learned', 'rope', 'sinusoidal', 'none')
 NORMS = ('layernorm', 'rmsnorm')
 ACTIVATIONS = ('gelu', 'swiglu', 'relu2')
 DTYPES = ('float32', 'bfloat16')
-REMAT = ('none', 'full', 'save_dots')
+REMAT = ('none', 'full', 'save_dots', 'dots_saveable', 'save_proj', 'offload')
 ATTENTION = ('auto', 'xla', 'dot_product', 'pallas', 'chunked')
 SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
@@ -60,7 +60,7 @@ class ModelConfig:
   param_dtype: str = 'float32'  # Storage dtype of the parameters.
   dtype: str = 'float32'  # Compute dtype of matmuls; logits and softmax stay float32.
   scan_layers: bool = True  # nn.scan over layers (one compiled layer; params stacked).
-  remat: str = 'none'  # Rematerialisation: none | full | save_dots.
+  remat: str = 'none'  # Recompute in backward: none | full | save_dots | dots_saveable | save_proj | offload (lm/model.py).
   init_std: float = 0.02  # Std of the normal initialiser of weight matrices.
   attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one block).
   loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (memory).

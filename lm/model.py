@@ -19,6 +19,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lm.config import ModelConfig
 
@@ -157,74 +158,138 @@ def attention_xla(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: boo
   return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
 
 
+def _block_ok(q0: int, l: int, k0, kb: int, S: int, causal: bool, m_BLS, seg_BL, seg_BS):
+  """Which of the l x kb (query, key) pairs of a block may attend -> B|1 x 1 x 1 x l x kb."""
+  q_pos, k_pos = q0 + jnp.arange(l), k0 + jnp.arange(kb)
+  ok = jnp.broadcast_to(k_pos < S, (1, l, kb))  # Keys past S are padding.
+  if causal:
+    ok = ok & (k_pos[None, :] <= q_pos[:, None])[None]
+  if m_BLS is not None:
+    rows = m_BLS if m_BLS.shape[1] == 1 else jax.lax.dynamic_slice_in_dim(m_BLS, q0, l, 1)
+    ok = ok & jax.lax.dynamic_slice_in_dim(rows, k0, kb, 2)
+  if seg_BL is not None:
+    ok = ok & (seg_BL[:, q0:q0 + l, None]
+               == jax.lax.dynamic_slice_in_dim(seg_BS, k0, kb, 1)[:, None])
+  return ok[:, None, None]
+
+
+def _n_key_blocks(q1: int, kb: int, n_all: int, causal: bool) -> int:
+  return min(-(-q1 // kb), n_all) if causal else n_all
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _flash(q_BKGLDh, k_BKSDh, v_BKSDh, m_BLS, seg_BL, seg_BS, causal: bool, qb: int,
+           kb: int, S: int):
+  return _flash_fwd(q_BKGLDh, k_BKSDh, v_BKSDh, m_BLS, seg_BL, seg_BS, causal, qb, kb, S)[0]
+
+
+def _flash_fwd(q_BKGLDh, k_BKSDh, v_BKSDh, m_BLS, seg_BL, seg_BS, causal, qb, kb, S):
+  B, K, G, L, Dh = q_BKGLDh.shape
+  dt, n_all = v_BKSDh.dtype, k_BKSDh.shape[2] // kb
+  outs, lses = [], []
+  for q0 in range(0, L, qb):
+    l = min(qb, L - q0)
+    q_i = q_BKGLDh[:, :, :, q0:q0 + l]
+
+    def step(carry, j, q0=q0, l=l, q_i=q_i):
+      m_i, z_i, acc_i = carry
+      k0 = j * kb
+      k_j = jax.lax.dynamic_slice_in_dim(k_BKSDh, k0, kb, 2)
+      v_j = jax.lax.dynamic_slice_in_dim(v_BKSDh, k0, kb, 2)
+      ok = _block_ok(q0, l, k0, kb, S, causal, m_BLS, seg_BL, seg_BS)
+      s_ = jnp.where(ok, jnp.einsum('BKGld,BKkd->BKGlk', q_i, k_j,
+                                    preferred_element_type=jnp.float32), _NEG)
+      m_new = jnp.maximum(m_i, s_.max(-1))
+      p_ = jnp.where(ok, jnp.exp(s_ - m_new[..., None]), 0.0)
+      corr = jnp.exp(m_i - m_new)
+      acc_i = acc_i * corr[..., None] + jnp.einsum('BKGlk,BKkd->BKGld', p_.astype(dt), v_j,
+                                                   preferred_element_type=jnp.float32)
+      return (m_new, z_i * corr + p_.sum(-1), acc_i), None
+
+    init = (jnp.full((B, K, G, l), _NEG, jnp.float32), jnp.zeros((B, K, G, l), jnp.float32),
+            jnp.zeros((B, K, G, l, Dh), jnp.float32))
+    (m_i, z_i, acc_i), _ = jax.lax.scan(
+        step, init, jnp.arange(_n_key_blocks(q0 + l, kb, n_all, causal)))
+    z_i = jnp.maximum(z_i, 1e-30)  # Rows with no allowed key: output 0.
+    outs.append((acc_i / z_i[..., None]).astype(dt))
+    lses.append(m_i + jnp.log(z_i))
+  o = jnp.concatenate(outs, axis=3)
+  lse = jnp.concatenate(lses, axis=3)
+  return o, (q_BKGLDh, k_BKSDh, v_BKSDh, m_BLS, seg_BL, seg_BS, o, lse)
+
+
+def _flash_bwd(causal, qb, kb, S, res, do_BKGLDh):
+  """FlashAttention-2's backward (Dao 2023, Alg. 2): recompute each block's
+  probabilities from the saved log-normaliser; only O(L x block) is live."""
+  q_BKGLDh, k_BKSDh, v_BKSDh, m_BLS, seg_BL, seg_BS, o_BKGLDh, lse_BKGL = res
+  L = q_BKGLDh.shape[3]
+  dt, n_all = v_BKSDh.dtype, k_BKSDh.shape[2] // kb
+  d_BKGL = (do_BKGLDh.astype(jnp.float32) * o_BKGLDh.astype(jnp.float32)).sum(-1)
+  dk = jnp.zeros(k_BKSDh.shape, jnp.float32)
+  dv = jnp.zeros(v_BKSDh.shape, jnp.float32)
+  dqs = []
+  for q0 in range(0, L, qb):
+    l = min(qb, L - q0)
+    sl = slice(q0, q0 + l)
+    q_i, do_i = q_BKGLDh[:, :, :, sl], do_BKGLDh[:, :, :, sl].astype(dt)
+    lse_i, d_i = lse_BKGL[:, :, :, sl], d_BKGL[:, :, :, sl]
+
+    def step(carry, j, q0=q0, l=l, q_i=q_i, do_i=do_i, lse_i=lse_i, d_i=d_i):
+      dq_i, dk, dv = carry
+      k0 = j * kb
+      k_j = jax.lax.dynamic_slice_in_dim(k_BKSDh, k0, kb, 2)
+      v_j = jax.lax.dynamic_slice_in_dim(v_BKSDh, k0, kb, 2)
+      ok = _block_ok(q0, l, k0, kb, S, causal, m_BLS, seg_BL, seg_BS)
+      s_ = jnp.einsum('BKGld,BKkd->BKGlk', q_i, k_j, preferred_element_type=jnp.float32)
+      p_ = jnp.where(ok, jnp.exp(s_ - lse_i[..., None]), 0.0)
+      dv_j = jnp.einsum('BKGlk,BKGld->BKkd', p_.astype(dt), do_i,
+                        preferred_element_type=jnp.float32)
+      dp_ = jnp.einsum('BKGld,BKkd->BKGlk', do_i, v_j, preferred_element_type=jnp.float32)
+      ds_ = (p_ * (dp_ - d_i[..., None])).astype(dt)
+      dq_i = dq_i + jnp.einsum('BKGlk,BKkd->BKGld', ds_, k_j,
+                               preferred_element_type=jnp.float32)
+      dk_j = jnp.einsum('BKGlk,BKGld->BKkd', ds_, q_i, preferred_element_type=jnp.float32)
+      dk = jax.lax.dynamic_update_slice_in_dim(
+          dk, jax.lax.dynamic_slice_in_dim(dk, k0, kb, 2) + dk_j, k0, 2)
+      dv = jax.lax.dynamic_update_slice_in_dim(
+          dv, jax.lax.dynamic_slice_in_dim(dv, k0, kb, 2) + dv_j, k0, 2)
+      return (dq_i, dk, dv), None
+
+    init = (jnp.zeros(q_i.shape, jnp.float32), dk, dv)
+    (dq_i, dk, dv), _ = jax.lax.scan(
+        step, init, jnp.arange(_n_key_blocks(q0 + l, kb, n_all, causal)))
+    dqs.append(dq_i)
+  dq = jnp.concatenate(dqs, axis=3).astype(q_BKGLDh.dtype)
+  return dq, dk.astype(k_BKSDh.dtype), dv.astype(v_BKSDh.dtype), None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
 def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
                       mask_BLS: Array | None, seg_BL: Array | None, block: int) -> Array:
   """Online softmax over key blocks (Milakov & Gimelshein 2018; FlashAttention's
   recurrence, Dao et al. 2022) in pure JAX: runs on every backend.
 
   Each query block scans over the key blocks it needs (causal: those up to its
-  end) carrying the running max, normaliser and float32 accumulator, and is
-  rematerialised in the backward pass, so only O(L x block) scores are ever
-  live instead of O(L x S). Rows with no allowed key return 0."""
+  end) carrying the running max, normaliser and float32 accumulator; the
+  backward pass (a custom VJP) recomputes each block's probabilities from the
+  saved log-normaliser, so only O(L x block) scores are ever live instead of
+  O(L x S), forward and backward. Rows with no allowed key return 0."""
   B, L, H, Dh = q_BLHDh.shape
   K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
-  G, dt = H // K, v_BKSDh.dtype
   qb = min(block or 512, L)
   kb = min(block or 512, S)
   pad = (-S) % kb
-  if pad:  # Padded keys are masked out below.
+  if pad:  # Padded keys are masked out (_block_ok).
     k_BKSDh = jnp.pad(k_BKSDh, ((0, 0), (0, 0), (0, pad), (0, 0)))
     v_BKSDh = jnp.pad(v_BKSDh, ((0, 0), (0, 0), (0, pad), (0, 0)))
-  q_BKGLDh = (q_BLHDh.reshape(B, L, K, G, Dh).transpose(0, 2, 3, 1, 4)
+  q_BKGLDh = (q_BLHDh.reshape(B, L, K, H // K, Dh).transpose(0, 2, 3, 1, 4)
               * jnp.asarray(1.0 / math.sqrt(Dh), q_BLHDh.dtype))
-  seg_BS = None if seg_BL is None else jnp.pad(seg_BL, ((0, 0), (0, (S + pad) - L)))
+  seg_BS = None if seg_BL is None else jnp.pad(seg_BL, ((0, 0), (0, S + pad - L)))
   m_BLS = None if mask_BLS is None else jnp.pad(mask_BLS, ((0, 0), (0, 0), (0, pad)))
-
-  def query_block(q_BKGlDh, q0: int, n_kb: int):
-    l = q_BKGlDh.shape[3]
-    q_pos_l = q0 + jnp.arange(l)
-
-    def step(carry, j):
-      m_BKGl, z_BKGl, acc_BKGlDh = carry
-      k0 = j * kb
-      k_BKkDh = jax.lax.dynamic_slice_in_dim(k_BKSDh, k0, kb, axis=2)
-      v_BKkDh = jax.lax.dynamic_slice_in_dim(v_BKSDh, k0, kb, axis=2)
-      k_pos_k = k0 + jnp.arange(kb)
-      ok_Blk = jnp.broadcast_to(k_pos_k < S, (1, l, kb))
-      if causal:
-        ok_Blk = ok_Blk & (k_pos_k[None, :] <= q_pos_l[:, None])[None]
-      if m_BLS is not None:
-        rows = m_BLS if m_BLS.shape[1] == 1 else jax.lax.dynamic_slice_in_dim(
-            m_BLS, q0, l, axis=1)
-        ok_Blk = ok_Blk & jax.lax.dynamic_slice_in_dim(rows, k0, kb, axis=2)
-      if seg_BS is not None:
-        ok_Blk = ok_Blk & (jax.lax.dynamic_slice_in_dim(seg_BL, q0, l, axis=1)[:, :, None]
-                           == jax.lax.dynamic_slice_in_dim(seg_BS, k0, kb, axis=1)[:, None])
-      ok_B11lk = ok_Blk[:, None, None]
-      s_BKGlk = jnp.einsum('BKGld,BKkd->BKGlk', q_BKGlDh, k_BKkDh,
-                           preferred_element_type=jnp.float32)
-      s_BKGlk = jnp.where(ok_B11lk, s_BKGlk, _NEG)
-      m_new = jax.lax.stop_gradient(jnp.maximum(m_BKGl, s_BKGlk.max(-1)))
-      p_BKGlk = jnp.where(ok_B11lk, jnp.exp(s_BKGlk - m_new[..., None]), 0.0)
-      corr = jnp.exp(m_BKGl - m_new)
-      acc_BKGlDh = acc_BKGlDh * corr[..., None] + jnp.einsum(
-          'BKGlk,BKkd->BKGld', p_BKGlk.astype(dt), v_BKkDh,
-          preferred_element_type=jnp.float32)
-      return (m_new, z_BKGl * corr + p_BKGlk.sum(-1), acc_BKGlDh), None
-
-    init = (jnp.full((B, K, G, l), _NEG, jnp.float32), jnp.zeros((B, K, G, l), jnp.float32),
-            jnp.zeros((B, K, G, l, Dh), jnp.float32))
-    (_, z_BKGl, acc_BKGlDh), _ = jax.lax.scan(step, init, jnp.arange(n_kb))
-    return (acc_BKGlDh / jnp.maximum(z_BKGl, 1e-30)[..., None]).astype(dt)
-
-  outs = []
-  n_all = (S + pad) // kb
-  for q0 in range(0, L, qb):
-    q1 = min(q0 + qb, L)
-    n_kb = min(-(-q1 // kb), n_all) if causal else n_all
-    f = jax.checkpoint(functools.partial(query_block, q0=q0, n_kb=n_kb))
-    outs.append(f(q_BKGLDh[:, :, :, q0:q1]))
-  o_BKGLDh = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+  o_BKGLDh = _flash(q_BKGLDh, k_BKSDh, v_BKSDh.astype(q_BKGLDh.dtype), m_BLS, seg_BL,
+                    seg_BS, causal, qb, kb, S)
   return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
 
 
@@ -343,6 +408,7 @@ class Attention(nn.Module):
         y_BLTHd = y_BLTHd + jnp.stack([self.param(
             n + '_bias', nn.with_logical_partitioning(nn.initializers.zeros, a[1:]),
             (heads, Dh), pdt) for n, a in zip(names, axes)]).astype(dt)
+      y_BLTHd = checkpoint_name(y_BLTHd, 'qkv')
       return [y_BLTHd[:, :, i] for i in range(len(names))]
 
     # Self-attention without GQA projects q, k and v in one matmul.
@@ -373,6 +439,7 @@ class Attention(nn.Module):
                         causal=mask_BLS is None, mask_BLS=mask_BLS,
                         seg_BL=None if self.cross else seg_BL, block=c.attn_block,
                         drop=nn.Dropout(c.attn_dropout), train=train)
+    o_BLHDh = checkpoint_name(o_BLHDh, 'context')
     out_std = c.init_std / math.sqrt(2 * c.num_layers)
     wo = self.param('out', _init(out_std, ('heads', 'head_dim', 'embed')),
                     (H, Dh, c.d_model), pdt).astype(dt)
@@ -403,7 +470,7 @@ class Mlp(nn.Module):
       h_BLF = nn.gelu(h_BLF, approximate=True)
     else:  # relu2 (So et al. 2021, Primer).
       h_BLF = jnp.square(nn.relu(h_BLF))
-    h_BLF = _constrain(h_BLF, ('batch', 'length', 'mlp'))
+    h_BLF = checkpoint_name(_constrain(h_BLF, ('batch', 'length', 'mlp')), 'mlp_hidden')
     out_std = c.init_std / math.sqrt(2 * c.num_layers)
     return dense(c.d_model, name='down',
                  kernel_init=_init(out_std, ('mlp', 'embed')),
@@ -447,9 +514,20 @@ class Block(nn.Module):
     return residual(x_BLD, h), new
 
 
+# What each block keeps for the backward pass (model.remat); the rest is
+# recomputed. Names are the checkpoint_name tags in Attention and Mlp.
+_SAVED_NAMES = ('qkv', 'context', 'mlp_hidden')
 _REMAT_POLICIES = {
-    'full': None,  # Recompute everything in the backward pass.
+    'full': None,  # Recompute everything: only the block's input is kept.
+    # Weight matmuls' outputs (not attention's batched ones).
     'save_dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,  # Every matmul's output.
+    # The named projections: q/k/v, attention's context and the MLP hidden layer.
+    'save_proj': jax.checkpoint_policies.save_only_these_names(*_SAVED_NAMES),
+    # The same, moved to host memory between the passes (GPUs and TPUs).
+    'offload': jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=(), names_which_can_be_offloaded=_SAVED_NAMES,
+        offload_src='device', offload_dst='pinned_host'),
 }
 
 

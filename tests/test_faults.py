@@ -135,3 +135,52 @@ def test_divergence_halts_keeping_a_finite_checkpoint(tmp_path, corpus_dir):
   for prev, row in zip(rows, rows[1:]):  # A skipped step leaves the parameters alone.
     if row.get('skipped'):
       assert row['param_norm'] == prev['param_norm'], (prev, row)
+
+
+def _poisoned_build(monkeypatch, at_calls):
+  """train.build whose train_step returns NaN parameters and loss on the given
+  (1-based) calls: a divergence that a particular batch causes."""
+  real_build, calls = train.build, [0]
+
+  def build(*args, **kwargs):
+    t = real_build(*args, **kwargs)
+    step = t.train_step
+
+    def poisoned(state, batch):
+      calls[0] += 1
+      state, m = step(state, batch)
+      if calls[0] in at_calls:
+        nan = lambda x: x * np.nan if np.issubdtype(x.dtype, np.floating) else x  # noqa: E731
+        state = state.replace(params=jax.tree_util.tree_map(nan, state.params))
+        m = {**m, 'loss': m['loss'] * np.nan}
+      return state, m
+    t.train_step = poisoned
+    return t
+  monkeypatch.setattr(train, 'build', build)
+  return calls
+
+
+def test_rollback_restores_the_last_good_checkpoint_and_drops_the_batch(
+    tmp_path, corpus_dir, monkeypatch):
+  c = tiny(corpus_dir, **{'train.steps': 10, 'train.checkpoint_every': 4,
+                          'train.log_every': 1, 'train.on_nonfinite': 'rollback'})
+  calls = _poisoned_build(monkeypatch, {6})  # Diverges at step 6 (after checkpoint 4).
+  msgs = []
+  out = train.train_and_evaluate(c, str(tmp_path / 'run'), log=msgs.append)
+  assert out['step'] == 10 and np.isfinite(out['loss'])
+  assert any('rolled back to step 4' in m for m in msgs), msgs
+  rows = metrics.read(str(tmp_path / 'run'))
+  rb = [r for r in rows if r['kind'] == 'rollback']
+  assert len(rb) == 1 and rb[0]['step'] == 4 and rb[0]['diverged_at'] == 6
+  assert rb[0]['dropped_batches'] == 1  # Step 5's loss was finite: only step 6's batch.
+  train_steps = [r['step'] for r in rows if r['kind'] == 'train']
+  assert train_steps == sorted(set(train_steps)) == list(range(1, 11))  # No step twice.
+  assert calls[0] == 10 + 2  # Steps 5 and 6 ran twice (6 diverged, 5 replayed).
+  # Always diverging: halts after max_rollbacks, keeping the last good checkpoint.
+  c2 = tiny(corpus_dir, **{'train.steps': 10, 'train.checkpoint_every': 2,
+                           'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 2})
+  _poisoned_build(monkeypatch, set(range(5, 100)))
+  with pytest.raises(FloatingPointError, match='after 2 rollbacks'):
+    train.train_and_evaluate(c2, str(tmp_path / 'run2'), log=lambda *_: None)
+  assert json.loads((tmp_path / 'run2' / 'nonfinite.json').read_text())[
+      'last_good_checkpoint'] == 4

@@ -104,7 +104,9 @@ def test_scan_equals_unrolled(name):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('scan,remat', [(True, 'full'), (False, 'save_dots')])
+@pytest.mark.parametrize('scan,remat', [(True, 'full'), (False, 'save_dots'),
+                                        (True, 'dots_saveable'), (True, 'save_proj'),
+                                        (True, 'offload')])
 def test_remat_equals_no_remat(scan, remat):
   base = dataclasses.replace(VARIANTS['llama'], scan_layers=scan)
   params, tokens = _init(base)
@@ -113,6 +115,22 @@ def test_remat_equals_no_remat(scan, remat):
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_remat_policies_trade_memory():
+  """XLA's temporaries of the gradient shrink as the policy keeps less."""
+  m0 = dataclasses.replace(BASE, num_layers=4, max_len=128)
+  tok = jnp.zeros((8, 128), jnp.int32)
+  params = Transformer(m0).init(jax.random.key(0), tok)
+
+  def temp(remat):
+    m = dataclasses.replace(m0, remat=remat)
+    loss = lambda p: Transformer(m).apply(  # noqa: E731
+        p, tok, targets_BL=tok, target_weights_BL=jnp.ones(tok.shape))['nll_sum']
+    return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  full, proj, none = temp('full'), temp('save_proj'), temp('none')
+  assert full < proj < none, (full, proj, none)
 
 
 def test_dropout_is_driven_by_the_rng():
@@ -182,3 +200,51 @@ def test_causality_across_blocks():
   for t in (3, 4, 13):
     changed = tokens.at[:, t].set((tokens[:, t] + 7) % m.vocab_size)
     np.testing.assert_array_equal(f(tokens)[:, :t], f(changed)[:, :t])
+
+
+def _loss_sums(m, params, tokens, z_loss=1e-3):
+  w = (jnp.arange(tokens.shape[1] - 1) % 3 != 0).astype(jnp.float32)[None].repeat(
+      tokens.shape[0], 0)  # Some zero weights, as padding makes.
+
+  def f(p):
+    s = Transformer(m).apply({'params': p}, tokens[:, :-1], targets_BL=tokens[:, 1:],
+                             target_weights_BL=w, z_loss=z_loss)
+    return s['nll_sum'] + s['z_sum'], s
+  return jax.value_and_grad(f, has_aux=True)(params)
+
+
+@pytest.mark.parametrize('tie', [True, False])
+def test_chunked_loss_equals_whole_logits(tie):
+  m = dataclasses.replace(BASE, tie_embeddings=tie, max_len=32)
+  params, _ = _init(m)
+  tokens = jax.random.randint(jax.random.key(3), (2, 27), 0, m.vocab_size)
+  (l0, s0), g0 = _loss_sums(m, params, tokens)
+  (l1, s1), g1 = _loss_sums(dataclasses.replace(m, loss_chunk=8), params, tokens)  # 26 = 3x8+2.
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for k in ('nll_sum', 'z_sum', 'tokens', 'correct'):
+    np.testing.assert_allclose(s1[k], s0[k], rtol=1e-5, err_msg=k)
+  assert float(s0['z_sum']) > 0  # z-loss is on.
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # The logits path agrees with the sums path.
+  logits = Transformer(m).apply({'params': params}, tokens[:, :-1])
+  nll, _, _ = cross_entropy(logits, tokens[:, 1:], jnp.ones(tokens[:, 1:].shape))
+  s = Transformer(m).apply({'params': params}, tokens[:, :-1], targets_BL=tokens[:, 1:],
+                           target_weights_BL=jnp.ones(tokens[:, 1:].shape))
+  np.testing.assert_allclose(s['nll_sum'], nll, rtol=1e-5)
+
+
+def test_chunked_loss_frees_the_logits():
+  """XLA's temporaries of the gradient fall by at least the float32 logits."""
+  m = dataclasses.replace(BASE, vocab_size=4096, max_len=256, num_layers=1)
+  tokens = jnp.zeros((4, 257), jnp.int32)
+  params = Transformer(m).init(jax.random.key(0), tokens[:, :-1])['params']
+
+  def temp(chunk):
+    mc = dataclasses.replace(m, loss_chunk=chunk)
+    f = lambda p: _loss_sums(mc, p, tokens)[1]  # noqa: E731
+    return jax.jit(f).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = 4 * 256 * 4096 * 4
+  whole, chunked = temp(0), temp(32)
+  assert whole - chunked >= logits_bytes, (whole, chunked, logits_bytes)

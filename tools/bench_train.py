@@ -96,6 +96,26 @@ model.scan_layers=False. What limits the rest was not measured (no profile
 was taken in the device time this session had); the xla/exact column reads
 ~0 on GPUs because XLA's cost analysis does not count cuDNN's or Triton's
 custom calls.
+
+Long context on CPU (item 6 of the attention issue), 2026-11-25, this 2-core
+machine, `python -m tools.bench_train --configs=long --attention=A
+--seq_len=L --steps=3`, one process per row ("long": d_model 64, 2 layers, 8
+heads of 8, batch 1, vocab 512, attn_block 128; "temp" is the compiled step's
+XLA temporaries, "RSS" the process's peak resident memory, which also holds
+the JAX runtime and the compiler):
+
+  attention  seq    step_ms  temp MiB  RSS MiB
+  xla        2048     213.1     269.1      972
+  chunked    2048     225.1      39.1      933
+  chunked    8192    2519       159.5     2180
+  xla        8192    2966      3643       8631
+  chunked    8192    4663       189.6     1005   (--attn_block=512)
+
+The step's working memory at 8192 tokens with `chunked` (160 MiB) is below
+`xla`'s at 2048 (269 MiB) and 23x below xla's at 8192. The process peak is
+not: compiling 64 unrolled query blocks costs more than the step (2180 MiB),
+and with 512-token blocks (16 of them) it is 1005 MiB, still a little above
+xla at 2048 (972 MiB, most of it the runtime).
 """
 
 from __future__ import annotations
@@ -115,6 +135,8 @@ _BATCH = flags.DEFINE_integer('batch', 0, 'Global batch override (0: the config\
 _ATTENTION = flags.DEFINE_string('attention', 'xla',
                                  'Comma-separated model.attention paths, each benchmarked.')
 _LOSS_CHUNK = flags.DEFINE_integer('loss_chunk', 0, 'model.loss_chunk (0: whole logits).')
+_SEQ = flags.DEFINE_integer('seq_len', 0, 'Sequence length override (0: the config\'s).')
+_BLOCK = flags.DEFINE_integer('attn_block', 128, 'model.attn_block (query/key block length).')
 _REMAT = flags.DEFINE_string('remat', 'none', 'model.remat policy.')
 _KEEP = flags.DEFINE_bool('keep_freed_memory', True,
                           'lm/host.py\'s allocator setting, as the entry points apply it; '
@@ -127,6 +149,7 @@ CONFIGS = {
     'tiny': (128, 2, 4, 128, 32, 512),
     'small': (256, 4, 4, 256, 16, 512),
     'medium': (512, 6, 8, 512, 8, 512),
+    'long': (64, 2, 8, 2048, 1, 512),  # Many small heads: attention memory dominates.
     'gpt2_small': (768, 12, 12, 1024, 8, 50304),
     'gpt2_medium': (1024, 24, 16, 1024, 8, 50304),
 }
@@ -156,17 +179,18 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
 
 def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
           batch: int = 0, attention: str = 'xla', loss_chunk: int = 0,
-          remat: str = 'none') -> dict:
+          remat: str = 'none', seq_len: int = 0, attn_block: int = 128) -> dict:
   import jax
   import numpy as np
 
   from lm import config as config_lib
   from lm import flops, train
   d, layers, heads, L, B, V = CONFIGS[name]
+  L = seq_len or L
   sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
   cd = {'model': dict(vocab_size=V, d_model=d, num_layers=layers, num_heads=heads,
                       max_len=L, position='learned', activation='gelu', dtype=dtype,
-                      scan_layers=scan, attention=attention, loss_chunk=loss_chunk,
+                      scan_layers=scan, attention=attention, loss_chunk=loss_chunk, attn_block=attn_block,
                       remat=remat),
         'data': dict(seq_len=L), 'opt': dict(warmup_steps=10),
         'train': dict(batch_size=batch or B, steps=1000, progress=False),
@@ -207,12 +231,15 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
-  stats = jax.devices()[0].memory_stats() or {}  # GPU/TPU: the allocator's peak.
+  stats = jax.devices()[0].memory_stats() or {}
+  # GPU/TPU: the allocator's peak; CPU: the process's peak resident memory
+  # (ru_maxrss, KiB; over the whole process, so run one config per process).
   peak_mb = stats.get('peak_bytes_in_use', 0) / 2 ** 20
+  peak_mb = peak_mb or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10
   dt = statistics.median(times)
   fl = flops.train_flops_per_token(m, L, 'exact') * B * L
   return {'config': name, 'attention': attention, 'temp MiB': temp_mb,
-          'peak MiB': peak_mb if peak_mb else '-', 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
+          'seq': L, 'peak MiB': peak_mb, 'devices': mesh.size, 'params': flops.param_counts(m)['total'],
           'tokens/step': B * L,
           'step_ms': dt * 1e3, 'tokens/s': B * L / dt, 'GFLOP/step': fl / 1e9,
           'xla/exact': xla_flops * mesh.size / fl, 'GFLOP/s': fl / dt / 1e9,  # XLA: per device.
@@ -230,7 +257,7 @@ def main(argv):
         f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
   from lm import flops
   sheet = flops.peak_flops(dev.device_kind, _DTYPE.value, 'tpu')  # The table only.
-  cols = ['config', 'attention', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s',
+  cols = ['config', 'attention', 'seq', 'devices', 'params', 'tokens/step', 'step_ms', 'tokens/s',
           'GFLOP/step', 'xla/exact', 'GFLOP/s', 'peak GFLOP/s', 'MFU']
   cols += ['MFU sheet'] if sheet else []
   cols += ['temp MiB', 'peak MiB', 'faults/step']
@@ -240,7 +267,7 @@ def main(argv):
   for name, attention in runs:
     before, _ = measure_peak(_DTYPE.value)
     r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value, _MESH.value, _BATCH.value,
-              attention, _LOSS_CHUNK.value, _REMAT.value)
+              attention, _LOSS_CHUNK.value, _REMAT.value, _SEQ.value, _BLOCK.value)
     # The peak is the best the machine showed around this config: one window
     # on a shared machine can read 25% low and would inflate MFU.
     peak = max(before, measure_peak(_DTYPE.value)[0])
