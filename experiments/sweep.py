@@ -61,7 +61,8 @@ def main(argv):
     if _REPORT.value:
       path = report.write_report(cd, wd)
       print(f'report: {path}')
-  except (config_lib.ConfigError, scaling.FitError, workdir.LockError) as e:
+  except (config_lib.ConfigError, scaling.FitError, workdir.LockError,
+          workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except workdir.Preempted as e:  # The run in progress checkpointed; rerun to continue.

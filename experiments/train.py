@@ -32,7 +32,7 @@ def main(argv):
                               _TIMEOUT.value)
     out = train.train_and_evaluate(cfg, _WORKDIR.value)
   except (config_lib.ConfigError, train.CheckpointError, classify.LabelError,
-          workdir.LockError) as e:
+          workdir.LockError, workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except workdir.Preempted as e:  # Checkpointed: rerunning the command continues.

@@ -178,6 +178,15 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
   return out['state']
 
 
+class Diverged(Exception):
+  """A non-finite loss or parameters at `step` under train.on_nonfinite=rollback:
+  the loop restores the last good checkpoint instead of halting."""
+
+  def __init__(self, step: int, why: str):
+    super().__init__(f'{why} at step {step}')
+    self.step, self.why = step, why
+
+
 def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str) -> None:
   """Records a divergence in <workdir>/nonfinite.json and stops the run."""
   if jax.process_index() == 0:
@@ -197,9 +206,11 @@ def _finite(params, loss) -> jax.Array:
 
 def save(c: Config, mngr, step: int, state: Any, m: dict, data_iter, workdir: str) -> None:
   """Checkpoints only finite parameters (and, unless skipping, a finite loss)."""
-  loss = m['loss'] if c.train.on_nonfinite == 'halt' else jnp.zeros(())
+  loss = m['loss'] if c.train.on_nonfinite != 'skip' else jnp.zeros(())
   if not bool(_finite(state.params, loss)):
     mngr.wait_until_finished()
+    if c.train.on_nonfinite == 'rollback':
+      raise Diverged(step, 'non-finite loss or parameters')
     halt(workdir, step, float(m['loss']), mngr.latest_step(),
          'non-finite loss or parameters')
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

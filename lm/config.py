@@ -25,7 +25,7 @@ _TOKENIZER_FILES = {'sentencepiece': 'a SentencePiece .model file',
                     'hf': 'a Hugging Face tokenizer.json file'}
 WD_EXCLUDE = ('norm', 'bias', 'embedding')
 MESH_AXES = ('data', 'fsdp', 'tensor')
-NONFINITE = ('halt', 'skip')
+NONFINITE = ('halt', 'skip', 'rollback')
 # FLOP conventions (lm/flops.py defines them; listed here so config needs no flops import).
 CONVENTIONS = ('6N', '6N_with_head', 'kaplan', 'chinchilla', 'exact')
 
@@ -155,8 +155,9 @@ class TrainConfig:
   progress: bool = True  # Show a progress bar.
   objective: str = ''  # lm/objectives table; '' = from data.label_key/target_key and the family.
   require_init_from: bool = False  # Fine-tuning configs: refuse to train from scratch.
-  on_nonfinite: str = 'halt'  # NaN/inf loss: halt (keep the last finite checkpoint) | skip.
+  on_nonfinite: str = 'halt'  # NaN/inf loss: halt (keep the last finite checkpoint) | skip | rollback.
   max_skips: int = 10  # on_nonfinite=skip: halt after this many skipped steps in a row.
+  max_rollbacks: int = 3  # on_nonfinite=rollback: halt after this many rollbacks in one process.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,6 +516,7 @@ def _validate_train(c: Config) -> None:
                '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
   _choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
   _positive('train.max_skips', t.max_skips)
+  _positive('train.max_rollbacks', t.max_rollbacks)
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)

@@ -125,6 +125,7 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
   one per cluster job, lock their own run directories instead). A run stopped
   by SIGTERM/SIGINT checkpoints and the sweep stops (workdir.Preempted): rerun
   it to continue where it was."""
+  workdir_lib.check_writable(workdir, 'the sweep directory')
   if only:
     return _run_all(cd, workdir, only, log)
   with workdir_lib.lock(workdir, 'sweep', log):

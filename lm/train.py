@@ -291,7 +291,7 @@ class _Progress:
   def __init__(self, c: Config, workdir: str, writer, start: int, flops_per_step: float,
                peak_total: float, last_good):
     self.c, self.workdir, self.writer, self.last_good = c, workdir, writer, last_good
-    self.skips = 0
+    self.skips, self.last_finite = 0, start
     self.tokens_per_step = c.train.batch_size * c.data.seq_len
     self.flops_per_step, self.peak_total = flops_per_step, peak_total
     self.t_last, self.step_last, self.pending = time.perf_counter(), start, None
@@ -313,7 +313,10 @@ class _Progress:
            f'{self.skips} steps in a row had a non-finite loss or gradient '
            f'(train.max_skips={self.c.train.max_skips})')
     if not math.isfinite(m['loss']) and not m.get('skipped'):
+      if self.c.train.on_nonfinite == 'rollback':
+        raise ckpt_lib.Diverged(step, f'loss is {m["loss"]}')
       ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), f'loss is {m["loss"]}')
+    self.last_finite = step
     now = time.perf_counter()
     dt = (now - self.t_last) / max(step - self.step_last, 1)
     self.t_last, self.step_last = now, step
@@ -366,6 +369,33 @@ def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: b
   return state
 
 
+def _rollback(c: Config, t: Trainer, mngr, data_iter, writer, progress: _Progress,
+              discard: dict, e: 'ckpt_lib.Diverged', rollbacks: int, workdir: str, log):
+  """Restores the last good checkpoint (state and data position) and drops the
+  batches between the last finite logged loss and the divergence, which the
+  replay then never sees; halts after train.max_rollbacks."""
+  good = mngr.latest_step()
+  if good is None or rollbacks > c.train.max_rollbacks:
+    ckpt_lib.halt(workdir, e.step, float('nan'), good,
+                  f'{e.why} after {rollbacks - 1} rollbacks (train.max_rollbacks='
+                  f'{c.train.max_rollbacks})' if good is not None else e.why)
+  mngr.wait_until_finished()
+  state = ckpt_lib.restore(mngr, t.abstract, t.shardings, data_iter)
+  first_bad = max(progress.last_finite, good)
+  discard[first_bad] = discard.get(first_bad, 0) + e.step - first_bad
+  if jax.process_index() == 0:
+    workdir_lib.truncate_metrics(workdir, good)
+  writer.write(good, 'rollback', {'diverged_at': e.step, 'why': e.why,
+                                  'dropped_batches': e.step - first_bad,
+                                  'rollbacks': rollbacks})
+  log(f'{e.why} at step {e.step}: rolled back to step {good}, dropping the batches of '
+      f'steps {first_bad + 1}-{e.step} (rollback {rollbacks} of at most '
+      f'{c.train.max_rollbacks})')
+  progress.pending, progress.skips, progress.last_finite = None, 0, good
+  progress.step_last = good
+  return state, good
+
+
 def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
                        log=print, devices=None) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns the final eval metrics.
@@ -378,6 +408,9 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   the loop early after that many steps (to test resumption); `devices`
   restricts the mesh to some devices (default: all).
   """
+  workdir_lib.check_writable(workdir, 'the workdir')
+  workdir_lib.check_writable(data_lib.cache_root(c.data),
+                             'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
   c, tok, objective, loaded = resolve(c)
   resume = ckpt_lib.check_workdir(workdir, c)
   src = check_init_from(c) if c.init_from and not resume else None
@@ -419,31 +452,41 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
     progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
                          mngr.latest_step)
-    last_eval = {}
+    last_eval, rollbacks, discard, step = {}, 0, {}, start
     try:
-      for step in range(start, end):
-        state, m = t.train_step(state, t.to_global(next(data_iter)))
-        progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
-        done = step + 1
-        if done % c.train.log_every == 0 or done == end:
-          progress.pending = (done, m)
-        if progress.bar is not None:
-          progress.bar.update(1)
-        if done % c.train.eval_every == 0 or done == c.train.steps:
+      while True:
+        try:
+          while step < end:
+            for _ in range(discard.pop(step, 0)):  # Batches a rollback skips.
+              next(data_iter)
+            state, m = t.train_step(state, t.to_global(next(data_iter)))
+            progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
+            done = step = step + 1
+            if done % c.train.log_every == 0 or done == end:
+              progress.pending = (done, m)
+            if progress.bar is not None:
+              progress.bar.update(1)
+            if done % c.train.eval_every == 0 or done == c.train.steps:
+              progress.flush()
+              last_eval = _evaluate(t, state.params, data.evals, writer, done)
+              if progress.bar is not None:
+                h = objective.headline
+                progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
+                                   f'{h} {last_eval[h]:.4f}')
+            signame = preemption.signame or (
+                'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
+            if (done % c.train.checkpoint_every == 0 or done == end or signame
+                or done in c.train.extra_checkpoints):
+              ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
+            if signame and done < end:
+              progress.close()
+              raise workdir_lib.Preempted(done, signame, workdir)
           progress.flush()
-          last_eval = _evaluate(t, state.params, data.evals, writer, done)
-          if progress.bar is not None:
-            h = objective.headline
-            progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
-                               f'{h} {last_eval[h]:.4f}')
-        signame = preemption.signame or (
-            'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
-        if (done % c.train.checkpoint_every == 0 or done == end or signame
-            or done in c.train.extra_checkpoints):
-          ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
-        if signame and done < end:
-          progress.close()
-          raise workdir_lib.Preempted(done, signame, workdir)
+          break
+        except ckpt_lib.Diverged as e:  # train.on_nonfinite=rollback.
+          rollbacks += 1
+          state, step = _rollback(c, t, mngr, data_iter, writer, progress, discard, e,
+                                  rollbacks, workdir, log)
       progress.close()
       if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
         final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]

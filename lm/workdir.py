@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): interrupted, rerun to continue.
@@ -42,6 +43,29 @@ class Preempted(Exception):
     super().__init__(f'{signame} at step {step}: checkpoint written in {workdir}; rerun the '
                      'same command to continue')
     self.step, self.signame = step, signame
+
+
+class NotWritable(RuntimeError):
+  """A directory the run must write to is not writable (or not a directory)."""
+
+
+def check_writable(path: str, what: str) -> None:
+  """Raises NotWritable, naming `what` and `path`, unless `path` is (or can be
+  created as) a writable directory. Checked before anything is prepared, so a
+  read-only workdir or cache fails in one line instead of an OSError mid-run."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):  # The nearest existing ancestor must take a mkdir.
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise NotWritable(f'{what} {path!r} cannot be a directory: {probe!r} is a file; '
+                      'choose another path')
+  try:  # Try it (permission bits say nothing to root or of read-only mounts).
+    fd, tmp = tempfile.mkstemp(prefix='.lm_probe', dir=probe)
+    os.close(fd)
+    os.remove(tmp)
+  except OSError as e:
+    raise NotWritable(f'{what} {path!r} is not writable ({probe!r}: {e.strerror}); '
+                      'choose a writable path') from None
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -3,12 +3,13 @@
 import csv
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 
 from lm import config as config_lib
-from lm import flops, plan, sweep
+from lm import flops, metrics, plan, sweep, workdir
 from lm.config import ConfigError, ModelConfig
 from tests.helpers import tiny_cd
 
@@ -86,21 +87,46 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
     return real(c, workdir, **kw)
 
   monkeypatch.setattr(train, 'train_and_evaluate', flaky)
+  # A real SIGTERM (as a preempted VM gets) during the 4th run's 3rd step.
+  real_build, preempted = train.build, runs[3].name
+
+  def build(c, *args, **kwargs):
+    t = real_build(c, *args, **kwargs)
+    if c.name == preempted:
+      step, calls = t.train_step, [0]
+
+      def signalled(state, batch):
+        calls[0] += 1
+        if calls[0] == 3:
+          os.kill(os.getpid(), signal.SIGTERM)  # The loop's handler catches it.
+        return step(state, batch)
+      t.train_step = signalled
+    return t
+
+  monkeypatch.setattr(train, 'build', build)
   logs = []
-  res = sweep.run_all(cd, wd, log=logs.append)
-  assert [r['status'] for r in res].count('failed') == 1
+  with pytest.raises(workdir.Preempted):
+    sweep.run_all(cd, wd, log=logs.append)
   assert any('2/6 done, 4 left, ETA' in line and 'simulated crash' in line for line in logs)
-  # Rerun: finished runs are skipped, the failed one is retried (and now works).
+  assert any(f'stopped during {preempted}' in line for line in logs), logs
+  pdir = os.path.join(wd, 'runs', preempted)
+  assert os.listdir(os.path.join(pdir, 'checkpoints')) == ['3']  # Checkpointed at the signal.
+  assert not os.path.exists(os.path.join(pdir, 'result.json'))
+  assert not os.path.exists(os.path.join(wd, 'runs', runs[4].name))  # The sweep stopped.
+  # Rerun: finished runs are skipped, the failed one is retried (and now works),
+  # the preempted one continues from its checkpoint, then the rest run.
   monkeypatch.setattr(train, 'train_and_evaluate', real)
+  monkeypatch.setattr(train, 'build', real_build)
   logs2 = []
   res2 = sweep.run_all(cd, wd, log=logs2.append)
   assert all(r['status'] == 'done' for r in res2)
-  assert sum('[sweep] ' in line and '/6 done' in line for line in logs2) == 1
+  assert sum('[sweep] ' in line and '/6 done' in line for line in logs2) == 4
+  steps = [r['step'] for r in metrics.read(pdir, 'train')]
+  assert steps == sorted(set(steps))  # No step twice after the resume.
   # Killed after its last checkpoint, before result.json: recorded as done on
   # rerun from its final eval, without training again.
   lost = runs[2].name
   os.remove(os.path.join(wd, 'runs', lost, 'result.json'))
-  from lm import metrics
   n_rows = len(metrics.read(os.path.join(wd, 'runs', lost), 'train'))
   n_evals = len(metrics.read(os.path.join(wd, 'runs', lost), 'eval'))
   res3 = sweep.run_all(cd, wd, log=lambda *_: None)
@@ -186,7 +212,6 @@ def test_count_table_and_strict_fit_columns():
 
 def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   """Branches start from the stable run's checkpoint and only add the cooldown."""
-  from lm import metrics
   cd = _sweep_cd(corpus_dir)
   cd.sweep = dict(design='wsd', convention='exact', params=[6000.0], tokens=[2560.0, 5120.0],
                   aspect=8, head_dim=8, cooldown_fraction=0.25, evals_per_run=2)
