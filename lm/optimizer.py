@@ -17,9 +17,9 @@ def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
   wsd (warmup-stable-decay, Hägele et al. 2024): constant until the last
   cooldown_fraction of training, then a linear or 1-sqrt cooldown.
   """
-  peak, floor = o.lr, o.lr * o.min_lr_ratio
+  peak, floor = o.lr, o.lr * o.min_lr_ratio  # lr and total_steps may be traced (lm/pack.py).
   warm = max(o.warmup_steps, 0)
-  decay_steps = max(total_steps - warm, 1)
+  decay_steps = jnp.maximum(total_steps - warm, 1)
 
   def lr(step):
     step = jnp.asarray(step, jnp.float32)
@@ -34,7 +34,7 @@ def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
     elif o.schedule == 'inverse_sqrt':
       after = peak * jnp.sqrt(max(warm, 1) / jnp.maximum(step, max(warm, 1)))
     elif o.schedule == 'wsd':
-      cool = max(int(round(o.cooldown_fraction * total_steps)), 1)
+      cool = jnp.maximum(jnp.round(o.cooldown_fraction * total_steps), 1)
       start = total_steps - cool
       u = jnp.clip((step - start) / cool, 0.0, 1.0)
       frac = u if o.cooldown_shape == 'linear' else jnp.sqrt(u)

@@ -1,12 +1,21 @@
 """Eight fake CPU devices for sharding, a private data cache, a small corpus."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=8'
                            # Faster compiles; tests compare runs, not speed.
                            + ' --xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent compilation cache for the test run (both workers and the CLI
+# subprocesses they start): resumed runs, restarts and repeated shapes load
+# their executables instead of compiling again.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), 'lm_tests_jax_cache_' + os.environ.get(
+        'PYTEST_XDIST_TESTRUNUID', str(os.getpid()))))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # noqa: E402
 

@@ -73,8 +73,13 @@ def _rel(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
 
 
-@pytest.mark.parametrize('case', list(CASES))
-@pytest.mark.parametrize('path', PATHS)
+# pallas hands masks it cannot take (padding, cross-attention, decode) to
+# chunked, which is tested on those cases already.
+_PAIRS = [(p, c) for p in PATHS for c in CASES
+          if p != 'pallas' or c in ('causal', 'causal_gqa_segments', 'bidirectional_segments')]
+
+
+@pytest.mark.parametrize('path,case', _PAIRS)
 def test_paths_agree_with_xla_float32(path, case):
   o_ref, g_ref = _run('xla', case, jnp.float32)
   o, g = _run(path, case, jnp.float32)

@@ -1,0 +1,65 @@
+"""Packed training (lm/pack.py): each member trains as its own single run."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from lm import optimizer as opt_lib
+from lm import pack, train
+from lm.model import Transformer
+from tests.helpers import tiny
+
+
+def _member_configs():
+  base = tiny(**{'data.document_mask': False, 'train.steps': 6})
+  out = []
+  for k, (lr, steps, seed) in enumerate([(1e-2, 6, 0), (3e-3, 6, 1), (2e-2, 3, 2)]):
+    out.append(dataclasses.replace(
+        base, name=f'm{k}', opt=dataclasses.replace(base.opt, lr=lr),
+        train=dataclasses.replace(base.train, steps=steps, seed=seed)))
+  return [train.resolve_vocab(c, 259) for c in out]
+
+
+def _single_run(c, batches):
+  model = Transformer(c.model)
+  tx = opt_lib.make(c.opt, c.train.steps)
+  state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(
+      jax.random.key(c.train.seed))
+  step = jax.jit(train.make_train_step(c, model, tx))
+  losses = []
+  for b in batches[:c.train.steps]:
+    state, m = step(state, b)
+    losses.append(float(m['loss']))
+  return losses, state
+
+
+def test_members_train_as_their_single_runs():
+  configs = _member_configs()
+  rng = np.random.default_rng(0)
+  batches = [[{'tokens': rng.integers(0, 256, (8, 17)).astype(np.int32)} for _ in range(6)]
+             for _ in configs]
+  p = pack.Pack(tuple(configs))
+  step, state, scal = pack.make_step(p), pack.init(p), p.scalars()
+  packed = []
+  for i in range(6):
+    state, m = step(state, pack.stack_batches([b[i] for b in batches]), scal)
+    packed.append(np.asarray(m['loss']))
+  packed = np.stack(packed, axis=1)  # K x steps
+  for k, c in enumerate(configs):
+    losses, single = _single_run(c, batches[k])
+    np.testing.assert_allclose(packed[k, :c.train.steps], losses, rtol=1e-5)
+    mine = pack.member(state, k)
+    assert int(mine.step) == c.train.steps  # The 3-step member stopped at 3.
+    for a, b in zip(jax.tree_util.tree_leaves(mine.params),
+                    jax.tree_util.tree_leaves(single.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)  # Noise on ~0 leaves (key bias).
+
+
+def test_pack_refuses_members_of_another_shape():
+  a, b = _member_configs()[:2]
+  b = dataclasses.replace(b, model=dataclasses.replace(b.model, d_model=64))
+  with pytest.raises(ValueError, match='model.d_model'):
+    pack.Pack((a, b))
