@@ -87,6 +87,9 @@ paths, so its peak column is the largest of them, 28.2 GB).
   gpt2_medium  pallas       scan    16     256         164.6     99,510   29.6%  23.1%  28.5      32.5
   gpt2_medium  xla          scan     8     256         153.0     53,540   16.0%  12.4%  29.2      33.2
 
+The chunked rows ran the first version of that path (a checkpointed scan per
+query block, commit 3ea13ce); its custom-VJP version (FlashAttention-2's
+backward) came after the device time was spent and was not run on the GPU.
 gpt2_medium (355M) with xla attention at batch 16 and whole logits ran out of
 memory (one 59.4 GiB temporary). The issue's goal of 50% MFU for the ~350M
 config is not met: 41.7% of the measured peak (32.3% of the data sheet) is the
