@@ -12,6 +12,7 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
 import json
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,8 +60,10 @@ def main(argv):
     print(f'results: {os.path.join(wd, "results.csv")} ({len(rows)} runs, '
           f'{sum(r["status"] == "done" for r in rows)} done)')
     if _REPORT.value:
+      t0 = time.perf_counter()
       path = report.write_report(cd, wd)
-      print(f'report: {path}')
+      print(f'report: {path} (fits and report in {time.perf_counter() - t0:.0f} s; where the '
+            'time went: its "Where the time went" section)')
   except (config_lib.ConfigError, scaling.FitError, workdir.LockError,
           workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)

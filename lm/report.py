@@ -12,9 +12,11 @@ and experiments/sweep.py.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
+import time
 from typing import Any
 
 import matplotlib
@@ -99,10 +101,12 @@ def write_report(cd, workdir: str) -> str:
   out_dir = os.path.join(workdir, 'report')
   os.makedirs(out_dir, exist_ok=True)
   _runs_table(t, excluded)
+  t_fit = time.perf_counter()
   _approach1(t)
   a2, tokens_for = _approach2(t)
   grid = _approach3(t)
   _held_out(t, a2, tokens_for, grid)
+  _wall_time(t, time.perf_counter() - t_fit)
   t.md += ['## Figures', '']
   for fname, fig in t.figures:
     fig.tight_layout()
@@ -113,6 +117,26 @@ def write_report(cd, workdir: str) -> str:
   path = os.path.join(out_dir, 'report.md')
   write_atomic(path, '\n'.join(t.md) + '\n')
   return path
+
+
+def _wall_time(t: _Table, fit_s: float) -> None:
+  """Where the sweep's time went: the runs' recorded parts, and the fits."""
+  recs = []
+  for path in sorted(glob.glob(os.path.join(t.workdir, 'runs', '*', 'result.json'))):
+    with open(path) as f:
+      recs.append(json.load(f))
+  parts = sweep.wall_breakdown(recs)
+  parts['fits (this report)'] = fit_s
+  total = sum(parts.values()) or 1.0
+  t.md += ['## Where the time went', '',
+           f'Summed over the {sum(1 for r in recs if r.get("wall"))} runs that recorded it '
+           '(a resumed run records its last process only). compile: the first train '
+           'step\'s call; train: dispatching steps and waiting for the device; eval and '
+           'checkpoint include their own compilation and writes; setup: config, data, '
+           'model build, init or restore; other: process and sweep overhead.', '',
+           '| part | seconds | share |', '|---|---|---|']
+  t.md += [f'| {k} | {v:.1f} | {100 * v / total:.0f}% |' for k, v in parts.items()]
+  t.md.append('')
 
 
 def _runs_table(t: _Table, excluded: list[dict]) -> None:

@@ -162,7 +162,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log) -> lis
       out = train.train_and_evaluate(c, rdir, log=lambda *_: None)
       h = out['objective'].headline
       rec = {'status': 'done', 'final_loss': out['loss'], 'headline': h,
-             'final_headline': out[h]}
+             'final_headline': out[h], 'wall': out['wall']}
     except workdir_lib.Preempted:
       log(f'[sweep] stopped during {r.name} (checkpointed); rerun to continue')
       raise
@@ -182,7 +182,32 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log) -> lis
         + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
            f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s)')
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
+  log('[sweep] ' + wall_line(wall_breakdown(results)))
   return results
+
+
+WALL_PARTS = ('setup', 'compile', 'data', 'train', 'eval', 'checkpoint', 'other')
+
+
+def wall_breakdown(results: list[dict]) -> dict[str, float]:
+  """Seconds per part summed over the runs that recorded one; 'other' is each
+  run's wall time outside train_and_evaluate's parts (process and Python
+  overhead, the sweep's own bookkeeping)."""
+  out = dict.fromkeys(WALL_PARTS, 0.0)
+  for r in results:
+    w = r.get('wall')
+    if not w:
+      continue
+    for k, v in w.items():
+      out[k] += v
+    out['other'] += max(r.get('wall_s', 0.0) - sum(w.values()), 0.0)
+  return out
+
+
+def wall_line(parts: dict[str, float]) -> str:
+  total = sum(parts.values()) or 1.0
+  return 'wall time of the runs: ' + ', '.join(
+      f'{k} {v:.0f} s ({100 * v / total:.0f}%)' for k, v in parts.items() if v or k == 'train')
 
 
 def _start_branch(workdir: str, r: plan.Run) -> None:

@@ -411,6 +411,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   workdir_lib.check_writable(workdir, 'the workdir')
   workdir_lib.check_writable(data_lib.cache_root(c.data),
                              'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
+  t_start = time.perf_counter()
   c, tok, objective, loaded = resolve(c)
   resume = ckpt_lib.check_workdir(workdir, c)
   src = check_init_from(c) if c.init_from and not resume else None
@@ -425,11 +426,11 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
       src = check_init_from(c) if c.init_from and not resume else None
-    return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log)
+    return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start)
 
 
 def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
-           src: Config | None, stop_at: int | None, log) -> dict[str, Any]:
+           src: Config | None, stop_at: int | None, log, t_start: float) -> dict[str, Any]:
   pidx, pcount = jax.process_index(), jax.process_count()
   if pidx == 0:
     workdir_lib.write_atomic(os.path.join(workdir, 'config.json'),
@@ -452,6 +453,12 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
     progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
                          mngr.latest_step)
+    # Where the wall time goes (returned as 'wall', seconds): setup (config,
+    # data, build, init or restore), compile (the first step's call), data,
+    # train (dispatch and waiting for the device), eval, checkpoint.
+    wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
+    t_loop = time.perf_counter()
+    wall['setup'] = t_loop - t_start
     last_eval, rollbacks, discard, step = {}, 0, {}, start
     try:
       while True:
@@ -459,7 +466,13 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
           while step < end:
             for _ in range(discard.pop(step, 0)):  # Batches a rollback skips.
               next(data_iter)
-            state, m = t.train_step(state, t.to_global(next(data_iter)))
+            t0 = time.perf_counter()
+            batch = t.to_global(next(data_iter))
+            t1 = time.perf_counter()
+            state, m = t.train_step(state, batch)
+            wall['data'] += t1 - t0
+            if step == start:
+              wall['compile'] += time.perf_counter() - t1
             progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
             done = step = step + 1
             if done % c.train.log_every == 0 or done == end:
@@ -468,7 +481,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               progress.bar.update(1)
             if done % c.train.eval_every == 0 or done == c.train.steps:
               progress.flush()
+              t0 = time.perf_counter()
               last_eval = _evaluate(t, state.params, data.evals, writer, done)
+              wall['eval'] += time.perf_counter() - t0
               if progress.bar is not None:
                 h = objective.headline
                 progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
@@ -477,7 +492,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                 'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
             if (done % c.train.checkpoint_every == 0 or done == end or signame
                 or done in c.train.extra_checkpoints):
+              t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
+              wall['checkpoint'] += time.perf_counter() - t0
             if signame and done < end:
               progress.close()
               raise workdir_lib.Preempted(done, signame, workdir)
@@ -493,8 +510,13 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
         last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
                      if final else _evaluate(t, state.params, data.evals, writer, end))
     finally:
+      t0 = time.perf_counter()
       mngr.wait_until_finished()  # Never leave a save half-written on the way out.
+      wall['checkpoint'] += time.perf_counter() - t0
       writer.close()
   mngr.close()
-  return {'step': end, **last_eval, 'params': flops_lib.param_counts(c.model)['total'],
+  loop = time.perf_counter() - t_loop
+  wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')),
+                      0.0)
+  return {'step': end, **last_eval, 'wall': wall, 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}

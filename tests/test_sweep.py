@@ -157,6 +157,15 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   # report says what it found (test_scaling checks the fit on known data).
   assert "k' = " in text or 'is not convex' in text
   assert 'Poorly constrained' in text  # 6 points cannot pin down 5 parameters.
+  # Where the time went: every part recorded, the shares add up.
+  assert any(line.startswith('[sweep] wall time of the runs: setup') for line in logs2)
+  w = json.load(open(os.path.join(wd, 'runs', runs[5].name, 'result.json')))['wall']
+  assert set(w) == {'setup', 'compile', 'data', 'train', 'eval', 'checkpoint'}
+  assert w['compile'] > 0 and w['train'] > 0 and w['setup'] > 0
+  section = text.split('## Where the time went')[1].split('##')[0]
+  shares = [int(x.split('|')[3].strip()[:-1]) for x in section.splitlines() if x.count('|') == 4
+            and x.split('|')[3].strip().endswith('%')]
+  assert len(shares) == 8 and 97 <= sum(shares) <= 103, section
   pngs = ['loss_vs_flops.png', 'parametric.png']
   pngs += ['isoflop.png', 'optimal_vs_compute.png'] if "k' = " in text else []
   for png in pngs:
