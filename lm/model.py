@@ -150,6 +150,9 @@ def attention_xla(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: boo
     outs = []
     for q0, q1 in attn_blocks(L, block):
       bias = causal_bias(q0, q1)
+      if mask_BLS is not None:  # An explicit mask as well (no caller in lm passes both).
+        rows = mask_BLS if mask_BLS.shape[1] == 1 else mask_BLS[:, q0:q1]
+        bias = bias + mask_bias(rows[:, :, :q1])
       if seg_BL is not None:
         bias = bias + mask_bias(seg_BL[:, q0:q1, None] == seg_BL[:, None, :q1])
       outs.append(attend(q_BKGLDh[:, :, :, q0:q1], k_BKSDh[:, :, :q1], v_BKSDh[:, :, :q1],
@@ -318,16 +321,19 @@ def attention_pallas(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: 
   decode masks) runs the `chunked` path."""
   B, L, H, Dh = q_BLHDh.shape
   K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
-  if mask_BLS is not None or S != L or L % 16:
+  if mask_BLS is not None or S != L or L % 16:  # The kernel's blocks must divide L.
     return attention_chunked(q_BLHDh, k_BKSDh, v_BKSDh, causal=causal, mask_BLS=mask_BLS,
                              seg_BL=seg_BL, block=block)
   from jax.experimental.pallas.ops.gpu import attention as pallas_attention
   k_BSHDh = jnp.repeat(k_BKSDh.transpose(0, 2, 1, 3), H // K, axis=2)
   v_BSHDh = jnp.repeat(v_BKSDh.transpose(0, 2, 1, 3), H // K, axis=2)
-  b = min(128, L)
-  sizes = pallas_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=min(32, L),
-                                      block_kv_dkv=min(32, L), block_q_dq=min(32, L),
-                                      block_kv_dq=min(32, L))
+  b = 128
+  while L % b:  # The largest power of two <= 128 dividing L (>= 16).
+    b //= 2
+  small = min(32, b)
+  sizes = pallas_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=small,
+                                      block_kv_dkv=small, block_q_dq=small,
+                                      block_kv_dq=small)
   return pallas_attention.mha(
       q_BLHDh, k_BSHDh, v_BSHDh, None if seg_BL is None else seg_BL.astype(jnp.int32),
       sm_scale=1.0 / math.sqrt(Dh), causal=causal, block_sizes=sizes,

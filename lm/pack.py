@@ -40,19 +40,31 @@ class Pack:
   """K configs trained together: the shared shape and the per-member scalars."""
   configs: tuple[Config, ...]
 
+  # What may differ between members; everything else must be equal, since
+  # the step is built from the first member's config.
+  PER_MEMBER = {'name': None, 'opt': ('lr',), 'train': ('seed', 'steps'),
+                'data': ('shuffle_seed',)}
+
   def __post_init__(self):
-    from lm import config as config_lib
-    first = self.configs[0]
+    def shared(c: Config) -> Config:
+      out = dataclasses.replace(c, name='')
+      for section, fields in self.PER_MEMBER.items():
+        if fields:
+          sec = getattr(c, section)
+          out = dataclasses.replace(out, **{section: dataclasses.replace(
+              sec, **{f: getattr(self.configs[0], section).__getattribute__(f)
+                      for f in fields})})
+      return out
+
+    first = shared(self.configs[0])
     for c in self.configs[1:]:
-      diff = config_lib.kind_diff(first, c, (config_lib.ARCH, config_lib.HEAD,
-                                             config_lib.FIXED))
-      if diff:
-        raise ValueError(f'members of a pack share their shape; {c.name} differs: '
-                         + '; '.join(diff))
-      for f in ('schedule', 'warmup_steps', 'min_lr_ratio', 'b1', 'b2', 'eps',
-                'weight_decay', 'grad_clip', 'z_loss', 'cooldown_fraction', 'cooldown_shape'):
-        if getattr(c.opt, f) != getattr(first.opt, f):
-          raise ValueError(f'members of a pack share opt.{f}; {c.name} differs')
+      if shared(c) != first:
+        diff = [f'{s}.{f.name}' for s in ('model', 'opt', 'data', 'train', 'mesh')
+                for f in dataclasses.fields(getattr(c, s))
+                if getattr(getattr(shared(c), s), f.name) != getattr(getattr(first, s), f.name)]
+        raise ValueError(f'members of a pack differ only in opt.lr, train.seed, train.steps '
+                         f'and data.shuffle_seed; {c.name} also differs in: '
+                         + ', '.join(diff or ['rules/init_from']))
 
   @property
   def size(self) -> int:

@@ -464,7 +464,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
       while True:
         try:
           while step < end:
-            for _ in range(discard.pop(step, 0)):  # Batches a rollback skips.
+            # Batches a rollback skips; kept, since a later rollback to an
+            # earlier checkpoint replays this position again.
+            for _ in range(discard.get(step, 0)):
               next(data_iter)
             t0 = time.perf_counter()
             batch = t.to_global(next(data_iter))

@@ -63,3 +63,6 @@ def test_pack_refuses_members_of_another_shape():
   b = dataclasses.replace(b, model=dataclasses.replace(b.model, d_model=64))
   with pytest.raises(ValueError, match='model.d_model'):
     pack.Pack((a, b))
+  b = dataclasses.replace(a, model=dataclasses.replace(a.model, init_std=0.5))
+  with pytest.raises(ValueError, match='model.init_std'):  # Would be silently ignored.
+    pack.Pack((a, b))
