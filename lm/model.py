@@ -734,11 +734,9 @@ def token_sums(x_BLD: Array, w_DV: Array, targets_BL: Array, weights_BL: Array,
   def sums(x_BcD, t_Bc, w_Bc):
     logits_BcV = jnp.einsum('BcD,DV->BcV', x_BcD.astype(dtype), w_DV.astype(dtype),
                             preferred_element_type=jnp.float32)
-    lse_Bc = jax.nn.logsumexp(logits_BcV, axis=-1)
-    tgt_Bc = jnp.take_along_axis(logits_BcV, t_Bc[..., None], axis=-1)[..., 0]
+    nll, z, _ = cross_entropy(logits_BcV, t_Bc, w_Bc, z_loss=1.0)  # z scaled below.
     hit_Bc = jax.lax.stop_gradient(jnp.argmax(logits_BcV, -1) == t_Bc)
-    return jnp.stack([((lse_Bc - tgt_Bc) * w_Bc).sum(), (jnp.square(lse_Bc) * w_Bc).sum(),
-                      (hit_Bc * w_Bc).sum()])
+    return jnp.stack([nll, z, (hit_Bc * w_Bc).sum()])
 
   w_BL = weights_BL.astype(jnp.float32)
   if not chunk or chunk >= L:

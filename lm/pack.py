@@ -46,15 +46,12 @@ class Pack:
                 'data': ('shuffle_seed',)}
 
   def __post_init__(self):
-    def shared(c: Config) -> Config:
-      out = dataclasses.replace(c, name='')
-      for section, fields in self.PER_MEMBER.items():
-        if fields:
-          sec = getattr(c, section)
-          out = dataclasses.replace(out, **{section: dataclasses.replace(
-              sec, **{f: getattr(self.configs[0], section).__getattribute__(f)
-                      for f in fields})})
-      return out
+    def shared(c: Config) -> Config:  # c with the per-member fields of configs[0].
+      base = self.configs[0]
+      sections = {s: dataclasses.replace(getattr(c, s), **{
+          f: getattr(getattr(base, s), f) for f in fields})
+          for s, fields in self.PER_MEMBER.items() if fields}
+      return dataclasses.replace(c, name=base.name, **sections)
 
     first = shared(self.configs[0])
     for c in self.configs[1:]:

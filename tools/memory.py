@@ -52,17 +52,13 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
   t = train.build(c)
   abstract, shs = t.abstract, t.shardings
 
-  def total(tree, sh):
-    return sum(shardings_tool._per_device(a, s) for a, s in zip(
-        jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(sh)))
-
   with t.context():
     state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shs)
     compiled = t.train_step.lower(state, t.abstract_batch()).compile()
   mem = compiled.memory_analysis()
-  r = {'parameters': total(abstract.params, shs.params),
-       'optimizer state': total(abstract.opt_state, shs.opt_state),
+  r = {'parameters': shardings_tool.total(abstract.params, shs.params),
+       'optimizer state': shardings_tool.total(abstract.opt_state, shs.opt_state),
        'activations (estimate)': shardings_tool.activation_bytes(c, t.mesh),
        'xla arguments': mem.argument_size_in_bytes,
        'xla temporaries': mem.temp_size_in_bytes,

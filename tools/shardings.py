@@ -34,6 +34,12 @@ def _per_device(arr, sharding) -> int:
   return math.prod(sharding.shard_shape(arr.shape)) * np.dtype(arr.dtype).itemsize
 
 
+def total(tree, shs) -> int:
+  """Per-device bytes of a pytree of arrays under its shardings."""
+  return sum(_per_device(a, s) for a, s in zip(jax.tree_util.tree_leaves(tree),
+                                               jax.tree_util.tree_leaves(shs)))
+
+
 def activation_bytes(c: config_lib.Config, mesh) -> int:
   """Rough per-device activations kept for the backward pass (float32 or bf16).
 
@@ -82,10 +88,6 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
   widths = [max(len(r[i]) for r in rows) for i in range(5)]
   for r in rows:
     print('  '.join(x.ljust(w) for x, w in zip(r, widths)), file=out)
-
-  def total(tree, shs):
-    return sum(_per_device(a, s) for a, s in zip(jax.tree_util.tree_leaves(tree),
-                                                 jax.tree_util.tree_leaves(shs)))
 
   totals = {'params': total(abstract.params, shardings.params),
             'optimizer': total(abstract.opt_state, shardings.opt_state)}
