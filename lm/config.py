@@ -17,6 +17,7 @@ ACTIVATIONS = ('gelu', 'swiglu', 'relu2')
 DTYPES = ('float32', 'bfloat16')
 REMAT = ('none', 'full', 'save_dots', 'dots_saveable', 'save_proj', 'offload')
 ATTENTION = ('auto', 'xla', 'dot_product', 'pallas', 'chunked')
+PARAMETRIZATIONS = ('sp', 'mup')
 SCHEDULES = ('cosine', 'linear', 'constant', 'inverse_sqrt', 'wsd')
 COOLDOWN_SHAPES = ('linear', '1-sqrt')
 SOURCES = ('stdlib', 'dir', 'tfds', 'file')
@@ -68,6 +69,10 @@ class ModelConfig:
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
   mlm_transform: bool = False  # Encoder: BERT's dense + GELU + norm before the LM head.
+  parametrization: str = 'sp'  # sp | mup: maximal update parametrization (lm/model.py, lm/optimizer.py).
+  base_width: int = 0  # mup: the d_model where mup equals sp (hyperparameters tuned there); 0: d_model.
+  depth_base: int = 0  # > 0: residual branches x (depth_base/layers)^depth_alpha, LR to match (CompleteP).
+  depth_alpha: float = 1.0  # Depth exponent: 1 (CompleteP) or 0.5 (depth-muP).
 
   @property
   def decoder_layers(self) -> int:
@@ -85,12 +90,26 @@ class ModelConfig:
   def ff_dim(self) -> int:
     return self.mlp_dim or 4 * self.d_model
 
+  @property
+  def width_mult(self) -> float:
+    """mup: d_model / base_width (1 at the base width); sp: 1."""
+    if self.parametrization != 'mup':
+      return 1.0
+    return self.d_model / (self.base_width or self.d_model)
+
   def canonical(self) -> 'ModelConfig':
     """The same model with every 0-means-default field spelled out (0 KV heads
-    and num_kv_heads = num_heads are one architecture)."""
-    return dataclasses.replace(self, num_decoder_layers=self.decoder_layers,
-                               num_kv_heads=self.kv_heads, head_dim=self.dh,
-                               mlp_dim=self.ff_dim)
+    and num_kv_heads = num_heads are one architecture), and the fields that
+    cannot matter set to one value (base_width in sp, depth_alpha without
+    depth_base). In mup, head_dim 0 stays 0: it says how the base model's
+    head dimension is found (lm/model.attn_multiplier)."""
+    mup = self.parametrization == 'mup'
+    return dataclasses.replace(
+        self, num_decoder_layers=self.decoder_layers, num_kv_heads=self.kv_heads,
+        head_dim=self.head_dim if mup else self.dh, mlp_dim=self.ff_dim,
+        base_width=self.base_width if mup and self.base_width
+        else self.d_model,
+        depth_alpha=self.depth_alpha if self.depth_base else 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +217,7 @@ FIELD_KINDS: dict[str, str] = {
         'family', 'vocab_size', 'd_model', 'num_layers', 'num_decoder_layers', 'num_heads',
         'num_kv_heads', 'head_dim', 'mlp_dim', 'max_len', 'position', 'rope_theta', 'norm',
         'norm_eps', 'use_bias', 'qk_norm', 'activation', 'tie_embeddings', 'param_dtype',
-        'scan_layers')},
+        'scan_layers', 'parametrization', 'base_width', 'depth_base', 'depth_alpha')},
     **{f'model.{k}': HEAD for k in ('num_classes', 'pool', 'mlm_transform')},
     **{f'model.{k}': FREE for k in ('embed_dropout', 'attn_dropout', 'resid_dropout',
                                     'dtype', 'remat', 'init_std', 'attn_block',
@@ -407,6 +426,13 @@ def validate_model(m: ModelConfig) -> None:
     _rate(f'model.{f}', getattr(m, f))
   _positive('model.init_std', m.init_std)
   _positive('model.norm_eps', m.norm_eps)
+  _choice('model.parametrization', m.parametrization, PARAMETRIZATIONS)
+  for f in ('base_width', 'depth_base'):
+    if getattr(m, f) < 0:
+      raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = off / d_model)')
+  if not 0.0 < m.depth_alpha <= 1.0:
+    raise _err('model.depth_alpha', m.depth_alpha, 'must be in (0, 1] (1: CompleteP, '
+               '0.5: depth-muP)')
 
 
 def validate(c: Config) -> None:

@@ -13,6 +13,7 @@ config maps those to mesh axes; this file never names a mesh axis.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -33,6 +34,59 @@ def _init(std: float, axes: tuple[str | None, ...]):
 
 def _constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return nn.with_logical_constraint(x, axes)
+
+
+# --- Parametrization (model.parametrization, model.depth_base) ----------------
+# muP for Adam: Yang et al. 2022 (Tensor Programs V), Table 3, in the
+# equivalent output-multiplier form of its Table 8 (which allows tied
+# embeddings). With m = d_model / base_width:
+#   hidden weights (both dims grow with width: q, k, v, attention out, MLP up,
+#     gate and down, BERT's mlm_dense): init std init_std / sqrt(m), Adam LR
+#     lr / m (lm/optimizer.py);
+#   embeddings, biases, norm scales and the output matrix: init_std and lr as
+#     in SP; the logits are multiplied by 1 / m (so at init they shrink like
+#     m^-1/2 and their Adam updates stay O(1));
+#   attention logits q.k scaled by 1/Dh instead of 1/sqrt(Dh).
+# At m = 1 (d_model = base_width) every multiplier is 1: muP equals SP there,
+# so hyperparameters tuned at base_width carry over.
+# Depth (model.depth_base > 0; CompleteP, Dey et al. 2025, Table 1, and
+# depth-muP, Yang et al. 2023 / Bordelon et al. 2023): each residual branch is
+# multiplied by (depth_base / layers)^alpha, the branch output projections are
+# initialised as at depth_base, and the hidden weights' and in-block vectors'
+# Adam LR by (layers / depth_base)^(alpha - 1) (1 for alpha = 1).
+
+
+def hidden_std(c: ModelConfig) -> float:
+  """Init std of hidden (width x width) weights: variance ~ 1 / fan_in in muP."""
+  return c.init_std / math.sqrt(c.width_mult)
+
+
+def out_proj_std(c: ModelConfig) -> float:
+  """Init std of a residual branch's last projection (GPT-2's 1 / sqrt(2 layers);
+  with depth scaling, as at depth_base: the branch multiplier does the rest)."""
+  return hidden_std(c) / math.sqrt(2 * (c.depth_base or c.num_layers))
+
+
+def output_multiplier(c: ModelConfig) -> float:
+  """Multiplies the final hidden states before the output matrix: 1 / m."""
+  return 1.0 / c.width_mult
+
+
+def attn_multiplier(c: ModelConfig) -> float:
+  """Multiplies the queries on top of 1/sqrt(Dh). muP: sqrt(Dh_base) / Dh in
+  all, where Dh_base is the head dim at base_width (an explicit head_dim is
+  the same at every width; head_dim 0 means d_model / heads, which grows)."""
+  if c.parametrization != 'mup':
+    return 1.0
+  base_dh = c.head_dim or (c.base_width or c.d_model) / c.num_heads
+  return math.sqrt(base_dh / c.dh)
+
+
+def branch_multiplier(c: ModelConfig, layers: int) -> float:
+  """Multiplies each residual branch of a stack of `layers` blocks."""
+  if not c.depth_base:
+    return 1.0
+  return (c.depth_base / layers) ** c.depth_alpha
 
 
 def sinusoidal_table(length: int, d: int) -> Array:
@@ -407,7 +461,7 @@ class Attention(nn.Module):
       weights stacked on a new axis (which keeps their sharding): on CPU ~5%
       faster per train step than a matmul per name."""
       axes = [q_axes if n == 'query' else kv_axes for n in names]
-      w_DTHd = jnp.stack([self.param(n, _init(c.init_std, a), (c.d_model, heads, Dh), pdt)
+      w_DTHd = jnp.stack([self.param(n, _init(hidden_std(c), a), (c.d_model, heads, Dh), pdt)
                           for n, a in zip(names, axes)], axis=1).astype(dt)
       y_BLTHd = jnp.einsum('BLD,DTHd->BLTHd', x.astype(dt), w_DTHd)
       if c.use_bias:
@@ -441,13 +495,14 @@ class Attention(nn.Module):
       if cache is not None:
         cache = {'k': k_BKSDh, 'v': v_BKSDh}
     k_BKSDh, v_BKSDh = k_BKSDh.astype(dt), v_BKSDh.astype(dt)
+    if attn_multiplier(c) != 1.0:  # muP's 1/Dh: the paths all scale by 1/sqrt(Dh).
+      q_BLHDh = q_BLHDh * jnp.asarray(attn_multiplier(c), q_BLHDh.dtype)
     o_BLHDh = attention(c.attention, q_BLHDh.astype(dt), k_BKSDh, v_BKSDh,
                         causal=mask_BLS is None, mask_BLS=mask_BLS,
                         seg_BL=None if self.cross else seg_BL, block=c.attn_block,
                         drop=nn.Dropout(c.attn_dropout), train=train)
     o_BLHDh = checkpoint_name(o_BLHDh, 'context')
-    out_std = c.init_std / math.sqrt(2 * c.num_layers)
-    wo = self.param('out', _init(out_std, ('heads', 'head_dim', 'embed')),
+    wo = self.param('out', _init(out_proj_std(c), ('heads', 'head_dim', 'embed')),
                     (H, Dh, c.d_model), pdt).astype(dt)
     y_BLD = jnp.einsum('BLHd,HdD->BLD', o_BLHDh, wo)
     if c.use_bias:
@@ -466,7 +521,7 @@ class Mlp(nn.Module):
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     dense = functools.partial(nn.Dense, use_bias=c.use_bias, dtype=dt, param_dtype=pdt)
     up = functools.partial(dense, c.ff_dim,
-                           kernel_init=_init(c.init_std, ('embed', 'mlp')),
+                           kernel_init=_init(hidden_std(c), ('embed', 'mlp')),
                            bias_init=nn.with_logical_partitioning(
                                nn.initializers.zeros, ('mlp',)))
     h_BLF = up(name='up')(x_BLD)
@@ -477,9 +532,8 @@ class Mlp(nn.Module):
     else:  # relu2 (So et al. 2021, Primer).
       h_BLF = jnp.square(nn.relu(h_BLF))
     h_BLF = checkpoint_name(_constrain(h_BLF, ('batch', 'length', 'mlp')), 'mlp_hidden')
-    out_std = c.init_std / math.sqrt(2 * c.num_layers)
     return dense(c.d_model, name='down',
-                 kernel_init=_init(out_std, ('mlp', 'embed')),
+                 kernel_init=_init(out_proj_std(c), ('mlp', 'embed')),
                  bias_init=nn.with_logical_partitioning(
                      nn.initializers.zeros, ('embed',)))(h_BLF)
 
@@ -498,8 +552,11 @@ class Block(nn.Module):
                seg_BL: Array | None = None) -> tuple[Array, dict | None]:
     c = self.cfg
     drop = nn.Dropout(c.resid_dropout)
+    branch = branch_multiplier(c, c.decoder_layers if self.cross else c.num_layers)
 
     def residual(x_BLD, h_BLD):
+      if branch != 1.0:
+        h_BLD = h_BLD * jnp.asarray(branch, h_BLD.dtype)
       return _constrain(x_BLD + drop(h_BLD, deterministic=not self.train),
                         ('batch', 'length', 'embed'))
 
@@ -682,20 +739,23 @@ class Transformer(nn.Module):
                          mask_BLS, cache, enc_out_BSD, enc_mask_B1S, segment_ids_BL)
 
     x_BLD = Norm(c, name='final_norm')(x_BLD)
+    out_mult = output_multiplier(c)  # muP: 1 / width_mult on the logits.
     if c.num_classes:
       if valid_BL is None:
         valid_BL = jnp.ones((B, L), bool)
-      h_BD = pool(x_BLD, valid_BL, c.pool).astype(jnp.float32)
+      h_BD = pool(x_BLD, valid_BL, c.pool).astype(jnp.float32) * out_mult
       return nn.Dense(c.num_classes, dtype=jnp.float32, param_dtype=pdt, name='cls_head',
                       kernel_init=_init(c.init_std, ('embed', None)),
                       bias_init=nn.with_logical_partitioning(
                           nn.initializers.zeros, (None,)))(h_BD)
     if c.mlm_transform:  # BERT's masked-LM head transform (Devlin et al. 2019).
       x_BLD = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=dt, param_dtype=pdt,
-                       name='mlm_dense', kernel_init=_init(c.init_std, ('embed', 'mlp')),
+                       name='mlm_dense', kernel_init=_init(hidden_std(c), ('embed', 'mlp')),
                        bias_init=nn.with_logical_partitioning(
                            nn.initializers.zeros, ('mlp',)))(x_BLD)
       x_BLD = Norm(c, name='mlm_norm')(nn.gelu(x_BLD, approximate=True))
+    if out_mult != 1.0:
+      x_BLD = x_BLD * jnp.asarray(out_mult, x_BLD.dtype)
     if c.tie_embeddings:
       w_DV = embed.embedding.T
     else:
@@ -765,3 +825,37 @@ def cross_entropy(logits_BLV: Array, targets_BL: Array, weights_BL: Array,
   nll_BL = lse_BL - tgt_BL
   w = weights_BL.astype(jnp.float32)
   return (nll_BL * w).sum(), z_loss * (jnp.square(lse_BL) * w).sum(), w.sum()
+
+
+def fold_multipliers(params: dict, c: ModelConfig) -> tuple[dict, ModelConfig]:
+  """The same function as an SP model without branch multipliers, for Hugging
+  Face export: each of muP's multipliers scales the output of a linear map or
+  norm, so it moves into that map's weights (queries: the query projection,
+  or the query norm's scale with qk_norm; branches: attention's and the MLP's
+  output projections; logits: the scale and bias of the last norm)."""
+  p = jax.tree_util.tree_map(lambda a: a, params)  # Fresh dicts; arrays are not mutated.
+  q_mult, out_mult = attn_multiplier(c), output_multiplier(c)
+
+  def scale(d: dict, names: tuple[str, ...], by: float) -> None:
+    for n in names:
+      if n in d:
+        d[n] = d[n] * by
+
+  for name, blk in p.items():
+    if not name.startswith(('blocks', 'encoder_blocks', 'block_', 'encoder_block_')):
+      continue
+    decoder = name.startswith('block') and c.family == 'encoder_decoder'
+    branch = branch_multiplier(c, c.decoder_layers if decoder else c.num_layers)
+    for attn in ('attn', 'cross_attn'):
+      if attn not in blk:
+        continue
+      a = blk[attn]
+      if 'query_norm' in a:
+        scale(a['query_norm'], ('scale', 'bias'), q_mult)
+      else:
+        scale(a, ('query', 'query_bias'), q_mult)
+      scale(a, ('out', 'out_bias'), branch)
+    scale(blk['mlp']['down'], ('kernel', 'bias'), branch)
+  scale(p['mlm_norm' if c.mlm_transform else 'final_norm'], ('scale', 'bias'), out_mult)
+  return p, dataclasses.replace(c, parametrization='sp', base_width=0, depth_base=0,
+                                depth_alpha=1.0)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm.config import OptimizerConfig
+from lm.config import ModelConfig, OptimizerConfig
 
 
 def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
@@ -46,11 +46,16 @@ def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
   return lr
 
 
+def _names(path) -> list[str]:
+  """A parameter's path as its dict keys (flax's boxes add attribute keys)."""
+  return [str(k.key) for k in path if hasattr(k, 'key')]
+
+
 def decay_mask(params: Any, exclude: tuple[str, ...]) -> Any:
   """True where weight decay applies: not norms/biases/embeddings if excluded."""
 
   def keep(path, _):
-    names = [str(getattr(k, 'key', k)) for k in path]
+    names = _names(path)
     leaf = names[-1]
     if 'norm' in exclude and leaf == 'scale':
       return False
@@ -63,13 +68,53 @@ def decay_mask(params: Any, exclude: tuple[str, ...]) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make(o: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+# Hidden (width x width) weights by name: attention's projections are params of
+# the Attention module; the MLP's and BERT's transform are nn.Dense kernels.
+_HIDDEN_PARAMS = ('query', 'key', 'value', 'out')
+_HIDDEN_DENSE = ('up', 'gate', 'down', 'mlm_dense')
+_STACKS = ('blocks', 'encoder_blocks', 'block_', 'encoder_block_')
+
+
+def lr_group(path) -> str:
+  """'hidden' (muP: LR / width_mult), 'block' (a block's biases and norm scales)
+  or 'other' (embeddings, output matrix, classifier, final norms)."""
+  names = _names(path)
+  if names[-1] in _HIDDEN_PARAMS or (names[-1] == 'kernel' and len(names) > 1
+                                     and names[-2] in _HIDDEN_DENSE):
+    return 'hidden'
+  return 'block' if names[0].startswith(_STACKS) else 'other'
+
+
+def lr_multipliers(m: ModelConfig) -> dict[str, float]:
+  """Each LR group's multiplier of the learning rate (lm/model.py's table):
+  muP divides the hidden weights' by width_mult; depth scaling multiplies
+  everything inside the blocks by (layers / depth_base)^(alpha - 1)."""
+  depth = (m.num_layers / m.depth_base) ** (m.depth_alpha - 1) if m.depth_base else 1.0
+  return {'hidden': depth / m.width_mult, 'block': depth, 'other': 1.0}
+
+
+def make(o: OptimizerConfig, total_steps: int, m: ModelConfig | None = None
+         ) -> optax.GradientTransformation:
+  """Clipping, then AdamW. With a model config whose LR multipliers are not
+  all 1 (muP, depth scaling), each group's update, decoupled weight decay
+  included, is scaled by its multiplier: the effective decay per step is
+  lr x multiplier x weight_decay (the convention of PyTorch's AdamW with
+  per-group learning rates, as the mup package uses)."""
   lr = schedule(o, total_steps)
   parts = []
   if o.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
-  parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=lambda p: decay_mask(p, o.wd_exclude)))
+  mults = lr_multipliers(m) if m is not None else {}
+  mask = lambda p: decay_mask(p, o.wd_exclude)
+  if all(v == 1.0 for v in mults.values()):
+    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                             mask=mask))
+  else:  # optax.adamw's three parts, with the per-group scaling before the LR.
+    labels = lambda p: jax.tree_util.tree_map_with_path(lambda k, _: lr_group(k), p)
+    parts += [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+              optax.add_decayed_weights(o.weight_decay, mask),
+              optax.multi_transform({g: optax.scale(v) for g, v in mults.items()}, labels),
+              optax.scale_by_learning_rate(lr)]
   tx = optax.chain(*parts)
   if o.freeze_backbone:  # Only the classifier head trains; no Adam state for the rest.
     tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, head_labels)

@@ -76,7 +76,7 @@ class Pack:
 def unit_lr_tx(c: Config) -> optax.GradientTransformation:
   """The members' optimizer with learning rate 1: the step scales each update."""
   o = dataclasses.replace(c.opt, lr=1.0, schedule='constant', warmup_steps=0)
-  return opt_lib.make(o, c.train.steps)
+  return opt_lib.make(o, c.train.steps, c.model)
 
 
 def init(p: Pack) -> train.TrainState:

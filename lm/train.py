@@ -230,7 +230,7 @@ def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Tr
   mesh = shard_lib.make_mesh(c.mesh, devices)
   shard_lib.check_batch(c, mesh)
   model = Transformer(c.model)
-  tx = opt_lib.make(c.opt, c.train.steps)
+  tx = opt_lib.make(c.opt, c.train.steps, c.model)
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
     abstract, shardings = state_shardings(c, model, tx, mesh)
   batch_sh = {k: shard_lib.batch_sharding(mesh, c.rules, ndim=1 + len(shape))

@@ -236,3 +236,32 @@ def test_unmappable_architecture_options_are_refused_by_name(field, value):
     with pytest.raises(hf.HFError, match=f'model.{field}' if field != 'num_classes'
                        else 'sequence classifier'):
       hf.family(dataclasses.replace(_ours(kind), **{field: value}))
+
+
+@pytest.mark.parametrize('kind,over', [
+    ('gpt2', dict(parametrization='mup', base_width=8, depth_base=1, scan_layers=True)),
+    ('llama', dict(parametrization='mup', base_width=16, depth_base=1, depth_alpha=0.5)),
+    ('llama', dict(parametrization='mup', base_width=8, tie_embeddings=True, head_dim=16))])
+def test_mup_export_folds_the_multipliers_into_the_weights(kind, over, tmp_path):
+  """transformers has no query, branch or logit multipliers: export folds them
+  in, so the exported model (and its import, an SP model) gives our logits."""
+  m = dataclasses.replace(_ours(kind), **over)
+  params = jax.jit(lambda r: Transformer(m).init(r, jnp.zeros((1, 8), jnp.int32))['params'])(
+      jax.random.key(0))
+  params = jax.tree_util.tree_map(
+      lambda x: x.value + 0.05 * jax.random.normal(jax.random.key(2), x.value.shape),
+      params, is_leaf=lambda x: hasattr(x, 'value'))
+  c = dataclasses.replace(tiny(**{'data.seq_len': 16}), model=m)
+  checkpoint.save_params(str(tmp_path / 'run'), c, params)
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  tokens = jnp.asarray(_tokens())
+  ours = np.asarray(Transformer(m).apply({'params': params}, tokens))
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
+  with torch.no_grad():
+    want = theirs(torch.tensor(np.asarray(tokens))).logits.numpy()
+  np.testing.assert_allclose(ours, want, atol=1e-4, rtol=1e-4)
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'back'))
+  c2, back = checkpoint.load_params(str(tmp_path / 'back'))
+  assert c2.model.parametrization == 'sp' and c2.model.depth_base == 0
+  np.testing.assert_allclose(np.asarray(Transformer(c2.model).apply({'params': back}, tokens)),
+                             ours, atol=1e-4, rtol=1e-4)

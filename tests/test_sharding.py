@@ -32,7 +32,7 @@ def _run(c, devices, steps=5, batches=None):
   losses and the final state. Batches may be dicts (other families)."""
   mesh = shard_lib.make_mesh(c.mesh, devices)
   model = train.Transformer(c.model)
-  tx = optimizer.make(c.opt, c.train.steps)
+  tx = optimizer.make(c.opt, c.train.steps, c.model)
   if batches is None:
     batches = [{'tokens': b} for b in np.asarray(jax.random.randint(
         jax.random.key(7), (steps, 8, c.data.seq_len + 1), 0, 256))]

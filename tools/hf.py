@@ -67,6 +67,8 @@ _COMMON = {
     'scan_layers': OK,  # Layout only: stacked layers are unstacked.
     'qk_norm': _is(False), 'num_classes': _is(0), 'mlm_transform': _is(False),
     'pool': OK,  # Unused without num_classes.
+    # muP's and depth scaling's multipliers are folded into the weights (lm/model.py).
+    'parametrization': OK, 'base_width': OK, 'depth_base': OK, 'depth_alpha': OK,
 }
 HF_FIELDS = {
     'gpt2': {**_COMMON, 'position': _is('learned'), 'norm': _is('layernorm'),
@@ -124,6 +126,8 @@ def _from_layers(top: dict, layers: list[dict], m: ModelConfig) -> dict:
 def to_hf(params: dict, m: ModelConfig) -> tuple[dict, dict[str, np.ndarray]]:
   """(config.json dict, safetensors tensors) in transformers' layout."""
   fam = family(m)
+  from lm import model as model_lib
+  params, m = model_lib.fold_multipliers(params, m)  # An SP model computing the same.
   D, H, K, Dh, F, V = m.d_model, m.num_heads, m.kv_heads, m.dh, m.ff_dim, m.vocab_size
   t: dict[str, np.ndarray] = {}
   if fam == 'gpt2':

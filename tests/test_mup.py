@@ -1,0 +1,138 @@
+"""muP and depth scaling (lm/model.py's table): equal to SP at the base width,
+the init and Adam-LR multipliers it names, multipliers that fold into the
+weights exactly, and training that shards and resumes like SP."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import model as model_lib
+from lm import optimizer, train
+from lm.config import ModelConfig, OptimizerConfig
+from tests.helpers import tiny
+from tests.test_sharding import _mesh_cfg, _run
+
+M = ModelConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4, max_len=16,
+                tie_embeddings=False, scan_layers=False)
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)))
+
+
+def _init(m: ModelConfig, seed: int = 0) -> dict:
+  kw = {'enc_tokens_BS': TOKENS} if m.family == 'encoder_decoder' else {}
+  p = model_lib.Transformer(m).init(jax.random.key(seed), TOKENS, **kw)['params']
+  return jax.tree_util.tree_map(lambda x: x.value, p, is_leaf=lambda x: hasattr(x, 'value'))
+
+
+def _grads(m: ModelConfig, params: dict) -> dict:
+  def loss(p):
+    s = model_lib.Transformer(m).apply({'params': p}, TOKENS[:, :-1], targets_BL=TOKENS[:, 1:],
+                                       target_weights_BL=jnp.ones((2, 15)))
+    return s['nll_sum']
+  return jax.grad(loss)(params)
+
+
+def _update(m: ModelConfig, params: dict, grads: dict) -> dict:
+  """One AdamW update of m's optimizer (no decay, clipping or warmup)."""
+  o = OptimizerConfig(lr=0.01, warmup_steps=0, schedule='constant', weight_decay=0.0,
+                      grad_clip=0.0)
+  tx = optimizer.make(o, 10, m)
+  return tx.update(grads, tx.init(params), params)[0]
+
+
+def _at(tree: dict, path: tuple[str, ...]):
+  for k in path:
+    tree = tree[k]
+  return np.asarray(tree)
+
+
+def test_mup_at_its_base_width_is_sp():
+  mup = dataclasses.replace(M, parametrization='mup', base_width=64)
+  a, b = _init(M), _init(mup)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  np.testing.assert_array_equal(model_lib.Transformer(M).apply({'params': a}, TOKENS),
+                                model_lib.Transformer(mup).apply({'params': b}, TOKENS))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _update(M, a, _grads(M, a)),
+                         _update(mup, b, _grads(mup, b)))
+
+
+def test_mup_scales_init_lr_and_multipliers_by_width():
+  """d_model 256 at base 64 (m = 4): hidden init std / 2, hidden Adam updates
+  / 4 (Adam's first step is lr x sign(g)), embeddings and head as in SP,
+  logits x 1/4, queries x sqrt(16 / 64) on top of 1/sqrt(Dh)."""
+  wide = dataclasses.replace(M, d_model=256)
+  mup = dataclasses.replace(wide, parametrization='mup', base_width=64)
+  assert (model_lib.output_multiplier(mup), model_lib.attn_multiplier(mup)) == (0.25, 0.5)
+  p_sp, p_mup = _init(wide), _init(mup)
+  for name, ratio in (('query', 0.5), ('out', 0.5), ('embedding', 1.0)):
+    leaf = {'query': lambda p: p['block_0']['attn']['query'],
+            'out': lambda p: p['block_1']['mlp']['down']['kernel'],
+            'embedding': lambda p: p['embed']['embedding']}[name]
+    np.testing.assert_allclose(np.std(leaf(p_mup)) / np.std(leaf(p_sp)), ratio, rtol=0.05)
+  g = _grads(mup, p_mup)  # The same params and grads; only the optimizer differs.
+  u_sp, u_mup = _update(wide, p_mup, g), _update(mup, p_mup, g)
+  for path, ratio in ((('block_0', 'attn', 'query'), 0.25),
+                      (('block_1', 'mlp', 'up', 'kernel'), 0.25),
+                      (('block_1', 'mlp', 'up', 'bias'), 1.0),
+                      (('embed', 'embedding'), 1.0), (('head', 'kernel'), 1.0)):
+    a, b = np.abs(_at(u_mup, path)), np.abs(_at(u_sp, path))
+    big = b > 1e-3  # Where Adam's first step is a full +-lr (not a ~0 gradient).
+    assert big.any()
+    np.testing.assert_allclose(a[big] / b[big], ratio, rtol=1e-4, err_msg=str(path))
+
+
+def test_depth_scaling_lr_rule():
+  m = dataclasses.replace(M, num_layers=8, depth_base=2, depth_alpha=0.5,
+                          parametrization='mup', base_width=32)
+  assert model_lib.branch_multiplier(m, 8) == 0.5
+  assert optimizer.lr_multipliers(m) == {'hidden': 0.5 / 2, 'block': 0.5, 'other': 1.0}
+  m1 = dataclasses.replace(m, depth_alpha=1.0)
+  assert optimizer.lr_multipliers(m1) == {'hidden': 0.5, 'block': 1.0, 'other': 1.0}
+
+
+FOLDS = {
+    'decoder_qk_norm_gqa': dict(qk_norm=True, num_kv_heads=2, position='rope', scan_layers=True),
+    'encoder_mlm': dict(family='encoder', mlm_transform=True, tie_embeddings=True),
+    'classifier': dict(num_classes=3),
+    'encoder_decoder': dict(family='encoder_decoder', num_decoder_layers=3),
+}
+
+
+@pytest.mark.parametrize('name', FOLDS)
+def test_multipliers_fold_into_an_equivalent_sp_model(name):
+  m = dataclasses.replace(M, d_model=128, parametrization='mup', base_width=32, depth_base=1,
+                          depth_alpha=0.5, **FOLDS[name])
+  leaves, tree = jax.tree_util.tree_flatten(_init(m))  # Norm biases etc. non-zero:
+  params = jax.tree_util.tree_unflatten(tree, [
+      a + 0.05 * jax.random.normal(jax.random.key(i), a.shape) for i, a in enumerate(leaves)])
+  kw = {'enc_tokens_BS': TOKENS} if m.family == 'encoder_decoder' else {}
+  want = model_lib.Transformer(m).apply({'params': params}, TOKENS, **kw)
+  folded, sp = model_lib.fold_multipliers(params, m)
+  assert sp.parametrization == 'sp' and sp.depth_base == 0
+  got = model_lib.Transformer(sp).apply({'params': folded}, TOKENS, **kw)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  assert not np.allclose(model_lib.Transformer(sp).apply({'params': params}, TOKENS, **kw),
+                         want, atol=1e-3)  # The multipliers do change the function.
+
+
+def test_mup_gqa_sharded_matches_single_device():
+  kw = {'model.parametrization': 'mup', 'model.base_width': 16, 'model.num_kv_heads': 2,
+        'model.depth_base': 1}
+  one, _ = _run(_mesh_cfg((1, 1, 1), **kw), jax.devices()[:1])
+  many, _ = _run(_mesh_cfg((2, 2, 2), **kw), jax.devices())
+  np.testing.assert_allclose(many, one, rtol=1e-5)
+  sp, _ = _run(_mesh_cfg((1, 1, 1), **{'model.num_kv_heads': 2}), jax.devices()[:1])
+  assert not np.allclose(sp[1:], one[1:])
+
+
+def test_mup_resume_is_bitwise_identical(tmp_path, corpus_dir):
+  c = tiny(corpus_dir, **{'model.parametrization': 'mup', 'model.base_width': 16})
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  train.train_and_evaluate(c, whole, log=lambda *_: None)
+  train.train_and_evaluate(c, split, stop_at=3, log=lambda *_: None)
+  train.train_and_evaluate(c, split, log=lambda *_: None)
+  from lm import metrics
+  losses = lambda w: {r['step']: r['loss'] for r in metrics.read(w, 'train')}
+  assert losses(whole) == losses(split)
