@@ -136,3 +136,35 @@ def test_mup_resume_is_bitwise_identical(tmp_path, corpus_dir):
   from lm import metrics
   losses = lambda w: {r['step']: r['loss'] for r in metrics.read(w, 'train')}
   assert losses(whole) == losses(split)
+
+
+def test_coordinate_check_passes_for_mup_and_fails_for_sp(tmp_path, corpus_dir):
+  """tools/coord_check on 8x of width (32..256): every muP curve is flat
+  (|log-log slope| <= 0.1); SP's logits and hidden activations grow."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'cc'
+  subprocess.run(
+      [sys.executable, '-m', 'tools.coord_check', f'--config=tests/tiny_config.py:{corpus_dir}',
+       f'--out={out}', '--widths=32,64,256', '--steps=3', '--seeds=1',
+       '--config.train.batch_size=4'],
+      cwd=root, check=True, capture_output=True, text=True)
+  result = json.loads((out / 'coord_check.json').read_text())
+  assert (out / 'coord_check.png').stat().st_size > 10_000
+  assert set(result['mup']) == {'embedding', 'attention', 'mlp', 'residual', 'logits'}
+  for layer, slope in result['mup'].items():
+    assert abs(slope) <= 0.1, (layer, slope)
+  assert result['sp']['logits'] > 0.3
+  assert min(result['sp'][k] for k in ('attention', 'mlp', 'residual')) > 1.0
+
+
+def test_coordinate_check_refuses_bad_widths():
+  from lm.config import ConfigError
+  from tools import coord_check
+  assert coord_check.parse_widths('32,64', 4) == [32, 64]
+  for bad in ('64', '64,32', '30,64', 'a,b', '0,32'):
+    with pytest.raises(ConfigError, match='--widths'):
+      coord_check.parse_widths(bad, 4)
