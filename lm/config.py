@@ -269,14 +269,14 @@ def field_help() -> dict[str, tuple[Any, str]]:
   return out
 
 
-SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd')
+SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd', 'transfer')
 START_GRIDS = ('full', 'coarse')
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
   """A sweep config's `sweep` section (lm/sweep.py, lm/plan.py, tools/report.py)."""
-  design: str = 'isoflop'  # isoflop (per budget, `sizes` ladder models), grid (N x D), wsd.
+  design: str = 'isoflop'  # isoflop (per budget, `sizes` ladder models), grid (N x D), wsd, transfer (widths x lrs).
   convention: str = 'exact'  # FLOP convention that defines C (lm/flops.py).
   budgets: tuple[float, ...] = ()  # isoflop: compute budgets in FLOPs.
   sizes: int = 5  # isoflop: consecutive ladder models per budget (>= 3).
@@ -288,7 +288,9 @@ class SweepConfig:
   head_dim: int = 16  # Ladder: heads = d_model / head_dim.
   cooldown_fraction: float = 0.2  # wsd: each branch's cooldown share of its steps.
   seeds: tuple[int, ...] = (0,)  # Replicates of every run (train.seed and data order).
-  lrs: tuple[float, ...] = ()  # Optional learning-rate sweep of every run.
+  lrs: tuple[float, ...] = ()  # Optional learning-rate sweep of every run (transfer: the LR grid).
+  widths: tuple[int, ...] = ()  # transfer: d_model values (layers and heads from the base config).
+  parametrizations: tuple[str, ...] = PARAMETRIZATIONS  # transfer: each width and LR in these.
   evals_per_run: int = 6  # Evaluations over a run (the envelope method reads them).
   bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
   grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
@@ -300,17 +302,27 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   _choice('sweep.design', s.design, SWEEP_DESIGNS)
   _choice('sweep.convention', s.convention, CONVENTIONS)
   _choice('sweep.grid', s.grid, START_GRIDS)
-  for f in ('budgets', 'params', 'tokens', 'lrs'):
+  for f in ('budgets', 'params', 'tokens', 'lrs', 'widths'):
     for v in getattr(s, f):
       if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
               and math.isfinite(v)):
         raise _err(f'sweep.{f}', getattr(s, f), f'every entry must be a positive number, '
                    f'not {v!r}')
-  need = {'isoflop': ('budgets',), 'grid': ('params', 'tokens'), 'wsd': ('params', 'tokens')}
+  need = {'isoflop': ('budgets',), 'grid': ('params', 'tokens'), 'wsd': ('params', 'tokens'),
+          'transfer': ('widths', 'lrs', 'tokens')}
   for f in need[s.design]:
     if not getattr(s, f):
       raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} needs at least one '
                  'value, e.g. --config.sweep.' + f + "='(1e5, 1e6)'")
+  if s.design == 'transfer':
+    if len(s.widths) < 2 or len(s.lrs) < 3 or len(s.tokens) != 1:
+      raise _err('sweep.widths', s.widths, 'a transfer sweep needs at least 2 widths, 3 '
+                 f'learning rates (sweep.lrs={s.lrs}) and one sweep.tokens value '
+                 f'(sweep.tokens={s.tokens})')
+    if any(not isinstance(w, int) or isinstance(w, bool) for w in s.widths):
+      raise _err('sweep.widths', s.widths, 'widths are integers (d_model values)')
+    for p in s.parametrizations:
+      _choice('sweep.parametrizations', p, PARAMETRIZATIONS)
   if s.design == 'isoflop' and s.sizes < 3:
     raise _err('sweep.sizes', s.sizes, 'an IsoFLOP profile needs at least 3 sizes '
                '(5 recommended) to bracket its minimum')

@@ -173,3 +173,31 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
           n=n, tokens=d, compute=fpt * d, budget=0.0, design='wsd', branch_from=stable,
           branch_step=s0))
   return runs
+
+
+def transfer(widths: list[int], parametrizations: list[str], tokens: float, base: ModelConfig,
+             seq_len: int, tokens_per_step: int, convention: str,
+             lengths: tuple[int, int] = (0, 0)) -> list[Run]:
+  """Learning-rate transfer (the sweep's lrs multiply these): the base model at
+  each width, in each parametrization, for the same tokens. Depth and heads
+  stay the base config's; the MLP keeps its ratio to d_model; muP's base width
+  is the base config's model.base_width, else the smallest width."""
+  base_width = base.base_width or min(widths)
+  ratio = base.ff_dim / base.d_model
+  steps = _steps(tokens, tokens_per_step, f'transfer D={tokens:.3g}')
+  runs = []
+  for p in parametrizations:
+    for w in sorted(widths):
+      if w % base.num_heads:
+        raise ConfigError(f'sweep.widths: {w} is not divisible by model.num_heads='
+                          f'{base.num_heads}')
+      m = dataclasses.replace(base, d_model=w, mlp_dim=int(round(ratio * w)),
+                              parametrization=p, base_width=base_width)
+      fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
+      d = steps * tokens_per_step
+      runs.append(Run(name=f'{p}_d{w}', overrides={
+          'model.d_model': w, 'model.mlp_dim': m.mlp_dim, 'model.parametrization': p,
+          'model.base_width': base_width, 'train.steps': steps},
+          n=flops.param_counts(m)['non_embedding'], tokens=d, compute=fpt * d, budget=0.0,
+          design='transfer'))
+  return runs

@@ -96,6 +96,8 @@ def write_report(cd, workdir: str) -> str:
   """report/report.md, its figures and report/fits.json for a sweep directory."""
   _, s = sweep.split(cd)
   rows, excluded = load_rows(workdir)
+  if s.design == 'transfer':
+    return _transfer_report(workdir, s, rows, excluded)
   t = _Table(workdir, s, rows, *(np.array([r[k] for r in rows], float) for k in
                                  ('N', 'D', f'C_{s.convention}', 'budget', 'final_loss')))
   out_dir = os.path.join(workdir, 'report')
@@ -355,3 +357,99 @@ def _held_out(t: _Table, a2, tokens_for, grid) -> None:
   else:
     md += ['Not computed: needs an IsoFLOP design with at least 3 budgets.']
   md.append('')
+
+
+# --- Learning-rate transfer (design 'transfer') --------------------------------
+
+def transfer_optima(rows: list[dict]) -> dict[str, dict[int, dict]]:
+  """{parametrization: {width: {lr, loss, index, edge}}}: the grid learning rate
+  with the lowest final loss per width (index in the sorted LR grid; edge: the
+  optimum is the grid's smallest or largest LR, so the true one may lie beyond)."""
+  out: dict[str, dict[int, dict]] = {}
+  lrs = sorted({r['lr'] for r in rows})
+  for p in sorted({r['parametrization'] for r in rows}):
+    out[p] = {}
+    for w in sorted({r['d_model'] for r in rows if r['parametrization'] == p}):
+      pts = [r for r in rows if r['parametrization'] == p and r['d_model'] == w]
+      best = min(pts, key=lambda r: r['final_loss'])
+      i = lrs.index(best['lr'])
+      out[p][w] = {'lr': best['lr'], 'loss': best['final_loss'], 'index': i,
+                   'edge': i in (0, len(lrs) - 1), 'runs': len(pts)}
+  return out
+
+
+def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) -> str:
+  """Loss against learning rate per width, per parametrization; the optimum per
+  width and how far it moves across widths, in grid steps (factors of the LR
+  grid's spacing)."""
+  out_dir = os.path.join(workdir, 'report')
+  os.makedirs(out_dir, exist_ok=True)
+  if not rows:
+    raise scaling.FitError('no finished run to report on')
+  opt = transfer_optima(rows)
+  lrs = sorted({r['lr'] for r in rows})
+  ratio = math.exp(np.mean(np.diff(np.log(lrs)))) if len(lrs) > 1 else float('nan')
+  md = [f'# Learning-rate transfer: {os.path.basename(os.path.abspath(workdir))}', '',
+        f'Widths {", ".join(str(w) for w in sorted({r["d_model"] for r in rows}))} '
+        f'(d_model; depth and heads fixed); learning rates {", ".join(f"{x:.3g}" for x in lrs)} '
+        f'(grid ratio {ratio:.3g}); {int(rows[0]["D"]):,} training tokens per run; loss = '
+        'final validation loss (nats per token). muP (lm/model.py) with base_width = the '
+        'smallest width unless the config sets one, so SP and muP coincide there.', '',
+        '## Optimal learning rate per width', '',
+        '| width | ' + ' | '.join(f'{p.upper()} best lr | {p.upper()} loss' for p in opt) + ' |',
+        '|---|' + '---|---|' * len(opt)]
+  widths = sorted({w for p in opt for w in opt[p]})
+  for w in widths:
+    cells = []
+    for p in opt:
+      o = opt[p].get(w)
+      cells += ([f'{o["lr"]:.3g}' + (' (grid edge)' if o['edge'] else ''), _fmt(o['loss'])]
+                if o else ['-', '-'])
+    md.append(f'| {w} | ' + ' | '.join(cells) + ' |')
+  md.append('')
+  summary = {}
+  for p in opt:
+    idx = [o['index'] for o in opt[p].values()]
+    spread = max(idx) - min(idx)
+    drift = idx[-1] - idx[0]
+    summary[p] = {'optimal_lr': {str(w): o['lr'] for w, o in opt[p].items()},
+                  'loss_at_optimum': {str(w): o['loss'] for w, o in opt[p].items()},
+                  'spread_grid_steps': spread, 'drift_grid_steps': drift,
+                  'any_at_grid_edge': any(o['edge'] for o in opt[p].values())}
+    verdict = ('stays within one grid step across widths' if spread <= 1 else
+               f'moves by {spread} grid steps across widths')
+    md.append(f'- {p.upper()}: the optimum {verdict} (smallest to largest width: '
+              f'{drift:+d} steps, i.e. x{ratio ** drift:.3g})'
+              + ('; some optimum lies on the grid edge' if summary[p]['any_at_grid_edge']
+                 else '') + '.')
+  md.append('')
+  fig, axes = plt.subplots(1, len(opt), figsize=(5.5 * len(opt), 4), sharey=True,
+                           squeeze=False)
+  for ax, p in zip(axes[0], opt):
+    for k, w in enumerate(widths):
+      pts = sorted((r['lr'], r['final_loss']) for r in rows
+                   if r['parametrization'] == p and r['d_model'] == w)
+      if not pts:
+        continue
+      color = plt.cm.viridis(k / max(len(widths) - 1, 1))
+      ax.plot(*zip(*pts), 'o-', color=color, label=f'width {w}')
+      ax.plot([opt[p][w]['lr']], [opt[p][w]['loss']], '*', ms=14, color=color)
+    ax.set(xscale='log', xlabel='learning rate', title=p.upper())
+    ax.set_xticks(lrs, [f'{x:.2g}' for x in lrs], minor=False)
+    ax.tick_params(axis='x', labelsize=7, rotation=45)
+  axes[0, 0].set_ylabel('final validation loss')
+  axes[0, 0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'transfer.png'), dpi=110)
+  plt.close(fig)
+  md += ['![transfer.png](transfer.png)', '']
+  if excluded:
+    md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
+           '']
+  t = _Table(workdir, s, rows, *(np.zeros(len(rows)) for _ in range(5)))
+  _wall_time(t, 0.0)
+  md += t.md
+  write_atomic(os.path.join(out_dir, 'transfer.json'), json.dumps(summary, indent=1) + '\n')
+  path = os.path.join(out_dir, 'report.md')
+  write_atomic(path, '\n'.join(md) + '\n')
+  return path

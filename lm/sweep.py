@@ -51,6 +51,10 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
     runs = plan.isoflop(list(s.budgets), sizes=s.sizes, tokens_per_param=s.tokens_per_param, min_steps=s.min_steps, **common)
   elif s.design == 'grid':
     runs = plan.grid(list(s.params), list(s.tokens), **common)
+  elif s.design == 'transfer':
+    runs = plan.transfer(list(s.widths), list(s.parametrizations), s.tokens[0], base=m,
+                         seq_len=common['seq_len'], tokens_per_step=tps,
+                         convention=s.convention, lengths=common['lengths'])
   else:
     runs = plan.wsd_branches(list(s.params), list(s.tokens),
                              cooldown_fraction=s.cooldown_fraction, **common)
@@ -253,7 +257,8 @@ def commands(cd_arg: str, workdir: str, runs: list[plan.Run], overrides: list[st
 
 # `headline` names the objective's headline metric (lm/objectives: bits_per_byte
 # for a causal LM, accuracy for the others); final_/best_headline are its values.
-COLUMNS = ['name', 'status', 'design', 'objective', 'budget', 'config_hash', 'N',
+COLUMNS = ['name', 'status', 'design', 'objective', 'parametrization', 'd_model', 'lr',
+           'budget', 'config_hash', 'N',
            'N_with_head', 'N_total', 'D', *[f'C_{k}' for k in flops.CONVENTIONS],
            'final_loss', 'best_loss', 'headline', 'final_headline', 'best_headline',
            'wall_s', 'error']
@@ -282,7 +287,9 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     h = obj.headline
     best = max if obj.higher_is_better else min
     row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
-           'objective': obj.name, 'budget': r.budget, 'config_hash': config_hash(c),
+           'objective': obj.name, 'parametrization': c.model.parametrization,
+           'd_model': c.model.d_model, 'lr': c.opt.lr, 'budget': r.budget,
+           'config_hash': config_hash(c),
            'N': counts['non_embedding'],
            'N_with_head': counts['non_embedding'] + c.model.d_model * c.model.vocab_size,
            'N_total': counts['total'], 'D': r.tokens,

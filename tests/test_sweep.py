@@ -350,3 +350,47 @@ def test_planned_counts_and_compute_match_the_trained_models(corpus_dir):
       C = flops.all_conventions(c.model, c.data.seq_len, None,
                                 *objectives.get(c).lengths(c))[conv] * r.tokens
       assert abs(C / r.budget - 1) < 0.02, (trial, r.name, conv, C, r.budget)
+
+
+def test_transfer_plan_and_report(tmp_path, corpus_dir):
+  """The transfer design: every width x parametrization x LR, muP's base width
+  the smallest width; its report finds each width's optimal LR and says how
+  far it moves (on synthetic results: SP's optimum halves per doubling of
+  width, muP's stays)."""
+  from lm import report
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='transfer', widths=[16, 32, 64], lrs=[1e-3, 2e-3, 4e-3, 8e-3],
+                  tokens=[640])
+  runs = sweep.make_plan(cd)
+  assert len(runs) == 2 * 3 * 4 and runs[0].name == 'sp_d16_lr0.001'
+  assert {(r.overrides['model.parametrization'], r.overrides['model.d_model'],
+           r.overrides['model.base_width'], r.overrides['model.mlp_dim'])
+          for r in runs} >= {('mup', 64, 16, 128), ('sp', 16, 16, 32)}
+  assert {r.overrides['train.steps'] for r in runs} == {5}
+  c = sweep.run_config(cd, runs[-1], 2)
+  assert (c.model.parametrization, c.model.d_model, c.opt.lr) == ('mup', 64, 8e-3)
+  for bad, match in ((dict(lrs=[1e-3, 2e-3]), '3 learning rates'),
+                     (dict(parametrizations=['ntk']), 'sweep.parametrizations'),
+                     (dict(widths=[18, 32]), 'not divisible by model.num_heads')):
+    cd.sweep = {**dict(design='transfer', widths=[16, 32], lrs=[1e-3, 2e-3, 4e-3],
+                       tokens=[640]), **bad}
+    with pytest.raises(ConfigError, match=match):
+      sweep.make_plan(cd)
+  rows = []
+  lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+  for p in ('sp', 'mup'):
+    for k, w in enumerate((16, 32, 64)):
+      best = 3 - k if p == 'sp' else 2  # Index of the best LR.
+      for i, lr in enumerate(lrs):
+        rows.append({'name': f'{p}_d{w}_lr{lr:g}', 'status': 'done', 'parametrization': p,
+                     'd_model': w, 'lr': lr, 'D': 640, 'final_loss': 2.0 + 0.1 * (i - best) ** 2})
+  (tmp_path / 'results.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  cd.sweep = dict(design='transfer', widths=[16, 32, 64], lrs=lrs, tokens=[640])
+  md = open(report.write_report(cd, str(tmp_path))).read()
+  out = json.loads((tmp_path / 'report' / 'transfer.json').read_text())
+  assert out['sp']['optimal_lr'] == {'16': 8e-3, '32': 4e-3, '64': 2e-3}
+  assert out['sp']['drift_grid_steps'] == -2 and out['mup']['spread_grid_steps'] == 0
+  assert out['sp']['any_at_grid_edge'] and not out['mup']['any_at_grid_edge']
+  assert '- MUP: the optimum stays within one grid step across widths' in md
+  assert '- SP: the optimum moves by 2 grid steps across widths' in md
+  assert (tmp_path / 'report' / 'transfer.png').stat().st_size > 10_000
