@@ -23,6 +23,6 @@ def get_config(arg=None):
   c.opt.update(warmup_steps=10, schedule='cosine', min_lr_ratio=0.1)
   c.train.update(batch_size=16, steps=100, log_every=20, eval_batches=4, keep_checkpoints=1)
   c.sweep = common.sweep(design='transfer', widths=(32, 64, 128, 256),
-                         lrs=tuple(2.0 ** k for k in range(-11, -4)),
-                         tokens=(150 * 16 * 64,), evals_per_run=2, seeds=(0,))
+                         lrs=tuple(2.0 ** k for k in range(-10, -4)),  # 1/1024 .. 1/32.
+                         tokens=(100 * 16 * 64,), evals_per_run=1, seeds=(0,))
   return c

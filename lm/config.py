@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -155,6 +156,10 @@ class DataConfig:
   mlm_random_frac: float = 0.1  # this fraction a random token (the rest stay).
   noise_density: float = 0.15  # Span corruption: fraction of tokens in spans,
   mean_span: float = 3.0  # and their mean length.
+  canary_repeats: tuple[int, ...] = ()  # Memorization probe: a canary per entry, inserted that many times into train (0: a control) (lm/probes.py).
+  canary_template: str = 'my pin is {secret}'  # Canary text; {secret} becomes canary_digits random digits.
+  canary_digits: int = 5  # Digits of each secret: 10^digits candidates (exposure's space).
+  canary_seed: int = 0  # Seed of the secrets and of where they are inserted.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +182,10 @@ class TrainConfig:
   on_nonfinite: str = 'halt'  # NaN/inf loss: halt (keep the last finite checkpoint) | skip | rollback.
   max_skips: int = 10  # on_nonfinite=skip: halt after this many skipped steps in a row.
   max_rollbacks: int = 3  # on_nonfinite=rollback: halt after this many rollbacks in one process.
+  eval_tasks: tuple[str, ...] = ()  # lm-evaluation-harness tasks scored at every evaluation (lm/harness.py).
+  eval_tasks_path: str = ''  # Directory of extra task YAML files (e.g. tests/tasks).
+  eval_tasks_limit: int = 0  # > 0: at most this many documents per task and evaluation.
+  eval_bias_csv: str = ''  # CrowS-Pairs-format CSV: the bias probe at the final evaluation (lm/probes.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +233,8 @@ FIELD_KINDS: dict[str, str] = {
                                     'attention', 'loss_chunk')},
     **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
                                     'target_key', 'tokenizer', 'tokenizer_path', 'seq_len',
-                                    'target_len')},
+                                    'target_len', 'canary_repeats', 'canary_template',
+                                    'canary_digits', 'canary_seed')},
     'train.batch_size': FIXED, 'train.objective': FIXED,
 }
 
@@ -516,6 +526,13 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
                       f'{d.mlm_mask_frac + d.mlm_random_frac} must be <= 1')
   if not d.mean_span >= 1.0:
     raise _err('data.mean_span', d.mean_span, 'must be >= 1 (tokens per span)')
+  if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in d.canary_repeats):
+    raise _err('data.canary_repeats', d.canary_repeats, 'each entry is a repetition count '
+               '>= 0, e.g. (0, 1, 4, 16, 64)')
+  if d.canary_template.count('{secret}') != 1:
+    raise _err('data.canary_template', d.canary_template, "must contain '{secret}' once")
+  if not 1 <= d.canary_digits <= 12:
+    raise _err('data.canary_digits', d.canary_digits, 'must be in 1..12')
 
 
 def _validate_task(c: Config) -> None:
@@ -536,6 +553,9 @@ def _validate_task(c: Config) -> None:
   if d.tokenizer in _TOKENIZER_FILES and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
                f'set the path of {_TOKENIZER_FILES[d.tokenizer]}')
+  if d.canary_repeats and (m.family != 'decoder' or d.label_key):
+    raise _err('data.canary_repeats', d.canary_repeats, 'canaries go into a causal '
+               "language model's training text (model.family='decoder', no data.label_key)")
   if m.position == 'learned' and d.seq_len > m.max_len:
     raise _err('data.seq_len', d.seq_len,
                f'longer than the learned position table model.max_len={m.max_len}')
@@ -558,6 +578,21 @@ def _validate_train(c: Config) -> None:
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)
+  if t.eval_tasks_limit < 0:
+    raise _err('train.eval_tasks_limit', t.eval_tasks_limit, 'must be >= 0 (0 = every document)')
+  if t.eval_tasks_path and not os.path.isdir(t.eval_tasks_path):
+    raise _err('train.eval_tasks_path', t.eval_tasks_path, 'is not a directory of task YAML '
+               'files')
+  if t.eval_bias_csv and not os.path.isfile(t.eval_bias_csv):
+    raise _err('train.eval_bias_csv', t.eval_bias_csv, 'is not a file (a CrowS-Pairs-format '
+               'CSV: sent_more, sent_less, bias_type)')
+  if (t.eval_tasks or t.eval_bias_csv) and (c.model.family == 'encoder_decoder'
+                                            or c.model.num_classes):
+    raise _err('train.eval_tasks' if t.eval_tasks else 'train.eval_bias_csv',
+               t.eval_tasks or t.eval_bias_csv, 'task and bias evaluation need a decoder '
+               '(tasks) or a decoder or encoder language model (bias)')
+  if t.eval_tasks and c.model.family != 'decoder':
+    raise _err('train.eval_tasks', t.eval_tasks, "harness tasks need model.family='decoder'")
 
 
 def _validate_mesh(c: Config) -> None:

@@ -108,6 +108,7 @@ def write_report(cd, workdir: str) -> str:
   a2, tokens_for = _approach2(t)
   grid = _approach3(t)
   _held_out(t, a2, tokens_for, grid)
+  _beyond_loss(t)
   _wall_time(t, time.perf_counter() - t_fit)
   t.md += ['## Figures', '']
   for fname, fig in t.figures:
@@ -119,6 +120,81 @@ def write_report(cd, workdir: str) -> str:
   path = os.path.join(out_dir, 'report.md')
   write_atomic(path, '\n'.join(t.md) + '\n')
   return path
+
+
+def _keys(rows: list[dict], prefix: str, suffix: str = '') -> list[str]:
+  return sorted({k for r in rows for k in r if k.startswith(prefix + '/')
+                 and k.endswith(suffix) and r[k] is not None})
+
+
+def _beyond_loss(t: _Table) -> None:
+  """Harness task scores against compute (each run's evaluations, one colour
+  per model size), canary exposure against model size (one line per
+  repetition count) and the bias probe per run, where the runs recorded them
+  (train.eval_tasks, data.canary_repeats, train.eval_bias_csv)."""
+  from lm import metrics
+  tasks, canaries = _keys(t.rows, 'task'), _keys(t.rows, 'canary', '/exposure')
+  bias = _keys(t.rows, 'bias', '/stereotype_preferred')
+  if not (tasks or canaries or bias):
+    return
+  t.md += ['## Beyond loss: downstream tasks, memorization, bias', '']
+  sizes = sorted({r['N'] for r in t.rows})
+  color = {n: plt.cm.viridis(i / max(len(sizes) - 1, 1)) for i, n in enumerate(sizes)}
+  if tasks:
+    t.md += ['Final harness task scores (lm/harness.py; curves over training in '
+             'tasks.png):', '', '| run | N | C | ' + ' | '.join(tasks) + ' |',
+             '|---|---|---|' + '---|' * len(tasks)]
+    for r in sorted(t.rows, key=lambda r: r[f'C_{t.conv}']):
+      t.md.append(f'| {r["name"]} | {r["N"]:,} | {r[f"C_{t.conv}"]:.3g} | ' + ' | '.join(
+          _fmt(r[k]) if r.get(k) is not None else '-' for k in tasks) + ' |')
+    t.md.append('')
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, k in zip(axes[0], tasks):
+      labelled = set()
+      for r in t.rows:
+        evals = [e for e in metrics.read(os.path.join(t.workdir, 'runs', r['name']), 'eval')
+                 if k in e]
+        if not evals:
+          continue
+        last = max(e['step'] for e in evals)
+        xs = [r[f'C_{t.conv}'] * e['step'] / last for e in evals]
+        ax.plot(xs, [e[k] for e in evals], 'o-', ms=3, color=color[r['N']],
+                label=None if r['N'] in labelled else f'N={r["N"]:,}')
+        labelled.add(r['N'])
+      ax.set(xscale='log', xlabel=f'compute C ({t.conv}, FLOPs)', title=k[len('task/'):])
+    axes[0, 0].legend(fontsize=7)
+    t.figures.append(('tasks.png', fig))
+  if canaries:
+    t.md += ['Canary exposure in bits (Carlini et al. 2019; lm/probes.py), mean over runs '
+             'of a size; a control canary (x0) was never inserted:', '',
+             '| N | ' + ' | '.join(k.split('/')[1] for k in canaries) + ' |',
+             '|---|' + '---|' * len(canaries)]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k in canaries:
+      ys = [np.mean([r[k] for r in t.rows if r['N'] == n and r.get(k) is not None])
+            for n in sizes]
+      ax.plot(sizes, ys, 'o-', label=k.split('/')[1].split('_')[-1] + ' repeats')
+    for n in sizes:
+      t.md.append(f'| {n:,} | ' + ' | '.join(
+          f'{np.mean([r[k] for r in t.rows if r["N"] == n and r.get(k) is not None]):.2f}'
+          for k in canaries) + ' |')
+    t.md.append('')
+    ax.set(xscale='log', xlabel='non-embedding parameters N', ylabel='exposure (bits)')
+    ax.legend(fontsize=8)
+    t.figures.append(('exposure.png', fig))
+  if bias:
+    t.md += ['Bias probe (fraction of pairs where the model prefers the more stereotypical '
+             'sentence, bootstrap 95% interval; 0.5 = no preference):', '',
+             '| run | N | ' + ' | '.join(k.split('/')[1] for k in bias) + ' |',
+             '|---|---|' + '---|' * len(bias)]
+    for r in sorted(t.rows, key=lambda r: (r['N'], r['name'])):
+      cells = []
+      for k in bias:
+        base = k[:-len('/stereotype_preferred')]
+        cells.append('-' if r.get(k) is None else
+                     f'{r[k]:.2f} [{r[base + "/ci_lo"]:.2f}, {r[base + "/ci_hi"]:.2f}]')
+      t.md.append(f'| {r["name"]} | {r["N"]:,} | ' + ' | '.join(cells) + ' |')
+    t.md.append('')
 
 
 def _wall_time(t: _Table, fit_s: float) -> None:

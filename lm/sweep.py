@@ -264,6 +264,10 @@ COLUMNS = ['name', 'status', 'design', 'objective', 'parametrization', 'd_model'
            'wall_s', 'error']
 
 
+# Final-eval metrics that become results columns when present (lm/probes.py).
+EXTRA_PREFIXES = ('task', 'canary', 'bias')
+
+
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state."""
   runs = make_plan(cd)
@@ -301,12 +305,15 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            'final_headline': final[-1].get(h, float('nan')) if final else float('nan'),
            'best_headline': best((e[h] for e in evals if h in e), default=float('nan')),
            'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
+    if final:  # Harness tasks, canary exposure, bias (lm/probes.eval_extras).
+      row.update({k: v for k, v in final[-1].items() if k.split('/')[0] in EXTRA_PREFIXES})
     rows.append(row)
   workdir_lib.write_atomic(os.path.join(workdir, 'results.jsonl'), ''.join(
       json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                   for k, v in row.items()}) + '\n' for row in rows))
   table = io.StringIO()
-  w = csv.DictWriter(table, COLUMNS)
+  extra = sorted({k for row in rows for k in row if k not in COLUMNS})
+  w = csv.DictWriter(table, COLUMNS + extra)
   w.writeheader()
   w.writerows(rows)
   workdir_lib.write_atomic(os.path.join(workdir, 'results.csv'), table.getvalue())

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import data as data_lib
+from lm import probes
 from lm.objectives import base
 from lm.objectives.base import Data, Objective
 
@@ -53,6 +54,9 @@ def data(c, tokenizer, loaded, pidx: int, pcount: int) -> Data:
   del loaded
   L, B = c.data.seq_len, c.train.batch_size
   train, val = data_lib.token_splits(c.data, tokenizer)
+  if c.data.canary_repeats:  # Memorization probe: into train only (lm/probes.py).
+    train = probes.insert_canaries(train, probes.make_canaries(c.data), tokenizer,
+                                   c.data.canary_seed)
   data_lib.check_windows(train, L, 'train', B, extra=1)
   data_lib.check_windows(val, L, 'validation', 1, extra=1)
   evals = data_lib.eval_batches(val, L, B, c.train.eval_batches, pidx, pcount)

@@ -1,0 +1,226 @@
+"""EleutherAI's lm-evaluation-harness on lm's decoder models.
+
+`HarnessLM` implements the harness's model interface (lm_eval.api.model.
+TemplateLM: loglikelihood, loglikelihood_rolling, generate_until) on a
+checkpoint's params, so any harness task runs on any lm decoder:
+
+  loglikelihood          log p(continuation | context) and whether greedy
+                         decoding would produce the continuation; batched
+                         rows of model.max_len + 1 tokens (one compiled
+                         shape), contexts truncated from the left.
+  loglikelihood_rolling  the total log-likelihood of a text in disjoint
+                         windows of max_len (the harness's own windowing,
+                         lm_eval.utils.get_rolling_token_windows).
+  generate_until         greedy (or sampled, with temperature) KV-cached
+                         decoding (lm/sampling.py), cut at the first `until`.
+
+Tokenisation follows the harness's TemplateLM (the context's trailing spaces
+move to the continuation; an empty context is conditioned on EOS), so the
+numbers equal those of the harness's own Hugging Face model on an exported
+checkpoint (tests/test_harness.py). Tasks are YAML files (the harness's
+format); with no network, point them at local JSONL with `dataset_path: json`
+and `dataset_kwargs: {data_files: ...}` (tests/tasks/ has two).
+Encoder and encoder-decoder models are refused by name: the harness's
+seq2seq interface is not implemented here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import sampling
+from lm.config import ModelConfig
+from lm.model import Transformer
+
+Array = jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=('m',))
+def _row_logprobs(params, m: ModelConfig, tokens_BL1: Array) -> tuple[Array, Array]:
+  """Log-probability of each next token and whether it is the argmax: B x L."""
+  logits_BLV = Transformer(m).apply({'params': params}, tokens_BL1[:, :-1])
+  logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
+  tgt_BL = tokens_BL1[:, 1:]
+  lp_BL = jnp.take_along_axis(logp_BLV, tgt_BL[..., None], axis=-1)[..., 0]
+  return lp_BL, jnp.argmax(logits_BLV, -1) == tgt_BL
+
+
+def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
+                          batch_size: int = 16) -> list[tuple[float, bool]]:
+  """(sum of log p(continuation tokens), all greedy) per (context, continuation)
+  token pair; each row is the last max_len + 1 tokens of context + continuation.
+  A continuation longer than max_len is scored in the windows of
+  lm.sampling.score: windows of max_len + 1 tokens overlapping by half, so
+  every token sees at least max_len / 2 tokens before it."""
+  L = m.max_len
+  parts, owner = [], []
+  for k, (ctx, cont) in enumerate(pairs):
+    if len(cont) <= L:
+      parts.append((ctx, cont))
+      owner.append(k)
+      continue
+    seq, done = list(ctx)[-L:] + list(cont), min(len(ctx), L)
+    while done < len(seq):
+      lo = 0 if done <= L else done - L // 2
+      hi = min(lo + L + 1, len(seq))
+      parts.append((seq[lo:done], seq[done:hi]))
+      owner.append(k)
+      done = hi
+  sums = [0.0] * len(pairs)
+  greedy = [True] * len(pairs)
+  for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size)):
+    sums[k] += ll
+    greedy[k] = greedy[k] and g
+  return list(zip(sums, greedy))
+
+
+def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
+                batch_size: int) -> list[tuple[float, bool]]:
+  L = m.max_len
+  out = []
+  for i in range(0, len(pairs), batch_size):
+    chunk = pairs[i:i + batch_size]
+    rows = np.zeros((batch_size, L + 1), np.int32)  # One compiled shape.
+    spans = []
+    for r, (ctx, cont) in enumerate(chunk):
+      if not cont or not ctx:
+        raise ValueError('scoring needs a non-empty continuation after at least one '
+                         'context token (e.g. EOS)')
+      seq = (list(ctx) + list(cont))[-(L + 1):]
+      rows[r, :len(seq)] = seq
+      spans.append((len(seq) - len(cont) - 1, len(seq) - 1))  # Positions predicting cont.
+    lp, greedy = (np.asarray(a) for a in _row_logprobs(params, m, jnp.asarray(rows)))
+    for r, (a, b) in enumerate(spans):
+      out.append((float(lp[r, a:b].sum()), bool(greedy[r, a:b].all())))
+  return out
+
+
+def _harness():
+  try:
+    from lm_eval.api.model import TemplateLM
+  except ImportError as e:  # pragma: no cover - it is in requirements.txt.
+    raise ImportError('lm-evaluation-harness is not installed: pip install -r '
+                      'requirements.txt (package lm-eval)') from e
+  return TemplateLM
+
+
+def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
+  """A HarnessLM (a lm_eval TemplateLM) for a decoder's params and tokenizer."""
+  if m.family != 'decoder' or m.num_classes:
+    raise ValueError(f'model.family={m.family!r}'
+                     + (f', num_classes={m.num_classes}' if m.num_classes else '')
+                     + ': the harness adapter evaluates decoder-only language models')
+  TemplateLM = _harness()
+
+  class HarnessLM(TemplateLM):
+    """lm's decoder behind the harness's model interface."""
+
+    def __init__(self):
+      super().__init__()
+      self.params, self.m, self.tok, self.batch_size = params, m, tokenizer, batch_size
+
+    @property
+    def eot_token_id(self) -> int:
+      return int(self.tok.eos_id)
+
+    @property
+    def max_length(self) -> int:
+      return self.m.max_len
+
+    def tok_encode(self, string: str, add_special_tokens=None, **kw) -> list[int]:
+      del add_special_tokens, kw  # lm's tokenizers add no BOS.
+      return [int(t) for t in self.tok.encode(string)]
+
+    def tok_decode(self, ids) -> str:
+      return self.tok.decode(list(ids))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
+      del disable_tqdm, kw
+      pairs = [(ctx, cont) for _, ctx, cont in requests]
+      results = continuation_logprobs(self.params, self.m, pairs, self.batch_size)
+      for (key, _, _), res in zip(requests, results):
+        if key is not None:
+          self.cache_hook.add_partial('loglikelihood', key, res)
+      return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+      from lm_eval import utils
+      out = []
+      for (text,) in (r.args for r in requests):
+        windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
+            token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length, context_len=1)]
+        lls = continuation_logprobs(self.params, self.m, windows, self.batch_size)
+        total = sum(ll for ll, _ in lls)
+        self.cache_hook.add_partial('loglikelihood_rolling', (text,), total)
+        out.append(total)
+      return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+      out = []
+      for req in requests:
+        context, gen0 = req.args
+        gen = dict(gen0 or {})
+        until = gen.pop('until', None) or [self.tok_decode([self.eot_token_id])]
+        until = [until] if isinstance(until, str) else list(until)
+        n = int(gen.pop('max_gen_toks', 64))
+        n = max(1, min(n, self.max_length - 1))
+        temperature = float(gen.pop('temperature', 0.0))
+        greedy = not gen.pop('do_sample', False) or temperature == 0.0
+        prompt = self.tok_encode(context)[-(self.max_length - n):] or [self.eot_token_id]
+        s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
+                                    temperature=temperature if not greedy else 1.0)
+        ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id)[0][0]
+        text = self.tok_decode(ids)
+        cut = min([text.find(u) for u in until if u and u in text], default=len(text))
+        out.append(text[:cut])
+        self.cache_hook.add_partial('generate_until', (context, gen0), text[:cut])
+      return out
+
+  return HarnessLM()
+
+
+@functools.lru_cache(maxsize=8)
+def task_manager(include_path: str, tasks: tuple[str, ...]):
+  """The harness's task index. Indexing its ~15,000 built-in tasks takes ~6 s,
+  so when every task is in include_path only that directory is indexed; the
+  result is cached per process (evaluations during training reuse it)."""
+  from lm_eval.tasks import TaskManager
+  if include_path:
+    local = TaskManager(include_path=include_path, include_defaults=False)
+    if all(t in local.all_tasks for t in tasks):
+      return local
+  return TaskManager(include_path=include_path or None)
+
+
+def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | None = None,
+              seed: int = 0) -> dict[str, dict[str, float]]:
+  """{task: {metric: value}} from lm_eval.simple_evaluate, offline."""
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  import lm_eval
+  tm = task_manager(include_path, tuple(tasks))
+  res = lm_eval.simple_evaluate(model=lm_obj, tasks=list(tasks), task_manager=tm, limit=limit,
+                                random_seed=seed, numpy_random_seed=seed,
+                                torch_random_seed=seed, fewshot_random_seed=seed,
+                                log_samples=False, bootstrap_iters=0)
+  out: dict[str, dict[str, float]] = {}
+  for task, metrics in res['results'].items():
+    out[task] = {k.split(',')[0]: float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not k.startswith('alias')
+                 and '_stderr' not in k}
+  return out
+
+
+def summary(scores: dict[str, dict[str, Any]]) -> str:
+  rows = [(t, k, f'{v:.4f}') for t, ms in scores.items() for k, v in ms.items()]
+  w = [max([len(r[i]) for r in rows] + [len(h)]) for i, h in enumerate(('task', 'metric', 'value'))]
+  lines = ['  '.join(h.ljust(w[i]) for i, h in enumerate(('task', 'metric', 'value')))]
+  lines += ['  '.join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+  return '\n'.join(lines)

@@ -1,0 +1,292 @@
+"""Memorization and bias probes.
+
+Canaries (Carlini et al. 2019, "The Secret Sharer"): data.canary_repeats
+inserts one random secret per entry, in data.canary_template, that many times
+into the training stream (never the validation split; 0 = a control canary
+that is recorded but never inserted); the run directory's canaries.json
+records them. A canary's exposure is log2 |R| - log2 rank, where R is every
+secret of canary_digits digits and rank is the canary's place among them by
+the model's likelihood (1 = most likely). Spaces up to EXACT_LIMIT are
+enumerated; larger ones use the paper's approximation (Sec. 4.3): fit a
+skew-normal to the log-likelihoods of sampled candidates and read the
+canary's tail probability. A random secret's exposure is ~1 bit on average;
+log2 |R| is the most a canary can have. Extraction: does greedy decoding of
+the template's prefix produce the secret?
+
+Bias (the CrowS-Pairs format, Nangia et al. 2020): pairs of a more and a less
+stereotypical sentence with a bias type; per type, the fraction of pairs where
+the model prefers the more stereotypical one (total log-likelihood for a
+decoder; pseudo-log-likelihood, Salazar et al. 2020, for a masked LM), with a
+bootstrap 95% interval. 0.5 is no preference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import sampling
+from lm.config import DataConfig, ModelConfig
+from lm.harness import continuation_logprobs
+from lm.model import Transformer
+
+CANARY_FILE = 'canaries.json'
+EXACT_LIMIT = 20_000  # Candidate spaces up to this are ranked exactly.
+
+
+class ProbeError(ValueError):
+  """A probe's input (canaries, pairs file) is missing or malformed."""
+
+
+# --- Canaries -------------------------------------------------------------------
+
+def make_canaries(d: DataConfig) -> list[dict[str, Any]]:
+  """One canary per data.canary_repeats entry: a random secret in the template."""
+  rng = np.random.default_rng(d.canary_seed)
+  out = []
+  for i, r in enumerate(d.canary_repeats):
+    secret = ''.join(str(x) for x in rng.integers(0, 10, d.canary_digits))
+    out.append({'id': i, 'secret': secret, 'repeats': int(r), 'digits': d.canary_digits,
+                'template': d.canary_template,
+                'text': d.canary_template.replace('{secret}', secret)})
+  return out
+
+
+def insert_canaries(tokens: np.ndarray, canaries: list[dict], tokenizer, seed: int
+                    ) -> np.ndarray:
+  """The training token stream with each canary (as a document: its tokens
+  then EOS) inserted `repeats` times at random document boundaries."""
+  eos = tokenizer.eos_id
+  docs = [(np.asarray(list(tokenizer.encode(c['text'])) + [eos], tokens.dtype), c['repeats'])
+          for c in canaries]
+  inserts = [doc for doc, r in docs for _ in range(r)]
+  if not inserts:
+    return tokens
+  bounds = np.flatnonzero(tokens == eos) + 1
+  if len(bounds) == 0:
+    bounds = np.asarray([len(tokens)])
+  rng = np.random.default_rng(seed)
+  at = np.sort(rng.choice(bounds, size=len(inserts), replace=True))
+  order = rng.permutation(len(inserts))
+  pieces, prev = [], 0
+  for pos, k in zip(at, order):
+    pieces += [tokens[prev:pos], inserts[k]]
+    prev = pos
+  pieces.append(tokens[prev:])
+  return np.concatenate(pieces)
+
+
+def canary_path(path: str) -> str:
+  from lm import checkpoint
+  return os.path.join(os.path.dirname(checkpoint.find(path)[0]), CANARY_FILE)
+
+
+def read_canaries(path: str) -> list[dict]:
+  with open(canary_path(path)) as f:
+    return json.load(f)['canaries']
+
+
+def _split_template(c: dict) -> tuple[str, str]:
+  pre, _, post = c['template'].partition('{secret}')
+  return pre, post
+
+
+def _candidate_scores(params, m: ModelConfig, tokenizer, c: dict, secrets: list[str],
+                      batch_size: int = 256) -> np.ndarray:
+  """log p(secret + rest of the template | EOS + prefix) per candidate secret."""
+  pre, post = _split_template(c)
+  ctx = [tokenizer.eos_id] + [int(t) for t in tokenizer.encode(pre)]
+  pairs = [(ctx, [int(t) for t in tokenizer.encode(s + post)]) for s in secrets]
+  return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, batch_size)])
+
+
+def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
+             seed: int = 0) -> dict[str, Any]:
+  """Exposure (bits) of one canary, its rank (exact or estimated) and whether
+  greedy decoding from the prefix extracts the secret."""
+  digits = c['digits']
+  space = 10 ** digits
+  mine = float(_candidate_scores(params, m, tokenizer, c, [c['secret']])[0])
+  if space <= EXACT_LIMIT:
+    all_ = _candidate_scores(params, m, tokenizer, c, [f'{i:0{digits}d}' for i in range(space)])
+    rank = int((all_ > mine).sum()) + 1
+    exp_bits = math.log2(space) - math.log2(rank)
+    method = 'exact'
+  else:  # Carlini et al. 2019, Sec. 4.3: skew-normal fit to sampled candidates.
+    from scipy import stats
+    rng = np.random.default_rng(seed)
+    draws = [''.join(str(x) for x in rng.integers(0, 10, digits)) for _ in range(samples)]
+    scores = _candidate_scores(params, m, tokenizer, c, draws)
+    a, loc, scale = stats.skewnorm.fit(-scores)  # Fit the negative log-likelihoods.
+    tail = max(float(stats.skewnorm.cdf(-mine, a, loc, scale)), 1.0 / space)
+    rank = max(tail * space, 1.0)
+    exp_bits = min(-math.log2(tail), math.log2(space))
+    method = f'skew-normal fit to {samples} samples'
+  pre, _ = _split_template(c)
+  n_new = len(tokenizer.encode(c['secret']))
+  prompt = [tokenizer.eos_id] + [int(t) for t in tokenizer.encode(pre)]
+  out = sampling.generate(params, m, [prompt], sampling.SamplingConfig(
+      max_new_tokens=n_new, greedy=True), eos_id=-1)[0][0]
+  extracted = tokenizer.decode(out).startswith(c['secret'])
+  return {'id': c['id'], 'repeats': c['repeats'], 'secret': c['secret'],
+          'exposure_bits': float(exp_bits), 'max_bits': math.log2(space), 'rank': rank,
+          'log_likelihood': mine, 'extracted': bool(extracted), 'method': method}
+
+
+def exposures(params, m: ModelConfig, tokenizer, canaries: list[dict]) -> list[dict]:
+  if m.family != 'decoder' or m.num_classes:
+    raise ProbeError(f'model.family={m.family!r}: exposure needs a decoder-only LM')
+  return [exposure(params, m, tokenizer, c) for c in canaries]
+
+
+def canary_table(rows: list[dict]) -> str:
+  lines = ['canary  repeats  exposure (bits, max)  rank  extracted']
+  for r in rows:
+    lines.append(f'{r["id"]:>6}  {r["repeats"]:>7}  {r["exposure_bits"]:>8.2f} '
+                 f'({r["max_bits"]:.1f})  {r["rank"]:>11.4g}  {r["extracted"]}')
+  return '\n'.join(lines)
+
+
+# --- Bias -------------------------------------------------------------------------
+
+PAIR_COLUMNS = ('sent_more', 'sent_less', 'bias_type')
+
+
+def read_pairs(path: str) -> list[dict[str, str]]:
+  """CrowS-Pairs-format rows: sent_more, sent_less, bias_type (other columns kept)."""
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise ProbeError(f'--bias_csv={path} could not be read: {e}') from None
+  missing = [c for c in PAIR_COLUMNS if not rows or c not in rows[0]]
+  if missing:
+    raise ProbeError(f'--bias_csv={path} needs columns {", ".join(PAIR_COLUMNS)} '
+                     f'(the CrowS-Pairs format); missing: {", ".join(missing)}'
+                     + ('' if rows else ' (the file has no rows)'))
+  for i, r in enumerate(rows):
+    if not (r['sent_more'] or '').strip() or not (r['sent_less'] or '').strip():
+      raise ProbeError(f'--bias_csv={path}: row {i + 2} has an empty sentence')
+  return rows
+
+
+def _masked_logprob_fn(m: ModelConfig):
+  """(params, N x L tokens, N x L valid, N positions, mask id) -> log p of the
+  token at each row's position with that position masked."""
+  @jax.jit
+  def f(params, tokens_NL, valid_NL, positions_N, mask_id):
+    rows = jnp.arange(tokens_NL.shape[0])
+    masked = tokens_NL.at[rows, positions_N].set(mask_id)
+    logits = Transformer(m).apply({'params': params}, masked, valid_BL=valid_NL)
+    logp = jax.nn.log_softmax(logits[rows, positions_N], -1)
+    return jnp.take_along_axis(logp, tokens_NL[rows, positions_N][:, None], -1)[:, 0]
+  return f
+
+
+def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> np.ndarray:
+  """Decoder: log p(sentence | EOS). Encoder: pseudo-log-likelihood, each token
+  masked in turn (MASK = the first id above the tokenizer's, as in training)."""
+  if m.family == 'decoder' and not m.num_classes:
+    pairs = [([tokenizer.eos_id], [int(t) for t in tokenizer.encode(s)]) for s in sentences]
+    return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs)])
+  if m.family != 'encoder' or m.num_classes:
+    raise ProbeError(f'model.family={m.family!r}: the bias probe scores sentences with a '
+                     'decoder (log-likelihood) or an encoder (pseudo-log-likelihood)')
+  f = _masked_logprob_fn(m)
+  out = []
+  for s in sentences:
+    ids = [int(t) for t in tokenizer.encode(s)][:m.max_len]
+    L, S = len(ids), m.max_len  # S x S rows: one compiled shape for every sentence.
+    rows = np.zeros((S, S), np.int32)
+    rows[:, :L] = ids
+    valid = np.zeros((S, S), bool)
+    valid[:, :L] = True
+    lp = np.asarray(f(params, jnp.asarray(rows), jnp.asarray(valid),
+                      jnp.asarray(np.minimum(np.arange(S), L - 1)), tokenizer.vocab_size))
+    out.append(float(lp[:L].sum()))
+  return np.asarray(out)
+
+
+def bias_probe(params, m: ModelConfig, tokenizer, rows: list[dict], bootstrap: int = 1000,
+               seed: int = 0) -> dict[str, dict[str, Any]]:
+  """{bias_type | 'all': {pairs, stereotype_preferred (fraction), ci95}}."""
+  more = sentence_scores(params, m, tokenizer, [r['sent_more'] for r in rows])
+  less = sentence_scores(params, m, tokenizer, [r['sent_less'] for r in rows])
+  prefer = (more > less).astype(np.float64)
+  types = np.asarray([r['bias_type'] for r in rows])
+  rng = np.random.default_rng(seed)
+  out = {}
+  for t in sorted(set(types)) + ['all']:
+    x = prefer if t == 'all' else prefer[types == t]
+    boots = rng.choice(x, size=(bootstrap, len(x)), replace=True).mean(1) if bootstrap else x
+    out[t] = {'pairs': int(len(x)), 'stereotype_preferred': float(x.mean()),
+              'ci95': [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+  out['method'] = ('total log-likelihood' if m.family == 'decoder'
+                   else 'pseudo-log-likelihood')
+  return out
+
+
+def bias_table(res: dict) -> str:
+  lines = [f'bias type           pairs  prefers stereotype  95% CI  ({res["method"]})']
+  for t, r in res.items():
+    if t == 'method':
+      continue
+    lines.append(f'{t:<18} {r["pairs"]:>6}  {r["stereotype_preferred"]:>18.3f}  '
+                 f'[{r["ci95"][0]:.3f}, {r["ci95"][1]:.3f}]')
+  return '\n'.join(lines)
+
+
+# --- During training (train.eval_tasks, data.canary_repeats, train.eval_bias_csv) --
+
+def eval_extras(c, params, tokenizer, final: bool) -> dict[str, float]:
+  """Metrics for an evaluation row: harness task scores at every evaluation
+  ('task/<task>/<metric>'); canary exposure and extraction
+  ('canary/<id>_x<repeats>/...') and the bias probe ('bias/<type>/...') at the
+  final one. Activations are left unconstrained (no mesh rules): these
+  batches need not divide the mesh."""
+  import flax.linen as nn
+  from lm import harness
+  out: dict[str, float] = {}
+  with nn.logical_axis_rules(()):
+    if c.train.eval_tasks:
+      lm_obj = harness.make_lm(params, c.model, tokenizer)
+      scores = harness.run_tasks(lm_obj, list(c.train.eval_tasks), c.train.eval_tasks_path,
+                                 c.train.eval_tasks_limit or None)
+      for task, ms in scores.items():
+        out.update({f'task/{task}/{k}': v for k, v in ms.items()})
+    if final and c.data.canary_repeats:
+      for r in exposures(params, c.model, tokenizer, make_canaries(c.data)):
+        key = f'canary/{r["id"]}_x{r["repeats"]}'
+        out[f'{key}/exposure'] = r['exposure_bits']
+        out[f'{key}/extracted'] = float(r['extracted'])
+    if final and c.train.eval_bias_csv:
+      res = bias_probe(params, c.model, tokenizer, read_pairs(c.train.eval_bias_csv))
+      for t, v in res.items():
+        if t != 'method':
+          out[f'bias/{t}/stereotype_preferred'] = v['stereotype_preferred']
+          out[f'bias/{t}/ci_lo'], out[f'bias/{t}/ci_hi'] = v['ci95']
+  return out
+
+
+def check_tasks(c) -> None:
+  """Refuses unknown train.eval_tasks by name, before anything compiles."""
+  if not c.train.eval_tasks:
+    return
+  import difflib
+
+  from lm import harness
+  from lm.config import ConfigError
+  known = harness.task_manager(c.train.eval_tasks_path, tuple(c.train.eval_tasks)).all_tasks
+  for task in c.train.eval_tasks:
+    if task not in known:
+      close = difflib.get_close_matches(task, known, n=3)
+      raise ConfigError(f'config.train.eval_tasks: {task!r} is not a harness task'
+                        + (f' (did you mean {", ".join(close)}?)' if close else '')
+                        + '; task YAML files outside the harness go in train.eval_tasks_path')

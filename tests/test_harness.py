@@ -1,0 +1,125 @@
+"""lm-evaluation-harness on lm models (lm/harness.py, tools/eval.py): the
+adapter's likelihoods equal lm's own scoring path, the shipped local tasks run
+offline, and an exported checkpoint through the harness's own Hugging Face
+model gives the same accuracies and log-likelihoods."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lm import checkpoint, harness, sampling, tokenizers, train
+from tests.helpers import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = os.path.join(ROOT, 'tests', 'tasks')
+BYTES = tokenizers.get_tokenizer('byte')
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory, corpus_dir):
+  wd = str(tmp_path_factory.mktemp('harness_run'))
+  c = tiny(corpus_dir, **{'train.steps': 30, 'data.seq_len': 32, 'model.max_len': 64,
+                          'train.eval_every': 30, 'train.checkpoint_every': 30})
+  train.train_and_evaluate(c, wd, log=lambda *_: None)
+  return wd
+
+
+def test_adapter_loglikelihoods_equal_lms_score_path(run_dir):
+  c, params = checkpoint.load_params(run_dir)
+  lm_obj = harness.make_lm(params, c.model, BYTES, batch_size=4)
+  from lm_eval.api.instance import Instance
+  pairs = [('def f(x):\n    return', ' x'), ('import', ' os'), ('', 'hello'),
+           ('a' * 100, ' tail beyond the window')]
+  reqs = [Instance('loglikelihood', {}, p, i) for i, p in enumerate(pairs)]
+  got = lm_obj.loglikelihood(reqs)
+  for (ctx, cont), (ll, greedy) in zip(pairs, got):
+    ctx_ids = list(BYTES.encode(ctx)) or [BYTES.eos_id]
+    want = sampling.score(params, c.model, list(BYTES.encode(cont)), ctx_ids)
+    if len(ctx_ids) + len(cont.encode()) <= c.model.max_len + 1:
+      np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5, atol=1e-4)
+    assert isinstance(greedy, bool)
+  rolling = lm_obj.loglikelihood_rolling([Instance('loglikelihood_rolling', {}, ('x = 1\n' * 30,), 0)])
+  want = sampling.score(params, c.model, list(BYTES.encode('x = 1\n' * 30)), [BYTES.eos_id])
+  assert rolling[0] < 0  # The harness's disjoint windows differ from score()'s overlapping ones.
+  assert abs(rolling[0] + want['nll']) / want['nll'] < 0.5
+  out = lm_obj.generate_until([Instance('generate_until', {}, (
+      'def f(x):\n', {'until': ['\n'], 'max_gen_toks': 12}), 0)])
+  assert isinstance(out[0], str) and '\n' not in out[0]
+
+
+def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
+  out = tmp_path / 'eval.json'
+  p = subprocess.run(
+      [sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}',
+       '--tasks=lm_tiny_mc,lm_tiny_lastword', f'--include_path={TASKS}', f'--out={out}',
+       f'--bias_csv={os.path.join(ROOT, "tests", "data", "bias_pairs.csv")}'],
+      cwd=ROOT, capture_output=True, text=True)
+  assert p.returncode == 0, p.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert set(res['tasks']) == {'lm_tiny_mc', 'lm_tiny_lastword'}
+  assert 0 <= res['tasks']['lm_tiny_mc']['acc'] <= 1
+  assert res['tasks']['lm_tiny_lastword']['perplexity'] > 1
+  assert res['bias']['all']['pairs'] == 12 and res['step'] == 30
+  assert 'lm_tiny_mc' in p.stdout and 'acc' in p.stdout
+  bad = subprocess.run([sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}'],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.startswith('error: nothing to evaluate')
+  assert 'Traceback' not in bad.stderr
+
+
+def test_exported_checkpoint_scores_the_same_in_the_harness_hf_model(tmp_path, corpus_dir):
+  """GPT-2 with a BPE tokenizer.json: our adapter on our params and the
+  harness's `hf` model on the exported directory agree to 1e-4."""
+  import torch
+  import transformers
+  from lm_eval.models.huggingface import HFLM
+  from tests.test_hf import _randomize
+  from tests.test_tokenizers import _train_hf
+  from tools import hf
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  _train_hf(texts, tmp_path / 'src' / 'tokenizer.json')
+  tok = tokenizers.get_tokenizer('hf', str(tmp_path / 'src' / 'tokenizer.json'))
+  cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=4,
+                                n_inner=48, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                                attn_pdrop=0.0, bos_token_id=tok.eos_id,
+                                eos_token_id=tok.eos_id)
+  _randomize(transformers.GPT2LMHeadModel(cfg), std=0.3).save_pretrained(tmp_path / 'src')
+  hf.import_dir(str(tmp_path / 'src'), str(tmp_path / 'run'))
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  c, params = checkpoint.load_params(str(tmp_path / 'run'))
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+
+  def evaluate(lm_obj):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    res = lm_eval.simple_evaluate(model=lm_obj, tasks=['lm_tiny_mc', 'lm_tiny_lastword'],
+                                  task_manager=TaskManager(include_path=TASKS),
+                                  log_samples=True, bootstrap_iters=0)
+    lls = {t: [[r[0] for r in s['resps']] for s in samples]
+           for t, samples in res['samples'].items()}
+    return res['results'], lls
+
+  ours, our_lls = evaluate(harness.make_lm(params, c.model, tok, batch_size=8))
+  torch.manual_seed(0)
+  theirs, their_lls = evaluate(HFLM(pretrained=str(tmp_path / 'hf'), device='cpu',
+                                    batch_size=8, dtype='float32'))
+  for task in ('lm_tiny_mc', 'lm_tiny_lastword'):
+    for k in ('acc,none', 'acc_norm,none', 'perplexity,none'):
+      if k in ours[task]:
+        np.testing.assert_allclose(ours[task][k], theirs[task][k], rtol=1e-4, err_msg=k)
+    a = np.asarray([[x[0] for x in doc] for doc in our_lls[task]], float)
+    b = np.asarray([[x[0] for x in doc] for doc in their_lls[task]], float)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_long_continuations_are_scored_in_pieces_like_score(run_dir):
+  c, params = checkpoint.load_params(run_dir)
+  text = list(BYTES.encode('def f(x):\n    return x * 2 + alpha beta gamma\n' * 4))
+  assert len(text) > c.model.max_len
+  (ll, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)])
+  want = sampling.score(params, c.model, text, [BYTES.eos_id])
+  np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5)
