@@ -259,18 +259,18 @@ def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
 def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir, family):
-  """A 2 x 2 grid sweep of masked-LM / span-corruption models: every run done,
+  """A 1 x 2 grid sweep of masked-LM / span-corruption models: every run done,
   results.csv and the report name the objective's headline metric."""
   cd = _sweep_cd(corpus_dir)
   cd.model.family = family
   base = sweep._resolved(config_lib.from_configdict(sweep.split(cd)[0])).model
-  rung1, rung2 = [float(n) for n, _ in plan.rungs(base, 8, 8, max_layers=2)]
-  cd.sweep = dict(design='grid', convention='exact', params=[rung1, rung2],
+  rung1 = float(plan.rungs(base, 8, 8, max_layers=1)[0][0])
+  cd.sweep = dict(design='grid', convention='exact', params=[rung1],
                   tokens=[640.0, 1280.0], aspect=8, head_dim=8, evals_per_run=1,
                   bootstrap=10, grid='coarse')
   wd = str(tmp_path / family)
   res = sweep.run_all(cd, wd, log=lambda *_: None)
-  assert [r['status'] for r in res] == ['done'] * 4, res
+  assert [r['status'] for r in res] == ['done'] * 2, res
   rows = sweep.collect(cd, wd)
   want = {'encoder': 'mlm', 'encoder_decoder': 'span'}[family]
   assert {(r['objective'], r['headline']) for r in rows} == {(want, 'accuracy')}
