@@ -213,7 +213,7 @@ def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | Non
   out: dict[str, dict[str, float]] = {}
   for task, metrics in res['results'].items():
     out[task] = {k.split(',')[0]: float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not k.startswith('alias')
+                 if isinstance(v, (int, float)) and not k.startswith(('alias', 'sample_len'))
                  and '_stderr' not in k}
   return out
 

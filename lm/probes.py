@@ -47,8 +47,12 @@ class ProbeError(ValueError):
 
 # --- Canaries -------------------------------------------------------------------
 
-def make_canaries(d: DataConfig) -> list[dict[str, Any]]:
-  """One canary per data.canary_repeats entry: a random secret in the template."""
+def make_canaries(d: DataConfig, rows_trained: int = 0, rows_in_corpus: int = 0
+                  ) -> list[dict[str, Any]]:
+  """One canary per data.canary_repeats entry: a random secret in the template.
+  `repeats` counts copies in the training corpus; a run that reads a fraction
+  of it sees about repeats x rows_trained / rows_in_corpus of them
+  (`expected_seen`, when the two are given)."""
   rng = np.random.default_rng(d.canary_seed)
   out = []
   for i, r in enumerate(d.canary_repeats):
@@ -56,6 +60,8 @@ def make_canaries(d: DataConfig) -> list[dict[str, Any]]:
     out.append({'id': i, 'secret': secret, 'repeats': int(r), 'digits': d.canary_digits,
                 'template': d.canary_template,
                 'text': d.canary_template.replace('{secret}', secret)})
+    if rows_in_corpus:
+      out[-1]['expected_seen'] = r * rows_trained / rows_in_corpus
   return out
 
 
@@ -136,6 +142,7 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
       max_new_tokens=n_new, greedy=True), eos_id=-1)[0][0]
   extracted = tokenizer.decode(out).startswith(c['secret'])
   return {'id': c['id'], 'repeats': c['repeats'], 'secret': c['secret'],
+          'expected_seen': c.get('expected_seen'),
           'exposure_bits': float(exp_bits), 'max_bits': math.log2(space), 'rank': rank,
           'log_likelihood': mine, 'extracted': bool(extracted), 'method': method}
 
@@ -147,9 +154,10 @@ def exposures(params, m: ModelConfig, tokenizer, canaries: list[dict]) -> list[d
 
 
 def canary_table(rows: list[dict]) -> str:
-  lines = ['canary  repeats  exposure (bits, max)  rank  extracted']
+  lines = ['canary  repeats  seen (expected)  exposure (bits, max)  rank  extracted']
   for r in rows:
-    lines.append(f'{r["id"]:>6}  {r["repeats"]:>7}  {r["exposure_bits"]:>8.2f} '
+    seen = '-' if r.get('expected_seen') is None else f'{r["expected_seen"]:.1f}'
+    lines.append(f'{r["id"]:>6}  {r["repeats"]:>7}  {seen:>15}  {r["exposure_bits"]:>8.2f} '
                  f'({r["max_bits"]:.1f})  {r["rank"]:>11.4g}  {r["extracted"]}')
   return '\n'.join(lines)
 
@@ -245,7 +253,8 @@ def bias_table(res: dict) -> str:
 
 # --- During training (train.eval_tasks, data.canary_repeats, train.eval_bias_csv) --
 
-def eval_extras(c, params, tokenizer, final: bool) -> dict[str, float]:
+def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
+                ) -> dict[str, float]:
   """Metrics for an evaluation row: harness task scores at every evaluation
   ('task/<task>/<metric>'); canary exposure and extraction
   ('canary/<id>_x<repeats>/...') and the bias probe ('bias/<type>/...') at the
@@ -261,11 +270,12 @@ def eval_extras(c, params, tokenizer, final: bool) -> dict[str, float]:
                                  c.train.eval_tasks_limit or None)
       for task, ms in scores.items():
         out.update({f'task/{task}/{k}': v for k, v in ms.items()})
-    if final and c.data.canary_repeats:
-      for r in exposures(params, c.model, tokenizer, make_canaries(c.data)):
+    if final and canaries:
+      for can, r in zip(canaries, exposures(params, c.model, tokenizer, canaries)):
         key = f'canary/{r["id"]}_x{r["repeats"]}'
         out[f'{key}/exposure'] = r['exposure_bits']
         out[f'{key}/extracted'] = float(r['extracted'])
+        out[f'{key}/expected_seen'] = can.get('expected_seen', float('nan'))
     if final and c.train.eval_bias_csv:
       res = bias_probe(params, c.model, tokenizer, read_pairs(c.train.eval_bias_csv))
       for t, v in res.items():

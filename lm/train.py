@@ -335,11 +335,11 @@ class _Progress:
       self.bar.close()
 
 
-def _evaluate(t: Trainer, params, evals: list, writer, step: int, tok) -> dict[str, float]:
+def _evaluate(t: Trainer, params, evals: list, writer, step: int, extras) -> dict[str, float]:
   outs = jax.device_get([t.eval_step(params, t.to_global(b), t.to_global(w, t.rows_sharding))
                          for b, w in evals])
   res = t.objective.summarize({k: sum(float(o[k]) for o in outs) for k in outs[0]})
-  res.update(probes.eval_extras(t.cfg, params, tok, final=step == t.cfg.train.steps))
+  res.update(extras(params, final=step == t.cfg.train.steps))  # lm/probes.eval_extras.
   writer.write(step, 'eval', res)
   return res
 
@@ -438,9 +438,11 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   if pidx == 0:
     workdir_lib.write_atomic(os.path.join(workdir, 'config.json'),
                              json.dumps(config_lib.to_dict(c), indent=2))
-    if c.data.canary_repeats:  # What tools.eval --canaries measures (lm/probes.py).
-      workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE), json.dumps(
-          {'canaries': probes.make_canaries(c.data)}, indent=1))
+  canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
+  if pidx == 0 and canaries:  # What tools.eval --canaries measures (lm/probes.py).
+    workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),
+                             json.dumps({'canaries': canaries}, indent=1))
+  extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
   data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
                                     c.data.shuffle_seed, pidx, pcount, data.transform))
   conv = flops_per_token(c)
@@ -490,7 +492,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             if done % c.train.eval_every == 0 or done == c.train.steps:
               progress.flush()
               t0 = time.perf_counter()
-              last_eval = _evaluate(t, state.params, data.evals, writer, done, tok)
+              last_eval = _evaluate(t, state.params, data.evals, writer, done, extras)
               wall['eval'] += time.perf_counter() - t0
               if progress.bar is not None:
                 h = objective.headline
@@ -516,7 +518,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
       if not last_eval and end == c.train.steps:  # Resumed at its end: the final eval, once.
         final = [e for e in metrics_lib.read(workdir, 'eval') if e['step'] == end]
         last_eval = ({k: v for k, v in final[-1].items() if k not in ('step', 'kind')}
-                     if final else _evaluate(t, state.params, data.evals, writer, end, tok))
+                     if final else _evaluate(t, state.params, data.evals, writer, end, extras))
     finally:
       t0 = time.perf_counter()
       mngr.wait_until_finished()  # Never leave a save half-written on the way out.

@@ -33,7 +33,11 @@ def test_canaries_go_into_train_only_and_are_recorded(tmp_path, corpus_dir):
     np.testing.assert_array_equal(a['tokens'], b['tokens'])
   train.train_and_evaluate(dataclasses.replace(c, train=dataclasses.replace(
       c.train, steps=1, eval_every=1, checkpoint_every=1)), str(tmp_path), log=lambda *_: None)
-  assert probes.read_canaries(str(tmp_path)) == canaries
+  recorded = probes.read_canaries(str(tmp_path))
+  assert [{k: v for k, v in x.items() if k != 'expected_seen'} for x in recorded] == canaries
+  rows = len(with_c.train)  # Windows in the corpus; one step reads batch_size of them.
+  assert [x['expected_seen'] for x in recorded] == pytest.approx(
+      [r * 1 * c.train.batch_size / rows for r in (0, 3, 5)])
   for bad, match in (({'data.canary_repeats': (-1,)}, 'repetition count'),
                      ({'data.canary_template': 'no secret'}, "'{secret}' once"),
                      ({'data.canary_digits': 0}, '1..12')):
