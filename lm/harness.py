@@ -26,7 +26,9 @@ seq2seq interface is not implemented here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 from typing import Any
 
@@ -206,10 +208,11 @@ def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | Non
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   import lm_eval
   tm = task_manager(include_path, tuple(tasks))
-  res = lm_eval.simple_evaluate(model=lm_obj, tasks=list(tasks), task_manager=tm, limit=limit,
-                                random_seed=seed, numpy_random_seed=seed,
-                                torch_random_seed=seed, fewshot_random_seed=seed,
-                                log_samples=False, bootstrap_iters=0)
+  with contextlib.redirect_stderr(io.StringIO()):  # The harness's progress bars.
+    res = lm_eval.simple_evaluate(model=lm_obj, tasks=list(tasks), task_manager=tm,
+                                  limit=limit, random_seed=seed, numpy_random_seed=seed,
+                                  torch_random_seed=seed, fewshot_random_seed=seed,
+                                  log_samples=False, bootstrap_iters=0, verbosity='ERROR')
   out: dict[str, dict[str, float]] = {}
   for task, metrics in res['results'].items():
     out[task] = {k.split(',')[0]: float(v) for k, v in metrics.items()

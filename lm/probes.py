@@ -287,16 +287,21 @@ def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
 
 def check_tasks(c) -> None:
   """Refuses unknown train.eval_tasks by name, before anything compiles."""
-  if not c.train.eval_tasks:
+  check_task_names(c.train.eval_tasks, c.train.eval_tasks_path, 'config.train.eval_tasks',
+                   'train.eval_tasks_path')
+
+
+def check_task_names(tasks, include_path: str, what: str, path_flag: str) -> None:
+  if not tasks:
     return
   import difflib
 
   from lm import harness
   from lm.config import ConfigError
-  known = harness.task_manager(c.train.eval_tasks_path, tuple(c.train.eval_tasks)).all_tasks
-  for task in c.train.eval_tasks:
+  known = harness.task_manager(include_path, tuple(tasks)).all_tasks
+  for task in tasks:
     if task not in known:
       close = difflib.get_close_matches(task, known, n=3)
-      raise ConfigError(f'config.train.eval_tasks: {task!r} is not a harness task'
+      raise ConfigError(f'{what}: {task!r} is not a harness task'
                         + (f' (did you mean {", ".join(close)}?)' if close else '')
-                        + '; task YAML files outside the harness go in train.eval_tasks_path')
+                        + f'; task YAML files outside the harness go in {path_flag}')

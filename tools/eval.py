@@ -46,6 +46,7 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
   if canaries and not os.path.isfile(probes.canary_path(path)):
     raise config_lib.ConfigError(f'{path} has no {probes.CANARY_FILE}: the run inserted no '
                                  'canaries (set data.canary_repeats when training)')
+  probes.check_task_names(tasks, include_path, '--tasks', '--include_path')
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   c, params = checkpoint.load_params(path)
   _, step_dir = checkpoint.find(path)
