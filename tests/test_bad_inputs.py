@@ -10,8 +10,9 @@ from configs import tiny as tiny_config
 from lm import config as config_lib
 from tools import bad_inputs
 
-# Rejected by flag parsing, or later than config validation (objective table, mesh).
-_PARSED = ('many', 'd_modle', 'trian', 'train.objective', 'mesh.data=3')
+# Rejected by flag parsing, or later than config validation (objective table, mesh,
+# the harness's task index).
+_PARSED = ('many', 'd_modle', 'trian', 'train.objective', 'mesh.data=3', 'no_such_task')
 CONFIG_CASES = [(n, a[-1], w) for n, a, w in bad_inputs.CASES
                 if n.startswith('train --config.') and not any(x in n for x in _PARSED)]
 
