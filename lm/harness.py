@@ -6,8 +6,8 @@ checkpoint's params, so any harness task runs on any lm decoder:
 
   loglikelihood          log p(continuation | context) and whether greedy
                          decoding would produce the continuation; batched
-                         rows of model.max_len + 1 tokens (one compiled
-                         shape), contexts truncated from the left.
+                         rows of at most window + 1 tokens (the window: the
+                         trained length), contexts truncated from the left.
   loglikelihood_rolling  the total log-likelihood of a text in disjoint
                          windows of max_len (the harness's own windowing,
                          lm_eval.utils.get_rolling_token_windows).
@@ -54,13 +54,14 @@ def _row_logprobs(params, m: ModelConfig, tokens_BL1: Array) -> tuple[Array, Arr
 
 
 def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
-                          batch_size: int = 16) -> list[tuple[float, bool]]:
+                          batch_size: int = 16, window: int = 0) -> list[tuple[float, bool]]:
   """(sum of log p(continuation tokens), all greedy) per (context, continuation)
   token pair; each row is the last max_len + 1 tokens of context + continuation.
   A continuation longer than max_len is scored in the windows of
   lm.sampling.score: windows of max_len + 1 tokens overlapping by half, so
-  every token sees at least max_len / 2 tokens before it."""
-  L = m.max_len
+  every token sees at least max_len / 2 tokens before it. `window` (<=
+  max_len; 0: max_len) replaces max_len, e.g. the length the model trained at."""
+  L = min(window or m.max_len, m.max_len)
   parts, owner = [], []
   for k, (ctx, cont) in enumerate(pairs):
     if len(cont) <= L:
@@ -76,25 +77,29 @@ def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], l
       done = hi
   sums = [0.0] * len(pairs)
   greedy = [True] * len(pairs)
-  for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size)):
+  for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size, L)):
     sums[k] += ll
     greedy[k] = greedy[k] and g
   return list(zip(sums, greedy))
 
 
 def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
-                batch_size: int) -> list[tuple[float, bool]]:
-  L = m.max_len
+                batch_size: int, L: int) -> list[tuple[float, bool]]:
   out = []
   for i in range(0, len(pairs), batch_size):
     chunk = pairs[i:i + batch_size]
-    rows = np.zeros((batch_size, L + 1), np.int32)  # One compiled shape.
-    spans = []
-    for r, (ctx, cont) in enumerate(chunk):
+    seqs = []
+    for ctx, cont in chunk:
       if not cont or not ctx:
         raise ValueError('scoring needs a non-empty continuation after at least one '
                          'context token (e.g. EOS)')
-      seq = (list(ctx) + list(cont))[-(L + 1):]
+      seqs.append((list(ctx) + list(cont))[-(L + 1):])
+    # Rows padded to a power of two (at most L + 1): few compiled shapes, and
+    # short requests (canaries, choices) do not pay for B x max_len x V logits.
+    width = min(L + 1, max(8, 1 << (max(map(len, seqs)) - 1).bit_length()))
+    rows = np.zeros((batch_size, width), np.int32)
+    spans = []
+    for r, ((ctx, cont), seq) in enumerate(zip(chunk, seqs)):
       rows[r, :len(seq)] = seq
       spans.append((len(seq) - len(cont) - 1, len(seq) - 1))  # Positions predicting cont.
     lp, greedy = (np.asarray(a) for a in _row_logprobs(params, m, jnp.asarray(rows)))
@@ -112,8 +117,10 @@ def _harness():
   return TemplateLM
 
 
-def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
-  """A HarnessLM (a lm_eval TemplateLM) for a decoder's params and tokenizer."""
+def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int = 0):
+  """A HarnessLM (a lm_eval TemplateLM) for a decoder's params and tokenizer;
+  `window` is its context length (0: model.max_len; pass data.seq_len, the
+  length it trained at, so learned positions beyond it are never used)."""
   if m.family != 'decoder' or m.num_classes:
     raise ValueError(f'model.family={m.family!r}'
                      + (f', num_classes={m.num_classes}' if m.num_classes else '')
@@ -126,6 +133,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
     def __init__(self):
       super().__init__()
       self.params, self.m, self.tok, self.batch_size = params, m, tokenizer, batch_size
+      self.window = min(window or m.max_len, m.max_len)
 
     @property
     def eot_token_id(self) -> int:
@@ -133,7 +141,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
 
     @property
     def max_length(self) -> int:
-      return self.m.max_len
+      return self.window
 
     def tok_encode(self, string: str, add_special_tokens=None, **kw) -> list[int]:
       del add_special_tokens, kw  # lm's tokenizers add no BOS.
@@ -145,7 +153,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
       del disable_tqdm, kw
       pairs = [(ctx, cont) for _, ctx, cont in requests]
-      results = continuation_logprobs(self.params, self.m, pairs, self.batch_size)
+      results = continuation_logprobs(self.params, self.m, pairs, self.batch_size, self.window)
       for (key, _, _), res in zip(requests, results):
         if key is not None:
           self.cache_hook.add_partial('loglikelihood', key, res)
@@ -158,7 +166,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16):
         windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
             token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
             max_seq_len=self.max_length, context_len=1)]
-        lls = continuation_logprobs(self.params, self.m, windows, self.batch_size)
+        lls = continuation_logprobs(self.params, self.m, windows, self.batch_size, self.window)
         total = sum(ll for ll, _ in lls)
         self.cache_hook.add_partial('loglikelihood_rolling', (text,), total)
         out.append(total)
@@ -215,7 +223,8 @@ def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | Non
                                   log_samples=False, bootstrap_iters=0, verbosity='ERROR')
   out: dict[str, dict[str, float]] = {}
   for task, metrics in res['results'].items():
-    out[task] = {k.split(',')[0]: float(v) for k, v in metrics.items()
+    out[task] = {k.replace(',none', '').replace(',', '/'): float(v)  # metric[/filter]
+                 for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not k.startswith(('alias', 'sample_len'))
                  and '_stderr' not in k}
   return out

@@ -74,8 +74,10 @@ def output_multiplier(c: ModelConfig) -> float:
 
 def attn_multiplier(c: ModelConfig) -> float:
   """Multiplies the queries on top of 1/sqrt(Dh). muP: sqrt(Dh_base) / Dh in
-  all, where Dh_base is the head dim at base_width (an explicit head_dim is
-  the same at every width; head_dim 0 means d_model / heads, which grows)."""
+  all, where Dh_base is the head dim at base_width. An explicit head_dim is
+  the same at every width (widen by adding heads); head_dim 0 means d_model /
+  heads, which grows with width at a fixed head count (widen by d_model only:
+  with head_dim 0 and more heads than the base model the multiplier is wrong)."""
   if c.parametrization != 'mup':
     return 1.0
   base_dh = c.head_dim or (c.base_width or c.d_model) / c.num_heads
@@ -856,6 +858,7 @@ def fold_multipliers(params: dict, c: ModelConfig) -> tuple[dict, ModelConfig]:
         scale(a, ('query', 'query_bias'), q_mult)
       scale(a, ('out', 'out_bias'), branch)
     scale(blk['mlp']['down'], ('kernel', 'bias'), branch)
-  scale(p['mlm_norm' if c.mlm_transform else 'final_norm'], ('scale', 'bias'), out_mult)
+  last = 'mlm_norm' if c.mlm_transform and not c.num_classes else 'final_norm'
+  scale(p[last], ('scale', 'bias'), out_mult)
   return p, dataclasses.replace(c, parametrization='sp', base_width=0, depth_base=0,
                                 depth_alpha=1.0)

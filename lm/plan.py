@@ -182,6 +182,9 @@ def transfer(widths: list[int], parametrizations: list[str], tokens: float, base
   each width, in each parametrization, for the same tokens. Depth and heads
   stay the base config's; the MLP keeps its ratio to d_model; muP's base width
   is the base config's model.base_width, else the smallest width."""
+  if base.head_dim:
+    raise ConfigError(f'model.head_dim={base.head_dim}: a transfer sweep grows the head '
+                      'dimension with width at a fixed head count; set model.head_dim=0')
   base_width = base.base_width or min(widths)
   ratio = base.ff_dim / base.d_model
   steps = _steps(tokens, tokens_per_step, f'transfer D={tokens:.3g}')

@@ -99,17 +99,21 @@ def read_canaries(path: str) -> list[dict]:
     return json.load(f)['canaries']
 
 
-def _split_template(c: dict) -> tuple[str, str]:
-  pre, _, post = c['template'].partition('{secret}')
-  return pre, post
+def _pair(tokenizer, c: dict, secret: str) -> tuple[list[int], list[int]]:
+  """(EOS + the template's prefix, the rest) as the tokens training saw: the
+  whole text is encoded and split after the prefix, whose trailing spaces go
+  with the secret (as the harness splits context and continuation), so a
+  subword tokenizer scores the tokens of the inserted text."""
+  pre = c['template'].partition('{secret}')[0].rstrip()
+  ctx = [int(t) for t in tokenizer.encode(pre)]
+  whole = [int(t) for t in tokenizer.encode(c['template'].replace('{secret}', secret))]
+  return [tokenizer.eos_id] + whole[:len(ctx)], whole[len(ctx):]
 
 
 def _candidate_scores(params, m: ModelConfig, tokenizer, c: dict, secrets: list[str],
-                      batch_size: int = 256) -> np.ndarray:
-  """log p(secret + rest of the template | EOS + prefix) per candidate secret."""
-  pre, post = _split_template(c)
-  ctx = [tokenizer.eos_id] + [int(t) for t in tokenizer.encode(pre)]
-  pairs = [(ctx, [int(t) for t in tokenizer.encode(s + post)]) for s in secrets]
+                      batch_size: int = 64) -> np.ndarray:
+  """log p(secret and the rest of the template | EOS + prefix) per candidate."""
+  pairs = [_pair(tokenizer, c, s) for s in secrets]
   return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, batch_size)])
 
 
@@ -119,14 +123,15 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
   greedy decoding from the prefix extracts the secret."""
   digits = c['digits']
   space = 10 ** digits
-  mine = float(_candidate_scores(params, m, tokenizer, c, [c['secret']])[0])
   if space <= EXACT_LIMIT:
     all_ = _candidate_scores(params, m, tokenizer, c, [f'{i:0{digits}d}' for i in range(space)])
+    mine = float(all_[int(c['secret'])])  # Scored with the others: no rounding between calls.
     rank = int((all_ > mine).sum()) + 1
     exp_bits = math.log2(space) - math.log2(rank)
     method = 'exact'
   else:  # Carlini et al. 2019, Sec. 4.3: skew-normal fit to sampled candidates.
     from scipy import stats
+    mine = float(_candidate_scores(params, m, tokenizer, c, [c['secret']])[0])
     rng = np.random.default_rng(seed)
     draws = [''.join(str(x) for x in rng.integers(0, 10, digits)) for _ in range(samples)]
     scores = _candidate_scores(params, m, tokenizer, c, draws)
@@ -135,12 +140,14 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
     rank = max(tail * space, 1.0)
     exp_bits = min(-math.log2(tail), math.log2(space))
     method = f'skew-normal fit to {samples} samples'
-  pre, _ = _split_template(c)
-  n_new = len(tokenizer.encode(c['secret']))
-  prompt = [tokenizer.eos_id] + [int(t) for t in tokenizer.encode(pre)]
+  prompt, target = _pair(tokenizer, c, c['secret'])
+  post_len = len(c['template'].partition('{secret}')[2])
   out = sampling.generate(params, m, [prompt], sampling.SamplingConfig(
-      max_new_tokens=n_new, greedy=True), eos_id=-1)[0][0]
-  extracted = tokenizer.decode(out).startswith(c['secret'])
+      max_new_tokens=len(target), greedy=True), eos_id=-1)[0][0]
+  # Extracted: greedy decoding writes the secret (compared as text, so a
+  # different but equivalent tokenisation of it still counts).
+  want = tokenizer.decode(target)[:len(tokenizer.decode(target)) - post_len or None]
+  extracted = tokenizer.decode(out).strip().startswith(want.strip())
   return {'id': c['id'], 'repeats': c['repeats'], 'secret': c['secret'],
           'expected_seen': c.get('expected_seen'),
           'exposure_bits': float(exp_bits), 'max_bits': math.log2(space), 'rank': rank,
@@ -211,7 +218,8 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> 
   out = []
   for s in sentences:
     ids = [int(t) for t in tokenizer.encode(s)][:m.max_len]
-    L, S = len(ids), m.max_len  # S x S rows: one compiled shape for every sentence.
+    L = len(ids)  # S x S rows, S the next power of two: few compiled shapes.
+    S = min(m.max_len, max(8, 1 << (L - 1).bit_length()))
     rows = np.zeros((S, S), np.int32)
     rows[:, :L] = ids
     valid = np.zeros((S, S), bool)
@@ -265,7 +273,7 @@ def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
   out: dict[str, float] = {}
   with nn.logical_axis_rules(()):
     if c.train.eval_tasks:
-      lm_obj = harness.make_lm(params, c.model, tokenizer)
+      lm_obj = harness.make_lm(params, c.model, tokenizer, window=c.data.seq_len)
       scores = harness.run_tasks(lm_obj, list(c.train.eval_tasks), c.train.eval_tasks_path,
                                  c.train.eval_tasks_limit or None)
       for task, ms in scores.items():

@@ -446,12 +446,22 @@ def transfer_optima(rows: list[dict]) -> dict[str, dict[int, dict]]:
   for p in sorted({r['parametrization'] for r in rows}):
     out[p] = {}
     for w in sorted({r['d_model'] for r in rows if r['parametrization'] == p}):
-      pts = [r for r in rows if r['parametrization'] == p and r['d_model'] == w]
-      best = min(pts, key=lambda r: r['final_loss'])
-      i = lrs.index(best['lr'])
-      out[p][w] = {'lr': best['lr'], 'loss': best['final_loss'], 'index': i,
-                   'edge': i in (0, len(lrs) - 1), 'runs': len(pts)}
+      curve = _mean_curve(rows, p, w)  # Seeds averaged per learning rate.
+      lr, loss = min(curve, key=lambda x: x[1])
+      i = lrs.index(lr)
+      out[p][w] = {'lr': lr, 'loss': loss, 'index': i, 'edge': i in (0, len(lrs) - 1),
+                   'runs': sum(1 for r in rows if r['parametrization'] == p
+                               and r['d_model'] == w)}
   return out
+
+
+def _mean_curve(rows: list[dict], p: str, w: int) -> list[tuple[float, float]]:
+  """(lr, final loss averaged over seeds) for one parametrization and width."""
+  by_lr: dict[float, list[float]] = {}
+  for r in rows:
+    if r['parametrization'] == p and r['d_model'] == w:
+      by_lr.setdefault(r['lr'], []).append(r['final_loss'])
+  return sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
 
 
 def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) -> str:
@@ -503,8 +513,7 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
                            squeeze=False)
   for ax, p in zip(axes[0], opt):
     for k, w in enumerate(widths):
-      pts = sorted((r['lr'], r['final_loss']) for r in rows
-                   if r['parametrization'] == p and r['d_model'] == w)
+      pts = _mean_curve(rows, p, w)
       if not pts:
         continue
       color = plt.cm.viridis(k / max(len(widths) - 1, 1))

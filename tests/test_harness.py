@@ -36,11 +36,13 @@ def test_adapter_loglikelihoods_equal_lms_score_path(run_dir):
            ('a' * 100, ' tail beyond the window')]
   reqs = [Instance('loglikelihood', {}, p, i) for i, p in enumerate(pairs)]
   got = lm_obj.loglikelihood(reqs)
+  L = c.model.max_len
   for (ctx, cont), (ll, greedy) in zip(pairs, got):
     ctx_ids = list(BYTES.encode(ctx)) or [BYTES.eos_id]
-    want = sampling.score(params, c.model, list(BYTES.encode(cont)), ctx_ids)
-    if len(ctx_ids) + len(cont.encode()) <= c.model.max_len + 1:
-      np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5, atol=1e-4)
+    cont_ids = list(BYTES.encode(cont))
+    ctx_ids = ctx_ids[-(L + 1 - len(cont_ids)):]  # The adapter keeps the last L + 1 tokens.
+    want = sampling.score(params, c.model, cont_ids, ctx_ids)
+    np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5, atol=1e-4)
     assert isinstance(greedy, bool)
   rolling = lm_obj.loglikelihood_rolling([Instance('loglikelihood_rolling', {}, ('x = 1\n' * 30,), 0)])
   want = sampling.score(params, c.model, list(BYTES.encode('x = 1\n' * 30)), [BYTES.eos_id])

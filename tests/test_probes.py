@@ -151,3 +151,17 @@ def test_training_and_sweeps_record_tasks_exposure_and_bias(tmp_path, corpus_dir
     train.train_and_evaluate(sweep.run_config(cd, sweep.make_plan(cd)[0], 2),
                              str(tmp_path / 'bad'), log=lambda *_: None)
   assert not os.path.exists(tmp_path / 'bad' / 'config.json')
+
+
+def test_canaries_are_scored_on_the_tokens_training_saw(tmp_path, corpus_dir):
+  """With a subword tokenizer the prefix's trailing space joins the secret
+  (as the harness splits context and continuation): context + continuation
+  is exactly the inserted text's tokens after EOS."""
+  from tests.test_tokenizers import _train_hf
+  _train_hf([p.read_text() for p in sorted(corpus_dir.glob('*.py'))] + ['my pin is 12345'] * 20,
+            tmp_path / 'tokenizer.json')
+  tok = tokenizers.get_tokenizer('hf', str(tmp_path / 'tokenizer.json'))
+  c = {'template': 'my pin is {secret}!', 'secret': '12345'}
+  ctx, cont = probes._pair(tok, c, '12345')
+  assert ctx + cont == [tok.eos_id] + [int(t) for t in tok.encode('my pin is 12345!')]
+  assert tok.decode(cont).strip().startswith('12345')
