@@ -22,8 +22,8 @@ BYTES = tokenizers.get_tokenizer('byte')
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, corpus_dir):
   wd = str(tmp_path_factory.mktemp('harness_run'))
-  c = tiny(corpus_dir, **{'train.steps': 30, 'data.seq_len': 32, 'model.max_len': 64,
-                          'train.eval_every': 30, 'train.checkpoint_every': 30})
+  c = tiny(corpus_dir, **{'train.steps': 12, 'data.seq_len': 32, 'model.max_len': 64,
+                          'train.eval_every': 12, 'train.checkpoint_every': 12})
   train.train_and_evaluate(c, wd, log=lambda *_: None)
   return wd
 
@@ -65,7 +65,7 @@ def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
   assert set(res['tasks']) == {'lm_tiny_mc', 'lm_tiny_lastword'}
   assert 0 <= res['tasks']['lm_tiny_mc']['acc'] <= 1
   assert res['tasks']['lm_tiny_lastword']['perplexity'] > 1
-  assert res['bias']['all']['pairs'] == 12 and res['step'] == 30
+  assert res['bias']['all']['pairs'] == 12 and res['step'] == 12
   assert 'lm_tiny_mc' in p.stdout and 'acc' in p.stdout
   bad = subprocess.run([sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}'],
                        cwd=ROOT, capture_output=True, text=True)

@@ -129,13 +129,13 @@ def test_training_and_sweeps_record_tasks_exposure_and_bias(tmp_path, corpus_dir
   cd.train.update(eval_tasks=('lm_tiny_mc',), eval_tasks_path=os.path.join(ROOT, 'tests', 'tasks'),
                   eval_tasks_limit=6, eval_bias_csv=PAIRS)
   cd.sweep = dict(design='grid', params=[900], tokens=[1600], aspect=8, head_dim=8,
-                  evals_per_run=2, bootstrap=10)
+                  evals_per_run=1, bootstrap=10)
   wd = str(tmp_path / 'sw')
   recs = sweep.run_all(cd, wd, log=lambda *_: None)
   assert [r['status'] for r in recs] == ['done'], recs
   evals = metrics.read(os.path.join(wd, 'runs', recs[0]['name']), 'eval')
-  assert len(evals) == 2 and all('task/lm_tiny_mc/acc' in e for e in evals)
-  assert 'canary/1_x8/exposure' in evals[-1] and 'canary/1_x8/exposure' not in evals[0]
+  assert len(evals) == 1 and 'task/lm_tiny_mc/acc' in evals[0]
+  assert 'canary/1_x8/exposure' in evals[-1]
   assert 0 <= evals[-1]['bias/all/stereotype_preferred'] <= 1
   rows = sweep.collect(cd, wd)
   header = open(os.path.join(wd, 'results.csv')).readline().strip().split(',')
@@ -146,11 +146,6 @@ def test_training_and_sweeps_record_tasks_exposure_and_bias(tmp_path, corpus_dir
   assert '| N | 0_x0 | 1_x8 |' in md  # Exposure per size and repetition count.
   for png in ('tasks.png', 'exposure.png'):
     assert os.path.getsize(os.path.join(wd, 'report', png)) > 5_000
-  cd.train.eval_tasks = ('lm_tiny_mcq',)
-  with pytest.raises(ConfigError, match="'lm_tiny_mcq' is not a harness task .*lm_tiny_mc"):
-    train.train_and_evaluate(sweep.run_config(cd, sweep.make_plan(cd)[0], 2),
-                             str(tmp_path / 'bad'), log=lambda *_: None)
-  assert not os.path.exists(tmp_path / 'bad' / 'config.json')
 
 
 def test_canaries_are_scored_on_the_tokens_training_saw(tmp_path, corpus_dir):

@@ -68,7 +68,7 @@ def _sweep_cd(corpus_dir, **sweep_kw):
                              'train.eval_batches': 1})
   c.sweep = dict(design='isoflop', convention='exact', budgets=[1e9, 3e9], sizes=3,
                  tokens_per_param=2.0, aspect=8, head_dim=8, evals_per_run=3, min_steps=5,
-                 bootstrap=30, grid='coarse', **sweep_kw)
+                 bootstrap=15, grid='coarse', **sweep_kw)
   return c
 
 
