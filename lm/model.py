@@ -596,6 +596,11 @@ _REMAT_POLICIES = {
 }
 
 
+# Top-level parameter names of the block stacks: scanned ('blocks',
+# 'encoder_blocks') or unrolled ('block_3', 'encoder_block_3').
+STACKS = ('blocks', 'encoder_blocks', 'block_', 'encoder_block_')
+
+
 def init_cache(c: ModelConfig, batch: int, length: int, enc_length: int = 0
                ) -> dict[str, Array]:
   """Zeroed decoder K/V cache, stacked over layers: layers x B x K x S x Dh.
@@ -844,7 +849,7 @@ def fold_multipliers(params: dict, c: ModelConfig) -> tuple[dict, ModelConfig]:
         d[n] = d[n] * by
 
   for name, blk in p.items():
-    if not name.startswith(('blocks', 'encoder_blocks', 'block_', 'encoder_block_')):
+    if not name.startswith(STACKS):
       continue
     decoder = name.startswith('block') and c.family == 'encoder_decoder'
     branch = branch_multiplier(c, c.decoder_layers if decoder else c.num_layers)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lm.config import ModelConfig, OptimizerConfig
+from lm.model import STACKS
 
 
 def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
@@ -72,7 +73,6 @@ def decay_mask(params: Any, exclude: tuple[str, ...]) -> Any:
 # the Attention module; the MLP's and BERT's transform are nn.Dense kernels.
 _HIDDEN_PARAMS = ('query', 'key', 'value', 'out')
 _HIDDEN_DENSE = ('up', 'gate', 'down', 'mlm_dense')
-_STACKS = ('blocks', 'encoder_blocks', 'block_', 'encoder_block_')
 
 
 def lr_group(path) -> str:
@@ -82,7 +82,7 @@ def lr_group(path) -> str:
   if names[-1] in _HIDDEN_PARAMS or (names[-1] == 'kernel' and len(names) > 1
                                      and names[-2] in _HIDDEN_DENSE):
     return 'hidden'
-  return 'block' if names[0].startswith(_STACKS) else 'other'
+  return 'block' if names[0].startswith(STACKS) else 'other'
 
 
 def lr_multipliers(m: ModelConfig) -> dict[str, float]:

@@ -109,7 +109,7 @@ def write_report(cd, workdir: str) -> str:
   grid = _approach3(t)
   _held_out(t, a2, tokens_for, grid)
   _beyond_loss(t)
-  _wall_time(t, time.perf_counter() - t_fit)
+  t.md += _wall_time(workdir, time.perf_counter() - t_fit)
   t.md += ['## Figures', '']
   for fname, fig in t.figures:
     fig.tight_layout()
@@ -169,15 +169,13 @@ def _beyond_loss(t: _Table) -> None:
              'of a size; a control canary (x0) was never inserted:', '',
              '| N | ' + ' | '.join(k.split('/')[1] for k in canaries) + ' |',
              '|---|' + '---|' * len(canaries)]
+    mean = {k: [np.mean([r[k] for r in t.rows if r['N'] == n and r.get(k) is not None])
+                for n in sizes] for k in canaries}  # Per canary, per size.
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k in canaries:
-      ys = [np.mean([r[k] for r in t.rows if r['N'] == n and r.get(k) is not None])
-            for n in sizes]
-      ax.plot(sizes, ys, 'o-', label=k.split('/')[1].split('_')[-1] + ' repeats')
-    for n in sizes:
-      t.md.append(f'| {n:,} | ' + ' | '.join(
-          f'{np.mean([r[k] for r in t.rows if r["N"] == n and r.get(k) is not None]):.2f}'
-          for k in canaries) + ' |')
+      ax.plot(sizes, mean[k], 'o-', label=k.split('/')[1].split('_')[-1] + ' repeats')
+    for i, n in enumerate(sizes):
+      t.md.append(f'| {n:,} | ' + ' | '.join(f'{mean[k][i]:.2f}' for k in canaries) + ' |')
     t.md.append('')
     ax.set(xscale='log', xlabel='non-embedding parameters N', ylabel='exposure (bits)')
     ax.legend(fontsize=8)
@@ -197,24 +195,23 @@ def _beyond_loss(t: _Table) -> None:
     t.md.append('')
 
 
-def _wall_time(t: _Table, fit_s: float) -> None:
-  """Where the sweep's time went: the runs' recorded parts, and the fits."""
+def _wall_time(workdir: str, fit_s: float) -> list[str]:
+  """Where the sweep's time went (report lines): the runs' recorded parts, and the fits."""
   recs = []
-  for path in sorted(glob.glob(os.path.join(t.workdir, 'runs', '*', 'result.json'))):
+  for path in sorted(glob.glob(os.path.join(workdir, 'runs', '*', 'result.json'))):
     with open(path) as f:
       recs.append(json.load(f))
   parts = sweep.wall_breakdown(recs)
   parts['fits (this report)'] = fit_s
   total = sum(parts.values()) or 1.0
-  t.md += ['## Where the time went', '',
+  md = ['## Where the time went', '',
            f'Summed over the {sum(1 for r in recs if r.get("wall"))} runs that recorded it '
            '(a resumed run records its last process only). compile: the first train '
            'step\'s call; train: dispatching steps and waiting for the device; eval and '
            'checkpoint include their own compilation and writes; setup: config, data, '
            'model build, init or restore; other: process and sweep overhead.', '',
            '| part | seconds | share |', '|---|---|---|']
-  t.md += [f'| {k} | {v:.1f} | {100 * v / total:.0f}% |' for k, v in parts.items()]
-  t.md.append('')
+  return md + [f'| {k} | {v:.1f} | {100 * v / total:.0f}% |' for k, v in parts.items()] + ['']
 
 
 def _runs_table(t: _Table, excluded: list[dict]) -> None:
@@ -531,9 +528,7 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
   if excluded:
     md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
            '']
-  t = _Table(workdir, s, rows, *(np.zeros(len(rows)) for _ in range(5)))
-  _wall_time(t, 0.0)
-  md += t.md
+  md += _wall_time(workdir, 0.0)
   write_atomic(os.path.join(out_dir, 'transfer.json'), json.dumps(summary, indent=1) + '\n')
   path = os.path.join(out_dir, 'report.md')
   write_atomic(path, '\n'.join(md) + '\n')
