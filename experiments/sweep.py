@@ -61,7 +61,7 @@ def main(argv):
           f'{sum(r["status"] == "done" for r in rows)} done)')
     if _REPORT.value:
       t0 = time.perf_counter()
-      path = report.write_report(cd, wd)
+      path = report.write_report(cd, wd, log=print)
       print(f'report: {path} (fits and report in {time.perf_counter() - t0:.0f} s; where the '
             'time went: its "Where the time went" section)')
   except (config_lib.ConfigError, scaling.FitError, workdir.LockError,

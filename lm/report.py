@@ -92,8 +92,9 @@ def _fit_entry(estimate: float, ci: dict, key: str, transform=None) -> dict:
           [float(lo_hi[0]), float(lo_hi[1])]}
 
 
-def write_report(cd, workdir: str) -> str:
-  """report/report.md, its figures and report/fits.json for a sweep directory."""
+def write_report(cd, workdir: str, log=lambda msg: None) -> str:
+  """report/report.md, its figures and report/fits.json for a sweep directory;
+  `log` hears each fit as it finishes, with its time."""
   _, s = sweep.split(cd)
   rows, excluded = load_rows(workdir)
   if s.design == 'transfer':
@@ -103,11 +104,23 @@ def write_report(cd, workdir: str) -> str:
   out_dir = os.path.join(workdir, 'report')
   os.makedirs(out_dir, exist_ok=True)
   _runs_table(t, excluded)
-  t_fit = time.perf_counter()
+  t_fit = t_step = time.perf_counter()
+
+  def done(what: str) -> None:
+    nonlocal t_step
+    now = time.perf_counter()
+    log(f'[report] {what} ({now - t_step:.1f} s)')
+    t_step = now
+
+  log(f'[report] fitting {len(rows)} runs, {s.bootstrap} bootstrap resamples per fit')
   _approach1(t)
+  done('approach 1: envelope')
   a2, tokens_for = _approach2(t)
+  done('approach 2: IsoFLOP profiles')
   grid = _approach3(t)
+  done('approach 3: parametric law')
   _held_out(t, a2, tokens_for, grid)
+  done('held-out check')
   _beyond_loss(t)
   t.md += _wall_time(workdir, time.perf_counter() - t_fit)
   t.md += ['## Figures', '']
@@ -292,11 +305,7 @@ def _approach2(t: _Table):
     tokens_for = scaling.tokens_at(n, c, d)
     a2 = scaling.approach2(budget, n, loss, tokens_for)
     draws: dict = {}
-    ci2 = scaling.bootstrap(
-        lambda idx: (lambda f: {'a': f.N_opt.exponent, 'b': f.D_opt.exponent,
-                                'log_kn': math.log(f.N_opt.k), 'log_kd': math.log(f.D_opt.k)})(
-            scaling.approach2(budget[idx], n[idx], loss[idx], tokens_for)),
-        len(loss), resamples=s.bootstrap, groups=budget, draws_out=draws)
+    ci2 = scaling.approach2_intervals(budget, n, loss, tokens_for, s.bootstrap, draws_out=draws)
     t.fits['approach2'] = {'a': _fit_entry(a2.N_opt.exponent, ci2, 'a'),
                            'b': _fit_entry(a2.D_opt.exponent, ci2, 'b'),
                            'k_N': _fit_entry(a2.N_opt.k, ci2, 'log_kn', math.exp),
@@ -306,7 +315,13 @@ def _approach2(t: _Table):
            f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI '
            f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
            f'(95% CI {_ci(ci2, "b")}). '
-           f'Bootstrap refits that failed: {ci2["_failed"][0]} of {ci2["_failed"][1]}.', '',
+           f'Intervals: residual bootstrap within budgets (every size kept, the noise '
+           f'redrawn); refits that failed (a non-convex profile): {ci2["_failed"][0]} of '
+           f'{ci2["_failed"][1]}. '
+           + (f'The budgets\' optima scatter about the power law more than their noise '
+              f'explains, so the intervals are widened by sqrt(chi2/dof) = '
+              f'{ci2["_lack_of_fit"]:.2f}.' if ci2['_lack_of_fit'] > 1 else
+              'The budgets\' optima lie on the power law within their noise.'), '',
            'Columns: the fitted parabola\'s minimum lies inside the sampled sizes; the '
            'lowest *measured* loss is at the smallest or largest sampled size (then the '
            'data do not bracket the optimum, whatever the parabola says).', '',
@@ -372,9 +387,10 @@ def _approach3(t: _Table):
     for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
       md.append(f'| {k} | {_fmt(getattr(f3, k))} | {_ci(ci3, k)} |')
     md += ['', f'Objective (Huber, summed) {f3.objective:.4e}; gradient norm at the optimum '
-           f'{f3.grad_norm:.2e}; best of {f3.starts} grid starts: {f3.best_start} '
-           f'({"ON the grid edge" if f3.start_on_grid_edge else "inside the grid"}). '
-           f'Bootstrap refits start from the full fit\'s optimum; failed: '
+           f'{f3.grad_norm:.2e}; from {f3.starts} grid starts, reached from {f3.best_start} '
+           + ('(ONLY starts on the grid edge reached it: widen the grid). '
+              if f3.start_on_grid_edge else '(inside the grid). ')
+           + f'Bootstrap refits start from the full fit\'s optimum; failed: '
            f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
     wide = [k for k in ('E', 'alpha', 'beta') if k not in ci3 or
             ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))]

@@ -72,9 +72,7 @@ def main(argv):
       budget, c = column(rows, 'budget'), column(rows, f'C_{F.convention}')
       tokens_for = scaling.tokens_at(n, c, d)
       f = scaling.approach2(budget, n, loss, tokens_for)
-      ci = scaling.bootstrap(lambda i: {'a': scaling.approach2(
-          budget[i], n[i], loss[i], tokens_for).N_opt.exponent}, len(loss), F.bootstrap,
-          groups=budget)
+      ci = scaling.approach2_intervals(budget, n, loss, tokens_for, F.bootstrap)
       print(f'N_opt = {f.N_opt.k:.4g} C^{f.N_opt.exponent:.4g} (a 95% CI {_interval(ci, "a")}); '
             f'D_opt = {f.D_opt.k:.4g} C^{f.D_opt.exponent:.4g}')
   except scaling.FitError as e:

@@ -20,7 +20,7 @@ from lm import report, scaling
 def main(argv):
   del argv
   try:
-    print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir))
+    print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir, log=print))
   except (scaling.FitError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
