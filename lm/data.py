@@ -11,6 +11,8 @@ integer, so it checkpoints exactly.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -176,13 +178,31 @@ def build_text_dataset(root: str, files: list[str], val_fraction: float,
           f'the corpus under {root!r} has no UTF-8 text file in its {split} split '
           f'({len(splits[split])} files there, {prov["skipped_non_utf8"]} skipped in all as '
           'non-UTF-8); add text files or change data.val_fraction')
-  builder = _text_files_class()(root=root, splits=splits, provenance=prov, data_dir=data_dir,
-                      file_format='array_record')
   if not os.path.exists(done):
-    _tfds().disable_progress_bar()
-    builder.download_and_prepare(
-        download_config=_tfds().download.DownloadConfig(verify_ssl=False))
-  return builder
+    with _prepare_lock(data_dir):  # Another process (a sweep's worker) may be preparing it.
+      prov = prov or provenance(root, splits)
+      builder = _text_files_class()(root=root, splits=splits, provenance=prov,
+                                    data_dir=data_dir, file_format='array_record')
+      if not os.path.exists(done):
+        _tfds().disable_progress_bar()
+        builder.download_and_prepare(
+            download_config=_tfds().download.DownloadConfig(verify_ssl=False))
+      return builder
+  return _text_files_class()(root=root, splits=splits, provenance=prov, data_dir=data_dir,
+                             file_format='array_record')
+
+
+@contextlib.contextmanager
+def _prepare_lock(data_dir: str):
+  """An exclusive flock on <data_dir>.lock while a data set is prepared, so
+  concurrent processes prepare it once (the kernel drops it if one dies)."""
+  os.makedirs(os.path.dirname(data_dir), exist_ok=True)
+  with open(data_dir + '.lock', 'w') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
@@ -194,7 +214,8 @@ def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(f'config.data.tfds_name={name!r} is not a TFDS catalog dataset: '
                       f'{str(e).splitlines()[0]}') from None
-  builder.download_and_prepare()
+  with _prepare_lock(os.path.join(cache, 'tfds', name)):
+    builder.download_and_prepare()
   return builder
 
 

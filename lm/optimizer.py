@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -12,19 +13,21 @@ from lm.config import ModelConfig, OptimizerConfig
 from lm.model import STACKS
 
 
-def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
+def schedule(o: OptimizerConfig, total_steps: Any) -> Callable[[Any], Any]:
   """Linear warmup from 0 to `lr`, then the named decay down to lr*min_lr_ratio.
 
   wsd (warmup-stable-decay, Hägele et al. 2024): constant until the last
-  cooldown_fraction of training, then a linear or 1-sqrt cooldown.
+  cooldown_fraction of training, then a linear or 1-sqrt cooldown. o.lr,
+  o.warmup_steps, o.cooldown_fraction and total_steps may be traced
+  (schedule_inputs), so runs that differ only in them share one compiled step.
   """
-  peak, floor = o.lr, o.lr * o.min_lr_ratio  # lr and total_steps may be traced (lm/pack.py).
-  warm = max(o.warmup_steps, 0)
+  peak, floor = o.lr, o.lr * o.min_lr_ratio
+  warm = jnp.maximum(o.warmup_steps, 0)
   decay_steps = jnp.maximum(total_steps - warm, 1)
 
   def lr(step):
     step = jnp.asarray(step, jnp.float32)
-    warm_lr = peak * (step + 1) / max(warm, 1)  # Step 0 trains: lr > 0.
+    warm_lr = peak * (step + 1) / jnp.maximum(warm, 1)  # Step 0 trains: lr > 0.
     t = jnp.clip((step - warm) / decay_steps, 0.0, 1.0)
     if o.schedule == 'cosine':
       after = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * t))
@@ -33,7 +36,7 @@ def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
     elif o.schedule == 'constant':
       after = jnp.full_like(t, peak)
     elif o.schedule == 'inverse_sqrt':
-      after = peak * jnp.sqrt(max(warm, 1) / jnp.maximum(step, max(warm, 1)))
+      after = peak * jnp.sqrt(jnp.maximum(warm, 1) / jnp.maximum(step, jnp.maximum(warm, 1)))
     elif o.schedule == 'wsd':
       cool = jnp.maximum(jnp.round(o.cooldown_fraction * total_steps), 1)
       start = total_steps - cool
@@ -45,6 +48,31 @@ def schedule(o: OptimizerConfig, total_steps: int) -> Callable[[Any], Any]:
     return jnp.where(step < warm, warm_lr, after)
 
   return lr
+
+
+# The schedule's per-run numbers, passed to the train step as arrays
+# (lm/train.py): a sweep's runs of one shape then share one executable (and its
+# persistent-cache entry) whatever their learning rate and length.
+SCHEDULE_INPUTS = ('lr', 'warmup_steps', 'cooldown_fraction')
+
+
+def schedule_inputs(o: OptimizerConfig, total_steps: int) -> dict[str, Any]:
+  return {'lr': jnp.float32(o.lr), 'warmup_steps': jnp.int32(o.warmup_steps),
+          'cooldown_fraction': jnp.float32(o.cooldown_fraction),
+          'total_steps': jnp.int32(total_steps)}
+
+
+def traced_schedule(o: OptimizerConfig, inputs: dict[str, Any]) -> Callable[[Any], Any]:
+  """schedule() with the numbers schedule_inputs made (traced in a step)."""
+  o = dataclasses.replace(o, **{k: inputs[k] for k in SCHEDULE_INPUTS})
+  return schedule(o, inputs['total_steps'])
+
+
+def unit_lr(o: OptimizerConfig, m: ModelConfig | None = None) -> optax.GradientTransformation:
+  """make() at a constant learning rate of 1: the train step scales each update
+  by the schedule's learning rate itself, which is AdamW's arithmetic (decoupled
+  weight decay included) with the rate outside the compiled constants."""
+  return make(dataclasses.replace(o, lr=1.0, schedule='constant', warmup_steps=0), 1, m)
 
 
 def _names(path) -> list[str]:

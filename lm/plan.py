@@ -70,6 +70,14 @@ def _steps(tokens: float, tokens_per_step: int, what: str) -> int:
   return steps
 
 
+def _rung(base: ModelConfig, d: int, layers: int, head_dim: int) -> ModelConfig:
+  heads = d // head_dim
+  # Grouped-query bases keep their KV heads where they divide the rung's heads.
+  kv = math.gcd(heads, base.num_kv_heads) if base.num_kv_heads else 0
+  return dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=heads,
+                             num_kv_heads=kv, head_dim=0, mlp_dim=4 * d)
+
+
 def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
           ) -> list[tuple[int, ModelConfig]]:
   """Every ladder model, smallest first, with its non-embedding count."""
@@ -78,40 +86,73 @@ def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
                       'so that every rung has whole heads')
   out = []
   for layers in range(1, max_layers + 1):
-    d = aspect * layers
-    heads = d // head_dim
-    # Grouped-query bases keep their KV heads where they divide the rung's heads.
-    kv = math.gcd(heads, base.num_kv_heads) if base.num_kv_heads else 0
-    m = dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=heads,
-                            num_kv_heads=kv, head_dim=0, mlp_dim=4 * d)
+    m = _rung(base, aspect * layers, layers, head_dim)
     out.append((flops.param_counts(m)['non_embedding'], m))
   return out
+
+
+def fine_rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 16
+               ) -> list[tuple[int, ModelConfig]]:
+  """A finer ladder for sweep.size_ratio: d_model any multiple of head_dim,
+  d_model / layers within a factor 2 of `aspect` (Kaplan et al. 2020, Fig. 5:
+  loss depends weakly on shape over a wider range); smallest first."""
+  out = []
+  for layers in range(1, max_layers + 1):
+    for d in range(head_dim, 2 * aspect * layers + 1, head_dim):
+      if 2 * d >= aspect * layers:
+        m = _rung(base, d, layers, head_dim)
+        out.append((flops.param_counts(m)['non_embedding'], m))
+  return sorted(out, key=lambda x: x[0])
+
+
+def spaced_sizes(n_star: float, sizes: int, ratio: float, candidates) -> list:
+  """For targets n_star x ratio^(k - (sizes - 1) / 2), each the candidate
+  nearest in log N; they must be distinct and within sqrt(ratio) of their
+  targets, or it is an error."""
+  picked = []
+  for k in range(sizes):
+    target = n_star * ratio ** (k - (sizes - 1) / 2)
+    n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
+    if abs(math.log(n / target)) > math.log(ratio) / 2 or (n, m) in picked:
+      raise ConfigError(
+          f'sweep.size_ratio={ratio}: no distinct ladder model near {target:.3g} non-embedding '
+          f'params (the ladder spans {candidates[0][0]:,}..{candidates[-1][0]:,}); raise the '
+          'budget, the ratio or lower sweep.head_dim')
+    picked.append((n, m))
+  return picked
 
 
 def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_step: int,
             convention: str, aspect: int, head_dim: int, sizes: int = 5,
             tokens_per_param: float = 20.0, min_steps: int = 20,
-            lengths: tuple[int, int] = (0, 0)) -> list[Run]:
+            lengths: tuple[int, int] = (0, 0), size_ratio: float = 0.0) -> list[Run]:
   """Per budget C: `sizes` consecutive ladder models centred on the rung
   nearest the expected optimum N* = sqrt(C / (6 r)) (D = r N, r =
-  tokens_per_param, Hoffmann et al. 2022), so the minimum is bracketed on
-  both sides; each trains for D = C / (FLOPs per token of that model)."""
+  tokens_per_param, Hoffmann et al. 2022), or with size_ratio > 1 spaced by
+  that ratio on fine_rungs; each trains for D = C / (FLOPs per token of that
+  model). Centring on N* is a heuristic, not a guarantee that the minimum is
+  bracketed: the report flags a budget whose lowest loss is at an end."""
   if sizes < 3:
     raise ConfigError(f'sweep.sizes={sizes}: an IsoFLOP profile needs at least 3 sizes '
                       '(5 recommended) to bracket its minimum')
   ladder_ = rungs(base, aspect, head_dim)
+  fine = fine_rungs(base, aspect, head_dim) if size_ratio else None
   runs = []
   for c in sorted(budgets):
     n_star = math.sqrt(c / (6 * tokens_per_param))
-    centre = min(range(len(ladder_)), key=lambda i: abs(math.log(ladder_[i][0] / n_star)))
-    lo = centre - sizes // 2
-    if lo < 0 or lo + sizes > len(ladder_):
-      raise ConfigError(
-          f'budget {c:.3g} is too small (or too large) for this ladder: its expected optimum '
-          f'N*={n_star:.3g} is rung {centre + 1} and {sizes} sizes centred there need rungs '
-          f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; raise the smallest budget or lower '
-          'sweep.aspect')
-    for n, m in ladder_[lo:lo + sizes]:
+    if fine:
+      chosen = spaced_sizes(n_star, sizes, size_ratio, fine)
+    else:
+      centre = min(range(len(ladder_)), key=lambda i: abs(math.log(ladder_[i][0] / n_star)))
+      lo = centre - sizes // 2
+      if lo < 0 or lo + sizes > len(ladder_):
+        raise ConfigError(
+            f'budget {c:.3g} is too small (or too large) for this ladder: its expected optimum '
+            f'N*={n_star:.3g} is rung {centre + 1} and {sizes} sizes centred there need rungs '
+            f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; raise the smallest budget or lower '
+            'sweep.aspect')
+      chosen = ladder_[lo:lo + sizes]
+    for n, m in chosen:
       fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
       steps = _steps(c / fpt, tokens_per_step, f'budget {c:.3g}, {m.num_layers} layers')
       if steps < min_steps:

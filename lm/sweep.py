@@ -48,7 +48,8 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
   if s.design == 'isoflop':
     if not s.budgets:
       raise config_lib.ConfigError('config.sweep.budgets is empty: list compute budgets in FLOPs')
-    runs = plan.isoflop(list(s.budgets), sizes=s.sizes, tokens_per_param=s.tokens_per_param, min_steps=s.min_steps, **common)
+    runs = plan.isoflop(list(s.budgets), sizes=s.sizes, tokens_per_param=s.tokens_per_param,
+                        min_steps=s.min_steps, size_ratio=s.size_ratio, **common)
   elif s.design == 'grid':
     runs = plan.grid(list(s.params), list(s.tokens), **common)
   elif s.design == 'transfer':
@@ -121,28 +122,60 @@ def write_plan(workdir: str, runs: list[plan.Run]) -> None:
   workdir_lib.write_atomic(path, json.dumps(new, indent=1))
 
 
+def use_compile_cache(workdir: str) -> None:
+  """JAX's persistent compilation cache in <workdir>/cache/jax (unless
+  JAX_COMPILATION_CACHE_DIR names another): runs of one shape share a train
+  step (lm/train.make_train_step reads the schedule as inputs), so later runs,
+  other workers and a resumed sweep load it instead of compiling."""
+  import jax
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'cache', 'jax'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def assign(runs: list[plan.Run], workers: int) -> list[list[plan.Run]]:
+  """Runs split over `workers` processes by compute (largest group first, to
+  the least-loaded worker), each list in plan order; a WSD branch stays with
+  the stable run it continues."""
+  groups: dict[str, list[plan.Run]] = {}
+  for r in runs:
+    groups.setdefault(r.branch_from or r.name, []).append(r)
+  loads, out = [0.0] * workers, [[] for _ in range(workers)]
+  for g in sorted(groups.values(), key=lambda g: -sum(r.compute for r in g)):
+    w = min(range(workers), key=loads.__getitem__)
+    loads[w] += sum(r.compute for r in g)
+    out[w] += g
+  order = {r.name: i for i, r in enumerate(runs)}
+  return [sorted(lst, key=lambda r: order[r.name]) for lst in out]
+
+
 def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
-            log=print) -> list[dict]:
+            log=print, worker: tuple[int, int] | None = None) -> list[dict]:
   """Runs every planned run not yet done; returns their result records.
 
   Holds the sweep directory's lock (one sweep process at a time; --only runs,
-  one per cluster job, lock their own run directories instead). A run stopped
-  by SIGTERM/SIGINT checkpoints and the sweep stops (workdir.Preempted): rerun
-  it to continue where it was."""
+  one per cluster job, and local workers lock their own run directories
+  instead). `worker=(i, n)` runs only worker i's share of n (assign()). A run
+  stopped by SIGTERM/SIGINT checkpoints and the sweep stops
+  (workdir.Preempted): rerun it to continue where it was."""
   workdir_lib.check_writable(workdir, 'the sweep directory')
-  if only:
-    return _run_all(cd, workdir, only, log)
+  if only or worker:
+    return _run_all(cd, workdir, only, log, worker)
   with workdir_lib.lock(workdir, 'sweep', log):
-    return _run_all(cd, workdir, only, log)
+    return _run_all(cd, workdir, only, log, None)
 
 
-def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log) -> list[dict]:
+def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
+             worker: tuple[int, int] | None) -> list[dict]:
   runs = make_plan(cd)
   _, s = split(cd)
   if only:
     runs = [r for r in runs if r.name == only or r.name == only.rsplit('/', 1)[-1]]
     if not runs:
       raise config_lib.ConfigError(f'--only={only!r} is not a run of this sweep')
+  elif worker:
+    runs = assign(runs, worker[1])[worker[0]]
   else:
     write_plan(workdir, runs)
   total_c = sum(r.compute for r in runs)

@@ -148,24 +148,37 @@ def make_grad_fn(c: Config, model: nn.Module):
 
 
 def make_train_step(c: Config, model: nn.Module, tx):
+  """(state, batch, schedule inputs) -> (state, metrics). `tx` runs at unit
+  learning rate (opt_lib.unit_lr) and the step scales the update by the
+  schedule's rate, read from `sched` (opt_lib.schedule_inputs) rather than
+  compiled in: runs of one shape then share an executable (lm/sweep.py). A
+  run past its last step changes nothing (a packed member that has finished:
+  lm/pack.py)."""
   grads = make_grad_fn(c, model)
-  lr = opt_lib.schedule(c.opt, c.train.steps)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: dict, sched: dict | None = None
+                 ) -> tuple[TrainState, dict]:
+    if sched is None:  # This config's schedule, compiled in.
+      sched = opt_lib.schedule_inputs(c.opt, c.train.steps)
     rng = jax.random.fold_in(state.rng, state.step)  # Same on resume: step is saved.
     loss, g = grads(state.params, batch, rng)
-    updates, opt_state = tx.update(g, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    direction, opt_state = tx.update(g, state.opt_state, state.params)
+    lr = opt_lib.traced_schedule(c.opt, sched)(state.step)
+    params = jax.tree_util.tree_map(lambda p, u: (p + lr * u).astype(p.dtype),
+                                    state.params, direction)
     grad_norm = optax.tree.norm(g)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr(state.step)}
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr}
+    ok = state.step < sched['total_steps']
     if c.train.on_nonfinite == 'skip':  # A non-finite step changes nothing but the step.
-      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jnp.where(ok, new, old)
-      params = jax.tree_util.tree_map(keep, params, state.params)
-      opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
-      metrics['skipped'] = 1 - ok.astype(jnp.int32)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      metrics['skipped'] = 1 - finite.astype(jnp.int32)
+      ok = ok & finite
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params = jax.tree_util.tree_map(keep, params, state.params)
+    opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     metrics['param_norm'] = optax.tree.norm(params)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + (state.step < sched['total_steps']).astype(jnp.int32),
+                         params=params, opt_state=opt_state), metrics
 
   return train_step
 
@@ -200,8 +213,9 @@ class Trainer:
   shardings: TrainState  # NamedShardings.
   batch_shardings: dict
   rows_sharding: Any
-  train_step: Any  # jitted (state, batch) -> (state, metrics); donates the state.
+  train_step: Any  # jitted (state, batch, sched) -> (state, metrics); donates the state.
   eval_step: Any  # jitted (params, batch, row weights) -> statistics.
+  sched: dict  # This run's schedule inputs (opt_lib.schedule_inputs), train_step's third argument.
 
   @contextlib.contextmanager
   def context(self):
@@ -231,7 +245,7 @@ def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Tr
   mesh = shard_lib.make_mesh(c.mesh, devices)
   shard_lib.check_batch(c, mesh)
   model = Transformer(c.model)
-  tx = opt_lib.make(c.opt, c.train.steps, c.model)
+  tx = opt_lib.unit_lr(c.opt, c.model)
   with jax.set_mesh(mesh), nn.logical_axis_rules(list(c.rules)):
     abstract, shardings = state_shardings(c, model, tx, mesh)
   batch_sh = {k: shard_lib.batch_sharding(mesh, c.rules, ndim=1 + len(shape))
@@ -239,12 +253,12 @@ def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Tr
   rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
   if byte_lengths is None:
     byte_lengths = np.ones(c.model.vocab_size, np.float32)
-  train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh),
+  train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh, None),
                        out_shardings=(shardings, None), donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(c, model, byte_lengths),
                       in_shardings=(shardings.params, batch_sh, rows_sh))
   return Trainer(c, objective, model, tx, mesh, abstract, shardings, batch_sh, rows_sh,
-                 train_step, eval_step)
+                 train_step, eval_step, opt_lib.schedule_inputs(c.opt, c.train.steps))
 
 
 # --- Loop ---------------------------------------------------------------------
@@ -479,7 +493,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             t0 = time.perf_counter()
             batch = t.to_global(next(data_iter))
             t1 = time.perf_counter()
-            state, m = t.train_step(state, batch)
+            state, m = t.train_step(state, batch, t.sched)
             wall['data'] += t1 - t0
             if step == start:
               wall['compile'] += time.perf_counter() - t1

@@ -167,7 +167,7 @@ def _xla_and_exact_flops(family: str, **over) -> tuple[float, float]:
                                   'model.d_model': 128, 'model.mlp_dim': 512,
                                   'model.num_decoder_layers': 3, **over}), 259)
   model = Transformer(c.model)
-  tx = optimizer.make(c.opt, c.train.steps)
+  tx = optimizer.unit_lr(c.opt)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)),
                             jax.random.key(0))
   batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

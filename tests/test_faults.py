@@ -146,9 +146,9 @@ def _poisoned_build(monkeypatch, at_calls):
     t = real_build(*args, **kwargs)
     step = t.train_step
 
-    def poisoned(state, batch):
+    def poisoned(state, batch, sched):
       calls[0] += 1
-      state, m = step(state, batch)
+      state, m = step(state, batch, sched)
       if calls[0] in at_calls:
         nan = lambda x: x * np.nan if np.issubdtype(x.dtype, np.floating) else x  # noqa: E731
         state = state.replace(params=jax.tree_util.tree_map(nan, state.params))

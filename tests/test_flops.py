@@ -27,7 +27,7 @@ def test_exact_flops_match_xla_cost_analysis(model):
   c = dataclasses.replace(c, model=model, data=dataclasses.replace(c.data, seq_len=128),
                           train=dataclasses.replace(c.train, batch_size=4))
   m = train.Transformer(model)
-  tx = optimizer.make(c.opt, c.train.steps)
+  tx = optimizer.unit_lr(c.opt)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, m, tx)(r)), jax.random.key(0))
   batch = {'tokens': jax.ShapeDtypeStruct((4, 129), 'int32')}
   compiled = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).compile()

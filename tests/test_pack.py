@@ -25,7 +25,7 @@ def _member_configs():
 
 def _single_run(c, batches):
   model = Transformer(c.model)
-  tx = opt_lib.make(c.opt, c.train.steps)
+  tx = opt_lib.unit_lr(c.opt)
   state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(
       jax.random.key(c.train.seed))
   step = jax.jit(train.make_train_step(c, model, tx))

@@ -32,7 +32,7 @@ def _run(c, devices, steps=5, batches=None):
   losses and the final state. Batches may be dicts (other families)."""
   mesh = shard_lib.make_mesh(c.mesh, devices)
   model = train.Transformer(c.model)
-  tx = optimizer.make(c.opt, c.train.steps, c.model)
+  tx = optimizer.unit_lr(c.opt, c.model)
   if batches is None:
     batches = [{'tokens': b} for b in np.asarray(jax.random.randint(
         jax.random.key(7), (steps, 8, c.data.seq_len + 1), 0, 256))]
@@ -243,8 +243,10 @@ def test_shardings_tool_totals_and_aot(tmp_path):
   assert totals['optimizer'] >= 2 * want  # Adam's two moments, sharded alike.
   # XLA's arguments are the state (params + optimizer + an int32 step + a
   # uint32[2] RNG key) and this device's share of the int32 batch: tokens
-  # (seq_len + 1) and, with document masking, segment ids and positions.
+  # (seq_len + 1) and, with document masking, segment ids and positions; and
+  # the schedule inputs the cosine schedule reads (lr, warmup_steps,
+  # total_steps: 3 x 4 bytes; jit prunes the unused cooldown_fraction).
   row_ints = (c.data.seq_len + 1) + 2 * c.data.seq_len
   batch_bytes = 4 * c.train.batch_size * row_ints // (c.mesh.data * c.mesh.fsdp)
   assert totals['xla_argument_size_in_bytes'] == (
-      totals['params'] + totals['optimizer'] + 4 + 8 + batch_bytes)
+      totals['params'] + totals['optimizer'] + 4 + 8 + batch_bytes + 12)

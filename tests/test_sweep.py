@@ -43,6 +43,29 @@ def test_isoflop_plan_brackets_the_expected_optimum():
       assert r.compute == pytest.approx(6 * r.n * r.tokens)
 
 
+def test_isoflop_sizes_spaced_by_a_ratio_on_the_fine_ladder():
+  runs = plan.isoflop([1e12], BASE, seq_len=16, tokens_per_step=128, convention='6N',
+                      aspect=8, head_dim=4, sizes=7, size_ratio=1.5)
+  ns = [r.n for r in runs]
+  assert len(ns) == 7 and ns == sorted(set(ns))
+  ratios = np.array(ns[1:]) / np.array(ns[:-1])
+  assert np.all((ratios > 1.5 / 1.5 ** 0.5) & (ratios < 1.5 * 1.5 ** 0.5)), ratios
+  with pytest.raises(ConfigError, match='no distinct ladder model near'):
+    plan.isoflop([1e9], BASE, 16, 128, '6N', 8, 4, sizes=7, size_ratio=1.5)
+
+
+def test_sweep_cli_local_workers_share_the_runs(tmp_path, corpus_dir):
+  """--workers=2: two processes split the runs and the parent reports."""
+  import shutil
+  shutil.copytree(corpus_dir, tmp_path / 'corpus')
+  r = _sweep_cli(tmp_path, '--config.sweep.tokens=(640.0, 1280.0)', '--workers=2')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert '[worker 1/2]' in r.stdout and '[worker 2/2]' in r.stdout
+  rows = list(csv.DictReader(open(tmp_path / 'sw' / 'results.csv')))
+  assert [x['status'] for x in rows] == ['done', 'done']
+  assert os.path.exists(tmp_path / 'sw' / 'report' / 'fits.json') or 'report:' in r.stdout
+
+
 def test_plan_errors():
   with pytest.raises(ConfigError, match='too small'):
     plan.isoflop([1e6], BASE, 16, 128, 'exact', 8, 8)
@@ -95,11 +118,11 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
     if c.name == preempted:
       step, calls = t.train_step, [0]
 
-      def signalled(state, batch):
+      def signalled(state, batch, sched):
         calls[0] += 1
         if calls[0] == 3:
           os.kill(os.getpid(), signal.SIGTERM)  # The loop's handler catches it.
-        return step(state, batch)
+        return step(state, batch, sched)
       t.train_step = signalled
     return t
 

@@ -22,7 +22,7 @@ from tests.helpers import tiny
 def _setup(c):
   c = train.resolve_vocab(c, 259)
   model = Transformer(c.model)
-  tx = opt_lib.make(c.opt, c.train.steps)
+  tx = opt_lib.unit_lr(c.opt)
   state = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)))(jax.random.key(0))
   return c, model, tx, state
 

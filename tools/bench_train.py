@@ -238,7 +238,7 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
 
     batch = {k: jax.device_put(np.asarray(row(k, a), a.dtype), t.batch_shardings[k])
              for k, a in t.abstract_batch().items()}
-    compiled = t.train_step.lower(state, batch).compile()
+    compiled = t.train_step.lower(state, batch, t.sched).compile()
   mem = compiled.memory_analysis()
   temp_mb = getattr(mem, 'temp_size_in_bytes', 0) / 2 ** 20
   cost = compiled.cost_analysis()
@@ -246,12 +246,12 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
   xla_flops = float(cost.get('flops', 0.0))
   step = compiled
   for _ in range(2):
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, t.sched)
   jax.block_until_ready(metrics)
   times, faults0 = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, t.sched)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
@@ -297,14 +297,14 @@ def bench_pack(d: int, K: int, steps: int) -> dict:
   t = train.build(configs[0], jax.devices()[:1])
   with t.context():
     states = [t.init() for _ in range(K)]
-    step = t.train_step.lower(states[0], batches[0]).compile()
+    step = t.train_step.lower(states[0], batches[0], t.sched).compile()
     for _ in range(2):
-      states = [step(s, b)[0] for s, b in zip(states, batches)]
+      states = [step(s, b, t.sched)[0] for s, b in zip(states, batches)]
     jax.block_until_ready(states)
     seq = []
     for _ in range(steps):
       t0 = time.perf_counter()
-      outs = [step(s, b) for s, b in zip(states, batches)]
+      outs = [step(s, b, t.sched) for s, b in zip(states, batches)]
       jax.block_until_ready(outs)
       seq.append(time.perf_counter() - t0)
       states = [o[0] for o in outs]

@@ -82,7 +82,7 @@ def measure(c: config_lib.Config, batches: list[np.ndarray]) -> np.ndarray:
   x0 = acts(state.params)
   out = np.zeros((len(LAYERS), len(batches)))
   for i, b in enumerate(batches):
-    state, _ = t.train_step(state, {'tokens': jnp.asarray(b)})
+    state, _ = t.train_step(state, {'tokens': jnp.asarray(b)}, t.sched)
     xt = acts(state.params)
     for j, name in enumerate(LAYERS):
       out[j, i] = np.mean([float(jnp.sqrt(jnp.mean(jnp.square(

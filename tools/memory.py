@@ -55,7 +55,7 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
   with t.context():
     state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shs)
-    compiled = t.train_step.lower(state, t.abstract_batch()).compile()
+    compiled = t.train_step.lower(state, t.abstract_batch(), t.sched).compile()
   mem = compiled.memory_analysis()
   r = {'parameters': shardings_tool.total(abstract.params, shs.params),
        'optimizer state': shardings_tool.total(abstract.opt_state, shs.opt_state),

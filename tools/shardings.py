@@ -101,7 +101,7 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
     with t.context():
       state = jax.tree_util.tree_map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-      compiled = t.train_step.lower(state, t.abstract_batch()).compile()
+      compiled = t.train_step.lower(state, t.abstract_batch(), t.sched).compile()
     mem = compiled.memory_analysis()
     print('\nXLA memory analysis of the compiled train step (per device):', file=out)
     for k in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
