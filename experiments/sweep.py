@@ -81,8 +81,12 @@ def main(argv):
     cd = _CONFIG.value
     runs = sweep.make_plan(cd)
     if _MODE.value == 'plan':
+      units = sweep.plan_packs(cd, runs)
+      pack_of = {r.name: i for i, u in enumerate(units) for r in u}
       for r in runs:
-        print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}')
+        print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}  '
+              f'pack {pack_of[r.name]}')
+      print(f'{len(runs)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})')
       return
     if _MODE.value == 'commands':
       cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, runs,

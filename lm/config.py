@@ -304,6 +304,7 @@ class SweepConfig:
   evals_per_run: int = 6  # Evaluations over a run (the envelope method reads them).
   bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
   grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
+  pack: int = 1  # Train up to this many runs of one shape and length in one vmapped step (lm/pack.py); 1: off.
   workers: int = 1  # Local worker processes sharing the runs, one CPU thread each (experiments/sweep.py).
   size_ratio: float = 0.0  # isoflop: > 1 spaces the sizes by this ratio on a finer ladder (lm/plan.py); 0: consecutive rungs.
 
@@ -343,7 +344,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
                'above 1.05, e.g. 1.5')
-  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers'):
+  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers', 'pack'):
     _positive(f'sweep.{f}', getattr(s, f))
   if not 0.0 < s.cooldown_fraction <= 1.0:
     raise _err('sweep.cooldown_fraction', s.cooldown_fraction, 'must be in (0, 1]')

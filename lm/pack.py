@@ -15,11 +15,23 @@ single-model run's to float rounding (tests/test_pack.py).
 
 What varies between members must not change the shapes: the model and batch
 shape are shared (lm/config.FIELD_KINDS 'arch' and 'fixed' fields).
+
+train_pack is the packed train_and_evaluate: each member writes config.json,
+metrics.jsonl, checkpoints and its evaluations in its own run directory, as a
+single run would, so generate, export, fit and resume treat it as one; a
+member that is resumed (or was already finished) continues from its own
+checkpoint. Packs run on one device; lm/sweep.py forms them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import json
+import math
+import os
+import time
 from typing import Any
 
 import flax.linen as nn
@@ -27,9 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import checkpoint as ckpt_lib
+from lm import config as config_lib
+from lm import data as data_lib
+from lm import metrics as metrics_lib
 from lm import optimizer as opt_lib
-from lm import train
-from lm.config import Config
+from lm import probes, train
+from lm import workdir as workdir_lib
+from lm.config import Config, ConfigError
 from lm.model import Transformer
 
 
@@ -96,3 +113,165 @@ def member(state: train.TrainState, k: int) -> train.TrainState:
 
 def stack_batches(batches: list[dict[str, Any]]) -> dict[str, np.ndarray]:
   return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def packable(c: Config) -> str:
+  """'' if c can train in a pack, else why not (the sweep then runs it alone)."""
+  if c.init_from:
+    return 'fine-tuning (init_from)'
+  if c.train.on_nonfinite == 'rollback':
+    return 'train.on_nonfinite=rollback'
+  if c.data.canary_repeats:
+    return 'canaries'
+  if any(v not in (1, -1) for v in (c.mesh.data, c.mesh.fsdp, c.mesh.tensor)):
+    return 'a mesh of several devices (a pack trains on one)'
+  return ''
+
+
+def _stack(states: list) -> Any:
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
+def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[dict]:
+  """Trains (or resumes) the members in their run directories; returns per
+  member what train_and_evaluate returns (final eval metrics, 'wall' with the
+  pack's time split evenly, 'objective'), or {'error': ...} for a member that
+  diverged (recorded in its nonfinite.json; the others go on)."""
+  t_start = time.perf_counter()
+  for wd in workdirs:
+    workdir_lib.check_writable(wd, 'the workdir')
+  resolved = [train.resolve(c) for c in configs]
+  cs = [r[0] for r in resolved]
+  _, tok, objective, loaded = resolved[0]
+  p = Pack(tuple(cs))
+  for c in cs:
+    if packable(c):
+      raise ConfigError(f'{c.name} cannot train in a pack: {packable(c)}')
+  K, c0 = len(cs), cs[0]
+  t = train.build(c0, jax.devices()[:1], tok.byte_lengths())
+  data = objective.data(c0, tok, loaded, 0, 1)
+  with contextlib.ExitStack() as stack:
+    for wd, c in zip(workdirs, cs):
+      stack.enter_context(workdir_lib.lock(wd, f'training {c.name} (packed)', log))
+      workdir_lib.clean_incomplete(os.path.join(wd, 'checkpoints'), log)
+    resume = [ckpt_lib.check_workdir(wd, c) for wd, c in zip(workdirs, cs)]
+    for wd, c in zip(workdirs, cs):
+      workdir_lib.write_atomic(os.path.join(wd, 'config.json'),
+                               json.dumps(config_lib.to_dict(c), indent=2))
+    iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
+                                   data.transform)) for c in cs]
+    mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))
+             for wd, c in zip(workdirs, cs)]
+    writers = [metrics_lib.Writer(wd) for wd in workdirs]
+    for w in writers:
+      stack.callback(w.close)
+    with t.context(), workdir_lib.Preemption() as preemption:
+      fresh = init(p)
+      states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
+                for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
+      steps = [int(s.step) for s in states]
+      for k, (wd, c) in enumerate(zip(workdirs, cs)):
+        workdir_lib.truncate_metrics(wd, steps[k])
+        conv = train.flops_per_token(c)
+        writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, 0.0), 'pack': K})
+      state, sched = _stack(states), p.scalars()
+      ends = [c.train.steps for c in cs]
+      step_fn = make_step(p)
+      extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
+                for c in cs]
+      wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
+      t_loop = time.perf_counter()
+      wall['setup'] = t_loop - t_start
+      last = [None] * K
+      results: list[dict] = [{} for _ in range(K)]
+      first = True
+      tokens = [c.train.batch_size * c.data.seq_len for c in cs]
+      t_log = [time.perf_counter()] * K
+      s_log = list(steps)
+      while True:
+        active = [k for k in range(K) if steps[k] < ends[k] and 'error' not in results[k]]
+        if not active:
+          break
+        t0 = time.perf_counter()
+        for k in active:
+          last[k] = next(iters[k])
+        for k in range(K):  # A finished member's rows: any batch of the right shape.
+          last[k] = last[k] if last[k] is not None else last[active[0]]
+        batch = jax.device_put(stack_batches(last))
+        t1 = time.perf_counter()
+        state, m = step_fn(state, batch, sched)
+        wall['data'] += t1 - t0
+        if first:
+          jax.block_until_ready(m)
+          wall['compile'] += time.perf_counter() - t1
+          first = False
+        host = None
+        for k in active:
+          steps[k] += 1
+          done, c = steps[k], cs[k]
+          is_end = done == ends[k]
+          log_now = done % c.train.log_every == 0 or is_end
+          eval_now = done % c.train.eval_every == 0 or is_end
+          ckpt_now = (done % c.train.checkpoint_every == 0 or is_end or preemption.signame
+                      or done in c.train.extra_checkpoints)
+          if not (log_now or eval_now or ckpt_now):
+            continue
+          host = host if host is not None else jax.device_get(m)
+          mk = {name: float(v[k]) for name, v in host.items()}
+          if not math.isfinite(mk['loss']):
+            results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k])}
+            sched = {**sched, 'total_steps': sched['total_steps'].at[k].set(done)}
+            continue
+          if log_now:
+            now = time.perf_counter()
+            dt = (now - t_log[k]) / max(done - s_log[k], 1)
+            t_log[k], s_log[k] = now, done
+            writers[k].write(done, 'train', {**mk, 'step_time': dt,
+                                             'tokens_per_s': tokens[k] / dt,
+                                             'tokens': done * tokens[k], 'pack': K})
+          if eval_now:
+            t0 = time.perf_counter()
+            params = jax.tree_util.tree_map(lambda x: x[k], state.params)
+            results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k])
+            wall['eval'] += time.perf_counter() - t0
+          if ckpt_now:
+            t0 = time.perf_counter()
+            try:
+              ckpt_lib.save(c, mngrs[k], done, member(state, k), m_of(m, k), iters[k],
+                            workdirs[k])
+            except FloatingPointError as e:
+              results[k] = {'error': str(e)}
+              sched = {**sched, 'total_steps': sched['total_steps'].at[k].set(done)}
+            wall['checkpoint'] += time.perf_counter() - t0
+        if preemption.signame and any(steps[k] < ends[k] for k in range(K)):
+          for mg in mngrs:  # Every active member checkpointed at this step above.
+            mg.wait_until_finished()
+          raise workdir_lib.Preempted(max(steps), preemption.signame, ','.join(workdirs))
+      t0 = time.perf_counter()
+      for mg in mngrs:
+        mg.wait_until_finished()
+      wall['checkpoint'] += time.perf_counter() - t0
+      for k in range(K):  # Resumed at its end: the final eval, once.
+        if not results[k] and steps[k] == ends[k]:
+          final = [e for e in metrics_lib.read(workdirs[k], 'eval') if e['step'] == ends[k]]
+          results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
+                        if final else train._evaluate(
+                            t, jax.tree_util.tree_map(lambda x: x[k], state.params),
+                            data.evals, writers[k], ends[k], extras[k]))
+  loop = time.perf_counter() - t_loop
+  wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')), 0.0)
+  share = {k: v / K for k, v in wall.items()}
+  return [r if 'error' in r else {'step': ends[k], **r, 'wall': share, 'objective': objective}
+          for k, r in enumerate(results)]
+
+
+def m_of(m: dict, k: int) -> dict:
+  return {name: v[k] for name, v in m.items()}
+
+
+def _halt(workdir: str, step: int, loss: float, mngr) -> str:
+  try:
+    ckpt_lib.halt(workdir, step, loss, mngr.latest_step(), f'loss is {loss}')
+  except FloatingPointError as e:
+    return str(e)
+  return f'loss is {loss} at step {step}'

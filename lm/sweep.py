@@ -25,6 +25,7 @@ import ml_collections
 
 from lm import config as config_lib
 from lm import flops, metrics, objectives, plan, tokenizers, train
+from lm import pack as pack_lib
 from lm import workdir as workdir_lib
 
 def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
@@ -134,20 +135,21 @@ def use_compile_cache(workdir: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def assign(runs: list[plan.Run], workers: int) -> list[list[plan.Run]]:
-  """Runs split over `workers` processes by compute (largest group first, to
-  the least-loaded worker), each list in plan order; a WSD branch stays with
-  the stable run it continues."""
-  groups: dict[str, list[plan.Run]] = {}
-  for r in runs:
-    groups.setdefault(r.branch_from or r.name, []).append(r)
+def assign(units: list[list[plan.Run]], workers: int) -> list[list[list[plan.Run]]]:
+  """Units (runs or packs: plan_packs) split over `workers` processes by
+  compute (largest group first, to the least-loaded worker), each in plan
+  order; a WSD branch stays with the stable run it continues."""
+  groups: dict[str, list[list[plan.Run]]] = {}
+  for u in units:
+    groups.setdefault(u[0].branch_from or u[0].name, []).append(u)
+  cost = lambda g: sum(r.compute for u in g for r in u)
   loads, out = [0.0] * workers, [[] for _ in range(workers)]
-  for g in sorted(groups.values(), key=lambda g: -sum(r.compute for r in g)):
+  for g in sorted(groups.values(), key=lambda g: -cost(g)):
     w = min(range(workers), key=loads.__getitem__)
-    loads[w] += sum(r.compute for r in g)
+    loads[w] += cost(g)
     out[w] += g
-  order = {r.name: i for i, r in enumerate(runs)}
-  return [sorted(lst, key=lambda r: order[r.name]) for lst in out]
+  order = {id(u): i for i, u in enumerate(units)}
+  return [sorted(lst, key=lambda u: order[id(u)]) for lst in out]
 
 
 def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
@@ -174,53 +176,110 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     runs = [r for r in runs if r.name == only or r.name == only.rsplit('/', 1)[-1]]
     if not runs:
       raise config_lib.ConfigError(f'--only={only!r} is not a run of this sweep')
-  elif worker:
-    runs = assign(runs, worker[1])[worker[0]]
-  else:
+  elif not worker:
     write_plan(workdir, runs)
+  units = plan_packs(cd, runs)
+  if worker:
+    units = assign(units, worker[1])[worker[0]]
+    runs = [r for u in units for r in u]
   total_c = sum(r.compute for r in runs)
   done_c, spent, t0 = 0.0, 0.0, time.time()
-  results = []
-  for i, r in enumerate(runs):
-    rdir = os.path.join(workdir, 'runs', r.name)
-    res_path = _result_path(workdir, r.name)
-    if os.path.exists(res_path):
-      with open(res_path) as f:
-        prev = json.load(f)
-      if prev.get('status') == 'done':
-        results.append(prev)
-        done_c += r.compute
-        continue
+  results, finished = [], 0
+  for unit in units:
+    todo = []
+    for r in unit:
+      res_path = _result_path(workdir, r.name)
+      if os.path.exists(res_path):
+        with open(res_path) as f:
+          prev = json.load(f)
+        if prev.get('status') == 'done':
+          results.append(prev)
+          done_c += r.compute
+          finished += 1
+          continue
+      todo.append(r)
+    if not todo:
+      continue
     t_run = time.time()
-    try:
-      c = run_config(cd, r, s.evals_per_run)
-      if r.branch_from and not os.path.isdir(os.path.join(rdir, 'checkpoints')):
-        _start_branch(workdir, r)
-      out = train.train_and_evaluate(c, rdir, log=lambda *_: None)
-      h = out['objective'].headline
-      rec = {'status': 'done', 'final_loss': out['loss'], 'headline': h,
-             'final_headline': out[h], 'wall': out['wall']}
-    except workdir_lib.Preempted:
-      log(f'[sweep] stopped during {r.name} (checkpointed); rerun to continue')
-      raise
-    except Exception as e:  # One failed run must not stop the sweep.
-      rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
-             'traceback': traceback.format_exc()[-2000:]}
-    rec.update(name=r.name, wall_s=time.time() - t_run)
-    os.makedirs(rdir, exist_ok=True)
-    workdir_lib.write_atomic(res_path, json.dumps(rec, indent=1))
-    results.append(rec)
+    recs = _train_unit(cd, workdir, todo, s, log)
+    for r, rec in zip(todo, recs):
+      rec.update(name=r.name, wall_s=(time.time() - t_run) / len(todo))
+      if len(todo) > 1:
+        rec['pack'] = [x.name for x in todo]
+      os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
+      workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
+      results.append(rec)
+      done_c += r.compute
+      finished += 1
     spent += time.time() - t_run
-    done_c += r.compute
-    left = len(runs) - i - 1
+    left = len(runs) - finished
     eta = spent / max(done_c, 1) * (total_c - done_c) if done_c < total_c else 0.0
-    log(f'[sweep] {i + 1}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
-        f'({r.name}: {rec["status"]}'
-        + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
-           f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s)')
+    for r, rec in zip(todo, recs):
+      log(f'[sweep] {finished}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
+          f'({r.name}: {rec["status"]}'
+          + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
+             f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s'
+          + (f', packed with {len(todo) - 1} more' if len(todo) > 1 else '') + ')')
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
   log('[sweep] ' + wall_line(wall_breakdown(results)))
   return results
+
+
+def _record(out: dict) -> dict:
+  if 'error' in out:
+    return {'status': 'failed', 'error': out['error'][:500]}
+  h = out['objective'].headline
+  return {'status': 'done', 'final_loss': out['loss'], 'headline': h,
+          'final_headline': out[h], 'wall': out['wall']}
+
+
+def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
+  """Trains one run or one pack; a failure is recorded, never raised (but a
+  preemption stops the sweep)."""
+  try:
+    configs = [run_config(cd, r, s.evals_per_run) for r in todo]
+    rdirs = [os.path.join(workdir, 'runs', r.name) for r in todo]
+    if len(todo) > 1:
+      return [_record(o) for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
+    r = todo[0]
+    if r.branch_from and not os.path.isdir(os.path.join(rdirs[0], 'checkpoints')):
+      _start_branch(workdir, r)
+    return [_record(train.train_and_evaluate(configs[0], rdirs[0], log=lambda *_: None))]
+  except workdir_lib.Preempted:
+    log(f'[sweep] stopped during {", ".join(r.name for r in todo)} (checkpointed); rerun '
+        'to continue')
+    raise
+  except Exception as e:  # One failed run must not stop the sweep.
+    rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
+           'traceback': traceback.format_exc()[-2000:]}
+    return [dict(rec) for _ in todo]
+
+
+def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list[plan.Run]]:
+  """The runs grouped into packs of at most sweep.pack members (lm/pack.py):
+  runs that share a shape and a length (seeds, learning rates) and can pack
+  (pack.packable); the others alone. In plan order of each pack's first run."""
+  _, s = split(cd)
+  if s.pack <= 1:
+    return [[r] for r in runs]
+  groups: dict[str, list[plan.Run]] = {}
+  for r in runs:
+    c = run_config(cd, r, s.evals_per_run)
+    if r.branch_from or pack_lib.packable(c):
+      groups[r.name] = [r]
+      continue
+    d = config_lib.to_dict(c)
+    for sec, fields in pack_lib.Pack.PER_MEMBER.items():
+      for f in fields or ():
+        d[sec].pop(f)
+    d.pop('name')
+    d['train']['steps'] = c.train.steps  # Equal lengths: no member idles in the pack.
+    groups.setdefault(json.dumps(d, sort_keys=True, default=str), []).append(r)
+  out = []
+  for g in groups.values():
+    out += [g[i:i + s.pack] for i in range(0, len(g), s.pack)]
+  order = {r.name: i for i, r in enumerate(runs)}
+  return sorted(out, key=lambda u: order[u[0].name])
 
 
 WALL_PARTS = ('setup', 'compile', 'data', 'train', 'eval', 'checkpoint', 'other')

@@ -66,3 +66,42 @@ def test_pack_refuses_members_of_another_shape():
   b = dataclasses.replace(a, model=dataclasses.replace(a.model, init_std=0.5))
   with pytest.raises(ValueError, match='model.init_std'):  # Would be silently ignored.
     pack.Pack((a, b))
+
+
+def test_sweep_packs_seeds_and_lrs_like_single_runs(tmp_path, corpus_dir):
+  """sweep.pack=4: the 2 seeds x 2 LRs of one size train as one pack; each
+  member's run directory, metrics and final loss are its single run's; a
+  rerun skips them, and a member killed mid-way resumes from its checkpoint."""
+  import json
+  import os
+
+  from lm import metrics, sweep
+  from tests.helpers import tiny_cd
+  cd = tiny_cd(corpus_dir, **{'train.eval_batches': 1})
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0],
+                  aspect=8, head_dim=8, evals_per_run=2, seeds=(0, 1), lrs=(1e-2, 3e-3),
+                  bootstrap=0, grid='coarse')
+  runs = sweep.make_plan(cd)
+  single = {r['name']: r for r in sweep.run_all(cd, str(tmp_path / 'single'), log=print)}
+  cd.sweep.pack = 4
+  assert [len(u) for u in sweep.plan_packs(cd, runs)] == [4]
+  wd = str(tmp_path / 'packed')
+  packed = {r['name']: r for r in sweep.run_all(cd, wd, log=print)}
+  for name, r in packed.items():
+    assert r['status'] == 'done' and len(r['pack']) == 4, r
+    np.testing.assert_allclose(r['final_loss'], single[name]['final_loss'], rtol=2e-4)
+    rdir = os.path.join(wd, 'runs', name)
+    assert os.path.exists(os.path.join(rdir, 'config.json'))
+    assert os.listdir(os.path.join(rdir, 'checkpoints'))
+    assert [e['step'] for e in metrics.read(rdir, 'eval')] == [3, 6]
+  assert all(r['status'] == 'done' for r in sweep.run_all(cd, wd, log=print))
+  # One member's run lost after its mid-way checkpoint: the pack resumes it alone.
+  victim = os.path.join(wd, 'runs', runs[0].name)
+  os.remove(os.path.join(victim, 'result.json'))
+  import shutil
+  shutil.rmtree(os.path.join(victim, 'checkpoints', '6'))
+  again = {r['name']: r for r in sweep.run_all(cd, wd, log=print)}
+  np.testing.assert_allclose(again[runs[0].name]['final_loss'],
+                             single[runs[0].name]['final_loss'], rtol=2e-4)
+  with open(os.path.join(victim, 'result.json')) as f:
+    assert json.load(f)['status'] == 'done'
