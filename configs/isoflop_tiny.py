@@ -1,8 +1,9 @@
 """python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isoflop
 
 The main job: a small IsoFLOP sweep (3 budgets x 5 sizes) of tiny byte-level
-models on the default corpus, sized to finish in about 15 minutes on 2 CPU
-cores, then fits and a report. Budgets are in FLOPs under sweep.convention.
+models on the default corpus in two local worker processes (sweep.workers: on
+2 CPU cores, two single-threaded processes train ~1.4x faster than one using
+both), then fits and a report. Budgets are in FLOPs under sweep.convention.
 """
 
 from configs import common
@@ -18,5 +19,5 @@ def get_config(arg=None):
   c.train.update(batch_size=64, steps=100, log_every=20, eval_batches=4, keep_checkpoints=1)
   c.sweep = common.sweep(design='isoflop', convention='exact', budgets=(1.5e11, 4e11, 1e12),
                          sizes=5, tokens_per_param=150.0, aspect=8, head_dim=8,
-                         evals_per_run=5, bootstrap=1000)
+                         evals_per_run=5, bootstrap=1000, workers=2)
   return c

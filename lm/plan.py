@@ -107,13 +107,13 @@ def fine_rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 
 
 def spaced_sizes(n_star: float, sizes: int, ratio: float, candidates) -> list:
   """For targets n_star x ratio^(k - (sizes - 1) / 2), each the candidate
-  nearest in log N; they must be distinct and within sqrt(ratio) of their
-  targets, or it is an error."""
+  nearest in log N; they must be distinct and within a factor `ratio` of
+  their targets (small models come in coarse steps), or it is an error."""
   picked = []
   for k in range(sizes):
     target = n_star * ratio ** (k - (sizes - 1) / 2)
     n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
-    if abs(math.log(n / target)) > math.log(ratio) / 2 or (n, m) in picked:
+    if abs(math.log(n / target)) > math.log(ratio) or (n, m) in picked:
       raise ConfigError(
           f'sweep.size_ratio={ratio}: no distinct ladder model near {target:.3g} non-embedding '
           f'params (the ladder spans {candidates[0][0]:,}..{candidates[-1][0]:,}); raise the '
