@@ -6,7 +6,9 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
   --mode=plan      print the plan (N, D, C per run) and stop
   --mode=commands  print one command per run (--json: a JSON run list) for a cluster
   --mode=collect   tabulate results (after cluster runs) and write the report
-  --only=NAME      run just that run (what each cluster command does)
+  --only=NAME      run just that run (what each cluster command does; a comma-separated
+                   list runs those, packed as the plan packs them)
+  sweep.executor=slurm  one submitit job per run or pack (lm/sweep.submit)
   --workers=N      the local executor: N processes, each one CPU thread, share the
                    runs (lm/sweep.assign); on 2 CPU cores 2 workers train ~1.4x
                    faster than one process using both cores (tiny models' ops are
@@ -101,8 +103,12 @@ def main(argv):
                     log=lambda m: print(f'[worker {i + 1}/{n}] {m}', flush=True))
       return
     if _MODE.value == 'run':
-      results = (_run_workers(cd, wd, workers) if workers > 1 and not _ONLY.value
-                 else sweep.run_all(cd, wd, only=_ONLY.value))
+      if sweep.split(cd)[1].executor == 'slurm' and not _ONLY.value:
+        results = sweep.submit(cd, wd)
+      elif workers > 1 and not _ONLY.value:
+        results = _run_workers(cd, wd, workers)
+      else:
+        results = sweep.run_all(cd, wd, only=_ONLY.value)
       failed = [r for r in results if r['status'] == 'failed']
       if results and len(failed) == len(results):
         print(f'error: every run failed ({len(failed)}); the first: {failed[0]["name"]}: '

@@ -279,14 +279,15 @@ def field_help() -> dict[str, tuple[Any, str]]:
   return out
 
 
-SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd', 'transfer')
+SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd', 'transfer', 'lr')
 START_GRIDS = ('full', 'coarse')
+EXECUTORS = ('local', 'slurm')
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
   """A sweep config's `sweep` section (lm/sweep.py, lm/plan.py, tools/report.py)."""
-  design: str = 'isoflop'  # isoflop (per budget, `sizes` ladder models), grid (N x D), wsd, transfer (widths x lrs).
+  design: str = 'isoflop'  # isoflop (per budget, `sizes` ladder models), grid (N x D), wsd, transfer (widths x lrs), lr (sizes x lrs).
   convention: str = 'exact'  # FLOP convention that defines C (lm/flops.py).
   budgets: tuple[float, ...] = ()  # isoflop: compute budgets in FLOPs.
   sizes: int = 5  # isoflop: consecutive ladder models per budget (>= 3).
@@ -305,6 +306,11 @@ class SweepConfig:
   bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
   grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
   pack: int = 1  # Train up to this many runs of one shape and length in one vmapped step (lm/pack.py); 1: off.
+  executor: str = 'local'  # local (this machine; `workers` processes) | slurm (one submitit job per run or pack).
+  slurm_partition: str = ''  # executor=slurm: the partition ('' = the cluster's default).
+  slurm_minutes: int = 60  # executor=slurm: each job's time limit.
+  slurm_gpus: int = 0  # executor=slurm: GPUs per job.
+  slurm_cpus: int = 2  # executor=slurm: CPUs per job.
   workers: int = 1  # Local worker processes sharing the runs, one CPU thread each (experiments/sweep.py).
   size_ratio: float = 0.0  # isoflop: > 1 spaces the sizes by this ratio on a finer ladder (lm/plan.py); 0: consecutive rungs.
 
@@ -315,6 +321,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   _choice('sweep.design', s.design, SWEEP_DESIGNS)
   _choice('sweep.convention', s.convention, CONVENTIONS)
   _choice('sweep.grid', s.grid, START_GRIDS)
+  _choice('sweep.executor', s.executor, EXECUTORS)
   for f in ('budgets', 'params', 'tokens', 'lrs', 'widths'):
     for v in getattr(s, f):
       if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
@@ -322,7 +329,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
         raise _err(f'sweep.{f}', getattr(s, f), f'every entry must be a positive number, '
                    f'not {v!r}')
   need = {'isoflop': ('budgets',), 'grid': ('params', 'tokens'), 'wsd': ('params', 'tokens'),
-          'transfer': ('widths', 'lrs', 'tokens')}
+          'transfer': ('widths', 'lrs', 'tokens'), 'lr': ('params', 'tokens', 'lrs')}
   for f in need[s.design]:
     if not getattr(s, f):
       raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} needs at least one '
@@ -336,6 +343,10 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
       raise _err('sweep.widths', s.widths, 'widths are integers (d_model values)')
     for p in s.parametrizations:
       _choice('sweep.parametrizations', p, PARAMETRIZATIONS)
+  if s.design == 'lr' and (len(s.lrs) < 3 or len(s.tokens) not in (1, len(s.params))):
+    raise _err('sweep.lrs', s.lrs, 'a learning-rate sweep needs at least 3 learning rates and '
+               f'one sweep.tokens value or one per size (sweep.tokens={s.tokens}, '
+               f'sweep.params={s.params})')
   if s.design == 'isoflop' and s.sizes < 3:
     raise _err('sweep.sizes', s.sizes, 'an IsoFLOP profile needs at least 3 sizes '
                '(5 recommended) to bracket its minimum')
@@ -344,7 +355,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
                'above 1.05, e.g. 1.5')
-  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers', 'pack'):
+  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers', 'pack', 'slurm_minutes', 'slurm_cpus'):
     _positive(f'sweep.{f}', getattr(s, f))
   if not 0.0 < s.cooldown_fraction <= 1.0:
     raise _err('sweep.cooldown_fraction', s.cooldown_fraction, 'must be in (0, 1]')

@@ -99,6 +99,8 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   rows, excluded = load_rows(workdir)
   if s.design == 'transfer':
     return _transfer_report(workdir, s, rows, excluded)
+  if s.design == 'lr':
+    return _lr_report(workdir, rows, excluded)
   t = _Table(workdir, s, rows, *(np.array([r[k] for r in rows], float) for k in
                                  ('N', 'D', f'C_{s.convention}', 'budget', 'final_loss')))
   out_dir = os.path.join(workdir, 'report')
@@ -546,6 +548,93 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
            '']
   md += _wall_time(workdir, 0.0)
   write_atomic(os.path.join(out_dir, 'transfer.json'), json.dumps(summary, indent=1) + '\n')
+  path = os.path.join(out_dir, 'report.md')
+  write_atomic(path, '\n'.join(md) + '\n')
+  return path
+
+
+# --- Learning-rate sweeps (design 'lr') ----------------------------------------
+
+def lr_optimum(curve: list[tuple[float, float]]) -> dict:
+  """The best grid LR of a (lr, loss) curve and a parabola in log LR through
+  it and its neighbours (up to 2 each side): the fitted optimum, unless the
+  best grid LR is at an end of the grid (then the optimum may lie beyond it)
+  or the parabola is not convex."""
+  lrs, losses = map(np.array, zip(*sorted(curve)))
+  i = int(np.argmin(losses))
+  out = {'best_lr': float(lrs[i]), 'best_loss': float(losses[i]),
+         'edge': i in (0, len(lrs) - 1), 'fitted_lr': None, 'fitted_loss': None}
+  lo, hi = max(i - 2, 0), min(i + 3, len(lrs))
+  if out['edge'] or hi - lo < 3:
+    return out
+  x = np.log(lrs[lo:hi])
+  c2, c1, c0 = np.polyfit(x, losses[lo:hi], 2)
+  if c2 > 0:
+    x_min = -c1 / (2 * c2)
+    if x[0] <= x_min <= x[-1]:
+      out.update(fitted_lr=float(math.exp(x_min)), fitted_loss=float(c0 - c1 * c1 / (4 * c2)))
+  return out
+
+
+def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
+  """Loss against learning rate per size (seeds averaged, their spread shown),
+  each size's optimum, and how the optimum scales with N (lr* ~ N^gamma)."""
+  out_dir = os.path.join(workdir, 'report')
+  os.makedirs(out_dir, exist_ok=True)
+  if not rows:
+    raise scaling.FitError('no finished run to report on')
+  sizes = sorted({r['N'] for r in rows})
+  lrs = sorted({r['lr'] for r in rows})
+  md = [f'# Learning-rate sweep: {os.path.basename(os.path.abspath(workdir))}', '',
+        f'{len(sizes)} sizes x {len(lrs)} learning rates ({", ".join(f"{x:.3g}" for x in lrs)}); '
+        'loss = final validation loss (nats per target token), averaged over seeds. The '
+        'fitted optimum is a parabola in log LR through the best grid LR and up to two '
+        'neighbours each side.', '',
+        '| N | d_model | tokens | best grid lr | loss | seed sd | fitted lr* | loss at lr* |',
+        '|---|---|---|---|---|---|---|---|']
+  summary, fig = {}, plt.figure(figsize=(6.5, 4.5))
+  ax = fig.gca()
+  for k, n in enumerate(sizes):
+    mine = [r for r in rows if r['N'] == n]
+    by_lr: dict[float, list[float]] = {}
+    for r in mine:
+      by_lr.setdefault(r['lr'], []).append(r['final_loss'])
+    curve = sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
+    o = lr_optimum(curve)
+    sd = float(np.std(by_lr[o['best_lr']], ddof=1)) if len(by_lr[o['best_lr']]) > 1 else None
+    summary[str(int(n))] = {**o, 'seed_sd_at_best': sd, 'd_model': mine[0]['d_model'],
+                            'curve': curve}
+    md.append(f'| {int(n):,} | {mine[0]["d_model"]} | {int(mine[0]["D"]):,} | '
+              f'{o["best_lr"]:.3g}{" (grid edge)" if o["edge"] else ""} | '
+              f'{_fmt(o["best_loss"])} | {"-" if sd is None else _fmt(sd)} | '
+              f'{"-" if o["fitted_lr"] is None else format(o["fitted_lr"], ".3g")} | '
+              f'{"-" if o["fitted_loss"] is None else _fmt(o["fitted_loss"])} |')
+    color = plt.cm.viridis(k / max(len(sizes) - 1, 1))
+    ax.plot(*zip(*curve), 'o-', color=color, label=f'N={int(n):,}')
+    if o['fitted_lr'] is not None:
+      ax.plot([o['fitted_lr']], [o['fitted_loss']], '*', ms=14, color=color)
+  md.append('')
+  fitted = [(float(n), v['fitted_lr']) for n, v in summary.items() if v['fitted_lr']]
+  if len(fitted) >= 2:
+    law = scaling.fit_power_law(*map(np.array, zip(*fitted)))
+    summary['_scaling'] = {'k': law.k, 'gamma': law.exponent, 'sizes': len(fitted)}
+    md += [f'Optimal learning rate vs size: lr* = {law.k:.3g} N^{law.exponent:.3f} from '
+           f'{len(fitted)} sizes with an interior optimum.', '']
+  else:
+    md += ['Fewer than 2 sizes have an interior optimum: no lr*(N) fit (widen the LR grid '
+           'where an optimum is on its edge).', '']
+  ax.set(xscale='log', xlabel='learning rate', ylabel='final validation loss',
+         title='Loss vs learning rate per size')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'lr.png'), dpi=110)
+  plt.close(fig)
+  md += ['![lr.png](lr.png)', '']
+  if excluded:
+    md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
+           '']
+  md += _wall_time(workdir, 0.0)
+  write_atomic(os.path.join(out_dir, 'lr.json'), json.dumps(summary, indent=1) + '\n')
   path = os.path.join(out_dir, 'report.md')
   write_atomic(path, '\n'.join(md) + '\n')
   return path

@@ -53,6 +53,10 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
                         min_steps=s.min_steps, size_ratio=s.size_ratio, **common)
   elif s.design == 'grid':
     runs = plan.grid(list(s.params), list(s.tokens), **common)
+  elif s.design == 'lr':  # Each size for its tokens (one value, or one per size), x lrs below.
+    toks = list(s.tokens) * (len(s.params) if len(s.tokens) == 1 else 1)
+    runs = [dataclasses.replace(r, design='lr') for n, t in zip(s.params, toks)
+            for r in plan.grid([n], [t], **common)]
   elif s.design == 'transfer':
     runs = plan.transfer(list(s.widths), list(s.parametrizations), s.tokens[0], base=m,
                          seq_len=common['seq_len'], tokens_per_step=tps,
@@ -173,9 +177,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   runs = make_plan(cd)
   _, s = split(cd)
   if only:
-    runs = [r for r in runs if r.name == only or r.name == only.rsplit('/', 1)[-1]]
-    if not runs:
-      raise config_lib.ConfigError(f'--only={only!r} is not a run of this sweep')
+    names = {x.rsplit('/', 1)[-1] for x in only.split(',')}
+    unknown = names - {r.name for r in runs}
+    if unknown:
+      raise config_lib.ConfigError(f'--only: {sorted(unknown)[0]!r} is not a run of this sweep')
+    runs = [r for r in runs if r.name in names]
   elif not worker:
     write_plan(workdir, runs)
   units = plan_packs(cd, runs)
@@ -223,6 +229,62 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
   log('[sweep] ' + wall_line(wall_breakdown(results)))
   return results
+
+
+def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str | None = None
+           ) -> list[dict]:
+  """executor=slurm: one submitit job per run or pack (plan_packs), each running
+  `run_all(only=<its runs>)`; waits for them and returns every run's record.
+  `cluster` is submitit's ('local' runs the jobs as local processes: the
+  tests). Logs and pickles go to <workdir>/submitit; a WSD branch's job
+  waits for its stable run's (a Slurm dependency)."""
+  import submitit
+  _, s = split(cd)
+  runs = make_plan(cd)
+  with workdir_lib.lock(workdir, 'sweep (submitit)', log):
+    write_plan(workdir, runs)
+  ex = submitit.AutoExecutor(folder=os.path.join(workdir, 'submitit', '%j'), cluster=cluster)
+  params = dict(timeout_min=s.slurm_minutes, cpus_per_task=s.slurm_cpus, name=s.executor)
+  if ex.cluster == 'slurm':
+    params.update(slurm_partition=s.slurm_partition or None, gpus_per_node=s.slurm_gpus)
+  ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+  plain = cd.to_dict()
+  jobs, job_of = [], {}
+  for unit in plan_packs(cd, runs):
+    after = [job_of[r.branch_from] for r in unit if r.branch_from in job_of]
+    if after and ex.cluster == 'slurm':
+      ex.update_parameters(slurm_additional_parameters={
+          'dependency': 'afterok:' + ':'.join(j.job_id for j in after)})
+    elif after:
+      for j in after:
+        j.wait()
+    job = ex.submit(_job, plain, workdir, ','.join(r.name for r in unit))
+    if after and ex.cluster == 'slurm':
+      ex.update_parameters(slurm_additional_parameters={})
+    log(f'[sweep] submitted {len(unit)} run(s) as job {job.job_id}: '
+        + ', '.join(r.name for r in unit))
+    jobs.append(job)
+    job_of.update({r.name: job for r in unit})
+  for j in jobs:
+    try:
+      j.result()
+    except Exception as e:  # The job's runs record their own failures; this is the job's.
+      log(f'[sweep] job {j.job_id} failed: {str(e).splitlines()[-1][:300]}')
+  out = []
+  for r in runs:
+    path = _result_path(workdir, r.name)
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+    else:
+      out.append({'name': r.name, 'status': 'failed', 'error': 'its job wrote no result'})
+  return out
+
+
+def _job(cd_dict: dict, workdir: str, names: str) -> None:
+  """A submitit job: these runs (one pack) of the sweep."""
+  use_compile_cache(workdir)
+  run_all(ml_collections.ConfigDict(cd_dict), workdir, only=names)
 
 
 def _record(out: dict) -> dict:

@@ -51,7 +51,7 @@ def test_isoflop_sizes_spaced_by_a_ratio_on_the_fine_ladder():
   ratios = np.array(ns[1:]) / np.array(ns[:-1])
   assert np.all((ratios > 1.1) & (ratios < 1.5 ** 2)), ratios
   with pytest.raises(ConfigError, match='no distinct ladder model near'):
-    plan.isoflop([1e9], BASE, 16, 128, '6N', 8, 4, sizes=7, size_ratio=1.5)
+    plan.isoflop([1e7], BASE, 16, 128, '6N', 8, 4, sizes=7, size_ratio=1.5)
 
 
 def test_sweep_cli_local_workers_share_the_runs(tmp_path, corpus_dir):
@@ -417,3 +417,55 @@ def test_transfer_plan_and_report(tmp_path, corpus_dir):
   assert '- MUP: the optimum stays within one grid step across widths' in md
   assert '- SP: the optimum moves by 2 grid steps across widths' in md
   assert (tmp_path / 'report' / 'transfer.png').stat().st_size > 10_000
+
+
+def test_lr_optimum_of_a_curve():
+  from lm import report
+  lrs = np.geomspace(1e-4, 1e-1, 7)
+  curve = [(lr, 2.0 + 0.1 * np.log(lr / 3e-3) ** 2) for lr in lrs]
+  o = report.lr_optimum(curve)
+  assert o['fitted_lr'] == pytest.approx(3e-3, rel=1e-6) and not o['edge']
+  o = report.lr_optimum([(lr, 3.0 - lr) for lr in lrs])  # Still falling at the largest LR.
+  assert o['edge'] and o['fitted_lr'] is None and o['best_lr'] == lrs[-1]
+
+
+def test_lr_design_plans_packs_and_reports(tmp_path, corpus_dir):
+  """sizes x lrs x seeds; each size's runs form one pack; the report gives the
+  optimum per size and lr.json."""
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='lr', convention='exact', params=[900.0, 6500.0], tokens=[768.0],
+                  lrs=(1e-3, 1e-2, 1e-1), seeds=(0, 1), aspect=8, head_dim=8,
+                  evals_per_run=1, pack=8)
+  runs = sweep.make_plan(cd)
+  assert len(runs) == 12 and {r.design for r in runs} == {'lr'}
+  assert sorted(len(u) for u in sweep.plan_packs(cd, runs)) == [6, 6]
+  wd = str(tmp_path / 'lr')
+  res = sweep.run_all(cd, wd, log=lambda *_: None)
+  assert all(r['status'] == 'done' for r in res), res
+  sweep.collect(cd, wd)
+  from lm import report
+  md = open(report.write_report(cd, wd)).read()
+  assert '| N | d_model | tokens | best grid lr |' in md
+  summary = json.load(open(os.path.join(wd, 'report', 'lr.json')))
+  assert len([k for k in summary if not k.startswith('_')]) == 2
+  for k, v in summary.items():
+    if not k.startswith('_'):
+      assert v['best_lr'] in (1e-3, 1e-2, 1e-1) and v['seed_sd_at_best'] is not None
+  with pytest.raises(ConfigError, match='at least 3 learning rates'):
+    cd.sweep.lrs = (1e-3, 1e-2)
+    sweep.make_plan(cd)
+
+
+def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
+  """executor=slurm hands each run (or pack) to submitit; with submitit's
+  local cluster the jobs run as processes here and write their results."""
+  pytest.importorskip('submitit')
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0],
+                  aspect=8, head_dim=8, evals_per_run=1, seeds=(0, 1), pack=2,
+                  executor='slurm')
+  logs = []
+  res = sweep.submit(cd, str(tmp_path / 'sub'), log=logs.append, cluster='local')
+  assert [r['status'] for r in res] == ['done', 'done'], res
+  assert len([m for m in logs if 'submitted 2 run(s) as job' in m]) == 1  # One pack, one job.
+  assert all(len(r['pack']) == 2 for r in res)
