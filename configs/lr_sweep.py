@@ -21,6 +21,6 @@ def get_config(arg=None):
   c.opt.update(warmup_steps=10, schedule='cosine', min_lr_ratio=0.1)
   c.train.update(batch_size=16, steps=100, log_every=20, eval_batches=4, keep_checkpoints=1)
   c.sweep = common.sweep(design='lr', params=(900.0, 6600.0, 2.2e4), tokens=(150 * 16 * 64,),
-                         lrs=tuple(2.0 ** k for k in range(-11, -3)),  # 1/2048 .. 1/16.
+                         lrs=tuple(2.0 ** k for k in range(-11, -1)),  # 1/2048 .. 1/4.
                          aspect=8, head_dim=8, seeds=(0, 1), evals_per_run=1, workers=2)
   return c

@@ -103,7 +103,7 @@ def main(argv):
                     log=lambda m: print(f'[worker {i + 1}/{n}] {m}', flush=True))
       return
     if _MODE.value == 'run':
-      if sweep.split(cd)[1].executor == 'slurm' and not _ONLY.value:
+      if sweep.split(cd)[1].executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:
         results = _run_workers(cd, wd, workers)

@@ -281,7 +281,7 @@ def field_help() -> dict[str, tuple[Any, str]]:
 
 SWEEP_DESIGNS = ('isoflop', 'grid', 'wsd', 'transfer', 'lr')
 START_GRIDS = ('full', 'coarse')
-EXECUTORS = ('local', 'slurm')
+EXECUTORS = ('local', 'slurm', 'ray')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,11 +306,11 @@ class SweepConfig:
   bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
   grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
   pack: int = 1  # Train up to this many runs of one shape and length in one vmapped step (lm/pack.py); 1: off.
-  executor: str = 'local'  # local (this machine; `workers` processes) | slurm (one submitit job per run or pack).
+  executor: str = 'local'  # local (this machine; `workers` processes) | slurm (one submitit job per run or pack) | ray (one Ray task each).
   slurm_partition: str = ''  # executor=slurm: the partition ('' = the cluster's default).
   slurm_minutes: int = 60  # executor=slurm: each job's time limit.
-  slurm_gpus: int = 0  # executor=slurm: GPUs per job.
-  slurm_cpus: int = 2  # executor=slurm: CPUs per job.
+  job_gpus: int = 0  # executor=slurm|ray: GPUs per job.
+  job_cpus: int = 2  # executor=slurm|ray: CPUs per job.
   workers: int = 1  # Local worker processes sharing the runs, one CPU thread each (experiments/sweep.py).
   size_ratio: float = 0.0  # isoflop: > 1 spaces the sizes by this ratio on a finer ladder (lm/plan.py); 0: consecutive rungs.
 
@@ -355,7 +355,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
                'above 1.05, e.g. 1.5')
-  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers', 'pack', 'slurm_minutes', 'slurm_cpus'):
+  for f in ('tokens_per_param', 'aspect', 'head_dim', 'min_steps', 'evals_per_run', 'workers', 'pack', 'slurm_minutes', 'job_cpus'):
     _positive(f'sweep.{f}', getattr(s, f))
   if not 0.0 < s.cooldown_fraction <= 1.0:
     raise _err('sweep.cooldown_fraction', s.cooldown_fraction, 'must be in (0, 1]')

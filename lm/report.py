@@ -556,19 +556,18 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
 # --- Learning-rate sweeps (design 'lr') ----------------------------------------
 
 def lr_optimum(curve: list[tuple[float, float]]) -> dict:
-  """The best grid LR of a (lr, loss) curve and a parabola in log LR through
-  it and its neighbours (up to 2 each side): the fitted optimum, unless the
-  best grid LR is at an end of the grid (then the optimum may lie beyond it)
-  or the parabola is not convex."""
+  """The best grid LR of a (lr, loss) curve and the parabola in log LR through
+  it and its two neighbours: its minimum (between those neighbours) is the
+  fitted optimum, unless the best grid LR is at an end of the grid (then the
+  optimum may lie beyond it)."""
   lrs, losses = map(np.array, zip(*sorted(curve)))
   i = int(np.argmin(losses))
   out = {'best_lr': float(lrs[i]), 'best_loss': float(losses[i]),
          'edge': i in (0, len(lrs) - 1), 'fitted_lr': None, 'fitted_loss': None}
-  lo, hi = max(i - 2, 0), min(i + 3, len(lrs))
-  if out['edge'] or hi - lo < 3:
+  if out['edge']:
     return out
-  x = np.log(lrs[lo:hi])
-  c2, c1, c0 = np.polyfit(x, losses[lo:hi], 2)
+  x = np.log(lrs[i - 1:i + 2])
+  c2, c1, c0 = np.polyfit(x, losses[i - 1:i + 2], 2)
   if c2 > 0:
     x_min = -c1 / (2 * c2)
     if x[0] <= x_min <= x[-1]:
@@ -588,8 +587,8 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
   md = [f'# Learning-rate sweep: {os.path.basename(os.path.abspath(workdir))}', '',
         f'{len(sizes)} sizes x {len(lrs)} learning rates ({", ".join(f"{x:.3g}" for x in lrs)}); '
         'loss = final validation loss (nats per target token), averaged over seeds. The '
-        'fitted optimum is a parabola in log LR through the best grid LR and up to two '
-        'neighbours each side.', '',
+        'fitted optimum is the minimum of the parabola in log LR through the best grid LR '
+        'and its two neighbours.', '',
         '| N | d_model | tokens | best grid lr | loss | seed sd | fitted lr* | loss at lr* |',
         '|---|---|---|---|---|---|---|---|']
   summary, fig = {}, plt.figure(figsize=(6.5, 4.5))

@@ -233,43 +233,58 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
 
 def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str | None = None
            ) -> list[dict]:
-  """executor=slurm: one submitit job per run or pack (plan_packs), each running
-  `run_all(only=<its runs>)`; waits for them and returns every run's record.
-  `cluster` is submitit's ('local' runs the jobs as local processes: the
-  tests). Logs and pickles go to <workdir>/submitit; a WSD branch's job
-  waits for its stable run's (a Slurm dependency)."""
-  import submitit
+  """sweep.executor slurm or ray: one job per run or pack (plan_packs), each
+  running `run_all(only=<its runs>)`; waits for them and returns every run's
+  record. slurm goes through submitit (`cluster`: submitit's, e.g. 'local' to
+  run the jobs as local processes in tests; logs in <workdir>/submitit); ray
+  submits tasks to the cluster ray.init() finds (RAY_ADDRESS, or a local
+  instance). A WSD branch's job starts after its stable run's."""
   _, s = split(cd)
   runs = make_plan(cd)
-  with workdir_lib.lock(workdir, 'sweep (submitit)', log):
+  with workdir_lib.lock(workdir, f'sweep ({s.executor})', log):
     write_plan(workdir, runs)
-  ex = submitit.AutoExecutor(folder=os.path.join(workdir, 'submitit', '%j'), cluster=cluster)
-  params = dict(timeout_min=s.slurm_minutes, cpus_per_task=s.slurm_cpus, name=s.executor)
-  if ex.cluster == 'slurm':
-    params.update(slurm_partition=s.slurm_partition or None, gpus_per_node=s.slurm_gpus)
-  ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-  plain = cd.to_dict()
-  jobs, job_of = [], {}
-  for unit in plan_packs(cd, runs):
-    after = [job_of[r.branch_from] for r in unit if r.branch_from in job_of]
-    if after and ex.cluster == 'slurm':
-      ex.update_parameters(slurm_additional_parameters={
-          'dependency': 'afterok:' + ':'.join(j.job_id for j in after)})
-    elif after:
-      for j in after:
-        j.wait()
-    job = ex.submit(_job, plain, workdir, ','.join(r.name for r in unit))
-    if after and ex.cluster == 'slurm':
-      ex.update_parameters(slurm_additional_parameters={})
-    log(f'[sweep] submitted {len(unit)} run(s) as job {job.job_id}: '
-        + ', '.join(r.name for r in unit))
-    jobs.append(job)
-    job_of.update({r.name: job for r in unit})
-  for j in jobs:
+  plain, waits = cd.to_dict(), []
+  if s.executor == 'ray':
     try:
-      j.result()
+      import ray
+    except ImportError:
+      raise config_lib.ConfigError('sweep.executor=ray needs Ray: pip install ray==2.60.0') from None
+    if not ray.is_initialized():
+      ray.init(log_to_driver=False)
+    task = ray.remote(num_cpus=s.job_cpus, num_gpus=s.job_gpus)(_job)
+    ref_of = {}
+    for unit in plan_packs(cd, runs):
+      after = [ref_of[r.branch_from] for r in unit if r.branch_from in ref_of]
+      ref = task.remote(plain, workdir, ','.join(r.name for r in unit), *after)
+      log(f'[sweep] submitted {len(unit)} run(s) as a Ray task: ' + ', '.join(r.name for r in unit))
+      ref_of.update({r.name: ref for r in unit})
+      waits.append((str(ref), lambda ref=ref: ray.get(ref)))
+  else:
+    import submitit
+    ex = submitit.AutoExecutor(folder=os.path.join(workdir, 'submitit', '%j'), cluster=cluster)
+    params = dict(timeout_min=s.slurm_minutes, cpus_per_task=s.job_cpus, name=s.executor)
+    if ex.cluster == 'slurm':
+      params.update(slurm_partition=s.slurm_partition or None, gpus_per_node=s.job_gpus)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    job_of = {}
+    for unit in plan_packs(cd, runs):
+      after = [job_of[r.branch_from] for r in unit if r.branch_from in job_of]
+      if ex.cluster == 'slurm':
+        ex.update_parameters(slurm_additional_parameters={'dependency': 'afterok:' + ':'.join(
+            j.job_id for j in after)} if after else {})
+      else:
+        for j in after:
+          j.wait()
+      job = ex.submit(_job, plain, workdir, ','.join(r.name for r in unit))
+      log(f'[sweep] submitted {len(unit)} run(s) as job {job.job_id}: '
+          + ', '.join(r.name for r in unit))
+      job_of.update({r.name: job for r in unit})
+      waits.append((job.job_id, job.result))
+  for name, wait in waits:
+    try:
+      wait()
     except Exception as e:  # The job's runs record their own failures; this is the job's.
-      log(f'[sweep] job {j.job_id} failed: {str(e).splitlines()[-1][:300]}')
+      log(f'[sweep] job {name} failed: {str(e).strip().splitlines()[-1][:300]}')
   out = []
   for r in runs:
     path = _result_path(workdir, r.name)
@@ -281,8 +296,10 @@ def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str 
   return out
 
 
-def _job(cd_dict: dict, workdir: str, names: str) -> None:
-  """A submitit job: these runs (one pack) of the sweep."""
+def _job(cd_dict: dict, workdir: str, names: str, *after) -> None:
+  """One job of an executor: these runs (one pack) of the sweep; `after`
+  (Ray: the stable run's task) only orders it."""
+  del after
   use_compile_cache(workdir)
   run_all(ml_collections.ConfigDict(cd_dict), workdir, only=names)
 

@@ -469,3 +469,19 @@ def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
   assert [r['status'] for r in res] == ['done', 'done'], res
   assert len([m for m in logs if 'submitted 2 run(s) as job' in m]) == 1  # One pack, one job.
   assert all(len(r['pack']) == 2 for r in res)
+
+
+def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
+  """executor=ray: one Ray task per run (or pack) on a local Ray instance."""
+  ray = pytest.importorskip('ray')
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0, 1536.0],
+                  aspect=8, head_dim=8, evals_per_run=1, executor='ray', job_cpus=1)
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  try:
+    logs = []
+    res = sweep.submit(cd, str(tmp_path / 'ray'), log=logs.append)
+  finally:
+    ray.shutdown()
+  assert [r['status'] for r in res] == ['done', 'done'], res
+  assert len([m for m in logs if 'as a Ray task' in m]) == 2
