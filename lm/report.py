@@ -123,6 +123,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   done('approach 3: parametric law')
   _held_out(t, a2, tokens_for, grid)
   done('held-out check')
+  _agreement(t)
   _beyond_loss(t)
   t.md += _wall_time(workdir, time.perf_counter() - t_fit)
   t.md += ['## Figures', '']
@@ -329,6 +330,14 @@ def _approach2(t: _Table):
            'data do not bracket the optimum, whatever the parabola says).', '',
            '| budget | N_opt | loss at N_opt | parabola minimum inside sampled N | '
            'lowest measured loss at an end |', '|---|---|---|---|---|']
+    seed_sd, resid_sd = _noise(t, a2)
+    if seed_sd is not None:
+      md += [f'Noise: seed-to-seed sd of the final loss {_fmt(seed_sd)} (pooled over '
+             f'points with several seeds) against the parabolas\' residual sd '
+             f'{_fmt(resid_sd)}' + (' (the profiles fit the data within their noise).'
+                                    if resid_sd <= 1.5 * seed_sd else
+                                    ': the residuals exceed the seed noise, so a parabola '
+                                    'does not describe these profiles well.'), '']
     at_end = []
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
       sel = budget == bb
@@ -423,6 +432,45 @@ def _approach3(t: _Table):
     md += [f'Not fitted: {e}', '']
 
   return grid
+
+
+def _noise(t: _Table, a2) -> tuple[float | None, float]:
+  """(pooled seed-to-seed sd of the final loss at points run with several
+  seeds, or None; sd of the IsoFLOP parabolas' residuals)."""
+  groups: dict[tuple[float, float], list[float]] = {}
+  for b, n, l in zip(t.budget, t.n, t.loss):
+    groups.setdefault((b, n), []).append(l)
+  reps = [v for v in groups.values() if len(v) > 1]
+  seed = (math.sqrt(sum(np.var(v, ddof=1) * (len(v) - 1) for v in reps)
+                    / sum(len(v) - 1 for v in reps)) if reps else None)
+  resid = []
+  for b, par in zip(a2.budgets, a2.parabolas):
+    sel = t.budget == b
+    resid += list(t.loss[sel] - np.polyval(par, np.log(t.n[sel])))
+  dof = max(len(resid) - 3 * len(a2.budgets), 1)
+  return seed, math.sqrt(float(np.sum(np.square(resid))) / dof)
+
+
+def _agreement(t: _Table) -> None:
+  """Do the approaches' exponents a agree within their 95% intervals?"""
+  got = {k: v['a'] for k, v in t.fits.items() if 'a' in v and v['a']['ci95']}
+  if len(got) < 2:
+    return
+  t.md += ['## Do the approaches agree?', '']
+  names = sorted(got)
+  apart = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]
+           if got[x]['ci95'][1] < got[y]['ci95'][0] or got[y]['ci95'][1] < got[x]['ci95'][0]]
+  line = ', '.join(f'{k} a = {_fmt(v["estimate"])} [{_fmt(v["ci95"][0])}, '
+                   f'{_fmt(v["ci95"][1])}]' for k, v in sorted(got.items()))
+  if apart:
+    t.md += [f'{line}. These disagree: ' + '; '.join(f'{x} and {y}' for x, y in apart)
+             + ' have disjoint intervals. Approach 1 reads the envelope of training curves '
+             '(biased when runs are too short for their cosine schedules to finish), '
+             'Approach 2 only the final losses near each budget\'s minimum, Approach 3 '
+             'assumes one law for all points; a disagreement says at least one of these '
+             'assumptions fails on these data.', '']
+  else:
+    t.md += [f'{line}: every pair of 95% intervals overlaps.', '']
 
 
 def _held_out(t: _Table, a2, tokens_for, grid) -> None:

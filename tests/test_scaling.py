@@ -183,3 +183,21 @@ def test_fit_tool_reports_an_interval_no_refit_produced():
   assert fit._interval({'_failed': (30, 30)}, 'a') == 'none: all 30 bootstrap refits failed'
   assert fit._interval({'a': (0.4, 0.6), '_failed': (2, 30)}, 'a') == (
       '[0.4, 0.6] (2 of 30 refits failed)')
+
+
+def test_report_noise_and_agreement_lines():
+  """Seed-to-seed spread beside the parabolas' residuals; agreement of the a's."""
+  from lm import report
+  rng = np.random.default_rng(0)
+  c = np.repeat([1e18, 1e19, 1e20], 10)
+  n = np.tile(np.repeat(np.geomspace(1e8, 1e9, 5), 2), 3)
+  loss = 2.0 + 0.05 * (np.log(n) - np.log(3e8 * (c / 1e18) ** 0.5)) ** 2
+  loss = loss + rng.normal(0, 0.01, len(loss))
+  t = report._Table('', None, [], n, c / (6 * n), c, c, loss)
+  a2 = scaling.approach2(c, n, loss, lambda cc, nn: cc / (6 * nn))
+  seed, resid = report._noise(t, a2)
+  assert 0.005 < seed < 0.02 and 0.005 < resid < 0.02
+  t.fits = {'approach2': {'a': {'estimate': 0.5, 'ci95': [0.4, 0.6]}},
+            'approach3': {'a': {'estimate': 0.9, 'ci95': [0.8, 1.0]}}}
+  report._agreement(t)
+  assert 'These disagree: approach2 and approach3 have disjoint intervals' in '\n'.join(t.md)

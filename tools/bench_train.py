@@ -133,7 +133,7 @@ its schedule as inputs):
   128      850,688  2704       2841          12,120           11,530        65.51           62.35     0.95x
   packed speed-up at d_model<=32: 0.92x
 
-(2025-11-25, d_model/8 layers without the cap of 4: 0.96x, 0.78x, 0.75x for
+(2026-11-25, d_model/8 layers without the cap of 4: 0.96x, 0.78x, 0.75x for
 16-64; d_model 128 with 16 layers was killed for memory.) On XLA:CPU packing
 does not pay: a d_model-16 step is bound by its elementwise work (the
 attention softmax and its gradient are ~40% of it in a profile), not by
