@@ -250,3 +250,22 @@ def test_shardings_tool_totals_and_aot(tmp_path):
   batch_bytes = 4 * c.train.batch_size * row_ints // (c.mesh.data * c.mesh.fsdp)
   assert totals['xla_argument_size_in_bytes'] == (
       totals['params'] + totals['optimizer'] + 4 + 8 + batch_bytes + 12)
+
+
+def test_memory_tool_estimates_the_compiled_step():
+  """tools/memory: parameters and optimizer bytes per device follow the FSDP
+  shards; XLA's total covers them; the printout names every part."""
+  import io
+
+  from tools import memory
+  c = tiny(**{'mesh.data': 2, 'mesh.fsdp': 4})
+  out = io.StringIO()
+  r = memory.estimate(c, out)
+  from lm import flops
+  n = flops.param_counts(train.resolve_vocab(c, 259).model)['total']
+  assert n * 4 / 4 <= r['parameters'] < n * 4 / 2  # Sharded ~4 ways (norms replicated).
+  assert r['optimizer state'] >= 2 * r['parameters']
+  assert r['xla total'] >= r['parameters'] + r['optimizer state']
+  text = out.getvalue()
+  for part in ('parameters', 'optimizer state', 'xla temporaries', "mesh {'data': 2"):
+    assert part in text, text
