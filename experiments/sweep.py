@@ -17,6 +17,7 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -57,9 +58,17 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
       procs.append(subprocess.Popen(
           [sys.executable, '-m', 'experiments.sweep', *args, f'--worker={i}/{n}', '--noreport'],
           env=env, preexec_fn=(lambda p=pin: os.sched_setaffinity(0, p)) if pin else None))
-    codes = [p.wait() for p in procs]
+    # A SIGTERM (a scheduler's preemption) goes on to the workers, which
+    # checkpoint and stop; a terminal's SIGINT reaches them by itself.
+    signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
+    try:
+      codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+      codes = [p.wait() or workdir.PREEMPTED_EXIT for p in procs]
   if workdir.PREEMPTED_EXIT in codes:
-    raise workdir.Preempted(0, 'a signal', wd)
+    print(f'sweep stopped by a signal: the workers checkpointed their runs in {wd}; rerun '
+          'the same command to continue', file=sys.stderr)
+    sys.exit(workdir.PREEMPTED_EXIT)
   if any(codes):
     print(f'error: a worker exited with {max(codes)}', file=sys.stderr)
     sys.exit(max(codes))

@@ -20,7 +20,8 @@ train_pack is the packed train_and_evaluate: each member writes config.json,
 metrics.jsonl, checkpoints and its evaluations in its own run directory, as a
 single run would, so generate, export, fit and resume treat it as one; a
 member that is resumed (or was already finished) continues from its own
-checkpoint. Packs run on one device; lm/sweep.py forms them.
+checkpoint. The member axis is split over the devices (member_mesh), so on a
+pod each device group trains its own members; lm/sweep.py forms the packs.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Pack:
                 for f in dataclasses.fields(getattr(c, s))
                 if getattr(getattr(shared(c), s), f.name) != getattr(getattr(first, s), f.name)]
         raise ValueError(f'members of a pack differ only in opt.lr, opt.warmup_steps, '
-                         f'opt.cooldown_fraction, train.seed, train.steps and data.shuffle_seed; {c.name} also differs in: '
+                         'opt.cooldown_fraction, train.seed, train.steps and '
+                         f'data.shuffle_seed; {c.name} also differs in: '
                          + ', '.join(diff or ['rules/init_from']))
 
   @property
@@ -132,6 +134,20 @@ def _stack(states: list) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
+def member_mesh(K: int, devices=None) -> jax.sharding.Mesh:
+  """The member axis over as many devices as divide K: on a pod each device
+  group trains its own members (one device: the whole pack on it)."""
+  devices = devices or jax.devices()
+  n = max(d for d in range(1, min(K, len(devices)) + 1) if K % d == 0)
+  return jax.sharding.Mesh(np.array(devices[:n]), ('members',))
+
+
+def on_members(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Each leaf's leading (member) axis split over the mesh."""
+  sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('members'))
+  return jax.tree_util.tree_map(lambda x: jax.device_put(x, sh), tree)
+
+
 def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[dict]:
   """Trains (or resumes) the members in their run directories; returns per
   member what train_and_evaluate returns (final eval metrics, 'wall' with the
@@ -174,7 +190,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         workdir_lib.truncate_metrics(wd, steps[k])
         conv = train.flops_per_token(c)
         writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, 0.0), 'pack': K})
-      state, sched = _stack(states), p.scalars()
+      mm = member_mesh(K)
+      state, sched = on_members(_stack(states), mm), on_members(p.scalars(), mm)
+
+      def one(tree: Any, k: int, sh: Any) -> Any:  # Member k, on the eval device.
+        with jax.set_mesh(mm):
+          return jax.device_put(jax.tree_util.tree_map(lambda x: x[k], tree), sh)
+
       ends = [c.train.steps for c in cs]
       step_fn = make_step(p)
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
@@ -197,9 +219,10 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           last[k] = next(iters[k])
         for k in range(K):  # A finished member's rows: any batch of the right shape.
           last[k] = last[k] if last[k] is not None else last[active[0]]
-        batch = jax.device_put(stack_batches(last))
+        batch = on_members(stack_batches(last), mm)
         t1 = time.perf_counter()
-        state, m = step_fn(state, batch, sched)
+        with jax.set_mesh(mm), nn.logical_axis_rules(()):  # Members' activations unconstrained.
+          state, m = step_fn(state, batch, sched)
         wall['data'] += t1 - t0
         if first:
           jax.block_until_ready(m)
@@ -220,7 +243,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           mk = {name: float(v[k]) for name, v in host.items()}
           if not math.isfinite(mk['loss']):
             results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k])}
-            sched = {**sched, 'total_steps': sched['total_steps'].at[k].set(done)}
+            sched = _stop(sched, k, done, mm)
             continue
           if log_now:
             now = time.perf_counter()
@@ -231,17 +254,18 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
                                              'tokens': done * tokens[k], 'pack': K})
           if eval_now:
             t0 = time.perf_counter()
-            params = jax.tree_util.tree_map(lambda x: x[k], state.params)
+            params = one(state.params, k, t.shardings.params)
             results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k])
             wall['eval'] += time.perf_counter() - t0
           if ckpt_now:
             t0 = time.perf_counter()
             try:
-              ckpt_lib.save(c, mngrs[k], done, member(state, k), m_of(m, k), iters[k],
+              ckpt_lib.save(c, mngrs[k], done, one(state, k, t.shardings),
+                            m_of(host, k), iters[k],
                             workdirs[k])
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
-              sched = {**sched, 'total_steps': sched['total_steps'].at[k].set(done)}
+              sched = _stop(sched, k, done, mm)
             wall['checkpoint'] += time.perf_counter() - t0
         if preemption.signame and any(steps[k] < ends[k] for k in range(K)):
           for mg in mngrs:  # Every active member checkpointed at this step above.
@@ -256,13 +280,18 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           final = [e for e in metrics_lib.read(workdirs[k], 'eval') if e['step'] == ends[k]]
           results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
                         if final else train._evaluate(
-                            t, jax.tree_util.tree_map(lambda x: x[k], state.params),
+                            t, one(state.params, k, t.shardings.params),
                             data.evals, writers[k], ends[k], extras[k]))
   loop = time.perf_counter() - t_loop
   wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')), 0.0)
   share = {k: v / K for k, v in wall.items()}
   return [r if 'error' in r else {'step': ends[k], **r, 'wall': share, 'objective': objective}
           for k, r in enumerate(results)]
+
+
+def _stop(sched: dict, k: int, step: int, mesh) -> dict:
+  """Member k's schedule ends at `step`: the step leaves it as it is from now on."""
+  return on_members({**sched, 'total_steps': sched['total_steps'].at[k].set(step)}, mesh)
 
 
 def m_of(m: dict, k: int) -> dict:

@@ -248,7 +248,8 @@ def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str 
     try:
       import ray
     except ImportError:
-      raise config_lib.ConfigError('sweep.executor=ray needs Ray: pip install ray==2.60.0') from None
+      raise config_lib.ConfigError('sweep.executor=ray needs Ray: pip install ray==2.60.0'
+                                   ) from None
     if not ray.is_initialized():
       ray.init(log_to_driver=False)
     task = ray.remote(num_cpus=s.job_cpus, num_gpus=s.job_gpus)(_job)

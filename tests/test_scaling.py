@@ -85,7 +85,7 @@ def test_intervals_cover_a_known_law():
   the 95% intervals cover the truth in >= 85% of them and Approach 2's
   interval of a is narrower than 0.2 (tools/fit_coverage.py runs 100)."""
   from tools import fit_coverage
-  res = fit_coverage.coverage(fit_coverage.Design(), replicates=40, resamples=200)
+  res = fit_coverage.coverage(fit_coverage.Design(), replicates=40, resamples=100)
   for (approach, param), r in res.items():
     assert r['coverage'] >= 0.85, (approach, param, r)
   assert res[('approach2', 'a')]['median_width'] < 0.2

@@ -58,12 +58,12 @@ def test_sweep_cli_local_workers_share_the_runs(tmp_path, corpus_dir):
   """--workers=2: two processes split the runs and the parent reports."""
   import shutil
   shutil.copytree(corpus_dir, tmp_path / 'corpus')
-  r = _sweep_cli(tmp_path, '--config.sweep.tokens=(640.0, 1280.0)', '--workers=2')
+  r = _sweep_cli(tmp_path, '--config.sweep.tokens=(640.0, 1280.0)', '--workers=2',
+                 '--noreport')
   assert r.returncode == 0, r.stderr[-2000:]
   assert '[worker 1/2]' in r.stdout and '[worker 2/2]' in r.stdout
   rows = list(csv.DictReader(open(tmp_path / 'sw' / 'results.csv')))
   assert [x['status'] for x in rows] == ['done', 'done']
-  assert os.path.exists(tmp_path / 'sw' / 'report' / 'fits.json') or 'report:' in r.stdout
 
 
 def test_plan_errors():
@@ -430,15 +430,14 @@ def test_lr_optimum_of_a_curve():
 
 
 def test_lr_design_plans_packs_and_reports(tmp_path, corpus_dir):
-  """sizes x lrs x seeds; each size's runs form one pack; the report gives the
-  optimum per size and lr.json."""
+  """sizes x lrs; each size's runs form one pack; the report gives the optimum
+  per size and lr.json."""
   cd = _sweep_cd(corpus_dir)
   cd.sweep = dict(design='lr', convention='exact', params=[900.0, 6500.0], tokens=[768.0],
-                  lrs=(1e-3, 1e-2, 1e-1), seeds=(0, 1), aspect=8, head_dim=8,
-                  evals_per_run=1, pack=8)
+                  lrs=(1e-3, 1e-2, 1e-1), aspect=8, head_dim=8, evals_per_run=1, pack=8)
   runs = sweep.make_plan(cd)
-  assert len(runs) == 12 and {r.design for r in runs} == {'lr'}
-  assert sorted(len(u) for u in sweep.plan_packs(cd, runs)) == [6, 6]
+  assert len(runs) == 6 and {r.design for r in runs} == {'lr'}
+  assert sorted(len(u) for u in sweep.plan_packs(cd, runs)) == [3, 3]
   wd = str(tmp_path / 'lr')
   res = sweep.run_all(cd, wd, log=lambda *_: None)
   assert all(r['status'] == 'done' for r in res), res
@@ -450,7 +449,7 @@ def test_lr_design_plans_packs_and_reports(tmp_path, corpus_dir):
   assert len([k for k in summary if not k.startswith('_')]) == 2
   for k, v in summary.items():
     if not k.startswith('_'):
-      assert v['best_lr'] in (1e-3, 1e-2, 1e-1) and v['seed_sd_at_best'] is not None
+      assert v['best_lr'] in (1e-3, 1e-2, 1e-1) and v['seed_sd_at_best'] is None  # 1 seed.
   with pytest.raises(ConfigError, match='at least 3 learning rates'):
     cd.sweep.lrs = (1e-3, 1e-2)
     sweep.make_plan(cd)
@@ -475,7 +474,7 @@ def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
   """executor=ray: one Ray task per run (or pack) on a local Ray instance."""
   ray = pytest.importorskip('ray')
   cd = _sweep_cd(corpus_dir)
-  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0, 1536.0],
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0],
                   aspect=8, head_dim=8, evals_per_run=1, executor='ray', job_cpus=1)
   ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
   try:
@@ -483,5 +482,5 @@ def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
     res = sweep.submit(cd, str(tmp_path / 'ray'), log=logs.append)
   finally:
     ray.shutdown()
-  assert [r['status'] for r in res] == ['done', 'done'], res
-  assert len([m for m in logs if 'as a Ray task' in m]) == 2
+  assert [r['status'] for r in res] == ['done'], res
+  assert len([m for m in logs if 'as a Ray task' in m]) == 1
