@@ -430,7 +430,7 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   w = np.stack([np.bincount(rng.integers(0, P, P), minlength=P) for _ in range(resamples)])
   x0 = np.broadcast_to(np.asarray(fit.x, float), (resamples, 5))
   args = (np.log(n), np.log(d), np.log(loss))
-  x, f, g = minimize(x0, *args, w, iters=100)
+  x, f, g = minimize(x0, *args, w, iters=50)
   slow = ~(g < 1e-6)  # Ill-conditioned resamples (E -> 0, a steep alpha): go on longer.
   if slow.any():
     x[slow], f[slow], g[slow] = minimize(x[slow], *args, w[slow], iters=1000)
