@@ -91,7 +91,7 @@ def replicate(design: Design, seed: int, resamples: int = 1000) -> dict[str, dic
   ci2 = scaling.approach2_intervals(s['budget'], s['n'], s['loss'], tokens_for, resamples,
                                     seed=seed)
   out['approach2'] = {'a': (a2.N_opt.exponent, *ci2.get('a', (np.nan, np.nan)))}
-  f3 = scaling.approach3(s['n'], s['d'], s['loss'], grid=scaling.COARSE_GRID)
+  f3 = scaling.approach3(s['n'], s['d'], s['loss'], grid=scaling.COARSE_GRID, polish=5)
   ci3 = scaling.approach3_intervals(s['n'], s['d'], s['loss'], f3, resamples, seed=seed)
   out['approach3'] = {k: (getattr(f3, k), *ci3.get(k, (np.nan, np.nan)))
                       for k in ('a', 'alpha', 'beta')}
