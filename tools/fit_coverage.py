@@ -15,8 +15,8 @@ noise of sd `noise`. It fits Approach 2 (residual bootstrap) and Approach 3
 `approach2 a: coverage <x>, median width <w>` and the same for approach3.
 
 Measured on this project's 2-core CPU machine, 2026-11-26, 100 replicates,
-1000 resamples each (`python -m tools.fit_coverage`, 2 min 13 s while a test
-ran beside it), the main job's design (5 budgets over 2 decades x 7 sizes x 2
+1000 resamples each (`python -m tools.fit_coverage`; 2 min 13 s, and 3 min 10 s
+at the final commit, whose parametric fits polish 5 starts: same table), the design (5 budgets over 2 decades x 7 sizes x 2
 seeds, size ratio 1.5, noise sd 0.01):
 
   approach  param  coverage  median width  sd of estimate
