@@ -16,8 +16,9 @@ noise of sd `noise`. It fits Approach 2 (residual bootstrap) and Approach 3
 
 Measured on this project's 2-core CPU machine, 2026-11-26, 100 replicates,
 1000 resamples each (`python -m tools.fit_coverage`; 2 min 13 s, and 3 min 10 s
-at the final commit, whose parametric fits polish 5 starts: same table), the design (5 budgets over 2 decades x 7 sizes x 2
-seeds, size ratio 1.5, noise sd 0.01):
+at the final commit, whose parametric fits polish 5 starts: same table), the
+design of issue 15's item 6 (5 budgets over 2 decades x 7 sizes x 2 seeds,
+size ratio 1.5, noise sd 0.01):
 
   approach  param  coverage  median width  sd of estimate
   2         a      0.95      0.037         0.009
