@@ -72,12 +72,7 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
   if any(codes):
     print(f'error: a worker exited with {max(codes)}', file=sys.stderr)
     sys.exit(max(codes))
-  out = []
-  for r in runs:
-    path = os.path.join(wd, 'runs', r.name, 'result.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
+  out = sweep.read_results(wd, runs)
   print('[sweep] ' + sweep.wall_line(sweep.wall_breakdown(out)))
   return out
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -161,8 +161,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
   _, tok, objective, loaded = resolved[0]
   p = Pack(tuple(cs))
   for c in cs:
-    if packable(c):
-      raise ConfigError(f'{c.name} cannot train in a pack: {packable(c)}')
+    why = packable(c)
+    if why:
+      raise ConfigError(f'{c.name} cannot train in a pack: {why}')
   K, c0 = len(cs), cs[0]
   t = train.build(c0, jax.devices()[:1], tok.byte_lengths())
   data = objective.data(c0, tok, loaded, 0, 1)

@@ -518,13 +518,38 @@ def transfer_optima(rows: list[dict]) -> dict[str, dict[int, dict]]:
   return out
 
 
-def _mean_curve(rows: list[dict], p: str, w: int) -> list[tuple[float, float]]:
-  """(lr, final loss averaged over seeds) for one parametrization and width."""
+def _losses_by_lr(rows: list[dict]) -> dict[float, list[float]]:
+  """Final losses per learning rate (one per seed)."""
   by_lr: dict[float, list[float]] = {}
   for r in rows:
-    if r['parametrization'] == p and r['d_model'] == w:
-      by_lr.setdefault(r['lr'], []).append(r['final_loss'])
+    by_lr.setdefault(r['lr'], []).append(r['final_loss'])
+  return by_lr
+
+
+def _mean_curve(rows: list[dict], p: str, w: int) -> list[tuple[float, float]]:
+  """(lr, final loss averaged over seeds) for one parametrization and width."""
+  by_lr = _losses_by_lr([r for r in rows if r['parametrization'] == p and r['d_model'] == w])
   return sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
+
+
+def _finish(workdir: str, md: list[str], fig, figure: str, summary: dict, excluded: list[dict]
+            ) -> str:
+  """A design report's tail: its figure, the excluded runs, where the time
+  went, <figure stem>.json beside report.md; returns report.md's path."""
+  out_dir = os.path.join(workdir, 'report')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, figure), dpi=110)
+  plt.close(fig)
+  md += [f'![{figure}]({figure})', '']
+  if excluded:
+    md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
+           '']
+  md += _wall_time(workdir, 0.0)
+  write_atomic(os.path.join(out_dir, figure.rsplit('.', 1)[0] + '.json'),
+               json.dumps(summary, indent=1) + '\n')
+  path = os.path.join(out_dir, 'report.md')
+  write_atomic(path, '\n'.join(md) + '\n')
+  return path
 
 
 def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) -> str:
@@ -587,18 +612,7 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
     ax.tick_params(axis='x', labelsize=7, rotation=45)
   axes[0, 0].set_ylabel('final validation loss')
   axes[0, 0].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'transfer.png'), dpi=110)
-  plt.close(fig)
-  md += ['![transfer.png](transfer.png)', '']
-  if excluded:
-    md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
-           '']
-  md += _wall_time(workdir, 0.0)
-  write_atomic(os.path.join(out_dir, 'transfer.json'), json.dumps(summary, indent=1) + '\n')
-  path = os.path.join(out_dir, 'report.md')
-  write_atomic(path, '\n'.join(md) + '\n')
-  return path
+  return _finish(workdir, md, fig, 'transfer.png', summary, excluded)
 
 
 # --- Learning-rate sweeps (design 'lr') ----------------------------------------
@@ -643,9 +657,7 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
   ax = fig.gca()
   for k, n in enumerate(sizes):
     mine = [r for r in rows if r['N'] == n]
-    by_lr: dict[float, list[float]] = {}
-    for r in mine:
-      by_lr.setdefault(r['lr'], []).append(r['final_loss'])
+    by_lr = _losses_by_lr(mine)
     curve = sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
     o = lr_optimum(curve)
     sd = float(np.std(by_lr[o['best_lr']], ddof=1)) if len(by_lr[o['best_lr']]) > 1 else None
@@ -673,15 +685,4 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
   ax.set(xscale='log', xlabel='learning rate', ylabel='final validation loss',
          title='Loss vs learning rate per size')
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'lr.png'), dpi=110)
-  plt.close(fig)
-  md += ['![lr.png](lr.png)', '']
-  if excluded:
-    md += ['## Excluded runs', '', *[f'- {r["name"]}: {r["reason"][:200]}' for r in excluded],
-           '']
-  md += _wall_time(workdir, 0.0)
-  write_atomic(os.path.join(out_dir, 'lr.json'), json.dumps(summary, indent=1) + '\n')
-  path = os.path.join(out_dir, 'report.md')
-  write_atomic(path, '\n'.join(md) + '\n')
-  return path
+  return _finish(workdir, md, fig, 'lr.png', summary, excluded)

@@ -380,12 +380,10 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
 
 def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
               resamples: int = 1000, seed: int = 0, level: float = 0.95,
-              groups: np.ndarray | None = None, draws_out: dict | None = None
-              ) -> dict[str, tuple[float, float]]:
+              draws_out: dict | None = None) -> dict[str, tuple[float, float]]:
   """Percentile intervals of each value fit_fn returns over resampled rows.
 
-  With `groups`, rows are resampled within each group (e.g. per budget), so
-  every resample keeps the design a method needs. Failed refits (errors,
+  Failed refits (errors,
   overflow, non-finite values) are skipped and counted in the '_failed' entry,
   never raised; a value no refit produced has no entry. `draws_out` receives
   every draw.
@@ -395,11 +393,7 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
   draws: dict[str, list[float]] = {}
   failed = 0
   for _ in range(resamples):
-    if groups is None:
-      idx = rng.choice(rows, num_points)
-    else:
-      idx = np.concatenate([rng.choice(rows[groups == g], (groups == g).sum())
-                            for g in np.unique(groups)])
+    idx = rng.choice(rows, num_points)
     try:
       vals = fit_fn(idx)
     except (FitError, np.linalg.LinAlgError, FloatingPointError, OverflowError, ValueError):
@@ -412,8 +406,7 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
       draws.setdefault(k, []).append(v)
   if draws_out is not None:
     draws_out.update({k: np.asarray(v) for k, v in draws.items()})
-  lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-  out = {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in draws.items()}
+  out = _percentiles({k: np.asarray(v) for k, v in draws.items()}, level)
   out['_failed'] = (failed, resamples)
   return out
 

@@ -286,6 +286,12 @@ def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str 
       wait()
     except Exception as e:  # The job's runs record their own failures; this is the job's.
       log(f'[sweep] job {name} failed: {str(e).strip().splitlines()[-1][:300]}')
+  return read_results(workdir, runs)
+
+
+def read_results(workdir: str, runs: list[plan.Run]) -> list[dict]:
+  """Every run's result.json, as other processes (workers, jobs) wrote them; a
+  run without one is recorded as failed."""
   out = []
   for r in runs:
     path = _result_path(workdir, r.name)
