@@ -100,6 +100,31 @@ was taken in the device time this session had); the xla/exact column reads
 ~0 on GPUs because XLA's cost analysis does not count cuDNN's or Triton's
 custom calls.
 
+2026-11-26, another nvidia-h100-x1 machine (jax 0.11.2), `bash
+tools/gpu_check.sh` (whose GPT-2 medium rows ran past their 90-second limit,
+compilation included, and printed nothing) and one row by hand after it, each
+row its own process, unrolled layers, bfloat16, batch 16, loss_chunk 256, with
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul):
+
+  config       attention    step_ms  tokens/s  MFU    sheet  temp GiB  peak GiB
+  gpt2_small   dot_product     57.0   287,400  29.8%  23.4%   7.8       9.2
+  gpt2_medium  dot_product    121.6   134,700  39.9%  31.2%  17.8      21.8
+
+Turning off Triton's GEMM fusions did not help: gpt2_medium read 39.9% here
+against 41.7% with XLA's defaults on 2026-11-25 (another machine, so not an
+A/B in one run; read it as no gain). 50% MFU for the 350M config is still not
+met.
+
+Packed small models on the same H100, `python -m tools.bench_train --pack=8
+--steps=5` (the d_model 64 and 128 rows ran past the script's limit):
+
+  d_model  params   seq ms  packed ms  seq tokens/s  packed tokens/s  speed-up
+  16        13,760   11.18      2.434     2,932,000       13,460,000    4.59x
+  32        65,216   19.14      8.424     1,712,000        3,890,000    2.27x
+
+On the GPU a d_model-16 step is dispatch-bound (1.4 ms per member run alone)
+and packing 8 of them gives 4.6x; at d_model 32 2.3x.
+
 Long context on CPU (item 6 of the attention issue), 2026-11-25, this 2-core
 machine, `python -m tools.bench_train --configs=long --attention=A
 --seq_len=L --steps=3`, one process per row ("long": d_model 64, 2 layers, 8

@@ -1,11 +1,13 @@
 #!/bin/bash
 # The device checks of a lent NVIDIA GPU, in one call (the device tool's
-# machines have jax, flax, optax and orbax but not the packages below, which
-# travel as wheels in .whl/, made as /work/.library/device/README.md says).
+# machines have jax, flax, optax, orbax and pytest but not the packages below,
+# which travel as wheels in .whl/, made as /work/.library/device/README.md says).
 #   run: bash tools/gpu_check.sh   (carry .whl)
-# Prints versions, runs the attention agreement tests on the GPU (cuDNN and
-# the Pallas/Triton kernel), then tools/bench_train for GPT-2 small and medium
-# in bfloat16 per attention path. Logs go to $OUT.
+# 1. the attention agreement tests on the GPU (cuDNN, the Pallas/Triton kernel,
+#    the chunked path's custom VJP); 2. tools/bench_train, one process per row
+#    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 with
+#    and without XLA's Triton GEMM fusions and at two batch sizes, GPT-2 small
+#    per attention path; 3. packed small models (lm/pack.py). Logs go to $OUT.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -13,13 +15,22 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo 'wheel install failed'
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L
-python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
-STEPS=${STEPS:-10}
-JAX_PLATFORMS=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_attention.py \
-  2>&1 | tee "$OUT/test_attention.log" | tail -15
-for spec in ${BENCH:-gpt2_small:xla,dot_product,chunked,pallas gpt2_medium:xla,dot_product,pallas}; do
-  cfg=${spec%%:*}; paths=${spec#*:}
-  timeout 300 python3 -m tools.bench_train --configs=$cfg --attention=$paths --dtype=bfloat16 \
-    --scan_layers --batch=${BATCH:-16} --steps=$STEPS --loss_chunk=${LOSS_CHUNK:-0} \
-    --nokeep_freed_memory 2>&1 | tee -a "$OUT/bench.log" | grep -v '^WARNING\|^I0000\|^W0000'
-done
+python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+JAX_PLATFORMS=cuda timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider \
+  tests/test_attention.py 2>&1 | tee "$OUT/test_attention.log" | tail -6
+NOTRITON=--xla_gpu_enable_triton_gemm=false
+# One row per line: XLA_FLAGS (- for none), then tools.bench_train's flags.
+while read -r xf args; do
+  [ -z "$xf" ] && continue
+  [ "$xf" = - ] && xf=
+  echo "== XLA_FLAGS=$xf $args"
+  XLA_FLAGS=$xf timeout ${ROW_S:-90} python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
+    --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]'
+done <<ROWS
+${ROWS:-- --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=256
+$NOTRITON --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=256
+$NOTRITON --configs=gpt2_medium --attention=dot_product --batch=32 --loss_chunk=256
+$NOTRITON --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
+ROWS
+timeout ${PACK_S:-90} python3 -m tools.bench_train --pack=8 --steps=5 2>&1 | tee "$OUT/pack.log" \
+  | grep '^|\|speed-up'
