@@ -305,7 +305,7 @@ class SweepConfig:
   evals_per_run: int = 6  # Evaluations over a run (the envelope method reads them).
   bootstrap: int = 1000  # Bootstrap resamples for the fits' intervals.
   grid: str = 'full'  # Approach 3's start grid: full (4500 starts) or coarse (162).
-  pack: int = 1  # Train up to this many runs of one shape and length in one vmapped step (lm/pack.py); 1: off.
+  pack: int = 1  # Train up to this many runs of one shape (seeds, LRs, one size across budgets) in one vmapped step (lm/pack.py); 1: off.
   executor: str = 'local'  # local (this machine; `workers` processes) | slurm (one submitit job per run or pack) | ray (one Ray task each).
   slurm_partition: str = ''  # executor=slurm: the partition ('' = the cluster's default).
   slurm_minutes: int = 60  # executor=slurm: each job's time limit.

@@ -9,8 +9,9 @@ step over it, so one dispatch does the work of K.
 Each member keeps its own seed (initialisation and dropout), peak learning
 rate, warmup, schedule length and data: the single-run step already reads its
 schedule as inputs (lm/train.make_train_step) and stops a run past its last
-step, so a member that has finished keeps its parameters, optimizer state and
-step while the others go on. A member's losses equal its
+step, and the stack drops a member once it has finished (or diverged), so
+members of different lengths (one size across IsoFLOP budgets) pack without
+idle compute. A member's losses equal its
 single-model run's to float rounding (tests/test_pack.py).
 
 What varies between members must not change the shapes: the model and batch
@@ -59,7 +60,7 @@ class Pack:
   # What may differ between members; everything else must be equal, since
   # the step is built from the first member's config.
   PER_MEMBER = {'name': None, 'opt': ('lr', 'warmup_steps', 'cooldown_fraction'),
-                'train': ('seed', 'steps'),
+                'train': ('seed', 'steps', 'log_every', 'eval_every', 'checkpoint_every'),
                 'data': ('shuffle_seed',)}
 
   def __post_init__(self):
@@ -77,7 +78,8 @@ class Pack:
                 for f in dataclasses.fields(getattr(c, s))
                 if getattr(getattr(shared(c), s), f.name) != getattr(getattr(first, s), f.name)]
         raise ValueError(f'members of a pack differ only in opt.lr, opt.warmup_steps, '
-                         'opt.cooldown_fraction, train.seed, train.steps and '
+                         'opt.cooldown_fraction, train.seed, train.steps, the train '
+                         'metric/eval/checkpoint intervals and '
                          f'data.shuffle_seed; {c.name} also differs in: '
                          + ', '.join(diff or ['rules/init_from']))
 
@@ -191,13 +193,6 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         workdir_lib.truncate_metrics(wd, steps[k])
         conv = train.flops_per_token(c)
         writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, 0.0), 'pack': K})
-      mm = member_mesh(K)
-      state, sched = on_members(_stack(states), mm), on_members(p.scalars(), mm)
-
-      def one(tree: Any, k: int, sh: Any) -> Any:  # Member k, on the eval device.
-        with jax.set_mesh(mm):
-          return jax.device_put(jax.tree_util.tree_map(lambda x: x[k], tree), sh)
-
       ends = [c.train.steps for c in cs]
       step_fn = make_step(p)
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
@@ -205,32 +200,45 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
       t_loop = time.perf_counter()
       wall['setup'] = t_loop - t_start
-      last = [None] * K
       results: list[dict] = [{} for _ in range(K)]
-      first = True
+      for k in range(K):  # Resumed at its end: the final eval, once.
+        if steps[k] == ends[k]:
+          final = [e for e in metrics_lib.read(workdirs[k], 'eval') if e['step'] == ends[k]]
+          results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
+                        if final else train._evaluate(
+                            t, jax.device_put(states[k].params, t.shardings.params),
+                            data.evals, writers[k], ends[k], extras[k]))
+      # The stack holds the members still training (rows, in member order) and
+      # shrinks as they finish: a finished member costs no compute (each new
+      # width compiles the step once; lm/sweep.use_compile_cache keeps it).
+      rows = [k for k in range(K) if steps[k] < ends[k]]
+      scal = p.scalars()
+      mm = member_mesh(max(len(rows), 1))
+      state = on_members(_stack([states[k] for k in rows]), mm) if rows else None
+      sched = on_members(jax.tree_util.tree_map(lambda x: x[np.array(rows)], scal), mm) if rows else None
+      del states, fresh
+
+      def one(tree: Any, k: int, sh: Any) -> Any:  # Member k, on the eval device.
+        with jax.set_mesh(mm):
+          return jax.device_put(jax.tree_util.tree_map(lambda x: x[rows.index(k)], tree), sh)
+
+      compiled_widths: set[int] = set()
       tokens = [c.train.batch_size * c.data.seq_len for c in cs]
       t_log = [time.perf_counter()] * K
       s_log = list(steps)
-      while True:
-        active = [k for k in range(K) if steps[k] < ends[k] and 'error' not in results[k]]
-        if not active:
-          break
+      while rows:
         t0 = time.perf_counter()
-        for k in active:
-          last[k] = next(iters[k])
-        for k in range(K):  # A finished member's rows: any batch of the right shape.
-          last[k] = last[k] if last[k] is not None else last[active[0]]
-        batch = on_members(stack_batches(last), mm)
+        batch = on_members(stack_batches([next(iters[k]) for k in rows]), mm)
         t1 = time.perf_counter()
         with jax.set_mesh(mm), nn.logical_axis_rules(()):  # Members' activations unconstrained.
           state, m = step_fn(state, batch, sched)
         wall['data'] += t1 - t0
-        if first:
+        if len(rows) not in compiled_widths:
           jax.block_until_ready(m)
           wall['compile'] += time.perf_counter() - t1
-          first = False
+          compiled_widths.add(len(rows))
         host = None
-        for k in active:
+        for i, k in enumerate(rows):
           steps[k] += 1
           done, c = steps[k], cs[k]
           is_end = done == ends[k]
@@ -241,10 +249,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           if not (log_now or eval_now or ckpt_now):
             continue
           host = host if host is not None else jax.device_get(m)
-          mk = {name: float(v[k]) for name, v in host.items()}
+          mk = {name: float(v[i]) for name, v in host.items()}
           if not math.isfinite(mk['loss']):
             results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k])}
-            sched = _stop(sched, k, done, mm)
             continue
           if log_now:
             now = time.perf_counter()
@@ -262,37 +269,32 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             t0 = time.perf_counter()
             try:
               ckpt_lib.save(c, mngrs[k], done, one(state, k, t.shardings),
-                            m_of(host, k), iters[k],
-                            workdirs[k])
+                            m_of(host, i), iters[k], workdirs[k])
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
-              sched = _stop(sched, k, done, mm)
             wall['checkpoint'] += time.perf_counter() - t0
-        if preemption.signame and any(steps[k] < ends[k] for k in range(K)):
+        if preemption.signame and any(steps[k] < ends[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.
             mg.wait_until_finished()
           raise workdir_lib.Preempted(max(steps), preemption.signame, ','.join(workdirs))
+        keep = [i for i, k in enumerate(rows) if steps[k] < ends[k] and 'error' not in results[k]]
+        if len(keep) < len(rows):  # Members finished or diverged: shrink the stack.
+          rows = [rows[i] for i in keep]
+          if rows:
+            idx = np.array(keep)
+            with jax.set_mesh(mm):
+              state, sched = jax.tree_util.tree_map(lambda x: x[idx], (state, sched))
+            mm = member_mesh(len(rows))
+            state, sched = on_members(state, mm), on_members(sched, mm)
       t0 = time.perf_counter()
       for mg in mngrs:
         mg.wait_until_finished()
       wall['checkpoint'] += time.perf_counter() - t0
-      for k in range(K):  # Resumed at its end: the final eval, once.
-        if not results[k] and steps[k] == ends[k]:
-          final = [e for e in metrics_lib.read(workdirs[k], 'eval') if e['step'] == ends[k]]
-          results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
-                        if final else train._evaluate(
-                            t, one(state.params, k, t.shardings.params),
-                            data.evals, writers[k], ends[k], extras[k]))
   loop = time.perf_counter() - t_loop
   wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')), 0.0)
   share = {k: v / K for k, v in wall.items()}
   return [r if 'error' in r else {'step': ends[k], **r, 'wall': share, 'objective': objective}
           for k, r in enumerate(results)]
-
-
-def _stop(sched: dict, k: int, step: int, mesh) -> dict:
-  """Member k's schedule ends at `step`: the step leaves it as it is from now on."""
-  return on_members({**sched, 'total_steps': sched['total_steps'].at[k].set(step)}, mesh)
 
 
 def m_of(m: dict, k: int) -> dict:

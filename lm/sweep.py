@@ -343,8 +343,11 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
 
 def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list[plan.Run]]:
   """The runs grouped into packs of at most sweep.pack members (lm/pack.py):
-  runs that share a shape and a length (seeds, learning rates) and can pack
-  (pack.packable); the others alone. In plan order of each pack's first run."""
+  runs that share a shape (seeds, learning rates, one size across budgets) and
+  can pack (pack.packable); the others, and WSD branches, alone. Within a shape
+  the runs are ordered by length before they are cut into packs, so members of
+  a pack end at similar steps (the pack drops members as they finish). In plan
+  order of each pack's first run."""
   _, s = split(cd)
   if s.pack <= 1:
     return [[r] for r in runs]
@@ -359,10 +362,10 @@ def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list
       for f in fields or ():
         d[sec].pop(f)
     d.pop('name')
-    d['train']['steps'] = c.train.steps  # Equal lengths: no member idles in the pack.
-    groups.setdefault(json.dumps(d, sort_keys=True, default=str), []).append(r)
+    groups.setdefault(json.dumps(d, sort_keys=True, default=str), []).append((c.train.steps, r))
   out = []
   for g in groups.values():
+    g = [r for _, r in sorted(g, key=lambda x: x[0])]  # Stable: plan order within a length.
     out += [g[i:i + s.pack] for i in range(0, len(g), s.pack)]
   order = {r.name: i for i, r in enumerate(runs)}
   return sorted(out, key=lambda u: order[u[0].name])

@@ -68,41 +68,47 @@ def test_pack_refuses_members_of_another_shape():
     pack.Pack((a, b))
 
 
-def test_sweep_packs_seeds_and_lrs_like_single_runs(tmp_path, corpus_dir):
-  """sweep.pack=4: the 2 seeds of one size and LR train as one pack, the
-  member axis split over 2 of the 8 fake devices; each member has its own run
-  directory, metrics and checkpoints; a rerun skips them, and a member lost
-  mid-way resumes from its checkpoint to the same final loss."""
+def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
+  """sweep.pack=4: 2 seeds x 2 lengths of one size train as one pack (the
+  member axis split over the fake devices, the stack shrinking to the two long
+  members after step 6); each member has its own run directory, metrics and
+  checkpoints; a rerun skips them, and a long member lost after the shrink
+  resumes alone from its checkpoint to the same final loss."""
   import json
   import os
+  import shutil
 
   from lm import metrics, sweep
   from tests.helpers import tiny_cd
   cd = tiny_cd(corpus_dir, **{'train.eval_batches': 1})
-  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0],
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0, 1536.0],
                   aspect=8, head_dim=8, evals_per_run=2, seeds=(0, 1), lrs=(1e-2,),
                   bootstrap=0, grid='coarse')
   runs = sweep.make_plan(cd)
+  steps = {r.name: sweep.run_config(cd, r, 2).train.steps for r in runs}
+  assert sorted(steps.values()) == [6, 6, 12, 12]
   cd.sweep.pack = 4
-  assert [len(u) for u in sweep.plan_packs(cd, runs)] == [2]
+  assert [len(u) for u in sweep.plan_packs(cd, runs)] == [4]
   wd = str(tmp_path / 'packed')
   packed = {r['name']: r for r in sweep.run_all(cd, wd, log=print)}
   for name, r in packed.items():
-    assert r['status'] == 'done' and len(r['pack']) == 2, r
+    assert r['status'] == 'done' and len(r['pack']) == 4, r
     rdir = os.path.join(wd, 'runs', name)
     assert os.path.exists(os.path.join(rdir, 'config.json'))
     assert os.listdir(os.path.join(rdir, 'checkpoints'))
-    assert [e['step'] for e in metrics.read(rdir, 'eval')] == [3, 6]
+    n = steps[name]
+    assert [e['step'] for e in metrics.read(rdir, 'eval')] == [n // 2, n]
   assert all(r['status'] == 'done' for r in sweep.run_all(cd, wd, log=print))
-  # One member's run lost after its mid-way checkpoint: it resumes from there and
-  # ends where it ended in the pack (members equal single runs at every step:
+  # A long member's run lost after its mid-way checkpoint (step 6, where the
+  # stack shrank): it resumes from there alone and ends where it ended in the
+  # pack (members equal single runs at every step before the shrink:
   # test_members_train_as_their_single_runs).
-  want = packed[runs[0].name]['final_loss']
-  victim = os.path.join(wd, 'runs', runs[0].name)
+  victim_name = max(steps, key=steps.get)
+  want = packed[victim_name]['final_loss']
+  victim = os.path.join(wd, 'runs', victim_name)
   os.remove(os.path.join(victim, 'result.json'))
-  import shutil
-  shutil.rmtree(os.path.join(victim, 'checkpoints', '6'))
+  shutil.rmtree(os.path.join(victim, 'checkpoints', '12'))
   again = {r['name']: r for r in sweep.run_all(cd, wd, log=print)}
-  np.testing.assert_allclose(again[runs[0].name]['final_loss'], want, rtol=2e-4)
+  np.testing.assert_allclose(again[victim_name]['final_loss'], want, rtol=2e-4)
   with open(os.path.join(victim, 'result.json')) as f:
     assert json.load(f)['status'] == 'done'

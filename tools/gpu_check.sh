@@ -24,7 +24,7 @@ while read -r xf args; do
   [ -z "$xf" ] && continue
   [ "$xf" = - ] && xf=
   echo "== XLA_FLAGS=$xf $args"
-  XLA_FLAGS=$xf timeout ${ROW_S:-90} python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
+  XLA_FLAGS=$xf timeout ${ROW_S:-240} python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
     --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]'
 done <<ROWS
 ${ROWS:-- --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=256
@@ -32,5 +32,5 @@ $NOTRITON --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=
 $NOTRITON --configs=gpt2_medium --attention=dot_product --batch=32 --loss_chunk=256
 $NOTRITON --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
 ROWS
-timeout ${PACK_S:-90} python3 -m tools.bench_train --pack=8 --steps=5 2>&1 | tee "$OUT/pack.log" \
+timeout ${PACK_S:-150} python3 -m tools.bench_train --pack=8 --steps=5 2>&1 | tee "$OUT/pack.log" \
   | grep '^|\|speed-up'
