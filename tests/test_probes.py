@@ -49,6 +49,7 @@ def _trained(tmp_path, corpus_dir, name, repeats):
   c = tiny(corpus_dir, **{'data.canary_repeats': repeats, 'data.canary_digits': 3,
                           'data.seq_len': 32, 'train.steps': 120, 'train.batch_size': 16,
                           'opt.lr': 1e-2, 'opt.warmup_steps': 10, 'train.eval_every': 120,
+                          'train.log_every': 20,
                           'train.checkpoint_every': 120, 'model.d_model': 64,
                           'model.mlp_dim': 128})
   wd = str(tmp_path / name)

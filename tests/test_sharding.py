@@ -178,7 +178,8 @@ def _free_port():
 
 def _env(n_devices):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={n_devices}'
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={n_devices}'
+                      ' --xla_backend_optimization_level=0')  # As conftest.py: faster compiles.
   return env
 
 

@@ -76,7 +76,7 @@ def test_grid_and_wsd_plans():
 
 def _sweep_cd(corpus_dir, **sweep_kw):
   c = tiny_cd(corpus_dir, **{'train.batch_size': 8, 'data.seq_len': 16, 'opt.warmup_steps': 2,
-                             'train.eval_batches': 1})
+                             'train.eval_batches': 1, 'train.log_every': 10})
   c.sweep = dict(design='isoflop', convention='exact', budgets=[1e9, 3e9], sizes=3,
                  tokens_per_param=2.0, aspect=8, head_dim=8, evals_per_run=3, min_steps=5,
                  bootstrap=15, grid='coarse', **sweep_kw)
