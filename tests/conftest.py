@@ -20,6 +20,17 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: over ~20 s on 2 cores; runs first')
+
+
+def pytest_collection_modifyitems(items):
+  """The slow tests first: xdist hands tests out in collection order, so a
+  slow test collected last (test_sweep.py sorts late) would run alone at the
+  end while the other worker idles."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # Stable.
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _cache(tmp_path_factory):
   os.environ['LM_CACHE'] = str(tmp_path_factory.mktemp('lm_cache'))

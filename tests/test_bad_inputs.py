@@ -47,6 +47,7 @@ SAMPLE = ['train: data dir of binary files', 'train: resume with another archite
           'sweep: collect an empty workdir']  # tools/bad_inputs.py runs every case.
 
 
+@pytest.mark.slow
 def test_a_sample_of_cli_cases_end_to_end(tmp_path):
   places = bad_inputs._prepare(str(tmp_path))
   cases = {n: (a, w) for n, a, w in bad_inputs.CASES}

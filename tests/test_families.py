@@ -315,6 +315,7 @@ def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):
   assert (out['dec_inputs'][:, 0] == TOK.bos_id).all()
 
 
+@pytest.mark.slow
 def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   from experiments.fill_mask import FillMaskError, mask_ids
   from lm import checkpoint

@@ -44,6 +44,7 @@ def cli_run(tmp_path_factory, corpus_dir):
   return config, str(d / 'ref'), env
 
 
+@pytest.mark.slow
 def test_kills_sigterm_and_a_concurrent_start_end_bit_identically(tmp_path, cli_run):
   """Three SIGKILLs at random moments (checkpoints every 2 steps, so a kill can
   land in a checkpoint write; tools/fault_inject.py runs 20) and one SIGTERM, which must

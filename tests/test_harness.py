@@ -73,6 +73,7 @@ def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
   assert 'Traceback' not in bad.stderr
 
 
+@pytest.mark.slow
 def test_exported_checkpoint_scores_the_same_in_the_harness_hf_model(tmp_path, corpus_dir):
   """GPT-2 with a BPE tokenizer.json: our adapter on our params and the
   harness's `hf` model on the exported directory agree to 1e-4."""

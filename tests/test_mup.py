@@ -138,6 +138,7 @@ def test_mup_resume_is_bitwise_identical(tmp_path, corpus_dir):
   assert losses(whole) == losses(split)
 
 
+@pytest.mark.slow
 def test_coordinate_check_passes_for_mup_and_fails_for_sp(tmp_path, corpus_dir):
   """tools/coord_check on 8x of width (32 and 256): every muP curve is flat
   (|log-log slope| <= 0.1); SP's logits and hidden activations grow."""

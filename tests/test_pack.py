@@ -68,6 +68,7 @@ def test_pack_refuses_members_of_another_shape():
     pack.Pack((a, b))
 
 
+@pytest.mark.slow
 def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   """sweep.pack=4: 2 seeds x 2 lengths of one size train as one pack (the
   member axis split over the fake devices, the stack shrinking to the two long

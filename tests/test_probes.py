@@ -57,6 +57,7 @@ def _trained(tmp_path, corpus_dir, name, repeats):
   return wd, c
 
 
+@pytest.mark.slow
 def test_exposure_of_a_repeated_canary_is_far_above_an_unseen_one(tmp_path, corpus_dir):
   """A 64x canary is memorised (exposure near the maximum, log2 10^3 = 10
   bits); the same canary in an equally trained model that never saw it, and a

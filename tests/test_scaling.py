@@ -79,6 +79,7 @@ def test_approach2_recovers_the_exponents():
   assert ci['_failed'] == (0, 300) and ci['_lack_of_fit'] >= 1.0
 
 
+@pytest.mark.slow
 def test_intervals_cover_a_known_law():
   """Issue 15: on 40 sweeps simulated from a known law with the main job's
   design (5 budgets over 2 decades x 7 sizes x 2 seeds, loss noise sd 0.01),

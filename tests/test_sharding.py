@@ -183,6 +183,7 @@ def _env(n_devices):
   return env
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus_dir):
   """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices."""
   cmd = [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',

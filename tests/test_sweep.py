@@ -83,6 +83,7 @@ def _sweep_cd(corpus_dir, **sweep_kw):
   return c
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, monkeypatch):
   cd = _sweep_cd(corpus_dir)
   runs = sweep.make_plan(cd)
@@ -230,6 +231,7 @@ def test_count_table_and_strict_fit_columns():
     fit.column(rows, 'D')
 
 
+@pytest.mark.slow
 def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   """Branches start from the stable run's checkpoint and only add the cooldown."""
   cd = _sweep_cd(corpus_dir)
@@ -422,6 +424,7 @@ def test_lr_optimum_of_a_curve():
   assert o['edge'] and o['fitted_lr'] is None and o['best_lr'] == lrs[-1]
 
 
+@pytest.mark.slow
 def test_lr_design_plans_packs_and_reports(tmp_path, corpus_dir):
   """sizes x lrs; a size's runs form one pack; the report gives the optimum
   per size and lr.json."""
@@ -463,6 +466,7 @@ def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
   assert all(len(r['pack']) == 2 for r in res)
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
   """executor=ray: one Ray task per run (or pack) on a local Ray instance."""
   ray = pytest.importorskip('ray')
