@@ -325,11 +325,11 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
   try:
     configs = [run_config(cd, r, s.evals_per_run) for r in todo]
     rdirs = [os.path.join(workdir, 'runs', r.name) for r in todo]
+    for r, rdir in zip(todo, rdirs):
+      if r.branch_from and not os.path.isdir(os.path.join(rdir, 'checkpoints')):
+        _start_branch(workdir, r)
     if len(todo) > 1:
       return [_record(o) for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
-    r = todo[0]
-    if r.branch_from and not os.path.isdir(os.path.join(rdirs[0], 'checkpoints')):
-      _start_branch(workdir, r)
     return [_record(train.train_and_evaluate(configs[0], rdirs[0], log=lambda *_: None))]
   except workdir_lib.Preempted:
     log(f'[sweep] stopped during {", ".join(r.name for r in todo)} (checkpointed); rerun '
@@ -344,7 +344,9 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
 def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list[plan.Run]]:
   """The runs grouped into packs of at most sweep.pack members (lm/pack.py):
   runs that share a shape (seeds, learning rates, one size across budgets) and
-  can pack (pack.packable); the others, and WSD branches, alone. Within a shape
+  can pack (pack.packable); the others alone. WSD branches pack with the
+  other branches of their own stable run (each resumes from that run's
+  checkpoint at its own branch step), never with another's. Within a shape
   the runs are ordered by length before they are cut into packs, so members of
   a pack end at similar steps (the pack drops members as they finish). In plan
   order of each pack's first run."""
@@ -354,14 +356,15 @@ def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list
   groups: dict[str, list[plan.Run]] = {}
   for r in runs:
     c = run_config(cd, r, s.evals_per_run)
-    if r.branch_from or pack_lib.packable(c):
-      groups[r.name] = [r]
+    if pack_lib.packable(c):
+      groups[r.name] = [(0, r)]
       continue
     d = config_lib.to_dict(c)
     for sec, fields in pack_lib.Pack.PER_MEMBER.items():
       for f in fields or ():
         d[sec].pop(f)
     d.pop('name')
+    d['branch_from'] = r.branch_from  # Its stable run must have finished first.
     groups.setdefault(json.dumps(d, sort_keys=True, default=str), []).append((c.train.steps, r))
   out = []
   for g in groups.values():

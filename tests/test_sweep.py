@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -249,6 +250,17 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
     assert min(steps) > b.branch_step  # Resumed, not retrained.
     assert max(steps) == b.overrides['train.steps']
     assert rows[-1]['lr'] < 0.5 * stable[b.branch_step]['lr']  # Cooled down.
+  # Packed (sweep.pack=4), the branches lost and run again: they train as one
+  # pack, each resumed from its own branch step, and end where they ended alone.
+  cd.sweep.pack = 4
+  assert [[r.name for r in u] for u in sweep.plan_packs(cd, runs)] == [
+      [runs[0].name], [runs[1].name, runs[2].name]]
+  for b in runs[1:]:
+    shutil.rmtree(os.path.join(wd, 'runs', b.name))
+  packed = {r['name']: r for r in sweep.run_all(cd, wd, log=lambda *_: None)}
+  for r in res[1:]:
+    assert len(packed[r['name']]['pack']) == 2
+    np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
 
 
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
