@@ -263,6 +263,16 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
     np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
 
 
+def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir):
+  cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1], pack=4)
+  runs = sweep.make_plan(cd)
+  packs = sweep.plan_packs(cd, runs)
+  assert sorted(r.name for u in packs for r in u) == sorted(r.name for r in runs)
+  assert all(len(u) == 4 and len({r.n for r in u}) == 1 for u in packs)  # 2 LRs x 2 seeds.
+  cd.data.canary_repeats = (2,)  # Canaries: pack.packable says no.
+  assert [len(u) for u in sweep.plan_packs(cd, runs)] == [1] * len(runs)
+
+
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
   runs = sweep.make_plan(cd)
