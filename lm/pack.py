@@ -207,7 +207,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
                         if final else train._evaluate(
                             t, jax.device_put(states[k].params, t.shardings.params),
-                            data.evals, writers[k], ends[k], extras[k]))
+                            data.evals, writers[k], ends[k], extras[k], final=True))
       # The stack holds the members still training (rows, in member order) and
       # shrinks as they finish: a finished member costs no compute (each new
       # width compiles the step once; lm/sweep.use_compile_cache keeps it).
@@ -237,14 +237,14 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           jax.block_until_ready(m)
           wall['compile'] += time.perf_counter() - t1
           compiled_widths.add(len(rows))
-        host = None
+        host, signame = None, preemption.signame  # One answer for every member.
         for i, k in enumerate(rows):
           steps[k] += 1
           done, c = steps[k], cs[k]
           is_end = done == ends[k]
           log_now = done % c.train.log_every == 0 or is_end
           eval_now = done % c.train.eval_every == 0 or is_end
-          ckpt_now = (done % c.train.checkpoint_every == 0 or is_end or preemption.signame
+          ckpt_now = (done % c.train.checkpoint_every == 0 or is_end or signame
                       or done in c.train.extra_checkpoints)
           if not (log_now or eval_now or ckpt_now):
             continue
@@ -263,7 +263,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           if eval_now:
             t0 = time.perf_counter()
             params = one(state.params, k, t.shardings.params)
-            results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k])
+            results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k],
+                                         final=is_end)
             wall['eval'] += time.perf_counter() - t0
           if ckpt_now:
             t0 = time.perf_counter()
@@ -273,10 +274,10 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
             wall['checkpoint'] += time.perf_counter() - t0
-        if preemption.signame and any(steps[k] < ends[k] for k in rows):
+        if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.
             mg.wait_until_finished()
-          raise workdir_lib.Preempted(max(steps), preemption.signame, ','.join(workdirs))
+          raise workdir_lib.Preempted(max(steps), signame, ','.join(workdirs))
         keep = [i for i, k in enumerate(rows) if steps[k] < ends[k] and 'error' not in results[k]]
         if len(keep) < len(rows):  # Members finished or diverged: shrink the stack.
           rows = [rows[i] for i in keep]

@@ -144,8 +144,10 @@ def assign(units: list[list[plan.Run]], workers: int) -> list[list[list[plan.Run
   compute (largest group first, to the least-loaded worker), each in plan
   order; a WSD branch stays with the stable run it continues."""
   groups: dict[str, list[list[plan.Run]]] = {}
+  unit_of = {r.name: u[0].name for u in units for r in u}  # A stable run may be in a pack.
   for u in units:
-    groups.setdefault(u[0].branch_from or u[0].name, []).append(u)
+    key = unit_of.get(u[0].branch_from, u[0].branch_from) or u[0].name
+    groups.setdefault(key, []).append(u)
   cost = lambda g: sum(r.compute for u in g for r in u)
   loads, out = [0.0] * workers, [[] for _ in range(workers)]
   for g in sorted(groups.values(), key=lambda g: -cost(g)):

@@ -349,11 +349,15 @@ class _Progress:
       self.bar.close()
 
 
-def _evaluate(t: Trainer, params, evals: list, writer, step: int, extras) -> dict[str, float]:
+def _evaluate(t: Trainer, params, evals: list, writer, step: int, extras,
+              final: bool | None = None) -> dict[str, float]:
+  """`final` (the run's last eval, which adds the final-only probes) defaults
+  to step == the Trainer config's steps; a pack's members each pass their own."""
   outs = jax.device_get([t.eval_step(params, t.to_global(b), t.to_global(w, t.rows_sharding))
                          for b, w in evals])
   res = t.objective.summarize({k: sum(float(o[k]) for o in outs) for k in outs[0]})
-  res.update(extras(params, final=step == t.cfg.train.steps))  # lm/probes.eval_extras.
+  final = step == t.cfg.train.steps if final is None else final
+  res.update(extras(params, final=final))  # lm/probes.eval_extras.
   writer.write(step, 'eval', res)
   return res
 

@@ -73,15 +73,17 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   """sweep.pack=4: 2 seeds x 2 lengths of one size train as one pack (the
   member axis split over the fake devices, the stack shrinking to the two long
   members after step 6); each member has its own run directory, metrics and
-  checkpoints; a rerun skips them, and a long member lost after the shrink
-  resumes alone from its checkpoint to the same final loss."""
+  checkpoints, and its final-only probes at its own last step; a rerun skips
+  them, and a long member lost after the shrink resumes alone from its
+  checkpoint to the same final loss."""
   import json
   import os
   import shutil
 
   from lm import metrics, sweep
   from tests.helpers import tiny_cd
-  cd = tiny_cd(corpus_dir, **{'train.eval_batches': 1})
+  from tests.test_probes import PAIRS
+  cd = tiny_cd(corpus_dir, **{'train.eval_batches': 1, 'train.eval_bias_csv': PAIRS})
   cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0, 1536.0],
                   aspect=8, head_dim=8, evals_per_run=2, seeds=(0, 1), lrs=(1e-2,),
                   bootstrap=0, grid='coarse')
@@ -98,7 +100,10 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
     assert os.path.exists(os.path.join(rdir, 'config.json'))
     assert os.listdir(os.path.join(rdir, 'checkpoints'))
     n = steps[name]
-    assert [e['step'] for e in metrics.read(rdir, 'eval')] == [n // 2, n]
+    evals = metrics.read(rdir, 'eval')
+    assert [e['step'] for e in evals] == [n // 2, n]
+    # The final-only probes (bias) at each member's own last step.
+    assert ['bias/all/stereotype_preferred' in e for e in evals] == [False, True], name
   assert all(r['status'] == 'done' for r in sweep.run_all(cd, wd, log=print))
   # A long member's run lost after its mid-way checkpoint (step 6, where the
   # stack shrank): it resumes from there alone and ends where it ended in the

@@ -273,6 +273,24 @@ def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir)
   assert [len(u) for u in sweep.plan_packs(cd, runs)] == [1] * len(runs)
 
 
+def test_assign_keeps_wsd_branches_with_their_packed_stable_run():
+  """Stable runs of one size pack together; the branches of the second member
+  of that pack must go to the same worker (they start from its checkpoint)."""
+  def run(name, compute, branch_from=''):
+    return plan.Run(name=name, overrides={}, n=1, tokens=1, compute=compute, budget=0.0,
+                    design='wsd', branch_from=branch_from)
+  units = [[run('S_a', 10.0), run('S_b', 10.0)],
+           [run('B1_a', 3.0, 'S_a'), run('B2_a', 3.0, 'S_a')],
+           [run('B1_b', 3.0, 'S_b'), run('B2_b', 3.0, 'S_b')],
+           [run('other', 20.0)]]
+  workers = sweep.assign(units, 2)
+  home = {r.name: w for w, lst in enumerate(workers) for u in lst for r in u}
+  assert home['B1_b'] == home['B1_a'] == home['S_b'] == home['S_a'] != home['other']
+  for lst in workers:  # Plan order within a worker: the stable pack first.
+    names = [u[0].name for u in lst]
+    assert names == sorted(names, key=[u[0].name for u in units].index)
+
+
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
   runs = sweep.make_plan(cd)
