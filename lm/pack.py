@@ -150,6 +150,16 @@ def on_members(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree_util.tree_map(lambda x: jax.device_put(x, sh), tree)
 
 
+def _take(tree: Any, rows: list[int], mesh: jax.sharding.Mesh | None
+          ) -> tuple[Any, jax.sharding.Mesh]:
+  """Members `rows` (positions on the leading axis) of a stacked tree, split
+  over a member mesh of their number; returns (tree, that mesh)."""
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    tree = jax.tree_util.tree_map(lambda x: x[np.array(rows)], tree)
+  mesh = member_mesh(len(rows))
+  return on_members(tree, mesh), mesh
+
+
 def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[dict]:
   """Trains (or resumes) the members in their run directories; returns per
   member what train_and_evaluate returns (final eval metrics, 'wall' with the
@@ -212,10 +222,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       # shrinks as they finish: a finished member costs no compute (each new
       # width compiles the step once; lm/sweep.use_compile_cache keeps it).
       rows = [k for k in range(K) if steps[k] < ends[k]]
-      scal = p.scalars()
-      mm = member_mesh(max(len(rows), 1))
-      state = on_members(_stack([states[k] for k in rows]), mm) if rows else None
-      sched = on_members(jax.tree_util.tree_map(lambda x: x[np.array(rows)], scal), mm) if rows else None
+      if rows:
+        (state, sched), mm = _take((_stack(states), p.scalars()), rows, None)
       del states, fresh
 
       def one(tree: Any, k: int, sh: Any) -> Any:  # Member k, on the eval device.
@@ -282,11 +290,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         if len(keep) < len(rows):  # Members finished or diverged: shrink the stack.
           rows = [rows[i] for i in keep]
           if rows:
-            idx = np.array(keep)
-            with jax.set_mesh(mm):
-              state, sched = jax.tree_util.tree_map(lambda x: x[idx], (state, sched))
-            mm = member_mesh(len(rows))
-            state, sched = on_members(state, mm), on_members(sched, mm)
+            (state, sched), mm = _take((state, sched), keep, mm)
       t0 = time.perf_counter()
       for mg in mngrs:
         mg.wait_until_finished()
