@@ -8,6 +8,8 @@
 #    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 with
 #    and without XLA's Triton GEMM fusions and at two batch sizes, GPT-2 small
 #    per attention path; 3. packed small models (lm/pack.py). Logs go to $OUT.
+# The default rows need more than one 10-minute call (GPT-2 medium compiles
+# for over 90 s per row): choose rows with ROWS="XLA_FLAGS|- flags..." lines.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
