@@ -9,7 +9,7 @@
 #    and without XLA's Triton GEMM fusions and at two batch sizes, GPT-2 small
 #    per attention path; 3. packed small models (lm/pack.py). Logs go to $OUT.
 # The default rows need more than one 10-minute call (GPT-2 medium compiles
-# for over 90 s per row): choose rows with ROWS="XLA_FLAGS|- flags..." lines.
+# for over 90 s per row): choose them with ROWS, one "XLA_FLAGS-or-- flags..." per line.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
