@@ -192,7 +192,13 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
         f'checkpoint step {step} in {mngr.directory} could not be restored '
         f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it was left untouched: '
         'choose another --workdir or remove the damaged step') from None
-  return out['state']
+  # Orbax hands PRNG keys back as their raw uint32 data: typed again, the
+  # restored state has the fresh state's types (one compiled step for both,
+  # and a resumed pack member stacks with fresh ones).
+  is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+  return jax.tree_util.tree_map(
+      lambda a, x: jax.random.wrap_key_data(x) if is_key(a) and not is_key(x) else x,
+      abstract, out['state'])
 
 
 class Diverged(Exception):

@@ -57,26 +57,18 @@ class Pack:
   """K configs trained together: the shared shape and the per-member scalars."""
   configs: tuple[Config, ...]
 
-  # What may differ between members; everything else must be equal, since
-  # the step is built from the first member's config.
-  PER_MEMBER = {'name': None, 'opt': ('lr', 'warmup_steps', 'cooldown_fraction'),
-                'train': ('seed', 'steps', 'log_every', 'eval_every', 'checkpoint_every'),
-                'data': ('shuffle_seed',)}
+  # What may differ between members (what a run reads as inputs); everything
+  # else must be equal, since the step is built from the first member's config.
+  PER_MEMBER = train.RUN_INPUTS
 
   def __post_init__(self):
-    def shared(c: Config) -> Config:  # c with the per-member fields of configs[0].
-      base = self.configs[0]
-      sections = {s: dataclasses.replace(getattr(c, s), **{
-          f: getattr(getattr(base, s), f) for f in fields})
-          for s, fields in self.PER_MEMBER.items() if fields}
-      return dataclasses.replace(c, name=base.name, **sections)
-
-    first = shared(self.configs[0])
+    first = train.shape_of(self.configs[0])
     for c in self.configs[1:]:
-      if shared(c) != first:
+      mine = train.shape_of(c)
+      if mine != first:
         diff = [f'{s}.{f.name}' for s in ('model', 'opt', 'data', 'train', 'mesh')
                 for f in dataclasses.fields(getattr(c, s))
-                if getattr(getattr(shared(c), s), f.name) != getattr(getattr(first, s), f.name)]
+                if getattr(getattr(mine, s), f.name) != getattr(getattr(first, s), f.name)]
         raise ValueError(f'members of a pack differ only in opt.lr, opt.warmup_steps, '
                          'opt.cooldown_fraction, train.seed, train.steps, the train '
                          'metric/eval/checkpoint intervals and '
@@ -162,9 +154,17 @@ def _take(tree: Any, rows: list[int], mesh: jax.sharding.Mesh | None
 
 def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[dict]:
   """Trains (or resumes) the members in their run directories; returns per
-  member what train_and_evaluate returns (final eval metrics, 'wall' with the
-  pack's time split evenly, 'objective'), or {'error': ...} for a member that
-  diverged (recorded in its nonfinite.json; the others go on)."""
+  member what train_and_evaluate returns (final eval metrics, 'wall',
+  'objective'), or {'error': ...} for a member that diverged (recorded in its
+  nonfinite.json; the others go on).
+
+  A member's 'wall' is its share of the pack's time: its own evaluations and
+  checkpoints as measured, the step's data and train time in proportion to
+  the steps it trained (every member-step of a stack costs the same), setup
+  and compilation split evenly. Its train rows' 'pack' is the width of the
+  stack that step (members still training), its setup row's the pack's size.
+  Non-finite losses follow train.on_nonfinite as a single run does at its
+  metric rows: halt, or skip (halting after train.max_skips in a row)."""
   t_start = time.perf_counter()
   for wd in workdirs:
     workdir_lib.check_writable(wd, 'the workdir')
@@ -208,6 +208,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
                 for c in cs]
       wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
+      own = [dict.fromkeys(('eval', 'checkpoint'), 0.0) for _ in range(K)]  # Per member.
+      trained, skips = [0] * K, [0] * K
       t_loop = time.perf_counter()
       wall['setup'] = t_loop - t_start
       results: list[dict] = [{} for _ in range(K)]
@@ -248,6 +250,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         host, signame = None, preemption.signame  # One answer for every member.
         for i, k in enumerate(rows):
           steps[k] += 1
+          trained[k] += 1
           done, c = steps[k], cs[k]
           is_end = done == ends[k]
           log_now = done % c.train.log_every == 0 or is_end
@@ -258,8 +261,16 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             continue
           host = host if host is not None else jax.device_get(m)
           mk = {name: float(v[i]) for name, v in host.items()}
-          if not math.isfinite(mk['loss']):
-            results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k])}
+          skips[k] = skips[k] + 1 if mk.get('skipped') else 0  # As train._Progress.
+          if skips[k] > c.train.max_skips:
+            results[k] = {'error': _halt(
+                workdirs[k], done, mk['loss'], mngrs[k],
+                f'{skips[k]} steps in a row had a non-finite loss or gradient '
+                f'(train.max_skips={c.train.max_skips})')}
+            continue
+          if not math.isfinite(mk['loss']) and not mk.get('skipped'):
+            results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k],
+                                         f'loss is {mk["loss"]}')}
             continue
           if log_now:
             now = time.perf_counter()
@@ -267,13 +278,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             t_log[k], s_log[k] = now, done
             writers[k].write(done, 'train', {**mk, 'step_time': dt,
                                              'tokens_per_s': tokens[k] / dt,
-                                             'tokens': done * tokens[k], 'pack': K})
+                                             'tokens': done * tokens[k], 'pack': len(rows)})
           if eval_now:
             t0 = time.perf_counter()
             params = one(state.params, k, t.shardings.params)
             results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k],
                                          final=is_end)
-            wall['eval'] += time.perf_counter() - t0
+            own[k]['eval'] += time.perf_counter() - t0
           if ckpt_now:
             t0 = time.perf_counter()
             try:
@@ -281,7 +292,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
                             m_of(host, i), iters[k], workdirs[k])
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
-            wall['checkpoint'] += time.perf_counter() - t0
+            own[k]['checkpoint'] += time.perf_counter() - t0
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.
             mg.wait_until_finished()
@@ -296,9 +307,18 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         mg.wait_until_finished()
       wall['checkpoint'] += time.perf_counter() - t0
   loop = time.perf_counter() - t_loop
+  for k in ('eval', 'checkpoint'):
+    wall[k] += sum(o[k] for o in own)
   wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')), 0.0)
-  share = {k: v / K for k, v in wall.items()}
-  return [r if 'error' in r else {'step': ends[k], **r, 'wall': share, 'objective': objective}
+  total = sum(trained) or 1
+
+  def share(k: int) -> dict[str, float]:
+    w = {p: wall[p] / K for p in ('setup', 'compile')}
+    w.update({p: wall[p] * trained[k] / total for p in ('data', 'train')})
+    w.update({p: own[k][p] + (wall[p] - sum(o[p] for o in own)) / K
+              for p in ('eval', 'checkpoint')})  # The closing waits, evenly.
+    return w
+  return [r if 'error' in r else {'step': ends[k], **r, 'wall': share(k), 'objective': objective}
           for k, r in enumerate(results)]
 
 
@@ -306,9 +326,9 @@ def m_of(m: dict, k: int) -> dict:
   return {name: v[k] for name, v in m.items()}
 
 
-def _halt(workdir: str, step: int, loss: float, mngr) -> str:
+def _halt(workdir: str, step: int, loss: float, mngr, why: str) -> str:
   try:
-    ckpt_lib.halt(workdir, step, loss, mngr.latest_step(), f'loss is {loss}')
+    ckpt_lib.halt(workdir, step, loss, mngr.latest_step(), why)
   except FloatingPointError as e:
     return str(e)
-  return f'loss is {loss} at step {step}'
+  return f'{why} at step {step}'

@@ -210,8 +210,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
       continue
     t_run = time.time()
     recs = _train_unit(cd, workdir, todo, s, log)
+    # A member's wall time: its own parts (lm/pack.train_pack's shares) and
+    # an even share of the unit's time outside them.
+    outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
     for r, rec in zip(todo, recs):
-      rec.update(name=r.name, wall_s=(time.time() - t_run) / len(todo))
+      rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
       if len(todo) > 1:
         rec['pack'] = [x.name for x in todo]
       os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
@@ -323,24 +326,37 @@ def _record(out: dict) -> dict:
 
 def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
   """Trains one run or one pack; a failure is recorded, never raised (but a
-  preemption stops the sweep)."""
-  try:
-    configs = [run_config(cd, r, s.evals_per_run) for r in todo]
-    rdirs = [os.path.join(workdir, 'runs', r.name) for r in todo]
-    for r, rdir in zip(todo, rdirs):
-      if r.branch_from and not os.path.isdir(os.path.join(rdir, 'checkpoints')):
+  preemption stops the sweep). A WSD branch that cannot start (its stable
+  run's checkpoint is missing) fails alone; the pack trains the others."""
+  def failed(e: Exception) -> dict:
+    return {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
+            'traceback': traceback.format_exc()[-2000:]}
+  recs: list[dict | None] = [None] * len(todo)
+  for i, r in enumerate(todo):
+    if r.branch_from and not os.path.isdir(os.path.join(workdir, 'runs', r.name, 'checkpoints')):
+      try:
         _start_branch(workdir, r)
-    if len(todo) > 1:
-      return [_record(o) for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
-    return [_record(train.train_and_evaluate(configs[0], rdirs[0], log=lambda *_: None))]
+      except Exception as e:  # Its own failure, not its pack's.
+        recs[i] = failed(e)
+  live = [i for i, rec in enumerate(recs) if rec is None]
+  try:
+    configs = [run_config(cd, todo[i], s.evals_per_run) for i in live]
+    rdirs = [os.path.join(workdir, 'runs', todo[i].name) for i in live]
+    if len(live) > 1:
+      outs = [_record(o) for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
+    elif live:
+      outs = [_record(train.train_and_evaluate(configs[0], rdirs[0], log=lambda *_: None))]
+    else:
+      outs = []
   except workdir_lib.Preempted:
     log(f'[sweep] stopped during {", ".join(r.name for r in todo)} (checkpointed); rerun '
         'to continue')
     raise
   except Exception as e:  # One failed run must not stop the sweep.
-    rec = {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
-           'traceback': traceback.format_exc()[-2000:]}
-    return [dict(rec) for _ in todo]
+    outs = [failed(e) for _ in live]
+  for i, rec in zip(live, outs):
+    recs[i] = rec
+  return recs
 
 
 def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list[plan.Run]]:

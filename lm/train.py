@@ -79,9 +79,13 @@ def state_shardings(c: Config, model: nn.Module, tx, mesh) -> tuple[Any, Any]:
 
 def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
   """Initialises directly into its shards: the full state never sits on one host."""
+  return make_init(c, model, tx, shardings)(jax.random.key(c.train.seed))
+
+
+def make_init(c: Config, model: nn.Module, tx, shardings):
+  """jitted rng -> the initial state, in its shards."""
   init = init_fn(c, model, tx)
-  return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(
-      jax.random.key(c.train.seed))
+  return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
 
 
 # --- Steps --------------------------------------------------------------------
@@ -215,6 +219,7 @@ class Trainer:
   rows_sharding: Any
   train_step: Any  # jitted (state, batch, sched) -> (state, metrics); donates the state.
   eval_step: Any  # jitted (params, batch, row weights) -> statistics.
+  init_step: Any  # jitted rng -> initial state.
   sched: dict  # This run's schedule inputs (opt_lib.schedule_inputs), train_step's third argument.
 
   @contextlib.contextmanager
@@ -223,7 +228,7 @@ class Trainer:
       yield
 
   def init(self) -> TrainState:
-    return init_state(self.cfg, self.model, self.tx, self.shardings)
+    return self.init_step(jax.random.key(self.cfg.train.seed))
 
   def abstract_batch(self) -> dict:
     """The global train batch as sharded ShapeDtypeStructs (ahead-of-time lowering)."""
@@ -237,10 +242,48 @@ class Trainer:
                                   sharding or self.batch_shardings, local)
 
 
+# The config fields a run reads as inputs, not as compiled constants: the step
+# takes its schedule scalars as arguments (opt_lib.schedule_inputs) and the
+# initial state its seed, so runs that differ only here share compiled code
+# (build's cache) and can train as members of one pack (lm/pack.py).
+RUN_INPUTS = {'name': None, 'opt': ('lr', 'warmup_steps', 'cooldown_fraction'),
+              'train': ('seed', 'steps', 'log_every', 'eval_every', 'checkpoint_every'),
+              'data': ('shuffle_seed',)}
+
+
+def shape_of(c: Config) -> Config:
+  """c with its RUN_INPUTS fields at fixed values: equal for two configs whose
+  steps compile to the same program."""
+  return dataclasses.replace(c, name='', **{
+      name: dataclasses.replace(getattr(c, name), **{
+          f: getattr(type(getattr(c, name))(), f) for f in fields})
+      for name, fields in RUN_INPUTS.items() if fields})
+
+
+# Trainers built in this process, by shape (a sweep's runs of one size reuse
+# one: no tracing, no compiling, no cache reads). A few, oldest dropped first.
+_BUILT: dict[tuple, Trainer] = {}
+_BUILT_MAX = 4
+
+
 def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Trainer:
   """Mesh, model, optimizer, shardings and jitted steps for a resolved config
   (model.vocab_size set: resolve_vocab). Checks the mesh, the batch and every
-  parameter's divisibility; compiles nothing."""
+  parameter's divisibility; compiles nothing. A config of a shape built before
+  in this process (shape_of) gets that Trainer's jitted steps, which have
+  compiled by then."""
+  devices = list(devices if devices is not None else jax.devices())
+  key = (repr(shape_of(c)), tuple(d.id for d in devices),
+         None if byte_lengths is None else np.asarray(byte_lengths).tobytes())
+  t = _BUILT.get(key) or _build(c, devices, byte_lengths)
+  _BUILT[key] = _BUILT.pop(key, t)  # Most recently used last.
+  while len(_BUILT) > _BUILT_MAX:
+    _BUILT.pop(next(iter(_BUILT)))
+  # A copy: callers may wrap its steps (tests do) without touching the cache.
+  return dataclasses.replace(t, cfg=c, sched=opt_lib.schedule_inputs(c.opt, c.train.steps))
+
+
+def _build(c: Config, devices: list, byte_lengths: np.ndarray | None) -> Trainer:
   objective = objectives.get(c)
   mesh = shard_lib.make_mesh(c.mesh, devices)
   shard_lib.check_batch(c, mesh)
@@ -258,7 +301,8 @@ def build(c: Config, devices=None, byte_lengths: np.ndarray | None = None) -> Tr
   eval_step = jax.jit(make_eval_step(c, model, byte_lengths),
                       in_shardings=(shardings.params, batch_sh, rows_sh))
   return Trainer(c, objective, model, tx, mesh, abstract, shardings, batch_sh, rows_sh,
-                 train_step, eval_step, opt_lib.schedule_inputs(c.opt, c.train.steps))
+                 train_step, eval_step, make_init(c, model, tx, shardings),
+                 opt_lib.schedule_inputs(c.opt, c.train.steps))
 
 
 # --- Loop ---------------------------------------------------------------------

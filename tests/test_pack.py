@@ -118,3 +118,46 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   np.testing.assert_allclose(again[victim_name]['final_loss'], want, rtol=2e-4)
   with open(os.path.join(victim, 'result.json')) as f:
     assert json.load(f)['status'] == 'done'
+
+
+def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_path, corpus_dir):
+  """train.on_nonfinite=skip in a pack: the diverging member's non-finite steps
+  leave its parameters alone and it halts after train.max_skips in a row, as a
+  single run does, while its pack-mate trains on; a member already at its end
+  in a later pack is not trained again (its result read back), and every
+  member's 'wall' and train rows' 'pack' (the stack's width) say what it cost."""
+  import dataclasses as dc
+  import json
+  import os
+
+  from lm import metrics
+  base = tiny(corpus_dir, **{'train.on_nonfinite': 'skip', 'train.max_skips': 3,
+                             'opt.grad_clip': 0.0, 'opt.warmup_steps': 0, 'train.steps': 8,
+                             'train.checkpoint_every': 4, 'train.eval_every': 4})
+  ok = dc.replace(base, name='ok')
+  bad = dc.replace(base, name='bad', opt=dc.replace(base.opt, lr=1e30))
+  short = dc.replace(base, name='short', train=dc.replace(base.train, steps=4))
+  wds = [str(tmp_path / n) for n in ('ok', 'bad', 'short')]
+  out = pack.train_pack([ok, bad, short], wds, log=lambda *_: None)
+  assert out[1]['error'].startswith('4 steps in a row had a non-finite loss'), out[1]
+  assert json.loads(open(os.path.join(wds[1], 'nonfinite.json')).read())['step'] == 5
+  rows = metrics.read(wds[1], 'train')
+  assert sum(r.get('skipped', 0) for r in rows) >= 3
+  for prev, row in zip(rows, rows[1:]):  # A skipped step leaves the parameters alone.
+    if row.get('skipped'):
+      assert row['param_norm'] == prev['param_norm'], (prev, row)
+  assert 'error' not in out[0] and out[0]['step'] == 8
+  assert [r['pack'] for r in metrics.read(wds[0], 'train')] == [3] * 4 + [2] + [1] * 3
+  # The short member trained 4 of the pack's 4 + 5 + 8 member-steps: its train
+  # share is 4/17 of the step time; 'ok' paid its own 2 evaluations.
+  w_ok, w_short = out[0]['wall'], out[2]['wall']
+  np.testing.assert_allclose(w_short['train'] / w_ok['train'], 4 / 8, rtol=1e-6)
+  assert w_ok['eval'] > w_short['eval'] > 0 and w_ok['setup'] == w_short['setup']
+  # 'short' again, now packed with a fresh member: resumed at its end, it is
+  # evaluated from its metrics, not trained, and its rows are not repeated.
+  again = pack.train_pack([short, dc.replace(short, name='new')],
+                          [wds[2], str(tmp_path / 'new')], log=lambda *_: None)
+  assert again[0]['loss'] == out[2]['loss']
+  assert [r['step'] for r in metrics.read(wds[2], 'train')] == [1, 2, 3, 4]
+  assert [r['step'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1, 2, 3, 4]
+  assert [r['pack'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1] * 4

@@ -261,6 +261,15 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   for r in res[1:]:
     assert len(packed[r['name']]['pack']) == 2
     np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
+  # The stable checkpoint one branch starts from is gone: that branch fails
+  # alone, naming it; its pack-mate still trains to the same loss.
+  for b in runs[1:]:
+    shutil.rmtree(os.path.join(wd, 'runs', b.name))
+  shutil.rmtree(os.path.join(wd, 'runs', runs[0].name, 'checkpoints', str(runs[1].branch_step)))
+  again = {r['name']: r for r in sweep.run_all(cd, wd, log=lambda *_: None)}
+  assert again[runs[1].name]['status'] == 'failed'
+  assert 'does not exist yet' in again[runs[1].name]['error']
+  np.testing.assert_allclose(again[runs[2].name]['final_loss'], res[2]['final_loss'], rtol=2e-4)
 
 
 def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir):
