@@ -161,3 +161,14 @@ def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_pa
   assert [r['step'] for r in metrics.read(wds[2], 'train')] == [1, 2, 3, 4]
   assert [r['step'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1, 2, 3, 4]
   assert [r['pack'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1] * 4
+
+
+def test_bench_pack_times_both_ways_with_the_member_axis_split():
+  """tools/bench_train --pack's measurement, small: K members one after
+  another and packed, the packed step's member axis over 2 devices."""
+  from tools import bench_train
+  r = bench_train.bench_pack(16, K=2, steps=1, n_devices=2)
+  assert r['devices'] == 2 and r['K'] == 2 and r['params'] > 0
+  assert r['seq ms'] > 0 and r['packed ms'] > 0
+  np.testing.assert_allclose(r['speed-up'], r['seq ms'] / r['packed ms'])
+  np.testing.assert_allclose(r['packed tokens/s'] / r['seq tokens/s'], r['speed-up'])

@@ -2,6 +2,7 @@
 
 python -m tools.bench_train [--configs=tiny,small,medium] [--steps=10] [--dtype=float32]
                             [--mesh=DATA,FSDP,TENSOR] [--batch=N]
+python -m tools.bench_train --pack=K [--pack_devices=N] [--steps=10]
 
 On accelerators: --configs=gpt2_small --dtype=bfloat16 --mesh=-1,1,1 (all
 devices data-parallel) or --mesh=1,-1,1 (FSDP); MFU is then against the
@@ -172,6 +173,7 @@ where it was not measured.
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import statistics
 import time
@@ -192,6 +194,10 @@ _BLOCK = flags.DEFINE_integer('attn_block', 128, 'model.attn_block (query/key bl
 _REMAT = flags.DEFINE_string('remat', 'none', 'model.remat policy.')
 _PACK = flags.DEFINE_integer('pack', 0, 'K > 0: K packed members (lm/pack.py) vs the same K '
                              'run one after another, at d_model 16, 32 and 64.')
+_PACK_DEVICES = flags.DEFINE_integer(
+    'pack_devices', 1, 'With --pack on CPU: split the packed step\'s member axis over this '
+    'many CPU devices (XLA\'s host device count; lm/pack.member_mesh), as a sweep on a pod '
+    'splits it over its devices; the one-after-another runs keep one device.')
 _KEEP = flags.DEFINE_bool('keep_freed_memory', True,
                           'lm/host.py\'s allocator setting, as the entry points apply it; '
                           '--nokeep_freed_memory measures without it.')
@@ -300,10 +306,12 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
           'faults/step': round(faults)}
 
 
-def bench_pack(d: int, K: int, steps: int) -> dict:
+def bench_pack(d: int, K: int, steps: int, n_devices: int = 1) -> dict:
   """Aggregate throughput of K members of the main job's shape (seq 64, batch
   64, byte vocabulary, d_model/8 layers up to 4, heads of 8) trained one after
-  another (one jitted step each) and packed (one vmapped step for all)."""
+  another (one jitted step each) and packed (one vmapped step for all, its
+  member axis split over n_devices)."""
+  import flax.linen as nn
   import jax
   import numpy as np
 
@@ -340,20 +348,23 @@ def bench_pack(d: int, K: int, steps: int) -> dict:
       states = [o[0] for o in outs]
   # Packed.
   p = pack.Pack(tuple(configs))
-  pstep, pstate, scal = pack.make_step(p), pack.init(p), p.scalars()
-  pbatch = jax.device_put(pack.stack_batches(batches))
-  for _ in range(2):
-    pstate, m = pstep(pstate, pbatch, scal)
-  jax.block_until_ready(m)
-  packed = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    pstate, m = pstep(pstate, pbatch, scal)
+  mm = pack.member_mesh(K, jax.devices()[:n_devices])
+  pstep = pack.make_step(p)
+  pstate, scal, pbatch = pack.on_members(
+      (pack.init(p), p.scalars(), pack.stack_batches(batches)), mm)
+  with jax.set_mesh(mm), nn.logical_axis_rules(()):  # As lm/pack.train_pack runs it.
+    for _ in range(2):
+      pstate, m = pstep(pstate, pbatch, scal)
     jax.block_until_ready(m)
-    packed.append(time.perf_counter() - t0)
+    packed = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      pstate, m = pstep(pstate, pbatch, scal)
+      jax.block_until_ready(m)
+      packed.append(time.perf_counter() - t0)
   fl = flops.train_flops_per_token(configs[0].model, L, 'exact') * B * L * K
   t_seq, t_pack = statistics.median(seq), statistics.median(packed)
-  return {'d_model': d, 'K': K, 'params': flops.param_counts(configs[0].model)['total'],
+  return {'d_model': d, 'K': K, 'devices': mm.size, 'params': flops.param_counts(configs[0].model)['total'],
           'seq ms': t_seq * 1e3, 'packed ms': t_pack * 1e3,
           'seq tokens/s': K * B * L / t_seq, 'packed tokens/s': K * B * L / t_pack,
           'seq GFLOP/s': fl / t_seq / 1e9, 'packed GFLOP/s': fl / t_pack / 1e9,
@@ -365,16 +376,19 @@ def main(argv):
   from lm import host
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
+  if _PACK.value and _PACK_DEVICES.value > 1:  # Before JAX starts its CPU client.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform'
+                               f'_device_count={_PACK_DEVICES.value}')
   import jax
   dev = jax.devices()[0]
   if _PACK.value:
-    cols = ['d_model', 'K', 'params', 'seq ms', 'packed ms', 'seq tokens/s',
+    cols = ['d_model', 'K', 'devices', 'params', 'seq ms', 'packed ms', 'seq tokens/s',
             'packed tokens/s', 'seq GFLOP/s', 'packed GFLOP/s', 'speed-up']
     print(f'device: {dev.device_kind} ({dev.platform}), {_PACK.value} members\n')
     print('| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
     ratios = {}
     for d in (16, 32, 64, 128):
-      r = bench_pack(d, _PACK.value, _STEPS.value)
+      r = bench_pack(d, _PACK.value, _STEPS.value, _PACK_DEVICES.value)
       ratios[d] = r['speed-up']
       print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
                               for k in cols) + ' |', flush=True)
