@@ -160,11 +160,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
 
   A member's 'wall' is its share of the pack's time: its own evaluations and
   checkpoints as measured, the step's data and train time in proportion to
-  the steps it trained (every member-step of a stack costs the same), setup
+  the steps it trained (as if every member-step cost the same; one in a
+  narrower stack costs a little more), setup
   and compilation split evenly. Its train rows' 'pack' is the width of the
   stack that step (members still training), its setup row's the pack's size.
   Non-finite losses follow train.on_nonfinite as a single run does at its
-  metric rows: halt, or skip (halting after train.max_skips in a row)."""
+  metric rows: halt, or skip (halting after train.max_skips skipped rows in a
+  row)."""
   t_start = time.perf_counter()
   for wd in workdirs:
     workdir_lib.check_writable(wd, 'the workdir')
@@ -215,11 +217,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       results: list[dict] = [{} for _ in range(K)]
       for k in range(K):  # Resumed at its end: the final eval, once.
         if steps[k] == ends[k]:
+          t0 = time.perf_counter()
           final = [e for e in metrics_lib.read(workdirs[k], 'eval') if e['step'] == ends[k]]
           results[k] = ({x: v for x, v in final[-1].items() if x not in ('step', 'kind')}
                         if final else train._evaluate(
                             t, jax.device_put(states[k].params, t.shardings.params),
                             data.evals, writers[k], ends[k], extras[k], final=True))
+          own[k]['eval'] += time.perf_counter() - t0
       # The stack holds the members still training (rows, in member order) and
       # shrinks as they finish: a finished member costs no compute (each new
       # width compiles the step once; lm/sweep.use_compile_cache keeps it).
@@ -261,18 +265,17 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             continue
           host = host if host is not None else jax.device_get(m)
           mk = {name: float(v[i]) for name, v in host.items()}
-          skips[k] = skips[k] + 1 if mk.get('skipped') else 0  # As train._Progress.
-          if skips[k] > c.train.max_skips:
-            results[k] = {'error': _halt(
-                workdirs[k], done, mk['loss'], mngrs[k],
-                f'{skips[k]} steps in a row had a non-finite loss or gradient '
-                f'(train.max_skips={c.train.max_skips})')}
-            continue
-          if not math.isfinite(mk['loss']) and not mk.get('skipped'):
-            results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k],
-                                         f'loss is {mk["loss"]}')}
-            continue
-          if log_now:
+          if log_now:  # Non-finite losses checked at metric rows, as train._Progress does.
+            skips[k] = skips[k] + 1 if mk.get('skipped') else 0
+            why = ''
+            if skips[k] > c.train.max_skips:
+              why = (f'{skips[k]} steps in a row had a non-finite loss or gradient '
+                     f'(train.max_skips={c.train.max_skips})')
+            elif not math.isfinite(mk['loss']) and not mk.get('skipped'):
+              why = f'loss is {mk["loss"]}'
+            if why:
+              results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why)}
+              continue
             now = time.perf_counter()
             dt = (now - t_log[k]) / max(done - s_log[k], 1)
             t_log[k], s_log[k] = now, done
@@ -318,7 +321,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     w.update({p: own[k][p] + (wall[p] - sum(o[p] for o in own)) / K
               for p in ('eval', 'checkpoint')})  # The closing waits, evenly.
     return w
-  return [r if 'error' in r else {'step': ends[k], **r, 'wall': share(k), 'objective': objective}
+  return [{**r, 'wall': share(k)} if 'error' in r else
+          {'step': ends[k], **r, 'wall': share(k), 'objective': objective}
           for k, r in enumerate(results)]
 
 

@@ -215,8 +215,6 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
     for r, rec in zip(todo, recs):
       rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
-      if len(todo) > 1:
-        rec['pack'] = [x.name for x in todo]
       os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
       workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
       results.append(rec)
@@ -230,7 +228,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
           f'({r.name}: {rec["status"]}'
           + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
              f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s'
-          + (f', packed with {len(todo) - 1} more' if len(todo) > 1 else '') + ')')
+          + (f', packed with {len(rec["pack"]) - 1} more' if 'pack' in rec else '') + ')')
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
   log('[sweep] ' + wall_line(wall_breakdown(results)))
   return results
@@ -318,7 +316,8 @@ def _job(cd_dict: dict, workdir: str, names: str, *after) -> None:
 
 def _record(out: dict) -> dict:
   if 'error' in out:
-    return {'status': 'failed', 'error': out['error'][:500]}
+    return {'status': 'failed', 'error': out['error'][:500],
+            **({'wall': out['wall']} if 'wall' in out else {})}
   h = out['objective'].headline
   return {'status': 'done', 'final_loss': out['loss'], 'headline': h,
           'final_headline': out[h], 'wall': out['wall']}
@@ -343,7 +342,9 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
     configs = [run_config(cd, todo[i], s.evals_per_run) for i in live]
     rdirs = [os.path.join(workdir, 'runs', todo[i].name) for i in live]
     if len(live) > 1:
-      outs = [_record(o) for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
+      names = [todo[i].name for i in live]  # The members that trained together.
+      outs = [{**_record(o), 'pack': names}
+              for o in pack_lib.train_pack(configs, rdirs, log=lambda *_: None)]
     elif live:
       outs = [_record(train.train_and_evaluate(configs[0], rdirs[0], log=lambda *_: None))]
     else:

@@ -296,7 +296,12 @@ def _build(c: Config, devices: list, byte_lengths: np.ndarray | None) -> Trainer
   rows_sh = shard_lib.batch_sharding(mesh, c.rules, ndim=1)
   if byte_lengths is None:
     byte_lengths = np.ones(c.model.vocab_size, np.float32)
-  train_step = jax.jit(make_train_step(c, model, tx), in_shardings=(shardings, batch_sh, None),
+  step = make_train_step(c, model, tx)
+
+  def train_step(state: TrainState, batch: dict, sched: dict) -> tuple[TrainState, dict]:
+    return step(state, batch, sched)  # sched required: a cached Trainer serves many runs.
+
+  train_step = jax.jit(train_step, in_shardings=(shardings, batch_sh, None),
                        out_shardings=(shardings, None), donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(c, model, byte_lengths),
                       in_shardings=(shardings.params, batch_sh, rows_sh))

@@ -120,10 +120,12 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
     assert json.load(f)['status'] == 'done'
 
 
+@pytest.mark.slow
 def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_path, corpus_dir):
   """train.on_nonfinite=skip in a pack: the diverging member's non-finite steps
-  leave its parameters alone and it halts after train.max_skips in a row, as a
-  single run does, while its pack-mate trains on; a member already at its end
+  leave its parameters alone and it halts after train.max_skips skipped metric
+  rows in a row (rows every 2 steps, checkpoints every 3: at step 8), as a
+  single run does, while its pack-mates train on; a member already at its end
   in a later pack is not trained again (its result read back), and every
   member's 'wall' and train rows' 'pack' (the stack's width) say what it cost."""
   import dataclasses as dc
@@ -132,35 +134,57 @@ def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_pa
 
   from lm import metrics
   base = tiny(corpus_dir, **{'train.on_nonfinite': 'skip', 'train.max_skips': 3,
-                             'opt.grad_clip': 0.0, 'opt.warmup_steps': 0, 'train.steps': 8,
+                             'opt.grad_clip': 0.0, 'opt.warmup_steps': 0, 'train.steps': 10,
                              'train.checkpoint_every': 4, 'train.eval_every': 4})
   ok = dc.replace(base, name='ok')
-  bad = dc.replace(base, name='bad', opt=dc.replace(base.opt, lr=1e30))
+  bad = dc.replace(base, name='bad', opt=dc.replace(base.opt, lr=1e30), train=dc.replace(
+      base.train, log_every=2, checkpoint_every=3))
   short = dc.replace(base, name='short', train=dc.replace(base.train, steps=4))
   wds = [str(tmp_path / n) for n in ('ok', 'bad', 'short')]
   out = pack.train_pack([ok, bad, short], wds, log=lambda *_: None)
+  with pytest.raises(FloatingPointError, match='4 steps in a row had a non-finite loss') as e:
+    train.train_and_evaluate(bad, str(tmp_path / 'bad_alone'), log=lambda *_: None)
+  assert 'at step 8;' in str(e.value)
   assert out[1]['error'].startswith('4 steps in a row had a non-finite loss'), out[1]
-  assert json.loads(open(os.path.join(wds[1], 'nonfinite.json')).read())['step'] == 5
+  assert json.loads(open(os.path.join(wds[1], 'nonfinite.json')).read())['step'] == 8
   rows = metrics.read(wds[1], 'train')
-  assert sum(r.get('skipped', 0) for r in rows) >= 3
-  for prev, row in zip(rows, rows[1:]):  # A skipped step leaves the parameters alone.
-    if row.get('skipped'):
-      assert row['param_norm'] == prev['param_norm'], (prev, row)
-  assert 'error' not in out[0] and out[0]['step'] == 8
-  assert [r['pack'] for r in metrics.read(wds[0], 'train')] == [3] * 4 + [2] + [1] * 3
-  # The short member trained 4 of the pack's 4 + 5 + 8 member-steps: its train
-  # share is 4/17 of the step time; 'ok' paid its own 2 evaluations.
-  w_ok, w_short = out[0]['wall'], out[2]['wall']
-  np.testing.assert_allclose(w_short['train'] / w_ok['train'], 4 / 8, rtol=1e-6)
+  assert [r['step'] for r in rows] == [2, 4, 6] and all(r['skipped'] for r in rows)
+  assert len({r['param_norm'] for r in rows}) == 1  # Skipped steps leave the parameters alone.
+  assert 'error' not in out[0] and out[0]['step'] == 10
+  assert [r['pack'] for r in metrics.read(wds[0], 'train')] == [3] * 4 + [2] * 4 + [1] * 2
+  # Of the pack's 10 + 8 + 4 member-steps 'short' trained 4: its share of the
+  # step time is 4/22, 'ok''s 10/22; 'ok' paid its own 3 evaluations.
+  w_ok, w_bad, w_short = (o['wall'] for o in out)
+  np.testing.assert_allclose(w_short['train'] / w_ok['train'], 4 / 10, rtol=1e-6)
+  np.testing.assert_allclose(w_bad['train'] / w_ok['train'], 8 / 10, rtol=1e-6)
   assert w_ok['eval'] > w_short['eval'] > 0 and w_ok['setup'] == w_short['setup']
   # 'short' again, now packed with a fresh member: resumed at its end, it is
   # evaluated from its metrics, not trained, and its rows are not repeated.
   again = pack.train_pack([short, dc.replace(short, name='new')],
                           [wds[2], str(tmp_path / 'new')], log=lambda *_: None)
-  assert again[0]['loss'] == out[2]['loss']
+  assert again[0]['loss'] == out[2]['loss'] and again[0]['wall']['train'] == 0
   assert [r['step'] for r in metrics.read(wds[2], 'train')] == [1, 2, 3, 4]
   assert [r['step'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1, 2, 3, 4]
   assert [r['pack'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1] * 4
+
+
+def test_build_reuses_the_compiled_steps_of_a_shape():
+  """Runs that differ only in what a run reads as inputs (train.RUN_INPUTS:
+  the pack's per-member fields) share one Trainer's jitted steps, each with its
+  own config and schedule; another shape builds its own."""
+  a = train.resolve_vocab(tiny(**{'train.steps': 6}), 259)
+  b = dataclasses.replace(a, name='b', opt=dataclasses.replace(a.opt, lr=0.5),
+                          train=dataclasses.replace(a.train, seed=3, steps=9))
+  wide = dataclasses.replace(a, model=dataclasses.replace(a.model, mlp_dim=128))
+  devs = jax.devices()[:1]
+  ta, tb, tw = (train.build(c, devs) for c in (a, b, wide))
+  assert train.shape_of(a) == train.shape_of(b) != train.shape_of(wide)
+  assert tb.train_step is ta.train_step and tb.init_step is ta.init_step
+  assert tw.train_step is not ta.train_step
+  assert tb.cfg is b and int(tb.sched['total_steps']) == 9 and float(tb.sched['lr']) == 0.5
+  with tb.context():  # b's own seed.
+    k_a, k_b = (jax.random.key_data(t.init().rng) for t in (ta, tb))
+  assert not np.array_equal(k_a, k_b)
 
 
 def test_bench_pack_times_both_ways_with_the_member_axis_split():

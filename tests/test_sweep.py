@@ -270,6 +270,7 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   assert again[runs[1].name]['status'] == 'failed'
   assert 'does not exist yet' in again[runs[1].name]['error']
   np.testing.assert_allclose(again[runs[2].name]['final_loss'], res[2]['final_loss'], rtol=2e-4)
+  assert 'pack' not in again[runs[2].name]  # It trained alone.
 
 
 def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir):
