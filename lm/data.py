@@ -322,7 +322,8 @@ def token_splits(d: DataConfig, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batched(source, local_batch: int, seed: int, process_index: int = 0,
-            process_count: int = 1, transform=None) -> grain.IterDataset:
+            process_count: int = 1, transform=None,
+            read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """Any random-access source, shuffled per epoch, repeated, this process's rows.
 
   `transform(example, rng)` (an objective's corruption) runs before the rows
@@ -335,12 +336,13 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
   if transform is None and hasattr(source, 'gather'):
     ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
     ds = ds[process_index::process_count]
-    return ds.batch(local_batch, drop_remainder=True).map(source.gather).to_iter_dataset()
+    return ds.batch(local_batch, drop_remainder=True).map(source.gather).to_iter_dataset(
+        read_options)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   if transform is not None:
     ds = ds.random_map(transform, seed=seed)
   ds = ds[process_index::process_count]
-  return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+  return ds.batch(local_batch, drop_remainder=True).to_iter_dataset(read_options)
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch: int, num_batches: int,

@@ -202,3 +202,11 @@ def test_batch_reads_equal_row_reads_and_share_their_iterator_state():
       resumed.set_state(rows.get_state())
       x, y = as_dict(next(rows)), as_dict(next(resumed))
       assert all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_bench_data_times_both_paths(corpus_dir):
+  """tools/bench_data, small: row reads and batch reads of a tiny config's data."""
+  from tests.helpers import tiny_cd
+  from tools import bench_data
+  out = bench_data.measure(tiny_cd(corpus_dir), batches=3)
+  assert set(out) == {'rows', 'batch'} and all(v > 0 for v in out.values())
