@@ -107,6 +107,9 @@ def main(argv):
                     log=lambda m: print(f'[worker {i + 1}/{n}] {m}', flush=True))
       return
     if _MODE.value == 'run':
+      # Before the lock a coordinator (workers, executors) takes there.
+      workdir.check_writable(wd, 'the sweep directory')
+      sweep.check_finished(cd, wd, runs)
       if sweep.split(cd)[1].executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:

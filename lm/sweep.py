@@ -174,6 +174,34 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
     return _run_all(cd, workdir, only, log, None)
 
 
+def check_finished(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) -> None:
+  """Refuses a sweep whose finished runs were trained with another config
+  than this one gives them (e.g. a changed --config.model.* on rerun): the
+  sweep would otherwise skip them and report their old results under the new
+  config."""
+  _, s = split(cd)
+  for r in runs:
+    rdir = os.path.join(workdir, 'runs', r.name)
+    if not (os.path.exists(_result_path(workdir, r.name))
+            and os.path.exists(os.path.join(rdir, 'config.json'))):
+      continue
+    with open(os.path.join(rdir, 'config.json')) as f:
+      old = json.load(f)
+    c = train.resolve(run_config(cd, r, s.evals_per_run))[0]  # As the run stored it.
+    new = json.loads(json.dumps(config_lib.to_dict(c)))
+    diffs = []
+    for sec, v in new.items():
+      if isinstance(v, dict):
+        diffs += [f'{sec}.{k}' for k in v if old.get(sec, {}).get(k) != v[k]]
+      elif old.get(sec) != v:
+        diffs.append(sec)
+    if diffs:
+      raise config_lib.ConfigError(
+          f'{r.name} in {workdir} was trained with another config (differing: '
+          f'{", ".join(diffs[:6])}); rerun with the config it was trained with, use another '
+          f'--workdir, or delete {rdir} to train it again')
+
+
 def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
              worker: tuple[int, int] | None) -> list[dict]:
   runs = make_plan(cd)
@@ -186,6 +214,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     runs = [r for r in runs if r.name in names]
   elif not worker:
     write_plan(workdir, runs)
+  check_finished(cd, workdir, runs)
   units = plan_packs(cd, runs)
   if worker:
     units = assign(units, worker[1])[worker[0]]

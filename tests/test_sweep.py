@@ -183,6 +183,11 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   pngs += ['isoflop.png', 'optimal_vs_compute.png'] if "k' = " in text else []
   for png in pngs:
     assert os.path.getsize(os.path.join(wd, 'report', png)) > 1000, png
+  # Rerun with another config: its finished runs are not passed off as this
+  # config's results.
+  cd.opt.lr = 0.5
+  with pytest.raises(ConfigError, match=r'was trained with another config \(differing: opt.lr\)'):
+    sweep.run_all(cd, wd, log=lambda *_: None)
 
 
 def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir):

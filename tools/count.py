@@ -40,11 +40,13 @@ def main(argv):
   del argv
   F = flags.FLAGS
   try:
-    run_cd, s = sweep.split(F.config)
+    # A run config has no sweep section (and needs none without --ladder).
+    run_cd, s = sweep.split(F.config) if 'sweep' in F.config else (F.config, None)
     c = sweep._resolved(config_lib.from_configdict(run_cd))
     models = [c.model]
     if F.ladder:
-      aspect, hd = F.aspect or s.aspect, F.head_dim or s.head_dim
+      aspect = F.aspect or (s.aspect if s else 0)
+      hd = F.head_dim or (s.head_dim if s else 0)
       if aspect <= 0 or hd <= 0:
         raise config_lib.ConfigError(f'--aspect={aspect} and --head_dim={hd} must be > 0')
       try:
