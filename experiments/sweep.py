@@ -33,7 +33,8 @@ _MODE = flags.DEFINE_enum('mode', 'run', ['run', 'plan', 'commands', 'collect'],
 _ONLY = flags.DEFINE_string('only', '', 'Run only this run.')
 _JSON = flags.DEFINE_bool('json', False, 'With --mode=commands: a JSON list.')
 _REPORT = flags.DEFINE_bool('report', True, 'Write the report after running or collecting.')
-_WORKERS = flags.DEFINE_integer('workers', 0, 'Local worker processes (0: sweep.workers).')
+_WORKERS = flags.DEFINE_integer('workers', 0, 'Local worker processes (0: sweep.workers).',
+                                lower_bound=0)
 _WORKER = flags.DEFINE_string('worker', '', 'Internal: i/n, run worker i\'s share of n.')
 
 

@@ -200,7 +200,8 @@ import time
 from absl import app, flags
 
 _CONFIGS = flags.DEFINE_string('configs', 'tiny,small,medium', 'Comma-separated names.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per config (after 2 warm-up steps).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per config (after 2 warm-up steps).',
+                              lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'nn.scan over layers.')
 _MESH = flags.DEFINE_string('mesh', '', 'data,fsdp,tensor sizes (-1: the rest); empty: 1 device.')
@@ -212,11 +213,12 @@ _SEQ = flags.DEFINE_integer('seq_len', 0, 'Sequence length override (0: the conf
 _BLOCK = flags.DEFINE_integer('attn_block', 128, 'model.attn_block (query/key block length).')
 _REMAT = flags.DEFINE_string('remat', 'none', 'model.remat policy.')
 _PACK = flags.DEFINE_integer('pack', 0, 'K > 0: K packed members (lm/pack.py) vs the same K '
-                             'run one after another, at d_model 16, 32 and 64.')
+                             'run one after another, at d_model 16, 32, 64 and 128.',
+                             lower_bound=0)
 _PACK_DEVICES = flags.DEFINE_integer(
     'pack_devices', 1, 'With --pack on CPU: split the packed step\'s member axis over this '
     'many CPU devices (XLA\'s host device count; lm/pack.member_mesh), as a sweep on a pod '
-    'splits it over its devices; the one-after-another runs keep one device.')
+    'splits it over its devices; the one-after-another runs keep one device.', lower_bound=1)
 _KEEP = flags.DEFINE_bool('keep_freed_memory', True,
                           'lm/host.py\'s allocator setting, as the entry points apply it; '
                           '--nokeep_freed_memory measures without it.')
@@ -440,4 +442,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)
