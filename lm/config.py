@@ -360,7 +360,9 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
   if not 0.0 < s.cooldown_fraction <= 1.0:
     raise _err('sweep.cooldown_fraction', s.cooldown_fraction, 'must be in (0, 1]')
   if s.bootstrap < 0:
-    raise _err('sweep.bootstrap', s.bootstrap, 'must be >= 0')
+    raise _err('sweep.bootstrap', s.bootstrap, 'must be >= 0 (0: estimates without intervals)')
+  if s.job_gpus < 0:
+    raise _err('sweep.job_gpus', s.job_gpus, 'must be >= 0')
   return s
 
 

@@ -55,9 +55,9 @@ def _fmt(v: float) -> str:
 
 
 def _ci(ci: dict, k: str, transform=None) -> str:
-  """'[lo, hi]', or why there is none (every bootstrap refit failed)."""
+  """'[lo, hi]', or why there is none (no resamples asked for, or every refit failed)."""
   if k not in ci:
-    return 'none: every bootstrap refit failed'
+    return 'none: sweep.bootstrap = 0' if ci['_failed'][1] == 0 else 'none: every bootstrap refit failed'
   lo, hi = ci[k]
   if transform is not None:
     lo, hi = transform(lo), transform(hi)
@@ -371,7 +371,7 @@ def _approach2(t: _Table):
          'log_kd', 'b')]):
       ax.scatter(a2.budgets, pts, color='k', zorder=3)
       ax.plot(cs, law(cs), label=f'{label} ∝ C^{law.exponent:.3f}')
-      if kk in draws:
+      if len(draws.get(kk, ())):
         band = np.exp(draws[kk][:, None] + draws[ee][:, None] * np.log(cs)[None, :])
         ax.fill_between(cs, *np.percentile(band, [2.5, 97.5], axis=0), alpha=0.25,
                         label='95% bootstrap band')
@@ -403,8 +403,8 @@ def _approach3(t: _Table):
               if f3.start_on_grid_edge else '(inside the grid). ')
            + f'Bootstrap refits start from the full fit\'s optimum; failed: '
            f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
-    wide = [k for k in ('E', 'alpha', 'beta') if k not in ci3 or
-            ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))]
+    wide = [k for k in ('E', 'alpha', 'beta') if ci3['_failed'][1] and (k not in ci3 or
+            ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k)))]
     if f3.E < 1e-3 * float(loss.min()):
       md += [f'**E is at its lower bound (E = {_fmt(f3.E)} ≈ 0):** the fit puts the whole '
              'loss into the power-law terms, and refits that start there stay there, so '

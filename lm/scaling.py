@@ -201,7 +201,8 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
   a, log_kn = slope_intercept(log_n)
   b, log_kd = slope_intercept(log_d)
   draws = {'a': a, 'b': b, 'log_kn': log_kn, 'log_kd': log_kd}
-  draws = {k: v[np.isfinite(v)] for k, v in draws.items()}
+  finite = np.all([np.isfinite(v) for v in draws.values()], 0)  # Rows stay paired.
+  draws = {k: v[finite] for k, v in draws.items()}
   if draws_out is not None:
     draws_out.update(draws)
   out = _percentiles(draws, level)
@@ -216,7 +217,7 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
             'log_kn': math.log(fit.N_opt.k), 'log_kd': math.log(fit.D_opt.k)}
   for k, (lo, hi) in list(out.items()):
     out[k] = (centre[k] - factor * (centre[k] - lo), centre[k] + factor * (hi - centre[k]))
-  out['_failed'] = (int(resamples - ok.sum()), resamples)
+  out['_failed'] = (int(resamples - finite.sum()), resamples)  # Non-convex or non-finite.
   out['_lack_of_fit'] = factor
   return out
 
@@ -418,6 +419,8 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   all refits at once (lm/scaling.minimize). A refit that does not converge
   (gradient norm above 1e-6) or is not finite counts as failed."""
   n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
+  if resamples == 0:
+    return {'_failed': (0, 0)}
   rng = np.random.default_rng(seed)
   P = len(loss)
   w = np.stack([np.bincount(rng.integers(0, P, P), minlength=P) for _ in range(resamples)])

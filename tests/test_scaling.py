@@ -186,6 +186,50 @@ def test_fit_tool_reports_an_interval_no_refit_produced():
       '[0.4, 0.6] (2 of 30 refits failed)')
 
 
+def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
+  """tools.fit end to end: both methods on a table from the known law (with and
+  without intervals); a missing, malformed or empty table is one line, exit 2."""
+  import csv
+  import subprocess
+  import sys
+  rng = np.random.default_rng(0)
+  rows = []
+  for c in (1e15, 1e16, 1e17, 1e18):
+    for n in np.geomspace(c ** 0.5 / 40, c ** 0.5 / 2, 7):
+      d = c / (6 * n)
+      rows.append(dict(name=f'r{len(rows)}', status='done', budget=c, N=n, D=d, C_exact=c,
+                       final_loss=law(n, d) + rng.normal(0, 0.005)))
+  good = tmp_path / 'results.csv'
+  with open(good, 'w') as f:
+    w = csv.DictWriter(f, list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  (tmp_path / 'bad.jsonl').write_text('{"N": 1}\nnot json\n')
+  (tmp_path / 'empty.csv').write_text('N,D\n')
+
+  def fit(*args):
+    return subprocess.run([sys.executable, '-m', 'tools.fit', *args], capture_output=True,
+                          text=True)
+
+  out = fit(f'--results={good}', '--bootstrap=0')
+  assert out.returncode == 0, out.stderr
+  a = float(out.stdout.split('\na ')[1].split()[0])
+  assert abs(a - BETA / (ALPHA + BETA)) < 0.02 and 'CI none (--bootstrap=0)' in out.stdout
+  out = fit(f'--results={good}', '--method=2', '--bootstrap=200')
+  lo, hi = (float(x) for x in out.stdout.split('a 95% CI [')[1].split(']')[0].split(', '))
+  assert out.returncode == 0 and lo < BETA / (ALPHA + BETA) < hi, out.stdout
+  for args, want in (([f'--results={tmp_path}/none.csv'], 'No such file'),
+                     ([f'--results={tmp_path}'], 'Is a directory'),
+                     ([f'--results={tmp_path}/bad.jsonl'], 'line 2 is not JSON'),
+                     ([f'--results={tmp_path}/empty.csv'], 'holds no finished runs'),
+                     ([f'--results={good}', '--convention=bogus'], '--convention'),
+                     ([f'--results={good}', '--bootstrap=-1'], '--bootstrap')):
+    out = fit(*args)
+    assert out.returncode == 2 and want in out.stderr and 'Traceback' not in out.stderr, (
+        args, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_report_noise_and_agreement_lines():
   """Seed-to-seed spread beside the parabolas' residuals; agreement of the a's."""
   from lm import report

@@ -183,6 +183,13 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   pngs += ['isoflop.png', 'optimal_vs_compute.png'] if "k' = " in text else []
   for png in pngs:
     assert os.path.getsize(os.path.join(wd, 'report', png)) > 1000, png
+  # No bootstrap asked for: estimates without intervals, said so (it crashed).
+  cd.sweep.bootstrap = 0
+  text0 = open(report.write_report(cd, wd)).read()
+  assert 'none: sweep.bootstrap = 0' in text0 and 'every bootstrap refit failed' not in text0
+  fits0 = json.load(open(os.path.join(wd, 'report', 'fits.json')))
+  assert fits0 and all(e['ci95'] is None for fit in fits0.values() for e in fit.values())
+  cd.sweep.bootstrap = 1000
   # Rerun with another config: its finished runs are not passed off as this
   # config's results.
   cd.opt.lr = 0.5

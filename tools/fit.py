@@ -14,24 +14,39 @@ import numpy as np
 from absl import app, flags
 
 from lm import scaling
-
+from lm.config import CONVENTIONS
 
 
 def _define_flags() -> None:
   """Flags exist only when this runs as a program, so tests can import it."""
   flags.DEFINE_string('results', None, 'results.csv or results.jsonl.')
   flags.DEFINE_enum('method', '3', ['2', '3'], 'Hoffmann approach 2 or 3.')
-  flags.DEFINE_string('convention', 'exact', 'Which C_<convention> column is C.')
+  flags.DEFINE_enum('convention', 'exact', list(CONVENTIONS), 'Which C_<convention> column is C.')
   flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
-  flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples.')
+  flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).', lower_bound=0)
   flags.mark_flags_as_required(['results'])
 
 
 def read(path: str) -> list[dict]:
-  with open(path) as f:
-    if path.endswith('.jsonl'):
-      return [json.loads(line) for line in f if line.strip()]
-    return list(csv.DictReader(f))
+  """The rows of a results table; a file that is not one is a FitError naming it."""
+  try:
+    with open(path) as f:
+      if path.endswith('.jsonl'):
+        rows = []
+        for i, line in enumerate(f):
+          if line.strip():
+            try:
+              rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+              raise scaling.FitError(f'{path}: line {i + 1} is not JSON ({e.msg})') from None
+            if not isinstance(rows[-1], dict):
+              raise scaling.FitError(f'{path}: line {i + 1} is not a JSON object')
+        return rows
+      return list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    raise scaling.FitError(f'--results={path} cannot be read as a results table: {why} '
+                           '(a results.csv or results.jsonl that experiments.sweep wrote)') from None
 
 
 def column(rows, key) -> np.ndarray:
@@ -50,6 +65,8 @@ def column(rows, key) -> np.ndarray:
 
 
 def _interval(ci: dict, k: str) -> str:
+  if not ci['_failed'][1]:
+    return 'none (--bootstrap=0)'
   if k not in ci:
     return f'none: all {ci["_failed"][1]} bootstrap refits failed'
   return f'[{ci[k][0]:.4g}, {ci[k][1]:.4g}] ({ci["_failed"][0]} of {ci["_failed"][1]} refits failed)'
@@ -60,6 +77,8 @@ def main(argv):
   F = flags.FLAGS
   try:
     rows = [r for r in read(F.results) if r.get('status', 'done') == 'done']
+    if not rows:
+      raise scaling.FitError(f'--results={F.results} holds no finished runs')
     n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
@@ -68,6 +87,9 @@ def main(argv):
         print(f'{k:6s} {getattr(f, k):.4g}  95% CI {_interval(ci, k)}')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
             f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
+      if f.E < 1e-3 * float(loss.min()):
+        print(f'warning: E = {f.E:.3g} is at its lower bound (0): the fit puts all the loss in '
+              'the power-law terms and the intervals of E, A and alpha are not informative')
     else:
       budget, c = column(rows, 'budget'), column(rows, f'C_{F.convention}')
       tokens_for = scaling.tokens_at(n, c, d)
