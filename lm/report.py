@@ -617,16 +617,21 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
 
 # --- Learning-rate sweeps (design 'lr') ----------------------------------------
 
-def lr_optimum(curve: list[tuple[float, float]]) -> dict:
+def lr_optimum(curve: list[tuple[float, float]], failed_lrs=()) -> dict:
   """The best grid LR of a (lr, loss) curve and the parabola in log LR through
   it and its two neighbours: its minimum (between those neighbours) is the
-  fitted optimum, unless the best grid LR is at an end of the grid (then the
-  optimum may lie beyond it)."""
+  fitted optimum, unless the best grid LR is at an end of the curve (then the
+  optimum may lie beyond it: 'edge'). A larger LR whose run failed (diverged)
+  bounds the optimum from above, so a best LR just below it is no edge
+  ('bounded_by_failure'), though no parabola is fitted through a failure."""
   lrs, losses = map(np.array, zip(*sorted(curve)))
   i = int(np.argmin(losses))
+  above = [lr for lr in failed_lrs if lr > lrs[-1]]
+  bounded = i == len(lrs) - 1 and bool(above) and i > 0
   out = {'best_lr': float(lrs[i]), 'best_loss': float(losses[i]),
-         'edge': i in (0, len(lrs) - 1), 'fitted_lr': None, 'fitted_loss': None}
-  if out['edge']:
+         'edge': i in (0, len(lrs) - 1) and not bounded, 'fitted_lr': None,
+         'fitted_loss': None, 'bounded_by_failure': float(min(above)) if bounded else None}
+  if i in (0, len(lrs) - 1):
     return out
   x = np.log(lrs[i - 1:i + 2])
   c2, c1, c0 = np.polyfit(x, losses[i - 1:i + 2], 2)
@@ -651,28 +656,38 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
         'loss = final validation loss (nats per target token), averaged over seeds. The '
         'fitted optimum is the minimum of the parabola in log LR through the best grid LR '
         'and its two neighbours.', '',
-        '| N | d_model | tokens | best grid lr | loss | seed sd | fitted lr* | loss at lr* |',
-        '|---|---|---|---|---|---|---|---|']
+        '| N | d_model | tokens | best grid lr | loss | seed sd | fitted lr* | loss at lr* | '
+        'not finished |', '|---|---|---|---|---|---|---|---|---|']
   summary, fig = {}, plt.figure(figsize=(6.5, 4.5))
   ax = fig.gca()
   for k, n in enumerate(sizes):
     mine = [r for r in rows if r['N'] == n]
     by_lr = _losses_by_lr(mine)
     curve = sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
-    o = lr_optimum(curve)
+    # Runs of this size that did not finish: a failed (diverged) larger LR
+    # bounds the optimum; a pending one leaves it open.
+    unfinished = sorted((r['lr'], r['status']) for r in excluded if r.get('N') == n)
+    o = lr_optimum(curve, [lr for lr, st in unfinished if st == 'failed'])
     sd = float(np.std(by_lr[o['best_lr']], ddof=1)) if len(by_lr[o['best_lr']]) > 1 else None
     summary[str(int(n))] = {**o, 'seed_sd_at_best': sd, 'd_model': mine[0]['d_model'],
-                            'curve': curve}
+                            'curve': curve, 'unfinished': unfinished}
+    where = (' (edge of the finished runs)' if o['edge'] else
+             f' (lr {o["bounded_by_failure"]:.3g} failed)' if o['bounded_by_failure'] else '')
     md.append(f'| {int(n):,} | {mine[0]["d_model"]} | {int(mine[0]["D"]):,} | '
-              f'{o["best_lr"]:.3g}{" (grid edge)" if o["edge"] else ""} | '
+              f'{o["best_lr"]:.3g}{where} | '
               f'{_fmt(o["best_loss"])} | {"-" if sd is None else _fmt(sd)} | '
               f'{"-" if o["fitted_lr"] is None else format(o["fitted_lr"], ".3g")} | '
-              f'{"-" if o["fitted_loss"] is None else _fmt(o["fitted_loss"])} |')
+              f'{"-" if o["fitted_loss"] is None else _fmt(o["fitted_loss"])} | '
+              f'{", ".join(f"{lr:.3g} {st}" for lr, st in unfinished) or "-"} |')
     color = plt.cm.viridis(k / max(len(sizes) - 1, 1))
     ax.plot(*zip(*curve), 'o-', color=color, label=f'N={int(n):,}')
     if o['fitted_lr'] is not None:
       ax.plot([o['fitted_lr']], [o['fitted_loss']], '*', ms=14, color=color)
   md.append('')
+  lost = sorted({r['N'] for r in excluded if 'N' in r} - set(sizes))
+  if lost:
+    md += [f'No finished run at N = {", ".join(f"{int(n):,}" for n in lost)} (see Excluded '
+           'runs).', '']
   fitted = [(float(n), v['fitted_lr']) for n, v in summary.items() if v['fitted_lr']]
   if len(fitted) >= 2:
     law = scaling.fit_power_law(*map(np.array, zip(*fitted)))

@@ -484,6 +484,33 @@ def test_lr_optimum_of_a_curve():
   assert o['fitted_lr'] == pytest.approx(3e-3, rel=1e-6) and not o['edge']
   o = report.lr_optimum([(lr, 3.0 - lr) for lr in lrs])  # Still falling at the largest LR.
   assert o['edge'] and o['fitted_lr'] is None and o['best_lr'] == lrs[-1]
+  # The next LR was tried and diverged: the optimum is bounded, not on an edge.
+  o = report.lr_optimum([(lr, 3.0 - lr) for lr in lrs[:-1]], failed_lrs=[lrs[-1]])
+  assert not o['edge'] and o['bounded_by_failure'] == lrs[-1] and o['best_lr'] == lrs[-2]
+
+
+def test_lr_report_shows_runs_that_did_not_finish(tmp_path):
+  """A diverged LR bounds its size's optimum; pending and failed runs are named
+  in the size's row, and a size with no finished run is said to have none."""
+  from lm import report
+  lrs = [1e-3, 1e-2, 1e-1]
+  rows = [{'name': f'n1_lr{lr}', 'status': 'done', 'N': 1000, 'd_model': 16, 'D': 2e4,
+           'lr': lr, 'final_loss': 3.0 - i} for i, lr in enumerate(lrs[:2])]
+  rows += [{'name': f'n2_lr{lr}', 'status': 'done', 'N': 4000, 'd_model': 32, 'D': 2e4,
+            'lr': lr, 'final_loss': 3.0 - i} for i, lr in enumerate(lrs[:2])]
+  excluded = [{'name': 'n1_lr0.1', 'status': 'failed', 'N': 1000, 'lr': 0.1,
+               'reason': 'failed: non-finite loss'},
+              {'name': 'n2_lr0.1', 'status': 'pending', 'N': 4000, 'lr': 0.1,
+               'reason': 'pending'},
+              {'name': 'n3_lr0.1', 'status': 'failed', 'N': 16000, 'lr': 0.1,
+               'reason': 'failed: out of memory'}]
+  md = open(report._lr_report(str(tmp_path), rows, excluded)).read()
+  summary = json.load(open(tmp_path / 'report' / 'lr.json'))
+  assert summary['1000']['bounded_by_failure'] == 0.1 and not summary['1000']['edge']
+  assert summary['4000']['edge'] and summary['4000']['bounded_by_failure'] is None
+  assert '| 0.01 (lr 0.1 failed) |' in md and '| 0.1 failed |' in md
+  assert '| 0.01 (edge of the finished runs) |' in md and '| 0.1 pending |' in md
+  assert 'No finished run at N = 16,000' in md and '- n3_lr0.1: failed: out of memory' in md
 
 
 @pytest.mark.slow
