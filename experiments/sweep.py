@@ -4,7 +4,8 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
   --mode=run       run every run not yet done, one after another (default), then
                    collect results.csv/jsonl and write the report (--report)
   --mode=plan      print the plan (N, D, C per run) and stop
-  --mode=commands  print one command per run (--json: a JSON run list) for a cluster
+  --mode=commands  print one command per run, or per pack with sweep.pack > 1 (--json,
+                   alone or with it: a JSON list), for a cluster
   --mode=collect   tabulate results (after cluster runs) and write the report
   --only=NAME      run just that run (what each cluster command does; a comma-separated
                    list runs those, packed as the plan packs them)
@@ -86,6 +87,11 @@ def main(argv):
   wd = _WORKDIR.value
   try:
     cd = _CONFIG.value
+    if _JSON.value and _MODE.value != 'commands':
+      if flags.FLAGS['mode'].present:
+        raise config_lib.ConfigError(f'--json lists the commands of --mode=commands, not of '
+                                     f'--mode={_MODE.value}')
+      flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
     runs = sweep.make_plan(cd)
     if _MODE.value == 'plan':
       units = sweep.plan_packs(cd, runs)
@@ -96,8 +102,8 @@ def main(argv):
       print(f'{len(runs)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})')
       return
     if _MODE.value == 'commands':
-      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, runs,
-                            sweep.config_overrides(sys.argv[1:]))
+      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd,
+                            sweep.plan_packs(cd, runs), sweep.config_overrides(sys.argv[1:]))
       print(json.dumps(cmds, indent=1) if _JSON.value else '\n'.join(c['command'] for c in cmds))
       return
     sweep.use_compile_cache(wd)

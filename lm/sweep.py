@@ -472,18 +472,24 @@ def config_overrides(argv: list[str]) -> list[str]:
   return out
 
 
-def commands(cd_arg: str, workdir: str, runs: list[plan.Run], overrides: list[str] = ()
+def commands(cd_arg: str, workdir: str, units: list[list[plan.Run]], overrides: list[str] = ()
              ) -> list[dict]:
-  """One launchable command per run (e.g. one cluster job or TPU pod each),
-  carrying the sweep's --config.* overrides so every job runs this plan."""
+  """One launchable command per pack (plan_packs; a run alone when sweep.pack
+  is 1), e.g. one cluster job or TPU pod each, carrying the sweep's --config.*
+  overrides so every job runs this plan. 'after' names the runs outside the
+  pack that must finish first (a WSD branch's stable run)."""
   extra = ''.join(' ' + shlex.quote(o) for o in overrides)
   out = []
-  for r in runs:
+  for u in units:
+    names = [r.name for r in u]
+    only = ','.join(names)
     cmd = (f'python -m experiments.sweep --config={shlex.quote(cd_arg)} '
-           f'--workdir={shlex.quote(workdir)}{extra} --only={r.name}')
-    out.append({'name': r.name, 'command': cmd, 'workdir': os.path.join(workdir, 'runs', r.name),
-                'after': r.branch_from, **{k: v for k, v in dataclasses.asdict(r).items()
-                                           if k in ('n', 'tokens', 'compute', 'budget')}})
+           f'--workdir={shlex.quote(workdir)}{extra} --only={only}')
+    after = sorted({r.branch_from for r in u if r.branch_from} - set(names))
+    out.append({'name': only, 'command': cmd, 'after': after, 'runs': [
+        {'name': r.name, 'workdir': os.path.join(workdir, 'runs', r.name),
+         **{k: v for k, v in dataclasses.asdict(r).items()
+            if k in ('n', 'tokens', 'compute', 'budget')}} for r in u]})
   return out
 
 

@@ -319,17 +319,25 @@ def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   assert len(runs) == 6 * 4 and len({r.name for r in runs}) == 24
   assert {(r.overrides['opt.lr'], r.overrides['train.seed']) for r in runs} == {
       (1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
-  cmds = sweep.commands('configs/x.py', '/sw', runs)
+  cmds = sweep.commands('configs/x.py', '/sw', [[r] for r in runs])
   assert cmds[0]['command'] == ('python -m experiments.sweep --config=configs/x.py '
                                 f'--workdir=/sw --only={runs[0].name}')
   argv = ['--workdir=/sw', '--config.opt.lr=1e-3', '--config.sweep.budgets', '(1e9, 2e9)']
   assert sweep.config_overrides(argv) == ['--config.opt.lr=1e-3',
                                           '--config.sweep.budgets=(1e9, 2e9)']
-  cmd = sweep.commands('configs/x.py', '/sw', runs[:1], sweep.config_overrides(argv))[0]
+  cmd = sweep.commands('configs/x.py', '/sw', [runs[:1]], sweep.config_overrides(argv))[0]
   assert cmd['command'] == ("python -m experiments.sweep --config=configs/x.py --workdir=/sw "
                             "--config.opt.lr=1e-3 '--config.sweep.budgets=(1e9, 2e9)' "
                             f'--only={runs[0].name}')
-  assert json.loads(json.dumps(cmds))[0]['workdir'] == f'/sw/runs/{runs[0].name}'
+  assert json.loads(json.dumps(cmds))[0]['runs'][0]['workdir'] == f'/sw/runs/{runs[0].name}'
+  # Packed: one command per pack, naming its members; every run in exactly one.
+  cd.sweep.pack = 4
+  units = sweep.plan_packs(cd, runs)
+  cmds = sweep.commands('configs/x.py', '/sw', units)
+  assert len(cmds) == len(units) < len(runs) and max(len(c['runs']) for c in cmds) == 4
+  assert sorted(m['name'] for c in cmds for m in c['runs']) == sorted(r.name for r in runs)
+  assert all(c['command'].endswith('--only=' + ','.join(m['name'] for m in c['runs']))
+             for c in cmds)
 
 
 @pytest.mark.parametrize('family', ['encoder', 'encoder_decoder'])
@@ -386,6 +394,11 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   assert r.returncode == 0, r.stderr
   lines = r.stdout.strip().splitlines()
   assert len(lines) == 2 and all("'--config.sweep.tokens=(640.0, 1280.0)'" in x for x in lines)
+  r = _sweep_cli(tmp_path, '--json', "--config.sweep.tokens=(640.0, 1280.0)")  # Alone: commands.
+  assert r.returncode == 0 and [c['command'] for c in json.loads(r.stdout)] == lines, r.stderr
+  assert not (tmp_path / 'sw').exists()  # Nothing ran.
+  r = _sweep_cli(tmp_path, '--json', '--mode=plan')
+  assert r.returncode == 2 and '--json lists the commands' in r.stderr, r.stderr
   r = _sweep_cli(tmp_path, '--config.sweep.params=(-1.0,)', '--mode=plan')
   assert r.returncode == 2 and 'sweep.params' in r.stderr and 'Traceback' not in r.stderr
   r = _sweep_cli(tmp_path)
