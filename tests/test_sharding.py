@@ -271,3 +271,5 @@ def test_memory_tool_estimates_the_compiled_step():
   text = out.getvalue()
   for part in ('parameters', 'optimizer state', 'xla temporaries', "mesh {'data': 2"):
     assert part in text, text
+  assert f'{n / 1e3:.1f}K parameters' in text and ' 0.00 ' not in text, text  # Readable units.
+  assert memory._bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'

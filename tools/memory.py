@@ -37,8 +37,21 @@ _ACCEL = flags.DEFINE_enum('accelerator', 'h100', list(ACCELERATORS),
                            'Whose memory to compare against.')
 
 
-def _gib(n: float) -> str:
-  return f'{n / 2**30:8.2f} GiB'
+def _bytes(n: float) -> str:
+  """Bytes in the largest binary unit that keeps the figure >= 1 (a tiny
+  model's MiB would all print as 0.00 GiB)."""
+  for unit, size in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if n >= size:
+      return f'{n / size:8.2f} {unit}'
+  return f'{n:8.0f} B'
+
+
+def _count(n: int) -> str:
+  """A parameter count as 8.03B, 124.4M, 52.0K or 120."""
+  for unit, size in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
+    if n >= size:
+      return f'{n / size:.{2 if unit == "B" else 1}f}{unit}'
+  return str(n)
 
 
 def estimate(c, out=sys.stdout) -> dict[str, float]:
@@ -65,13 +78,13 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
        'xla outputs (not aliased)': mem.output_size_in_bytes - mem.alias_size_in_bytes}
   r['xla total'] = r['xla arguments'] + r['xla temporaries'] + r['xla outputs (not aliased)']
   m = c.model
-  print(f'{c.name}: {sum(a.size for a in jax.tree_util.tree_leaves(abstract.params)) / 1e9:.2f}B '
+  print(f'{c.name}: {_count(sum(a.size for a in jax.tree_util.tree_leaves(abstract.params)))} '
         f'parameters, batch {c.train.batch_size} x {c.data.seq_len} '
         f'(grad_accum {c.train.grad_accum}), dtype {m.dtype}, remat {m.remat}, attention '
         f'{m.attention}, loss_chunk {m.loss_chunk}', file=out)
   print(f'mesh {dict(t.mesh.shape)} on {t.mesh.size} fake CPU devices; per device:', file=out)
   for k, v in r.items():
-    print(f'  {k:28s}{_gib(v)}', file=out)
+    print(f'  {k:28s}{_bytes(v)}', file=out)
   return r
 
 
@@ -87,8 +100,8 @@ def main(argv):
   name, cap = ACCELERATORS[_ACCEL.value]
   need = r['xla total']
   verdict = 'fits' if need <= 0.95 * cap else 'does NOT fit'
-  print(f'{verdict} on {name} ({cap / 1e9:.0f} GB): {need / 1e9:.1f} GB per device, '
-        f'{100 * need / cap:.0f}% of its memory (compiled by XLA:CPU; keep ~5% for the runtime)')
+  print(f'{verdict} on {name} ({cap / 1e9:.0f} GB): {need / 1e9:.3g} GB per device, '
+        f'{100 * need / cap:.2g}% of its memory (compiled by XLA:CPU; keep ~5% for the runtime)')
 
 
 if __name__ == '__main__':
