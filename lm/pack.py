@@ -161,9 +161,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
   A member's 'wall' is its share of the pack's time: its own evaluations and
   checkpoints as measured, the step's data and train time in proportion to
   the steps it trained (as if every member-step cost the same; one in a
-  narrower stack costs a little more), setup
-  and compilation split evenly. Its train rows' 'pack' is the width of the
-  stack that step (members still training), its setup row's the pack's size.
+  narrower stack costs a little more), setup and compilation split evenly.
+  Its train rows' 'pack' is the width of the stack that step (members still
+  training), its setup row's the pack's size.
   Non-finite losses follow train.on_nonfinite as a single run does at its
   metric rows: halt, or skip (halting after train.max_skips skipped rows in a
   row)."""

@@ -176,16 +176,7 @@ def test_batch_reads_equal_row_reads_and_share_their_iterator_state():
   rows in the same order as one read per row, across epochs and processes,
   and a checkpointed iterator position restores in either."""
   from lm.objectives.lm import DocWindows
-
-  class RowsOnly:  # The same source without gather(): one read per row.
-    def __init__(self, s):
-      self.s = s
-
-    def __len__(self):
-      return len(self.s)
-
-    def __getitem__(self, i):
-      return self.s[i]
+  from tools.bench_data import RowsOnly  # The same source without gather().
 
   tokens = np.random.default_rng(0).integers(0, 10, 5000).astype(np.int32)
   w = data.Windows(tokens, 17)

@@ -32,7 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/isoflop_tiny.py', '
 _BATCHES = flags.DEFINE_integer('batches', 300, 'Timed batches per path.')
 
 
-class _RowsOnly:
+class RowsOnly:
   """A source without gather(): data.batched then reads one row per call."""
 
   def __init__(self, source):
@@ -59,7 +59,7 @@ def measure(cd, batches: int) -> dict[str, float]:
   # take one that a pool of threads made in advance.
   one = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
   out = {}
-  for name, src in (('rows', _RowsOnly(data.train)), ('batch', data.train))[:2 if fast else 1]:
+  for name, src in (('rows', RowsOnly(data.train)), ('batch', data.train))[:2 if fast else 1]:
     it = iter(data_lib.batched(src, c.train.batch_size, 0, 0, 1, data.transform, one))
     next(it)
     t0 = time.perf_counter()
