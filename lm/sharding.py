@@ -69,7 +69,17 @@ def strip_boxes(tree: Any) -> Any:
 
 
 def logical_to_sharding(tree: Any, mesh: Mesh, rules: Rules) -> Any:
-  """Tree of logical PartitionSpecs (or boxed values) -> NamedShardings."""
+  """Tree of logical PartitionSpecs (or boxed values) -> NamedShardings.
+
+  A box around an empty subtree (optax.masked's MaskedNode in place of a
+  frozen parameter's Adam moments) stays that empty subtree, so the shardings
+  have the unboxed state's structure (checkpoint restore maps one onto the
+  other)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  tree = jax.tree_util.tree_map(
+      lambda x: x.unbox(apply_constraint=False)
+      if is_box(x) and not jax.tree_util.tree_leaves(x.unbox(apply_constraint=False)) else x,
+      tree, is_leaf=is_box)
   specs = nn.get_partition_spec(tree)
   return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 

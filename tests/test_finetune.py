@@ -127,6 +127,16 @@ def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
   assert 'cls_head' in got and 'cls_head' not in lm
   r = _cli(f'--workdir={tmp_path / "frozen"}', '--prompt=x')
   assert r.returncode == 2 and 'holds a sequence classifier' in r.stderr
+  # A longer run resumes from the checkpoint (the frozen parameters' masked
+  # optimizer state used to make restore raise).
+  c2 = dataclasses.replace(c, train=dataclasses.replace(c.train, steps=12))
+  logs = []
+  out2 = train.train_and_evaluate(c2, str(tmp_path / 'frozen'), log=logs.append)
+  assert any('resum' in line.lower() and '8' in line for line in logs), logs
+  assert int(out2['state'].step) == 12
+  for a, b in zip(jax.tree_util.tree_leaves(out2['state'].params['blocks']),
+                  jax.tree_util.tree_leaves(got['blocks'])):
+    np.testing.assert_array_equal(a, b)  # The backbone stays frozen across the resume.
 
 
 def test_frozen_backbone_differentiates_only_the_head(tmp_path):
