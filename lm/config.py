@@ -232,6 +232,8 @@ FIELD_KINDS: dict[str, str] = {
                                     'dtype', 'remat', 'init_std', 'attn_block',
                                     'attention', 'loss_chunk')},
     **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
+                                    'labels', 'eval_path', 'train_split', 'val_split',
+                                    'val_fraction', 'shuffle_seed',
                                     'target_key', 'tokenizer', 'tokenizer_path', 'seq_len',
                                     'target_len', 'canary_repeats', 'canary_template',
                                     'canary_digits', 'canary_seed')},
