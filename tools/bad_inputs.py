@@ -173,6 +173,8 @@ CASES += [
                                         '--text=x'], 'not a classifier'),
     ('hf export: non-empty --out', ['-m', 'tools.hf', 'export', '--workdir={RUN}',
                                     '--out={S}/full'], 'not empty'),
+    ('hf export: --overwrite onto a run', ['-m', 'tools.hf', 'export', '--workdir={RUN}',
+                                           '--out={RUN}', '--overwrite'], 'a run directory'),
     ('hf export: no such run', ['-m', 'tools.hf', 'export', '--workdir={S}/none',
                                 '--out={S}/o'], 'none'),
     ('hf import: into an existing run', ['-m', 'tools.hf', 'import', '--hf_dir={HF}',
@@ -215,6 +217,14 @@ CASES += [
                                 '--config.train.stpes=3'], 'stpes'),
     ('eval: nothing to evaluate', ['-m', 'tools.eval', '--workdir={RUN}'],
      'nothing to evaluate'),
+    ('eval: --out onto a run config', ['-m', 'tools.eval', '--workdir={RUN}', '--tasks=x',
+                                       '--out={RUN}/config.json'], 'not an earlier tools.eval'),
+    ('eval: --out a directory', ['-m', 'tools.eval', '--workdir={RUN}', '--tasks=x',
+                                 '--out={S}/full.json'], 'is a directory'),
+    ('eval: --batch_size 0', ['-m', 'tools.eval', '--workdir={RUN}', '--tasks=x',
+                              '--batch_size=0'], '--batch_size'),
+    ('eval: --limit 0', ['-m', 'tools.eval', '--workdir={RUN}', '--tasks=x', '--limit=0'],
+     '--limit'),
     ('eval: no such run', ['-m', 'tools.eval', '--workdir={S}/none', '--tasks=x'], 'none'),
     ('eval: missing bias csv', ['-m', 'tools.eval', '--workdir={RUN}',
                                 '--bias_csv={S}/none.csv'], 'none.csv'),
@@ -255,6 +265,7 @@ def _prepare(scratch: str) -> dict[str, str]:
   with open(os.path.join(s, 'nolabel.jsonl'), 'w') as f:
     f.write('{"text": "a", "label": "x"}\n{"text": "b"}\n')
   os.makedirs(os.path.join(s, 'full'), exist_ok=True)
+  os.makedirs(os.path.join(s, 'full.json'), exist_ok=True)  # A directory named like a file.
   with open(os.path.join(s, 'full', 'keep.txt'), 'w') as f:
     f.write('keep me')
   os.makedirs(os.path.join(s, 'badhf'), exist_ok=True)

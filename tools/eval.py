@@ -25,8 +25,9 @@ from lm import config as config_lib
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _TASKS = flags.DEFINE_list('tasks', [], 'Harness task names (comma-separated).')
 _INCLUDE = flags.DEFINE_string('include_path', '', 'Directory of extra task YAML files.')
-_LIMIT = flags.DEFINE_integer('limit', None, 'At most this many documents per task.')
-_BATCH = flags.DEFINE_integer('batch_size', 16, 'Rows per likelihood batch.')
+_LIMIT = flags.DEFINE_integer('limit', None, 'At most this many documents per task.',
+                               lower_bound=1)
+_BATCH = flags.DEFINE_integer('batch_size', 16, 'Rows per likelihood batch.', lower_bound=1)
 _CANARIES = flags.DEFINE_bool('canaries', False, "Exposure and extraction of the run's canaries.")
 _BIAS = flags.DEFINE_string('bias_csv', '', 'CrowS-Pairs-format CSV: the bias probe.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output (default <workdir>/eval/step_<step>.json).')
@@ -61,10 +62,31 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
   return out
 
 
+def check_out(out: str) -> None:
+  """--out is a new .json file or an earlier output of this tool, never a
+  directory or another file (a run's config.json, say) that it would replace."""
+  if not out:
+    return
+  if not out.endswith('.json'):
+    raise config_lib.ConfigError(f'--out={out} must name a .json file')
+  if os.path.isdir(out):
+    raise config_lib.ConfigError(f'--out={out} is a directory; name a .json file')
+  if os.path.exists(out):
+    try:
+      with open(out) as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = None
+    if not (isinstance(old, dict) and {'workdir', 'step'} <= set(old)):
+      raise config_lib.ConfigError(f'--out={out} exists and is not an earlier tools.eval '
+                                   'output; it was left untouched: choose another --out')
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    check_out(_OUT.value)
     result = evaluate(_WORKDIR.value, _TASKS.value, _INCLUDE.value, _LIMIT.value,
                       _CANARIES.value, _BIAS.value, _BATCH.value)
   except (config_lib.ConfigError, checkpoint.CheckpointError, probes.ProbeError,

@@ -98,8 +98,8 @@ def family(m: ModelConfig) -> str:
     if not bad:
       return name
     misses[name] = bad
-  raise HFError('this architecture has no Hugging Face equivalent:\n  as GPT-2: '
-                + '; '.join(misses['gpt2']) + '\n  as Llama: ' + '; '.join(misses['llama']))
+  raise HFError('this architecture has no Hugging Face equivalent: as GPT-2, '
+                + '; '.join(misses['gpt2']) + ' | as Llama, ' + '; '.join(misses['llama']))
 
 
 # --- Layer access ---------------------------------------------------------------
@@ -337,6 +337,10 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   from safetensors.numpy import save_file
   if not overwrite:
     _refuse_nonempty(out, '--out', 'choose an empty directory or pass --overwrite')
+  if os.path.isdir(os.path.join(out, 'checkpoints')):
+    raise HFError(f'--out={out} is a run directory (it has checkpoints/); --overwrite would '
+                  'replace its config.json and break it: it was left untouched, choose '
+                  'another --out')
   c = checkpoint.load_config(workdir)
   family(c.model)  # Refuse before reading any weights.
   c, params = checkpoint.load_params(workdir)
