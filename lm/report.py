@@ -96,6 +96,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   """report/report.md, its figures and report/fits.json for a sweep directory;
   `log` hears each fit as it finishes, with its time."""
   _, s = sweep.split(cd)
+  sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   rows, excluded = load_rows(workdir)
   if s.design == 'transfer':
     return _transfer_report(workdir, s, rows, excluded)

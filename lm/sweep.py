@@ -110,21 +110,36 @@ def _result_path(workdir: str, name: str) -> str:
   return os.path.join(workdir, 'runs', name, 'result.json')
 
 
+def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
+  """True if plan.json holds this plan, False if there is none; a different
+  plan (another config's sweep) is a ConfigError, so nothing run, collected or
+  reported mixes two sweeps."""
+  path = os.path.join(workdir, 'plan.json')
+  if not os.path.exists(path):
+    return False
+  new = json.loads(json.dumps([dataclasses.asdict(r) for r in runs]))  # Tuples -> lists.
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except ValueError as e:
+    raise config_lib.ConfigError(f'{path} cannot be read ({e}); it was left untouched') from None
+  if old != new:
+    designs = sorted({r.get('design', '?') for r in old if isinstance(r, dict)})
+    raise config_lib.ConfigError(
+        f'{workdir} holds a different sweep plan ({len(old)} runs, design '
+        f'{", ".join(designs)}; this config plans {len(runs)} runs, design '
+        f'{", ".join(sorted({r.design for r in runs}))}); it was left untouched: use the '
+        'config it was planned with, or another --workdir')
+  return True
+
+
 def write_plan(workdir: str, runs: list[plan.Run]) -> None:
   """Saves plan.json; refuses to replace a different plan already there."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'plan.json')
-  new = [dataclasses.asdict(r) for r in runs]
-  new = json.loads(json.dumps(new))  # Tuples -> lists, as when read back.
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old != new:
-      raise config_lib.ConfigError(
-          f'{workdir} holds a different sweep plan ({len(old)} runs); it was left '
-          'untouched: use another --workdir')
-    return
-  workdir_lib.write_atomic(path, json.dumps(new, indent=1))
+  if not check_plan(workdir, runs):
+    workdir_lib.write_atomic(os.path.join(workdir, 'plan.json'),
+                             json.dumps(json.loads(json.dumps(
+                                 [dataclasses.asdict(r) for r in runs])), indent=1))
 
 
 def use_compile_cache(workdir: str) -> None:
@@ -509,6 +524,7 @@ EXTRA_PREFIXES = ('task', 'canary', 'bias')
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state."""
   runs = make_plan(cd)
+  check_plan(workdir, runs)
   if not any(os.path.isdir(os.path.join(workdir, 'runs', r.name)) for r in runs):
     raise config_lib.ConfigError(f'{workdir} holds no run of this sweep: run it first '
                                  '(--mode=run, or the --mode=commands jobs)')

@@ -206,6 +206,14 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
   with pytest.raises(ConfigError, match='holds a different sweep plan'):
     sweep.write_plan(wd, sweep.make_plan(other))
   assert open(os.path.join(wd, 'plan.json')).read() == before
+  # Nor does collecting or reporting it under the other config (tools.report
+  # rewrote a grid sweep's report as an IsoFLOP one).
+  from lm import report
+  os.makedirs(os.path.join(wd, 'runs', 'x'))
+  for f in (sweep.collect, report.write_report):
+    with pytest.raises(ConfigError, match='holds a different sweep plan'):
+      f(other, wd)
+  assert sorted(os.listdir(wd)) == ['plan.json', 'runs']
 
 
 def test_report_refuses_non_finite_losses(tmp_path, corpus_dir):
