@@ -41,7 +41,7 @@ def _read(path: str, c) -> tuple[list[str], list[str] | None]:
 
 def main(argv):
   del argv
-  from lm import checkpoint, classify, host, tokenizers
+  from lm import checkpoint, classify, host
   from lm.config import ConfigError
   from lm.objectives import classify as objective
   host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
@@ -62,7 +62,7 @@ def main(argv):
     if unknown:
       raise ConfigError(f'{_FILE.value}: labels {unknown[:10]} are not among the run\'s '
                         f'{list(c.data.labels)}')
-    tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+    tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     _, params = checkpoint.load_params(_WORKDIR.value)
   except (ConfigError, checkpoint.CheckpointError, classify.LabelError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -48,7 +48,7 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
 
-  from lm import checkpoint, tokenizers
+  from lm import checkpoint
   from lm.model import Transformer
   try:
     c = checkpoint.load_config(_WORKDIR.value)
@@ -59,7 +59,7 @@ def main(argv):
           + '; fill-mask needs a masked-LM encoder run (model.family=encoder)')
     if _TOP_K.value < 1:
       raise FillMaskError(f'top_k={_TOP_K.value} is invalid: must be >= 1')
-    tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+    tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     text = _TEXT.value.replace('\\n', '\n').replace('\\t', '\t')
     ids, where = mask_ids(text, tok)
     if len(ids) > c.model.max_len:

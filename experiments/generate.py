@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, host, sampling, tokenizers
+from lm import checkpoint, host, sampling
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -58,7 +58,7 @@ def main(argv):
       raise sampling.SamplingError(
           '--score with an encoder-decoder scores the target given one --prompt (the '
           'encoder input); give exactly one --prompt')
-    tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+    tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     prefix = [tok.eos_id] if _DOC_START.value else []
     s = sampling.SamplingConfig(
         max_new_tokens=_MAX_NEW.value, greedy=_GREEDY.value, temperature=_TEMP.value,

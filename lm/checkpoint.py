@@ -106,11 +106,47 @@ def arch_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
                               dataclasses.replace(base, model=b), (config_lib.ARCH,))
 
 
+TOKENIZER_FILE = 'tokenizer.json'  # Beside config.json: which tokenizer file the run used.
+
+
+def write_config(workdir: str, c: Config, tok) -> None:
+  """config.json, and tokenizer.json naming the tokenizer by its content
+  (tokenizers' name: 'sp-<sha256 prefix>'), so a tokenizer file replaced
+  after training (same path, other pieces) is caught, not used silently."""
+  workdir_lib.write_atomic(os.path.join(workdir, 'config.json'),
+                           json.dumps(config_lib.to_dict(c), indent=2))
+  workdir_lib.write_atomic(os.path.join(workdir, TOKENIZER_FILE), json.dumps(
+      {'tokenizer': c.data.tokenizer, 'path': c.data.tokenizer_path, 'name': tok.name}))
+
+
+def check_tokenizer(run_dir: str, tok) -> None:
+  """A CheckpointError if the run recorded another tokenizer than `tok`."""
+  path = os.path.join(run_dir, TOKENIZER_FILE)
+  if not os.path.exists(path):  # A run from before the record: nothing to compare.
+    return
+  with open(path) as f:
+    rec = json.load(f)
+  if rec.get('name') != tok.name:
+    raise CheckpointError(
+        f'the tokenizer at {rec.get("path") or rec.get("tokenizer")} is not the one {run_dir} '
+        f'was trained with (then {rec.get("name")}, now {tok.name}): restore that file '
+        '(or retrain); its token ids would not match the model')
+
+
+def load_tokenizer(path: str, c: Config):
+  """The tokenizer of the run at `path` (a workdir or step), checked against
+  the one it was trained with."""
+  from lm import tokenizers
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  check_tokenizer(os.path.dirname(find(path)[0]), tok)
+  return tok
+
+
 def save_params(workdir: str, c: Config, params: Any, step: int = 0) -> str:
   """Writes config.json and a params-only checkpoint that `load_params` reads."""
+  from lm import tokenizers
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config_lib.to_dict(c), f, indent=2)
+  write_config(workdir, c, tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path))
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=ocp.CheckpointManagerOptions(create=True),
                                item_names=('state',))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -42,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import checkpoint as ckpt_lib
-from lm import config as config_lib
 from lm import data as data_lib
 from lm import metrics as metrics_lib
 from lm import optimizer as opt_lib
@@ -186,9 +184,11 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       stack.enter_context(workdir_lib.lock(wd, f'training {c.name} (packed)', log))
       workdir_lib.clean_incomplete(os.path.join(wd, 'checkpoints'), log)
     resume = [ckpt_lib.check_workdir(wd, c) for wd, c in zip(workdirs, cs)]
+    for wd, r in zip(workdirs, resume):
+      if r:
+        ckpt_lib.check_tokenizer(wd, tok)
     for wd, c in zip(workdirs, cs):
-      workdir_lib.write_atomic(os.path.join(wd, 'config.json'),
-                               json.dumps(config_lib.to_dict(c), indent=2))
+      ckpt_lib.write_config(wd, c, tok)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
                                    data.transform)) for c in cs]
     mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))

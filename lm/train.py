@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 from lm import checkpoint as ckpt_lib
-from lm import config as config_lib
 from lm import data as data_lib
 from lm import flops as flops_lib
 from lm import metrics as metrics_lib
@@ -502,9 +501,10 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
 def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
            src: Config | None, stop_at: int | None, log, t_start: float) -> dict[str, Any]:
   pidx, pcount = jax.process_index(), jax.process_count()
+  if resume:
+    ckpt_lib.check_tokenizer(workdir, tok)  # Before anything is written.
   if pidx == 0:
-    workdir_lib.write_atomic(os.path.join(workdir, 'config.json'),
-                             json.dumps(config_lib.to_dict(c), indent=2))
+    ckpt_lib.write_config(workdir, c, tok)
   canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
   if pidx == 0 and canaries:  # What tools.eval --canaries measures (lm/probes.py).
     workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),

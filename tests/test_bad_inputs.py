@@ -22,7 +22,7 @@ def test_the_corpus_is_large_and_covers_every_cli():
   clis = {a[1] for _, a, _ in bad_inputs.CASES}
   assert {'experiments.train', 'experiments.generate', 'experiments.sweep',
           'experiments.fill_mask', 'experiments.classify', 'tools.hf', 'tools.count',
-          'tools.config', 'tools.shardings', 'tools.fit'} <= clis
+          'tools.config', 'tools.shardings', 'tools.fit', 'tools.train_tokenizer'} <= clis
 
 
 @pytest.mark.parametrize('name,flag,want', CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])

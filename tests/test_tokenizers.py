@@ -1,5 +1,7 @@
 """Tokenizers round-trip text exactly; byte lengths support bits per byte."""
 
+import os
+
 import pytest
 
 from lm.config import ConfigError
@@ -119,12 +121,31 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
 
 def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path):
   """The data pipeline, the vocabulary padding and bits per byte with BPE ids."""
-  from lm import train
+  import shutil
+
+  from lm import checkpoint, train
   from tests.helpers import tiny
-  c = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': hf_bpe,
+  path = str(tmp_path / 'tok' / 'tokenizer.json')
+  os.makedirs(os.path.dirname(path))
+  shutil.copy(hf_bpe, path)
+  c = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': path,
                           'train.steps': 3, 'train.eval_every': 3})
-  out = train.train_and_evaluate(c, str(tmp_path / 'run'), log=lambda *a: None)
+  run = str(tmp_path / 'run')
+  out = train.train_and_evaluate(c, run, log=lambda *a: None)
   n = get_tokenizer('hf', hf_bpe).vocab_size
   assert out['config'].model.vocab_size == -(-n // 128) * 128  # Padded to a multiple of 128.
   assert out['bytes'] > 2 * out['tokens']  # BPE ids stand for several bytes each.
   assert abs(out['bits_per_byte'] - out['loss'] * out['tokens'] / out['bytes'] / 0.6931472) < 1e-4
+  assert checkpoint.load_tokenizer(run, out['config']).name == get_tokenizer('hf', path).name
+  # The file retrained in place (same path, other pieces): loading the run and
+  # resuming it refuse, and nothing of the run changes (it was used silently).
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  _train_hf(texts[::-1], tmp_path / 'tok' / 'tokenizer.json', vocab=350)
+  before = open(os.path.join(run, 'config.json')).read()
+  with pytest.raises(checkpoint.CheckpointError, match='is not the one .* was trained with'):
+    checkpoint.load_tokenizer(run, out['config'])
+  longer = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': path,
+                               'train.steps': 5, 'train.eval_every': 5})
+  with pytest.raises(checkpoint.CheckpointError, match='is not the one'):
+    train.train_and_evaluate(longer, run, log=lambda *a: None)
+  assert open(os.path.join(run, 'config.json')).read() == before

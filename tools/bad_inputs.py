@@ -213,6 +213,14 @@ CASES += [
      'N=None is missing'),
     ('fit: unknown FLOP convention', ['-m', 'tools.fit', '--results={S}/nolabel.jsonl',
                                       '--convention=7N'], '--convention'),
+    ('train_tokenizer: existing --out', ['-m', 'tools.train_tokenizer', '--out={S}/sp',
+                                         '--vocab_size=400', '--data_path={CORPUS}'],
+     'sp.model already exists'),
+    ('train_tokenizer: vocab too small', ['-m', 'tools.train_tokenizer', '--out={S}/sp2',
+                                          '--vocab_size=20', '--data_path={CORPUS}'],
+     '--vocab_size=20 is too small'),
+    ('train_tokenizer: missing data', ['-m', 'tools.train_tokenizer', '--out={S}/sp3',
+                                       '--data_path={S}/nothing'], 'nothing'),
     ('config: misspelt field', ['-m', 'tools.config', '--config=configs/tiny.py',
                                 '--config.train.stpes=3'], 'stpes'),
     ('eval: nothing to evaluate', ['-m', 'tools.eval', '--workdir={RUN}'],
@@ -266,6 +274,8 @@ def _prepare(scratch: str) -> dict[str, str]:
     f.write('{"text": "a", "label": "x"}\n{"text": "b"}\n')
   os.makedirs(os.path.join(s, 'full'), exist_ok=True)
   os.makedirs(os.path.join(s, 'full.json'), exist_ok=True)  # A directory named like a file.
+  with open(os.path.join(s, 'sp.model'), 'wb') as f:  # A tokenizer runs may depend on.
+    f.write(b'keep me')
   with open(os.path.join(s, 'full', 'keep.txt'), 'w') as f:
     f.write('keep me')
   os.makedirs(os.path.join(s, 'badhf'), exist_ok=True)

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, cli, harness, probes, tokenizers, workdir
+from lm import checkpoint, cli, harness, probes, workdir
 from lm import config as config_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
@@ -48,7 +48,7 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
     raise config_lib.ConfigError(f'{path} has no {probes.CANARY_FILE}: the run inserted no '
                                  'canaries (set data.canary_repeats when training)')
   probes.check_task_names(tasks, include_path, '--tasks', '--include_path')
-  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
+  tok = checkpoint.load_tokenizer(path, c)
   c, params = checkpoint.load_params(path)
   _, step_dir = checkpoint.find(path)
   out: dict = {'workdir': os.path.abspath(path), 'step': int(os.path.basename(step_dir))}

@@ -347,7 +347,7 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   cfg, tensors = to_hf(params, c.model)
   cfg['lm_config'] = config_lib.to_dict(c)
   tok = c.data
-  cfg['eos_token_id'] = cfg['bos_token_id'] = _eos(tok.tokenizer, tok.tokenizer_path)
+  cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c).eos_id)
   os.makedirs(out, exist_ok=True)
   save_file(tensors, os.path.join(out, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(out, 'config.json'), 'w') as f:
@@ -359,11 +359,6 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
     if os.path.isfile(side):
       shutil.copy(side, os.path.join(out, 'tokenizer_config.json'))
   return out
-
-
-def _eos(kind: str, path: str) -> int:
-  from lm import tokenizers
-  return int(tokenizers.get_tokenizer(kind, path).eos_id)
 
 
 def import_dir(hf_dir: str, workdir: str) -> str:

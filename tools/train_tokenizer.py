@@ -9,12 +9,13 @@ dummy prefix, whitespace kept, and byte fallback for anything unseen.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 from absl import app, flags
 
 from lm import data as data_lib
-from lm.config import DataConfig
+from lm.config import ConfigError, DataConfig
 
 
 def train(texts: list[str], out_prefix: str, vocab_size: int, model_type: str = 'unigram',
@@ -50,16 +51,29 @@ def train(texts: list[str], out_prefix: str, vocab_size: int, model_type: str = 
 def main(argv):
   del argv
   F = flags.FLAGS
-  d = DataConfig(source='dir' if F.data_path else 'stdlib', path=F.data_path)
-  builder, key = data_lib.corpus(d)
-  texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
-  print(train(texts, F.out, F.vocab_size, F.model_type))
+  model = F.out + '.model'
+  try:
+    if os.path.exists(model) and not F.overwrite:
+      # Runs trained with it would decode with other pieces (they record its
+      # hash and refuse, lm/checkpoint.check_tokenizer, but cannot be repaired).
+      raise ConfigError(f'{model} already exists; it was left untouched: choose another --out, '
+                        'or pass --overwrite if no run uses it')
+    d = DataConfig(source='dir' if F.data_path else 'stdlib', path=F.data_path)
+    builder, key = data_lib.corpus(d)
+    texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
+    print(train(texts, F.out, F.vocab_size, F.model_type))
+  except (ConfigError, RuntimeError, OSError) as e:  # SentencePiece raises RuntimeError.
+    why = ' '.join(str(e).split())
+    print(f'error: {why}' + (f' (--vocab_size={F.vocab_size} is too small for this corpus: '
+                             'raise it)' if 'required_chars' in why else ''), file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
   flags.DEFINE_string('out', None, 'Output prefix (writes PREFIX.model and .vocab).')
-  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.')
+  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.', lower_bound=8)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing PREFIX.model.')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
   flags.mark_flag_as_required('out')
