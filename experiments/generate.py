@@ -5,6 +5,7 @@
       --num_return_sequences=3
   python -m experiments.generate --workdir=runs/tiny --prompts_file=prompts.txt --greedy
   python -m experiments.generate --workdir=runs/tiny --score="import os"
+  python -m experiments.generate --workdir=runs/tiny --prompt="import " --score="os"  # p(os | import )
   # Encoder-decoder: infill the spans marked <extra_id_N> (span corruption's
   # sentinels), or score a target given an input:
   python -m experiments.generate --workdir=runs/t5_tiny --prompt="import <extra_id_0>" --greedy
@@ -58,6 +59,10 @@ def main(argv):
       raise sampling.SamplingError(
           '--score with an encoder-decoder scores the target given one --prompt (the '
           'encoder input); give exactly one --prompt')
+    if not seq2seq and _SCORE.value is not None and (len(_PROMPT.value) > 1
+                                                      or _PROMPTS_FILE.value):
+      raise sampling.SamplingError('--score with a decoder scores the text given at most one '
+                                   '--prompt (its context); --prompts_file does not apply')
     tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     prefix = [tok.eos_id] if _DOC_START.value else []
     s = sampling.SamplingConfig(
@@ -96,9 +101,10 @@ def main(argv):
             tok.eos_id]
         enc = sampling.encode_with_sentinels(_PROMPT.value[0], tok, c.model.vocab_size)
         out = sampling.score_seq2seq(params, c.model, enc + [tok.eos_id], ids, tok.bos_id)
-      else:
+      else:  # log p(text | --prompt), or from a document start without one.
         ids = list(tok.encode(_SCORE.value))
-        out = sampling.score(params, c.model, ids, prefix or [tok.eos_id])
+        context = prefix + (list(tok.encode(_PROMPT.value[0])) if _PROMPT.value else [])
+        out = sampling.score(params, c.model, ids, context or [tok.eos_id])
     except sampling.SamplingError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
@@ -109,8 +115,11 @@ def main(argv):
     blen = tok.byte_lengths()  # Text bytes only: sentinels and EOS have none.
     nbytes = (sum(int(blen[i]) for i in ids if i < len(blen)) if seq2seq
               else len(_SCORE.value.encode('utf-8')))
+    bpb = (f'{out["nll"] / math.log(2) / nbytes:.4f}' if nbytes else
+           'n/a (no text bytes: only sentinels and EOS)')
     print(f'tokens {out["tokens"]}  nll {out["nll"]:.4f} nats  perplexity '
-          f'{out["perplexity"]:.4f}  bits per byte {out["nll"] / math.log(2) / nbytes:.4f}')
+          f'{out["perplexity"]:.4f}  bits per byte {bpb}'
+          + (f'  (given the prompt {_PROMPT.value[0]!r})' if _PROMPT.value else ''))
     return
 
   outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs)

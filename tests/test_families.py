@@ -350,6 +350,9 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert "'<extra_id_0>'" in r.stdout and 'tokens 5  nll' in r.stdout, r.stdout  # + EOS.
+  r = subprocess.run(ed + ['--prompt=import os', '--score=<extra_id_0>'], capture_output=True,
+                     text=True, timeout=300)  # No text bytes to score (divided by zero).
+  assert r.returncode == 0 and 'bits per byte n/a' in r.stdout, r.stderr
   r = subprocess.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and '<extra_id_999>: the model has only' in r.stderr, r.stderr

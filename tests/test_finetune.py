@@ -227,5 +227,12 @@ def test_generate_cli_samples_scores_and_refuses_bad_input(pretrained, tmp_path)
   assert 'def f(x):\n    return' in r.stdout
   r = _cli(f'--workdir={pretrained}', '--score=def f(x):')
   assert r.returncode == 0 and 'perplexity' in r.stdout and 'bits per byte' in r.stdout
+  nll = float(r.stdout.split('nll ')[1].split()[0])
+  # With a --prompt the text is scored given it (the prompt was ignored).
+  r = _cli(f'--workdir={pretrained}', '--prompt=def f(x):\n    ', '--score=return x')
+  assert r.returncode == 0 and "given the prompt 'def f(x):" in r.stdout, r.stderr
+  r2 = _cli(f'--workdir={pretrained}', '--score=return x')
+  assert float(r.stdout.split('nll ')[1].split()[0]) != float(r2.stdout.split('nll ')[1].split()[0])
+  assert nll > 0
   r = _cli(f'--workdir={pretrained}', '--prompt=x', '--temperature=-1')
   assert r.returncode == 2 and 'temperature=-1.0 is invalid' in r.stderr
