@@ -114,8 +114,10 @@ def encode(pairs: list[tuple[str, str]], names: tuple[str, ...], tokenizer, seq_
   index = {n: i for i, n in enumerate(names)}
   unknown = sorted({lab for _, lab in pairs if lab not in index})
   if unknown:
+    i, (text, lab) = next((i, p) for i, p in enumerate(pairs) if p[1] not in index)
     raise LabelError(f'{where}: labels {unknown[:10]} are not in the label set '
-                     f'{list(names)}; fix the data or set data.labels')
+                     f'{list(names)} (the first, {lab!r}, at example {i}: {text[:40]!r}); '
+                     'fix the data or set data.labels')
   n = len(pairs)
   tokens = np.zeros((n, seq_len), np.int32)
   valid = np.zeros((n, seq_len), bool)

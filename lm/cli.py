@@ -17,6 +17,9 @@ def _one_line(e: BaseException) -> str:
   text = str(e)
   if isinstance(e, (AttributeError, KeyError)):  # A repr'd message: 'name'\nDid you mean...
     text = text.strip('\'"').replace('\\n', ' ').replace("\\'", "'")
+  if 'Traceback (most recent call last)' in text:  # ml_collections embeds get_config's.
+    head = text.split('Traceback (most recent call last)')[0].strip()
+    text = f'{head} {text.strip().splitlines()[-1]}'
   return ' '.join(text.split())
 
 

@@ -53,7 +53,8 @@ def dir_files(path: str) -> tuple[str, list[str]]:
     files = [os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs]
   else:
     if not glob.has_magic(path):
-      raise ConfigError(f'config.data.path={path!r} does not exist; give a directory '
+      what = 'is a file, not a directory' if os.path.isfile(path) else 'does not exist'
+      raise ConfigError(f'config.data.path={path!r} {what}; give a directory '
                         'of text files or a glob such as "/data/*.txt"')
     files = glob.glob(path, recursive=True)
     root = os.path.dirname(path.split('*')[0].split('?')[0].split('[')[0]) or '.'

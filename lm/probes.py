@@ -154,9 +154,16 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
           'log_likelihood': mine, 'extracted': bool(extracted), 'method': method}
 
 
+def _what(m: ModelConfig) -> str:
+  """What a run is, for refusals: a classifier is named as one, not by its family."""
+  if m.num_classes:
+    return f'a sequence classifier (model.num_classes={m.num_classes})'
+  return f'model.family={m.family!r}'
+
+
 def exposures(params, m: ModelConfig, tokenizer, canaries: list[dict]) -> list[dict]:
   if m.family != 'decoder' or m.num_classes:
-    raise ProbeError(f'model.family={m.family!r}: exposure needs a decoder-only LM')
+    raise ProbeError(f'{_what(m)}: exposure needs a decoder-only LM')
   return [exposure(params, m, tokenizer, c) for c in canaries]
 
 
@@ -212,8 +219,8 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> 
     pairs = [([tokenizer.eos_id], [int(t) for t in tokenizer.encode(s)]) for s in sentences]
     return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs)])
   if m.family != 'encoder' or m.num_classes:
-    raise ProbeError(f'model.family={m.family!r}: the bias probe scores sentences with a '
-                     'decoder (log-likelihood) or an encoder (pseudo-log-likelihood)')
+    raise ProbeError(f'{_what(m)}: the bias probe scores sentences with a language model, '
+                     'a decoder (log-likelihood) or an encoder (pseudo-log-likelihood)')
   f = _masked_logprob_fn(m)
   out = []
   for s in sentences:

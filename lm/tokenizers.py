@@ -51,7 +51,11 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
     self.name = _file_name('sp', path, 'train one with python -m tools.train_tokenizer')
     self.path = path
-    self.sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:  # Not a SentencePiece model.
+      raise ConfigError(f'data.tokenizer_path={path!r} is not a SentencePiece .model '
+                        f'({" ".join(str(e).split())[:200]})') from None
     self.vocab_size = self.sp.get_piece_size()
     self.bos_id, self.eos_id, self.pad_id = (
         self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id())
@@ -107,7 +111,11 @@ class HFTokenizer:
     from tokenizers import Tokenizer
     self.name = _file_name('hf', path, 'expected a Hugging Face tokenizer.json')
     self.path = path
-    self.tok = Tokenizer.from_file(path)
+    try:
+      self.tok = Tokenizer.from_file(path)
+    except Exception as e:  # The library raises a bare Exception for a file it cannot parse.
+      raise ConfigError(f'data.tokenizer_path={path!r} is not a Hugging Face tokenizer.json '
+                        f'({" ".join(str(e).split())[:200]})') from None
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
     side = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
     tc = {}

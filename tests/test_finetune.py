@@ -177,8 +177,9 @@ def test_label_files_errors(tmp_path):
   csv_f.write_text('sentence,label\nhello,a\n')
   with pytest.raises(classify.LabelError, match=r"x.csv:2: missing field 'text'"):
     classify.read_file(str(csv_f), 'text', 'label')
-  with pytest.raises(classify.LabelError, match=r"labels \['c'\] are not in the label set"):
-    classify.encode([('t', 'c')], ('a', 'b'), ByteTokenizer(), 8, 'eval split')
+  with pytest.raises(classify.LabelError, match=r"labels \['c'\] are not in the label set "
+                     r"\['a', 'b'\] \(the first, 'c', at example 1: 'two'\)"):
+    classify.encode([('one', 'a'), ('two', 'c')], ('a', 'b'), ByteTokenizer(), 8, 'eval split')
   tr = _labelled(tmp_path / 't.jsonl', 50, 0)
   ev = tmp_path / 'e.jsonl'
   ev.write_text('{"text": "alpha", "label": "zzz"}\n')

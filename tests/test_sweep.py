@@ -248,6 +248,13 @@ def test_count_table_and_strict_fit_columns():
   rows = [{'name': 'a', 'N': '100', 'D': '1e6', 'final_loss': '3.1'},
           {'name': 'b', 'N': '200', 'D': '', 'final_loss': '3.0'}]
   np.testing.assert_array_equal(fit.column(rows[:1], 'N'), [100.0])
+  # A run config (no sweep section) shapes its ladder like its own model: the
+  # README's GPT-2 small example (it needed --aspect and --head_dim).
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+                      '--ladder=1e6,1e7'], capture_output=True, text=True)
+  assert r.returncode == 0 and '| 3 | 192 | 3 |' in r.stdout, r.stderr
   with pytest.raises(FitError, match=r"row 1 \(b\): D='' is missing or not finite"):
     fit.column(rows, 'D')
 

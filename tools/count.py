@@ -2,6 +2,7 @@
 
 python -m tools.count --config=configs/gpt2_small.py
 python -m tools.count --config=configs/isoflop_tiny.py --ladder=1e4,1e5,1e6 [--aspect=8 --head_dim=8]
+python -m tools.count --config=configs/gpt2_small.py --ladder=1e6,1e7  # Shaped as GPT-2 small.
 """
 
 import sys
@@ -18,8 +19,10 @@ def _define_flags() -> None:
   """Flags exist only when this runs as a program, so tests can import it."""
   config_flags.DEFINE_config_file('config', None, 'A run or sweep config.')
   flags.DEFINE_string('ladder', '', 'Comma-separated target non-embedding sizes.')
-  flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s).')
-  flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s).')
+  flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s, else the '
+                       'model\'s).')
+  flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s, else the '
+                       'model\'s).')
   flags.mark_flags_as_required(['config'])
 
 
@@ -45,8 +48,10 @@ def main(argv):
     c = sweep._resolved(config_lib.from_configdict(run_cd))
     models = [c.model]
     if F.ladder:
-      aspect = F.aspect or (s.aspect if s else 0)
-      hd = F.head_dim or (s.head_dim if s else 0)
+      # Without a sweep section, ladder models are shaped like the config's own.
+      m = c.model
+      aspect = F.aspect or (s.aspect if s else m.d_model // m.num_layers)
+      hd = F.head_dim or (s.head_dim if s else m.head_dim or m.d_model // m.num_heads)
       if aspect <= 0 or hd <= 0:
         raise config_lib.ConfigError(f'--aspect={aspect} and --head_dim={hd} must be > 0')
       try:
