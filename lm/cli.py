@@ -23,7 +23,27 @@ def _one_line(e: BaseException) -> str:
   return ' '.join(text.split())
 
 
+def _repeated_override(argv: list[str]) -> str | None:
+  """The first --config.* override given twice: ml_collections appends a
+  repeated tuple override to the first ('(0, 1)' then '(5,)' gives (0, 1, 5))
+  instead of letting the last win, so a repeat is refused."""
+  seen = set()
+  for a in argv[1:]:
+    if a == '--':
+      break
+    if a.startswith('--config.'):
+      name = a.split('=', 1)[0]
+      if name in seen:
+        return name
+      seen.add(name)
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
+  twice = _repeated_override(argv)
+  if twice:
+    print(f'error: {twice} is given twice; give each --config override once', file=sys.stderr)
+    sys.exit(2)
   try:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
