@@ -57,6 +57,8 @@ def _fmt(v: float) -> str:
 def _ci(ci: dict, k: str, transform=None) -> str:
   """'[lo, hi]', or why there is none (no resamples asked for, or every refit failed)."""
   if k not in ci:
+    if '_why' in ci:
+      return f'none: {ci["_why"]}'
     return 'none: sweep.bootstrap = 0' if ci['_failed'][1] == 0 else 'none: every bootstrap refit failed'
   lo, hi = ci[k]
   if transform is not None:
@@ -319,8 +321,9 @@ def _approach2(t: _Table):
            f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI '
            f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
            f'(95% CI {_ci(ci2, "b")}). '
-           f'Intervals: residual bootstrap within budgets (every size kept, the noise '
-           f'redrawn); refits that failed (a non-convex profile): {ci2["_failed"][0]} of '
+           f'Intervals: residual bootstrap (every size kept, the noise redrawn from the '
+           f'budget\'s own residuals when it has 10+ points, else from all budgets\' '
+           f'pooled); refits that failed (a non-convex profile): {ci2["_failed"][0]} of '
            f'{ci2["_failed"][1]}. '
            + (f'The budgets\' optima scatter about the power law more than their noise '
               f'explains, so the intervals are widened by sqrt(chi2/dof) = '

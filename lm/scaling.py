@@ -91,9 +91,10 @@ def approach1(curves: dict[str, tuple[np.ndarray, np.ndarray]], n_of: dict[str, 
   c = np.array([e[0] for e in env])
   n = np.array([n_of[e[2]] for e in env])
   d = c / np.array([flops_per_token(e[2]) for e in env])
-  if len({e[2] for e in env}) < 2:
-    raise FitError('approach 1 needs at least 2 distinct runs on the envelope; the '
-                   'smallest-compute run dominated everywhere')
+  if len(np.unique(n)) < 2:  # Runs of one size (seeds, LRs) give a slope of exactly 0.
+    raise FitError(f'approach 1 needs at least 2 model sizes on the envelope, got '
+                   f'{len(np.unique(n))} (from {len({e[2] for e in env})} runs): one size '
+                   'dominated everywhere')
   return {'envelope': env, 'N_opt': fit_power_law(c, n), 'D_opt': fit_power_law(c, d)}
 
 
@@ -168,6 +169,10 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
   fit = approach2(budget, n, loss, tokens_for)
   rng = np.random.default_rng(seed)
   groups = [budget == c for c in fit.budgets]
+  if sum(int(g.sum()) - 3 for g in groups) < 2:  # Parabolas through 3 points: no residuals.
+    return {'_failed': (0, 0), '_lack_of_fit': 1.0,
+            '_why': 'each budget has 3 points, which its parabola fits exactly, so there '
+                    'are no residuals to resample (use 4+ sizes or 2+ seeds)'}
   designs, fitted, resid = [], [], []
   for sel in groups:
     x = np.log(n[sel])

@@ -131,6 +131,23 @@ def test_approach1_envelope_follows_the_frontier():
   assert f['N_opt'].exponent == pytest.approx(BETA / (ALPHA + BETA), abs=0.1)
   losses = [e[1] for e in f['envelope']]
   assert losses == sorted(losses, reverse=True)  # The envelope only goes down.
+  # Runs of one size (seeds or LRs of one model) have no slope to fit (it read a = 0).
+  one = {k: (curves[k][0], curves[k][1] + 0.01 * i) for i, k in enumerate(list(curves)[:3])}
+  with pytest.raises(FitError, match='at least 2 model sizes'):
+    scaling.approach1(one, {k: 1e8 for k in one}, lambda name: 6e8, num_bins=30)
+
+
+def test_approach2_gives_no_interval_without_residuals():
+  """3 sizes per budget and one seed: each parabola interpolates its points,
+  so there is nothing to resample (the intervals were ~1e-7 wide)."""
+  rng = np.random.default_rng(0)
+  c = np.repeat([1e18, 1e19, 1e20], 3)
+  n = np.concatenate([np.geomspace(0.5, 2, 3) * 3e8 * (cc / 1e18) ** 0.5
+                      for cc in (1e18, 1e19, 1e20)])
+  loss = law(n, c / (6 * n)) + rng.normal(0, 0.002, 9)
+  tokens_for = lambda cc, nn: cc / (6 * nn)
+  ci = scaling.approach2_intervals(c, n, loss, tokens_for, 100)
+  assert 'a' not in ci and 'no residuals' in ci['_why']
 
 
 def test_held_out_prediction_of_the_largest_budget():

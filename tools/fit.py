@@ -65,6 +65,8 @@ def column(rows, key) -> np.ndarray:
 
 
 def _interval(ci: dict, k: str) -> str:
+  if '_why' in ci:
+    return f'none: {ci["_why"]}'
   if not ci['_failed'][1]:
     return 'none (--bootstrap=0)'
   if k not in ci:
