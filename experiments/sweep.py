@@ -67,13 +67,17 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
       codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
       codes = [p.wait() or workdir.PREEMPTED_EXIT for p in procs]
-  if workdir.PREEMPTED_EXIT in codes:
+  # A worker signalled before it installed its handler (still starting) dies
+  # of the signal (a negative code): nothing of its runs was lost either.
+  stopped = (workdir.PREEMPTED_EXIT, -signal.SIGINT, -signal.SIGTERM)
+  if any(c in stopped for c in codes):
     print(f'sweep stopped by a signal: the workers checkpointed their runs in {wd}; rerun '
           'the same command to continue', file=sys.stderr)
     sys.exit(workdir.PREEMPTED_EXIT)
-  if any(codes):
-    print(f'error: a worker exited with {max(codes)}', file=sys.stderr)
-    sys.exit(max(codes))
+  bad = [c for c in codes if c]
+  if bad:
+    print(f'error: a worker exited with {bad[0]}', file=sys.stderr)
+    sys.exit(bad[0] if bad[0] > 0 else 1)
   out = sweep.read_results(wd, runs)
   print('[sweep] ' + sweep.wall_line(sweep.wall_breakdown(out)))
   return out
@@ -116,7 +120,7 @@ def main(argv):
     if _MODE.value == 'run':
       # Before the lock a coordinator (workers, executors) takes there.
       workdir.check_writable(wd, 'the sweep directory')
-      sweep.check_finished(cd, wd, runs)
+      sweep.check_configs(cd, wd, runs)
       if sweep.split(cd)[1].executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:

@@ -330,6 +330,11 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
               and math.isfinite(v)):
         raise _err(f'sweep.{f}', getattr(s, f), f'every entry must be a positive number, '
                    f'not {v!r}')
+  for f in ('budgets', 'params', 'tokens', 'lrs', 'widths', 'seeds', 'parametrizations'):
+    v = getattr(s, f)
+    if len(set(v)) < len(v):
+      raise _err(f'sweep.{f}', v, 'list each value once (a repeat would train the same runs '
+                 'twice and count them twice)')
   need = {'isoflop': ('budgets',), 'grid': ('params', 'tokens'), 'wsd': ('params', 'tokens'),
           'transfer': ('widths', 'lrs', 'tokens'), 'lr': ('params', 'tokens', 'lrs')}
   for f in need[s.design]:

@@ -189,16 +189,20 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
     return _run_all(cd, workdir, only, log, None)
 
 
-def check_finished(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) -> None:
-  """Refuses a sweep whose finished runs were trained with another config
-  than this one gives them (e.g. a changed --config.model.* on rerun): the
-  sweep would otherwise skip them and report their old results under the new
-  config."""
+def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) -> None:
+  """Refuses a sweep whose trained runs, finished or interrupted, were trained
+  with another config than this one gives them (e.g. a changed
+  --config.opt.lr on rerun): the sweep would otherwise report their old
+  results under the new config, or resume them under it mid-schedule (a
+  single run may change free fields on resume; a sweep's run is its plan's).
+  A WSD branch counts once finished: until it trains, its directory holds its
+  stable run's config."""
   _, s = split(cd)
   for r in runs:
     rdir = os.path.join(workdir, 'runs', r.name)
-    if not (os.path.exists(_result_path(workdir, r.name))
-            and os.path.exists(os.path.join(rdir, 'config.json'))):
+    done = os.path.exists(_result_path(workdir, r.name))
+    started = os.path.isdir(os.path.join(rdir, 'checkpoints')) and not r.branch_from
+    if not ((done or started) and os.path.exists(os.path.join(rdir, 'config.json'))):
       continue
     with open(os.path.join(rdir, 'config.json')) as f:
       old = json.load(f)
@@ -229,7 +233,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     runs = [r for r in runs if r.name in names]
   elif not worker:
     write_plan(workdir, runs)
-  check_finished(cd, workdir, runs)
+  check_configs(cd, workdir, runs)
   units = plan_packs(cd, runs)
   if worker:
     units = assign(units, worker[1])[worker[0]]
@@ -525,6 +529,7 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state."""
   runs = make_plan(cd)
   check_plan(workdir, runs)
+  check_configs(cd, workdir, runs)  # Results are tabulated under this config.
   if not any(os.path.isdir(os.path.join(workdir, 'runs', r.name)) for r in runs):
     raise config_lib.ConfigError(f'{workdir} holds no run of this sweep: run it first '
                                  '(--mode=run, or the --mode=commands jobs)')

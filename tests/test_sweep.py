@@ -1,8 +1,10 @@
 """Ladder and sweep planning, the resumable sweep runner, results and report."""
 
+import copy
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -126,6 +128,14 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   assert os.listdir(os.path.join(pdir, 'checkpoints')) == ['3']  # Checkpointed at the signal.
   assert not os.path.exists(os.path.join(pdir, 'result.json'))
   assert not os.path.exists(os.path.join(wd, 'runs', runs[4].name))  # The sweep stopped.
+  # The interrupted run is not resumed, nor the finished ones tabulated, under
+  # another config (it went on mid-schedule with the new learning rate).
+  changed = copy.deepcopy(cd)
+  changed.opt.lr = 0.5
+  with pytest.raises(ConfigError, match=re.escape(preempted) + ' in .* another config .*opt.lr'):
+    sweep.check_configs(changed, wd, [r for r in runs if r.name == preempted])
+  with pytest.raises(ConfigError, match='another config'):
+    sweep.collect(changed, wd)
   # Rerun: finished runs are skipped, the failed one is retried (and now works),
   # the preempted one continues from its checkpoint, then the rest run.
   monkeypatch.setattr(train, 'train_and_evaluate', real)

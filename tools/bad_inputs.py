@@ -213,6 +213,8 @@ CASES += [
     ('sweep: --only not in the plan', ['-m', 'experiments.sweep',
                                        '--config=configs/isoflop_tiny.py', _W, '--only=nope'],
      '--only'),
+    ('sweep: a seed listed twice', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
+                                    _W, '--config.sweep.seeds=(0, 0)'], 'list each value once'),
     ('sweep: negative job_gpus', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
                                   _W, '--config.sweep.job_gpus=-1'], 'sweep.job_gpus'),
     ('sweep: negative bootstrap', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
