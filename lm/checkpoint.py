@@ -176,11 +176,17 @@ def merge(init: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
 # --- Training checkpoints: the state and the data iterator --------------------
 
 def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
+  """Keeps the latest train.keep_checkpoints, and always the steps in
+  train.extra_checkpoints (WSD branch points: a stable run interrupted more
+  often than it keeps checkpoints must not delete the step a branch starts from)."""
+  keep = {'max_to_keep': c.train.keep_checkpoints}
+  if c.train.extra_checkpoints:
+    pp = ocp.checkpoint_managers.preservation_policy
+    keep = {'preservation_policy': pp.AnyPreservationPolicy([
+        pp.LatestN(c.train.keep_checkpoints), pp.CustomSteps(list(c.train.extra_checkpoints))])}
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=c.train.keep_checkpoints, create=True,
-          enable_async_checkpointing=True),
+      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, **keep),
       item_names=('state', 'data'))
 
 

@@ -107,6 +107,17 @@ def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 
 
+def test_branch_checkpoints_outlive_interruptions(tmp_path, corpus_dir):
+  """train.extra_checkpoints (a WSD stable run's branch points) survive
+  keep_checkpoints however often the run is interrupted after them (two stops
+  deleted step 2, and its branch could never train)."""
+  c = tiny(corpus_dir, **{'train.extra_checkpoints': (2,), 'train.keep_checkpoints': 1,
+                          'train.checkpoint_every': 2, 'train.eval_every': 6})
+  for stop in (3, 4, None):
+    train.train_and_evaluate(c, str(tmp_path), stop_at=stop, log=lambda *_: None)
+  assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == ['2', '6']
+
+
 def _losses(workdir):
   return {r['step']: r['loss'] for r in metrics.read(workdir, 'train')}
 
