@@ -29,6 +29,35 @@ from lm import scaling, sweep  # noqa: E402
 from lm.workdir import write_atomic  # noqa: E402
 
 
+def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list[dict]]:
+  """The runs the scaling fits use. A WSD sweep's stable runs are left out
+  (constant LR, never cooled down: their branches are the points). With
+  several learning rates per (budget, N, D), only the best one's runs (lowest
+  mean final loss over seeds) stay: the others are not that size's loss at
+  that budget, and pooling them would read LR spread as noise."""
+  keep, out = [], list(excluded)
+  for r in rows:
+    if r.get('design') == 'wsd_stable':
+      out.append({**r, 'reason': 'a WSD stable run (constant LR, not cooled down): its '
+                  'branches are the fit points'})
+    else:
+      keep.append(r)
+  groups: dict[tuple, dict[float, list[float]]] = {}
+  for r in keep:
+    key = (r.get('budget'), r['N'], r['D'])
+    groups.setdefault(key, {}).setdefault(r.get('lr'), []).append(r['final_loss'])
+  best = {k: min(v, key=lambda lr: float(np.mean(v[lr]))) for k, v in groups.items()}
+  rows = []
+  for r in keep:
+    b = best[(r.get('budget'), r['N'], r['D'])]
+    if r.get('lr') == b:
+      rows.append(r)
+    else:
+      out.append({**r, 'reason': f'lr {r["lr"]:.3g} is not the best learning rate for its '
+                  f'size and budget ({b:.3g}); the fits use the best'})
+  return rows, out
+
+
 def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
   """(usable rows, excluded rows with the reason). Non-finite losses of runs
   marked done are an error: the table is inconsistent."""
@@ -104,6 +133,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
     return _transfer_report(workdir, s, rows, excluded)
   if s.design == 'lr':
     return _lr_report(workdir, rows, excluded)
+  rows, excluded = fit_points(rows, excluded)
   t = _Table(workdir, s, rows, *(np.array([r[k] for r in rows], float) for k in
                                  ('N', 'D', f'C_{s.convention}', 'budget', 'final_loss')))
   out_dir = os.path.join(workdir, 'report')

@@ -527,6 +527,22 @@ def test_lr_optimum_of_a_curve():
   assert not o['edge'] and o['bounded_by_failure'] == lrs[-1] and o['best_lr'] == lrs[-2]
 
 
+def test_fits_use_cooled_runs_at_their_best_learning_rate():
+  """WSD stable runs are not fit points; with several LRs per point only the
+  best LR's runs (all its seeds) are (the fits pooled every LR and stable run)."""
+  from lm import report
+  rows = [{'name': 'S', 'design': 'wsd_stable', 'budget': 0.0, 'N': 10, 'D': 80,
+           'lr': 1e-3, 'final_loss': 3.5}]
+  for lr, loss in ((1e-3, 3.0), (1e-2, 2.5)):
+    for seed in (0, 1):
+      rows.append({'name': f'B_lr{lr}_s{seed}', 'design': 'isoflop', 'budget': 1e9, 'N': 10,
+                   'D': 100, 'lr': lr, 'final_loss': loss + 0.01 * seed})
+  keep, out = report.fit_points(rows, [])
+  assert sorted(r['name'] for r in keep) == ['B_lr0.01_s0', 'B_lr0.01_s1']
+  why = {r['name']: r['reason'] for r in out}
+  assert 'WSD stable run' in why['S'] and 'not the best learning rate' in why['B_lr0.001_s0']
+
+
 def test_lr_report_shows_runs_that_did_not_finish(tmp_path):
   """A diverged LR bounds its size's optimum; pending and failed runs are named
   in the size's row, and a size with no finished run is said to have none."""
