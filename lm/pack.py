@@ -42,6 +42,7 @@ import numpy as np
 
 from lm import checkpoint as ckpt_lib
 from lm import data as data_lib
+from lm import flops as flops_lib
 from lm import metrics as metrics_lib
 from lm import optimizer as opt_lib
 from lm import probes, train
@@ -201,10 +202,17 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
                 for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
       steps = [int(s.step) for s in states]
+      dev = jax.devices()[0]
+      flops_per_step, peaks = [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):
         workdir_lib.truncate_metrics(wd, steps[k])
         conv = train.flops_per_token(c)
-        writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, 0.0), 'pack': K})
+        flops_per_step.append(conv[c.train.flops_convention] * c.train.batch_size
+                              * c.data.seq_len)
+        peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype,
+                                                          dev.platform)
+        peaks.append(peak)
+        writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, peak), 'pack': K})
       ends = [c.train.steps for c in cs]
       step_fn = make_step(p)
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
@@ -279,9 +287,15 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             now = time.perf_counter()
             dt = (now - t_log[k]) / max(done - s_log[k], 1)
             t_log[k], s_log[k] = now, done
+            # MFU: this member's FLOPs over the stack's step time and the
+            # devices the stack runs on, so the members' MFUs add up to the pack's.
             writers[k].write(done, 'train', {**mk, 'step_time': dt,
                                              'tokens_per_s': tokens[k] / dt,
-                                             'tokens': done * tokens[k], 'pack': len(rows)})
+                                             'tokens': done * tokens[k], 'pack': len(rows),
+                                             'flops': done * flops_per_step[k],
+                                             'mfu': flops_per_step[k] / dt
+                                             / (peaks[k] * mm.size) if peaks[k]
+                                             else float('nan')})
           if eval_now:
             t0 = time.perf_counter()
             params = one(state.params, k, t.shardings.params)

@@ -104,6 +104,10 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
     assert [e['step'] for e in evals] == [n // 2, n]
     # The final-only probes (bias) at each member's own last step.
     assert ['bias/all/stereotype_preferred' in e for e in evals] == [False, True], name
+    # The rows a single run writes: FLOPs and MFU, the device's peak.
+    rows = metrics.read(rdir, 'train')
+    assert rows[-1]['flops'] > 0 and 0 < rows[-1]['mfu'] < 1, rows[-1]
+    assert metrics.read(rdir, 'setup')[0]['peak_flops_per_device'] > 0
   assert all(r['status'] == 'done' for r in sweep.run_all(cd, wd, log=print))
   # A long member's run lost after its mid-way checkpoint (step 6, where the
   # stack shrank): it resumes from there alone and ends where it ended in the

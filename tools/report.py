@@ -2,8 +2,8 @@
 
 python -m tools.report --config=configs/isoflop_tiny.py --workdir=runs/isoflop
 
-Reads <workdir>/results.jsonl (experiments.sweep --mode=collect writes it)
-and each run's eval curve; writes <workdir>/report/report.md, PNG figures and
+Tabulates the runs (results.csv/jsonl, as experiments.sweep --mode=collect),
+then reads them and each run's eval curve; writes <workdir>/report/report.md, PNG figures and
 fits.json (lm/report.py).
 """
 
@@ -14,12 +14,15 @@ from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
-from lm import report, scaling
+from lm import report, scaling, sweep
 
 
 def main(argv):
   del argv
   try:
+    # Tabulate first, so the report reads every run as it is now (runs
+    # finished since the last collect were missing from its tables).
+    sweep.collect(flags.FLAGS.config, flags.FLAGS.workdir)
     print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir, log=print))
   except (scaling.FitError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
