@@ -232,7 +232,7 @@ CASES += [
                                           '--vocab_size=20', '--data_path={CORPUS}'],
      '--vocab_size=20 is too small'),
     ('train_tokenizer: missing data', ['-m', 'tools.train_tokenizer', '--out={S}/sp3',
-                                       '--data_path={S}/nothing'], 'nothing'),
+                                       '--data_path={S}/nothing'], '--data_path='),
     ('config: a size not in the ladder', ['-m', 'tools.config',
                                           '--config=configs/ladder.py:size=zz'],
      "size='zz' is not in the ladder"),

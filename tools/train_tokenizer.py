@@ -63,7 +63,7 @@ def main(argv):
     texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
     print(train(texts, F.out, F.vocab_size, F.model_type))
   except (ConfigError, RuntimeError, OSError) as e:  # SentencePiece raises RuntimeError.
-    why = ' '.join(str(e).split())
+    why = ' '.join(str(e).split()).replace('config.data.path=', '--data_path=')
     print(f'error: {why}' + (f' (--vocab_size={F.vocab_size} is too small for this corpus: '
                              'raise it)' if 'required_chars' in why else ''), file=sys.stderr)
     sys.exit(2)
