@@ -26,6 +26,7 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ['-m', 'experiments.train', '--config=configs/tiny.py']
+SWEEP = ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py']
 
 
 def _cfg(**over) -> list[str]:
@@ -123,9 +124,7 @@ CASES += [
     ('train: read-only workdir', [*TRAIN, '--workdir=/proc/lm_w'], 'not writable'),
     ('train: read-only data cache', [*TRAIN, _W, '--config.data.cache_dir=/proc/lm_cache'],
      'the data cache'),
-    ('sweep: read-only sweep directory', ['-m', 'experiments.sweep',
-                                          '--config=configs/isoflop_tiny.py',
-                                          '--workdir=/proc/lm_sweep'], 'not writable'),
+    ('sweep: read-only sweep directory', [*SWEEP, '--workdir=/proc/lm_sweep'], 'not writable'),
     ('train: data dir does not exist', [*TRAIN, _W, '--config.data.source=dir',
                                         '--config.data.path={S}/missing'], 'missing'),
     ('train: data dir that is a file', [*TRAIN, _W, '--config.data.source=dir',
@@ -160,6 +159,18 @@ CASES += [
                                                  '--config.data.tokenizer_path={S}/none.model'],
      'none.model'),
 ]
+
+# Sweep config values (validated before the plan is written).
+for name, override, want in [
+    ('negative budget', 'sweep.budgets=(-1e11,)', 'sweep.budgets'),
+    ('grid without params', 'sweep.design=grid', 'sweep.params'),
+    ('unknown design', 'sweep.design=random', 'sweep.design'),
+    ('sizes < 3', 'sweep.sizes=2', 'sweep.sizes'),
+    ('a seed listed twice', 'sweep.seeds=(0, 0)', 'list each value once'),
+    ('negative job_gpus', 'sweep.job_gpus=-1', 'sweep.job_gpus'),
+    ('negative bootstrap', 'sweep.bootstrap=-1', 'sweep.bootstrap'),
+]:
+  CASES.append((f'sweep: {name}', [*SWEEP, _W, f'--config.{override}'], want))
 
 # Other CLIs.
 CASES += [
@@ -199,26 +210,9 @@ CASES += [
                            '--ladder=1e4,abc'], 'ladder'),
     ('count: negative ladder size', ['-m', 'tools.count', '--config=configs/isoflop_tiny.py',
                                      '--ladder=-1e4'], 'positive'),
-    ('sweep: negative budget', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                                _W, "--config.sweep.budgets=(-1e11,)"], 'sweep.budgets'),
-    ('sweep: grid without params', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                                     _W, '--config.sweep.design=grid'], 'sweep.params'),
-    ('sweep: unknown design', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                               _W, '--config.sweep.design=random'], 'sweep.design'),
-    ('sweep: sizes < 3', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py', _W,
-                          '--config.sweep.sizes=2'], 'sweep.sizes'),
-    ('sweep: collect an empty workdir', ['-m', 'experiments.sweep',
-                                         '--config=configs/isoflop_tiny.py',
-                                         '--workdir={S}/empty', '--mode=collect'], 'no run'),
-    ('sweep: --only not in the plan', ['-m', 'experiments.sweep',
-                                       '--config=configs/isoflop_tiny.py', _W, '--only=nope'],
-     '--only'),
-    ('sweep: a seed listed twice', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                                    _W, '--config.sweep.seeds=(0, 0)'], 'list each value once'),
-    ('sweep: negative job_gpus', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                                  _W, '--config.sweep.job_gpus=-1'], 'sweep.job_gpus'),
-    ('sweep: negative bootstrap', ['-m', 'experiments.sweep', '--config=configs/isoflop_tiny.py',
-                                   _W, '--config.sweep.bootstrap=-1'], 'sweep.bootstrap'),
+    ('sweep: collect an empty workdir', [*SWEEP, '--workdir={S}/empty', '--mode=collect'],
+     'no run'),
+    ('sweep: --only not in the plan', [*SWEEP, _W, '--only=nope'], '--only'),
     ('fit: missing results table', ['-m', 'tools.fit', '--results={S}/none.csv'], 'none.csv'),
     ('fit: a directory as the table', ['-m', 'tools.fit', '--results={S}/binary'], 'binary'),
     ('fit: a table without an N column', ['-m', 'tools.fit', '--results={S}/nolabel.jsonl'],
