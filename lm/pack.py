@@ -42,7 +42,6 @@ import numpy as np
 
 from lm import checkpoint as ckpt_lib
 from lm import data as data_lib
-from lm import flops as flops_lib
 from lm import metrics as metrics_lib
 from lm import optimizer as opt_lib
 from lm import probes, train
@@ -202,15 +201,11 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
                 for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
       steps = [int(s.step) for s in states]
-      dev = jax.devices()[0]
       flops_per_step, peaks = [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):
         workdir_lib.truncate_metrics(wd, steps[k])
-        conv = train.flops_per_token(c)
-        flops_per_step.append(conv[c.train.flops_convention] * c.train.batch_size
-                              * c.data.seq_len)
-        peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype,
-                                                          dev.platform)
+        conv, fps, peak = train.step_cost(c)
+        flops_per_step.append(fps)
         peaks.append(peak)
         writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, peak), 'pack': K})
       ends = [c.train.steps for c in cs]

@@ -347,6 +347,16 @@ def flops_per_token(c: Config) -> dict[str, float]:
   return conv
 
 
+def step_cost(c: Config) -> tuple[dict[str, float], float, float]:
+  """(FLOPs per token by convention, FLOPs per step under
+  train.flops_convention, peak FLOP/s of one device): what a run's setup and
+  train rows report (MFU), for a single run and a packed member alike."""
+  conv = flops_per_token(c)
+  dev = jax.devices()[0]
+  peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
+  return conv, conv[c.train.flops_convention] * c.train.batch_size * c.data.seq_len, peak
+
+
 class _Progress:
   """Train metrics: read one step late (the loop never waits for the device),
   timed, written to metrics.jsonl and the progress bar."""
@@ -512,10 +522,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
   data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
                                     c.data.shuffle_seed, pidx, pcount, data.transform))
-  conv = flops_per_token(c)
-  flops_per_step = conv[c.train.flops_convention] * c.train.batch_size * c.data.seq_len
-  dev = jax.devices()[0]
-  peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
+  conv, flops_per_step, peak = step_cost(c)
 
   mngr = ckpt_lib.checkpoint_manager(workdir, c)
   with t.context(), workdir_lib.Preemption() as preemption:
