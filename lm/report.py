@@ -88,7 +88,9 @@ def _ci(ci: dict, k: str, transform=None) -> str:
   if k not in ci:
     if '_why' in ci:
       return f'none: {ci["_why"]}'
-    return 'none: sweep.bootstrap = 0' if ci['_failed'][1] == 0 else 'none: every bootstrap refit failed'
+    if ci['_failed'][1] == 0:
+      return 'none: sweep.bootstrap = 0'
+    return 'none: every bootstrap refit failed'
   lo, hi = ci[k]
   if transform is not None:
     lo, hi = transform(lo), transform(hi)

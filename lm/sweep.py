@@ -110,6 +110,11 @@ def _result_path(workdir: str, name: str) -> str:
   return os.path.join(workdir, 'runs', name, 'result.json')
 
 
+def _plan_json(runs: list[plan.Run]) -> list[dict]:
+  """The plan as plan.json holds it (tuples as lists, as when read back)."""
+  return json.loads(json.dumps([dataclasses.asdict(r) for r in runs]))
+
+
 def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
   """True if plan.json holds this plan, False if there is none; a different
   plan (another config's sweep) is a ConfigError, so nothing run, collected or
@@ -117,7 +122,7 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
   path = os.path.join(workdir, 'plan.json')
   if not os.path.exists(path):
     return False
-  new = json.loads(json.dumps([dataclasses.asdict(r) for r in runs]))  # Tuples -> lists.
+  new = _plan_json(runs)
   try:
     with open(path) as f:
       old = json.load(f)
@@ -138,8 +143,7 @@ def write_plan(workdir: str, runs: list[plan.Run]) -> None:
   os.makedirs(workdir, exist_ok=True)
   if not check_plan(workdir, runs):
     workdir_lib.write_atomic(os.path.join(workdir, 'plan.json'),
-                             json.dumps(json.loads(json.dumps(
-                                 [dataclasses.asdict(r) for r in runs])), indent=1))
+                             json.dumps(_plan_json(runs), indent=1))
 
 
 def use_compile_cache(workdir: str) -> None:
