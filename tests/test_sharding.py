@@ -252,6 +252,7 @@ def test_shardings_tool_totals_and_aot(tmp_path):
   batch_bytes = 4 * c.train.batch_size * row_ints // (c.mesh.data * c.mesh.fsdp)
   assert totals['xla_argument_size_in_bytes'] == (
       totals['params'] + totals['optimizer'] + 4 + 8 + batch_bytes + 12)
+  assert ' 0.000 ' not in text and ' KiB' in text, text  # A tiny model's bytes are readable.
 
 
 def test_memory_tool_estimates_the_compiled_step():
@@ -260,6 +261,7 @@ def test_memory_tool_estimates_the_compiled_step():
   import io
 
   from tools import memory
+  from tools import shardings as tool_sh
   c = tiny(**{'mesh.data': 2, 'mesh.fsdp': 4})
   out = io.StringIO()
   r = memory.estimate(c, out)
@@ -272,4 +274,4 @@ def test_memory_tool_estimates_the_compiled_step():
   for part in ('parameters', 'optimizer state', 'xla temporaries', "mesh {'data': 2"):
     assert part in text, text
   assert f'{n / 1e3:.1f}K parameters' in text and ' 0.00 ' not in text, text  # Readable units.
-  assert memory._bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'
+  assert tool_sh.human_bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'

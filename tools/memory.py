@@ -37,15 +37,6 @@ _ACCEL = flags.DEFINE_enum('accelerator', 'h100', list(ACCELERATORS),
                            'Whose memory to compare against.')
 
 
-def _bytes(n: float) -> str:
-  """Bytes in the largest binary unit that keeps the figure >= 1 (a tiny
-  model's MiB would all print as 0.00 GiB)."""
-  for unit, size in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
-    if n >= size:
-      return f'{n / size:8.2f} {unit}'
-  return f'{n:8.0f} B'
-
-
 def _count(n: int) -> str:
   """A parameter count as 8.03B, 124.4M, 52.0K or 120."""
   for unit, size in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
@@ -84,7 +75,7 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
         f'{m.attention}, loss_chunk {m.loss_chunk}', file=out)
   print(f'mesh {dict(t.mesh.shape)} on {t.mesh.size} fake CPU devices; per device:', file=out)
   for k, v in r.items():
-    print(f'  {k:28s}{_bytes(v)}', file=out)
+    print(f'  {k:28s}{shardings_tool.human_bytes(v)}', file=out)
   return r
 
 

@@ -26,8 +26,13 @@ from lm import cli, tokenizers, train
 
 
 
-def _gib(n: float) -> str:
-  return f'{n / 2**30:.3f} GiB'
+def human_bytes(n: float) -> str:
+  """Bytes in the largest binary unit that keeps the figure >= 1 (a tiny
+  model's MiB would all print as 0.000 GiB)."""
+  for unit, size in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if n >= size:
+      return f'{n / size:8.2f} {unit}'
+  return f'{n:8.0f} B'
 
 
 def _per_device(arr, sharding) -> int:
@@ -96,7 +101,7 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
   totals['total'] = sum(totals.values())
   print('\nper device:', file=out)
   for k, v in totals.items():
-    print(f'  {k:24s} {_gib(v)}', file=out)
+    print(f'  {k:24s} {human_bytes(v)}', file=out)
   if aot:  # The train step the trainer runs, on this objective's batch.
     with t.context():
       state = jax.tree_util.tree_map(
@@ -109,7 +114,7 @@ def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str,
       v = getattr(mem, k, None)
       if v is not None:
         totals[f'xla_{k}'] = v
-        print(f'  {k:32s} {_gib(v)}', file=out)
+        print(f'  {k:32s} {human_bytes(v)}', file=out)
   return totals
 
 
