@@ -12,8 +12,11 @@ probabilities are the model's softmax over that set. The text is encoded as
 is, like the plain-text windows the encoder was trained on.
 """
 
+from __future__ import annotations
+
 import sys
 
+import numpy as np
 from absl import app, flags, logging
 
 MASK_TEXT = '[MASK]'
@@ -46,7 +49,6 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax.numpy as jnp
-  import numpy as np
 
   from lm import checkpoint
   from lm.model import Transformer
@@ -54,7 +56,8 @@ def main(argv):
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.family != 'encoder' or c.model.num_classes:
       raise FillMaskError(
-          f'{_WORKDIR.value} holds a {c.model.family} model'
+          f'{_WORKDIR.value} holds {"an" if c.model.family[0] == "e" else "a"} '
+          f'{c.model.family} model'
           + (' classifier' if c.model.num_classes else '')
           + '; fill-mask needs a masked-LM encoder run (model.family=encoder)')
     if _TOP_K.value < 1:
@@ -70,17 +73,22 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   logits = Transformer(c.model).apply({'params': params}, jnp.asarray([ids]))[0]
-  specials = {tok.bos_id, tok.eos_id, tok.pad_id}
-  allowed = np.array([i not in specials for i in range(tok.vocab_size)])
   for n, pos in enumerate(where):
-    lg = np.asarray(logits[pos, :tok.vocab_size], np.float64)
-    lg[~allowed] = -np.inf
-    p = np.exp(lg - lg.max())
-    p /= p.sum()
-    top = np.argsort(-p)[:_TOP_K.value]
     print(f'[MASK] {n} (token {pos}):')
-    for t in top:
-      print(f'  {tok.decode([int(t)])!r:>12}  {p[t]:.4f}')
+    for t, p in top_candidates(np.asarray(logits[pos]), tok, _TOP_K.value):
+      print(f'  {tok.decode([t])!r:>12}  {p:.4f}')
+
+
+def top_candidates(logits_V: np.ndarray, tok, k: int) -> list[tuple[int, float]]:
+  """The k most likely text tokens and their probabilities, renormalised over
+  text tokens: BOS, EOS, PAD, MASK and the padded vocabulary are never offered."""
+  lg = np.asarray(logits_V[:tok.vocab_size], np.float64).copy()
+  specials = [tok.bos_id, tok.eos_id, tok.pad_id]
+  lg[specials] = -np.inf
+  p = np.exp(lg - lg.max())
+  p /= p.sum()
+  order = [int(t) for t in np.argsort(-p, kind='stable') if t not in specials]
+  return [(t, float(p[t])) for t in order[:k]]
 
 
 if __name__ == '__main__':

@@ -122,7 +122,12 @@ def main(argv):
           + (f'  (given the prompt {_PROMPT.value[0]!r})' if _PROMPT.value else ''))
     return
 
-  outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs)
+  try:
+    outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs,
+                            num_ids=tok.vocab_size)
+  except sampling.SamplingError as e:  # E.g. an encoder input longer than max_len.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   for i, (text, seqs) in enumerate(zip(texts, outs)):
     for j, seq in enumerate(seqs):
       print(f'=== prompt {i}, sample {j} ===')

@@ -186,7 +186,8 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         prompt = self.tok_encode(context)[-(self.max_length - n):] or [self.eot_token_id]
         s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
                                     temperature=temperature if not greedy else 1.0)
-        ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id)[0][0]
+        ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id,
+                                  num_ids=self.tok.vocab_size)[0][0]
         text = self.tok_decode(ids)
         cut = min([text.find(u) for u in until if u and u in text], default=len(text))
         out.append(text[:cut])

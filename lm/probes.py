@@ -143,7 +143,8 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
   prompt, target = _pair(tokenizer, c, c['secret'])
   post_len = len(c['template'].partition('{secret}')[2])
   out = sampling.generate(params, m, [prompt], sampling.SamplingConfig(
-      max_new_tokens=len(target), greedy=True), eos_id=-1)[0][0]
+      max_new_tokens=len(target), greedy=True), eos_id=-1,
+      num_ids=tokenizer.vocab_size)[0][0]
   # Extracted: greedy decoding writes the secret (compared as text, so a
   # different but equivalent tokenisation of it still counts).
   want = tokenizer.decode(target)[:len(tokenizer.decode(target)) - post_len or None]

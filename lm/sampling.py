@@ -73,6 +73,11 @@ def check_prompts(prompts: list[list[int]], m: ModelConfig, max_new_tokens: int)
     if len(p) >= m.max_len:
       raise SamplingError(f'prompt {i} has {len(p)} tokens, as long as or longer than the '
                           f'context model.max_len={m.max_len}: shorten it')
+    if len(p) + max_new_tokens > m.max_len and m.family == 'encoder_decoder':
+      raise SamplingError(
+          f'max_new_tokens={max_new_tokens} and the decoder\'s start token exceed the '
+          f'decoder context model.max_len={m.max_len}: ask for at most '
+          f'{m.max_len - len(p)} new tokens')
     if len(p) + max_new_tokens > m.max_len:
       raise SamplingError(
           f'prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that '
@@ -154,9 +159,10 @@ def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int,
 
 @functools.partial(jax.jit, static_argnames=('m', 's', 'eos_id'))
 def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Array,
-           cache: dict, seen_BV: Array, start_B: Array, rng: Array,
+           cache: dict, seen_BV: Array, start_B: Array, rng: Array, allowed_V: Array,
            enc_valid_BS: Array | None = None):
-  """Samples up to s.max_new_tokens per row; -1 fills a row after its EOS.
+  """Samples up to s.max_new_tokens per row, only ids where allowed_V; -1 fills
+  a row after its EOS.
 
   Returns tokens_BxN (EOS included where emitted)."""
   B = logits_BV.shape[0]
@@ -170,6 +176,7 @@ def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Ar
 
   def body(carry):
     i, logits_BV, cache, seen_BV, done_B, out_BN = carry
+    logits_BV = jnp.where(allowed_V, logits_BV, -jnp.inf)
     tok_B = choose(logits_BV, seen_BV, jax.random.fold_in(rng, i), s)
     out_BN = out_BN.at[:, i].set(jnp.where(done_B, -1, tok_B))
     done_B = done_B | (tok_B == eos_id)
@@ -226,13 +233,29 @@ def _per_prompt(rows: list[list[int]], eos_id: int, n: int) -> list[list[list[in
   return [rows[i:i + n] for i in range(0, len(rows), n)]
 
 
+def allowed_ids(m: ModelConfig, num_ids: int | None) -> np.ndarray:
+  """bool[vocab_size]: the ids generation may emit. The model's vocabulary is
+  the tokenizer's `num_ids` ids padded up (model.vocab_multiple); the rows above
+  are never trained as text, so a decoder never emits them (a SentencePiece
+  decode of one raises). An encoder-decoder may also emit its sentinels, which
+  count down from the top; only MASK (id num_ids) is left out. None: all ids."""
+  ids_V = np.arange(m.vocab_size)
+  if num_ids is None:
+    return np.ones(m.vocab_size, bool)
+  if m.family == 'encoder_decoder':
+    return ids_V != num_ids
+  return ids_V < num_ids
+
+
 def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
-             eos_id: int, enc_inputs: list[list[int]] | None = None
-             ) -> list[list[list[int]]]:
+             eos_id: int, enc_inputs: list[list[int]] | None = None, *,
+             num_ids: int | None = None) -> list[list[list[int]]]:
   """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped).
 
   An encoder-decoder takes one encoder input per prompt (`enc_inputs`); its
-  prompts are the decoder's start (usually [BOS])."""
+  prompts are the decoder's start (usually [BOS]). `num_ids`: the tokenizer's
+  vocabulary size, so padding ids are never sampled (`allowed_ids`); give it
+  whenever a tokenizer will decode the output."""
   if m.family == 'encoder':
     raise SamplingError('an encoder (masked LM) does not generate left to right: use '
                         'experiments.fill_mask')
@@ -245,16 +268,16 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
   if enc_inputs is not None:
     if len(enc_inputs) != len(prompts) or not all(enc_inputs):
       raise SamplingError('give one non-empty encoder input per prompt')
-    too_long = [i for i, e in enumerate(enc_inputs) if len(e) > m.max_len]
-    if too_long:
-      raise SamplingError(f'encoder inputs {too_long} are longer than model.max_len='
-                          f'{m.max_len}')
+    for i, e in enumerate(enc_inputs):
+      if len(e) > m.max_len:
+        raise SamplingError(f'prompt {i} is {len(e)} tokens as the encoder input (with its '
+                            f'EOS), longer than model.max_len={m.max_len}: shorten it')
     enc_tok, enc_valid = _right_pad([e for e in enc_inputs for _ in range(n)])
     enc_out = encode(params, m, enc_tok, enc_valid)
   logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens,
                              enc_out, enc_valid)
   out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
-                             jax.random.key(s.seed), enc_valid))
+                             jax.random.key(s.seed), allowed_ids(m, num_ids), enc_valid))
   return _per_prompt([row[row >= 0].tolist() for row in out_BN], eos_id, n)
 
 

@@ -271,7 +271,7 @@ def test_bad_family_config(override, match):
 
 @pytest.mark.parametrize('family,cli,arg,message', [
     ('encoder_decoder', 'fill_mask', '--text=a [MASK]',
-     'holds a encoder_decoder model; fill-mask needs'),
+     'holds an encoder_decoder model; fill-mask needs'),
     ('encoder', 'generate', '--prompt=x', 'holds an encoder (masked LM)'),
 ])
 def test_cli_refuses_checkpoints_of_another_family(family, cli, arg, message, tmp_path):
@@ -317,12 +317,16 @@ def test_seq2seq_pairs_from_a_tfds_catalog_dataset_with_mock_data(tmp_path):
 
 @pytest.mark.slow
 def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
-  from experiments.fill_mask import FillMaskError, mask_ids
+  from experiments.fill_mask import FillMaskError, mask_ids, top_candidates
   from lm import checkpoint
   ids, where = mask_ids('ab[MASK]c[MASK]', TOK)
   assert ids == [97, 98, 259, 99, 259] and where == [2, 4]
   with pytest.raises(FillMaskError, match='no \\[MASK\\] marker'):
     mask_ids('abc', TOK)
+  logits_V = np.linspace(0, 1, 320)  # A padded vocabulary; specials are the likeliest.
+  top = top_candidates(logits_V, TOK, 300)  # More than there are text tokens.
+  assert len(top) == 256 and {t for t, _ in top} == set(range(256))
+  assert abs(sum(p for _, p in top) - 1) < 1e-9 and top[0][0] == 255
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
   checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
   r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask', f'--workdir={tmp_path / "enc"}',
@@ -356,6 +360,13 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   r = subprocess.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and '<extra_id_999>: the model has only' in r.stderr, r.stderr
+  r = subprocess.run(ed + ['--prompt=' + 'x' * 200, '--greedy', '--max_new_tokens=4'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'prompt 0 is 201 tokens as the encoder input' in r.stderr, (
+      r.stderr)
+  r = subprocess.run(ed + ['--prompt=x', '--max_new_tokens=32'], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2 and "decoder's start token exceed" in r.stderr, r.stderr
   r = subprocess.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr
 

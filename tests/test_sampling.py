@@ -93,6 +93,22 @@ def test_sampling_is_reproducible_and_returns_distinct_sequences():
   assert other != a
 
 
+def test_padding_ids_are_never_sampled():
+  """The model's vocabulary is the tokenizer's padded up; ids above the
+  tokenizer's are never emitted (a SentencePiece decode of one raises), except
+  an encoder-decoder's sentinels at the top."""
+  params = _params(BASE, seed=5)
+  s = SamplingConfig(max_new_tokens=12, temperature=50.0, num_return_sequences=16)
+  free = sum(sampling.generate(params, BASE, [[1, 2]], s, eos_id=-1)[0], [])
+  assert max(free) >= 40  # At this temperature the unrestricted draws reach high ids.
+  kept = sum(sampling.generate(params, BASE, [[1, 2]], s, eos_id=-1, num_ids=40)[0], [])
+  assert len(kept) == len(free) and max(kept) < 40
+  greedy = dataclasses.replace(s, greedy=True, num_return_sequences=1)
+  assert max(sampling.generate(params, BASE, [[1, 2]], greedy, -1, num_ids=3)[0][0]) < 3
+  ed = np.flatnonzero(sampling.allowed_ids(dataclasses.replace(BASE, family='encoder_decoder'), 40))
+  assert 40 not in ed and 39 in ed and 41 in ed and 60 in ed  # All but MASK (id 40).
+
+
 def test_eos_stops_one_row_while_others_continue():
   params = _params(BASE, seed=4)
   prompts = [[1, 2, 3], [20, 21]]
