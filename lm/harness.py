@@ -15,7 +15,9 @@ checkpoint's params, so any harness task runs on any lm decoder:
                          decoding (lm/sampling.py), cut at the first `until`.
 
 Tokenisation follows the harness's TemplateLM (the context's trailing spaces
-move to the continuation; an empty context is conditioned on EOS), so the
+move to the continuation; an empty context is conditioned on EOS; where a BPE
+merge across the boundary leaves the continuation no token, and the harness's
+hf model fails an assertion, the continuation is encoded alone), so the
 numbers equal those of the harness's own Hugging Face model on an exported
 checkpoint (tests/test_harness.py). Tasks are YAML files (the harness's
 format); with no network, point them at local JSONL with `dataset_path: json`
@@ -149,6 +151,17 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
 
     def tok_decode(self, ids) -> str:
       return self.tok.decode(list(ids))
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+      """The harness's split (encode the whole, cut off the context's tokens),
+      except where a merge across the boundary (BPE: `print(` + `'`) leaves the
+      continuation no token, where the harness's hf model fails an assertion:
+      then the continuation is encoded on its own after the context's tokens."""
+      ctx, cont = super()._encode_pair(context, continuation)
+      if not cont:
+        spaces = context[len(context.rstrip()):]  # Moved to the continuation, as above.
+        cont = self.tok_encode(spaces + continuation)
+      return ctx, cont
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
       del disable_tqdm, kw

@@ -53,6 +53,37 @@ def test_adapter_loglikelihoods_equal_lms_score_path(run_dir):
   assert isinstance(out[0], str) and '\n' not in out[0]
 
 
+class _Merging:
+  """Bytes, but `('` is one token (259), as a BPE merge across a
+  context/continuation boundary makes it."""
+  eos_id, vocab_size = BYTES.eos_id, BYTES.vocab_size + 1
+
+  def encode(self, s: str) -> list[int]:
+    parts = s.split("('")
+    out = list(BYTES.encode(parts[0]))
+    for p in parts[1:]:
+      out += [259] + list(BYTES.encode(p))
+    return out
+
+  def decode(self, ids) -> str:
+    return ''.join("('" if i == 259 else BYTES.decode([i]) for i in ids)
+
+
+def test_a_merge_across_the_boundary_still_scores_the_continuation(run_dir):
+  """`print(` + `'`: the whole encodes to as many tokens as the context, so the
+  harness's split leaves no continuation; it is then encoded on its own."""
+  c, params = checkpoint.load_params(run_dir)
+  tok = _Merging()
+  lm_obj = harness.make_lm(params, c.model, tok, batch_size=4)
+  from lm_eval.api.instance import Instance
+  assert lm_obj._encode_pair('print(', "'") == (tok.encode('print('), [ord("'")])
+  assert lm_obj._encode_pair('print( ', "'") == (tok.encode('print('), tok.encode(" '"))
+  assert lm_obj._encode_pair('f(', 'x') == (tok.encode('f('), [ord('x')])  # Unchanged.
+  (ll, _), = lm_obj.loglikelihood([Instance('loglikelihood', {}, ('print(', "'"), 0)])
+  want = sampling.score(params, c.model, [ord("'")], tok.encode('print('))
+  np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5, atol=1e-4)
+
+
 def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
   out = tmp_path / 'eval.json'
   p = subprocess.run(
