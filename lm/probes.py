@@ -215,7 +215,10 @@ def _masked_logprob_fn(m: ModelConfig):
 
 def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> np.ndarray:
   """Decoder: log p(sentence | EOS). Encoder: pseudo-log-likelihood, each token
-  masked in turn (MASK = the first id above the tokenizer's, as in training)."""
+  masked in turn (MASK = the first id above the tokenizer's, as in training).
+  Sentences longer than model.max_len are scored in windows, never cut: a
+  decoder's as in lm.sampling.score, an encoder masks each token in the
+  max_len tokens centred on it."""
   if m.family == 'decoder' and not m.num_classes:
     pairs = [([tokenizer.eos_id], [int(t) for t in tokenizer.encode(s)]) for s in sentences]
     return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs)])
@@ -225,16 +228,24 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> 
   f = _masked_logprob_fn(m)
   out = []
   for s in sentences:
-    ids = [int(t) for t in tokenizer.encode(s)][:m.max_len]
-    L = len(ids)  # S x S rows, S the next power of two: few compiled shapes.
-    S = min(m.max_len, max(8, 1 << (L - 1).bit_length()))
-    rows = np.zeros((S, S), np.int32)
-    rows[:, :L] = ids
-    valid = np.zeros((S, S), bool)
-    valid[:, :L] = True
-    lp = np.asarray(f(params, jnp.asarray(rows), jnp.asarray(valid),
-                      jnp.asarray(np.minimum(np.arange(S), L - 1)), tokenizer.vocab_size))
-    out.append(float(lp[:L].sum()))
+    ids = np.asarray([int(t) for t in tokenizer.encode(s)], np.int32)
+    L = len(ids)  # W x W rows, W the next power of two up to max_len: few compiled shapes.
+    W = min(m.max_len, max(8, 1 << (L - 1).bit_length()))
+    start_L = np.clip(np.arange(L) - W // 2, 0, max(L - W, 0))  # Window of each token.
+    total = 0.0
+    for lo in range(0, L, W):  # W masked copies per call.
+      pos = np.arange(lo, min(lo + W, L))
+      rows = np.zeros((W, W), np.int32)
+      valid = np.zeros((W, W), bool)
+      at = np.zeros(W, np.int32)
+      for r in range(W):  # Rows past the sentence repeat its last one (then unused).
+        p = pos[min(r, len(pos) - 1)]
+        seg = ids[start_L[p]:start_L[p] + W]
+        rows[r, :len(seg)], valid[r, :len(seg)], at[r] = seg, True, p - start_L[p]
+      lp = np.asarray(f(params, jnp.asarray(rows), jnp.asarray(valid), jnp.asarray(at),
+                        tokenizer.vocab_size))
+      total += float(lp[:len(pos)].sum())
+    out.append(total)
   return np.asarray(out)
 
 

@@ -107,6 +107,32 @@ def test_bias_probe_decoder_and_masked_lm():
     assert 'colour' in probes.bias_table(res)
 
 
+def test_masked_lm_scores_sentences_longer_than_its_context():
+  """Pseudo-log-likelihood beyond model.max_len: each token masked in the
+  max_len tokens around it; nothing is cut, so an ending counts; a short
+  sentence's score is every token masked in turn in the whole sentence."""
+  c = tiny(None, **{'model.family': 'encoder', 'model.vocab_size': 384, 'model.max_len': 16,
+                    'data.seq_len': 16})
+  params = jax.jit(lambda r: train.Transformer(c.model).init(
+      r, **train.init_inputs(c.model, 8))['params'])(jax.random.key(1))
+  params = jax.tree_util.tree_map(lambda x: x.value, params, is_leaf=lambda x: hasattr(x, 'value'))
+  head = 'the quick brown fox jumps over '  # 31 bytes: the endings lie outside max_len.
+  a, b = probes.sentence_scores(params, c.model, BYTES, [head + 'dogs', head + 'cats'])
+  assert np.isfinite(a) and np.isfinite(b) and a != b
+  f = probes._masked_logprob_fn(c.model)
+  ids = np.asarray(BYTES.encode('a cat'), np.int32)
+  want = f(params, np.tile(ids, (5, 1)), np.ones((5, 5), bool), np.arange(5), BYTES.vocab_size)
+  got, = probes.sentence_scores(params, c.model, BYTES, ['a cat'])
+  np.testing.assert_allclose(got, float(np.sum(want)), rtol=1e-5)
+  long = head * 2  # 62 tokens; token p is masked in tokens lo..lo+15, lo = clip(p - 8).
+  ids = np.asarray(BYTES.encode(long), np.int32)
+  whole = sum(float(f(params, ids[None, lo:lo + 16], np.ones((1, 16), bool),
+                      np.array([p - lo]), BYTES.vocab_size)[0])
+              for p in range(62) for lo in [min(max(p - 8, 0), 46)])
+  np.testing.assert_allclose(probes.sentence_scores(params, c.model, BYTES, [long])[0], whole,
+                             rtol=1e-5)
+
+
 def test_bias_csv_errors(tmp_path):
   bad = tmp_path / 'bad.csv'
   bad.write_text('more,less\na,b\n')
