@@ -145,8 +145,9 @@ def load_tokenizer(path: str, c: Config):
 def save_params(workdir: str, c: Config, params: Any, step: int = 0) -> str:
   """Writes config.json and a params-only checkpoint that `load_params` reads."""
   from lm import tokenizers
+  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)  # Fails first.
   os.makedirs(workdir, exist_ok=True)
-  write_config(workdir, c, tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path))
+  write_config(workdir, c, tok)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=ocp.CheckpointManagerOptions(create=True),
                                item_names=('state',))

@@ -182,6 +182,40 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   hf.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
   assert (tmp_path / 'out' / 'tokenizer.json').read_bytes() == (
       tmp_path / 'hf' / 'tokenizer.json').read_bytes()
+  # Importing our own export reads the tokenizer it ships, not the original
+  # path (here removed).
+  (tmp_path / 'hf' / 'tokenizer.json').rename(tmp_path / 'moved.json')
+  hf.import_dir(str(tmp_path / 'out'), str(tmp_path / 'back'))
+  c2 = checkpoint.load_config(str(tmp_path / 'back'))
+  assert c2.data.tokenizer_path == str(tmp_path / 'out' / 'tokenizer.json')
+  assert list(checkpoint.load_tokenizer(str(tmp_path / 'back'), c2).encode(prompt)) == ids
+
+
+def test_malformed_directories_are_refused_in_one_line(tmp_path):
+  """A config.json missing a field, weights that are not safetensors, and
+  tensors that do not fit the config: each an HFError, and no run is started."""
+  import json
+  m = _ours('gpt2')
+  params = jax.jit(lambda r: Transformer(m).init(r, jnp.zeros((1, 8), jnp.int32))['params'])(
+      jax.random.key(0))
+  params = jax.tree_util.tree_map(lambda x: getattr(x, 'value', x), params,
+                                  is_leaf=lambda x: hasattr(x, 'value'))
+  checkpoint.save_params(str(tmp_path / 'run'), dataclasses.replace(tiny(), model=m), params)
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  cfg_path = tmp_path / 'hf' / 'config.json'
+  good = json.loads(cfg_path.read_text())
+  cases = [({'model_type': 'gpt2'}, None, "has no 'n_embd'"),
+           ({**good, 'n_layer': 'two'}, None, 'num_layers=.two. is invalid: expected an integer'),
+           ({k: v for k, v in good.items() if k != 'lm_config'} | {'n_embd': 64}, None,
+            'do not fit config.json'),
+           (good, b'\x00' * 64, 'not a readable safetensors file')]
+  weights = (tmp_path / 'hf' / 'model.safetensors').read_bytes()
+  for i, (cfg, blob, want) in enumerate(cases):
+    cfg_path.write_text(json.dumps(cfg))
+    (tmp_path / 'hf' / 'model.safetensors').write_bytes(blob or weights)
+    with pytest.raises(hf.HFError, match=want):
+      hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / f'back{i}'))
+    assert not (tmp_path / f'back{i}').exists()
 
 
 def test_every_architecture_field_is_mapped_or_refused_by_export():

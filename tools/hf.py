@@ -194,6 +194,23 @@ def _get(cfg: dict, *names, default=None):
 
 def model_config(cfg: dict) -> ModelConfig:
   """Our ModelConfig for a transformers GPT-2 or Llama config.json."""
+  try:
+    m = _model_config(cfg)
+    # Types and values as a config file's would be checked (lm/config.py).
+    m = config_lib._build(ModelConfig, 'model', dataclasses.asdict(m))
+    config_lib.validate_model(m)
+    return m
+  except config_lib.ConfigError as e:
+    raise HFError(f'config.json (model_type={cfg.get("model_type")!r}) gives {e}') from None
+  except KeyError as e:
+    raise HFError(f'config.json (model_type={cfg.get("model_type")!r}) has no '
+                  f'{e.args[0]!r}, which that model type needs') from None
+  except TypeError as e:  # E.g. a string where a number belongs.
+    raise HFError(f'config.json (model_type={cfg.get("model_type")!r}) holds a value of '
+                  f'the wrong type ({e})') from None
+
+
+def _model_config(cfg: dict) -> ModelConfig:
   kind = cfg.get('model_type')
   if kind == 'gpt2':
     act = cfg.get('activation_function', 'gelu_new')
@@ -237,6 +254,16 @@ def from_hf(cfg: dict, t: dict[str, np.ndarray], m: ModelConfig | None = None
             ) -> tuple[ModelConfig, dict]:
   """(our ModelConfig, params) from a transformers config and its tensors."""
   m = m or model_config(cfg)
+  try:
+    return _from_hf(cfg, t, m)
+  except HFError:
+    raise
+  except ValueError as e:  # A reshape of a tensor whose size does not fit the config.
+    raise HFError(f'the tensors do not fit config.json (d_model {m.d_model}, heads '
+                  f'{m.num_heads}, kv heads {m.kv_heads}, head_dim {m.dh}): {e}') from None
+
+
+def _from_hf(cfg: dict, t: dict[str, np.ndarray], m: ModelConfig) -> tuple[ModelConfig, dict]:
   D, H, K, Dh = m.d_model, m.num_heads, m.kv_heads, m.dh
   t = {k: np.asarray(v, np.float32) for k, v in t.items()}
 
@@ -302,7 +329,7 @@ def _check_shapes(params: dict, m: ModelConfig) -> None:
 
 def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   """config.json and all safetensors tensors (one file or a sharded index)."""
-  from safetensors import safe_open
+  from safetensors import SafetensorError, safe_open
   cfg_path = os.path.join(hf_dir, 'config.json')
   if not os.path.exists(cfg_path):
     raise HFError(f'{hf_dir} has no config.json: not a transformers model directory')
@@ -319,9 +346,12 @@ def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
                   'read: re-save with safe_serialization=True)')
   t = {}
   for path in files:
-    with safe_open(path, framework='numpy') as f:
-      for k in f.keys():
-        t[k] = f.get_tensor(k)
+    try:
+      with safe_open(path, framework='numpy') as f:
+        for k in f.keys():
+          t[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise HFError(f'{path} is not a readable safetensors file ({e})') from None
   return cfg, t
 
 
@@ -379,6 +409,9 @@ def import_dir(hf_dir: str, workdir: str) -> str:
       m = orig  # The same model: keep its spelling (mlp_dim 0, num_kv_heads 0, ...).
     m, params = from_hf(cfg, t, m)
     d['model'] = dataclasses.asdict(m)
+    shipped = os.path.join(hf_dir, TOKENIZER_FILES.get(d['data']['tokenizer'], ''))
+    if os.path.isfile(shipped):  # The copy export wrote: the original path may be gone.
+      d['data']['tokenizer_path'] = os.path.abspath(shipped)
   else:
     m, params = from_hf(cfg, t, m)
     d = config_lib.to_dict(config_lib.from_configdict({}))  # Every default.
@@ -397,7 +430,8 @@ def import_dir(hf_dir: str, workdir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
+  from absl import flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax's and JAX's INFO lines are not ours.
   FLAGS = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ('export', 'import'):
     print('usage: python -m tools.hf export --workdir=W --out=DIR | '
