@@ -119,13 +119,21 @@ def write_config(workdir: str, c: Config, tok) -> None:
       {'tokenizer': c.data.tokenizer, 'path': c.data.tokenizer_path, 'name': tok.name}))
 
 
+def tokenizer_record(run_dir: str) -> dict | None:
+  """What write_config recorded of the run's tokenizer (None for a run from
+  before the record)."""
+  path = os.path.join(run_dir, TOKENIZER_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def check_tokenizer(run_dir: str, tok) -> None:
   """A CheckpointError if the run recorded another tokenizer than `tok`."""
-  path = os.path.join(run_dir, TOKENIZER_FILE)
-  if not os.path.exists(path):  # A run from before the record: nothing to compare.
+  rec = tokenizer_record(run_dir)
+  if rec is None:  # Nothing to compare.
     return
-  with open(path) as f:
-    rec = json.load(f)
   if rec.get('name') != tok.name:
     raise CheckpointError(
         f'the tokenizer at {rec.get("path") or rec.get("tokenizer")} is not the one {run_dir} '

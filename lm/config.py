@@ -145,7 +145,7 @@ class DataConfig:
   val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
   tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
-  tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf).
+  tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf); recorded absolute.
   document_mask: bool = True  # Causal LM: attention and positions stay within each packed document.
   seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
   shuffle_seed: int = 0  # Seed of the data order (and of corruption noise).
@@ -234,10 +234,12 @@ FIELD_KINDS: dict[str, str] = {
     **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
                                     'labels', 'eval_path', 'train_split', 'val_split',
                                     'val_fraction', 'shuffle_seed',
-                                    'target_key', 'tokenizer', 'tokenizer_path', 'seq_len',
+                                    'target_key', 'tokenizer', 'seq_len',
                                     'target_len', 'canary_repeats', 'canary_template',
                                     'canary_digits', 'canary_seed')},
     'train.batch_size': FIXED, 'train.objective': FIXED,
+    # data.tokenizer_path is free: the file is compared by its content
+    # (lm/checkpoint.check_tokenizer), wherever it lies.
 }
 
 
@@ -658,6 +660,10 @@ def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
       raise ConfigError(f'config.{k} is not a known section{hint}; '
                         f'valid: {", ".join(sorted(known))}')
   parts = {s: _build(cls, s, dict(d.get(s, {}))) for s, cls in SECTIONS.items()}
+  tp = parts['data'].tokenizer_path
+  if tp and '://' not in tp:  # Recorded absolute, so a run's tools work from any directory.
+    parts['data'] = dataclasses.replace(parts['data'],
+                                        tokenizer_path=os.path.abspath(os.path.expanduser(tp)))
   c = Config(**parts, rules=_rules(d.get('rules', DEFAULT_RULES)),
              name=str(d.get('name', 'run')), init_from=str(d.get('init_from', '')))
   validate(c)

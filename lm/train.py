@@ -311,13 +311,19 @@ def _build(c: Config, devices: list, byte_lengths: np.ndarray | None) -> Trainer
 
 # --- Loop ---------------------------------------------------------------------
 
-def check_init_from(c: Config) -> Config:
-  """The source run's config, if its params fit this model; else a clear error."""
+def check_init_from(c: Config, tok) -> Config:
+  """The source run's config, if its params fit this model and it was trained
+  with this tokenizer (compared by content, wherever the file lies); else a
+  clear error."""
   src = ckpt_lib.load_config(c.init_from)
   diffs = ckpt_lib.arch_diff(src.model, c.model)
-  for f in ('tokenizer', 'tokenizer_path'):
-    if getattr(src.data, f) != getattr(c.data, f):
-      diffs.append(f'data.{f}: {getattr(src.data, f)!r} != {getattr(c.data, f)!r}')
+  if src.data.tokenizer != c.data.tokenizer:
+    diffs.append(f'data.tokenizer: {src.data.tokenizer!r} != {c.data.tokenizer!r}')
+  else:
+    rec = ckpt_lib.tokenizer_record(os.path.dirname(ckpt_lib.find(c.init_from)[0])) or {}
+    if rec.get('name', tok.name) != tok.name:
+      diffs.append(f'the tokenizer\'s content: {rec["name"]} (then at {rec.get("path")}) != '
+                   f'{tok.name} (data.tokenizer_path={c.data.tokenizer_path!r})')
   if diffs:
     raise CheckpointError(
         f'config.init_from={c.init_from!r} holds a model with another architecture or '
@@ -493,7 +499,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   c, tok, objective, loaded = resolve(c)
   probes.check_tasks(c)
   resume = ckpt_lib.check_workdir(workdir, c)
-  src = check_init_from(c) if c.init_from and not resume else None
+  src = check_init_from(c, tok) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
   data = objective.data(c, tok, loaded, pidx, pcount)
@@ -504,7 +510,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
       workdir_lib.clean_incomplete(os.path.join(workdir, 'checkpoints'), log)
     if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
-      src = check_init_from(c) if c.init_from and not resume else None
+      src = check_init_from(c, tok) if c.init_from and not resume else None
     return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start)
 
 

@@ -119,8 +119,11 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
     get_tokenizer('hf', str(tmp_path / 'nope.json'))
 
 
-def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path):
-  """The data pipeline, the vocabulary padding and bits per byte with BPE ids."""
+def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path, monkeypatch):
+  """The data pipeline, the vocabulary padding and bits per byte with BPE ids;
+  the tokenizer is recorded by absolute path and compared by content."""
+  import dataclasses
+  import json
   import shutil
 
   from lm import checkpoint, train
@@ -128,10 +131,19 @@ def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path):
   path = str(tmp_path / 'tok' / 'tokenizer.json')
   os.makedirs(os.path.dirname(path))
   shutil.copy(hf_bpe, path)
-  c = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': path,
+  monkeypatch.chdir(tmp_path)  # A relative path, as the README's examples give.
+  c = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': 'tok/tokenizer.json',
                           'train.steps': 3, 'train.eval_every': 3})
   run = str(tmp_path / 'run')
   out = train.train_and_evaluate(c, run, log=lambda *a: None)
+  with open(os.path.join(run, 'config.json')) as f:
+    assert json.load(f)['data']['tokenizer_path'] == path  # Usable from any directory.
+  # Fine-tuning from it: the same tokenizer under another path is accepted.
+  elsewhere = str(tmp_path / 'copy.json')
+  shutil.copy(path, elsewhere)
+  ft = dataclasses.replace(out['config'], init_from=run,
+                           data=dataclasses.replace(c.data, tokenizer_path=elsewhere))
+  train.check_init_from(ft, get_tokenizer('hf', elsewhere))
   n = get_tokenizer('hf', hf_bpe).vocab_size
   assert out['config'].model.vocab_size == -(-n // 128) * 128  # Padded to a multiple of 128.
   assert out['bytes'] > 2 * out['tokens']  # BPE ids stand for several bytes each.
@@ -144,6 +156,9 @@ def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path):
   before = open(os.path.join(run, 'config.json')).read()
   with pytest.raises(checkpoint.CheckpointError, match='is not the one .* was trained with'):
     checkpoint.load_tokenizer(run, out['config'])
+  same_path = dataclasses.replace(ft, data=c.data)  # The path it trained with, new pieces.
+  with pytest.raises(checkpoint.CheckpointError, match="the tokenizer's content: hf-"):
+    train.check_init_from(same_path, get_tokenizer('hf', path))
   longer = tiny(corpus_dir, **{'data.tokenizer': 'hf', 'data.tokenizer_path': path,
                                'train.steps': 5, 'train.eval_every': 5})
   with pytest.raises(checkpoint.CheckpointError, match='is not the one'):
