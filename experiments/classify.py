@@ -27,12 +27,7 @@ def _read(path: str, c) -> tuple[list[str], list[str] | None]:
   """(texts, gold labels or None)."""
   from lm import classify
   if os.path.splitext(path)[1].lower() in ('.csv', '.jsonl', '.json'):
-    try:
-      pairs = classify.read_file(path, c.data.text_key, c.data.label_key)
-      return [t for t, _ in pairs], [lab for _, lab in pairs]
-    except classify.LabelError:  # No labels: texts only.
-      pairs = classify.read_file(path, c.data.text_key, c.data.text_key)
-      return [t for t, _ in pairs], None
+    return classify.read_texts(path, c.data.text_key, c.data.label_key)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--file={path!r} does not exist')
   with open(path, encoding='utf-8') as f:

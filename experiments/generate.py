@@ -73,7 +73,8 @@ def main(argv):
       texts = list(_PROMPT.value)
       if _PROMPTS_FILE.value:
         with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
-          texts += [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()]
+          texts += [line.rstrip('\n').replace('\\n', '\n') for line in f
+                    if line.rstrip('\n')]  # Blank lines part prompts; spaces are text.
       if not texts:
         raise sampling.SamplingError('give --prompt, --prompts_file or --score')
       for i, t in enumerate(texts):

@@ -22,17 +22,18 @@ class LabelError(ValueError):
   """A labelled example is missing a field or has a label outside the label set."""
 
 
-def read_file(path: str, text_key: str, label_key: str) -> list[tuple[str, str]]:
-  """(text, label) pairs from a .csv (header row) or .jsonl file."""
+def _rows(path: str) -> list[tuple[int, dict]]:
+  """(line number, record) of a .csv (header row) or .jsonl file; a UTF-8 byte
+  order mark (Excel's "CSV UTF-8") is skipped."""
   if not os.path.isfile(path):
     raise ConfigError(f'labelled data file {path!r} does not exist')
   ext = os.path.splitext(path)[1].lower()
   rows: list[tuple[int, dict]] = []
   if ext == '.csv':
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:
       rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]  # Line 1: header.
   elif ext in ('.jsonl', '.json'):
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:
       for i, line in enumerate(f):
         if line.strip():
           try:
@@ -41,17 +42,40 @@ def read_file(path: str, text_key: str, label_key: str) -> list[tuple[str, str]]
             raise LabelError(f'{path}:{i + 1}: not a JSON object ({e.msg})') from None
   else:
     raise ConfigError(f'labelled data file {path!r}: expected a .csv or .jsonl file')
-  out = []
-  for line, r in rows:
-    for key in (text_key, label_key):
-      if not isinstance(r, dict) or r.get(key) in (None, ''):
-        raise LabelError(f'{path}:{line}: missing field {key!r} (fields: '
-                         f'{", ".join(r) if isinstance(r, dict) else type(r).__name__}); '
-                         f'every example needs {text_key!r} and {label_key!r}')
-    out.append((str(r[text_key]), str(r[label_key])))
-  if not out:
+  if not rows:
     raise LabelError(f'{path} holds no examples')
-  return out
+  return rows
+
+
+def _field(path: str, line: int, r: dict, key: str, needed: tuple[str, ...]) -> str | None:
+  if not isinstance(r, dict) or r.get(key) in (None, ''):
+    raise LabelError(f'{path}:{line}: missing field {key!r} (fields: '
+                     f'{", ".join(r) if isinstance(r, dict) else type(r).__name__}); '
+                     f'every example needs {" and ".join(map(repr, needed))}')
+  return str(r[key])
+
+
+def read_file(path: str, text_key: str, label_key: str) -> list[tuple[str, str]]:
+  """(text, label) pairs from a .csv (header row) or .jsonl file."""
+  need = (text_key, label_key)
+  return [(_field(path, n, r, text_key, need), _field(path, n, r, label_key, need))
+          for n, r in _rows(path)]
+
+
+def read_texts(path: str, text_key: str, label_key: str) -> tuple[list[str], list[str] | None]:
+  """(texts, labels) from a .csv/.jsonl file whose rows all have labels, or
+  (texts, None) when none has; a file with some labelled rows is an error
+  naming the first row without one (its accuracy would drop them silently)."""
+  rows = _rows(path)
+  texts = [_field(path, n, r, text_key, (text_key,)) for n, r in rows]
+  has = [isinstance(r, dict) and r.get(label_key) not in (None, '') for _, r in rows]
+  if not any(has):
+    return texts, None
+  if not all(has):
+    line = rows[has.index(False)][0]
+    raise LabelError(f'{path}:{line}: no {label_key!r}, where {sum(has)} of {len(rows)} '
+                     'rows have one: label every row, or none to only classify')
+  return texts, [str(r[label_key]) for _, r in rows]
 
 
 def _held_out(text: str, fraction: float) -> bool:

@@ -526,6 +526,9 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
   _positive('data.seq_len', d.seq_len)
   if not 0.0 < d.val_fraction < 1.0:
     raise _err('data.val_fraction', d.val_fraction, 'must be in (0, 1)')
+  if len(set(d.labels)) != len(d.labels):
+    dup = sorted({x for x in d.labels if d.labels.count(x) > 1})
+    raise _err('data.labels', d.labels, f'list each class once ({dup} repeat)')
   if d.source == 'dir' and not d.path:
     raise _err('data.path', d.path, "set a directory or glob for data.source='dir'")
   if d.source == 'tfds' and not d.tfds_name:

@@ -177,6 +177,20 @@ def test_label_files_errors(tmp_path):
   csv_f.write_text('sentence,label\nhello,a\n')
   with pytest.raises(classify.LabelError, match=r"x.csv:2: missing field 'text'"):
     classify.read_file(str(csv_f), 'text', 'label')
+  bom = tmp_path / 'bom.csv'  # Excel's "CSV UTF-8" starts with a byte order mark.
+  bom.write_bytes('\ufefftext,label\nhello,a\n'.encode('utf-8'))
+  assert classify.read_file(str(bom), 'text', 'label') == [('hello', 'a')]
+  assert classify.read_texts(str(bom), 'text', 'label') == (['hello'], ['a'])
+  part = tmp_path / 'part.csv'
+  part.write_text('text,label\nhello,a\nthere,\n')
+  with pytest.raises(classify.LabelError, match=r"part.csv:3: no 'label', where 1 of 2 rows"):
+    classify.read_texts(str(part), 'text', 'label')
+  part.write_text('text,label\nhello,\n,\n')
+  with pytest.raises(classify.LabelError, match=r"part.csv:3: missing field 'text' .*; "
+                     r"every example needs 'text'$"):
+    classify.read_texts(str(part), 'text', 'label')
+  with pytest.raises(ConfigError, match=r"list each class once \(\['a'\] repeat\)"):
+    tiny(**{'data.labels': ('a', 'b', 'a')})
   with pytest.raises(classify.LabelError, match=r"labels \['c'\] are not in the label set "
                      r"\['a', 'b'\] \(the first, 'c', at example 1: 'two'\)"):
     classify.encode([('one', 'a'), ('two', 'c')], ('a', 'b'), ByteTokenizer(), 8, 'eval split')
@@ -217,14 +231,15 @@ def _cli(*args):
 
 def test_generate_cli_samples_scores_and_refuses_bad_input(pretrained, tmp_path):
   prompts = tmp_path / 'p.txt'
-  prompts.write_text('def f(x):\\n    return\nimport\n')
+  prompts.write_text('def f(x):\\n    return\nimport\n\n    \n')  # A blank line; an indent.
   r = _cli(f'--workdir={pretrained}', '--prompt=def fibonacci(', f'--prompts_file={prompts}',
            '--max_new_tokens=8', '--temperature=0.7', '--top_k=50', '--top_p=0.9',
            '--repetition_penalty=1.3', '--num_return_sequences=2')
   assert r.returncode == 0, r.stderr
-  for i in range(3):
+  for i in range(4):
     for j in range(2):
       assert f'=== prompt {i}, sample {j} ===' in r.stdout
+  assert '=== prompt 4,' not in r.stdout
   assert 'def f(x):\n    return' in r.stdout
   r = _cli(f'--workdir={pretrained}', '--score=def f(x):')
   assert r.returncode == 0 and 'perplexity' in r.stdout and 'bits per byte' in r.stdout

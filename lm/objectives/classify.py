@@ -28,7 +28,8 @@ def load(c):
     raise ConfigError(f'config.model.num_classes={c.model.num_classes} but the data has '
                       f'{len(names)} labels {list(names)}; use 0 (from the data)')
   if len(names) < 2:
-    raise ConfigError(f'the labelled data has {len(names)} label(s) {list(names)}; '
+    raise ConfigError((f'data.labels={c.data.labels!r} lists' if c.data.labels else
+                       'the labelled data has') + f' {len(names)} label(s) {list(names)}; '
                       'a classifier needs at least 2')
   c = dataclasses.replace(
       c, model=dataclasses.replace(c.model, num_classes=len(names)),
