@@ -43,6 +43,25 @@ _WORKER = flags.DEFINE_string('worker', '', 'Internal: i/n, run worker i\'s shar
 _ONE_THREAD = ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
 
 
+def _parent_death_signal():
+  """A function for a worker to call before exec so that it gets SIGTERM
+  (checkpoint and stop) when this coordinator dies, even by SIGKILL: an
+  orphaned worker would go on training beside the next sweep. Linux prctl
+  PR_SET_PDEATHSIG; elsewhere a no-op."""
+  import ctypes
+  me = os.getpid()
+  try:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # Loaded here, not after fork.
+  except (OSError, AttributeError):
+    return lambda: None
+
+  def arm():
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG.
+    if os.getppid() != me:  # The coordinator died before the line above.
+      os._exit(workdir.PREEMPTED_EXIT)
+  return arm
+
+
 def _run_workers(cd, wd: str, n: int) -> list[dict]:
   """Holds the sweep lock, writes the plan and runs n copies of this command
   as workers, each with its share of the runs; returns every run's record."""
@@ -53,20 +72,29 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
     args = [a for a in sys.argv[1:] if not a.startswith(('--workers', '--worker=', '--report',
                                                           '--noreport'))]
     cpus = sorted(os.sched_getaffinity(0))
+    die_with_me = _parent_death_signal()
     procs = []
     for i in range(n):
       env = {**os.environ, 'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') + _ONE_THREAD}
       pin = {cpus[i % len(cpus)]} if n <= len(cpus) else None
+
+      def start(pin=pin):  # In the child, before exec.
+        die_with_me()
+        if pin:
+          os.sched_setaffinity(0, pin)
       procs.append(subprocess.Popen(
           [sys.executable, '-m', 'experiments.sweep', *args, f'--worker={i}/{n}', '--noreport'],
-          env=env, preexec_fn=(lambda p=pin: os.sched_setaffinity(0, p)) if pin else None))
+          env=env, preexec_fn=start))
     # A SIGTERM (a scheduler's preemption) goes on to the workers, which
     # checkpoint and stop; a terminal's SIGINT reaches them by itself.
-    signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
+    old = signal.signal(signal.SIGTERM,
+                        lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
     try:
       codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
       codes = [p.wait() or workdir.PREEMPTED_EXIT for p in procs]
+    finally:
+      signal.signal(signal.SIGTERM, old)  # Collecting and reporting stop as usual.
   # A worker signalled before it installed its handler (still starting) dies
   # of the signal (a negative code): nothing of its runs was lost either.
   stopped = (workdir.PREEMPTED_EXIT, -signal.SIGINT, -signal.SIGTERM)

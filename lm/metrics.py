@@ -9,6 +9,12 @@ from typing import Any
 
 import jax
 
+from lm.config import ConfigError
+
+
+class MetricsError(ConfigError):
+  """A metrics.jsonl damaged other than by a kill mid-write (one-line error)."""
+
 
 class Writer:
   """Appends one JSON object per line and mirrors scalars to TensorBoard."""
@@ -52,5 +58,14 @@ def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i == len(lines) - 1:  # Cut short by a kill mid-write: the rows before it stand.
+        break
+      raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
+                         'or delete the run directory to train it again') from None
   return [r for r in rows if kind is None or r['kind'] == kind]

@@ -248,10 +248,8 @@ def _beyond_loss(t: _Table) -> None:
 
 def _wall_time(workdir: str, fit_s: float) -> list[str]:
   """Where the sweep's time went (report lines): the runs' recorded parts, and the fits."""
-  recs = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'runs', '*', 'result.json'))):
-    with open(path) as f:
-      recs.append(json.load(f))
+  recs = [sweep.read_result(workdir, os.path.basename(os.path.dirname(path))) for path in
+          sorted(glob.glob(os.path.join(workdir, 'runs', '*', 'result.json')))]
   parts = sweep.wall_breakdown(recs)
   parts['fits (this report)'] = fit_s
   total = sum(parts.values()) or 1.0

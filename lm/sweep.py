@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 import ml_collections
 
+from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
 from lm import flops, metrics, objectives, plan, tokenizers, train
 from lm import pack as pack_lib
@@ -108,6 +110,23 @@ def config_hash(c: config_lib.Config) -> str:
 
 def _result_path(workdir: str, name: str) -> str:
   return os.path.join(workdir, 'runs', name, 'result.json')
+
+
+def read_result(workdir: str, name: str) -> dict:
+  """A run's result.json; {} when it has none, or a 'pending' record naming
+  the damage when the file cannot be read (a run whose result is unreadable is
+  trained again, which resumes from its checkpoints)."""
+  path = _result_path(workdir, name)
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as e:
+    return {'name': name, 'status': 'pending', 'error': f'{path} is unreadable ({e})'}
+  if not isinstance(rec, dict):
+    return {'name': name, 'status': 'pending', 'error': f'{path} is not a JSON object'}
+  return rec
 
 
 def _plan_json(runs: list[plan.Run]) -> list[dict]:
@@ -208,8 +227,13 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
     started = os.path.isdir(os.path.join(rdir, 'checkpoints')) and not r.branch_from
     if not ((done or started) and os.path.exists(os.path.join(rdir, 'config.json'))):
       continue
-    with open(os.path.join(rdir, 'config.json')) as f:
-      old = json.load(f)
+    try:
+      with open(os.path.join(rdir, 'config.json')) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise config_lib.ConfigError(
+          f'{rdir}/config.json is unreadable ({e}); restore it, or delete {rdir} to train '
+          f'{r.name} again') from None
     c = train.resolve(run_config(cd, r, s.evals_per_run))[0]  # As the run stored it.
     new = json.loads(json.dumps(config_lib.to_dict(c)))
     diffs = []
@@ -248,20 +272,24 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   for unit in units:
     todo = []
     for r in unit:
-      res_path = _result_path(workdir, r.name)
-      if os.path.exists(res_path):
-        with open(res_path) as f:
-          prev = json.load(f)
-        if prev.get('status') == 'done':
-          results.append(prev)
-          done_c += r.compute
-          finished += 1
-          continue
+      prev = read_result(workdir, r.name)
+      if prev.get('status') == 'done':
+        results.append(prev)
+        done_c += r.compute
+        finished += 1
+        continue
       todo.append(r)
     if not todo:
       continue
     t_run = time.time()
     recs = _train_unit(cd, workdir, todo, s, log)
+    busy = [r.name for r, rec in zip(todo, recs) if rec is None]
+    if busy:  # Another process trains them: theirs to record, not ours.
+      log(f'[sweep] {", ".join(busy)}: in use by another process (see above); not '
+          'recorded here: rerun the sweep when it has finished')
+      todo, recs = [r for r, rec in zip(todo, recs) if rec], [rec for rec in recs if rec]
+      if not todo:
+        continue
     # A member's wall time: its own parts (lm/pack.train_pack's shares) and
     # an even share of the unit's time outside them.
     outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
@@ -349,12 +377,10 @@ def read_results(workdir: str, runs: list[plan.Run]) -> list[dict]:
   run without one is recorded as failed."""
   out = []
   for r in runs:
-    path = _result_path(workdir, r.name)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-    else:
-      out.append({'name': r.name, 'status': 'failed', 'error': 'its job wrote no result'})
+    rec = read_result(workdir, r.name)
+    out.append(rec if rec.get('status') in ('done', 'failed') else
+               {'name': r.name, 'status': 'failed',
+                'error': rec.get('error', 'its job wrote no result')})
   return out
 
 
@@ -384,7 +410,7 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
             'traceback': traceback.format_exc()[-2000:]}
   recs: list[dict | None] = [None] * len(todo)
   for i, r in enumerate(todo):
-    if r.branch_from and not os.path.isdir(os.path.join(workdir, 'runs', r.name, 'checkpoints')):
+    if r.branch_from and not _seeded(os.path.join(workdir, 'runs', r.name)):
       try:
         _start_branch(workdir, r)
       except Exception as e:  # Its own failure, not its pack's.
@@ -405,6 +431,9 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
     log(f'[sweep] stopped during {", ".join(r.name for r in todo)} (checkpointed); rerun '
         'to continue')
     raise
+  except workdir_lib.LockError as e:  # A run of it is being trained elsewhere.
+    log(f'[sweep] {e}')
+    outs = [None for _ in live]
   except Exception as e:  # One failed run must not stop the sweep.
     outs = [failed(e) for _ in live]
   for i, rec in zip(live, outs):
@@ -469,17 +498,37 @@ def wall_line(parts: dict[str, float]) -> str:
       f'{k} {v:.0f} s ({100 * v / total:.0f}%)' for k, v in parts.items() if v or k == 'train')
 
 
+def _seeded(rdir: str) -> bool:
+  """Whether a WSD branch's directory holds its seed (or its own later
+  checkpoints): a config and at least one complete checkpoint step."""
+  ckpt = os.path.join(rdir, 'checkpoints')
+  return (os.path.exists(os.path.join(rdir, 'config.json')) and os.path.isdir(ckpt)
+          and any(e.isdigit() for e in os.listdir(ckpt)))
+
+
 def _start_branch(workdir: str, r: plan.Run) -> None:
-  """Seeds a WSD branch with its stable run's checkpoint at the branch step."""
+  """Seeds a WSD branch with its stable run's checkpoint at the branch step.
+
+  Built in a temporary directory and renamed into place, so a kill leaves
+  either no branch directory or a whole seed, never an empty checkpoints/ that
+  would train the branch from step 0. A branch directory without a seed (a
+  kill mid-copy by an older version) never trained and is replaced."""
   src = os.path.join(workdir, 'runs', r.branch_from)
   ckpt = os.path.join(src, 'checkpoints', str(r.branch_step))
   if not os.path.isdir(ckpt):
     raise FileNotFoundError(f'{r.name} branches from {ckpt}, which does not exist yet; '
                             f'run {r.branch_from} first')
   dst = os.path.join(workdir, 'runs', r.name)
-  os.makedirs(os.path.join(dst, 'checkpoints'), exist_ok=True)
-  shutil.copytree(ckpt, os.path.join(dst, 'checkpoints', str(r.branch_step)))
-  shutil.copy(os.path.join(src, 'config.json'), os.path.join(dst, 'config.json'))
+  tmp = os.path.join(workdir, 'runs', f'.{r.name}.seeding-{os.getpid()}')
+  for old in glob.glob(os.path.join(workdir, 'runs', f'.{r.name}.seeding-*')):
+    shutil.rmtree(old, ignore_errors=True)  # Left by a killed seeding.
+  shutil.copytree(ckpt, os.path.join(tmp, 'checkpoints', str(r.branch_step)))
+  for f in ('config.json', ckpt_lib.TOKENIZER_FILE):
+    if os.path.exists(os.path.join(src, f)):
+      shutil.copy(os.path.join(src, f), os.path.join(tmp, f))
+  if os.path.exists(dst):
+    shutil.rmtree(dst)
+  os.rename(tmp, dst)
 
 
 def config_overrides(argv: list[str]) -> list[str]:
@@ -544,10 +593,7 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     obj = objectives.get(c)
     counts = flops.param_counts(c.model)
     rdir = os.path.join(workdir, 'runs', r.name)
-    res = {}
-    if os.path.exists(_result_path(workdir, r.name)):
-      with open(_result_path(workdir, r.name)) as f:
-        res = json.load(f)
+    res = read_result(workdir, r.name)
     evals = metrics.read(rdir, 'eval')
     final_step = r.overrides['train.steps']
     final = [e for e in evals if e['step'] == final_step]

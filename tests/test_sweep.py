@@ -148,13 +148,25 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   assert steps == sorted(set(steps))  # No step twice after the resume.
   # Killed after its last checkpoint, before result.json: recorded as done on
   # rerun from its final eval, without training again.
-  lost = runs[2].name
-  os.remove(os.path.join(wd, 'runs', lost, 'result.json'))
+  # A result.json cut short counts as none. A run another live process holds
+  # is left to it, not recorded as failed.
+  lost, busy = runs[2].name, runs[0].name
+  with open(os.path.join(wd, 'runs', lost, 'result.json'), 'w') as f:
+    f.write('{"status": "do')
+  os.remove(os.path.join(wd, 'runs', busy, 'result.json'))
   n_rows = len(metrics.read(os.path.join(wd, 'runs', lost), 'train'))
   n_evals = len(metrics.read(os.path.join(wd, 'runs', lost), 'eval'))
-  res3 = sweep.run_all(cd, wd, log=lambda *_: None)
-  assert all(r['status'] == 'done' for r in res3), res3
+  logs3 = []
+  with workdir.lock(os.path.join(wd, 'runs', busy), 'training elsewhere'):
+    res3 = sweep.run_all(cd, wd, log=logs3.append)
+  assert len(res3) == 5 and all(r['status'] == 'done' for r in res3), res3
+  assert any(f'{busy}: in use by another process' in line for line in logs3), logs3
+  assert not os.path.exists(os.path.join(wd, 'runs', busy, 'result.json'))
   assert len(metrics.read(os.path.join(wd, 'runs', lost), 'train')) == n_rows
+  assert len(metrics.read(os.path.join(wd, 'runs', lost), 'eval')) == n_evals
+  assert sweep.run_all(cd, wd, log=lambda *_: None)[0]['status'] == 'done'  # Released.
+  with open(os.path.join(wd, 'runs', lost, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 9, "kind": "ev')  # A kill mid-write: the rows before it stand.
   assert len(metrics.read(os.path.join(wd, 'runs', lost), 'eval')) == n_evals
   rows = sweep.collect(cd, wd)
   with open(os.path.join(wd, 'results.csv')) as f:
@@ -292,12 +304,18 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   cd.sweep.pack = 4
   assert [[r.name for r in u] for u in sweep.plan_packs(cd, runs)] == [
       [runs[0].name], [runs[1].name, runs[2].name]]
+  # What kills during seeding left: an empty checkpoints/ (seeded in place by
+  # older versions, which then trained the branch from step 0) and a copy cut
+  # short; both are seeded again.
   for b in runs[1:]:
     shutil.rmtree(os.path.join(wd, 'runs', b.name))
+  os.makedirs(os.path.join(wd, 'runs', runs[1].name, 'checkpoints'))
+  os.makedirs(os.path.join(wd, 'runs', f'.{runs[2].name}.seeding-1', 'checkpoints'))
   packed = {r['name']: r for r in sweep.run_all(cd, wd, log=lambda *_: None)}
   for r in res[1:]:
     assert len(packed[r['name']]['pack']) == 2
     np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
+  assert not [e for e in os.listdir(os.path.join(wd, 'runs')) if 'seeding' in e]
   # The stable checkpoint one branch starts from is gone: that branch fails
   # alone, naming it; its pack-mate still trains to the same loss.
   for b in runs[1:]:
@@ -624,3 +642,33 @@ def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
     ray.shutdown()
   assert [r['status'] for r in res] == ['done'], res
   assert len([m for m in logs if 'as a Ray task' in m]) == 1
+
+
+def test_a_worker_gets_sigterm_when_its_coordinator_is_killed(tmp_path):
+  """Workers die with the coordinator, even one SIGKILLed: an orphan would go on
+  training beside the rerun's workers (experiments/sweep._parent_death_signal)."""
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  ready, got = tmp_path / 'ready', tmp_path / 'got'
+  child = ('import signal, sys, time\n'
+           f'signal.signal(signal.SIGTERM, lambda *a: (open({str(got)!r}, "w").write("TERM"), '
+           'sys.exit(75)))\n'
+           f'open({str(ready)!r}, "w").close()\n'
+           'time.sleep(60)\n')
+  coordinator = ('import subprocess, sys, time\n'
+                 'from experiments.sweep import _parent_death_signal\n'
+                 f'subprocess.Popen([sys.executable, "-c", {child!r}], '
+                 'preexec_fn=_parent_death_signal())\n'
+                 'time.sleep(60)\n')
+  parent = subprocess.Popen([sys.executable, '-c', coordinator], cwd=root)
+  deadline = time.time() + 60
+  while not ready.exists() and time.time() < deadline:
+    time.sleep(0.1)
+  assert ready.exists()
+  parent.kill()
+  parent.wait()
+  while not got.exists() and time.time() < deadline:
+    time.sleep(0.1)
+  assert got.read_text() == 'TERM'
