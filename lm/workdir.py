@@ -85,42 +85,84 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _read_holder(path: str) -> dict | None:
+  """The lock's record; None when there is no lock, {} when it is unreadable."""
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def _takeover_guard(workdir: str):
+  """An exclusive flock on the directory: two processes judging one stale
+  lock take turns, so only one removes it (and never a fresh one)."""
+  import fcntl
+  fd = os.open(workdir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # Releases the flock.
+
+
 @contextlib.contextmanager
 def lock(workdir: str, what: str = 'training', log=print):
-  """Holds <workdir>/.lock for the duration; see the module docstring."""
+  """Holds <workdir>/.lock for the duration; see the module docstring.
+
+  The record is written to a private file and hard-linked into place, so the
+  lock appears whole or not at all (link fails if .lock exists). A stale lock
+  (its pid dead on this host) is removed under a flock, after reading it again,
+  so of several processes taking it over one wins; release removes .lock only
+  while it is still this holder's."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_NAME)
   me = {'host': socket.gethostname(), 'pid': os.getpid(), 'what': what,
-        'started': datetime.datetime.now().isoformat(timespec='seconds')}
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+        'started': datetime.datetime.now().isoformat(timespec='seconds'),
+        'token': os.urandom(8).hex()}
+  mine = f'{path}.{me["token"]}'
+  with open(mine, 'w') as f:
+    json.dump(me, f)
+  try:
+    while True:
       try:
-        with open(path) as f:
-          holder = json.load(f)
-      except (OSError, ValueError):  # Being written this instant, or garbage.
-        holder = {}
-      same_host = holder.get('host') == me['host']
-      if same_host and isinstance(holder.get('pid'), int) and not _alive(holder['pid']):
-        log(f'warning: taking over the stale lock of {workdir} (pid {holder["pid"]} on '
-            f'{holder["host"]}, started {holder.get("started")}, is not running)')
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
+        os.link(mine, path)
+        break
+      except FileExistsError:
+        holder = _read_holder(path)
+      except OSError:  # No hard links here (some FUSE mounts): create it exclusively.
+        try:
+          with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), 'w') as f:
+            json.dump(me, f)
+          break
+        except FileExistsError:
+          holder = _read_holder(path)
+      if holder is None:  # Released this instant: try again.
         continue
-      raise LockError(
-          f'{workdir} is in use by {holder.get("what", "another process")} (host '
-          f'{holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
-          f'{holder.get("started", "?")}); wait for it to finish, or delete {path} if '
-          'that process is gone') from None
-    with os.fdopen(fd, 'w') as f:
-      json.dump(me, f)
-    break
+      same_host = holder.get('host') == me['host']
+      if not (same_host and isinstance(holder.get('pid'), int) and not _alive(holder['pid'])):
+        raise LockError(
+            f'{workdir} is in use by {holder.get("what", "another process")} (host '
+            f'{holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
+            f'{holder.get("started", "?")}); wait for it to finish, or delete {path} if '
+            'that process is gone')
+      with _takeover_guard(workdir):
+        if _read_holder(path) == holder:  # Still the dead one: nobody took it meanwhile.
+          os.remove(path)
+          log(f'warning: taking over the stale lock of {workdir} (pid {holder["pid"]} on '
+              f'{holder["host"]}, started {holder.get("started")}, is not running)')
+  finally:
+    os.remove(mine)
   try:
     yield
   finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+    if (_read_holder(path) or {}).get('token') == me['token']:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 class Preemption:

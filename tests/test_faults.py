@@ -113,6 +113,37 @@ def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path,
   assert not (wd / '.lock').exists()  # Released at the end.
 
 
+def test_a_stale_lock_is_taken_over_by_one_process_only(tmp_path):
+  """Four processes find the same dead holder at once: one takes the lock,
+  the others are refused (they used to remove each other's fresh lock)."""
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  wd = tmp_path / 'run'
+  wd.mkdir()
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True).stdout.strip()
+  (wd / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': int(dead),
+                                        'what': 'x', 'started': '?'}))
+  go = tmp_path / 'go'
+  script = ('import glob, os, sys, time\n'
+            'from lm import workdir\n'
+            f'while not os.path.exists({str(go)!r}): time.sleep(0.001)\n'
+            'try:\n'
+            f'  with workdir.lock({str(wd)!r}, log=lambda *_: None):\n'
+            f'    open(os.path.join({str(wd)!r}, f"held-{{os.getpid()}}"), "w").close()\n'
+            '    time.sleep(2.0)\n'  # Longer than any start-up skew.
+            f'    print("held", len(glob.glob(os.path.join({str(wd)!r}, "held-*"))))\n'
+            'except workdir.LockError:\n'
+            '  print("refused")\n')
+  procs = [subprocess.Popen([sys.executable, '-c', script], cwd=root, stdout=subprocess.PIPE,
+                            text=True) for _ in range(4)]
+  time.sleep(1.0)  # All started and polling.
+  go.touch()
+  outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+  assert outs == ['held 1', 'refused', 'refused', 'refused'], outs
+  assert sorted(os.listdir(wd)) == [f for f in sorted(os.listdir(wd)) if f.startswith('held-')]
+
+
 def test_divergence_halts_keeping_a_finite_checkpoint(tmp_path, corpus_dir):
   c = tiny(corpus_dir, **{'opt.lr': 1e30, 'opt.grad_clip': 0.0, 'train.steps': 12,
                           'train.checkpoint_every': 1, 'opt.warmup_steps': 0})
