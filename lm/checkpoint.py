@@ -125,8 +125,17 @@ def tokenizer_record(run_dir: str) -> dict | None:
   path = os.path.join(run_dir, TOKENIZER_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+    why = '' if isinstance(rec, dict) else 'not a JSON object'
+  except (OSError, ValueError) as e:
+    why = str(e)
+  if why:
+    raise CheckpointError(f'{path}, the record of the tokenizer the run was trained with, '
+                          f'is unreadable ({why}); delete it to skip the tokenizer check (a '
+                          'resumed run writes it again)')
+  return rec
 
 
 def check_tokenizer(run_dir: str, tok) -> None:
@@ -228,6 +237,16 @@ def check_workdir(workdir: str, c: Config) -> bool:
         + '; '.join(diffs))
   # Only temporary directories (a kill during the first save): a fresh start.
   return any(e.isdigit() for e in os.listdir(ckpt))
+
+
+def check_not_past_end(workdir: str, latest: int | None, steps: int) -> None:
+  """A CheckpointError if the run already went past train.steps: its "final"
+  numbers would be an earlier evaluation of a longer schedule."""
+  if latest is not None and latest > steps:
+    raise CheckpointError(
+        f'{workdir} holds a checkpoint at step {latest}, past train.steps={steps}: a run '
+        f'cannot end before where it already is; it was left untouched: set train.steps '
+        f'to at least {latest}, or choose another --workdir')
 
 
 def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):

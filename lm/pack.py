@@ -187,12 +187,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     for wd, r in zip(workdirs, resume):
       if r:
         ckpt_lib.check_tokenizer(wd, tok)
-    for wd, c in zip(workdirs, cs):
-      ckpt_lib.write_config(wd, c, tok)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
                                    data.transform)) for c in cs]
     mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))
              for wd, c in zip(workdirs, cs)]
+    for wd, c, m, r in zip(workdirs, cs, mngrs, resume):
+      if r:
+        ckpt_lib.check_not_past_end(wd, m.latest_step(), c.train.steps)
     writers = [metrics_lib.Writer(wd) for wd in workdirs]
     for w in writers:
       stack.callback(w.close)
@@ -200,6 +201,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       fresh = init(p)
       states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
                 for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
+      for wd, c in zip(workdirs, cs):  # After every restore worked.
+        ckpt_lib.write_config(wd, c, tok)
       steps = [int(s.step) for s in states]
       flops_per_step, peaks = [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):

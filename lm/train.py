@@ -517,23 +517,24 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
 def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
            src: Config | None, stop_at: int | None, log, t_start: float) -> dict[str, Any]:
   pidx, pcount = jax.process_index(), jax.process_count()
-  if resume:
-    ckpt_lib.check_tokenizer(workdir, tok)  # Before anything is written.
-  if pidx == 0:
-    ckpt_lib.write_config(workdir, c, tok)
+  mngr = ckpt_lib.checkpoint_manager(workdir, c)
+  if resume:  # Before anything is written.
+    ckpt_lib.check_tokenizer(workdir, tok)
+    ckpt_lib.check_not_past_end(workdir, mngr.latest_step(), c.train.steps)
   canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
-  if pidx == 0 and canaries:  # What tools.eval --canaries measures (lm/probes.py).
-    workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),
-                             json.dumps({'canaries': canaries}, indent=1))
   extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
   data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
                                     c.data.shuffle_seed, pidx, pcount, data.transform))
   conv, flops_per_step, peak = step_cost(c)
 
-  mngr = ckpt_lib.checkpoint_manager(workdir, c)
   with t.context(), workdir_lib.Preemption() as preemption:
     state = _start_state(c, t, workdir, mngr, data_iter, resume, src, log)
     start = int(state.step)
+    if pidx == 0:  # After a restore that worked: a failed one leaves the run's config.
+      ckpt_lib.write_config(workdir, c, tok)
+      if canaries:  # What tools.eval --canaries measures (lm/probes.py).
+        workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),
+                                 json.dumps({'canaries': canaries}, indent=1))
     if pidx == 0:  # Rows a killed process wrote after its last checkpoint.
       workdir_lib.truncate_metrics(workdir, start)
     writer = metrics_lib.Writer(workdir)

@@ -156,6 +156,16 @@ def test_foreign_and_corrupt_checkpoints_are_refused_and_kept(tmp_path, corpus_d
     with pytest.raises(train.CheckpointError, match=field.replace('.', r'\.')):
       train.train_and_evaluate(tiny(corpus_dir, **{field: value}), str(run))
   assert (run / 'config.json').read_text() == stored
+  # A schedule shorter than where the run is: its "final" eval would be an
+  # earlier step of the longer one.
+  with pytest.raises(train.CheckpointError, match='checkpoint at step 3, past train.steps=2'):
+    train.train_and_evaluate(tiny(corpus_dir, **{'train.steps': 2}), str(run))
+  record = (run / 'tokenizer.json').read_text()
+  (run / 'tokenizer.json').write_text('{"name": "by')
+  with pytest.raises(train.CheckpointError, match='tokenizer.json, the record .* unreadable'):
+    train.train_and_evaluate(c, str(run))
+  (run / 'tokenizer.json').write_text(record)
+  assert (run / 'config.json').read_text() == stored
 
   damaged = run / 'checkpoints' / '3' / 'state'
   for p in damaged.rglob('*'):
@@ -163,9 +173,10 @@ def test_foreign_and_corrupt_checkpoints_are_refused_and_kept(tmp_path, corpus_d
       p.write_bytes(b'garbage')
   before = {p: p.read_bytes() for p in (run / 'checkpoints').rglob('*') if p.is_file()}
   with pytest.raises(train.CheckpointError, match='could not be restored.*left untouched'):
-    train.train_and_evaluate(c, str(run))
+    train.train_and_evaluate(tiny(corpus_dir, **{'opt.lr': 1e-4}), str(run))  # A free change.
   after = {p: p.read_bytes() for p in (run / 'checkpoints').rglob('*') if p.is_file()}
   assert before == after
+  assert (run / 'config.json').read_text() == stored  # Not rewritten by the failed resume.
 
 
 def test_bfloat16_tracks_float32(tmp_path, corpus_dir):
