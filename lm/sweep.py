@@ -580,6 +580,7 @@ EXTRA_PREFIXES = ('task', 'canary', 'bias')
 
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state."""
+  workdir_lib.check_writable(workdir, 'the sweep directory')  # It writes the tables.
   runs = make_plan(cd)
   check_plan(workdir, runs)
   check_configs(cd, workdir, runs)  # Results are tabulated under this config.

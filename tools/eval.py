@@ -87,10 +87,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     check_out(_OUT.value)
+    out_dir = (os.path.dirname(os.path.abspath(_OUT.value)) if _OUT.value else
+               os.path.join(os.path.dirname(checkpoint.find(_WORKDIR.value)[0]), 'eval'))
+    workdir.check_writable(out_dir, 'the output directory')  # Before the evaluation.
     result = evaluate(_WORKDIR.value, _TASKS.value, _INCLUDE.value, _LIMIT.value,
                       _CANARIES.value, _BIAS.value, _BATCH.value)
   except (config_lib.ConfigError, checkpoint.CheckpointError, probes.ProbeError,
-          ValueError) as e:
+          workdir.NotWritable, ValueError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(2)
   if 'tasks' in result:

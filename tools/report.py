@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
-from lm import report, scaling, sweep
+from lm import report, scaling, sweep, workdir
 
 
 def main(argv):
@@ -24,7 +24,7 @@ def main(argv):
     # finished since the last collect were missing from its tables).
     sweep.collect(flags.FLAGS.config, flags.FLAGS.workdir)
     print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir, log=print))
-  except (scaling.FitError, config_lib.ConfigError) as e:
+  except (scaling.FitError, config_lib.ConfigError, workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
