@@ -22,11 +22,15 @@ import signal
 import sys
 import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from lm import workdir
 
-from lm import config as config_lib
-from lm import cli, host, report, scaling, sweep, workdir
+workdir.exit_on_signals()  # Before the slow imports: a signal now exits 75, not -15.
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from lm import config as config_lib  # noqa: E402
+from lm import cli, host, report, scaling, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -86,15 +90,16 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
           [sys.executable, '-m', 'experiments.sweep', *args, f'--worker={i}/{n}', '--noreport'],
           env=env, preexec_fn=start))
     # A SIGTERM (a scheduler's preemption) goes on to the workers, which
-    # checkpoint and stop; a terminal's SIGINT reaches them by itself.
-    old = signal.signal(signal.SIGTERM,
-                        lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
+    # checkpoint and stop; a terminal's SIGINT reaches them by itself. Either
+    # way this process waits for them (holding the lock) and then exits 75.
+    old = {signal.SIGTERM: signal.signal(
+               signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs]),
+           signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None)}
     try:
       codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-      codes = [p.wait() or workdir.PREEMPTED_EXIT for p in procs]
     finally:
-      signal.signal(signal.SIGTERM, old)  # Collecting and reporting stop as usual.
+      for sig, handler in old.items():  # Collecting and reporting stop as usual.
+        signal.signal(sig, handler)
   # A worker signalled before it installed its handler (still starting) dies
   # of the signal (a negative code): nothing of its runs was lost either.
   stopped = (workdir.PREEMPTED_EXIT, -signal.SIGINT, -signal.SIGTERM)

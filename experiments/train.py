@@ -2,12 +2,16 @@
 
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from lm import workdir
 
-from lm import config as config_lib
-from lm import classify, cli, host, sharding, train, workdir
+workdir.exit_on_signals()  # Before the slow imports: a signal now exits 75, not -15.
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from lm import config as config_lib  # noqa: E402
+from lm import classify, cli, host, sharding, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')

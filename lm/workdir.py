@@ -157,12 +157,43 @@ def lock(workdir: str, what: str = 'training', log=print):
               f'{holder["host"]}, started {holder.get("started")}, is not running)')
   finally:
     os.remove(mine)
+  _HELD[path] = me['token']
   try:
     yield
   finally:
+    _HELD.pop(path, None)
     if (_read_holder(path) or {}).get('token') == me['token']:
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+_HELD: dict[str, str] = {}  # The lock files this process holds: path -> token.
+
+
+def _stopped_outside_loop(signum, frame) -> None:
+  """Ends the process at once, as a SIGKILL would (which every write here
+  survives: atomic files, orbax's temporary steps), but with PREEMPTED_EXIT, a
+  message and its locks released. Raising instead is unsafe: the exception
+  can land in a garbage-collection callback or an import, which swallow it."""
+  del frame
+  for path, token in list(_HELD.items()):
+    if (_read_holder(path) or {}).get('token') == token:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+  os.write(2, f'stopped by {signal.Signals(signum).name} outside the training loop (nothing '
+              'was being trained): rerun the same command to continue\n'.encode())
+  os._exit(PREEMPTED_EXIT)
+
+
+def exit_on_signals() -> None:
+  """For a CLI's first lines: a SIGTERM or SIGINT outside the training loop
+  (imports, data preparation, compilation, the final report) exits with
+  PREEMPTED_EXIT, its locks released, where it would die by the signal (-15,
+  lock left behind) or print a KeyboardInterrupt traceback. The loop's own
+  `Preemption` handler takes over while it trains, and gives these back."""
+  if threading.current_thread() is threading.main_thread():
+    for s in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(s, _stopped_outside_loop)
 
 
 class Preemption:

@@ -4,6 +4,7 @@ The longer version of the kill test is tools/fault_inject.py (20 injections)."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -216,3 +217,21 @@ def test_rollback_restores_the_last_good_checkpoint_and_drops_the_batch(
     train.train_and_evaluate(c2, str(tmp_path / 'run2'), log=lambda *_: None)
   assert json.loads((tmp_path / 'run2' / 'nonfinite.json').read_text())[
       'last_good_checkpoint'] == 4
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_starting_exits_75_and_releases_everything(tmp_path, sig):
+  """Before the training loop (here: during the imports) a preemption signal
+  exits with 75 and a one-line message, not by the signal (-15) or with a
+  KeyboardInterrupt traceback; no lock is left behind."""
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.Popen([sys.executable, '-m', 'experiments.train', '--config=configs/tiny.py',
+                        f'--workdir={tmp_path / "run"}'], cwd=root, stderr=subprocess.PIPE,
+                       text=True)
+  time.sleep(1.0)  # Its handler is set in its first lines; the imports take longer.
+  p.send_signal(sig)
+  err = p.communicate(timeout=120)[1]
+  assert p.returncode == 75, err
+  assert 'stopped by SIG' in err and 'Traceback' not in err, err
+  assert not (tmp_path / 'run' / '.lock').exists()
