@@ -183,6 +183,9 @@ def main(argv):
   except workdir.Preempted as e:  # The run in progress checkpointed; rerun to continue.
     print(f'sweep stopped by {e}', file=sys.stderr)
     sys.exit(workdir.PREEMPTED_EXIT)
+  except workdir.DiskFull as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

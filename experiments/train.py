@@ -42,9 +42,13 @@ def main(argv):
   except workdir.Preempted as e:  # Checkpointed: rerunning the command continues.
     print(f'stopped by {e}', file=sys.stderr)
     sys.exit(workdir.PREEMPTED_EXIT)
-  except FloatingPointError as e:  # Diverged: halted keeping the last finite checkpoint.
+  except (FloatingPointError, workdir.DiskFull) as e:  # Halted; earlier checkpoints stand.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except Exception as e:
+    if workdir.disk_full(e):
+      workdir.exit_disk_full(_WORKDIR.value)
+    raise
   if jax.process_index() != 0:
     return
   print(f'final validation: {out["objective"].describe(out)}')

@@ -306,5 +306,7 @@ def save(c: Config, mngr, step: int, state: Any, m: dict, data_iter, workdir: st
       raise Diverged(step, 'non-finite loss or parameters')
     halt(workdir, step, float(m['loss']), mngr.latest_step(),
          'non-finite loss or parameters')
+  need = sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) // jax.process_count()
+  workdir_lib.check_space(workdir, need + 2**20, f'the checkpoint of step {step}')  # A host's.
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=grain.checkpoint.CheckpointSave(data_iter)))

@@ -431,6 +431,8 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
     log(f'[sweep] stopped during {", ".join(r.name for r in todo)} (checkpointed); rerun '
         'to continue')
     raise
+  except workdir_lib.DiskFull:  # Every later run would fail the same way: stop.
+    raise
   except workdir_lib.LockError as e:  # A run of it is being trained elsewhere.
     log(f'[sweep] {e}')
     outs = [None for _ in live]

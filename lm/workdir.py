@@ -68,6 +68,47 @@ def check_writable(path: str, what: str) -> None:
                       'choose a writable path') from None
 
 
+class DiskFull(RuntimeError):
+  """Not enough free space for the next write; everything before it stands."""
+
+
+def _free_bytes(path: str) -> int:
+  return shutil.disk_usage(path).free
+
+
+def check_space(path: str, need: int, what: str) -> None:
+  """Raises DiskFull unless the disk of `path` has `need` bytes free, so a full
+  disk stops a run between checkpoints in one line, rather than inside
+  orbax's writer threads (hundreds of lines of tracebacks)."""
+  free = _free_bytes(path)
+  if free < need:
+    raise DiskFull(f'the disk of {path} has {free / 2**20:.1f} MiB free, and {what} needs '
+                   f'about {need / 2**20:.1f} MiB: free some space and rerun the same command '
+                   'to continue from the last complete checkpoint')
+
+
+def disk_full(e: BaseException) -> bool:
+  """Whether an exception (or one it was raised from) is a full disk (ENOSPC),
+  as Python's OSError or as orbax/TensorStore's RESOURCE_EXHAUSTED text."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno == 28 or 'No space left on device' in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def exit_disk_full(workdir: str) -> None:
+  """One line instead of a traceback per writer thread, then an immediate exit
+  (the checkpoint writer's threads would print hundreds of lines while the
+  interpreter shuts down). What was written stays consistent: the step being
+  saved is an orbax temporary that the rerun removes."""
+  import sys
+  print(f'error: no space left on the disk of {workdir} (while writing); free some space '
+        'and rerun the same command to continue from the last complete checkpoint',
+        file=sys.stderr, flush=True)
+  os._exit(1)
+
+
 def write_atomic(path: str, text: str) -> None:
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:

@@ -235,3 +235,23 @@ def test_a_signal_while_starting_exits_75_and_releases_everything(tmp_path, sig)
   assert p.returncode == 75, err
   assert 'stopped by SIG' in err and 'Traceback' not in err, err
   assert not (tmp_path / 'run' / '.lock').exists()
+
+
+def test_a_full_disk_stops_between_checkpoints_in_one_line(tmp_path, corpus_dir, monkeypatch):
+  """Too little space for the next checkpoint: DiskFull before orbax writes a
+  byte (its writer threads would print hundreds of lines), earlier steps
+  intact; ENOSPC from inside a writer is recognised too."""
+  c = tiny(corpus_dir, **{'train.steps': 6, 'train.checkpoint_every': 2})
+  real, saves = workdir._free_bytes, []
+
+  def free(path):  # Room for the first checkpoint only.
+    saves.append(path)
+    return real(path) if len(saves) == 1 else 1000
+
+  monkeypatch.setattr(workdir, '_free_bytes', free)
+  with pytest.raises(workdir.DiskFull, match=r'has 0.0 MiB free, and the checkpoint of step 4 '
+                                             r'needs about \d+\.\d MiB'):
+    train.train_and_evaluate(c, str(tmp_path / 'run'), log=lambda *_: None)
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['2']
+  assert workdir.disk_full(ValueError('RESOURCE_EXHAUSTED: ... No space left on device'))
+  assert workdir.disk_full(OSError(28, 'x')) and not workdir.disk_full(OSError(13, 'x'))
