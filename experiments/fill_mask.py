@@ -83,8 +83,8 @@ def top_candidates(logits_V: np.ndarray, tok, k: int) -> list[tuple[int, float]]
   """The k most likely text tokens and their probabilities, renormalised over
   text tokens: BOS, EOS, PAD, MASK and the padded vocabulary are never offered."""
   lg = np.asarray(logits_V[:tok.vocab_size], np.float64).copy()
-  specials = [tok.bos_id, tok.eos_id, tok.pad_id]
-  lg[specials] = -np.inf
+  specials = [i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None and i >= 0]
+  lg[specials] = -np.inf  # SentencePiece gives -1 for a special it lacks: not an index.
   p = np.exp(lg - lg.max())
   p /= p.sum()
   order = [int(t) for t in np.argsort(-p, kind='stable') if t not in specials]

@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, host, sampling
+from lm import checkpoint, host, objectives, sampling
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -124,8 +124,9 @@ def main(argv):
     return
 
   try:
+    sentinels = objectives.get(c).extra_ids(c) - 1 if enc_inputs is not None else 0
     outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs,
-                            num_ids=tok.vocab_size)
+                            num_ids=tok.vocab_size, sentinels=sentinels)
   except sampling.SamplingError as e:  # E.g. an encoder input longer than max_len.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -233,29 +233,28 @@ def _per_prompt(rows: list[list[int]], eos_id: int, n: int) -> list[list[list[in
   return [rows[i:i + n] for i in range(0, len(rows), n)]
 
 
-def allowed_ids(m: ModelConfig, num_ids: int | None) -> np.ndarray:
+def allowed_ids(m: ModelConfig, num_ids: int | None, sentinels: int = 0) -> np.ndarray:
   """bool[vocab_size]: the ids generation may emit. The model's vocabulary is
-  the tokenizer's `num_ids` ids padded up (model.vocab_multiple); the rows above
-  are never trained as text, so a decoder never emits them (a SentencePiece
-  decode of one raises). An encoder-decoder may also emit its sentinels, which
-  count down from the top; only MASK (id num_ids) is left out. None: all ids."""
+  the tokenizer's `num_ids` ids padded up (to a multiple of 128, lm/train.
+  resolve_vocab); the rows above are never trained as targets, so they are
+  never emitted (a SentencePiece decode of one raises), except a span-
+  corruption model's `sentinels`, which count down from the top. None: all."""
   ids_V = np.arange(m.vocab_size)
   if num_ids is None:
     return np.ones(m.vocab_size, bool)
-  if m.family == 'encoder_decoder':
-    return ids_V != num_ids
-  return ids_V < num_ids
+  return (ids_V < num_ids) | (ids_V >= m.vocab_size - sentinels)
 
 
 def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
              eos_id: int, enc_inputs: list[list[int]] | None = None, *,
-             num_ids: int | None = None) -> list[list[list[int]]]:
+             num_ids: int | None = None, sentinels: int = 0) -> list[list[list[int]]]:
   """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped).
 
   An encoder-decoder takes one encoder input per prompt (`enc_inputs`); its
   prompts are the decoder's start (usually [BOS]). `num_ids`: the tokenizer's
   vocabulary size, so padding ids are never sampled (`allowed_ids`); give it
-  whenever a tokenizer will decode the output."""
+  whenever a tokenizer will decode the output. `sentinels`: how many span-
+  corruption sentinels the model trained with (objective.extra_ids - 1)."""
   if m.family == 'encoder':
     raise SamplingError('an encoder (masked LM) does not generate left to right: use '
                         'experiments.fill_mask')
@@ -277,7 +276,7 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
   logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens,
                              enc_out, enc_valid)
   out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
-                             jax.random.key(s.seed), allowed_ids(m, num_ids), enc_valid))
+                             jax.random.key(s.seed), allowed_ids(m, num_ids, sentinels), enc_valid))
   return _per_prompt([row[row >= 0].tolist() for row in out_BN], eos_id, n)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import hashlib
 import io
 import json
@@ -234,14 +233,18 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
       raise config_lib.ConfigError(
           f'{rdir}/config.json is unreadable ({e}); restore it, or delete {rdir} to train '
           f'{r.name} again') from None
-    c = train.resolve(run_config(cd, r, s.evals_per_run))[0]  # As the run stored it.
+    c, tok = train.resolve(run_config(cd, r, s.evals_per_run))[:2]  # As the run stored it.
     new = json.loads(json.dumps(config_lib.to_dict(c)))
     diffs = []
     for sec, v in new.items():
-      if isinstance(v, dict):
-        diffs += [f'{sec}.{k}' for k in v if old.get(sec, {}).get(k) != v[k]]
+      if isinstance(v, dict):  # The tokenizer is compared by content, below, not by path.
+        diffs += [f'{sec}.{k}' for k in v if old.get(sec, {}).get(k) != v[k]
+                  and f'{sec}.{k}' != 'data.tokenizer_path']
       elif old.get(sec) != v:
         diffs.append(sec)
+    rec = ckpt_lib.tokenizer_record(rdir)
+    if rec is not None and rec.get('name') != tok.name:
+      diffs.append(f'the tokenizer ({rec.get("name")} then, {tok.name} now)')
     if diffs:
       raise config_lib.ConfigError(
           f'{r.name} in {workdir} was trained with another config (differing: '
@@ -408,14 +411,18 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
   def failed(e: Exception) -> dict:
     return {'status': 'failed', 'error': f'{type(e).__name__}: {str(e)[:500]}',
             'traceback': traceback.format_exc()[-2000:]}
-  recs: list[dict | None] = [None] * len(todo)
+  recs: list[dict | None] = [None] * len(todo)  # None after training: in use elsewhere.
+  busy = set()
   for i, r in enumerate(todo):
     if r.branch_from and not _seeded(os.path.join(workdir, 'runs', r.name)):
       try:
         _start_branch(workdir, r)
+      except workdir_lib.LockError as e:  # Another process seeds it.
+        log(f'[sweep] {e}')
+        busy.add(i)
       except Exception as e:  # Its own failure, not its pack's.
         recs[i] = failed(e)
-  live = [i for i, rec in enumerate(recs) if rec is None]
+  live = [i for i, rec in enumerate(recs) if rec is None and i not in busy]
   try:
     configs = [run_config(cd, todo[i], s.evals_per_run) for i in live]
     rdirs = [os.path.join(workdir, 'runs', todo[i].name) for i in live]
@@ -435,7 +442,12 @@ def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:
     raise
   except workdir_lib.LockError as e:  # A run of it is being trained elsewhere.
     log(f'[sweep] {e}')
+    free = [i for i in live if not workdir_lib.held(os.path.join(workdir, 'runs',
+                                                                  todo[i].name))]
     outs = [None for _ in live]
+    if 0 < len(free) < len(live):  # The pack without the members held elsewhere.
+      sub = _train_unit(cd, workdir, [todo[i] for i in free], s, log)
+      outs = [sub[free.index(i)] if i in free else None for i in live]
   except Exception as e:  # One failed run must not stop the sweep.
     outs = [failed(e) for _ in live]
   for i, rec in zip(live, outs):
@@ -513,24 +525,28 @@ def _start_branch(workdir: str, r: plan.Run) -> None:
 
   Built in a temporary directory and renamed into place, so a kill leaves
   either no branch directory or a whole seed, never an empty checkpoints/ that
-  would train the branch from step 0. A branch directory without a seed (a
-  kill mid-copy by an older version) never trained and is replaced."""
+  would train the branch from step 0; under a lock of its own, so two
+  processes never seed one branch at once. A branch directory without a seed
+  (a kill mid-copy by an older version) never trained and is replaced."""
   src = os.path.join(workdir, 'runs', r.branch_from)
   ckpt = os.path.join(src, 'checkpoints', str(r.branch_step))
   if not os.path.isdir(ckpt):
     raise FileNotFoundError(f'{r.name} branches from {ckpt}, which does not exist yet; '
                             f'run {r.branch_from} first')
   dst = os.path.join(workdir, 'runs', r.name)
-  tmp = os.path.join(workdir, 'runs', f'.{r.name}.seeding-{os.getpid()}')
-  for old in glob.glob(os.path.join(workdir, 'runs', f'.{r.name}.seeding-*')):
-    shutil.rmtree(old, ignore_errors=True)  # Left by a killed seeding.
-  shutil.copytree(ckpt, os.path.join(tmp, 'checkpoints', str(r.branch_step)))
-  for f in ('config.json', ckpt_lib.TOKENIZER_FILE):
-    if os.path.exists(os.path.join(src, f)):
-      shutil.copy(os.path.join(src, f), os.path.join(tmp, f))
-  if os.path.exists(dst):
-    shutil.rmtree(dst)
-  os.rename(tmp, dst)
+  seeding = os.path.join(workdir, 'runs', f'.{r.name}.seeding')  # Its lock and its copy.
+  with workdir_lib.lock(seeding, f'seeding {r.name}', log=lambda *_: None):
+    if _seeded(dst):  # Another process seeded it meanwhile.
+      return
+    tmp = os.path.join(seeding, 'copy')
+    shutil.rmtree(tmp, ignore_errors=True)  # Left by a killed seeding.
+    shutil.copytree(ckpt, os.path.join(tmp, 'checkpoints', str(r.branch_step)))
+    for f in ('config.json', ckpt_lib.TOKENIZER_FILE):
+      if os.path.exists(os.path.join(src, f)):
+        shutil.copy(os.path.join(src, f), os.path.join(tmp, f))
+    if os.path.exists(dst):  # Never trained: training needs a seed.
+      shutil.rmtree(dst)
+    os.rename(tmp, dst)
 
 
 def config_overrides(argv: list[str]) -> list[str]:

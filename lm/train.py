@@ -320,8 +320,12 @@ def check_init_from(c: Config, tok) -> Config:
   if src.data.tokenizer != c.data.tokenizer:
     diffs.append(f'data.tokenizer: {src.data.tokenizer!r} != {c.data.tokenizer!r}')
   else:
-    rec = ckpt_lib.tokenizer_record(os.path.dirname(ckpt_lib.find(c.init_from)[0])) or {}
-    if rec.get('name', tok.name) != tok.name:
+    rec = ckpt_lib.tokenizer_record(os.path.dirname(ckpt_lib.find(c.init_from)[0]))
+    if rec is None and src.data.tokenizer_path:  # A run from before the record.
+      same = (os.path.exists(src.data.tokenizer_path) and tokenizers.get_tokenizer(
+          src.data.tokenizer, src.data.tokenizer_path).name == tok.name)
+      rec = {'name': tok.name if same else '(unrecorded)', 'path': src.data.tokenizer_path}
+    if (rec or {}).get('name', tok.name) != tok.name:
       diffs.append(f'the tokenizer\'s content: {rec["name"]} (then at {rec.get("path")}) != '
                    f'{tok.name} (data.tokenizer_path={c.data.tokenizer_path!r})')
   if diffs:

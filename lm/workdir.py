@@ -138,6 +138,15 @@ def _read_holder(path: str) -> dict | None:
   return holder if isinstance(holder, dict) else {}
 
 
+def held(workdir: str) -> bool:
+  """Whether another live process (or one on another host) holds `workdir`."""
+  holder = _read_holder(os.path.join(workdir, LOCK_NAME))
+  if holder is None:
+    return False
+  return not (holder.get('host') == socket.gethostname()
+              and isinstance(holder.get('pid'), int) and not _alive(holder['pid']))
+
+
 @contextlib.contextmanager
 def _takeover_guard(workdir: str):
   """An exclusive flock on the directory: two processes judging one stale
@@ -211,19 +220,24 @@ def lock(workdir: str, what: str = 'training', log=print):
 _HELD: dict[str, str] = {}  # The lock files this process holds: path -> token.
 
 
-def _stopped_outside_loop(signum, frame) -> None:
+def _exit_now(message: str) -> None:
   """Ends the process at once, as a SIGKILL would (which every write here
   survives: atomic files, orbax's temporary steps), but with PREEMPTED_EXIT, a
-  message and its locks released. Raising instead is unsafe: the exception
-  can land in a garbage-collection callback or an import, which swallow it."""
-  del frame
+  message and its locks released. Raising from a signal handler instead is
+  unsafe: the exception can land in a garbage-collection callback or an
+  import, which swallow it."""
   for path, token in list(_HELD.items()):
     if (_read_holder(path) or {}).get('token') == token:
       with contextlib.suppress(OSError):
         os.remove(path)
-  os.write(2, f'stopped by {signal.Signals(signum).name} outside the training loop (nothing '
-              'was being trained): rerun the same command to continue\n'.encode())
+  os.write(2, (message + '\n').encode())
   os._exit(PREEMPTED_EXIT)
+
+
+def _stopped_outside_loop(signum, frame) -> None:
+  del frame
+  _exit_now(f'stopped by {signal.Signals(signum).name} outside the training loop (nothing '
+            'was being trained): rerun the same command to continue')
 
 
 def exit_on_signals() -> None:
@@ -239,7 +253,8 @@ def exit_on_signals() -> None:
 
 class Preemption:
   """Context manager: SIGTERM/SIGINT set `.signame` instead of killing the
-  process (a second one kills it as usual). Inert outside the main thread."""
+  process (a second one ends it at once, exit 75, without the checkpoint).
+  Inert outside the main thread."""
 
   def __init__(self):
     self.signame: str | None = None
@@ -247,10 +262,9 @@ class Preemption:
 
   def _handler(self, signum, frame):
     del frame
-    if self.signame is not None:  # Asked twice: stop now.
-      signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-      os.kill(os.getpid(), signum)
-      return
+    if self.signame is not None:  # Asked twice: stop now, without the checkpoint.
+      _exit_now(f'stopped by a second {signal.Signals(signum).name} during training, '
+                'before its checkpoint: rerun the same command to continue from the last one')
     self.signame = signal.Signals(signum).name
 
   def __enter__(self):

@@ -327,6 +327,8 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   top = top_candidates(logits_V, TOK, 300)  # More than there are text tokens.
   assert len(top) == 256 and {t for t, _ in top} == set(range(256))
   assert abs(sum(p for _, p in top) - 1) < 1e-9 and top[0][0] == 255
+  sp = type('SP', (), dict(vocab_size=6, bos_id=1, eos_id=2, pad_id=-1))  # SentencePiece: no PAD.
+  assert [t for t, _ in top_candidates(np.array([0, 0, 0, 0, 0, 5.0]), sp, 4)] == [5, 0, 3, 4]
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
   checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
   r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask', f'--workdir={tmp_path / "enc"}',

@@ -255,3 +255,20 @@ def test_a_full_disk_stops_between_checkpoints_in_one_line(tmp_path, corpus_dir,
   assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['2']
   assert workdir.disk_full(ValueError('RESOURCE_EXHAUSTED: ... No space left on device'))
   assert workdir.disk_full(OSError(28, 'x')) and not workdir.disk_full(OSError(13, 'x'))
+
+
+def test_a_second_signal_during_training_ends_at_once_with_75(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ('import os, signal, time\n'
+            'from lm import workdir\n'
+            'workdir.exit_on_signals()\n'
+            f'with workdir.lock({str(tmp_path)!r}), workdir.Preemption() as p:\n'
+            '  os.kill(os.getpid(), signal.SIGINT)\n'
+            '  time.sleep(0.1)\n'
+            '  assert p.signame == "SIGINT"\n'
+            '  os.kill(os.getpid(), signal.SIGINT)\n'
+            '  time.sleep(10)\n')
+  r = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 75 and 'a second SIGINT during training' in r.stderr, r.stderr
+  assert not (tmp_path / '.lock').exists()

@@ -122,6 +122,17 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   np.testing.assert_allclose(again[victim_name]['final_loss'], want, rtol=2e-4)
   with open(os.path.join(victim, 'result.json')) as f:
     assert json.load(f)['status'] == 'done'
+  # Two members to record again, one of them held by another process: the
+  # other trains (resumed at its end), the held one is left to its holder.
+  from lm import workdir
+  held, other = [r.name for r in runs if r.name != victim_name][:2]
+  for name in (held, other):
+    os.remove(os.path.join(wd, 'runs', name, 'result.json'))
+  logs = []
+  with workdir.lock(os.path.join(wd, 'runs', held), 'training elsewhere'):
+    third = {r['name']: r for r in sweep.run_all(cd, wd, log=logs.append)}
+  assert held not in third and third[other]['status'] == 'done', (third, logs)
+  assert any(f'{held}: in use by another process' in line for line in logs), logs
 
 
 @pytest.mark.slow

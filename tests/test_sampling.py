@@ -105,8 +105,10 @@ def test_padding_ids_are_never_sampled():
   assert len(kept) == len(free) and max(kept) < 40
   greedy = dataclasses.replace(s, greedy=True, num_return_sequences=1)
   assert max(sampling.generate(params, BASE, [[1, 2]], greedy, -1, num_ids=3)[0][0]) < 3
-  ed = np.flatnonzero(sampling.allowed_ids(dataclasses.replace(BASE, family='encoder_decoder'), 40))
-  assert 40 not in ed and 39 in ed and 41 in ed and 60 in ed  # All but MASK (id 40).
+  ed = dataclasses.replace(BASE, family='encoder_decoder')  # 61 ids; 40 text, MASK, padding.
+  assert np.flatnonzero(sampling.allowed_ids(ed, 40)).tolist() == list(range(40))  # Pairs.
+  assert np.flatnonzero(sampling.allowed_ids(ed, 40, sentinels=3)).tolist() == (
+      list(range(40)) + [58, 59, 60])  # Span corruption's sentinels count down from the top.
 
 
 def test_eos_stops_one_row_while_others_continue():

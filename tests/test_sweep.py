@@ -310,12 +310,13 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   for b in runs[1:]:
     shutil.rmtree(os.path.join(wd, 'runs', b.name))
   os.makedirs(os.path.join(wd, 'runs', runs[1].name, 'checkpoints'))
-  os.makedirs(os.path.join(wd, 'runs', f'.{runs[2].name}.seeding-1', 'checkpoints'))
+  os.makedirs(os.path.join(wd, 'runs', f'.{runs[2].name}.seeding', 'copy', 'checkpoints'))
   packed = {r['name']: r for r in sweep.run_all(cd, wd, log=lambda *_: None)}
   for r in res[1:]:
     assert len(packed[r['name']]['pack']) == 2
     np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
-  assert not [e for e in os.listdir(os.path.join(wd, 'runs')) if 'seeding' in e]
+  for e in os.listdir(os.path.join(wd, 'runs')):  # Seeding left only its empty lock dirs.
+    assert 'seeding' not in e or not os.listdir(os.path.join(wd, 'runs', e)), e
   # The stable checkpoint one branch starts from is gone: that branch fails
   # alone, naming it; its pack-mate still trains to the same loss.
   for b in runs[1:]:
