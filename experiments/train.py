@@ -53,7 +53,8 @@ def main(argv):
     return
   print(f'final validation: {out["objective"].describe(out)}')
   m = out['config'].model
-  if _SAMPLE.value and out['objective'].name == 'lm' and jax.process_count() == 1:
+  if (_SAMPLE.value and out['objective'].name == 'lm' and jax.process_count() == 1
+      and m.max_len > 5):  # The sample's prompt is 5 tokens.
     from lm import sampling  # Params span hosts with more than one process.
     tok = out['tokenizer']
     n = min(_SAMPLE.value, m.max_len - 5)
