@@ -138,13 +138,17 @@ def _read_holder(path: str) -> dict | None:
   return holder if isinstance(holder, dict) else {}
 
 
+def _stale(holder: dict) -> bool:
+  """A lock record whose process is dead on this host (one from another host,
+  or unreadable, cannot be judged: it counts as live)."""
+  return (holder.get('host') == socket.gethostname() and isinstance(holder.get('pid'), int)
+          and not _alive(holder['pid']))
+
+
 def held(workdir: str) -> bool:
   """Whether another live process (or one on another host) holds `workdir`."""
   holder = _read_holder(os.path.join(workdir, LOCK_NAME))
-  if holder is None:
-    return False
-  return not (holder.get('host') == socket.gethostname()
-              and isinstance(holder.get('pid'), int) and not _alive(holder['pid']))
+  return holder is not None and not _stale(holder)
 
 
 @contextlib.contextmanager
@@ -193,8 +197,7 @@ def lock(workdir: str, what: str = 'training', log=print):
           holder = _read_holder(path)
       if holder is None:  # Released this instant: try again.
         continue
-      same_host = holder.get('host') == me['host']
-      if not (same_host and isinstance(holder.get('pid'), int) and not _alive(holder['pid'])):
+      if not _stale(holder):
         raise LockError(
             f'{workdir} is in use by {holder.get("what", "another process")} (host '
             f'{holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
