@@ -670,6 +670,6 @@ def test_a_worker_gets_sigterm_when_its_coordinator_is_killed(tmp_path):
   assert ready.exists()
   parent.kill()
   parent.wait()
-  while not got.exists() and time.time() < deadline:
-    time.sleep(0.1)
+  while not (got.exists() and got.read_text()) and time.time() < deadline:
+    time.sleep(0.1)  # Created before it is written: wait for the text too.
   assert got.read_text() == 'TERM'
