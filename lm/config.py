@@ -361,6 +361,8 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
                '(5 recommended) to bracket its minimum')
   if not s.seeds:
     raise _err('sweep.seeds', s.seeds, 'list at least one seed')
+  if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in s.seeds):
+    raise _err('sweep.seeds', s.seeds, 'seeds are integers >= 0, e.g. (0, 1, 2)')
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
                'above 1.05, e.g. 1.5')
@@ -415,11 +417,15 @@ def _build(cls, section: str, d: dict[str, Any]):
   kw = {}
   for k, v in d.items():
     default = fields[k].default
-    if isinstance(default, tuple) and isinstance(v, (list, tuple)):
+    if isinstance(default, tuple):
+      if not isinstance(v, (list, tuple)):
+        raise _err(f'{section}.{k}', v, 'expected a tuple, e.g. (1, 2)')
       v = tuple(v)
     elif isinstance(default, bool) and not isinstance(v, bool):
       raise _err(f'{section}.{k}', v, 'expected True or False')
-    elif isinstance(default, float) and isinstance(v, int):
+    elif isinstance(default, float):
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _err(f'{section}.{k}', v, 'expected a finite number')
       v = float(v)
     elif isinstance(default, int) and not isinstance(default, bool):
       if isinstance(v, float) and v.is_integer():
@@ -476,6 +482,7 @@ def validate_model(m: ModelConfig) -> None:
     _rate(f'model.{f}', getattr(m, f))
   _positive('model.init_std', m.init_std)
   _positive('model.norm_eps', m.norm_eps)
+  _positive('model.rope_theta', m.rope_theta)
   _choice('model.parametrization', m.parametrization, PARAMETRIZATIONS)
   for f in ('base_width', 'depth_base'):
     if getattr(m, f) < 0:
@@ -587,9 +594,12 @@ def _validate_task(c: Config) -> None:
   if d.canary_repeats and (m.family != 'decoder' or d.label_key):
     raise _err('data.canary_repeats', d.canary_repeats, 'canaries go into a causal '
                "language model's training text (model.family='decoder', no data.label_key)")
-  if m.position == 'learned' and d.seq_len > m.max_len:
-    raise _err('data.seq_len', d.seq_len,
-               f'longer than the learned position table model.max_len={m.max_len}')
+  if m.position in ('learned', 'sinusoidal'):  # A table of max_len rows: no row past it.
+    table = f'the {m.position} position table model.max_len={m.max_len}'
+    if d.seq_len > m.max_len:
+      raise _err('data.seq_len', d.seq_len, f'longer than {table}')
+    if m.family == 'encoder_decoder' and d.target_len > m.max_len:
+      raise _err('data.target_len', d.target_len, f'longer than {table}')
 
 
 def _validate_train(c: Config) -> None:
@@ -603,9 +613,16 @@ def _validate_train(c: Config) -> None:
   if t.require_init_from and not c.init_from:
     raise _err('init_from', c.init_from, 'this config fine-tunes a pre-trained model: set '
                '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
+  for f in ('train.seed', 'data.shuffle_seed', 'data.canary_seed'):
+    section, name = f.split('.')
+    if getattr(getattr(c, section), name) < 0:  # numpy's generators refuse negative seeds.
+      raise _err(f, getattr(getattr(c, section), name), 'must be >= 0')
   _choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
   _positive('train.max_skips', t.max_skips)
   _positive('train.max_rollbacks', t.max_rollbacks)
+  if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in t.extra_checkpoints):
+    raise _err('train.extra_checkpoints', t.extra_checkpoints, 'each entry is a step >= 1, '
+               'e.g. (800, 1600)')
   if t.peak_flops < 0:
     raise _err('train.peak_flops', t.peak_flops, 'must be >= 0 (0 = look up)')
   _choice('train.flops_convention', t.flops_convention, CONVENTIONS)

@@ -57,8 +57,15 @@ class SentencePieceTokenizer:
       raise ConfigError(f'data.tokenizer_path={path!r} is not a SentencePiece .model '
                         f'({" ".join(str(e).split())[:200]})') from None
     self.vocab_size = self.sp.get_piece_size()
-    self.bos_id, self.eos_id, self.pad_id = (
-        self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id())
+    # SentencePiece marks an absent special as -1; documents need an EOS to end
+    # them, and a -1 would wrap to 65535 in the uint16 token cache.
+    self.eos_id = self.sp.eos_id()
+    if not 0 <= self.eos_id < self.vocab_size:
+      raise ConfigError(f'data.tokenizer_path={path!r} has no end-of-text token (eos_id='
+                        f'{self.eos_id}); train it with one, e.g. python -m tools.train_tokenizer')
+    bos, pad = self.sp.bos_id(), self.sp.pad_id()
+    self.bos_id = bos if 0 <= bos < self.vocab_size else self.eos_id
+    self.pad_id = pad if 0 <= pad < self.vocab_size else self.eos_id
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.sp.encode(text), np.int32)
@@ -135,8 +142,8 @@ class HFTokenizer:
 
     self.eos_id = find('eos')
     if self.eos_id is None:
-      raise ValueError(f'{path}: no end-of-text token; name one as eos_token in a '
-                       'tokenizer_config.json beside it')
+      raise ConfigError(f'data.tokenizer_path={path!r} has no end-of-text token; name one '
+                        'as eos_token in a tokenizer_config.json beside it')
     bos, pad = find('bos'), find('pad')
     self.bos_id = self.eos_id if bos is None else bos
     self.pad_id = self.eos_id if pad is None else pad

@@ -31,6 +31,21 @@ CASES = [
     ({'mesh.data': 0}, r'mesh.data=0 .* positive size or -1'),
     ({'data.tokenizer': 'gpt2'}, r"data.tokenizer='gpt2' .* byte, sentencepiece, hf"),
     ({'data.tokenizer': 'hf'}, r"data.tokenizer_path='' .* Hugging Face tokenizer.json"),
+    # Non-finite numbers would train to NaN or hang a schedule; none is meaningful.
+    ({'opt.lr': float('inf')}, r'opt.lr=inf .* finite number'),
+    ({'opt.weight_decay': float('nan')}, r'opt.weight_decay=nan .* finite number'),
+    ({'opt.eps': float('inf')}, r'opt.eps=inf .* finite number'),
+    ({'model.init_std': float('inf')}, r'model.init_std=inf .* finite number'),
+    ({'data.mean_span': float('inf')}, r'data.mean_span=inf .* finite number'),
+    ({'train.peak_flops': float('nan')}, r'train.peak_flops=nan .* finite number'),
+    ({'model.rope_theta': 0.0}, r'model.rope_theta=0.0 .* must be > 0'),
+    ({'train.extra_checkpoints': (3, -1)}, r'extra_checkpoints=\(3, -1\) .* step >= 1'),
+    ({'train.seed': -1}, r'train.seed=-1 .* >= 0'),
+    # Rows past a position table were clamped to its last row, silently.
+    ({'model.position': 'sinusoidal', 'data.seq_len': 64},
+     r'data.seq_len=64 .* sinusoidal position table model.max_len=32'),
+    ({'model.family': 'encoder_decoder', 'data.target_len': 64},
+     r'data.target_len=64 .* learned position table model.max_len=32'),
 ]
 
 
@@ -61,6 +76,17 @@ def test_wrong_types():
   d['model']['scan_layers'] = 'yes'
   with pytest.raises(ConfigError, match=r"model.scan_layers='yes' .* True or False"):
     config_lib.from_configdict(d)
+  d = tiny_cd().to_dict()
+  d['opt']['lr'] = '3e-3'
+  with pytest.raises(ConfigError, match=r"opt.lr='3e-3' .* finite number"):
+    config_lib.from_configdict(d)
+  d = tiny_cd().to_dict()
+  d['train']['extra_checkpoints'] = 5
+  with pytest.raises(ConfigError, match=r'train.extra_checkpoints=5 .* tuple'):
+    config_lib.from_configdict(d)
+  for seeds in ((0, 1.5), (True,), (-1,)):
+    with pytest.raises(ConfigError, match=r'sweep.seeds=.* integers >= 0'):
+      config_lib.sweep_config({'design': 'isoflop', 'budgets': (1e12,), 'seeds': seeds})
 
 
 def test_batch_not_divisible_by_data_parallel_size(tmp_path, corpus_dir):

@@ -54,6 +54,23 @@ def test_missing_sentencepiece_file(tmp_path):
     SentencePieceTokenizer(str(tmp_path / 'nope.model'))
 
 
+def test_sentencepiece_specials_absent(tmp_path, corpus_dir):
+  """SentencePiece marks an absent special as -1: no EOS is refused (it would
+  wrap to 65535 in the uint16 cache); no BOS or PAD falls back to EOS."""
+  import sentencepiece as spm
+  text = tmp_path / 'c.txt'
+  text.write_text(''.join(p.read_text() for p in sorted(corpus_dir.glob('*.py'))))
+  for name, extra in (('noeos', {'eos_id': -1}), ('nobos', {'bos_id': -1})):
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / name),
+                                   vocab_size=300, hard_vocab_limit=False, minloglevel=2,
+                                   **extra)
+  with pytest.raises(ConfigError, match=r'noeos.model.*no end-of-text token \(eos_id=-1\)'):
+    SentencePieceTokenizer(str(tmp_path / 'noeos.model'))
+  tok = SentencePieceTokenizer(str(tmp_path / 'nobos.model'))  # pad_id is -1 by default too.
+  assert tok.sp.bos_id() == tok.sp.pad_id() == -1
+  assert tok.bos_id == tok.pad_id == tok.eos_id == tok.sp.eos_id() >= 0
+
+
 def _train_hf(texts, path, style='byte_level', vocab=400):
   """A tokenizer.json trained with the `tokenizers` library: byte-level BPE as
   GPT-2's, or a SentencePiece-style (U+2581) BPE."""
@@ -117,6 +134,13 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
   assert tok.pad_id == tok.bos_id == tok.tok.token_to_id('<|endoftext|>')
   with pytest.raises(ConfigError, match='tokenizer.json'):
     get_tokenizer('hf', str(tmp_path / 'nope.json'))
+  # A vocabulary without any end-of-text token, and no tokenizer_config naming one.
+  from tokenizers import Tokenizer, models
+  bare = tmp_path / 'bare' / 'tokenizer.json'
+  bare.parent.mkdir()
+  Tokenizer(models.BPE(vocab={'a': 0, 'b': 1}, merges=[])).save(str(bare))
+  with pytest.raises(ConfigError, match='bare/tokenizer.json.*no end-of-text token'):
+    get_tokenizer('hf', str(bare))
 
 
 def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path, monkeypatch):
