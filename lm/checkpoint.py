@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lm import config as config_lib
+from lm import data as data_lib
 from lm import sharding as shard_lib
 from lm import workdir as workdir_lib
 from lm.config import Config, ModelConfig
@@ -148,6 +149,37 @@ def check_tokenizer(run_dir: str, tok) -> None:
         f'the tokenizer at {rec.get("path") or rec.get("tokenizer")} is not the one {run_dir} '
         f'was trained with (then {rec.get("name")}, now {tok.name}): restore that file '
         '(or retrain); its token ids would not match the model')
+
+
+def write_corpus(workdir: str, record: dict | None) -> None:
+  """corpus.json: the provenance of the text the run trains on (file counts,
+  bytes, content hash; lm/data.corpus_record), for check_corpus on resume."""
+  if record is not None:
+    workdir_lib.write_atomic(os.path.join(workdir, data_lib.CORPUS_FILE),
+                             json.dumps(record, indent=1))
+
+
+def check_corpus(run_dir: str, record: dict | None) -> None:
+  """A CheckpointError if the run recorded another corpus than `record`: a
+  file added, removed or edited since it started would change the text and
+  the split under a resumed run (its data position would point elsewhere)."""
+  path = os.path.join(run_dir, data_lib.CORPUS_FILE)
+  if record is None or not os.path.exists(path):  # Nothing to compare.
+    return
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+    old = rec['content_sha256']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f'{path}, the record of the corpus the run was trained on, is '
+                          f'unreadable ({e}); delete it to skip the corpus check') from None
+  if old != record['content_sha256']:
+    def say(r):
+      return (f'{r.get("train_files")}+{r.get("validation_files")} files, '
+              f'{r.get("total_bytes")} bytes, sha256 {str(r.get("content_sha256"))[:12]}')
+    raise CheckpointError(
+        f'the corpus is not the text {run_dir} was trained on (then {say(rec)}; now '
+        f'{say(record)}): restore its files, or train into a new --workdir')
 
 
 def load_tokenizer(path: str, c: Config):

@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sysconfig
 from typing import Any
 
@@ -46,23 +47,84 @@ def stdlib_files() -> tuple[str, list[str]]:
   return root, files
 
 
+def _walk(root: str) -> list[str]:
+  """Files under root, following directory links but entering each real
+  directory once (a link back up the tree would repeat it without end)."""
+  files, seen = [], set()
+  for dp, dirs, fs in os.walk(root, followlinks=True):
+    real = os.path.realpath(dp)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs.sort()
+    files += [os.path.join(dp, f) for f in fs]
+  return files
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+  """A glob relative to its root as a regex over relative paths: ** is any
+  number of directories, * and ? stay within one name, [...] a class."""
+  out = []
+  parts = pattern.split(os.sep)
+  for i, part in enumerate(parts):
+    if part == '**':
+      out.append('.*' if i == len(parts) - 1 else f'(?:[^{os.sep}]+{os.sep})*')
+      continue
+    j, seg = 0, ''
+    while j < len(part):
+      ch = part[j]
+      if ch == '*':
+        seg += f'[^{os.sep}]*'
+      elif ch == '?':
+        seg += f'[^{os.sep}]'
+      elif ch == '[' and ']' in part[j + 2:] + part[j + 1:j + 2]:
+        k = part.index(']', j + 2 if part[j + 1:j + 2] in ('!', ']') else j + 1)
+        body = part[j + 1:k]
+        seg += '[' + ('^' + body[1:] if body.startswith('!') else body) + ']'
+        j = k
+      else:
+        seg += re.escape(ch)
+      j += 1
+    out.append(seg + ('' if i == len(parts) - 1 else re.escape(os.sep)))
+  return re.compile(''.join(out) + r'\Z')
+
+
 def dir_files(path: str) -> tuple[str, list[str]]:
-  """All regular files under a directory, or the files a glob matches."""
+  """The regular files under a directory, or the files a glob matches, by one
+  rule: nothing under a hidden name (.git/, .cache), directory links followed
+  (each real directory once), and each file once even when links reach it by
+  several paths (its first path, sorted), so no text lands in both splits."""
   if os.path.isdir(path):
-    root = path
-    files = [os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs]
+    root, files = path, _walk(path)
   else:
     if not glob.has_magic(path):
       what = 'is a file, not a directory' if os.path.isfile(path) else 'does not exist'
       raise ConfigError(f'config.data.path={path!r} {what}; give a directory '
                         'of text files or a glob such as "/data/*.txt"')
-    files = glob.glob(path, recursive=True)
     root = os.path.dirname(path.split('*')[0].split('?')[0].split('[')[0]) or '.'
-  files = sorted(f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith('.'))
-  if not files:
+    if '**' in path:  # glob's own ** walks link loops exponentially.
+      rx = _glob_regex(os.path.relpath(path, root))
+      files = [f for f in _walk(root) if rx.match(os.path.relpath(f, root))]
+    else:
+      files = glob.glob(path)
+  kept, seen = [], set()
+  for f in sorted(files):
+    rel = os.path.relpath(f, root)
+    real = os.path.realpath(f)
+    if (os.path.isfile(f) and real not in seen
+        and not any(p.startswith('.') and p != '..' for p in rel.split(os.sep))):
+      kept.append(f)
+      seen.add(real)
+  if not kept:
     raise ConfigError(f'config.data.path={path!r} holds no files; give a directory or '
                       'glob with at least two text files')
-  return root, files
+  return root, kept
+
+
+def corpus_files(d: DataConfig) -> tuple[str, list[str]]:
+  """(root, files) of a text-file corpus: data.source stdlib or dir."""
+  return stdlib_files() if d.source == 'stdlib' else dir_files(d.path)
 
 
 def split_of(relpath: str, val_fraction: float) -> str:
@@ -163,34 +225,60 @@ def provenance(root: str, splits: dict[str, list[str]]) -> dict[str, Any]:
   return out
 
 
-def build_text_dataset(root: str, files: list[str], val_fraction: float,
+_PROVENANCE: dict[tuple, dict[str, Any]] = {}
+
+
+def text_corpus(d: DataConfig) -> tuple[str, dict[str, list[str]], dict[str, Any]]:
+  """(root, splits, provenance) of a stdlib or dir corpus. The provenance's
+  content hash reads every file (0.25 s for the 31 MB standard library); it is
+  computed once per process for the same paths, sizes and mtimes."""
+  root, files = corpus_files(d)
+  splits = assign_splits(root, files, d.val_fraction)
+  key = (root, d.val_fraction, tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                                     for f in files))
+  if key not in _PROVENANCE:
+    _PROVENANCE[key] = provenance(root, splits)
+  return root, splits, _PROVENANCE[key]
+
+
+def build_text_dataset(root: str, splits: dict[str, list[str]], prov: dict[str, Any],
                        cache: str) -> tfds.core.DatasetBuilder:
-  """Prepares (once; cached by a key over paths, sizes and mtimes) a TextFiles set."""
-  splits = assign_splits(root, files, val_fraction)
-  key = hashlib.sha256(json.dumps(
-      [val_fraction] + [(os.path.relpath(f, root), os.path.getsize(f),
-                         os.path.getmtime(f)) for f in files]).encode()).hexdigest()[:16]
-  data_dir = os.path.join(cache, 'textfiles', key)
-  done = os.path.join(data_dir, 'text_files', '1.0.0', 'dataset_info.json')
-  prov = {} if os.path.exists(done) else provenance(root, splits)
-  for split in splits if prov else ():
+  """Prepares (once) a TextFiles set, cached under a key over the content and
+  the split, so an edit that keeps a file's size and mtime is still seen."""
+  for split in splits:
     if not prov[f'{split}_files']:
       raise ConfigError(
           f'the corpus under {root!r} has no UTF-8 text file in its {split} split '
           f'({len(splits[split])} files there, {prov["skipped_non_utf8"]} skipped in all as '
           'non-UTF-8); add text files or change data.val_fraction')
+  key = hashlib.sha256(json.dumps(
+      [prov['content_sha256'], prov['train_files'], prov['validation_files']]).encode()
+  ).hexdigest()[:16]
+  data_dir = os.path.join(cache, 'textfiles', key)
+  done = os.path.join(data_dir, 'text_files', '1.0.0', 'dataset_info.json')
+
+  def builder():
+    return _text_files_class()(root=root, splits=splits, provenance=prov,
+                               data_dir=data_dir, file_format='array_record')
   if not os.path.exists(done):
     with _prepare_lock(data_dir):  # Another process (a sweep's worker) may be preparing it.
-      prov = prov or provenance(root, splits)
-      builder = _text_files_class()(root=root, splits=splits, provenance=prov,
-                                    data_dir=data_dir, file_format='array_record')
       if not os.path.exists(done):
         _tfds().disable_progress_bar()
-        builder.download_and_prepare(
+        builder().download_and_prepare(
             download_config=_tfds().download.DownloadConfig(verify_ssl=False))
-      return builder
-  return _text_files_class()(root=root, splits=splits, provenance=prov, data_dir=data_dir,
-                             file_format='array_record')
+  return builder()
+
+
+CORPUS_FILE = 'corpus.json'  # A run's record of the text it trained on (lm/checkpoint.py).
+
+
+def corpus_record(d: DataConfig) -> dict[str, Any] | None:
+  """What a run records of its corpus, to compare on resume: the provenance of
+  a stdlib or dir corpus (None for tfds and file sources, which TFDS versions
+  and lm/objectives read)."""
+  if d.source not in ('stdlib', 'dir'):
+    return None
+  return {k: v for k, v in text_corpus(d)[2].items() if k != 'root'}
 
 
 @contextlib.contextmanager
@@ -224,8 +312,7 @@ def corpus(d: DataConfig) -> tuple[tfds.core.DatasetBuilder, str]:
   """The TFDS builder for the configured corpus, and its text feature key."""
   if d.source == 'tfds':
     return catalog_dataset(d.tfds_name, cache_root(d)), d.text_key
-  root, files = stdlib_files() if d.source == 'stdlib' else dir_files(d.path)
-  return build_text_dataset(root, files, d.val_fraction, cache_root(d)), 'text'
+  return build_text_dataset(*text_corpus(d), cache_root(d)), 'text'
 
 
 # --- Tokens -------------------------------------------------------------------

@@ -178,6 +178,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       raise ConfigError(f'{c.name} cannot train in a pack: {why}')
   K, c0 = len(cs), cs[0]
   t = train.build(c0, jax.devices()[:1], tok.byte_lengths())
+  corpus = data_lib.corpus_record(c0.data)
   data = objective.data(c0, tok, loaded, 0, 1)
   with contextlib.ExitStack() as stack:
     for wd, c in zip(workdirs, cs):
@@ -187,6 +188,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     for wd, r in zip(workdirs, resume):
       if r:
         ckpt_lib.check_tokenizer(wd, tok)
+        ckpt_lib.check_corpus(wd, corpus)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
                                    data.transform)) for c in cs]
     mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))
@@ -203,6 +205,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
                 for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
       for wd, c in zip(workdirs, cs):  # After every restore worked.
         ckpt_lib.write_config(wd, c, tok)
+        ckpt_lib.write_corpus(wd, corpus)
       steps = [int(s.step) for s in states]
       flops_per_step, peaks = [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):

@@ -503,6 +503,9 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   c, tok, objective, loaded = resolve(c)
   probes.check_tasks(c)
   resume = ckpt_lib.check_workdir(workdir, c)
+  corpus = data_lib.corpus_record(c.data)
+  if resume:  # Before the data are prepared.
+    ckpt_lib.check_corpus(workdir, corpus)
   src = check_init_from(c, tok) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -515,15 +518,18 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
       src = check_init_from(c, tok) if c.init_from and not resume else None
-    return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start)
+    return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start,
+                  corpus)
 
 
 def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
-           src: Config | None, stop_at: int | None, log, t_start: float) -> dict[str, Any]:
+           src: Config | None, stop_at: int | None, log, t_start: float,
+           corpus: dict | None) -> dict[str, Any]:
   pidx, pcount = jax.process_index(), jax.process_count()
   mngr = ckpt_lib.checkpoint_manager(workdir, c)
   if resume:  # Before anything is written.
     ckpt_lib.check_tokenizer(workdir, tok)
+    ckpt_lib.check_corpus(workdir, corpus)
     ckpt_lib.check_not_past_end(workdir, mngr.latest_step(), c.train.steps)
   canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
   extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
@@ -536,6 +542,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     start = int(state.step)
     if pidx == 0:  # After a restore that worked: a failed one leaves the run's config.
       ckpt_lib.write_config(workdir, c, tok)
+      ckpt_lib.write_corpus(workdir, corpus)
       if canaries:  # What tools.eval --canaries measures (lm/probes.py).
         workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),
                                  json.dumps({'canaries': canaries}, indent=1))

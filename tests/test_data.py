@@ -60,6 +60,46 @@ def test_prepared_dataset_is_cached(built, corpus_dir):
   assert again.info.metadata['content_sha256'] == built.info.metadata['content_sha256']
 
 
+def test_cache_is_keyed_by_content_not_size_and_mtime(tmp_path):
+  """An edit that keeps a file's size and mtime (rsync -t, a restored backup)
+  gets a fresh preparation; a touch that changes only the mtime does not."""
+  for i in range(3):
+    (tmp_path / f'f{i}.txt').write_text(f'text number {i}\n' * 20)
+  d = DataConfig(source='dir', path=str(tmp_path), val_fraction=0.3,
+                 cache_dir=str(tmp_path / '.cache'))
+  first = data.corpus(d)[0]
+  st = os.stat(tmp_path / 'f1.txt')
+  os.utime(tmp_path / 'f1.txt', ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert data.corpus(d)[0].data_dir == first.data_dir
+  (tmp_path / 'f1.txt').write_text('TEXT NUMBER 1\n' * 20)
+  os.utime(tmp_path / 'f1.txt', ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  data._PROVENANCE.clear()  # As a new process would start (the memo lives per process).
+  second = data.corpus(d)[0]
+  assert second.data_dir != first.data_dir
+  texts = [data._as_str(ex['text']) for s in ('train', 'validation')
+           for ex in second.as_data_source(split=s)]
+  assert 'TEXT NUMBER 1\n' * 20 in texts
+
+
+def test_one_rule_for_directories_and_globs(tmp_path):
+  """Hidden names are skipped and a file reached through symbolic links counts
+  once, in directory and glob mode alike; a directory link loop ends."""
+  root = tmp_path / 'c'
+  (root / 'a').mkdir(parents=True)
+  for name in ('a/x.txt', 'a/y.txt', 'z.txt'):
+    (root / name).write_text(name * 10)
+  (root / '.git').mkdir()
+  (root / '.git' / 'HEAD.txt').write_text('ref: main')
+  (root / '.hidden.txt').write_text('no')
+  (root / 'again.txt').symlink_to(root / 'a' / 'x.txt')  # The same text twice.
+  (root / 'a' / 'loop').symlink_to(root)  # A directory link back up the tree.
+  (root / 'b').symlink_to(root / 'a')
+  want = ['a/x.txt', 'a/y.txt', 'z.txt']  # again.txt and b/* are a/x.txt, a/*.
+  for path in (str(root), str(root / '**' / '*.txt')):
+    r, files = data.dir_files(path)
+    assert sorted(os.path.relpath(f, r) for f in files) == want, path
+
+
 def test_tokens_are_documents_joined_by_eos(built):
   tok = ByteTokenizer()
   cache = os.environ['LM_CACHE']

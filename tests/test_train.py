@@ -134,6 +134,31 @@ def test_resume_is_bitwise_identical(tmp_path, corpus_dir):
   assert _losses(whole) == _losses(split)  # Exact float equality, every step.
 
 
+def test_resume_refuses_a_changed_corpus(tmp_path, corpus_dir):
+  """A file added to a dir corpus would change the text and the split under a
+  resumed run: refused before the data are prepared, the run left as it was.
+  A touch that changes no text is not a change."""
+  import shutil
+  corpus = tmp_path / 'corpus'
+  shutil.copytree(corpus_dir, corpus)
+  c = tiny(corpus)
+  run = tmp_path / 'run'
+  train.train_and_evaluate(c, str(run), stop_at=3, log=lambda *_: None)
+  record = json.loads((run / 'corpus.json').read_text())
+  assert record['file_count'] == 41 and len(record['content_sha256']) == 64
+  before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+  (corpus / 'new.py').write_text('def g(x):\n    return x\n' * 50)
+  with pytest.raises(train.CheckpointError,
+                     match=r'corpus is not the text .* \(then \d+\+\d+ files.*now .*new --workdir'):
+    train.train_and_evaluate(c, str(run))
+  assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
+  (corpus / 'new.py').unlink()
+  os.utime(corpus / 'mod_03.py')
+  msgs = []
+  train.train_and_evaluate(c, str(run), log=msgs.append)
+  assert msgs == [f'resumed from step 3 in {run}']
+
+
 def test_foreign_and_corrupt_checkpoints_are_refused_and_kept(tmp_path, corpus_dir):
   c = tiny(corpus_dir)
   foreign = tmp_path / 'foreign'
