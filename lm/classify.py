@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 
@@ -29,19 +30,25 @@ def _rows(path: str) -> list[tuple[int, dict]]:
     raise ConfigError(f'labelled data file {path!r} does not exist')
   ext = os.path.splitext(path)[1].lower()
   rows: list[tuple[int, dict]] = []
-  if ext == '.csv':
-    with open(path, newline='', encoding='utf-8-sig') as f:
-      rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]  # Line 1: header.
-  elif ext in ('.jsonl', '.json'):
-    with open(path, encoding='utf-8-sig') as f:
-      for i, line in enumerate(f):
-        if line.strip():
-          try:
-            rows.append((i + 1, json.loads(line)))
-          except json.JSONDecodeError as e:
-            raise LabelError(f'{path}:{i + 1}: not a JSON object ({e.msg})') from None
-  else:
+  if ext not in ('.csv', '.jsonl', '.json'):
     raise ConfigError(f'labelled data file {path!r}: expected a .csv or .jsonl file')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b'\n') + 1
+    raise LabelError(f'{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset '
+                     f'{e.start}); save the file as UTF-8') from None
+  if ext == '.csv':
+    rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(io.StringIO(text, newline='')))]
+  else:
+    for i, line in enumerate(text.split('\n')):  # Not splitlines: U+2028 may sit in a string.
+      if line.strip():
+        try:
+          rows.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError as e:
+          raise LabelError(f'{path}:{i + 1}: not a JSON object ({e.msg})') from None
   if not rows:
     raise LabelError(f'{path} holds no examples')
   return rows

@@ -147,15 +147,15 @@ class DataConfig:
   tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
   tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf); recorded absolute.
   document_mask: bool = True  # Causal LM: attention and positions stay within each packed document.
-  seq_len: int = 128  # Encoder-decoder: the text window (span corruption) or input length.
+  seq_len: int = 128  # Tokens per training sequence (encoder-decoder: span corruption's text window, or the input length).
   shuffle_seed: int = 0  # Seed of the data order (and of corruption noise).
   target_key: str = ''  # Set: (input, target) pairs for an encoder-decoder (seq2seq).
   target_len: int = 0  # Seq2seq target length; 0 means seq_len.
-  mlm_rate: float = 0.15  # Masked LM: fraction of positions selected...
-  mlm_mask_frac: float = 0.8  # ...of which this fraction becomes MASK,
-  mlm_random_frac: float = 0.1  # this fraction a random token (the rest stay).
-  noise_density: float = 0.15  # Span corruption: fraction of tokens in spans,
-  mean_span: float = 3.0  # and their mean length.
+  mlm_rate: float = 0.15  # Masked LM: fraction of positions selected for prediction.
+  mlm_mask_frac: float = 0.8  # Masked LM: share of the selected positions replaced by MASK.
+  mlm_random_frac: float = 0.1  # Masked LM: share replaced by a random token (the rest stay).
+  noise_density: float = 0.15  # Span corruption: fraction of tokens inside masked spans.
+  mean_span: float = 3.0  # Span corruption: mean span length in tokens.
   canary_repeats: tuple[int, ...] = ()  # Memorization probe: a canary per entry, inserted that many times into train (0: a control) (lm/probes.py).
   canary_template: str = 'my pin is {secret}'  # Canary text; {secret} becomes canary_digits random digits.
   canary_digits: int = 5  # Digits of each secret: 10^digits candidates (exposure's space).
@@ -533,9 +533,17 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
   _positive('data.seq_len', d.seq_len)
   if not 0.0 < d.val_fraction < 1.0:
     raise _err('data.val_fraction', d.val_fraction, 'must be in (0, 1)')
+  if not all(isinstance(x, str) for x in d.labels):
+    raise _err('data.labels', d.labels, "class names are strings as they appear in the "
+               "data, e.g. ('neg', 'pos') or ('0', '1')")
   if len(set(d.labels)) != len(d.labels):
     dup = sorted({x for x in d.labels if d.labels.count(x) > 1})
     raise _err('data.labels', d.labels, f'list each class once ({dup} repeat)')
+  if d.source in ('stdlib', 'dir'):  # Split by file hash into exactly these two.
+    for f, want in (('train_split', 'train'), ('val_split', 'validation')):
+      if getattr(d, f) != want:
+        raise _err(f'data.{f}', getattr(d, f), f"a {d.source} corpus has the splits 'train' "
+                   "and 'validation' (data.val_fraction sets their sizes)")
   if d.source == 'dir' and not d.path:
     raise _err('data.path', d.path, "set a directory or glob for data.source='dir'")
   if d.source == 'tfds' and not d.tfds_name:

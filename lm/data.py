@@ -303,8 +303,17 @@ def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(f'config.data.tfds_name={name!r} is not a TFDS catalog dataset: '
                       f'{str(e).splitlines()[0]}') from None
-  with _prepare_lock(os.path.join(cache, 'tfds', name)):
-    builder.download_and_prepare()
+  except (ValueError, AssertionError) as e:  # A bad name, version or config string.
+    why = ' '.join(str(e).split()).split('": ')[-1][:300]
+    raise ConfigError(f'config.data.tfds_name={name!r} is not a valid TFDS name '
+                      f'(name[/config][:version], e.g. tiny_shakespeare:1.0.0): {why}') from None
+  with _prepare_lock(os.path.join(cache, 'tfds', name.replace('/', '_'))):
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # No network, a moved URL, a full disk: TFDS raises many kinds.
+      raise ConfigError(f'config.data.tfds_name={name!r} could not be downloaded and prepared '
+                        f'({type(e).__name__}: {" ".join(str(e).split())[:200]}); a catalog '
+                        'dataset needs a network on first use') from None
   return builder
 
 

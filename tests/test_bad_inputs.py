@@ -35,7 +35,7 @@ def test_config_values_are_refused_by_name(name, flag, want):
   try:
     v = ast.literal_eval(value)
   except (ValueError, SyntaxError):
-    v = value
+    v = float(value) if isinstance(default, float) else value  # inf, nan: as absl parses them.
   cd[section][field] = type(default)(v) if isinstance(default, float) and isinstance(
       v, int) else v
   with pytest.raises(config_lib.ConfigError) as e:

@@ -181,6 +181,10 @@ def test_label_files_errors(tmp_path):
   bom.write_bytes('\ufefftext,label\nhello,a\n'.encode('utf-8'))
   assert classify.read_file(str(bom), 'text', 'label') == [('hello', 'a')]
   assert classify.read_texts(str(bom), 'text', 'label') == (['hello'], ['a'])
+  latin = tmp_path / 'latin.csv'  # A spreadsheet saved as Latin-1: named, with its line.
+  latin.write_bytes('text,label\nhello,a\ncaf\xe9,b\n'.encode('latin-1'))
+  with pytest.raises(classify.LabelError, match=r'latin.csv:3: not UTF-8 text \(byte 0xe9'):
+    classify.read_file(str(latin), 'text', 'label')
   part = tmp_path / 'part.csv'
   part.write_text('text,label\nhello,a\nthere,\n')
   with pytest.raises(classify.LabelError, match=r"part.csv:3: no 'label', where 1 of 2 rows"):
@@ -189,6 +193,8 @@ def test_label_files_errors(tmp_path):
   with pytest.raises(classify.LabelError, match=r"part.csv:3: missing field 'text' .*; "
                      r"every example needs 'text'$"):
     classify.read_texts(str(part), 'text', 'label')
+  with pytest.raises(ConfigError, match=r'data.labels=\(0, 1\) .* class names are strings'):
+    tiny(**{'data.labels': (0, 1)})
   with pytest.raises(ConfigError, match=r"list each class once \(\['a'\] repeat\)"):
     tiny(**{'data.labels': ('a', 'b', 'a')})
   with pytest.raises(classify.LabelError, match=r"labels \['c'\] are not in the label set "

@@ -110,6 +110,11 @@ for field, value, want in [
     ('train.eval_tasks_path', '/nonexistent_tasks', 'train.eval_tasks_path'),
     ('train.eval_bias_csv', '/nonexistent.csv', 'train.eval_bias_csv'),
     ('train.eval_tasks', "('no_such_task_xyz',)", 'no_such_task_xyz'),
+    ('opt.lr', 'inf', 'finite number'), ('opt.weight_decay', 'nan', 'finite number'),
+    ('model.init_std', 'inf', 'finite number'), ('model.rope_theta', '-1.0', 'model.rope_theta'),
+    ('train.extra_checkpoints', '(-5,)', 'train.extra_checkpoints'),
+    ('train.seed', '-1', 'train.seed'), ('data.val_split', 'test', 'data.val_split'),
+    ('data.labels', '(0, 1)', 'class names are strings'),
 ]:
   CASES.append((f'train --config.{field}={value}', [*TRAIN, _W, f'--config.{field}={value}'],
                 want))
@@ -144,6 +149,18 @@ CASES += [
     ('train: finetune_lm without init_from', ['-m', 'experiments.train',
                                               '--config=configs/finetune_lm.py', _W, *_DIR],
      'config.init_from'),
+    ('train: sinusoidal positions past max_len',
+     [*TRAIN, _W, '--config.model.position=sinusoidal', '--config.data.seq_len=4096'],
+     'sinusoidal position table'),
+    ('train: sentencepiece model without EOS',
+     [*TRAIN, _W, '--config.data.tokenizer=sentencepiece',
+      '--config.data.tokenizer_path={S}/noeos.model'], 'no end-of-text token'),
+    ('train: labelled CSV that is not UTF-8',
+     [*TRAIN, _W, '--config.data.source=file', '--config.data.path={S}/latin1.csv',
+      '--config.data.label_key=label'], 'not UTF-8'),
+    ('train: TFDS name with an unknown version',
+     [*TRAIN, _W, '--config.data.source=tfds', '--config.data.tfds_name=tiny_shakespeare:9.9.9'],
+     'not a valid TFDS name'),
     ('train: missing labelled file', [*TRAIN, _W, '--config.data.source=file',
                                       '--config.data.path={S}/none.jsonl',
                                       '--config.data.label_key=label'], 'none.jsonl'),
@@ -301,6 +318,13 @@ def _prepare(scratch: str) -> dict[str, str]:
   with open(os.path.join(s, 'badhf', 'model.safetensors'), 'wb') as f:
     f.write(b'garbage')
   os.makedirs(os.path.join(s, 'empty'), exist_ok=True)
+  with open(os.path.join(s, 'latin1.csv'), 'wb') as f:
+    f.write('text,label\nun café,pos\n'.encode('latin-1'))
+  if not os.path.exists(os.path.join(s, 'noeos.model')):  # SentencePiece: eos_id -1 = none.
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(
+        input=os.path.join(corpus, 'm0.py'), model_prefix=os.path.join(s, 'noeos'),
+        vocab_size=80, eos_id=-1, hard_vocab_limit=False, minloglevel=2)
   run, hf = os.path.join(s, 'run'), os.path.join(s, 'hf')
   env = dict(os.environ, PYTHONPATH=ROOT)
   if not os.path.isdir(os.path.join(run, 'checkpoints')):
