@@ -361,7 +361,7 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
                '(5 recommended) to bracket its minimum')
   if not s.seeds:
     raise _err('sweep.seeds', s.seeds, 'list at least one seed')
-  if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in s.seeds):
+  if not _counts(s.seeds, 0):
     raise _err('sweep.seeds', s.seeds, 'seeds are integers >= 0, e.g. (0, 1, 2)')
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
@@ -434,6 +434,11 @@ def _build(cls, section: str, d: dict[str, Any]):
         raise _err(f'{section}.{k}', v, 'expected an integer')
     kw[k] = v
   return cls(**kw)
+
+
+def _counts(values: tuple, low: int) -> bool:
+  """Whether every entry is an integer (not a bool) >= low."""
+  return all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values)
 
 
 def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
@@ -572,7 +577,7 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
                       f'{d.mlm_mask_frac + d.mlm_random_frac} must be <= 1')
   if not d.mean_span >= 1.0:
     raise _err('data.mean_span', d.mean_span, 'must be >= 1 (tokens per span)')
-  if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in d.canary_repeats):
+  if not _counts(d.canary_repeats, 0):
     raise _err('data.canary_repeats', d.canary_repeats, 'each entry is a repetition count '
                '>= 0, e.g. (0, 1, 4, 16, 64)')
   if d.canary_template.count('{secret}') != 1:
@@ -621,14 +626,14 @@ def _validate_train(c: Config) -> None:
   if t.require_init_from and not c.init_from:
     raise _err('init_from', c.init_from, 'this config fine-tunes a pre-trained model: set '
                '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
-  for f in ('train.seed', 'data.shuffle_seed', 'data.canary_seed'):
-    section, name = f.split('.')
-    if getattr(getattr(c, section), name) < 0:  # numpy's generators refuse negative seeds.
-      raise _err(f, getattr(getattr(c, section), name), 'must be >= 0')
+  for f, seed in (('train.seed', t.seed), ('data.shuffle_seed', c.data.shuffle_seed),
+                  ('data.canary_seed', c.data.canary_seed)):
+    if seed < 0:  # numpy's generators refuse negative seeds.
+      raise _err(f, seed, 'must be >= 0')
   _choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
   _positive('train.max_skips', t.max_skips)
   _positive('train.max_rollbacks', t.max_rollbacks)
-  if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in t.extra_checkpoints):
+  if not _counts(t.extra_checkpoints, 1):
     raise _err('train.extra_checkpoints', t.extra_checkpoints, 'each entry is a step >= 1, '
                'e.g. (800, 1600)')
   if t.peak_flops < 0:

@@ -234,8 +234,8 @@ def text_corpus(d: DataConfig) -> tuple[str, dict[str, list[str]], dict[str, Any
   computed once per process for the same paths, sizes and mtimes."""
   root, files = corpus_files(d)
   splits = assign_splits(root, files, d.val_fraction)
-  key = (root, d.val_fraction, tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                                     for f in files))
+  key = (root, d.val_fraction,
+         tuple((f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]))
   if key not in _PROVENANCE:
     _PROVENANCE[key] = provenance(root, splits)
   return root, splits, _PROVENANCE[key]

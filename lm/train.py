@@ -518,6 +518,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
     if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
       src = check_init_from(c, tok) if c.init_from and not resume else None
+      if resume:
+        ckpt_lib.check_corpus(workdir, corpus)
     return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start,
                   corpus)
 
@@ -529,7 +531,6 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   mngr = ckpt_lib.checkpoint_manager(workdir, c)
   if resume:  # Before anything is written.
     ckpt_lib.check_tokenizer(workdir, tok)
-    ckpt_lib.check_corpus(workdir, corpus)
     ckpt_lib.check_not_past_end(workdir, mngr.latest_step(), c.train.steps)
   canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
   extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
