@@ -22,6 +22,7 @@ import traceback
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
@@ -269,17 +270,18 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   if worker:
     units = assign(units, worker[1])[worker[0]]
     runs = [r for u in units for r in u]
-  total_c = sum(r.compute for r in runs)
-  done_c, spent, t0 = 0.0, 0.0, time.time()
-  results, finished = [], 0
+  t0 = time.time()
+  results, finished, timed, left_runs = [], 0, [], list(runs)
   for unit in units:
     todo = []
     for r in unit:
       prev = read_result(workdir, r.name)
       if prev.get('status') == 'done':
         results.append(prev)
-        done_c += r.compute
         finished += 1
+        left_runs.remove(r)
+        if prev.get('wall_s'):
+          timed.append((r, prev['wall_s']))
         continue
       todo.append(r)
     if not todo:
@@ -301,11 +303,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
       os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
       workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
       results.append(rec)
-      done_c += r.compute
       finished += 1
-    spent += time.time() - t_run
+      left_runs.remove(r)
+      timed.append((r, rec['wall_s']))
     left = len(runs) - finished
-    eta = spent / max(done_c, 1) * (total_c - done_c) if done_c < total_c else 0.0
+    eta = eta_seconds(timed, left_runs) or 0.0
     for r, rec in zip(todo, recs):
       log(f'[sweep] {finished}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
           f'({r.name}: {rec["status"]}'
@@ -486,6 +488,33 @@ def plan_packs(cd: ml_collections.ConfigDict, runs: list[plan.Run]) -> list[list
     out += [g[i:i + s.pack] for i in range(0, len(g), s.pack)]
   order = {r.name: i for i, r in enumerate(runs)}
   return sorted(out, key=lambda u: order[u[0].name])
+
+
+def eta_seconds(done: list[tuple[plan.Run, float]], left: list[plan.Run]) -> float | None:
+  """Seconds the runs `left` should take, from the (run, wall seconds) of
+  finished ones: wall = a + b * tokens + c * FLOPs, fitted with a, b, c >= 0
+  (per-run setup and compilation; per-token work, such as the vocabulary
+  softmax that dominates tiny models; and the rest). Extrapolating FLOPs
+  alone from an IsoFLOP sweep's smallest budgets, whose tiny models run at a
+  fraction of the large ones' FLOP/s, read 2-9x the time actually left
+  (measured on the main job and a 5-budget sweep). None before any run."""
+  if not done:
+    return None
+  x = np.array([[1.0, r.tokens, r.compute] for r, _ in done])
+  y = np.array([w for _, w in done])
+  scale = x.max(axis=0)
+  best, coef = math.inf, np.zeros(3)
+  # Runs of one budget cannot tell per-run time from per-FLOP time: leave FLOPs out.
+  spread = x[:, 2].max() > 1.5 * x[:, 2].min()
+  for cols in ([0, 1, 2], [0, 1], [0, 2], [1, 2], [0], [1], [2]):  # Ties: more parts.
+    if 2 in cols and not spread:
+      continue
+    c = np.linalg.lstsq(x[:, cols] / scale[cols], y, rcond=None)[0]
+    sse = float(((x[:, cols] / scale[cols] @ c - y) ** 2).sum())
+    if (c >= 0).all() and sse < best * (1 - 1e-6):
+      best, coef = sse, np.zeros(3)
+      coef[cols] = c / scale[cols]
+  return float(sum(coef @ [1.0, r.tokens, r.compute] for r in left))
 
 
 WALL_PARTS = ('setup', 'compile', 'data', 'train', 'eval', 'checkpoint', 'other')

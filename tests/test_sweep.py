@@ -329,6 +329,24 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
   assert 'pack' not in again[runs[2].name]  # It trained alone.
 
 
+def test_eta_from_per_run_per_token_and_per_flop_time():
+  def run(tokens, compute):
+    return plan.Run(name=f'{tokens}_{compute}', overrides={}, n=1, tokens=tokens,
+                    compute=compute, budget=compute, design='isoflop')
+  wall = lambda r: 20 + 1e-4 * r.tokens + 1e-10 * r.compute  # Seconds.
+  done = [run(t, c) for c in (1e10, 3e10, 1e11) for t in (1e5, 3e5, 1e6)]
+  left = [run(t, 1e12) for t in (1e6, 3e6, 1e7)]
+  assert sweep.eta_seconds([], left) is None
+  assert sweep.eta_seconds([(r, wall(r)) for r in done], []) == 0
+  # Recovered from the finished runs (their FLOP rate alone reads 2.6x).
+  assert sweep.eta_seconds([(r, wall(r)) for r in done], left) == pytest.approx(
+      sum(map(wall, left)), rel=1e-6)
+  # One budget so far: per-run and per-FLOP time are one column; FLOPs left out.
+  one = [(r, wall(r)) for r in done[:3]]
+  assert sweep.eta_seconds(one, left) == pytest.approx(
+      sum(20 + 1e-10 * 1e10 + 1e-4 * r.tokens for r in left), rel=1e-6)
+
+
 def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1], pack=4)
   runs = sweep.make_plan(cd)
