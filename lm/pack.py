@@ -189,8 +189,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       if r:
         ckpt_lib.check_tokenizer(wd, tok)
         ckpt_lib.check_corpus(wd, corpus)
+    read, data_clock = train.data_reading(t.mesh)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
-                                   data.transform)) for c in cs]
+                                   data.transform, read)) for c in cs]
     mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))
              for wd, c in zip(workdirs, cs)]
     for wd, c, m, r in zip(workdirs, cs, mngrs, resume):
@@ -250,12 +251,12 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       t_log = [time.perf_counter()] * K
       s_log = list(steps)
       while rows:
-        t0 = time.perf_counter()
+        t0 = data_clock()
         batch = on_members(stack_batches([next(iters[k]) for k in rows]), mm)
+        wall['data'] += data_clock() - t0
         t1 = time.perf_counter()
         with jax.set_mesh(mm), nn.logical_axis_rules(()):  # Members' activations unconstrained.
           state, m = step_fn(state, batch, sched)
-        wall['data'] += t1 - t0
         if len(rows) not in compiled_widths:
           jax.block_until_ready(m)
           wall['compile'] += time.perf_counter() - t1

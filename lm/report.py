@@ -256,7 +256,9 @@ def _wall_time(workdir: str, fit_s: float) -> list[str]:
   md = ['## Where the time went', '',
            f'Summed over the {sum(1 for r in recs if r.get("wall"))} runs that recorded it '
            '(a resumed run records its last process only). compile: the first train '
-           'step\'s call; train: dispatching steps and waiting for the device; eval and '
+           'step\'s call; data: making each batch (on a CPU backend the training thread\'s CPU '
+           'time, since the step shares its cores; on accelerators the wait for it); train: '
+           'dispatching steps and waiting for the device; eval and '
            'checkpoint include their own compilation and writes; setup: config, data, '
            'model build, init or restore; other: process and sweep overhead.', '',
            '| part | seconds | share |', '|---|---|---|']

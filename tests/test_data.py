@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 
 import numpy as np
 import pytest
@@ -214,9 +215,16 @@ def test_split_hash_is_stable():
 def test_batch_reads_equal_row_reads_and_share_their_iterator_state():
   """A source with gather() is read a batch at a time (data.batched): the same
   rows in the same order as one read per row, across epochs and processes,
-  and a checkpointed iterator position restores in either."""
+  and a checkpointed iterator position restores in either; read in the
+  calling thread (a CPU run's lm/train.data_reading) or by grain's prefetch
+  threads, the same again."""
+  import jax
+
+  from lm import train
   from lm.objectives.lm import DocWindows
   from tools.bench_data import RowsOnly  # The same source without gather().
+  in_thread, clock = train.data_reading(jax.make_mesh((1,), ('data',)))
+  assert in_thread.num_threads == 0 and clock is time.thread_time
 
   tokens = np.random.default_rng(0).integers(0, 10, 5000).astype(np.int32)
   w = data.Windows(tokens, 17)
@@ -224,12 +232,14 @@ def test_batch_reads_equal_row_reads_and_share_their_iterator_state():
   for src in (w, data.Keyed(w, 'tokens'), DocWindows(w, eos=0)):
     for pidx, pcount in ((0, 1), (1, 2)):
       rows, batches = (iter(data.batched(s, 4, 3, pidx, pcount)) for s in (RowsOnly(src), src))
+      inline = iter(data.batched(src, 4, 3, pidx, pcount, None, in_thread))
       for _ in range(80):  # Past the first epoch (294 windows) with 2 processes.
-        x, y = as_dict(next(rows)), as_dict(next(batches))
-        assert x.keys() == y.keys()
+        x, y, z = as_dict(next(rows)), as_dict(next(batches)), as_dict(next(inline))
+        assert x.keys() == y.keys() == z.keys()
         for k in x:
           assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), (src, pidx, k)
-      resumed = iter(data.batched(src, 4, 3, pidx, pcount))
+          assert np.array_equal(y[k], z[k]), (src, pidx, k)
+      resumed = iter(data.batched(src, 4, 3, pidx, pcount, None, in_thread))
       resumed.set_state(rows.get_state())
       x, y = as_dict(next(rows)), as_dict(next(resumed))
       assert all(np.array_equal(x[k], y[k]) for k in x)
