@@ -9,7 +9,7 @@ from lm import host
 
 # A jitted function whose 256 MB temporary (tanh(x @ x.T)) is allocated on every
 # call; prints the minor page faults of each of the calls after two warm-ups.
-_CALLS = 4
+_CALLS = 6
 _PROBE = f'''
 import resource, sys
 from lm import host
@@ -41,13 +41,17 @@ def test_keep_freed_memory_stops_page_faults_on_repeated_calls():
   baseline is measured here, and the setting must remove (almost) all of it.
   """
   default, kept = _faults('default'), _faults('keep')
-  per_call = sorted(default)[len(default) // 2]  # Median: robust to one odd call.
+  median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731  Robust to one odd call.
+  per_call = median(default)
   if per_call < 32:
     pytest.skip(f'this host page-faults only {per_call} times per call without the '
                 f'setting ({default}): nothing for keep_freed_memory to remove here')
-  # Every call after the warm-ups reuses mapped pages: at most a few faults
-  # each, and together far fewer than one default call.
-  assert sum(kept) < per_call / 10, (kept, default)
+  # The calls after the warm-ups reuse mapped pages: the typical one takes at
+  # most a few faults, and all of them together far fewer than the default's.
+  # One odd call is allowed: a host whose kernel reclaims or splits pages in
+  # the background (DAMON's kdamond on one CI machine) faulted 1,056 times in
+  # one kept call of four ([1056, 0, 0, 0] against [2048, 0, 5120, 991]).
+  assert median(kept) < per_call / 10 and sum(kept) < sum(default) / 2, (kept, default)
 
 
 def test_cpu_only_follows_jax_platforms(monkeypatch):
