@@ -82,27 +82,10 @@ def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
   return make_init(c, model, tx, shardings)(jax.random.key(c.train.seed))
 
 
-# XLA:CPU options for programs that run once per run: without LLVM's
-# optimisations a main-job model's init compiles in 1.9 s instead of 6.2 s
-# on one core, and makes the same state bit for bit (tests/test_train.py).
-RUN_ONCE_CPU = {'xla_backend_optimization_level': 0}
-
-
 def make_init(c: Config, model: nn.Module, tx, shardings):
-  """jitted rng -> the initial state, in its shards (compiled on first use,
-  with RUN_ONCE_CPU on a CPU backend)."""
+  """jitted rng -> the initial state, in its shards."""
   init = init_fn(c, model, tx)
-  f = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
-  if any(d.platform != 'cpu' for s in jax.tree_util.tree_leaves(shardings)
-         for d in s.device_set):
-    return f
-  compiled = []
-
-  def run(rng: jax.Array) -> TrainState:
-    if not compiled:
-      compiled.append(f.lower(rng).compile(compiler_options=RUN_ONCE_CPU))
-    return compiled[0](rng)
-  return run
+  return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
 
 
 # --- Steps --------------------------------------------------------------------
