@@ -271,14 +271,13 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     units = assign(units, worker[1])[worker[0]]
     runs = [r for u in units for r in u]
   t0 = time.time()
-  results, finished, timed, left_runs = [], 0, [], list(runs)
+  results, timed, left_runs = [], [], list(runs)
   for unit in units:
     todo = []
     for r in unit:
       prev = read_result(workdir, r.name)
       if prev.get('status') == 'done':
         results.append(prev)
-        finished += 1
         left_runs.remove(r)
         if prev.get('wall_s'):
           timed.append((r, prev['wall_s']))
@@ -303,13 +302,12 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
       os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
       workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
       results.append(rec)
-      finished += 1
       left_runs.remove(r)
       timed.append((r, rec['wall_s']))
-    left = len(runs) - finished
+    left = len(left_runs)
     eta = eta_seconds(timed, left_runs) or 0.0
     for r, rec in zip(todo, recs):
-      log(f'[sweep] {finished}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
+      log(f'[sweep] {len(runs) - left}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
           f'({r.name}: {rec["status"]}'
           + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
              f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s'
@@ -496,24 +494,18 @@ def eta_seconds(done: list[tuple[plan.Run, float]], left: list[plan.Run]) -> flo
   (per-run setup and compilation; per-token work, such as the vocabulary
   softmax that dominates tiny models; and the rest). Extrapolating FLOPs
   alone from an IsoFLOP sweep's smallest budgets, whose tiny models run at a
-  fraction of the large ones' FLOP/s, read 2-9x the time actually left
+  fraction of the large ones' FLOP/s, read 1.4-9.5x the time actually left
   (measured on the main job and a 5-budget sweep). None before any run."""
   if not done:
     return None
+  from scipy.optimize import nnls
   x = np.array([[1.0, r.tokens, r.compute] for r, _ in done])
   y = np.array([w for _, w in done])
-  scale = x.max(axis=0)
-  best, coef = math.inf, np.zeros(3)
   # Runs of one budget cannot tell per-run time from per-FLOP time: leave FLOPs out.
-  spread = x[:, 2].max() > 1.5 * x[:, 2].min()
-  for cols in ([0, 1, 2], [0, 1], [0, 2], [1, 2], [0], [1], [2]):  # Ties: more parts.
-    if 2 in cols and not spread:
-      continue
-    c = np.linalg.lstsq(x[:, cols] / scale[cols], y, rcond=None)[0]
-    sse = float(((x[:, cols] / scale[cols] @ c - y) ** 2).sum())
-    if (c >= 0).all() and sse < best * (1 - 1e-6):
-      best, coef = sse, np.zeros(3)
-      coef[cols] = c / scale[cols]
+  cols = [0, 1, 2] if x[:, 2].max() > 1.5 * x[:, 2].min() else [0, 1]
+  scale = x[:, cols].max(axis=0)
+  coef = np.zeros(3)
+  coef[cols] = nnls(x[:, cols] / scale, y)[0] / scale
   return float(sum(coef @ [1.0, r.tokens, r.compute] for r in left))
 
 
