@@ -378,7 +378,8 @@ def step_cost(c: Config) -> tuple[dict[str, float], float, float]:
   train rows report (MFU), for a single run and a packed member alike."""
   conv = flops_per_token(c)
   dev = jax.devices()[0]
-  peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform)
+  peak = c.train.peak_flops or flops_lib.peak_flops(dev.device_kind, c.model.dtype, dev.platform,
+                                                     data_lib.cache_root(c.data))
   return conv, conv[c.train.flops_convention] * c.train.batch_size * c.data.seq_len, peak
 
 

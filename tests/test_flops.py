@@ -1,6 +1,7 @@
 """FLOP conventions: the exact count matches XLA's cost analysis of the step."""
 
 import dataclasses
+import json
 
 import flax.linen as nn
 import jax
@@ -50,3 +51,18 @@ def test_conventions_order_and_param_split():
   one = flops.train_flops_per_token(dataclasses.replace(m, attn_block=0), 512)
   blocked = flops.train_flops_per_token(dataclasses.replace(m, attn_block=128), 512)
   assert blocked < one
+
+
+def test_measured_cpu_peak_is_kept_per_machine(tmp_path, monkeypatch):
+  """Measured once, then read back by later processes (here: a cleared
+  in-process memo); a damaged file is measured again and rewritten."""
+  monkeypatch.setattr(flops, '_MEASURED', {})
+  first = flops.measure_matmul_peak(n=64, seconds=0.05, cache_dir=str(tmp_path))
+  [entry] = json.load(open(tmp_path / 'matmul_peak.json')).values()
+  assert first > 0 and entry['flops_per_s'] == first
+  monkeypatch.setattr(flops, '_MEASURED', {})
+  assert flops.measure_matmul_peak(n=64, seconds=0.05, cache_dir=str(tmp_path)) == first
+  (tmp_path / 'matmul_peak.json').write_text('{"truncated')
+  monkeypatch.setattr(flops, '_MEASURED', {})
+  assert flops.measure_matmul_peak(n=64, seconds=0.05, cache_dir=str(tmp_path)) > 0
+  assert len(json.load(open(tmp_path / 'matmul_peak.json'))) == 1
