@@ -4,6 +4,7 @@ import hashlib
 import os
 import time
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -13,6 +14,13 @@ from lm.config import ConfigError, DataConfig
 from lm.tokenizers import ByteTokenizer
 
 
+IN_THREAD = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+# Prefetch threads, with a buffer small enough that an abandoned iterator
+# stops soon (grain's default, 16 threads and 500 batches, kept reading
+# after the test: ~65 s of the suite's CPU time).
+THREADED = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
 @pytest.fixture(scope='module')
 def built(corpus_dir):
   d = DataConfig(source='dir', path=str(corpus_dir), val_fraction=0.2)
@@ -20,9 +28,11 @@ def built(corpus_dir):
 
 
 def _train_dataset(tokens, seq_len, local_batch, seed, process_index=0, process_count=1):
-  """A causal LM's training windows (L + 1 tokens), as the trainer batches them."""
+  """A causal LM's training windows (L + 1 tokens), as the trainer batches them
+  (read in the calling thread: grain's default 500-batch prefetch would go on
+  reading in the background after the test)."""
   return data.batched(data.Windows(tokens, seq_len + 1), local_batch, seed, process_index,
-                      process_count)
+                      process_count, read_options=IN_THREAD)
 
 
 def test_builder_writes_array_record_with_provenance(built, corpus_dir):
@@ -231,7 +241,8 @@ def test_batch_reads_equal_row_reads_and_share_their_iterator_state():
   as_dict = lambda x: x if isinstance(x, dict) else {'rows': x}  # noqa: E731
   for src in (w, data.Keyed(w, 'tokens'), DocWindows(w, eos=0)):
     for pidx, pcount in ((0, 1), (1, 2)):
-      rows, batches = (iter(data.batched(s, 4, 3, pidx, pcount)) for s in (RowsOnly(src), src))
+      rows, batches = (iter(data.batched(s, 4, 3, pidx, pcount, None, THREADED))
+                       for s in (RowsOnly(src), src))
       inline = iter(data.batched(src, 4, 3, pidx, pcount, None, in_thread))
       for _ in range(80):  # Past the first epoch (294 windows) with 2 processes.
         x, y, z = as_dict(next(rows)), as_dict(next(batches)), as_dict(next(inline))

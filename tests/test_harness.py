@@ -129,9 +129,9 @@ def test_exported_checkpoint_scores_the_same_in_the_harness_hf_model(tmp_path, c
 
   def evaluate(lm_obj):
     import lm_eval
-    from lm_eval.tasks import TaskManager
-    res = lm_eval.simple_evaluate(model=lm_obj, tasks=['lm_tiny_mc', 'lm_tiny_lastword'],
-                                  task_manager=TaskManager(include_path=TASKS),
+    tasks = ('lm_tiny_mc', 'lm_tiny_lastword')  # Indexed alone: ~15 s less than all tasks.
+    res = lm_eval.simple_evaluate(model=lm_obj, tasks=list(tasks),
+                                  task_manager=harness.task_manager(TASKS, tasks),
                                   log_samples=True, bootstrap_iters=0)
     lls = {t: [[r[0] for r in s['resps']] for s in samples]
            for t, samples in res['samples'].items()}
