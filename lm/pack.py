@@ -102,7 +102,19 @@ def make_step(p: Pack):
 
 def member(state: train.TrainState, k: int) -> train.TrainState:
   """Member k's state, as a single run's (checkpoints, sampling, export)."""
-  return jax.tree_util.tree_map(lambda x: x[k], state)
+  return _index(state, k)
+
+
+# The tree helpers below are compiled whole, once per tree structure: op by op,
+# every leaf shape compiled its own gather or stack (seconds per pack on CPU).
+@jax.jit
+def _index(tree: Any, k: jax.Array) -> Any:
+  return jax.tree_util.tree_map(lambda x: x[k], tree)
+
+
+@jax.jit
+def _rows(tree: Any, rows: jax.Array) -> Any:
+  return jax.tree_util.tree_map(lambda x: x[rows], tree)
 
 
 def stack_batches(batches: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -122,6 +134,7 @@ def packable(c: Config) -> str:
   return ''
 
 
+@jax.jit
 def _stack(states: list) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
@@ -145,7 +158,7 @@ def _take(tree: Any, rows: list[int], mesh: jax.sharding.Mesh | None
   """Members `rows` (positions on the leading axis) of a stacked tree, split
   over a member mesh of their number; returns (tree, that mesh)."""
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    tree = jax.tree_util.tree_map(lambda x: x[np.array(rows)], tree)
+    tree = _rows(tree, np.array(rows))
   mesh = member_mesh(len(rows))
   return on_members(tree, mesh), mesh
 
@@ -244,7 +257,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
 
       def one(tree: Any, k: int, sh: Any) -> Any:  # Member k, on the eval device.
         with jax.set_mesh(mm):
-          return jax.device_put(jax.tree_util.tree_map(lambda x: x[rows.index(k)], tree), sh)
+          return jax.device_put(_index(tree, rows.index(k)), sh)
 
       compiled_widths: set[int] = set()
       tokens = [c.train.batch_size * c.data.seq_len for c in cs]
