@@ -14,7 +14,6 @@ import logging
 import os
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -285,6 +284,7 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
   step = mngr.latest_step()
   target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  import grain  # Here, not at the top: generation and export never read a data iterator.
   try:
     out = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
@@ -340,5 +340,6 @@ def save(c: Config, mngr, step: int, state: Any, m: dict, data_iter, workdir: st
          'non-finite loss or parameters')
   need = sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) // jax.process_count()
   workdir_lib.check_space(workdir, need + 2**20, f'the checkpoint of step {step}')  # A host's.
+  import grain
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=grain.checkpoint.CheckpointSave(data_iter)))
