@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -53,15 +54,19 @@ def _summary_writer() -> type:
   many researchers' machines) that import cost every training process 3.7 s on
   2 cores. A None entry in sys.modules makes `import torch` fail for the
   duration of tensorboardX's import, and tensorboardX falls back to numpy."""
-  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter
+  with _IMPORT_LOCK:  # Writers made in two threads at once: one import, one restore.
+    if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+      from tensorboardX import SummaryWriter
+      return SummaryWriter
+    sys.modules['torch'] = None  # type: ignore[assignment]
+    try:
+      from tensorboardX import SummaryWriter
+    finally:
+      del sys.modules['torch']
     return SummaryWriter
-  sys.modules['torch'] = None  # type: ignore[assignment]
-  try:
-    from tensorboardX import SummaryWriter
-  finally:
-    del sys.modules['torch']
-  return SummaryWriter
+
+
+_IMPORT_LOCK = threading.Lock()
 
 
 def _plain(v: Any) -> Any:

@@ -14,7 +14,6 @@ from lm.config import ConfigError, DataConfig
 from lm.tokenizers import ByteTokenizer
 
 
-IN_THREAD = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 # Prefetch threads, with a buffer small enough that an abandoned iterator
 # stops soon (grain's default, 16 threads and 500 batches, kept reading
 # after the test: ~65 s of the suite's CPU time).
@@ -29,10 +28,9 @@ def built(corpus_dir):
 
 def _train_dataset(tokens, seq_len, local_batch, seed, process_index=0, process_count=1):
   """A causal LM's training windows (L + 1 tokens), as the trainer batches them
-  (read in the calling thread: grain's default 500-batch prefetch would go on
-  reading in the background after the test)."""
+  on accelerators (prefetch threads; a small buffer, see THREADED)."""
   return data.batched(data.Windows(tokens, seq_len + 1), local_batch, seed, process_index,
-                      process_count, read_options=IN_THREAD)
+                      process_count, read_options=THREADED)
 
 
 def test_builder_writes_array_record_with_provenance(built, corpus_dir):

@@ -66,3 +66,7 @@ def test_measured_cpu_peak_is_kept_per_machine(tmp_path, monkeypatch):
   monkeypatch.setattr(flops, '_MEASURED', {})
   assert flops.measure_matmul_peak(n=64, seconds=0.05, cache_dir=str(tmp_path)) > 0
   assert len(json.load(open(tmp_path / 'matmul_peak.json'))) == 1
+  (tmp_path / 'a_file').write_text('')  # A cache that cannot be written: measured, no error.
+  monkeypatch.setattr(flops, '_MEASURED', {})
+  assert flops.measure_matmul_peak(n=64, seconds=0.05, cache_dir=str(tmp_path / 'a_file')) > 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'matmul_peak.json']
