@@ -22,9 +22,9 @@ import json
 import os
 import platform
 import socket
-import tempfile
 import time
 
+from lm import workdir as workdir_lib
 from lm.config import CONVENTIONS, ModelConfig
 
 
@@ -183,10 +183,10 @@ def measure_matmul_peak(dtype: str = 'float32', n: int = 1024, seconds: float = 
   if key in _MEASURED:
     return _MEASURED[key]
   path = os.path.join(cache_dir, 'matmul_peak.json') if cache_dir else ''
-  entry = _read_table(path).get(key)
-  if isinstance(entry, dict) and isinstance(entry.get('flops_per_s'), (int, float)):
-    _MEASURED[key] = float(entry['flops_per_s'])
-    return _MEASURED[key]
+  stored = _stored(_read_table(path), key)
+  if stored is not None:
+    _MEASURED[key] = stored
+    return stored
   a = jnp.ones((n, n), dtype) * 0.001
   f = jax.jit(lambda x: x @ a @ a @ a @ a)
   x = f(a).block_until_ready()
@@ -205,21 +205,12 @@ def _keep(path: str, key: str, best: float) -> float:
   """Writes the measurement into the table (best effort: a read-only or full
   cache only costs the next process a measurement). Processes that measured at
   once, competing for the cores, keep the highest of their values."""
+  table = _read_table(path)  # Read again just before writing: others may have added keys.
+  best = max(best, _stored(table, key) or 0.0)
+  table[key] = {'flops_per_s': best, 'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
   try:
-    table = _read_table(path)  # Read again just before writing: others may have added keys.
-    old = table.get(key)
-    if isinstance(old, dict) and isinstance(old.get('flops_per_s'), (int, float)):
-      best = max(best, float(old['flops_per_s']))
-    table[key] = {'flops_per_s': best, 'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    try:
-      with os.fdopen(fd, 'w') as fh:
-        json.dump(table, fh, indent=1)
-      os.replace(tmp, path)  # Atomic: a concurrent reader sees the old table or the new.
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    workdir_lib.write_atomic(path, json.dumps(table, indent=1))
   except OSError:
     pass
   return best
@@ -232,6 +223,13 @@ def _read_table(path: str) -> dict:
     return table if isinstance(table, dict) else {}
   except (OSError, ValueError):  # Absent or damaged: measure again and rewrite it.
     return {}
+
+
+def _stored(table: dict, key: str) -> float | None:
+  entry = table.get(key)
+  if isinstance(entry, dict) and isinstance(entry.get('flops_per_s'), (int, float)):
+    return float(entry['flops_per_s'])
+  return None
 
 
 def _cpus() -> int:

@@ -46,6 +46,9 @@ class Writer:
       self._tb.close()
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _summary_writer() -> type:
   """tensorboardX's SummaryWriter, imported without torch.
 
@@ -64,9 +67,6 @@ def _summary_writer() -> type:
     finally:
       del sys.modules['torch']
     return SummaryWriter
-
-
-_IMPORT_LOCK = threading.Lock()
 
 
 def _plain(v: Any) -> Any:

@@ -110,10 +110,16 @@ def exit_disk_full(workdir: str) -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
+  """A reader sees the old file or the new one, never half of it; a failed
+  write (a full disk) leaves no temporary file behind."""
   tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _alive(pid: int) -> bool:

@@ -95,6 +95,14 @@ def test_incomplete_checkpoint_writes_are_removed_and_the_run_continues(
   assert sorted(os.listdir(later / 'checkpoints'), key=int)[-1] == '12'
 
 
+def test_write_atomic_replaces_whole_and_leaves_nothing_when_a_write_fails(tmp_path):
+  path = str(tmp_path / 'f.json')
+  workdir.write_atomic(path, 'old')
+  with pytest.raises(UnicodeEncodeError):  # Fails mid-write, as a full disk would.
+    workdir.write_atomic(path, 'new \ud800')
+  assert open(path).read() == 'old' and os.listdir(tmp_path) == ['f.json']
+
+
 def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, corpus_dir):
   c = tiny(corpus_dir, **{'train.steps': 3})
   wd = tmp_path / 'run'
