@@ -3,6 +3,7 @@
 python -m tools.bench_train [--configs=tiny,small,medium] [--steps=10] [--dtype=float32]
                             [--mesh=DATA,FSDP,TENSOR] [--batch=N]
 python -m tools.bench_train --pack=K [--pack_devices=N] [--steps=10]
+python -m tools.bench_train --layers_ab [--steps=8]
 
 On accelerators: --configs=gpt2_small --dtype=bfloat16 --mesh=-1,1,1 (all
 devices data-parallel) or --mesh=1,-1,1 (FSDP); MFU is then against the
@@ -219,6 +220,9 @@ _PACK_DEVICES = flags.DEFINE_integer(
     'pack_devices', 1, 'With --pack on CPU: split the packed step\'s member axis over this '
     'many CPU devices (XLA\'s host device count; lm/pack.member_mesh), as a sweep on a pod '
     'splits it over its devices; the one-after-another runs keep one device.', lower_bound=1)
+_LAYERS_AB = flags.DEFINE_bool(
+    'layers_ab', False, 'nn.scan vs unrolled layers at the main job\'s shapes (d_model 8-48, '
+    'd_model/8 layers), timed in alternating rounds in one process.')
 _KEEP = flags.DEFINE_bool('keep_freed_memory', True,
                           'lm/host.py\'s allocator setting, as the entry points apply it; '
                           '--nokeep_freed_memory measures without it.')
@@ -392,6 +396,49 @@ def bench_pack(d: int, K: int, steps: int, n_devices: int = 1) -> dict:
           'speed-up': t_seq / t_pack}
 
 
+def bench_layers_ab(d: int, steps: int, rounds: int = 6) -> dict:
+  """Median step time of the main job's shape at d_model d (configs/isoflop_tiny:
+  seq 64, batch 64, byte vocabulary, d/8 layers, heads of 8) with nn.scan and
+  with unrolled layers, alternating rounds of `steps` steps so both see the
+  same machine state."""
+  import jax
+  import numpy as np
+
+  from lm import config as config_lib
+  from lm import train
+  L, B = 64, 64
+  tokens = np.random.default_rng(0).integers(0, 256, (B, L + 1)).astype(np.int32)
+  runs = {}
+  for scan in (True, False):
+    c = config_lib.from_configdict({
+        'model': dict(vocab_size=256, d_model=d, num_layers=d // 8, num_heads=d // 8,
+                      max_len=L, position='learned', activation='gelu', attention='xla',
+                      scan_layers=scan),
+        'data': dict(seq_len=L, document_mask=False), 'opt': dict(warmup_steps=10),
+        'train': dict(batch_size=B, steps=1000, progress=False), 'mesh': dict(data=1)})
+    t = train.build(c, jax.devices()[:1])
+    with t.context():
+      state = t.init()
+      t0 = time.perf_counter()
+      step = t.train_step.lower(state, {'tokens': tokens}, t.sched).compile()
+      runs[scan] = [t, step, state, time.perf_counter() - t0, []]
+  for _ in range(rounds):
+    for scan in (True, False):
+      t, step, state, _, times = runs[scan]
+      with t.context():
+        for i in range(steps + 2):  # Two warm-up steps per round.
+          t0 = time.perf_counter()
+          state, m = step(state, {'tokens': tokens}, t.sched)
+          jax.block_until_ready(m)
+          if i >= 2:
+            times.append(time.perf_counter() - t0)
+      runs[scan][2] = state
+  ms = {scan: statistics.median(r[4]) * 1e3 for scan, r in runs.items()}
+  return {'d_model': d, 'layers': d // 8, 'scan ms': ms[True], 'unrolled ms': ms[False],
+          'speed-up': ms[True] / ms[False], 'scan compile s': runs[True][3],
+          'unrolled compile s': runs[False][3]}
+
+
 def main(argv):
   del argv
   from lm import host
@@ -402,6 +449,16 @@ def main(argv):
                                f'_device_count={_PACK_DEVICES.value}')
   import jax
   dev = jax.devices()[0]
+  if _LAYERS_AB.value:
+    cols = ['d_model', 'layers', 'scan ms', 'unrolled ms', 'speed-up', 'scan compile s',
+            'unrolled compile s']
+    print(f'device: {dev.device_kind} ({dev.platform}), XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n')
+    print('| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
+    for d in (8, 16, 24, 32, 40, 48):
+      r = bench_layers_ab(d, _STEPS.value)
+      print('| ' + ' | '.join(f'{r[k]:.3g}' if isinstance(r[k], float) else str(r[k])
+                              for k in cols) + ' |', flush=True)
+    return
   if _PACK.value:
     cols = ['d_model', 'K', 'devices', 'params', 'seq ms', 'packed ms', 'seq tokens/s',
             'packed tokens/s', 'seq GFLOP/s', 'packed GFLOP/s', 'speed-up']
