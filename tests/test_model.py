@@ -104,6 +104,15 @@ def test_scan_equals_unrolled(name):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
+def test_bench_layers_ab_times_scanned_and_unrolled_steps():
+  """tools/bench_train --layers_ab's measurement, small: one round of one step each."""
+  from tools import bench_train
+  r = bench_train.bench_layers_ab(8, steps=1, rounds=1)
+  assert r['layers'] == 1 and r['scan ms'] > 0 and r['unrolled ms'] > 0
+  assert r['scan compile s'] > 0 and r['unrolled compile s'] > 0
+  np.testing.assert_allclose(r['speed-up'], r['scan ms'] / r['unrolled ms'])
+
+
 @pytest.mark.parametrize('scan,remat', [(True, 'full'), (False, 'save_dots'),
                                         (True, 'dots_saveable'), (True, 'save_proj'),
                                         (True, 'offload')])
