@@ -87,7 +87,8 @@ def init(p: Pack) -> train.TrainState:
   """The members' initial states (each from its train.seed), stacked: K x ..."""
   c = p.configs[0]
   model, tx = Transformer(c.model), opt_lib.unit_lr(c.opt, c.model)
-  f = jax.jit(jax.vmap(lambda r: nn.unbox(train.init_fn(c, model, tx)(r))))
+  f = jax.jit(jax.vmap(lambda r: nn.unbox(train.init_fn(c, model, tx)(r))),
+              compiler_options=train.init_compiler_options(jax.default_backend()))
   return f(jnp.stack([jax.random.key(m.train.seed) for m in p.configs]))
 
 

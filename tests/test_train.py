@@ -48,6 +48,23 @@ def overfit_losses(batch_fn, **overrides) -> list[float]:
   return losses
 
 
+def test_cpu_init_compiled_unoptimised_is_within_two_ulps_of_optimised():
+  """lm/train.CPU_INIT_OPTIONS trades the initialiser's compile time for at
+  most two float32 ULPs (the tests compile everything at that level anyway)."""
+  assert train.init_compiler_options('cpu') == train.CPU_INIT_OPTIONS
+  assert train.init_compiler_options('gpu') is None and train.init_compiler_options('tpu') is None
+  c = train.resolve_vocab(tiny(), 259)
+  t = train.build(c, jax.devices()[:1])
+  model, tx = Transformer(c.model), opt_lib.unit_lr(c.opt, c.model)
+  optimised = jax.jit(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)),
+                      compiler_options={'xla_backend_optimization_level': 3})
+  key = jax.random.key(c.train.seed)
+  with t.context():
+    a, b = t.init().params, optimised(key).params
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=2)
+
+
 def test_overfits_one_batch():
   losses = overfit_losses(_batch)
   assert losses[0] == pytest.approx(math.log(384), rel=0.05)  # Near-uniform at init.
