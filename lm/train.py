@@ -86,8 +86,7 @@ def init_state(c: Config, model: nn.Module, tx, shardings) -> TrainState:
 # parameter) at its lowest backend optimisation level: the main job's d_model-16
 # init compiled in 2.0 s instead of 5.5 s (d_model 48: 4.3 s instead of 8.8 s) and
 # still runs once in milliseconds; values move by at most two float32 ULPs
-# (no fused multiply-adds; tests/test_train.py). Other backends keep their
-# defaults (not measured there).
+# (tests/test_train.py). Other backends keep their defaults (not measured there).
 CPU_INIT_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
