@@ -615,6 +615,10 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               progress.bar.update(1)
             if done % c.train.eval_every == 0 or done == c.train.steps:
               progress.flush()
+              # The loop runs up to log_every steps ahead of the device: wait
+              # for them first, so their time counts as train, not as eval or
+              # checkpoint (a d_model-40 main-job run had put 15 s there).
+              jax.block_until_ready(state)
               t0 = time.perf_counter()
               last_eval = _evaluate(t, state.params, data.evals, writer, done, extras)
               wall['eval'] += time.perf_counter() - t0
@@ -626,6 +630,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                 'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
             if (done % c.train.checkpoint_every == 0 or done == end or signame
                 or done in c.train.extra_checkpoints):
+              jax.block_until_ready(state)  # As above.
               t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
               wall['checkpoint'] += time.perf_counter() - t0

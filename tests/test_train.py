@@ -128,6 +128,36 @@ def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 
 
+def test_wall_time_counts_queued_steps_as_train_not_eval(tmp_path, corpus_dir, monkeypatch):
+  """The loop dispatches up to log_every steps ahead of the device; an
+  evaluation waits for them, and that wait is train time. Each step here
+  takes >= 0.4 s on the device (a sleeping callback), asynchronously."""
+  import time
+  real_build = train.build
+
+  @jax.jit
+  def slow(state):
+    def sleep(step):
+      time.sleep(0.4)
+      return step
+    return state.replace(step=jax.pure_callback(
+        sleep, jax.ShapeDtypeStruct((), jnp.int32), state.step))
+
+  def build(c, *args, **kwargs):
+    t = real_build(c, *args, **kwargs)
+    step = t.train_step
+    t.train_step = lambda state, batch, sched: (lambda s, m: (slow(s), m))(
+        *step(state, batch, sched))
+    return t
+
+  monkeypatch.setattr(train, 'build', build)
+  c = tiny(corpus_dir, **{'train.steps': 8, 'train.log_every': 8, 'train.eval_every': 4,
+                          'train.checkpoint_every': 8})
+  wall = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)['wall']
+  assert wall['train'] >= 8 * 0.4, wall  # Every step's sleep, none of it in eval.
+  assert wall['eval'] < 4 * 0.4, wall  # Steps 1-4 were still queued at the first eval.
+
+
 def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
   """tensorboardX imports torch when it is installed (3.7 s per training
   process here); lm/metrics.py keeps it out, and the events still read back."""
