@@ -356,6 +356,22 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
           'faults/step': round(faults)}
 
 
+def main_job_shape(d: int, layers: int, **model) -> dict:
+  """A config dict of the main job's shape (configs/isoflop_tiny: seq 64, batch
+  64, byte vocabulary padded to 384, heads of 8, learned positions, GELU) at
+  d_model d."""
+  return {'model': dict(vocab_size=384, d_model=d, num_layers=layers,
+                        num_heads=max(d // 8, 1), max_len=64, position='learned',
+                        activation='gelu', attention='xla', **model),
+          'data': dict(seq_len=64, document_mask=False), 'opt': dict(warmup_steps=10),
+          'train': dict(batch_size=64, steps=1000, progress=False), 'mesh': dict(data=1)}
+
+
+def print_row(r: dict, cols: list[str], fmt: str = '.4g') -> None:
+  print('| ' + ' | '.join(f'{r[k]:{fmt}}' if isinstance(r[k], float) else str(r[k])
+                          for k in cols) + ' |', flush=True)
+
+
 def bench_pack(d: int, K: int, steps: int, n_devices: int = 1) -> dict:
   """Aggregate throughput of K members of the main job's shape (seq 64, batch
   64, byte vocabulary, d_model/8 layers up to 4, heads of 8) trained one after
@@ -368,14 +384,9 @@ def bench_pack(d: int, K: int, steps: int, n_devices: int = 1) -> dict:
   from lm import config as config_lib
   from lm import flops, pack, train
   L, B = 64, 64
-  cd = {'model': dict(vocab_size=384, d_model=d, num_layers=min(max(d // 8, 1), 4),
-                      num_heads=max(d // 8, 1), max_len=L, position='learned',
-                      activation='gelu', attention='xla'),
-        'data': dict(seq_len=L, document_mask=False), 'opt': dict(warmup_steps=10),
-        'train': dict(batch_size=B, steps=1000, progress=False), 'mesh': dict(data=1)}
   configs = []
   for k in range(K):
-    ck = config_lib.from_configdict(cd)
+    ck = config_lib.from_configdict(main_job_shape(d, min(max(d // 8, 1), 4)))
     configs.append(dataclasses.replace(
         ck, name=f'm{k}', opt=dataclasses.replace(ck.opt, lr=3e-3 * 2 ** (k % 4 - 2)),
         train=dataclasses.replace(ck.train, seed=k)))
@@ -432,36 +443,32 @@ def bench_layers_ab(d: int, steps: int, rounds: int = 6) -> dict:
   from lm import config as config_lib
   from lm import train
   L, B = 64, 64
-  tokens = np.random.default_rng(0).integers(0, 256, (B, L + 1)).astype(np.int32)
-  runs = {}
+  batch = {'tokens': np.random.default_rng(0).integers(0, 256, (B, L + 1)).astype(np.int32)}
+  trainers, steps_of, states, compile_s = {}, {}, {}, {}
+  times: dict[bool, list[float]] = {True: [], False: []}
   for scan in (True, False):
-    c = config_lib.from_configdict({
-        'model': dict(vocab_size=384, d_model=d, num_layers=d // 8, num_heads=d // 8,
-                      max_len=L, position='learned', activation='gelu', attention='xla',
-                      scan_layers=scan),
-        'data': dict(seq_len=L, document_mask=False), 'opt': dict(warmup_steps=10),
-        'train': dict(batch_size=B, steps=1000, progress=False), 'mesh': dict(data=1)})
-    t = train.build(c, jax.devices()[:1])
+    t = trainers[scan] = train.build(
+        config_lib.from_configdict(main_job_shape(d, d // 8, scan_layers=scan)),
+        jax.devices()[:1])
     with t.context():
-      state = t.init()
+      states[scan] = t.init()
       t0 = time.perf_counter()
-      step = t.train_step.lower(state, {'tokens': tokens}, t.sched).compile()
-      runs[scan] = [t, step, state, time.perf_counter() - t0, []]
+      steps_of[scan] = t.train_step.lower(states[scan], batch, t.sched).compile()
+      compile_s[scan] = time.perf_counter() - t0
   for _ in range(rounds):
     for scan in (True, False):
-      t, step, state, _, times = runs[scan]
+      t, step = trainers[scan], steps_of[scan]
       with t.context():
         for i in range(steps + 2):  # Two warm-up steps per round.
           t0 = time.perf_counter()
-          state, m = step(state, {'tokens': tokens}, t.sched)
+          states[scan], m = step(states[scan], batch, t.sched)
           jax.block_until_ready(m)
           if i >= 2:
-            times.append(time.perf_counter() - t0)
-      runs[scan][2] = state
-  ms = {scan: statistics.median(r[4]) * 1e3 for scan, r in runs.items()}
+            times[scan].append(time.perf_counter() - t0)
+  ms = {scan: statistics.median(ts) * 1e3 for scan, ts in times.items()}
   return {'d_model': d, 'layers': d // 8, 'scan ms': ms[True], 'unrolled ms': ms[False],
-          'speed-up': ms[True] / ms[False], 'scan compile s': runs[True][3],
-          'unrolled compile s': runs[False][3]}
+          'speed-up': ms[True] / ms[False], 'scan compile s': compile_s[True],
+          'unrolled compile s': compile_s[False]}
 
 
 def main(argv):
@@ -481,8 +488,7 @@ def main(argv):
     print('| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
     for d in (8, 16, 24, 32, 40, 48):
       r = bench_layers_ab(d, _STEPS.value)
-      print('| ' + ' | '.join(f'{r[k]:.3g}' if isinstance(r[k], float) else str(r[k])
-                              for k in cols) + ' |', flush=True)
+      print_row(r, cols, '.3g')
     return
   if _PACK.value:
     cols = ['d_model', 'K', 'devices', 'params', 'seq ms', 'packed ms', 'seq tokens/s',
@@ -493,8 +499,7 @@ def main(argv):
     for d in (16, 32, 64, 128):
       r = bench_pack(d, _PACK.value, _STEPS.value, _PACK_DEVICES.value)
       ratios[d] = r['speed-up']
-      print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
-                              for k in cols) + ' |', flush=True)
+      print_row(r, cols)
     print(f'packed speed-up at d_model<=32: {min(ratios[16], ratios[32]):.2f}x')
     return
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
@@ -519,8 +524,7 @@ def main(argv):
     r['MFU'] = f'{100 * r["GFLOP/s"] * 1e9 / (peak * r["devices"]):.1f}%'
     if sheet:  # Against the data sheet's dense peak (lm/flops.PEAK_FLOPS).
       r['MFU sheet'] = f'{100 * r["GFLOP/s"] * 1e9 / (sheet * r["devices"]):.1f}%'
-    print('| ' + ' | '.join(f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])
-                            for k in cols) + ' |', flush=True)
+    print_row(r, cols)
 
 
 if __name__ == '__main__':
