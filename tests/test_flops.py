@@ -31,8 +31,9 @@ def test_exact_flops_match_xla_cost_analysis(model):
   tx = optimizer.unit_lr(c.opt)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, m, tx)(r)), jax.random.key(0))
   batch = {'tokens': jax.ShapeDtypeStruct((4, 129), 'int32')}
-  compiled = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).compile()
-  cost = compiled.cost_analysis()
+  # XLA's count on the lowered program: the same dots as the compiled one (and
+  # 0.8 s instead of a 6-12 s compile per model).
+  cost = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).cost_analysis()
   xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
   ours = flops.train_flops_per_token(model, 128, 'exact') * 4 * 128
   assert abs(xla / ours - 1) < 0.05, (xla, ours)
