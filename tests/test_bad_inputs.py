@@ -49,8 +49,9 @@ SAMPLE = ['train: data dir of binary files', 'train: resume with another archite
 
 @pytest.mark.slow
 def test_a_sample_of_cli_cases_end_to_end(tmp_path):
-  places = bad_inputs._prepare(str(tmp_path))
   cases = {n: (a, w) for n, a, w in bad_inputs.CASES}
+  places = bad_inputs._prepare(str(tmp_path), hf=any('{HF}' in a for n in SAMPLE
+                                                     for a in cases[n][0]))
   for name in SAMPLE:
     res = bad_inputs.run_case(name, *cases[name], places)
     assert res['verdict'] == 'clear' and not res['damaged'], res

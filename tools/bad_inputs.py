@@ -287,8 +287,9 @@ CASES += [
 ]
 
 
-def _prepare(scratch: str) -> dict[str, str]:
-  """Makes the files the cases refer to; returns the placeholders."""
+def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
+  """Makes the files the cases refer to; returns the placeholders. `hf=False`
+  skips the Hugging Face export ({HF}) for callers whose cases do not use it."""
   s = scratch
   corpus = os.path.join(s, 'corpus')
   os.makedirs(corpus, exist_ok=True)
@@ -332,8 +333,9 @@ def _prepare(scratch: str) -> dict[str, str]:
                     f'--config.data.path={corpus}', '--config.train.steps=2',
                     '--config.opt.warmup_steps=1', '--config.train.batch_size=8',
                     '--config.data.seq_len=32', '--config.train.progress=False',
+                    '--config.model.d_model=32', '--config.train.eval_batches=1',
                     '--sample_tokens=0'], check=True, cwd=ROOT, env=env, capture_output=True)
-  if not os.path.isdir(hf):
+  if hf and not os.path.isdir(hf):
     subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
                     f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
   return {'S': s, 'RUN': run, 'HF': hf, 'CORPUS': corpus}
