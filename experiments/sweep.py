@@ -10,10 +10,11 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
   --only=NAME      run just that run (what each cluster command does; a comma-separated
                    list runs those, packed as the plan packs them)
   sweep.executor=slurm  one submitit job per run or pack (lm/sweep.submit)
-  --workers=N      the local executor: N processes, each one CPU thread, share the
-                   runs (lm/sweep.assign); on 2 CPU cores 2 workers train ~1.4x
-                   faster than one process using both cores (tiny models' ops are
-                   too small to split across threads). Default: sweep.workers.
+  --workers=N      the local executor: N processes, each one CPU thread, take the
+                   runs from one queue, largest first (lm/sweep.claim_groups); on 2
+                   CPU cores 2 workers train ~1.4x faster than one process using
+                   both cores (tiny models' ops are too small to split across
+                   threads). Default: sweep.workers.
 """
 
 import json
@@ -68,11 +69,12 @@ def _parent_death_signal():
 
 def _run_workers(cd, wd: str, n: int) -> list[dict]:
   """Holds the sweep lock, writes the plan and runs n copies of this command
-  as workers, each with its share of the runs; returns every run's record."""
+  as workers, which take the runs from one queue; returns every run's record."""
   import subprocess
   with workdir.lock(wd, 'sweep', print):
     runs = sweep.make_plan(cd)
     sweep.write_plan(wd, runs)
+    sweep.reset_claims(wd)  # The workers share one queue of runs: lm/sweep.claim_groups.
     args = [a for a in sys.argv[1:] if not a.startswith(('--workers', '--worker=', '--report',
                                                           '--noreport'))]
     cpus = sorted(os.sched_getaffinity(0))

@@ -177,23 +177,43 @@ def use_compile_cache(workdir: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def assign(units: list[list[plan.Run]], workers: int) -> list[list[list[plan.Run]]]:
-  """Units (runs or packs: plan_packs) split over `workers` processes by
-  compute (largest group first, to the least-loaded worker), each in plan
-  order; a WSD branch stays with the stable run it continues."""
+def claim_groups(units: list[list[plan.Run]]) -> list[list[list[plan.Run]]]:
+  """Units (runs or packs: plan_packs) in the groups local workers claim whole,
+  largest compute first: a WSD branch stays with the stable run it continues
+  (it starts from that run's checkpoint); within a group, plan order. Workers
+  take the next unclaimed group when they finish one (a shared queue), so
+  they end together even where compute does not predict wall time: with a
+  fixed split by FLOPs the main job's two workers ended 6.5 and 7.1 min in."""
   groups: dict[str, list[list[plan.Run]]] = {}
   unit_of = {r.name: u[0].name for u in units for r in u}  # A stable run may be in a pack.
   for u in units:
     key = unit_of.get(u[0].branch_from, u[0].branch_from) or u[0].name
     groups.setdefault(key, []).append(u)
   cost = lambda g: sum(r.compute for u in g for r in u)
-  loads, out = [0.0] * workers, [[] for _ in range(workers)]
-  for g in sorted(groups.values(), key=lambda g: -cost(g)):
-    w = min(range(workers), key=loads.__getitem__)
-    loads[w] += cost(g)
-    out[w] += g
-  order = {id(u): i for i, u in enumerate(units)}
-  return [sorted(lst, key=lambda u: order[id(u)]) for lst in out]
+  return sorted(groups.values(), key=lambda g: -cost(g))  # Stable: plan order on ties.
+
+
+CLAIMS = 'claims'
+
+
+def reset_claims(workdir: str) -> None:
+  """Empties <workdir>/claims: the coordinator of local workers does this,
+  holding the sweep lock, before it starts them."""
+  shutil.rmtree(os.path.join(workdir, CLAIMS), ignore_errors=True)
+
+
+def _claim(workdir: str, name: str) -> bool:
+  """Whether this worker is the first of this sweep to take the group led by
+  `name` (an exclusively created file: one winner, also on NFS v3+); a group
+  once claimed is never taken again in the same sweep, so a failed run is not
+  retried by the next worker."""
+  d = os.path.join(workdir, CLAIMS)
+  os.makedirs(d, exist_ok=True)
+  try:
+    os.close(os.open(os.path.join(d, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    return False
+  return True
 
 
 def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
@@ -202,7 +222,9 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
 
   Holds the sweep directory's lock (one sweep process at a time; --only runs,
   one per cluster job, and local workers lock their own run directories
-  instead). `worker=(i, n)` runs only worker i's share of n (assign()). A run
+  instead). `worker=(i, n)` makes this process worker i of n: it claims
+  groups of runs (claim_groups) one at a time under <workdir>/claims until
+  none is left. A run
   stopped by SIGTERM/SIGINT checkpoints and the sweep stops
   (workdir.Preempted): rerun it to continue where it was."""
   workdir_lib.check_writable(workdir, 'the sweep directory')
@@ -267,51 +289,60 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
     write_plan(workdir, runs)
   check_configs(cd, workdir, runs)
   units = plan_packs(cd, runs)
-  if worker:
-    units = assign(units, worker[1])[worker[0]]
-    runs = [r for u in units for r in u]
+  # Worker i of n takes the next group no worker has claimed; alone, every unit
+  # in plan order.
+  groups = claim_groups(units) if worker else [[u] for u in units]
   t0 = time.time()
   results, timed, left_runs = [], [], list(runs)
-  for unit in units:
-    todo = []
-    for r in unit:
-      prev = read_result(workdir, r.name)
-      if prev.get('status') == 'done':
-        results.append(prev)
-        left_runs.remove(r)
-        if prev.get('wall_s'):
-          timed.append((r, prev['wall_s']))
-        continue
-      todo.append(r)
-    if not todo:
+  for group in groups:
+    if worker and not _claim(workdir, group[0][0].name):
       continue
-    t_run = time.time()
-    recs = _train_unit(cd, workdir, todo, s, log)
-    busy = [r.name for r, rec in zip(todo, recs) if rec is None]
-    if busy:  # Another process trains them: theirs to record, not ours.
-      log(f'[sweep] {", ".join(busy)}: in use by another process (see above); not '
-          'recorded here: rerun the sweep when it has finished')
-      todo, recs = [r for r, rec in zip(todo, recs) if rec], [rec for rec in recs if rec]
+    for unit in group:
+      todo = []
+      for r in unit:
+        prev = read_result(workdir, r.name)
+        if prev.get('status') == 'done':
+          if not worker:  # A worker reports only what it trained.
+            results.append(prev)
+          left_runs.remove(r)
+          if prev.get('wall_s'):
+            timed.append((r, prev['wall_s']))
+          continue
+        todo.append(r)
       if not todo:
         continue
-    # A member's wall time: its own parts (lm/pack.train_pack's shares) and
-    # an even share of the unit's time outside them.
-    outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
-    for r, rec in zip(todo, recs):
-      rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
-      os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
-      workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
-      results.append(rec)
-      left_runs.remove(r)
-      timed.append((r, rec['wall_s']))
-    left = len(left_runs)
-    eta = eta_seconds(timed, left_runs) or 0.0
-    for r, rec in zip(todo, recs):
-      log(f'[sweep] {len(runs) - left}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
-          f'({r.name}: {rec["status"]}'
-          + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
-             f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s'
-          + (f', packed with {len(rec["pack"]) - 1} more' if 'pack' in rec else '') + ')')
+      t_run = time.time()
+      recs = _train_unit(cd, workdir, todo, s, log)
+      busy = [r.name for r, rec in zip(todo, recs) if rec is None]
+      if busy:  # Another process trains them: theirs to record, not ours.
+        log(f'[sweep] {", ".join(busy)}: in use by another process (see above); not '
+            'recorded here: rerun the sweep when it has finished')
+        todo, recs = [r for r, rec in zip(todo, recs) if rec], [rec for rec in recs if rec]
+        if not todo:
+          continue
+      # A member's wall time: its own parts (lm/pack.train_pack's shares) and
+      # an even share of the unit's time outside them.
+      outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
+      for r, rec in zip(todo, recs):
+        rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
+        os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
+        workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
+        results.append(rec)
+        left_runs.remove(r)
+        timed.append((r, rec['wall_s']))
+      if worker:  # The whole sweep's progress: every worker's results so far.
+        recs_now = {r.name: read_result(workdir, r.name) for r in runs}
+        left_runs = [r for r in runs if recs_now[r.name].get('status') not in ('done', 'failed')]
+        timed = [(r, recs_now[r.name]['wall_s']) for r in runs
+                 if recs_now[r.name].get('wall_s')]
+      left = len(left_runs)
+      eta = (eta_seconds(timed, left_runs) or 0.0) / (worker[1] if worker else 1)
+      for r, rec in zip(todo, recs):
+        log(f'[sweep] {len(runs) - left}/{len(runs)} done, {left} left, ETA {eta / 60:.1f} min  '
+            f'({r.name}: {rec["status"]}'
+            + (f', val loss {rec["final_loss"]:.4f}' if rec['status'] == 'done' else
+               f': {rec["error"][:200]}') + f', {rec["wall_s"]:.0f}s'
+            + (f', packed with {len(rec["pack"]) - 1} more' if 'pack' in rec else '') + ')')
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
   log('[sweep] ' + wall_line(wall_breakdown(results)))
   return results

@@ -357,22 +357,25 @@ def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir)
   assert [len(u) for u in sweep.plan_packs(cd, runs)] == [1] * len(runs)
 
 
-def test_assign_keeps_wsd_branches_with_their_packed_stable_run():
+def test_claim_groups_keep_wsd_branches_with_their_packed_stable_run(tmp_path):
   """Stable runs of one size pack together; the branches of the second member
-  of that pack must go to the same worker (they start from its checkpoint)."""
+  of that pack must be claimed with it (they start from its checkpoint).
+  Groups come largest first; a group is claimed once per sweep."""
   def run(name, compute, branch_from=''):
     return plan.Run(name=name, overrides={}, n=1, tokens=1, compute=compute, budget=0.0,
                     design='wsd', branch_from=branch_from)
   units = [[run('S_a', 10.0), run('S_b', 10.0)],
            [run('B1_a', 3.0, 'S_a'), run('B2_a', 3.0, 'S_a')],
            [run('B1_b', 3.0, 'S_b'), run('B2_b', 3.0, 'S_b')],
-           [run('other', 20.0)]]
-  workers = sweep.assign(units, 2)
-  home = {r.name: w for w, lst in enumerate(workers) for u in lst for r in u}
-  assert home['B1_b'] == home['B1_a'] == home['S_b'] == home['S_a'] != home['other']
-  for lst in workers:  # Plan order within a worker: the stable pack first.
-    names = [u[0].name for u in lst]
-    assert names == sorted(names, key=[u[0].name for u in units].index)
+           [run('other', 12.0)],
+           [run('small', 1.0)]]
+  groups = sweep.claim_groups(units)
+  assert [[u[0].name for u in g] for g in groups] == [['S_a', 'B1_a', 'B1_b'], ['other'],
+                                                       ['small']]
+  wd = str(tmp_path)
+  assert sweep._claim(wd, 'S_a') and not sweep._claim(wd, 'S_a') and sweep._claim(wd, 'other')
+  sweep.reset_claims(wd)
+  assert sweep._claim(wd, 'S_a')  # A new sweep starts with an empty queue.
 
 
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
@@ -471,6 +474,9 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
                  f'--workdir={tmp_path / "sw2"}')
   assert r.returncode == 1 and 'every run failed (2)' in r.stderr, (r.stdout, r.stderr)
   assert '[worker 1/2]' in r.stdout and '[worker 2/2]' in r.stdout, r.stdout
+  # One queue: each run trained (and failed) once, by one worker, counted sweep-wide.
+  lines = [x for x in r.stdout.splitlines() if '[sweep] ' in x and '/2 done, ' in x]
+  assert len({x.split('  (')[1].split(':')[0] for x in lines}) == len(lines) == 2, r.stdout
 
 
 def test_planned_counts_and_compute_match_the_trained_models(corpus_dir):
