@@ -304,7 +304,8 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
         if prev.get('status') == 'done':
           if not worker:  # A worker reports only what it trained.
             results.append(prev)
-          left_runs.remove(r)
+          if r in left_runs:  # A worker's list is re-read from disk as it goes.
+            left_runs.remove(r)
           if prev.get('wall_s'):
             timed.append((r, prev['wall_s']))
           continue
@@ -328,7 +329,8 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
         os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
         workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
         results.append(rec)
-        left_runs.remove(r)
+        if r in left_runs:
+          left_runs.remove(r)
         timed.append((r, rec['wall_s']))
       if worker:  # The whole sweep's progress: every worker's results so far.
         recs_now = {r.name: read_result(workdir, r.name) for r in runs}

@@ -378,6 +378,25 @@ def test_claim_groups_keep_wsd_branches_with_their_packed_stable_run(tmp_path):
   assert sweep._claim(wd, 'S_a')  # A new sweep starts with an empty queue.
 
 
+def test_a_worker_resumes_a_sweep_from_the_shared_queue(tmp_path, corpus_dir):
+  """A worker claims groups largest first, skips runs an earlier sweep
+  finished (without reporting them as its own) and counts the whole sweep."""
+  cd = _sweep_cd(corpus_dir)
+  runs = sweep.make_plan(cd)
+  wd = str(tmp_path / 'sw')
+  first = sweep.claim_groups(sweep.plan_packs(cd, runs))[0][0][0]
+  for r in runs:
+    if r is not first:
+      os.makedirs(os.path.join(wd, 'runs', r.name))
+      workdir.write_atomic(os.path.join(wd, 'runs', r.name, 'result.json'), json.dumps(
+          {'status': 'done', 'final_loss': 1.0, 'wall_s': 1.0, 'wall': {'train': 1.0}}))
+  logs = []
+  res = sweep.run_all(cd, wd, worker=(0, 2), log=logs.append)
+  assert [r['name'] for r in res] == [first.name] and res[0]['status'] == 'done'
+  assert any(f'6/6 done, 0 left' in x and first.name in x for x in logs), logs
+  assert sweep.run_all(cd, wd, worker=(1, 2), log=lambda *_: None) == []  # All claimed.
+
+
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
   runs = sweep.make_plan(cd)
