@@ -393,7 +393,7 @@ def test_a_worker_resumes_a_sweep_from_the_shared_queue(tmp_path, corpus_dir):
   logs = []
   res = sweep.run_all(cd, wd, worker=(0, 2), log=logs.append)
   assert [r['name'] for r in res] == [first.name] and res[0]['status'] == 'done'
-  assert any(f'6/6 done, 0 left' in x and first.name in x for x in logs), logs
+  assert any('6/6 done, 0 left' in x and first.name in x for x in logs), logs
   assert sweep.run_all(cd, wd, worker=(1, 2), log=lambda *_: None) == []  # All claimed.
 
 
