@@ -41,7 +41,7 @@ _JSON = flags.DEFINE_bool('json', False, 'With --mode=commands: a JSON list.')
 _REPORT = flags.DEFINE_bool('report', True, 'Write the report after running or collecting.')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Local worker processes (0: sweep.workers).',
                                 lower_bound=0)
-_WORKER = flags.DEFINE_string('worker', '', 'Internal: i/n, run worker i\'s share of n.')
+_WORKER = flags.DEFINE_string('worker', '', 'Internal: i/n, run as worker i of n on the shared queue.')
 
 
 # Each local worker runs its XLA:CPU ops on one thread (and is pinned to one core).
