@@ -301,15 +301,13 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
       todo = []
       for r in unit:
         prev = read_result(workdir, r.name)
-        if prev.get('status') == 'done':
-          if not worker:  # A worker reports only what it trained.
-            results.append(prev)
-          if r in left_runs:  # A worker's list is re-read from disk as it goes.
-            left_runs.remove(r)
+        if prev.get('status') != 'done':
+          todo.append(r)
+        elif not worker:  # A worker reports only what it trained; its progress: below.
+          results.append(prev)
+          left_runs.remove(r)
           if prev.get('wall_s'):
             timed.append((r, prev['wall_s']))
-          continue
-        todo.append(r)
       if not todo:
         continue
       t_run = time.time()
@@ -329,9 +327,9 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
         os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
         workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
         results.append(rec)
-        if r in left_runs:
+        if not worker:
           left_runs.remove(r)
-        timed.append((r, rec['wall_s']))
+          timed.append((r, rec['wall_s']))
       if worker:  # The whole sweep's progress: every worker's results so far.
         recs_now = {r.name: read_result(workdir, r.name) for r in runs}
         left_runs = [r for r in runs if recs_now[r.name].get('status') not in ('done', 'failed')]

@@ -174,7 +174,7 @@ def _xla_and_exact_flops(family: str, **over) -> tuple[float, float]:
                                  _family_batch(c))
   # The lowered program's count (tests/test_flops.py): no compile needed.
   cost = jax.jit(train.make_train_step(c, model, tx)).lower(abstract, batch).cost_analysis()
-  xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  xla = float(cost['flops'])
   ours = flops.train_flops_per_token(c.model, 128, 'exact', None,
                                      *objectives.get(c).lengths(c)) * 8 * 128
   return xla, ours

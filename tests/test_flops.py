@@ -34,7 +34,7 @@ def test_exact_flops_match_xla_cost_analysis(model):
   # XLA's count on the lowered program: the same dots as the compiled one (and
   # 0.8 s instead of a 6-12 s compile per model).
   cost = jax.jit(train.make_train_step(c, m, tx)).lower(abstract, batch).cost_analysis()
-  xla = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+  xla = float(cost['flops'])
   ours = flops.train_flops_per_token(model, 128, 'exact') * 4 * 128
   assert abs(xla / ours - 1) < 0.05, (xla, ours)
 
