@@ -113,6 +113,28 @@ def test_bench_layers_ab_times_scanned_and_unrolled_steps():
   np.testing.assert_allclose(r['speed-up'], r['scan ms'] / r['unrolled ms'])
 
 
+def test_bench_profile_table_reads_a_trace(tmp_path, capsys):
+  """tools/bench_train --profile_dir: the kinds of GPU kernels by name, and the
+  per-step table read back from a real (CPU) trace."""
+  from tools import bench_train
+  kinds = {'cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16': 'attention (cuDNN)',
+           'nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT': 'matmul',
+           'sm90_xmma_gemm_f32f32_tf32f32_f32_nt_n_tilesize128x256x32': 'matmul',
+           'gemm_fusion_dot_294': 'matmul', 'input_add_reduce_fusion_7': 'other fusion',
+           'triton_softmax_fusion': 'triton fusion', 'MemcpyD2D': 'copy/memset'}
+  assert {n: bench_train.kernel_kind(n) for n in kinds} == kinds
+  f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+  a = jnp.ones((64, 64))
+  f(a).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(3):
+      f(a).block_until_ready()
+  bench_train.profile_table(str(tmp_path), steps=3)
+  out = capsys.readouterr().out
+  total = float(out.split(': ')[1].split(' ms')[0])
+  assert total > 0 and '| kind | ms/step | share |' in out and '| kernel |' in out
+
+
 @pytest.mark.parametrize('scan,remat', [(True, 'full'), (False, 'save_dots'),
                                         (True, 'dots_saveable'), (True, 'save_proj'),
                                         (True, 'offload')])

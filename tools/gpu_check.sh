@@ -1,15 +1,17 @@
 #!/bin/bash
 # The device checks of a lent NVIDIA GPU, in one call (the device tool's
-# machines have jax, flax, optax, orbax and pytest but not the packages below,
+# machines have jax, flax, optax, orbax and pytest but not ml_collections, grain,
+# array-record, portpicker or importlib_resources (lm/train imports grain),
 # which travel as wheels in .whl/, made as /work/.library/device/README.md says).
 #   run: bash tools/gpu_check.sh   (carry .whl)
 # 1. the attention agreement tests on the GPU (cuDNN, the Pallas/Triton kernel,
 #    the chunked path's custom VJP); 2. tools/bench_train, one process per row
-#    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 with
-#    and without XLA's Triton GEMM fusions and at two batch sizes, GPT-2 small
-#    per attention path; 3. packed small models (lm/pack.py). Logs go to $OUT.
-# The default rows need more than one 10-minute call (GPT-2 medium compiles
-# for over 90 s per row): choose them with ROWS, one "XLA_FLAGS-or-- flags..." per line.
+#    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 (the
+#    first row with a kernel profile) at two batch sizes and loss chunkings,
+#    GPT-2 small per attention path; 3. packed small models (lm/pack.py).
+# Logs go to $OUT. All of it needs more than one 10-minute call: choose rows
+# with ROWS, one "XLA_FLAGS-or-- flags..." per line;
+# TEST_K selects tests (pytest -k), PACK_S=0 skips the packed rows.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -19,20 +21,23 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
 JAX_PLATFORMS=cuda timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider \
-  tests/test_attention.py 2>&1 | tee "$OUT/test_attention.log" | tail -6
-NOTRITON=--xla_gpu_enable_triton_gemm=false
+  ${TEST_K:+-k "$TEST_K"} tests/test_attention.py 2>&1 | tee "$OUT/test_attention.log" | tail -6
+# Rows share GEMM autotuning results through this cache (2026-11-27: the compiles took
+# 38 s cold, 21-40 s after; the gpt2_medium step compile, autotuning included).
+AT=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/atc
+M="--configs=gpt2_medium --attention=dot_product"
 # One row per line: XLA_FLAGS (- for none), then tools.bench_train's flags.
 while read -r xf args; do
   [ -z "$xf" ] && continue
   [ "$xf" = - ] && xf=
   echo "== XLA_FLAGS=$xf $args"
   XLA_FLAGS=$xf timeout ${ROW_S:-240} python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
-    --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]'
+    --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]\|^profile'
 done <<ROWS
-${ROWS:-- --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=256
-$NOTRITON --configs=gpt2_medium --attention=dot_product --batch=16 --loss_chunk=256
-$NOTRITON --configs=gpt2_medium --attention=dot_product --batch=32 --loss_chunk=256
-$NOTRITON --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
+${ROWS:-$AT $M --batch=16 --loss_chunk=256 --profile_dir=/tmp/prof
+$AT $M --batch=16 --loss_chunk=0
+$AT $M --batch=32 --loss_chunk=0
+$AT --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
 ROWS
-timeout ${PACK_S:-150} python3 -m tools.bench_train --pack=8 --steps=5 2>&1 | tee "$OUT/pack.log" \
-  | grep '^|\|speed-up'
+[ "${PACK_S:-150}" = 0 ] || timeout ${PACK_S:-150} python3 -m tools.bench_train --pack=8 \
+  --steps=5 2>&1 | tee "$OUT/pack.log" | grep '^|\|speed-up'
