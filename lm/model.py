@@ -149,6 +149,39 @@ class Norm(nn.Module):
     return y.astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(spec: str, a: Array, b: Array):
+  return _einsum_f32(spec, a, b), (a, b)
+
+
+def _einsum_f32_bwd(spec: str, res: tuple[Array, Array], g: Array):
+  a, b = res  # The output in the operands' dtype has the same transposes, run in that dtype.
+  _, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
+  return vjp(g.astype(a.dtype))
+
+
+_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+
+
+def einsum_f32(spec: str, a: Array, b: Array) -> Array:
+  """jnp.einsum with a float32 result (float32 accumulation) for operands of the
+  compute dtype, whose gradient matmuls also run in that dtype.
+
+  Plain autodiff would hand the float32 cotangent to both transposed matmuls,
+  which then run in float32: for the LM head that was ~10 ms of a 120 ms
+  gpt2_medium bfloat16 step on an H100 (TF32 GEMMs in tools/bench_train's
+  profile, 2026-11-27). Casting the cotangent to the operands' dtype (what
+  every bfloat16 layer's output already does) keeps them bfloat16 GEMMs with
+  float32 accumulation. Float32 operands take the plain path."""
+  if a.dtype == jnp.float32 or a.dtype != b.dtype:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+  return _einsum_f32(spec, a, b)
+
+
 def attend(q_BKGLDh: Array, k_BKSDh: Array, v_BKSDh: Array, bias_LS: Array,
            drop: nn.Dropout | None = None, train: bool = False) -> Array:
   """Softmax(q k^T + bias) v with float32 logits; q is pre-scaled. -> BxKxGxLxDh.
@@ -159,14 +192,12 @@ def attend(q_BKGLDh: Array, k_BKSDh: Array, v_BKSDh: Array, bias_LS: Array,
   dropout(e) / sum(e) equals dropout(softmax), so dropout stays exact.
   bias_LS: L x S, or B x 1 x 1 x L x S (padding masks).
   """
-  s_BKGLS = jnp.einsum('BKGLd,BKSd->BKGLS', q_BKGLDh, k_BKSDh,
-                       preferred_element_type=jnp.float32) + bias_LS
+  s_BKGLS = einsum_f32('BKGLd,BKSd->BKGLS', q_BKGLDh, k_BKSDh) + bias_LS
   e_BKGLS = jnp.exp(s_BKGLS - jax.lax.stop_gradient(s_BKGLS.max(-1, keepdims=True)))
   z_BKGL1 = e_BKGLS.sum(-1, keepdims=True)
   if drop is not None:
     e_BKGLS = drop(e_BKGLS, deterministic=not train)
-  o_BKGLDh = jnp.einsum('BKGLS,BKSd->BKGLd', e_BKGLS.astype(v_BKSDh.dtype), v_BKSDh,
-                        preferred_element_type=jnp.float32)
+  o_BKGLDh = einsum_f32('BKGLS,BKSd->BKGLd', e_BKGLS.astype(v_BKSDh.dtype), v_BKSDh)
   return (o_BKGLDh / z_BKGL1).astype(v_BKSDh.dtype)
 
 
@@ -792,15 +823,14 @@ def token_sums(x_BLD: Array, w_DV: Array, targets_BL: Array, weights_BL: Array,
   """Weighted sums of next-token NLL, z-loss, tokens and argmax hits, from the
   final hidden states and the output matrix.
 
-  The logits are a matmul in the compute dtype with float32 accumulation; the
-  log-softmax is float32. With `chunk` > 0 they are made `chunk` positions at
+  The logits are a matmul in the compute dtype with float32 accumulation (and
+  so are their gradient's, einsum_f32); the log-softmax is float32. With `chunk` > 0 they are made `chunk` positions at
   a time inside a rematerialised scan, so the B x L x V float32 logits (and
   their gradient) are never live at once: only B x chunk x V."""
   B, L, D = x_BLD.shape
 
   def sums(x_BcD, t_Bc, w_Bc):
-    logits_BcV = jnp.einsum('BcD,DV->BcV', x_BcD.astype(dtype), w_DV.astype(dtype),
-                            preferred_element_type=jnp.float32)
+    logits_BcV = einsum_f32('BcD,DV->BcV', x_BcD.astype(dtype), w_DV.astype(dtype))
     nll, z, _ = cross_entropy(logits_BcV, t_Bc, w_Bc, z_loss=1.0)  # z scaled below.
     hit_Bc = jax.lax.stop_gradient(jnp.argmax(logits_BcV, -1) == t_Bc)
     return jnp.stack([nll, z, (hit_Bc * w_Bc).sum()])

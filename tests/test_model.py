@@ -265,6 +265,40 @@ def test_chunked_loss_equals_whole_logits(tie):
   np.testing.assert_allclose(s['nll_sum'], nll, rtol=1e-5)
 
 
+def _dot_dtypes(jaxpr) -> list[tuple[str, str]]:
+  """Operand dtypes of every dot_general in a jaxpr, its sub-jaxprs included."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      out.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for v in eqn.params.values():
+      for sub in v if isinstance(v, (tuple, list)) else (v,):
+        sub = getattr(sub, 'jaxpr', sub)  # ClosedJaxpr -> Jaxpr.
+        if hasattr(sub, 'eqns'):
+          out += _dot_dtypes(sub)
+  return out
+
+
+def test_bfloat16_gradient_matmuls_run_in_bfloat16():
+  """The float32 logits (and xla attention's float32 scores) must not turn the
+  backward matmuls into float32 ones (TF32 GEMMs on GPUs: model.einsum_f32);
+  the gradient still tracks the float32 model's. Chunked, so the logits'
+  matmul sits inside the loss's rematerialised scan (the unchunked loss calls
+  the same function)."""
+  m = dataclasses.replace(BASE, max_len=32, loss_chunk=8, attention='xla')
+  params, _ = _init(m)
+  tokens = jax.random.randint(jax.random.key(3), (2, 27), 0, m.vocab_size)
+  mb = dataclasses.replace(m, dtype='bfloat16')
+  grad = lambda p: _loss_sums(mb, p, tokens)[1]  # noqa: E731
+  dots = _dot_dtypes(jax.make_jaxpr(grad)(params).jaxpr)
+  assert len(dots) >= 3 * 2 * m.num_layers  # Forward and both transposes of each matmul.
+  assert all(d == ('bfloat16', 'bfloat16') for d in dots), sorted(set(dots))
+  g16, g32 = jax.jit(grad)(params), jax.jit(lambda p: _loss_sums(m, p, tokens)[1])(params)
+  flat = lambda g: jnp.concatenate([a.ravel() for a in jax.tree_util.tree_leaves(g)])  # noqa: E731
+  err = jnp.linalg.norm(flat(g16) - flat(g32)) / jnp.linalg.norm(flat(g32))
+  assert err < 0.03, float(err)  # ~0.01: bfloat16 rounding (key biases' gradients are 0).
+
+
 def test_chunked_loss_frees_the_logits():
   """XLA's temporaries of the gradient fall by at least the float32 logits."""
   m = dataclasses.replace(BASE, vocab_size=4096, max_len=256, num_layers=1)
