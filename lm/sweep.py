@@ -526,14 +526,28 @@ def eta_seconds(done: list[tuple[plan.Run, float]], left: list[plan.Run]) -> flo
   softmax that dominates tiny models; and the rest). Extrapolating FLOPs
   alone from an IsoFLOP sweep's smallest budgets, whose tiny models run at a
   fraction of the large ones' FLOP/s, read 1.4-9.5x the time actually left
-  (measured on the main job and a 5-budget sweep). None before any run."""
+  (measured on the main job and a 5-budget sweep).
+
+  Until two budgets are done, a and c * FLOPs are one column: it is taken as
+  per-FLOP time (and a single run's time as all per-FLOP), because the fixed
+  per-run part is small beside a run's work and shrinks once compiled steps
+  are reused. Replayed on the main job's 15 measured runs (python -m
+  tools.eta_replay), after the first 1-4 runs of the local workers'
+  largest-first queue this read 373, 347, 288, 235 s against 353, 332, 261,
+  216 s actually left, where taking it as per-run time read 773, 727, 633,
+  585 s; in a lone sweep's smallest-first order, after runs 2-5, 669-855 s
+  against 815-869 s, where per-run time read 266-295 s (after its first run,
+  which holds the data preparation: 1564 s against 886 s, per-run 432 s).
+  None before any run."""
   if not done:
     return None
   from scipy.optimize import nnls
   x = np.array([[1.0, r.tokens, r.compute] for r, _ in done])
   y = np.array([w for _, w in done])
-  # Runs of one budget cannot tell per-run time from per-FLOP time: leave FLOPs out.
-  cols = [0, 1, 2] if x[:, 2].max() > 1.5 * x[:, 2].min() else [0, 1]
+  if x[:, 2].max() > 1.5 * x[:, 2].min():
+    cols = [0, 1, 2]
+  else:  # One budget: per-run and per-FLOP time are one column (see above).
+    cols = [1, 2] if len(done) > 1 else [2]
   scale = x[:, cols].max(axis=0)
   coef = np.zeros(3)
   coef[cols] = nnls(x[:, cols] / scale, y)[0] / scale

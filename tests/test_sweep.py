@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -341,10 +343,37 @@ def test_eta_from_per_run_per_token_and_per_flop_time():
   # Recovered from the finished runs (their FLOP rate alone reads 2.6x).
   assert sweep.eta_seconds([(r, wall(r)) for r in done], left) == pytest.approx(
       sum(map(wall, left)), rel=1e-6)
-  # One budget so far: per-run and per-FLOP time are one column; FLOPs left out.
+  # One budget so far: per-run and per-FLOP time are one column, taken as
+  # per-FLOP time (here, where the per-run 20 s dominates, that overshoots).
   one = [(r, wall(r)) for r in done[:3]]
+  per_flop = (20 + 1e-10 * 1e10) / 1e10
   assert sweep.eta_seconds(one, left) == pytest.approx(
-      sum(20 + 1e-10 * 1e10 + 1e-4 * r.tokens for r in left), rel=1e-6)
+      sum(per_flop * r.compute + 1e-4 * r.tokens for r in left), rel=1e-6)
+  # One run: all of its time per FLOP.
+  assert sweep.eta_seconds(one[:1], left) == pytest.approx(
+      sum(wall(done[0]) / 1e10 * r.compute for r in left), rel=1e-6)
+
+
+def test_eta_replay_of_a_finished_sweep(tmp_path):
+  """tools/eta_replay: the queue's schedule and the ETA it would print; and a
+  workdir without a plan is a one-line error."""
+  from tools import eta_replay
+  runs = [plan.Run(name=f'r{i}', overrides={}, n=1, tokens=t, compute=c, budget=c,
+                   design='isoflop') for i, (t, c) in enumerate([(1e5, 1e10), (3e5, 1e10),
+                                                                  (1e5, 1e11), (3e5, 1e11)])]
+  wall = {r.name: 1e-10 * r.compute + 1e-4 * r.tokens for r in runs}  # 11, 31, 20, 40 s.
+  rows = eta_replay.replay(runs, wall, workers=2, queue=True)
+  # r2 (20 s) and r3 (40 s) start first; r0 then r1 follow r2 on its worker.
+  assert [round(t) for _, t, _, _ in rows] == [20, 31, 40]
+  assert [round(left) for _, _, _, left in rows] == [42, 31, 22]
+  assert all(eta >= 0 for _, _, eta, _ in rows)
+  lone = eta_replay.replay(runs, wall, workers=2, queue=False)
+  assert [round(t) for _, t, _, _ in lone] == [11, 42, 62]
+  # Two budgets done: the fit is exact on this law.
+  assert lone[-1][2] == pytest.approx(lone[-1][3], rel=1e-6)
+  r = subprocess.run([sys.executable, '-m', 'tools.eta_replay', f'--workdir={tmp_path}'],
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and 'no sweep plan' in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir):

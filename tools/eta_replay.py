@@ -1,0 +1,95 @@
+"""Replays a finished sweep's measured run times through lm/sweep.eta_seconds.
+
+python -m tools.eta_replay --workdir=runs/isoflop [--workers=2]
+
+After each finished run, prints the ETA the sweep would have printed and the
+time actually left, in two orders: local workers' shared queue (largest FLOPs
+first, each worker taking the next run when it finishes) and a lone sweep's
+plan order. A check of the estimator on real sweeps, not only the synthetic
+one in tests/test_sweep.py; the walls are replayed with ideal queuing (no
+process start-up between runs), so "left" is what those runs would take.
+
+The main job (fresh clone, 2026-11-27, /tmp/mj11's 15 runs), two workers:
+
+  done  at s  eta s  left s        lone: done  at s  eta s  left s
+  1     110   373    353                 2     47    669    869
+  2     131   347    332                 3     64    780    852
+  3     202   288    261                 4     83    835    834
+  4     247   235    216                 5     101   855    815
+
+(Before the one-budget fit took a + c * FLOPs as per-run time: 773, 727, 633,
+585 s and 295, 293, 281, 266 s at the same points.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from lm import plan, sweep
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A sweep\'s --workdir (plan.json, runs/).')
+_WORKERS = flags.DEFINE_integer('workers', 2, 'Local workers to replay the queue with.',
+                                lower_bound=1)
+
+
+def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
+           queue: bool) -> list[tuple[int, float, float, float]]:
+  """(runs done, seconds since the start, ETA printed, seconds actually left)
+  after each run but the last: runs in claim order (largest compute first)
+  over `workers` workers, or in plan order one after another."""
+  order = sorted(runs, key=lambda r: -r.compute) if queue else list(runs)
+  free = [0.0] * (workers if queue else 1)
+  ends = []
+  for r in order:
+    w = min(range(len(free)), key=free.__getitem__)
+    free[w] += wall[r.name]
+    ends.append((free[w], r))
+  ends.sort(key=lambda e: e[0])
+  last = max(free)
+  out = []
+  for i, (t, _) in enumerate(ends[:-1]):
+    done = [(r, wall[r.name]) for _, r in ends[:i + 1]]
+    eta = sweep.eta_seconds(done, [r for _, r in ends[i + 1:]]) / len(free)
+    out.append((i + 1, t, eta, last - t))
+  return out
+
+
+def main(argv):
+  del argv
+  path = os.path.join(_WORKDIR.value or '', 'plan.json')
+  try:
+    with open(path) as f:
+      runs = [plan.Run(**r) for r in json.load(f)]
+  except (OSError, ValueError, TypeError) as e:
+    print(f'error: --workdir={_WORKDIR.value}: no sweep plan at {path} ({e})', file=sys.stderr)
+    sys.exit(2)
+  wall = {}
+  for r in runs:
+    try:
+      with open(os.path.join(_WORKDIR.value, 'runs', r.name, 'result.json')) as f:
+        rec = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if rec.get('status') == 'done' and rec.get('wall_s'):
+      wall[r.name] = float(rec['wall_s'])
+  runs = [r for r in runs if r.name in wall]
+  if len(runs) < 2:
+    print(f'error: --workdir={_WORKDIR.value}: {len(runs)} finished runs; a replay needs 2',
+          file=sys.stderr)
+    sys.exit(2)
+  for queue in (True, False):
+    print(f'\n{"queue, " + str(_WORKERS.value) + " workers" if queue else "lone sweep"}: '
+          f'{len(runs)} finished runs')
+    print('| done | at s | eta s | left s |\n|---|---|---|---|')
+    for n, t, eta, left in replay(runs, wall, _WORKERS.value, queue):
+      print(f'| {n} | {t:.0f} | {eta:.0f} | {left:.0f} |')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)
