@@ -99,6 +99,7 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
            signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None)}
     try:
       codes = [p.wait() for p in procs]
+      sweep.reset_claims(wd)  # Every worker is gone: the queue leaves nothing behind.
     finally:
       for sig, handler in old.items():  # Collecting and reporting stop as usual.
         signal.signal(sig, handler)

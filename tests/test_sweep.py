@@ -525,6 +525,7 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   # One queue: each run trained (and failed) once, by one worker, counted sweep-wide.
   lines = [x for x in r.stdout.splitlines() if '[sweep] ' in x and '/2 done, ' in x]
   assert len({x.split('  (')[1].split(':')[0] for x in lines}) == len(lines) == 2, r.stdout
+  assert not (tmp_path / 'sw2' / 'claims').exists()  # The spent queue is removed.
 
 
 def test_planned_counts_and_compute_match_the_trained_models(corpus_dir):
