@@ -15,8 +15,12 @@ def get_config(arg=None):
   c.name = 'gpt2_small'
   c.model.update(d_model=768, num_layers=12, num_heads=12, max_len=1024,
                  position='learned', activation='gelu', norm='layernorm',
-                 dtype='bfloat16', scan_layers=True, remat='none',
-                 loss_chunk=256)  # Chunked logits: 1.5 GiB less at batch 8 with GPT-2's vocabulary.
+                 dtype='bfloat16', remat='none',
+                 # Unrolled: 20-25% faster steps than nn.scan on one H100 (tools/bench_train).
+                 scan_layers=False,
+                 # Chunked logits: 1.5 GiB less at batch 8 with GPT-2's vocabulary, for
+                 # ~6% of the step (GPT-2 medium, batch 16, one H100); 0 where memory allows.
+                 loss_chunk=256)
   c.data.update(seq_len=1024)
   c.opt.update(lr=6e-4, warmup_steps=2000, schedule='cosine', b2=0.95,
                weight_decay=0.1)
