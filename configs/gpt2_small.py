@@ -16,7 +16,8 @@ def get_config(arg=None):
   c.model.update(d_model=768, num_layers=12, num_heads=12, max_len=1024,
                  position='learned', activation='gelu', norm='layernorm',
                  dtype='bfloat16', remat='none',
-                 # Unrolled: 20-25% faster steps than nn.scan on one H100 (tools/bench_train).
+                 # Unrolled: 20-25% faster steps than nn.scan on one H100 (tools/bench_train);
+                 # a run started scanned resumes with --config.model.scan_layers=True.
                  scan_layers=False,
                  # Chunked logits: 1.5 GiB less at batch 8 with GPT-2's vocabulary, for
                  # ~6% of the step (GPT-2 medium, batch 16, one H100); 0 where memory allows.

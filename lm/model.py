@@ -168,18 +168,20 @@ _einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
 
 
 def einsum_f32(spec: str, a: Array, b: Array) -> Array:
-  """jnp.einsum with a float32 result (float32 accumulation) for operands of the
-  compute dtype, whose gradient matmuls also run in that dtype.
+  """jnp.einsum with a float32 result (float32 accumulation) for bfloat16
+  operands, whose gradient matmuls also run in bfloat16.
 
   Plain autodiff would hand the float32 cotangent to both transposed matmuls,
   which then run in float32: for the LM head that was ~10 ms of a 120 ms
   gpt2_medium bfloat16 step on an H100 (TF32 GEMMs in tools/bench_train's
-  profile, 2026-11-27). Casting the cotangent to the operands' dtype (what
-  every bfloat16 layer's output already does) keeps them bfloat16 GEMMs with
-  float32 accumulation. Float32 operands take the plain path."""
-  if a.dtype == jnp.float32 or a.dtype != b.dtype:
+  profile, 2026-11-27). Casting the cotangent to bfloat16 (what every
+  bfloat16 layer's output already does) keeps them bfloat16 GEMMs with
+  float32 accumulation. Other dtypes, mixed ones included, take the plain
+  path. The result is tagged 'einsum_f32', since a remat policy cannot see
+  the matmul inside the custom VJP (`dots_saveable` saves it by that name)."""
+  if not a.dtype == b.dtype == jnp.bfloat16:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-  return _einsum_f32(spec, a, b)
+  return checkpoint_name(_einsum_f32(spec, a, b), 'einsum_f32')
 
 
 def attend(q_BKGLDh: Array, k_BKSDh: Array, v_BKSDh: Array, bias_LS: Array,
@@ -617,7 +619,9 @@ _REMAT_POLICIES = {
     'full': None,  # Recompute everything: only the block's input is kept.
     # Weight matmuls' outputs (not attention's batched ones).
     'save_dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,  # Every matmul's output.
+    'dots_saveable': jax.checkpoint_policies.save_from_both_policies(  # Every matmul's output.
+        jax.checkpoint_policies.dots_saveable,
+        jax.checkpoint_policies.save_only_these_names('einsum_f32')),
     # The named projections: q/k/v, attention's context and the MLP hidden layer.
     'save_proj': jax.checkpoint_policies.save_only_these_names(*_SAVED_NAMES),
     # The same, moved to host memory between the passes (GPUs and TPUs).
@@ -824,9 +828,10 @@ def token_sums(x_BLD: Array, w_DV: Array, targets_BL: Array, weights_BL: Array,
   final hidden states and the output matrix.
 
   The logits are a matmul in the compute dtype with float32 accumulation (and
-  so are their gradient's, einsum_f32); the log-softmax is float32. With `chunk` > 0 they are made `chunk` positions at
-  a time inside a rematerialised scan, so the B x L x V float32 logits (and
-  their gradient) are never live at once: only B x chunk x V."""
+  so are their gradient's: einsum_f32); the log-softmax is float32. With
+  `chunk` > 0 they are made `chunk` positions at a time inside a
+  rematerialised scan, so the B x L x V float32 logits (and their gradient)
+  are never live at once: only B x chunk x V."""
   B, L, D = x_BLD.shape
 
   def sums(x_BcD, t_Bc, w_Bc):

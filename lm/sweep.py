@@ -198,7 +198,7 @@ CLAIMS = 'claims'
 
 def reset_claims(workdir: str) -> None:
   """Empties <workdir>/claims: the coordinator of local workers does this,
-  holding the sweep lock, before it starts them."""
+  holding the sweep lock, before it starts them and after they have exited."""
   shutil.rmtree(os.path.join(workdir, CLAIMS), ignore_errors=True)
 
 

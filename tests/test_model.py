@@ -279,7 +279,7 @@ def _dot_dtypes(jaxpr) -> list[tuple[str, str]]:
   return out
 
 
-def test_bfloat16_gradient_matmuls_run_in_bfloat16():
+def test_bfloat16_gradient_matmuls_run_in_bfloat16(capsys):
   """The float32 logits (and xla attention's float32 scores) must not turn the
   backward matmuls into float32 ones (TF32 GEMMs on GPUs: model.einsum_f32);
   the gradient still tracks the float32 model's. Chunked, so the logits'
@@ -291,8 +291,17 @@ def test_bfloat16_gradient_matmuls_run_in_bfloat16():
   mb = dataclasses.replace(m, dtype='bfloat16')
   grad = lambda p: _loss_sums(mb, p, tokens)[1]  # noqa: E731
   dots = _dot_dtypes(jax.make_jaxpr(grad)(params).jaxpr)
-  assert len(dots) >= 3 * 2 * m.num_layers  # Forward and both transposes of each matmul.
+  assert len(dots) >= 12  # 25: the projections', attention's and the logits' matmuls.
   assert all(d == ('bfloat16', 'bfloat16') for d in dots), sorted(set(dots))
+  # The remat policy that saves every matmul still sees these (inside a custom VJP).
+  from jax.ad_checkpoint import print_saved_residuals
+  from lm import model
+  q_BKGLD = jnp.ones((1, 2, 2, 8, 4), jnp.bfloat16)
+  k_BKSD = jnp.ones((1, 2, 8, 4), jnp.bfloat16)
+  print_saved_residuals(jax.checkpoint(
+      lambda q, k, v: model.attend(q, k, v, jnp.zeros((8, 8))).astype(jnp.float32).sum(),
+      policy=model._REMAT_POLICIES['dots_saveable']), q_BKGLD, k_BKSD, k_BKSD)
+  assert capsys.readouterr().out.count("named 'einsum_f32'") == 2  # Scores and context.
   g16, g32 = jax.jit(grad)(params), jax.jit(lambda p: _loss_sums(m, p, tokens)[1])(params)
   flat = lambda g: jnp.concatenate([a.ravel() for a in jax.tree_util.tree_leaves(g)])  # noqa: E731
   err = jnp.linalg.norm(flat(g16) - flat(g32)) / jnp.linalg.norm(flat(g32))

@@ -8,6 +8,9 @@ first, each worker taking the next run when it finishes) and a lone sweep's
 plan order. A check of the estimator on real sweeps, not only the synthetic
 one in tests/test_sweep.py; the walls are replayed with ideal queuing (no
 process start-up between runs), so "left" is what those runs would take.
+Each finished run is its own unit, as in an unpacked sweep (plan.json does
+not say which runs a sweep packed); plans with WSD branches, which wait for
+their stable run, are refused.
 
 The main job (fresh clone, 2026-11-27, /tmp/mj11's 15 runs), two workers:
 
@@ -23,6 +26,7 @@ The main job (fresh clone, 2026-11-27, /tmp/mj11's 15 runs), two workers:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -61,11 +65,19 @@ def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
 def main(argv):
   del argv
   path = os.path.join(_WORKDIR.value or '', 'plan.json')
+  fields = {f.name for f in dataclasses.fields(plan.Run)}
   try:
     with open(path) as f:
-      runs = [plan.Run(**r) for r in json.load(f)]
-  except (OSError, ValueError, TypeError) as e:
-    print(f'error: --workdir={_WORKDIR.value}: no sweep plan at {path} ({e})', file=sys.stderr)
+      runs = [plan.Run(**{k: v for k, v in r.items() if k in fields}) for r in json.load(f)]
+  except FileNotFoundError:
+    print(f'error: --workdir={_WORKDIR.value}: no sweep plan at {path}', file=sys.stderr)
+    sys.exit(2)
+  except (OSError, ValueError, TypeError, AttributeError) as e:
+    print(f'error: {path} cannot be read as a sweep plan ({e})', file=sys.stderr)
+    sys.exit(2)
+  if any(r.branch_from for r in runs):
+    print(f'error: --workdir={_WORKDIR.value}: a WSD plan (branches wait for their stable '
+          'run); the replay takes IsoFLOP and grid sweeps', file=sys.stderr)
     sys.exit(2)
   wall = {}
   for r in runs:
@@ -76,6 +88,8 @@ def main(argv):
       continue
     if rec.get('status') == 'done' and rec.get('wall_s'):
       wall[r.name] = float(rec['wall_s'])
+  if len(wall) < len(runs):
+    print(f'{len(runs) - len(wall)} of {len(runs)} planned runs are not done: left out')
   runs = [r for r in runs if r.name in wall]
   if len(runs) < 2:
     print(f'error: --workdir={_WORKDIR.value}: {len(runs)} finished runs; a replay needs 2',
