@@ -39,10 +39,31 @@ def _repeated_override(argv: list[str]) -> str | None:
   return None
 
 
+def _whole_section(argv: list[str]) -> str | None:
+  """The first --config.<section>=... override: ml_collections would replace
+  the whole section with it, so the config file's other fields of that
+  section would silently fall back to their defaults."""
+  from lm.config import SECTIONS
+  for a in argv[1:]:
+    if a == '--':
+      break
+    if a.startswith('--config.') and '=' in a:
+      name = a.split('=', 1)[0][len('--config.'):]
+      if name in (*SECTIONS, 'sweep'):
+        return name
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   twice = _repeated_override(argv)
   if twice:
     print(f'error: {twice} is given twice; give each --config override once', file=sys.stderr)
+    sys.exit(2)
+  section = _whole_section(argv)
+  if section:
+    print(f'error: --config.{section}=... would replace the whole {section} section (the '
+          f'config file\'s other {section} fields would fall back to their defaults); set '
+          f'fields one by one, e.g. --config.{section}.FIELD=VALUE', file=sys.stderr)
     sys.exit(2)
   try:
     rest = flags.FLAGS(argv)

@@ -25,6 +25,15 @@ def test_the_corpus_is_large_and_covers_every_cli():
           'tools.config', 'tools.shardings', 'tools.fit', 'tools.train_tokenizer'} <= clis
 
 
+def test_whole_section_overrides_are_refused():
+  """--config.train={...} would drop the config file's other train fields."""
+  from lm import cli
+  assert cli._whole_section(['x', "--config.train={'steps': 7}"]) == 'train'
+  assert cli._whole_section(['x', '--config.sweep={}', '--config.model=1']) == 'sweep'
+  assert cli._whole_section(['x', '--config.train.steps=7', '--config=configs/tiny.py',
+                             '--', '--config.model={}']) is None
+
+
 @pytest.mark.parametrize('name,flag,want', CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_config_values_are_refused_by_name(name, flag, want):
   import ast

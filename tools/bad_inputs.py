@@ -252,6 +252,9 @@ CASES += [
     ('config: an override given twice', ['-m', 'tools.config', '--config=configs/tiny.py',
                                          '--config.train.steps=3', '--config.train.steps=4'],
      '--config.train.steps is given twice'),
+    ('config: a whole section', ['-m', 'tools.config', '--config=configs/tiny.py',
+                                 "--config.train={{'steps': 70}}"],  # {{}}: format().
+     '--config.train=... would replace the whole train section'),
     ('config: misspelt field', ['-m', 'tools.config', '--config=configs/tiny.py',
                                 '--config.train.stpes=3'], 'stpes'),
     ('eval: nothing to evaluate', ['-m', 'tools.eval', '--workdir={RUN}'],
