@@ -30,6 +30,7 @@ if TYPE_CHECKING:
   import grain  # Imported where used: ~1 s that generation and the tools need not pay.
   import tensorflow_datasets as tfds
 
+from lm import workdir
 from lm.config import ConfigError, DataConfig
 
 
@@ -367,7 +368,7 @@ def tokenize_split(builder: tfds.core.DatasetBuilder, split: str, text_key: str,
           .map(lambda ex: np.concatenate([tokenizer.encode(_as_str(ex[text_key])), eos])))
   dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
   tokens = np.concatenate([np.zeros(0, dtype)] + [t.astype(dtype) for t in docs])
-  tmp = path + f'.tmp{os.getpid()}.npy'
+  tmp = workdir.tmp_name(path) + '.npy'
   np.save(tmp, tokens)
   os.replace(tmp, path)
   return tokens

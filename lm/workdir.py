@@ -109,10 +109,17 @@ def exit_disk_full(workdir: str) -> None:
   os._exit(1)
 
 
+def tmp_name(path: str) -> str:
+  """A temporary name beside `path` that no other writer uses: host, process
+  and thread, so hosts sharing a file system (equal pids) and threads of one
+  process never write the same temporary file."""
+  return f'{path}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}'
+
+
 def write_atomic(path: str, text: str) -> None:
   """A reader sees the old file or the new one, never half of it; a failed
   write (a full disk) leaves no temporary file behind."""
-  tmp = f'{path}.tmp{os.getpid()}'
+  tmp = tmp_name(path)
   try:
     with open(tmp, 'w') as f:
       f.write(text)

@@ -101,6 +101,21 @@ def test_write_atomic_replaces_whole_and_leaves_nothing_when_a_write_fails(tmp_p
   with pytest.raises(UnicodeEncodeError):  # Fails mid-write, as a full disk would.
     workdir.write_atomic(path, 'new \ud800')
   assert open(path).read() == 'old' and os.listdir(tmp_path) == ['f.json']
+  # Writers on other hosts (equal pids on a shared file system) and other
+  # threads use other temporary names; threads writing at once leave one whole file.
+  import threading
+  names = []
+  t = threading.Thread(target=lambda: names.append(workdir.tmp_name(path)))
+  t.start()
+  t.join()
+  assert names[0] != workdir.tmp_name(path) and socket.gethostname() in names[0]
+  texts = [str(i) * 100_000 for i in range(8)]
+  threads = [threading.Thread(target=workdir.write_atomic, args=(path, x)) for x in texts]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert open(path).read() in texts and os.listdir(tmp_path) == ['f.json']
 
 
 def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, corpus_dir):
