@@ -23,20 +23,25 @@ def _one_line(e: BaseException) -> str:
   return ' '.join(text.split())
 
 
-def _repeated_override(argv: list[str]) -> str | None:
-  """The first --config.* override given twice: ml_collections appends a
-  repeated tuple override to the first ('(0, 1)' then '(5,)' gives (0, 1, 5))
-  instead of letting the last win, so a repeat is refused."""
-  seen = set()
+def _override_names(argv: list[str]) -> list[str]:
+  """The fields of the --config.* overrides on a command line, in order (up to
+  a '--'): 'train.steps' for --config.train.steps=3."""
+  out = []
   for a in argv[1:]:
     if a == '--':
       break
     if a.startswith('--config.'):
-      name = a.split('=', 1)[0]
-      if name in seen:
-        return name
-      seen.add(name)
-  return None
+      out.append(a.split('=', 1)[0][len('--config.'):])
+  return out
+
+
+def _repeated_override(argv: list[str]) -> str | None:
+  """The first --config.* override given twice: ml_collections appends a
+  repeated tuple override to the first ('(0, 1)' then '(5,)' gives (0, 1, 5))
+  instead of letting the last win, so a repeat is refused."""
+  names = _override_names(argv)
+  twice = [n for i, n in enumerate(names) if n in names[:i]]
+  return f'--config.{twice[0]}' if twice else None
 
 
 def _whole_section(argv: list[str]) -> str | None:
@@ -44,14 +49,7 @@ def _whole_section(argv: list[str]) -> str | None:
   the whole section with it, so the config file's other fields of that
   section would silently fall back to their defaults."""
   from lm.config import SECTIONS
-  for a in argv[1:]:
-    if a == '--':
-      break
-    if a.startswith('--config.') and '=' in a:
-      name = a.split('=', 1)[0][len('--config.'):]
-      if name in (*SECTIONS, 'sweep'):
-        return name
-  return None
+  return next((n for n in _override_names(argv) if n in (*SECTIONS, 'sweep')), None)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -435,28 +435,25 @@ def profile_table(profile_dir: str, steps: int = 3, top: int = 20) -> None:
     raise FileNotFoundError(f'no *.xplane.pb trace under {profile_dir}')
   path = max(paths, key=os.path.getmtime)
   data = ProfileData.from_file(path)
-  names = [p.name for p in data.planes]
-  want = '/device:GPU:0' if '/device:GPU:0' in names else '/host:CPU'
+  plane = data.find_plane_with_name('/device:GPU:0')
+  gpu = plane is not None
   per_name: dict[str, list[float]] = {}
-  for plane in data.planes:
-    gpu = plane.name.startswith('/device:GPU')
-    if plane.name != want:
+  for line in (plane or data.find_plane_with_name('/host:CPU')).lines:
+    if gpu and not line.name.startswith('Stream'):
+      continue  # XLA's derived 'XLA Ops'/'XLA Modules' lines repeat the streams' time.
+    if not gpu and 'XLA Ops' not in line.name and 'tf_XLA' not in line.name:
       continue
-    for line in plane.lines:
-      if gpu and not line.name.startswith('Stream'):
-        continue  # XLA's derived 'XLA Ops'/'XLA Modules' lines repeat the streams' time.
-      if not gpu and 'XLA Ops' not in line.name and 'tf_XLA' not in line.name:
-        continue
-      for e in line.events:
-        if e.name.startswith('ThunkExecutor'):
-          continue  # CPU: the wrapper around each op's own event.
-        c = per_name.setdefault(e.name, [0, 0.0])
-        c[0] += 1
-        c[1] += e.duration_ns / 1e6
+    for e in line.events:
+      if e.name.startswith('ThunkExecutor'):
+        continue  # CPU: the wrapper around each op's own event.
+      c = per_name.setdefault(e.name, [0, 0.0])
+      c[0] += 1
+      c[1] += e.duration_ns / 1e6
   total = sum(c[1] for c in per_name.values()) / steps
   kinds: dict[str, float] = {}
   for n, c in per_name.items():
-    kinds[kernel_kind(n)] = kinds.get(kernel_kind(n), 0.0) + c[1] / steps
+    k = kernel_kind(n)
+    kinds[k] = kinds.get(k, 0.0) + c[1] / steps
   print(f'\nprofile {path}: {total:.2f} ms of device kernels per step')
   print('| kind | ms/step | share |\n|---|---|---|')
   for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):

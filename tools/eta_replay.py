@@ -45,7 +45,8 @@ def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
   """(runs done, seconds since the start, ETA printed, seconds actually left)
   after each run but the last: runs in claim order (largest compute first)
   over `workers` workers, or in plan order one after another."""
-  order = sorted(runs, key=lambda r: -r.compute) if queue else list(runs)
+  order = ([r for g in sweep.claim_groups([[r] for r in runs]) for u in g for r in u]
+           if queue else list(runs))
   free = [0.0] * (workers if queue else 1)
   ends = []
   for r in order:
