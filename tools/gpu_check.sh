@@ -20,7 +20,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
-JAX_PLATFORMS=cuda timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider \
+JAX_PLATFORMS=cuda timeout ${TEST_S:-120} python3 -m pytest -v -p no:cacheprovider \
   ${TEST_K:+-k "$TEST_K"} tests/test_attention.py 2>&1 | tee "$OUT/test_attention.log" | tail -6
 # Rows share GEMM autotuning results through this cache (2026-11-27: the compiles took
 # 38 s cold, 21-40 s after; the gpt2_medium step compile, autotuning included).
