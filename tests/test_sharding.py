@@ -179,7 +179,8 @@ def _free_port():
 def _env(n_devices):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
   env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={n_devices}'
-                      ' --xla_backend_optimization_level=0')  # As conftest.py: faster compiles.
+                      ' --xla_backend_optimization_level=0'  # As conftest.py: faster compiles.
+                      ' --xla_llvm_disable_expensive_passes=true')
   return env
 
 

@@ -7,8 +7,8 @@
 # 1. the attention agreement tests on the GPU (cuDNN, the Pallas/Triton kernel,
 #    the chunked path's custom VJP); 2. tools/bench_train, one process per row
 #    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 (the
-#    first row with a kernel profile) at two batch sizes and loss chunkings,
-#    GPT-2 small per attention path; 3. packed small models (lm/pack.py).
+#    first row with a kernel profile) at batch 16, 32 and 48 (48 with whole
+#    logits was the fastest, 2026-11-27), GPT-2 small per attention path; 3. packed small models (lm/pack.py).
 # Logs go to $OUT. All of it needs more than one 10-minute call: choose rows
 # with ROWS, one "XLA_FLAGS-or-- flags..." per line;
 # TEST_K selects tests (pytest -k), PACK_S=0 skips the packed rows.
@@ -35,8 +35,8 @@ while read -r xf args; do
     --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]\|^profile'
 done <<ROWS
 ${ROWS:-$AT $M --batch=16 --loss_chunk=256 --profile_dir=/tmp/prof
-$AT $M --batch=16 --loss_chunk=0
 $AT $M --batch=32 --loss_chunk=0
+$AT $M --batch=48 --loss_chunk=0
 $AT --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
 ROWS
 [ "${PACK_S:-150}" = 0 ] || timeout ${PACK_S:-150} python3 -m tools.bench_train --pack=8 \
