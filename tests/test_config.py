@@ -187,3 +187,24 @@ def test_field_kinds_decide_architecture_and_resume_diffs():
   fields = config_lib.field_help()  # 0.2 s a call (it parses the source).
   for path in config_lib.FIELD_KINDS:  # The table names real fields only.
     assert path in fields, path
+
+
+
+def test_cli_modules_the_tests_import_load_into_one_process():
+  """The tests import functions from tools/ and experiments/ modules into shared
+  pytest workers, so none of those modules may define at import a flag that
+  another of them defines (tools.eta_replay's --workdir clashed with
+  experiments.fill_mask's and failed whichever test a worker ran second)."""
+  import glob
+  import re
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  mods = set()
+  for path in glob.glob(os.path.join(root, 'tests', '*.py')):
+    for pkg, names in re.findall(r'^\s*from (tools|experiments\.\w+) import ([\w, ]+)',
+                                 open(path).read(), re.M):
+      mods |= {f'{pkg}.{n.split()[0]}' for n in names.split(',')} if pkg == 'tools' else {pkg}
+  assert {'tools.eta_replay', 'experiments.fill_mask', 'tools.bench_train'} <= mods, mods
+  r = subprocess.run([sys.executable, '-c', 'import ' + ', '.join(sorted(mods))], cwd=root,
+                     capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert r.returncode == 0, r.stderr[-2000:]

@@ -35,9 +35,7 @@ from absl import app, flags
 
 from lm import plan, sweep
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A sweep\'s --workdir (plan.json, runs/).')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'Local workers to replay the queue with.',
-                                lower_bound=1)
+FLAGS = flags.FLAGS
 
 
 def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
@@ -65,25 +63,25 @@ def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
 
 def main(argv):
   del argv
-  path = os.path.join(_WORKDIR.value or '', 'plan.json')
+  path = os.path.join(FLAGS.workdir or '', 'plan.json')
   fields = {f.name for f in dataclasses.fields(plan.Run)}
   try:
     with open(path) as f:
       runs = [plan.Run(**{k: v for k, v in r.items() if k in fields}) for r in json.load(f)]
   except FileNotFoundError:
-    print(f'error: --workdir={_WORKDIR.value}: no sweep plan at {path}', file=sys.stderr)
+    print(f'error: --workdir={FLAGS.workdir}: no sweep plan at {path}', file=sys.stderr)
     sys.exit(2)
   except (OSError, ValueError, TypeError, AttributeError) as e:
     print(f'error: {path} cannot be read as a sweep plan ({e})', file=sys.stderr)
     sys.exit(2)
   if any(r.branch_from for r in runs):
-    print(f'error: --workdir={_WORKDIR.value}: a WSD plan (branches wait for their stable '
+    print(f'error: --workdir={FLAGS.workdir}: a WSD plan (branches wait for their stable '
           'run); the replay takes IsoFLOP and grid sweeps', file=sys.stderr)
     sys.exit(2)
   wall = {}
   for r in runs:
     try:
-      with open(os.path.join(_WORKDIR.value, 'runs', r.name, 'result.json')) as f:
+      with open(os.path.join(FLAGS.workdir, 'runs', r.name, 'result.json')) as f:
         rec = json.load(f)
     except (OSError, ValueError):
       continue
@@ -93,18 +91,22 @@ def main(argv):
     print(f'{len(runs) - len(wall)} of {len(runs)} planned runs are not done: left out')
   runs = [r for r in runs if r.name in wall]
   if len(runs) < 2:
-    print(f'error: --workdir={_WORKDIR.value}: {len(runs)} finished runs; a replay needs 2',
+    print(f'error: --workdir={FLAGS.workdir}: {len(runs)} finished runs; a replay needs 2',
           file=sys.stderr)
     sys.exit(2)
   for queue in (True, False):
-    print(f'\n{"queue, " + str(_WORKERS.value) + " workers" if queue else "lone sweep"}: '
+    print(f'\n{"queue, " + str(FLAGS.workers) + " workers" if queue else "lone sweep"}: '
           f'{len(runs)} finished runs')
     print('| done | at s | eta s | left s |\n|---|---|---|---|')
-    for n, t, eta, left in replay(runs, wall, _WORKERS.value, queue):
+    for n, t, eta, left in replay(runs, wall, FLAGS.workers, queue):
       print(f'| {n} | {t:.0f} | {eta:.0f} | {left:.0f} |')
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: tests import replay() into processes whose
+  # other CLI modules (experiments.fill_mask, ...) define --workdir too.
+  flags.DEFINE_string('workdir', None, 'A sweep\'s --workdir (plan.json, runs/).')
+  flags.DEFINE_integer('workers', 2, 'Local workers to replay the queue with.', lower_bound=1)
   flags.mark_flag_as_required('workdir')
   from lm import cli
   app.run(main, flags_parser=cli.parse_flags)
