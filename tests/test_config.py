@@ -189,7 +189,6 @@ def test_field_kinds_decide_architecture_and_resume_diffs():
     assert path in fields, path
 
 
-
 def test_cli_modules_the_tests_import_load_into_one_process():
   """The tests import functions from tools/ and experiments/ modules into shared
   pytest workers, so none of those modules may define at import a flag that
