@@ -160,9 +160,10 @@ GPU, so that path's GPU agreement is not verified either.
 2026-11-27 (later), another nvidia-h100-x1 machine (jax 0.11.2, flax 0.12.10),
 after model.einsum_f32: `TEST_K=chunked TEST_S=110 ROW_S=130 PACK_S=0 ROWS=...
 bash tools/gpu_check.sh` with the rows below (same flags as above), each row
-its own process; the batch-32 row ran past its 130 s there (cold autotuning)
-and was rerun alone with ROW_S=180, the batch-48 row after it. Measured
-matmul peak 769-784 TFLOP/s:
+its own process; the batch-32 row, the first, with an empty autotuning cache,
+ran past its 130 s there (why was not measured) and was rerun alone with
+ROW_S=180 (it then took under 160 s, setup included), the batch-48 row after
+it. Measured matmul peak 769-784 TFLOP/s:
 
   config       attention    batch  loss_chunk  step_ms  tokens/s  MFU    sheet  temp GiB  peak GiB  compile s
   gpt2_medium  dot_product  16     256          113.9   143,800  42.0%  33.3%  17.8      21.8      38.9
