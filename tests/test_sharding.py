@@ -178,9 +178,10 @@ def _free_port():
 
 def _env(n_devices):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={n_devices}'
-                      ' --xla_backend_optimization_level=0'  # As conftest.py: faster compiles.
-                      ' --xla_llvm_disable_expensive_passes=true')
+  # conftest.py's flags (its faster compiles), with this process's device count.
+  kept = [f for f in os.environ['XLA_FLAGS'].split()
+          if not f.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={n_devices}', *kept])
   return env
 
 
