@@ -67,6 +67,7 @@ class ModelConfig:
   attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one block).
   loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (memory).
   attention: str = 'auto'  # auto | xla | dot_product (cuDNN on GPU) | pallas | chunked (lm/model.py).
+  attn_max_docs: int = 0  # > 0: dot_product on H100+ runs document masks of windows with <= this many documents in cuDNN's packed kernel (0: a dense mask; tools/bench_train.py).
   num_classes: int = 0  # > 0: a sequence classifier with this many classes.
   pool: str = 'last'  # Classifier pooling: last (valid token), first or mean.
   mlm_transform: bool = False  # Encoder: BERT's dense + GELU + norm before the LM head.
@@ -230,7 +231,7 @@ FIELD_KINDS: dict[str, str] = {
     **{f'model.{k}': HEAD for k in ('num_classes', 'pool', 'mlm_transform')},
     **{f'model.{k}': FREE for k in ('embed_dropout', 'attn_dropout', 'resid_dropout',
                                     'dtype', 'remat', 'init_std', 'attn_block',
-                                    'attention', 'loss_chunk')},
+                                    'attention', 'attn_max_docs', 'loss_chunk')},
     **{f'data.{k}': FIXED for k in ('source', 'path', 'tfds_name', 'text_key', 'label_key',
                                     'labels', 'eval_path', 'train_split', 'val_split',
                                     'val_fraction', 'shuffle_seed',
@@ -461,6 +462,7 @@ def validate_model(m: ModelConfig) -> None:
   for f in ('d_model', 'num_layers', 'num_heads', 'max_len'):
     _positive(f'model.{f}', getattr(m, f))
   for f in ('vocab_size', 'num_kv_heads', 'head_dim', 'mlp_dim', 'attn_block', 'loss_chunk',
+            'attn_max_docs',
             'num_classes', 'num_decoder_layers'):
     if getattr(m, f) < 0:
       raise _err(f'model.{f}', getattr(m, f), 'must be >= 0 (0 = default)')

@@ -385,21 +385,68 @@ def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal:
   return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
 
 
+def doc_runs(seg_BL: Array, max_docs: int) -> tuple[Array, Array]:
+  """(offsets B x max_docs+1, lengths B x max_docs) of each row's runs of equal
+  segment ids, unused slots -1: cuDNN's packed-sequence description of a window.
+  E.g. [[5, 5, 7, 7, 7, 9]] with 4 slots -> [[0, 2, 5, -1, -1]], [[2, 3, 1, -1]]."""
+  B, L = seg_BL.shape
+  new_BL = jnp.concatenate([jnp.ones((B, 1), bool), seg_BL[:, 1:] != seg_BL[:, :-1]], axis=1)
+  start_BM = jax.vmap(lambda n: jnp.nonzero(n, size=max_docs, fill_value=L)[0])(new_BL)
+  start_BM = start_BM.astype(jnp.int32)
+  end_BM = jnp.concatenate([start_BM[:, 1:], jnp.full((B, 1), L, jnp.int32)], axis=1)
+  used_BM = start_BM < L
+  off_BM1 = jnp.concatenate([jnp.where(used_BM, start_BM, -1),
+                             jnp.full((B, 1), -1, jnp.int32)], axis=1)
+  return off_BM1, jnp.where(used_BM, end_BM - start_BM, -1)
+
+
+def _cudnn_packed(q_BLHDh: Array, k_BSKDh: Array, v_BSKDh: Array, seg_BL: Array, *,
+                  causal: bool, max_docs: int) -> Array:
+  """cuDNN flash attention over packed documents (its ragged "THD" layout):
+  each run of equal segment ids is its own sequence, given by its start offset
+  and length, so the kernel skips cross-document tiles and no B x L x S mask
+  (which cuDNN would take as a dense bias, and differentiate) is ever made.
+  Holds for windows of at most `max_docs` runs; attention_dot_product checks."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa  # No public API takes offsets.
+  off_BM1, len_BM = doc_runs(seg_BL, max_docs)
+  kind = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
+  return cudnn_fa.dot_product_attention(
+      q_BLHDh, k_BSKDh, v_BSKDh, q_seqlen=len_BM, kv_seqlen=len_BM, q_offsets=off_BM1,
+      kv_offsets=off_BM1, scale=1.0 / math.sqrt(q_BLHDh.shape[-1]), mask_type=kind,
+      qkv_layout='BTNH')
+
+
 def attention_dot_product(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
-                          mask_BLS: Array | None, seg_BL: Array | None) -> Array:
+                          mask_BLS: Array | None, seg_BL: Array | None,
+                          max_docs: int = 0) -> Array:
   """jax.nn.dot_product_attention: cuDNN's fused flash attention on NVIDIA GPUs
-  (bfloat16/float16), JAX's XLA implementation elsewhere."""
+  (bfloat16/float16), JAX's XLA implementation elsewhere. Document masks of
+  self-attention go to cuDNN's packed-document kernel (_cudnn_packed) on
+  Hopper and later when `max_docs` > 0 and no row of the batch has more
+  documents than that; otherwise (and for other masks) cuDNN takes the mask as
+  a dense B x 1 x L x S bias, which it reads and differentiates (slower)."""
   B, L, H, Dh = q_BLHDh.shape
   dt = q_BLHDh.dtype
   k_BSKDh, v_BSKDh = k_BKSDh.transpose(0, 2, 1, 3), v_BKSDh.transpose(0, 2, 1, 3)
-  allowed = _allowed(mask_BLS, seg_BL, seg_BL)
-  gpu = jax.devices()[0].platform == 'gpu'
+  dev = jax.devices()[0]
+  gpu = dev.platform == 'gpu'
   impl = 'cudnn' if gpu and dt in (jnp.bfloat16, jnp.float16) and Dh % 8 == 0 else 'xla'
-  if allowed is not None:  # cuDNN takes masks of the full B x 1 x L x S shape only.
-    allowed = jnp.broadcast_to(allowed, (B, L, k_BSKDh.shape[1]))[:, None]
-  return jax.nn.dot_product_attention(
-      q_BLHDh, k_BSKDh, v_BSKDh, mask=allowed,
-      is_causal=causal, scale=1.0 / math.sqrt(Dh), implementation=impl)
+
+  def dense(q_BLHDh, k_BSKDh, v_BSKDh):
+    allowed = _allowed(mask_BLS, seg_BL, seg_BL)
+    if allowed is not None:  # cuDNN takes masks of the full B x 1 x L x S shape only.
+      allowed = jnp.broadcast_to(allowed, (B, L, k_BSKDh.shape[1]))[:, None]
+    return jax.nn.dot_product_attention(
+        q_BLHDh, k_BSKDh, v_BSKDh, mask=allowed,
+        is_causal=causal, scale=1.0 / math.sqrt(Dh), implementation=impl)
+
+  hopper = float(getattr(dev, 'compute_capability', '0')) >= 9.0
+  if (impl != 'cudnn' or seg_BL is None or mask_BLS is not None or max_docs <= 0
+      or k_BSKDh.shape[1] != L or not hopper):
+    return dense(q_BLHDh, k_BSKDh, v_BSKDh)
+  docs = (seg_BL[:, 1:] != seg_BL[:, :-1]).sum(axis=1).max() + 1
+  packed = functools.partial(_cudnn_packed, seg_BL=seg_BL, causal=causal, max_docs=max_docs)
+  return jax.lax.cond(docs <= max_docs, packed, dense, q_BLHDh, k_BSKDh, v_BSKDh)
 
 
 def attention_pallas(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
@@ -448,7 +495,7 @@ def resolve_attention(path: str, length: int, dropout: float) -> str:
 
 def attention(path: str, q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
               mask_BLS: Array | None = None, seg_BL: Array | None = None, block: int = 128,
-              drop: nn.Dropout | None = None, train: bool = False) -> Array:
+              drop: nn.Dropout | None = None, train: bool = False, max_docs: int = 0) -> Array:
   """Scaled dot-product attention by the named path (model.attention) -> BxLxHxDh.
 
   q_BLHDh: queries; k_BKSDh, v_BKSDh: keys and values, heads-major (the KV
@@ -462,7 +509,7 @@ def attention(path: str, q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, caus
   if path == 'xla':
     return attention_xla(q_BLHDh, k_BKSDh, v_BKSDh, block=block, drop=drop, train=train, **kw)
   if path == 'dot_product':
-    return attention_dot_product(q_BLHDh, k_BKSDh, v_BKSDh, **kw)
+    return attention_dot_product(q_BLHDh, k_BKSDh, v_BKSDh, max_docs=max_docs, **kw)
   return ATTENTION_PATHS[path](q_BLHDh, k_BKSDh, v_BKSDh, block=block, **kw)
 
 
@@ -535,7 +582,8 @@ class Attention(nn.Module):
     o_BLHDh = attention(c.attention, q_BLHDh.astype(dt), k_BKSDh, v_BKSDh,
                         causal=mask_BLS is None, mask_BLS=mask_BLS,
                         seg_BL=None if self.cross else seg_BL, block=c.attn_block,
-                        drop=nn.Dropout(c.attn_dropout), train=train)
+                        drop=nn.Dropout(c.attn_dropout), train=train,
+                        max_docs=c.attn_max_docs)
     o_BLHDh = checkpoint_name(o_BLHDh, 'context')
     wo = self.param('out', _init(out_proj_std(c), ('heads', 'head_dim', 'embed')),
                     (H, Dh, c.d_model), pdt).astype(dt)

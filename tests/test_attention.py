@@ -60,7 +60,7 @@ def _mask(kind, B, L, S):
   return None
 
 
-def _run(path, case, dtype):
+def _run(path, case, dtype, max_docs=0):
   B, L, S, H, K, Dh, causal, mkind, seg = CASES[case]
   q, k, v = _inputs(B, L, S, H, K, Dh, dtype)
   mask = _mask(mkind, B, L, S)
@@ -68,7 +68,7 @@ def _run(path, case, dtype):
 
   def f(q, k, v):
     o = model_lib.attention(path, q, k, v, causal=causal, mask_BLS=mask, seg_BL=seg_BL,
-                            block=16)
+                            block=16, max_docs=max_docs)
     w = jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape)
     return (o.astype(jnp.float32) * w).sum(), o
 
@@ -112,6 +112,38 @@ def test_paths_agree_with_xla_bfloat16(path):
     assert _rel(o, o_ref) < TOL[jnp.bfloat16], (path, case)
     for a, b in zip(g, g_ref):
       assert _rel(a, b) < TOL[jnp.bfloat16], (path, case)
+
+
+def test_doc_runs_describe_each_rows_documents():
+  """The packed-document description handed to cuDNN: start offsets and
+  lengths of each row's runs of equal ids, -1 in unused slots."""
+  seg = jnp.asarray([[5, 5, 7, 7, 7, 9], [0, 0, 0, 0, 0, 0]], jnp.int32)
+  off, lens = model_lib.doc_runs(seg, 4)
+  assert off.tolist() == [[0, 2, 5, -1, -1], [0, -1, -1, -1, -1]]
+  assert lens.tolist() == [[2, 3, 1, -1], [6, -1, -1, -1]]
+  seg = _segments(2, 32)
+  off, lens = model_lib.doc_runs(seg, 32)
+  for b in range(2):
+    n = int(seg[b, -1]) + 1  # ids 0..n-1 in order
+    assert lens[b, :n].tolist() == np.bincount(np.asarray(seg[b]), minlength=n).tolist()
+    assert off[b, :n].tolist() == [int(np.argmax(np.asarray(seg[b]) == i)) for i in range(n)]
+    assert (lens[b, n:] == -1).all() and (off[b, n:] == -1).all()
+
+
+@pytest.mark.skipif(not ON_GPU, reason='cuDNN\'s packed-document kernel runs on NVIDIA GPUs '
+                    '(Hopper and later) only')
+@pytest.mark.parametrize('case', ['causal_gqa_segments', 'bidirectional_segments'])
+def test_dot_product_packed_documents_agree_with_xla(case):
+  """bfloat16 dot_product with document masks through cuDNN's packed kernel
+  (max_docs 32 covers every row) and through its fallback, the dense mask
+  (max_docs 1: every row has more documents)."""
+  o_ref, g_ref = _reference(case, jnp.float32)
+  assert int((_segments(2, 32)[:, -1]).min()) >= 1  # Each row has >= 2 documents.
+  for max_docs in (32, 1):
+    o, g = _run('dot_product', case, jnp.bfloat16, max_docs=max_docs)
+    assert _rel(o, o_ref) < TOL[jnp.bfloat16], (case, max_docs)
+    for a, b, name in zip(g, g_ref, 'qkv'):
+      assert _rel(a, b) < TOL[jnp.bfloat16], (case, max_docs, 'grad ' + name)
 
 
 def test_auto_picks_by_backend_and_length():

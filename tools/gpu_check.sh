@@ -9,6 +9,8 @@
 #    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 (the
 #    first row with a kernel profile) at batch 16, 32 and 48 (48 with whole
 #    logits was the fastest, 2026-11-27), GPT-2 small per attention path; 3. packed small models (lm/pack.py).
+# A gpt2_medium batch-48 row takes ~200 s alone (2026-11-27: 202.5 s, compile 69 s), and
+# rows of 160 s with an empty autotuning cache printed nothing: give the first row ROW_S=240.
 # Logs go to $OUT. All of it needs more than one 10-minute call: choose rows
 # with ROWS, one "XLA_FLAGS-or-- flags..." per line;
 # TEST_K selects tests (pytest -k), PACK_S=0 skips the packed rows.
