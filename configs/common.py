@@ -11,7 +11,9 @@ def base() -> ml_collections.ConfigDict:
   for name, cls in config_lib.SECTIONS.items():
     c[name] = ml_collections.ConfigDict(
         {f.name: f.default for f in config_lib.dataclasses.fields(cls)})
-  c.rules = [list(r) for r in config_lib.DEFAULT_RULES]
+  # A tuple, so the command line can set it: a preset, --config.rules="('dp',)",
+  # or a whole table (lm/config.RULE_PRESETS).
+  c.rules = config_lib.DEFAULT_RULES
   c.name = 'run'
   c.init_from = ''  # Fine-tuning: a workdir or checkpoints/<step> directory.
   return c

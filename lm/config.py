@@ -673,8 +673,19 @@ def _validate_mesh(c: Config) -> None:
 
 
 def _rules(raw) -> tuple[tuple[str, Any], ...]:
+  """config.rules: a table of (logical axis, mesh axes) pairs, or one preset
+  name of RULE_PRESETS (on the command line: --config.rules="('dp',)")."""
+  if isinstance(raw, str) or (len(raw) == 1 and isinstance(raw[0], str)):
+    name = raw if isinstance(raw, str) else raw[0]
+    if name not in RULE_PRESETS:
+      raise _err('rules', name, f'a preset ({", ".join(RULE_PRESETS)}) or a table of '
+                 '(logical axis, mesh axes) pairs')
+    return RULE_PRESETS[name]
   out = []
   for item in raw:
+    if isinstance(item, str) or len(item) != 2:
+      raise _err('rules', item, 'each entry a (logical axis, mesh axes) pair, or the '
+                 f'whole field one preset ({", ".join(RULE_PRESETS)})')
     name, axes = item
     out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
   return tuple(out)

@@ -154,6 +154,26 @@ def test_config_tool_lists_every_field_and_cli_errors_are_one_line(tmp_path):
                      capture_output=True, text=True)
   assert r.returncode == 2 and 'configs/nope.py' in r.stderr and 'Traceback' not in r.stderr
   assert not (tmp_path / 'w').exists()
+  # config.rules from the command line: a preset by name (or a whole table).
+  r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py',
+                      '--config.rules=dp'], capture_output=True, text=True)
+  assert r.returncode == 0 and '*preset dp ' in r.stdout, r.stderr
+
+
+def test_rules_take_a_preset_or_a_table():
+  from lm import config as config_lib
+  cd = tiny_cd()
+  assert config_lib.from_configdict(cd).rules == config_lib.DEFAULT_RULES
+  cd.rules = ('dp',)  # What --config.rules=dp gives.
+  assert config_lib.from_configdict(cd).rules == config_lib.RULE_PRESETS['dp']
+  cd.rules = [['batch', ['data', 'fsdp']], ['embed', None]]  # A config file's list.
+  assert config_lib.from_configdict(cd).rules == (('batch', ('data', 'fsdp')), ('embed', None))
+  for bad, pattern in [(('zz',), r"config.rules='zz' .* a preset \(dp, fsdp, tp, fsdp_tp\)"),
+                       ((('batch',),), r"config.rules=\('batch',\) .* \(logical axis, mesh"),
+                       ((('batch', 'nope'),), r"mesh axes must be in")]:
+    cd.rules = bad
+    with pytest.raises(ConfigError, match=pattern):
+      config_lib.from_configdict(cd)
 
 
 def test_finetune_configs_refuse_to_start_without_init_from():
