@@ -6,14 +6,17 @@
 #   run: bash tools/gpu_check.sh   (carry .whl)
 # 1. the attention agreement tests on the GPU (cuDNN, the Pallas/Triton kernel,
 #    the chunked path's custom VJP); 2. tools/bench_train, one process per row
-#    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 (the
-#    first row with a kernel profile) at batch 16, 32 and 48 (48 with whole
-#    logits was the fastest, 2026-11-27), GPT-2 small per attention path; 3. packed small models (lm/pack.py).
+#    (so each row's allocator peak is its own), GPT-2 medium in bfloat16 at batch
+#    48 with whole logits (the fastest, 2026-11-27): with a kernel profile and
+#    the dense document mask, with cuDNN's packed documents (model.attn_max_docs;
+#    the A/B in one run that 2026-11-27 lacked) and without document masks;
+#    3. packed small models (lm/pack.py).
 # A gpt2_medium batch-48 row takes ~200 s alone (2026-11-27: 202.5 s, compile 69 s), and
-# rows of 160 s with an empty autotuning cache printed nothing: give the first row ROW_S=240.
+# rows of 160 s with an empty autotuning cache printed nothing: the first row has ROW1_S.
 # Logs go to $OUT. All of it needs more than one 10-minute call: choose rows
 # with ROWS, one "XLA_FLAGS-or-- flags..." per line;
-# TEST_K selects tests (pytest -k), PACK_S=0 skips the packed rows.
+# TEST_K selects tests (pytest -k), PACK_S=0 skips the packed rows, ROW1_S / ROW_S
+# limit the first / each later row (seconds).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -29,17 +32,19 @@ JAX_PLATFORMS=cuda timeout ${TEST_S:-120} python3 -m pytest -v -p no:cacheprovid
 AT=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/atc
 M="--configs=gpt2_medium --attention=dot_product"
 # One row per line: XLA_FLAGS (- for none), then tools.bench_train's flags.
+first=1
 while read -r xf args; do
   [ -z "$xf" ] && continue
   [ "$xf" = - ] && xf=
-  echo "== XLA_FLAGS=$xf $args"
-  XLA_FLAGS=$xf timeout ${ROW_S:-240} python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
+  # The first row autotunes every GEMM afresh (no cache yet): it gets ROW1_S.
+  limit=${ROW_S:-180}; [ $first = 1 ] && limit=${ROW1_S:-260}; first=0
+  echo "== XLA_FLAGS=$xf $args (limit $limit s)"
+  XLA_FLAGS=$xf timeout $limit python3 -m tools.bench_train --dtype=bfloat16 --steps=10 \
     --nokeep_freed_memory $args 2>&1 | tee -a "$OUT/bench.log" | grep '^| [a-z]\|^profile'
 done <<ROWS
-${ROWS:-$AT $M --batch=16 --loss_chunk=256 --profile_dir=/tmp/prof
-$AT $M --batch=32 --loss_chunk=0
-$AT $M --batch=48 --loss_chunk=0
-$AT --configs=gpt2_small --attention=dot_product,chunked --batch=16 --loss_chunk=256}
+${ROWS:-$AT $M --batch=48 --loss_chunk=0 --profile_dir=/tmp/prof
+$AT $M --batch=48 --loss_chunk=0 --attn_max_docs=16
+$AT $M --batch=48 --loss_chunk=0 --nodocument_mask}
 ROWS
 [ "${PACK_S:-150}" = 0 ] || timeout ${PACK_S:-150} python3 -m tools.bench_train --pack=8 \
   --steps=5 2>&1 | tee "$OUT/pack.log" | grep '^|\|speed-up'
