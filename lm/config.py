@@ -683,7 +683,7 @@ def _rules(raw) -> tuple[tuple[str, Any], ...]:
     return RULE_PRESETS[name]
   out = []
   for item in raw:
-    if isinstance(item, str) or len(item) != 2:
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
       raise _err('rules', item, 'each entry a (logical axis, mesh axes) pair, or the '
                  f'whole field one preset ({", ".join(RULE_PRESETS)})')
     name, axes = item

@@ -403,10 +403,12 @@ def doc_runs(seg_BL: Array, max_docs: int) -> tuple[Array, Array]:
 def _cudnn_packed(q_BLHDh: Array, k_BSKDh: Array, v_BSKDh: Array, seg_BL: Array, *,
                   causal: bool, max_docs: int) -> Array:
   """cuDNN flash attention over packed documents (its ragged "THD" layout):
-  each run of equal segment ids is its own sequence, given by its start offset
-  and length, so the kernel skips cross-document tiles and no B x L x S mask
-  (which cuDNN would take as a dense bias, and differentiate) is ever made.
-  Holds for windows of at most `max_docs` runs; attention_dot_product checks."""
+  each run of equal segment ids (documents are contiguous, as the data
+  pipeline makes them) is its own sequence, given by its start offset and
+  length, so the kernel skips cross-document tiles and takes no B x L x S
+  mask. Holds for windows of at most `max_docs` runs; attention_dot_product
+  checks, and keeps to K == H (jax 0.10.2 strides the key offsets by the
+  query's head count)."""
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa  # No public API takes offsets.
   off_BM1, len_BM = doc_runs(seg_BL, max_docs)
   kind = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
@@ -416,15 +418,26 @@ def _cudnn_packed(q_BLHDh: Array, k_BSKDh: Array, v_BSKDh: Array, seg_BL: Array,
       qkv_layout='BTNH')
 
 
+def _hopper(dev) -> bool:
+  """Compute capability 9.0 or later (an NVIDIA device's '9.0'; others: False)."""
+  try:
+    return tuple(int(x) for x in str(dev.compute_capability).split('.')[:2]) >= (9, 0)
+  except (AttributeError, ValueError):
+    return False
+
+
 def attention_dot_product(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
                           mask_BLS: Array | None, seg_BL: Array | None,
                           max_docs: int = 0) -> Array:
   """jax.nn.dot_product_attention: cuDNN's fused flash attention on NVIDIA GPUs
-  (bfloat16/float16), JAX's XLA implementation elsewhere. Document masks of
-  self-attention go to cuDNN's packed-document kernel (_cudnn_packed) on
-  Hopper and later when `max_docs` > 0 and no row of the batch has more
-  documents than that; otherwise (and for other masks) cuDNN takes the mask as
-  a dense B x 1 x L x S bias, which it reads and differentiates (slower)."""
+  (bfloat16/float16), JAX's XLA implementation elsewhere. cuDNN takes a mask
+  as a dense B x 1 x L x S bias, which it reads and differentiates. With
+  `max_docs` > 0, document masks of self-attention without GQA go to cuDNN's
+  packed-document kernel (_cudnn_packed) on Hopper and later when no row of
+  the batch has more documents than that, the dense mask otherwise: a
+  lax.cond, whose gradient keeps both branches' residuals (the one not taken
+  zero-filled), so the dense mask's memory is not saved. Measured on an H100
+  (tools/bench_train.py): no faster, 1.6 GiB more; off by default."""
   B, L, H, Dh = q_BLHDh.shape
   dt = q_BLHDh.dtype
   k_BSKDh, v_BSKDh = k_BKSDh.transpose(0, 2, 1, 3), v_BKSDh.transpose(0, 2, 1, 3)
@@ -440,9 +453,8 @@ def attention_dot_product(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, cau
         q_BLHDh, k_BSKDh, v_BSKDh, mask=allowed,
         is_causal=causal, scale=1.0 / math.sqrt(Dh), implementation=impl)
 
-  hopper = float(getattr(dev, 'compute_capability', '0')) >= 9.0
   if (impl != 'cudnn' or seg_BL is None or mask_BLS is not None or max_docs <= 0
-      or k_BSKDh.shape[1] != L or not hopper):
+      or k_BSKDh.shape[1] != L or k_BSKDh.shape[2] != H or not _hopper(dev)):
     return dense(q_BLHDh, k_BSKDh, v_BSKDh)
   docs = (seg_BL[:, 1:] != seg_BL[:, :-1]).sum(axis=1).max() + 1
   packed = functools.partial(_cudnn_packed, seg_BL=seg_BL, causal=causal, max_docs=max_docs)

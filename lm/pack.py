@@ -132,6 +132,8 @@ def packable(c: Config) -> str:
     return 'canaries'
   if any(v not in (1, -1) for v in (c.mesh.data, c.mesh.fsdp, c.mesh.tensor)):
     return 'a mesh of several devices (a pack trains on one)'
+  if c.model.attn_max_docs:  # JAX's cuDNN batching rule takes no member axis on offsets.
+    return 'model.attn_max_docs (cuDNN packed documents)'
   return ''
 
 

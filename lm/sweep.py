@@ -261,7 +261,8 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
     diffs = []
     for sec, v in new.items():
       if isinstance(v, dict):  # The tokenizer is compared by content, below, not by path.
-        diffs += [f'{sec}.{k}' for k in v if old.get(sec, {}).get(k) != v[k]
+        was = {**_defaults(sec), **old.get(sec, {})}  # Fields added since: their defaults.
+        diffs += [f'{sec}.{k}' for k in v if was.get(k) != v[k]
                   and f'{sec}.{k}' != 'data.tokenizer_path']
       elif old.get(sec) != v:
         diffs.append(sec)
@@ -273,6 +274,15 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
           f'{r.name} in {workdir} was trained with another config (differing: '
           f'{", ".join(diffs[:6])}); rerun with the config it was trained with, use another '
           f'--workdir, or delete {rdir} to train it again')
+
+
+def _defaults(section: str) -> dict:
+  """A config section's field defaults as config.json stores them: a run
+  directory written before a field existed trained with its default."""
+  cls = config_lib.SECTIONS.get(section)
+  fields = dataclasses.fields(cls) if cls else ()
+  return json.loads(json.dumps({f.name: f.default for f in fields
+                                if f.default is not dataclasses.MISSING}))
 
 
 def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,

@@ -52,6 +52,13 @@ CASES = {
 }
 
 
+# Without GQA: the cases that take cuDNN's packed-document kernel (dot_product, max_docs > 0).
+PACKED_CASES = {
+    'causal_mha_segments': (2, 32, 32, 4, 4, 16, True, None, True),
+    'bidirectional_mha_segments': (2, 32, 32, 4, 4, 16, False, None, True),
+}
+
+
 def _mask(kind, B, L, S):
   if kind == 'padding':  # Row b has S - 3b valid keys.
     return (jnp.arange(S)[None, :] < (S - 3 * jnp.arange(B))[:, None])[:, None, :]
@@ -61,7 +68,7 @@ def _mask(kind, B, L, S):
 
 
 def _run(path, case, dtype, max_docs=0):
-  B, L, S, H, K, Dh, causal, mkind, seg = CASES[case]
+  B, L, S, H, K, Dh, causal, mkind, seg = {**CASES, **PACKED_CASES}[case]
   q, k, v = _inputs(B, L, S, H, K, Dh, dtype)
   mask = _mask(mkind, B, L, S)
   seg_BL = _segments(B, L) if seg else None
@@ -130,13 +137,22 @@ def test_doc_runs_describe_each_rows_documents():
     assert (lens[b, n:] == -1).all() and (off[b, n:] == -1).all()
 
 
+def test_packed_documents_need_hopper_read_from_the_device():
+  from types import SimpleNamespace as NS
+  assert model_lib._hopper(NS(compute_capability='9.0'))
+  assert model_lib._hopper(NS(compute_capability='10.3'))
+  assert not model_lib._hopper(NS(compute_capability='8.6'))
+  assert not model_lib._hopper(NS(compute_capability='gfx90a'))  # ROCm names its targets.
+  assert not model_lib._hopper(jax.devices('cpu')[0])
+
+
 @pytest.mark.skipif(not ON_GPU, reason='cuDNN\'s packed-document kernel runs on NVIDIA GPUs '
                     '(Hopper and later) only')
-@pytest.mark.parametrize('case', ['causal_gqa_segments', 'bidirectional_segments'])
+@pytest.mark.parametrize('case', [*PACKED_CASES, 'causal_gqa_segments'])
 def test_dot_product_packed_documents_agree_with_xla(case):
   """bfloat16 dot_product with document masks through cuDNN's packed kernel
-  (max_docs 32 covers every row) and through its fallback, the dense mask
-  (max_docs 1: every row has more documents)."""
+  (max_docs 32 covers every row; GQA keeps to the dense mask) and through its
+  fallback, the dense mask (max_docs 1: every row has more documents)."""
   o_ref, g_ref = _reference(case, jnp.float32)
   assert int((_segments(2, 32)[:, -1]).min()) >= 1  # Each row has >= 2 documents.
   for max_docs in (32, 1):

@@ -221,6 +221,26 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
     sweep.run_all(cd, wd, log=lambda *_: None)
 
 
+def test_runs_written_before_a_config_field_existed_still_match(tmp_path, corpus_dir):
+  """A finished run's config.json from before a field was added holds no
+  value for it: it trained with the default, so a rerun is not refused."""
+  from lm import train
+  cd = _sweep_cd(corpus_dir)
+  r = sweep.make_plan(cd)[0]
+  c = train.resolve(sweep.run_config(cd, r, cd.sweep.evals_per_run))[0]
+  stored = json.loads(json.dumps(config_lib.to_dict(c)))
+  del stored['model']['attn_max_docs']
+  rdir = tmp_path / 'runs' / r.name
+  rdir.mkdir(parents=True)
+  (rdir / 'config.json').write_text(json.dumps(stored))
+  (rdir / 'result.json').write_text(json.dumps({'status': 'done'}))
+  sweep.check_configs(cd, str(tmp_path), [r])
+  stored['model']['attn_max_docs'] = 8  # Stored and different: refused as before.
+  (rdir / 'config.json').write_text(json.dumps(stored))
+  with pytest.raises(ConfigError, match=r'another config \(differing: model.attn_max_docs\)'):
+    sweep.check_configs(cd, str(tmp_path), [r])
+
+
 def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir):
   wd = str(tmp_path)
   sweep.write_plan(wd, sweep.make_plan(_sweep_cd(corpus_dir)))
@@ -383,6 +403,9 @@ def test_plan_packs_groups_by_shape_and_leaves_unpackable_runs_alone(corpus_dir)
   assert sorted(r.name for u in packs for r in u) == sorted(r.name for r in runs)
   assert all(len(u) == 4 and len({r.n for r in u}) == 1 for u in packs)  # 2 LRs x 2 seeds.
   cd.data.canary_repeats = (2,)  # Canaries: pack.packable says no.
+  assert [len(u) for u in sweep.plan_packs(cd, runs)] == [1] * len(runs)
+  cd.data.canary_repeats = ()
+  cd.model.attn_max_docs = 8  # cuDNN's packed documents do not batch over members.
   assert [len(u) for u in sweep.plan_packs(cd, runs)] == [1] * len(runs)
 
 

@@ -276,8 +276,11 @@ tools.bench_train --dtype=bfloat16 --steps=5 --nokeep_freed_memory
   gpt2_medium  dot_product  48     16         296.0   166,100  52.4%  38.5%  54.4      58.3
 
 The step time equals the dense-mask row's 296.0 ms above (another machine,
-not an A/B in one run), and the temporaries grew by 1.6 GiB (cuDNN keeps
-softmax statistics for every one of the 16 document slots). The 52.4% is
+not an A/B in one run), and the temporaries grew by 1.6 GiB. Two causes are
+likely, neither measured apart: cuDNN keeps softmax statistics for each of
+the 16 document slots (B x 16 x heads x L float32 a layer, 1.1 GiB over 24
+layers), and the lax.cond that falls back to the dense mask keeps both
+branches' residuals for the gradient (the dense one's zero-filled). The 52.4% is
 against this window's measured matmul peak, 726 TFLOP/s, 6-7% below the
 769-784 TFLOP/s of the runs above; against the data sheet it is 38.5%, as
 before. So the code did not move the 355M step: the 50% goal is not shown to
