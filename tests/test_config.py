@@ -170,7 +170,8 @@ def test_rules_take_a_preset_or_a_table():
   assert config_lib.from_configdict(cd).rules == (('batch', ('data', 'fsdp')), ('embed', None))
   for bad, pattern in [(('zz',), r"config.rules='zz' .* a preset \(dp, fsdp, tp, fsdp_tp\)"),
                        ((('batch',),), r"config.rules=\('batch',\) .* \(logical axis, mesh"),
-                       ((('batch', 'nope'),), r"mesh axes must be in")]:
+                       ((('batch', 'nope'),), r"mesh axes must be in"),
+                       ((3,), r"config.rules=3 .* \(logical axis, mesh axes\) pair")]:
     cd.rules = bad
     with pytest.raises(ConfigError, match=pattern):
       config_lib.from_configdict(cd)
