@@ -385,12 +385,18 @@ def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal:
   return o_BKGLDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
 
 
+def _doc_starts(seg_BL: Array) -> Array:
+  """True where a document (a run of equal segment ids) starts: B x L."""
+  first_B1 = jnp.ones((seg_BL.shape[0], 1), bool)
+  return jnp.concatenate([first_B1, seg_BL[:, 1:] != seg_BL[:, :-1]], axis=1)
+
+
 def doc_runs(seg_BL: Array, max_docs: int) -> tuple[Array, Array]:
   """(offsets B x max_docs+1, lengths B x max_docs) of each row's runs of equal
   segment ids, unused slots -1: cuDNN's packed-sequence description of a window.
   E.g. [[5, 5, 7, 7, 7, 9]] with 4 slots -> [[0, 2, 5, -1, -1]], [[2, 3, 1, -1]]."""
   B, L = seg_BL.shape
-  new_BL = jnp.concatenate([jnp.ones((B, 1), bool), seg_BL[:, 1:] != seg_BL[:, :-1]], axis=1)
+  new_BL = _doc_starts(seg_BL)
   start_BM = jax.vmap(lambda n: jnp.nonzero(n, size=max_docs, fill_value=L)[0])(new_BL)
   start_BM = start_BM.astype(jnp.int32)
   end_BM = jnp.concatenate([start_BM[:, 1:], jnp.full((B, 1), L, jnp.int32)], axis=1)
@@ -456,7 +462,7 @@ def attention_dot_product(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, cau
   if (impl != 'cudnn' or seg_BL is None or mask_BLS is not None or max_docs <= 0
       or k_BSKDh.shape[1] != L or k_BSKDh.shape[2] != H or not _hopper(dev)):
     return dense(q_BLHDh, k_BSKDh, v_BSKDh)
-  docs = (seg_BL[:, 1:] != seg_BL[:, :-1]).sum(axis=1).max() + 1
+  docs = _doc_starts(seg_BL).sum(axis=1).max()
   packed = functools.partial(_cudnn_packed, seg_BL=seg_BL, causal=causal, max_docs=max_docs)
   return jax.lax.cond(docs <= max_docs, packed, dense, q_BLHDh, k_BSKDh, v_BSKDh)
 
