@@ -77,6 +77,14 @@ def _plain(v: Any) -> Any:
   return v
 
 
+def number(v: Any) -> float:
+  """A metric value as a float: the non-finite ones _plain wrote as strings
+  ('nan', 'inf', '-inf') back to floats; anything else not a number is nan."""
+  if isinstance(v, (int, float)) and not isinstance(v, bool):
+    return float(v)
+  return float(v) if v in ('nan', 'inf', '-inf') else float('nan')
+
+
 def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):

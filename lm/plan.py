@@ -185,14 +185,16 @@ def grid(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len
 
 def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig, seq_len: int,
                  tokens_per_step: int, convention: str, aspect: int, head_dim: int,
-                 cooldown_fraction: float = 0.2, lengths: tuple[int, int] = (0, 0)
-                 ) -> list[Run]:
+                 cooldown_fraction: float = 0.2, lengths: tuple[int, int] = (0, 0),
+                 *, warmup_steps: int) -> list[Run]:
   """One stable (constant-LR) run per size, checkpointed where each branch
   starts; each branch continues from there with a cooldown of
   `cooldown_fraction` of its own length (Hägele et al. 2024), so a size yields
   several D for about the cost of the longest. A branch of S steps shares
   its first (1 - f) S steps with the stable run exactly, which is what makes
-  starting it from that checkpoint correct."""
+  starting it from that checkpoint correct. So every branch records the warmup
+  the stable run trained with (`warmup_steps`, shortened as the sweep shortens
+  any run's: to a tenth of the stable run), not one shortened to its own length."""
   runs = []
   for m in ladder(targets_n, base, aspect, head_dim):
     fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
@@ -200,8 +202,9 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
     stable = f'L{m.num_layers}_d{m.d_model}_stable'
     branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)
     starts = [int(s * (1 - cooldown_fraction)) for s in branch_steps]
+    warmup = {'opt.warmup_steps': min(warmup_steps, max(max(starts) // 10, 1))}
     runs.append(Run(name=stable, overrides={
-        **_model_overrides(m), 'train.steps': max(starts), 'opt.schedule': 'constant',
+        **_model_overrides(m), **warmup, 'train.steps': max(starts), 'opt.schedule': 'constant',
         'train.extra_checkpoints': tuple(starts), 'train.checkpoint_every': max(starts),
         'train.keep_checkpoints': len(starts) + 1},
         n=n, tokens=max(starts) * tokens_per_step, compute=fpt * max(starts) * tokens_per_step,
@@ -209,7 +212,7 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
     for s, s0 in zip(branch_steps, starts):
       d = s * tokens_per_step
       runs.append(Run(name=f'L{m.num_layers}_d{m.d_model}_D{d:.2e}', overrides={
-          **_model_overrides(m), 'train.steps': s, 'opt.schedule': 'wsd',
+          **_model_overrides(m), **warmup, 'train.steps': s, 'opt.schedule': 'wsd',
           'opt.cooldown_fraction': (s - s0) / s},
           n=n, tokens=d, compute=fpt * d, budget=0.0, design='wsd', branch_from=stable,
           branch_step=s0))

@@ -376,10 +376,8 @@ def _approach2(t: _Table):
                                     'does not describe these profiles well.'), '']
     at_end = []
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
-      sel = budget == bb
-      order = np.argsort(n[sel])
-      lowest = int(np.argmin(loss[sel][order]))
-      end = lowest in (0, sel.sum() - 1)
+      sel = budget == bb  # With seeds, several rows share a size: compare sizes, not rows.
+      end = n[sel][np.argmin(loss[sel])] in (n[sel].min(), n[sel].max())
       at_end.append(end)
       md.append(f'| {bb:.3g} | {nn:,.0f} | {_fmt(ll)} | {"yes" if br else "NO"} | '
                 f'{"YES" if end else "no"} |')

@@ -183,7 +183,9 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
     designs.append(np.linalg.pinv(X))
     fitted.append(X @ coef)
     resid.append(r - r.mean())
-  pooled = np.concatenate(resid)
+  # Budgets of exactly 3 points have no residuals (their parabolas interpolate:
+  # ~1e-16), and pooling those zeros shrank the others' resampled noise.
+  pooled = np.concatenate([r for r, sel in zip(resid, groups) if sel.sum() > 3])
   log_n = np.empty((resamples, len(groups)))
   ok = np.ones(resamples, bool)
   with np.errstate(all='ignore'):

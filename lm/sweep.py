@@ -64,8 +64,8 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
                          seq_len=common['seq_len'], tokens_per_step=tps,
                          convention=s.convention, lengths=common['lengths'])
   else:
-    runs = plan.wsd_branches(list(s.params), list(s.tokens),
-                             cooldown_fraction=s.cooldown_fraction, **common)
+    runs = plan.wsd_branches(list(s.params), list(s.tokens), cooldown_fraction=s.cooldown_fraction,
+                             warmup_steps=base.opt.warmup_steps, **common)
   out = []
   for r in runs:  # Optional LR sweep and seed replicates.
     for lr in (list(s.lrs) or [None]):
@@ -95,7 +95,8 @@ def run_config(cd: ml_collections.ConfigDict, r: plan.Run, evals: int) -> config
   steps = r.overrides['train.steps']
   run_cd.train.eval_every = max(1, steps // evals)
   run_cd.train.log_every = max(1, min(run_cd.train.log_every, steps // 10 or 1))
-  run_cd.opt.warmup_steps = min(run_cd.opt.warmup_steps, max(steps // 10, 1))
+  if 'opt.warmup_steps' not in r.overrides:  # WSD plans set their branches' (lm/plan).
+    run_cd.opt.warmup_steps = min(run_cd.opt.warmup_steps, max(steps // 10, 1))
   if 'train.checkpoint_every' not in r.overrides:
     run_cd.train.checkpoint_every = max(1, steps // 2)
   run_cd.train.progress = False
@@ -694,6 +695,10 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     final = [e for e in evals if e['step'] == final_step]
     h = obj.headline
     best = max if obj.higher_is_better else min
+    # A run that diverged evaluates NaN parameters before it halts: its rows
+    # hold 'nan' (metrics._plain), which best-of must skip, not compare.
+    finite = lambda key: [x for x in (metrics.number(e[key]) for e in evals if key in e)  # noqa: E731
+                          if math.isfinite(x)]
     row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
            'objective': obj.name, 'parametrization': c.model.parametrization,
            'd_model': c.model.d_model, 'lr': c.opt.lr, 'budget': r.budget,
@@ -703,11 +708,11 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            'N_total': counts['total'], 'D': r.tokens,
            **{f'C_{k}': v * r.tokens for k, v in flops.all_conventions(
                c.model, c.data.seq_len, None, *obj.lengths(c)).items()},
-           'final_loss': final[-1]['loss'] if final else float('nan'),
-           'best_loss': min((e['loss'] for e in evals), default=float('nan')),
+           'final_loss': metrics.number(final[-1]['loss']) if final else float('nan'),
+           'best_loss': min(finite('loss'), default=float('nan')),
            'headline': h,
-           'final_headline': final[-1].get(h, float('nan')) if final else float('nan'),
-           'best_headline': best((e[h] for e in evals if h in e), default=float('nan')),
+           'final_headline': metrics.number(final[-1].get(h)) if final else float('nan'),
+           'best_headline': best(finite(h), default=float('nan')),
            'wall_s': res.get('wall_s', float('nan')), 'error': res.get('error', '')}
     if final:  # Harness tasks, canary exposure, bias (lm/probes.eval_extras).
       row.update({k: v for k, v in final[-1].items() if k.split('/')[0] in EXTRA_PREFIXES})

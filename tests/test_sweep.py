@@ -70,9 +70,12 @@ def test_grid_and_wsd_plans():
   g = plan.grid([2e4, 1e5], [1e5, 1e6], BASE, 16, 128, 'exact', 8, 8)
   assert len(g) == 4 and len({r.n for r in g}) == 2
   w = plan.wsd_branches([1e5], [1e5, 4e5], BASE, 16, 128, 'exact', 8, 8,
-                        cooldown_fraction=0.25)
+                        cooldown_fraction=0.25, warmup_steps=1000)
   stable, b1, b2 = w
   assert stable.design == 'wsd_stable' and stable.overrides['opt.schedule'] == 'constant'
+  # Each branch records the warmup the stable run trained (a tenth of its
+  # steps here), not one clamped to the branch's own length.
+  assert {r.overrides['opt.warmup_steps'] for r in w} == {stable.overrides['train.steps'] // 10}
   assert stable.overrides['train.extra_checkpoints'] == (b1.branch_step, b2.branch_step)
   for b in (b1, b2):
     steps = b.overrides['train.steps']
@@ -769,3 +772,20 @@ def test_a_worker_gets_sigterm_when_its_coordinator_is_killed(tmp_path):
   while not (got.exists() and got.read_text()) and time.time() < deadline:
     time.sleep(0.1)  # Created before it is written: wait for the text too.
   assert got.read_text() == 'TERM'
+
+
+def test_collect_skips_the_nan_evals_of_a_run_that_diverged(tmp_path, corpus_dir):
+  """A diverging run evaluates NaN parameters before it halts; metrics.jsonl
+  holds 'nan' for them, which best-of compared with floats (TypeError: the
+  whole collect, results and report, failed)."""
+  cd = _sweep_cd(corpus_dir)
+  r = sweep.make_plan(cd)[-1]
+  rdir = tmp_path / 'runs' / r.name
+  w = metrics.Writer(str(rdir))
+  w.write(10, 'eval', {'loss': 5.1, 'bits_per_byte': 2.0})
+  w.write(r.overrides['train.steps'], 'eval', {'loss': float('nan'), 'bits_per_byte': float('nan')})
+  w.close()
+  (rdir / 'result.json').write_text(json.dumps({'status': 'failed', 'error': 'loss is nan'}))
+  row = {x['name']: x for x in sweep.collect(cd, str(tmp_path))}[r.name]
+  assert (row['best_loss'], row['best_headline']) == (5.1, 2.0)
+  assert np.isnan(row['final_loss']) and np.isnan(row['final_headline'])
