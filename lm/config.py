@@ -181,7 +181,7 @@ class TrainConfig:
   objective: str = ''  # lm/objectives table; '' = from data.label_key/target_key and the family.
   require_init_from: bool = False  # Fine-tuning configs: refuse to train from scratch.
   on_nonfinite: str = 'halt'  # NaN/inf loss: halt (keep the last finite checkpoint) | skip | rollback.
-  max_skips: int = 10  # on_nonfinite=skip: halt after this many skipped steps in a row.
+  max_skips: int = 10  # on_nonfinite=skip: halt after more than this many skipped steps in a row.
   max_rollbacks: int = 3  # on_nonfinite=rollback: halt after this many rollbacks in one process.
   eval_tasks: tuple[str, ...] = ()  # lm-evaluation-harness tasks scored at every evaluation (lm/harness.py).
   eval_tasks_path: str = ''  # Directory of extra task YAML files (e.g. tests/tasks).

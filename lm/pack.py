@@ -179,8 +179,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
   Its train rows' 'pack' is the width of the stack that step (members still
   training), its setup row's the pack's size.
   Non-finite losses follow train.on_nonfinite as a single run does at its
-  metric rows: halt, or skip (halting after train.max_skips skipped rows in a
-  row)."""
+  metric rows: halt, or skip (halting after more than train.max_skips skipped
+  steps in a row)."""
   t_start = time.perf_counter()
   for wd in workdirs:
     workdir_lib.check_writable(wd, 'the workdir')
@@ -238,6 +238,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
       own = [dict.fromkeys(('eval', 'checkpoint'), 0.0) for _ in range(K)]  # Per member.
       trained, skips = [0] * K, [0] * K
+      skip_flags: list[list] = [[] for _ in range(K)]
       t_loop = time.perf_counter()
       wall['setup'] = t_loop - t_start
       results: list[dict] = [{} for _ in range(K)]
@@ -279,6 +280,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           compiled_widths.add(len(rows))
         host, signame = None, preemption.signame  # One answer for every member.
         for i, k in enumerate(rows):
+          if 'skipped' in m:  # Every step's flag, read at the member's next row.
+            skip_flags[k].append((m['skipped'], i))
           steps[k] += 1
           trained[k] += 1
           done, c = steps[k], cs[k]
@@ -292,10 +295,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           host = host if host is not None else jax.device_get(m)
           mk = {name: float(v[i]) for name, v in host.items()}
           if log_now:  # Non-finite losses checked at metric rows, as train._Progress does.
-            skips[k] = skips[k] + 1 if mk.get('skipped') else 0
+            flags = [a[j] for a, (_, j) in zip(jax.device_get([a for a, _ in skip_flags[k]]),
+                                               skip_flags[k])]
+            skip_flags[k] = []
+            skips[k], longest = train.count_skips(skips[k], flags)
             why = ''
-            if skips[k] > c.train.max_skips:
-              why = (f'{skips[k]} steps in a row had a non-finite loss or gradient '
+            if longest > c.train.max_skips:
+              why = (f'{longest} steps in a row had a non-finite loss or gradient '
                      f'(train.max_skips={c.train.max_skips})')
             elif not math.isfinite(mk['loss']) and not mk.get('skipped'):
               why = f'loss is {mk["loss"]}'

@@ -135,7 +135,10 @@ def _head_only_grad_fn():
 
 
 def make_grad_fn(c: Config, model: nn.Module):
-  """(params, batch, rng) -> (mean loss, mean grads) over grad_accum micro-batches."""
+  """(params, batch, rng) -> (mean loss, mean grads) over the batch, in grad_accum
+  micro-batches. Each micro-batch's mean counts by its share of the batch's
+  targets (objective.count: micro-batches of seq2seq or MLM rows hold different
+  numbers of target tokens), so accumulation gives the full batch's mean."""
   A = c.train.grad_accum
   objective = objectives.get(c)
   grad_fn = (_head_only_grad_fn() if c.opt.freeze_backbone
@@ -144,23 +147,28 @@ def make_grad_fn(c: Config, model: nn.Module):
   def grads(params, batch: dict, rng: jax.Array):
     B = _rows(batch)
 
+    def one(mb, i):
+      (loss, aux), g = grad_fn(params, model, objective, mb, jnp.ones(_rows(mb)),
+                               jax.random.fold_in(rng, i), c.opt.z_loss, True)
+      return loss, aux[objective.count], g
+
+    if A == 1:
+      loss, _, g = one(batch, 0)
+      return loss, jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g)
+
     def micro(carry, xs):
-      g_acc, loss_acc = carry
-      i, mb = xs
-      (loss, _), g = grad_fn(params, model, objective, mb, jnp.ones(_rows(mb)),
-                             jax.random.fold_in(rng, i), c.opt.z_loss, True)
-      g_acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-      return (g_acc, loss_acc + loss), None
+      g_acc, loss_acc, n_acc = carry
+      loss, n, g = one(xs[1], xs[0])
+      g_acc = jax.tree_util.tree_map(lambda a, b: a + n * b.astype(jnp.float32), g_acc, g)
+      return (g_acc, loss_acc + n * loss, n_acc + n), None
 
     zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if A == 1:
-      (g, loss), _ = micro((zeros, 0.0), (0, batch))
-    else:
-      # Micro-batches from strided rows keep each device's rows on that device.
-      micro_batches = jax.tree_util.tree_map(
-          lambda x: x.reshape(B // A, A, *x.shape[1:]).swapaxes(0, 1), batch)
-      (g, loss), _ = jax.lax.scan(micro, (zeros, 0.0), (jnp.arange(A), micro_batches))
-    return loss / A, jax.tree_util.tree_map(lambda x: x / A, g)
+    # Micro-batches from strided rows keep each device's rows on that device.
+    micro_batches = jax.tree_util.tree_map(
+        lambda x: x.reshape(B // A, A, *x.shape[1:]).swapaxes(0, 1), batch)
+    (g, loss, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), (jnp.arange(A), micro_batches))
+    n = jnp.maximum(n, 1.0)
+    return loss / n, jax.tree_util.tree_map(lambda x: x / n, g)
 
   return grads
 
@@ -397,6 +405,16 @@ def step_cost(c: Config) -> tuple[dict[str, float], float, float]:
   return conv, conv[c.train.flops_convention] * c.train.batch_size * c.data.seq_len, peak
 
 
+def count_skips(run: int, flags) -> tuple[int, int]:
+  """(skipped steps in a row so far, the longest such run) after the steps
+  whose `skipped` flags these are, given `run` skipped in a row before them."""
+  longest = run
+  for f in flags:
+    run = run + 1 if f else 0
+    longest = max(longest, run)
+  return run, longest
+
+
 class _Progress:
   """Train metrics: read one step late (the loop never waits for the device),
   timed, written to metrics.jsonl and the progress bar."""
@@ -405,6 +423,9 @@ class _Progress:
                peak_total: float, last_good):
     self.c, self.workdir, self.writer, self.last_good = c, workdir, writer, last_good
     self.skips, self.last_finite = 0, start
+    # on_nonfinite=skip: (step, flag) of every step, read at the next metric
+    # row (so max_skips counts steps, not rows, and the loop still never waits).
+    self.skip_flags: list = []
     self.tokens_per_step = c.train.batch_size * c.data.seq_len
     self.flops_per_step, self.peak_total = flops_per_step, peak_total
     self.t_last, self.step_last, self.pending = time.perf_counter(), start, None
@@ -420,10 +441,12 @@ class _Progress:
 
   def _report(self, step: int, m: dict) -> None:
     m = {k: float(v) for k, v in jax.device_get(m).items()}
-    self.skips = self.skips + 1 if m.get('skipped') else 0
-    if self.skips > self.c.train.max_skips:
+    upto = [f for s, f in self.skip_flags if s <= step]  # Not the step dispatched since.
+    self.skip_flags = [(s, f) for s, f in self.skip_flags if s > step]
+    self.skips, longest = count_skips(self.skips, jax.device_get(upto))
+    if longest > self.c.train.max_skips:
       ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(),
-           f'{self.skips} steps in a row had a non-finite loss or gradient '
+           f'{longest} steps in a row had a non-finite loss or gradient '
            f'(train.max_skips={self.c.train.max_skips})')
     if not math.isfinite(m['loss']) and not m.get('skipped'):
       if self.c.train.on_nonfinite == 'rollback':
@@ -605,6 +628,8 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             wall['data'] += data_clock() - t0
             t1 = time.perf_counter()
             state, m = t.train_step(state, batch, t.sched)
+            if 'skipped' in m:
+              progress.skip_flags.append((step + 1, m['skipped']))
             if step == start:
               wall['compile'] += time.perf_counter() - t1
             progress.flush()  # Step N's metrics, read after step N+1 was dispatched.

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lm import metrics, train
@@ -84,6 +85,31 @@ def test_grad_accumulation_matches_full_batch():
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_grad_accumulation_weights_micro_batches_by_their_targets():
+  """Seq2seq rows with 8, 1, 8 and 1 target tokens: strided micro-batches hold
+  16 and 2, and averaging their means (as accumulation did) weighted the short
+  ones' tokens 8x (gradients 136% apart)."""
+  c1 = train.resolve_vocab(tiny(**{'model.family': 'encoder_decoder', 'data.source': 'file',
+                                   'data.path': 'pairs.jsonl', 'data.text_key': 'input',
+                                   'data.target_key': 'target', 'data.seq_len': 8,
+                                   'train.batch_size': 4}), 259)
+  model = Transformer(c1.model)
+  tx = opt_lib.unit_lr(c1.opt)
+  params = jax.jit(lambda r: nn.unbox(train.init_fn(c1, model, tx)(r)))(jax.random.key(0)).params
+  rng = np.random.default_rng(0)
+  weights = (np.arange(8)[None] < np.array([8, 1, 8, 1])[:, None]).astype(np.float32)
+  batch = {'enc_inputs': rng.integers(0, 256, (4, 8)).astype(np.int32),
+           'enc_valid': np.ones((4, 8), bool), 'weights': weights,
+           'dec_inputs': rng.integers(0, 256, (4, 8)).astype(np.int32),
+           'targets': rng.integers(0, 256, (4, 8)).astype(np.int32)}
+  c2 = dataclasses.replace(c1, train=dataclasses.replace(c1.train, grad_accum=2))
+  l1, g1 = jax.jit(train.make_grad_fn(c1, model))(params, batch, jax.random.key(1))
+  l2, g2 = jax.jit(train.make_grad_fn(c2, model))(params, batch, jax.random.key(1))
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  diff = optax.tree.norm(jax.tree_util.tree_map(lambda a, b: a - b, g1, g2))
+  assert diff < 1e-5 * optax.tree.norm(g1), diff
 
 
 def test_bits_per_byte_arithmetic():

@@ -58,6 +58,8 @@ class Objective:
   data        (config, tokenizer, loaded, process index, process count) -> Data.
   loss        (apply, batch, row weights, z_loss) -> (mean loss, aux sums);
               `apply(*args, **kwargs)` is the model's apply with params bound.
+  count       the aux sum the mean is over (target tokens, or examples):
+              gradient accumulation weights micro-batches by it.
   eval_sums   (aux, batch, row weights, bytes per id) -> statistics to sum
               over eval batches (inside jit).
   summarize   summed statistics -> eval metrics (always with 'loss').
@@ -85,6 +87,7 @@ class Objective:
   check: Callable[[Config, int], None] = _no_check
   load: Callable[[Config], tuple[Config, Any]] = _no_labels
   lengths: Callable[[Config], tuple[int, int]] = _text_lengths
+  count: str = 'tokens'
 
 
 # --- Helpers several objectives share ------------------------------------------
