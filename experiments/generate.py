@@ -105,7 +105,8 @@ def main(argv):
       else:  # log p(text | --prompt), or from a document start without one.
         ids = list(tok.encode(_SCORE.value))
         context = prefix + (list(tok.encode(_PROMPT.value[0])) if _PROMPT.value else [])
-        out = sampling.score(params, c.model, ids, context or [tok.eos_id])
+        out = sampling.score(params, c.model, ids, context or [tok.eos_id],
+                             doc_eos=sampling.doc_eos_of(c, tok.eos_id))
     except sampling.SamplingError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
@@ -126,7 +127,8 @@ def main(argv):
   try:
     sentinels = objectives.get(c).extra_ids(c) - 1 if enc_inputs is not None else 0
     outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs,
-                            num_ids=tok.vocab_size, sentinels=sentinels)
+                            num_ids=tok.vocab_size, sentinels=sentinels,
+                            doc_eos=sampling.doc_eos_of(c, tok.eos_id))
   except sampling.SamplingError as e:  # E.g. an encoder input longer than max_len.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

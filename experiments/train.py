@@ -60,7 +60,8 @@ def main(argv):
     n = min(_SAMPLE.value, m.max_len - 5)
     s = sampling.SamplingConfig(max_new_tokens=n, temperature=0.8, top_k=50)
     new = sampling.generate(out['state'].params, m, [[tok.eos_id, *tok.encode('def ')]],
-                            s, tok.eos_id, num_ids=tok.vocab_size)[0][0]
+                            s, tok.eos_id, num_ids=tok.vocab_size,
+                            doc_eos=sampling.doc_eos_of(out['config'], tok.eos_id))[0][0]
     print('sample:\ndef ' + tok.decode(new))
 
 

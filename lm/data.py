@@ -487,3 +487,15 @@ def eval_rows(rows: dict[str, np.ndarray], batch: int, process_index: int = 0,
     sl = slice(i + process_index * local, i + (process_index + 1) * local)
     out.append(({k: v[sl] for k, v in padded.items()}, weights[sl]))
   return out
+
+
+def documents(inputs_L: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
+  """Document ids (0, 1, ... in window order) and positions within the document
+  of a window's input tokens (or of each row of a [..., L] batch); an EOS ends
+  its document."""
+  L = inputs_L.shape[-1]
+  starts_L = np.zeros(inputs_L.shape, bool)
+  starts_L[..., 1:] = inputs_L[..., :-1] == eos
+  seg_L = np.cumsum(starts_L, axis=-1).astype(np.int32)
+  first_L = np.maximum.accumulate(np.where(starts_L, np.arange(L), 0), axis=-1)
+  return seg_L, (np.arange(L) - first_L).astype(np.int32)

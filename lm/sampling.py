@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.config import ModelConfig
+from lm.data import documents
 from lm.model import Transformer, init_cache
 
 Array = jax.Array
@@ -132,6 +133,31 @@ def _visible(slot_L: Array, start_B: Array, S: int) -> Array:
       s_S[None, None, :] <= slot_L[None, :, None])
 
 
+def prompt_documents(tokens_BP: np.ndarray, start_B: np.ndarray, doc_eos: int | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Left-padded prompts as training windows saw them: (positions_BxP,
+  visible_BxPxP: query slot sees key slot, doc_B: the slot where the last
+  document starts, which generated tokens continue). With `doc_eos` (a model
+  trained with data.document_mask), an EOS ends its document, as in
+  lm.data.documents: the tokens after it neither attend to it nor
+  count it as a position. Without it, each row is one document from start_b."""
+  B, P = tokens_BP.shape
+  slot_P = np.arange(P)
+  real_BP = slot_P[None] >= start_B[:, None]
+  starts_BP = np.zeros((B, P), bool)
+  if doc_eos is not None:
+    starts_BP[:, 1:] = (tokens_BP[:, :-1] == doc_eos) & real_BP[:, :-1]
+  starts_BP |= slot_P[None] == start_B[:, None]
+  seg_BP = np.cumsum(starts_BP, axis=1)
+  first_BP = np.maximum.accumulate(np.where(starts_BP, slot_P[None], 0), axis=1)
+  pos_BP = np.where(real_BP, slot_P[None] - first_BP, 0).astype(np.int32)
+  visible_BPP = ((seg_BP[:, :, None] == seg_BP[:, None, :]) & real_BP[:, None, :]
+                 & (slot_P[None, None, :] <= slot_P[None, :, None]))
+  ends_in_eos = (tokens_BP[:, -1] == doc_eos) if doc_eos is not None else np.zeros(B, bool)
+  doc_B = np.where(ends_in_eos, P, first_BP[:, -1]).astype(np.int32)
+  return pos_BP, visible_BPP, doc_B
+
+
 @functools.partial(jax.jit, static_argnames=('m',))
 def encode(params, m: ModelConfig, enc_BS: Array, enc_valid_BS: Array) -> Array:
   """An encoder-decoder's encoder output, computed once per request."""
@@ -140,18 +166,18 @@ def encode(params, m: ModelConfig, enc_BS: Array, enc_valid_BS: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=('m', 'S'))
-def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int,
-            enc_out_BSD: Array | None = None, enc_valid_BS: Array | None = None):
-  """Runs the left-padded prompts through the model into a fresh cache of S slots.
+def prefill(params, m: ModelConfig, tokens_BP: Array, pos_BP: Array, visible_BPP: Array,
+            S: int, enc_out_BSD: Array | None = None, enc_valid_BS: Array | None = None):
+  """Runs the left-padded prompts (positions and visibility: prompt_documents)
+  through the model into a fresh cache of S slots.
 
   An encoder-decoder also fills the cache's cross-attention K/V from
   enc_out_BSD here, once. Returns (logits_BxV of the last prompt token, cache)."""
   B, P = tokens_BP.shape
-  slot_P = jnp.arange(P)
-  pos_BP = jnp.maximum(slot_P[None, :] - start_B[:, None], 0)
   S_enc = 0 if enc_out_BSD is None else enc_out_BSD.shape[1]
+  mask_BPS = jnp.pad(visible_BPP, ((0, 0), (0, 0), (0, S - P)))
   logits_BPV, cache = Transformer(m).apply(
-      {'params': params}, tokens_BP, pos_BL=pos_BP, mask_BLS=_visible(slot_P, start_B, S),
+      {'params': params}, tokens_BP, pos_BL=pos_BP, mask_BLS=mask_BPS,
       cache=init_cache(m, B, S, S_enc), index=0, enc_out_BSD=enc_out_BSD,
       enc_valid_BS=enc_valid_BS)
   return logits_BPV[:, -1], cache
@@ -159,10 +185,11 @@ def prefill(params, m: ModelConfig, tokens_BP: Array, start_B: Array, S: int,
 
 @functools.partial(jax.jit, static_argnames=('m', 's', 'eos_id'))
 def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Array,
-           cache: dict, seen_BV: Array, start_B: Array, rng: Array, allowed_V: Array,
+           cache: dict, seen_BV: Array, doc_B: Array, rng: Array, allowed_V: Array,
            enc_valid_BS: Array | None = None):
   """Samples up to s.max_new_tokens per row, only ids where allowed_V; -1 fills
-  a row after its EOS.
+  a row after its EOS. New tokens continue the document that starts at slot
+  doc_B (prompt_documents).
 
   Returns tokens_BxN (EOS included where emitted)."""
   B = logits_BV.shape[0]
@@ -183,8 +210,8 @@ def decode(params, m: ModelConfig, s: SamplingConfig, eos_id: int, logits_BV: Ar
     seen_BV = seen_BV.at[jnp.arange(B), tok_B].set(True)
     slot = P + i
     logits_B1V, cache = model.apply(
-        {'params': params}, tok_B[:, None], pos_BL=(slot - start_B)[:, None],
-        mask_BLS=_visible(slot[None], start_B, S), cache=cache, index=slot,
+        {'params': params}, tok_B[:, None], pos_BL=(slot - doc_B)[:, None],
+        mask_BLS=_visible(slot[None], doc_B, S), cache=cache, index=slot,
         enc_valid_BS=enc_valid_BS)
     return i + 1, logits_B1V[:, 0], cache, seen_BV, done_B, out_BN
 
@@ -233,6 +260,14 @@ def _per_prompt(rows: list[list[int]], eos_id: int, n: int) -> list[list[list[in
   return [rows[i:i + n] for i in range(0, len(rows), n)]
 
 
+def doc_eos_of(c, eos_id: int) -> int | None:
+  """The EOS that ends a document for generation and scoring (generate,
+  score): a causal LM trained with data.document_mask never attended across
+  it, so neither do they; None for anything else."""
+  from lm import objectives  # Not at the top: lm.objectives imports lm.probes, which imports this.
+  return eos_id if c.data.document_mask and objectives.name_of(c) == 'lm' else None
+
+
 def allowed_ids(m: ModelConfig, num_ids: int | None, sentinels: int = 0) -> np.ndarray:
   """bool[vocab_size]: the ids generation may emit. The model's vocabulary is
   the tokenizer's `num_ids` ids padded up (to a multiple of 128, lm/train.
@@ -247,14 +282,18 @@ def allowed_ids(m: ModelConfig, num_ids: int | None, sentinels: int = 0) -> np.n
 
 def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig,
              eos_id: int, enc_inputs: list[list[int]] | None = None, *,
-             num_ids: int | None = None, sentinels: int = 0) -> list[list[list[int]]]:
+             num_ids: int | None = None, sentinels: int = 0,
+             doc_eos: int | None = None) -> list[list[list[int]]]:
   """For each prompt, s.num_return_sequences lists of new tokens (EOS dropped).
 
   An encoder-decoder takes one encoder input per prompt (`enc_inputs`); its
   prompts are the decoder's start (usually [BOS]). `num_ids`: the tokenizer's
   vocabulary size, so padding ids are never sampled (`allowed_ids`); give it
   whenever a tokenizer will decode the output. `sentinels`: how many span-
-  corruption sentinels the model trained with (objective.extra_ids - 1)."""
+  corruption sentinels the model trained with (objective.extra_ids - 1).
+  `doc_eos`: the EOS id when the model trained with document masks
+  (doc_eos_of), so a prompt's EOS ends a document as in training
+  (prompt_documents)."""
   if m.family == 'encoder':
     raise SamplingError('an encoder (masked LM) does not generate left to right: use '
                         'experiments.fill_mask')
@@ -273,9 +312,10 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
                             f'EOS), longer than model.max_len={m.max_len}: shorten it')
     enc_tok, enc_valid = _right_pad([e for e in enc_inputs for _ in range(n)])
     enc_out = encode(params, m, enc_tok, enc_valid)
-  logits_BV, cache = prefill(params, m, tokens_BP, start_B, P + s.max_new_tokens,
+  pos_BP, visible_BPP, doc_B = prompt_documents(tokens_BP, start_B, doc_eos)
+  logits_BV, cache = prefill(params, m, tokens_BP, pos_BP, visible_BPP, P + s.max_new_tokens,
                              enc_out, enc_valid)
-  out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, start_B,
+  out_BN = np.asarray(decode(params, m, s, eos_id, logits_BV, cache, seen_BV, doc_B,
                              jax.random.key(s.seed), allowed_ids(m, num_ids, sentinels), enc_valid))
   return _per_prompt([row[row >= 0].tolist() for row in out_BN], eos_id, n)
 
@@ -283,14 +323,22 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
 # --- Scoring ------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=('m',))
-def _token_logprobs(params, m: ModelConfig, tokens_1L: Array) -> Array:
-  logits_1LV = Transformer(m).apply({'params': params}, tokens_1L[:, :-1])
+def _token_logprobs(params, m: ModelConfig, tokens_1L: Array, seg_1L: Array | None,
+                    pos_1L: Array | None) -> Array:
+  logits_1LV = Transformer(m).apply({'params': params}, tokens_1L[:, :-1],
+                                    segment_ids_BL=seg_1L, pos_BL=pos_1L)
   logp_1LV = jax.nn.log_softmax(logits_1LV, axis=-1)
   return jnp.take_along_axis(logp_1LV, tokens_1L[:, 1:, None], axis=-1)[0, :, 0]
 
 
-def score(params, m: ModelConfig, tokens: list[int], context: list[int]) -> dict:
+def score(params, m: ModelConfig, tokens: list[int], context: list[int],
+          doc_eos: int | None = None) -> dict:
   """Log-probability (nats) of each of `tokens` given `context` and what precedes it.
+
+  `doc_eos`: the EOS id when the model trained with document masks
+  (doc_eos_of): each window is then split into documents at its EOS tokens
+  as training windows are (lm.data.documents), so a context of
+  [EOS] predicts the first token and the rest neither see it nor count it.
 
   Text longer than the context window is scored in windows of model.max_len
   that overlap by half, so every token after the first window sees at least
@@ -310,7 +358,8 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int]) -> dict
     hi = min(lo + L + 1, len(seq))
     padded = np.zeros(L + 1, np.int32)  # One compiled shape for every window.
     padded[:hi - lo] = seq[lo:hi]
-    lp = np.asarray(_token_logprobs(params, m, padded[None]))
+    seg_1L, pos_1L = documents(padded[None, :-1], doc_eos) if doc_eos is not None else (None, None)
+    lp = np.asarray(_token_logprobs(params, m, padded[None], seg_1L, pos_1L))
     logp[done:hi] = lp[done - lo - 1:hi - lo - 1]  # lp[j] scores seq[lo + j + 1].
     done = hi
   lp_tok = logp[first:]

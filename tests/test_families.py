@@ -69,7 +69,8 @@ def test_cross_attention_cache_matches_full_forward():
   enc_out = sampling.encode(p, ED, enc, valid)
   start = jnp.zeros(2, jnp.int32)
   S = 9
-  logits, cache = sampling.prefill(p, ED, dec[:, :3], start, S, enc_out, valid)
+  pos, visible, _ = sampling.prompt_documents(np.asarray(dec[:, :3]), np.zeros(2, np.int32), None)
+  logits, cache = sampling.prefill(p, ED, dec[:, :3], pos, visible, S, enc_out, valid)
   np.testing.assert_allclose(logits, full[:, 2], atol=1e-5, rtol=1e-5)
 
   @jax.jit

@@ -42,7 +42,9 @@ def test_cached_decoding_matches_full_forward(position, scan):
   prompt[0] = seq[0, :P]
   prompt[1, 2:] = seq[1, :P - 2]
   S = P + 12
-  logits, cache = sampling.prefill(params, m, prompt, start, S)
+  pos, visible, doc = sampling.prompt_documents(prompt, start, None)
+  np.testing.assert_array_equal(doc, start)
+  logits, cache = sampling.prefill(params, m, prompt, pos, visible, S)
   np.testing.assert_allclose(logits[0], full[0][P - 1], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(logits[1], full[1][P - 3], atol=1e-5, rtol=1e-5)
 
@@ -238,3 +240,37 @@ def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
     if done_B.all():
       break
   return sampling._per_prompt(out, eos_id, s.num_return_sequences)
+
+
+def test_a_document_masked_model_generates_and_scores_as_it_trained():
+  """With data.document_mask a document's tokens neither see the EOS before it
+  nor count it as a position (lm.data.documents). Scoring and cached decoding
+  after a prompt's EOS (doc_eos) equal the training forward pass of a window
+  that holds an earlier document, then EOS, then this one; without doc_eos
+  they saw the EOS (a context the model never trained with)."""
+  m = dataclasses.replace(BASE, position='rope')
+  params = _params(m)
+  doc = [int(x) for x in jax.random.randint(jax.random.key(5), (9,), 0, 59)]
+  window = np.asarray([[7, 8, 9, EOS] + doc], np.int32)
+  seg, pos = sampling.documents(window, EOS)
+  full = np.asarray(Transformer(m).apply({'params': params}, window, segment_ids_BL=seg,
+                                         pos_BL=pos))[0, 4:]  # Logits after doc[0], ...
+  logp = np.asarray(jax.nn.log_softmax(full, -1))
+  want = [logp[j, doc[j + 1]] for j in range(len(doc) - 1)]
+  got = sampling.score(params, m, doc, [EOS], doc_eos=EOS)['logprobs'][1:]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  old = sampling.score(params, m, doc, [EOS])['logprobs'][1:]
+  assert np.max(np.abs(np.asarray(old) - want)) > 1e-3  # It did differ.
+  # Greedy decoding from [EOS] + doc[:4] (one row left-padded by a shorter
+  # prompt in the batch) continues as full forwards of the growing document.
+  s = SamplingConfig(max_new_tokens=5, greedy=True)
+  out = sampling.generate(params, m, [[EOS] + doc[:4], [EOS] + doc[:2]], s, eos_id=-1,
+                          doc_eos=EOS)
+  for prompt, (new,) in zip(([EOS] + doc[:4], [EOS] + doc[:2]), out):
+    seq = list(prompt)
+    for t in new:
+      x = np.asarray([seq], np.int32)
+      sg, ps = sampling.documents(x, EOS)
+      lg = Transformer(m).apply({'params': params}, x, segment_ids_BL=sg, pos_BL=ps)
+      assert int(jnp.argmax(lg[0, -1])) == t
+      seq.append(t)

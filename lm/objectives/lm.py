@@ -22,18 +22,6 @@ from lm.objectives import base
 from lm.objectives.base import Data, Objective
 
 
-def documents(inputs_L: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
-  """Document ids (0, 1, ... in window order) and positions within the document
-  of a window's input tokens (or of each row of a [..., L] batch); an EOS ends
-  its document."""
-  L = inputs_L.shape[-1]
-  starts_L = np.zeros(inputs_L.shape, bool)
-  starts_L[..., 1:] = inputs_L[..., :-1] == eos
-  seg_L = np.cumsum(starts_L, axis=-1).astype(np.int32)
-  first_L = np.maximum.accumulate(np.where(starts_L, np.arange(L), 0), axis=-1)
-  return seg_L, (np.arange(L) - first_L).astype(np.int32)
-
-
 class DocWindows:
   """Windows as rows {tokens, segments, positions} (document masking)."""
 
@@ -48,7 +36,7 @@ class DocWindows:
 
   def row(self, tokens_L1: np.ndarray) -> dict[str, np.ndarray]:
     """A row, or a batch of rows ([B, L + 1] tokens)."""
-    seg, pos = documents(tokens_L1[..., :-1], self.eos)
+    seg, pos = data_lib.documents(tokens_L1[..., :-1], self.eos)
     return {'tokens': tokens_L1, 'segments': seg, 'positions': pos}
 
   def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
