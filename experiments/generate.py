@@ -72,9 +72,17 @@ def main(argv):
     if _SCORE.value is None or seq2seq:  # Prompts: to continue, or the input scored from.
       texts = list(_PROMPT.value)
       if _PROMPTS_FILE.value:
-        with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
-          texts += [line.rstrip('\n').replace('\\n', '\n') for line in f
-                    if line.rstrip('\n')]  # Blank lines part prompts; spaces are text.
+        try:
+          with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
+            lines = [line.rstrip('\n').replace('\\n', '\n') for line in f
+                     if line.rstrip('\n')]  # Blank lines part prompts; spaces are text.
+        except UnicodeDecodeError as e:
+          raise sampling.SamplingError(f'--prompts_file={_PROMPTS_FILE.value} is not UTF-8 '
+                                       f'text ({e.reason} at byte {e.start})') from None
+        if not lines:
+          raise sampling.SamplingError(f'--prompts_file={_PROMPTS_FILE.value} holds no '
+                                       'prompt (only blank lines): one prompt per line')
+        texts += lines
       if not texts:
         raise sampling.SamplingError('give --prompt, --prompts_file or --score')
       for i, t in enumerate(texts):

@@ -133,6 +133,8 @@ def main(argv):
                                      f'--mode={_MODE.value}')
       flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
     runs = sweep.make_plan(cd)
+    if _ONLY.value:  # Every mode refuses a name the plan does not have.
+      sweep.only_names(runs, _ONLY.value)
     if _MODE.value == 'plan':
       units = sweep.plan_packs(cd, runs)
       pack_of = {r.name: i for i, u in enumerate(units) for r in u}

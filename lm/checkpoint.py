@@ -312,15 +312,18 @@ class Diverged(Exception):
     self.step, self.why = step, why
 
 
-def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str) -> None:
+def halt(workdir: str, step: int, loss: float, last_good: int | None, why: str,
+         skipping: bool = False) -> None:
   """Records a divergence in <workdir>/nonfinite.json and stops the run."""
   if jax.process_index() == 0:
     workdir_lib.write_atomic(os.path.join(workdir, 'nonfinite.json'), json.dumps(
         {'step': step, 'loss': str(loss), 'why': why, 'last_good_checkpoint': last_good}))
   kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
           else 'no checkpoint was finite yet')
+  advice = ('lower opt.lr or raise train.max_skips' if skipping else
+            'lower opt.lr or try train.on_nonfinite=skip')
   raise FloatingPointError(f'{why} at step {step}; {kept} in {workdir} (details in '
-                           'nonfinite.json; lower opt.lr or try train.on_nonfinite=skip)')
+                           f'nonfinite.json; {advice})')
 
 
 @jax.jit

@@ -52,6 +52,25 @@ def _whole_section(argv: list[str]) -> str | None:
   return next((n for n in _override_names(argv) if n in (*SECTIONS, 'sweep')), None)
 
 
+def _unparsed_tuple(argv: list[str]) -> str | None:
+  """The first --config.* tuple override ml_collections kept as one string:
+  '(pos, neg)' is not a Python literal, so the field became ('(pos, neg)',)."""
+  for a in argv[1:]:
+    if a == '--':
+      break
+    if not a.startswith('--config.') or '=' not in a:
+      continue
+    name, raw = a[len('--config.'):].split('=', 1)
+    value = flags.FLAGS.config
+    for part in name.split('.'):
+      value = getattr(value, part, None)
+    if (isinstance(value, tuple) and len(value) == 1 and value[0] == raw.strip()
+        and raw.strip()[:1] in '(['):
+      return (f'--config.{name}={raw} is not a Python tuple: quote each string, e.g. '
+              f'--config.{name}="(\'a\', \'b\')"')
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   twice = _repeated_override(argv)
   if twice:
@@ -67,6 +86,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       getattr(flags.FLAGS.config, 'to_dict')  # A failed load raises only when read.
+      bad = _unparsed_tuple(argv)
+      if bad:
+        print(f'error: {bad}', file=sys.stderr)
+        sys.exit(2)
     return rest
   except (AttributeError, KeyError) as e:  # A --config.* path with no such field.
     print(f'error: a --config override names no config field: {_one_line(e)}',

@@ -512,6 +512,7 @@ def validate(c: Config) -> None:
 
 def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
   _positive('opt.lr', o.lr)
+  _positive('train.steps', t.steps)  # Before the warmup check names warmup for it.
   if o.warmup_steps < 0:
     raise _err('opt.warmup_steps', o.warmup_steps, 'must be >= 0')
   if o.warmup_steps > t.steps:

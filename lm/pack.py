@@ -306,7 +306,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             elif not math.isfinite(mk['loss']) and not mk.get('skipped'):
               why = f'loss is {mk["loss"]}'
             if why:
-              results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why)}
+              results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why,
+                                           c.train.on_nonfinite == 'skip')}
               continue
             now = time.perf_counter()
             dt = (now - t_log[k]) / max(done - s_log[k], 1)
@@ -368,9 +369,9 @@ def m_of(m: dict, k: int) -> dict:
   return {name: v[k] for name, v in m.items()}
 
 
-def _halt(workdir: str, step: int, loss: float, mngr, why: str) -> str:
+def _halt(workdir: str, step: int, loss: float, mngr, why: str, skipping: bool) -> str:
   try:
-    ckpt_lib.halt(workdir, step, loss, mngr.latest_step(), why)
+    ckpt_lib.halt(workdir, step, loss, mngr.latest_step(), why, skipping)
   except FloatingPointError as e:
     return str(e)
   return f'{why} at step {step}'

@@ -286,15 +286,22 @@ def _defaults(section: str) -> dict:
                                 if f.default is not dataclasses.MISSING}))
 
 
+def only_names(runs: list[plan.Run], only: str) -> set[str]:
+  """The run names --only=NAME[,NAME...] gives (a run directory's last part
+  will do); a ConfigError names the first that is not a run of the plan."""
+  names = {x.rsplit('/', 1)[-1] for x in only.split(',')}
+  unknown = names - {r.name for r in runs}
+  if unknown:
+    raise config_lib.ConfigError(f'--only: {sorted(unknown)[0]!r} is not a run of this sweep')
+  return names
+
+
 def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
              worker: tuple[int, int] | None) -> list[dict]:
   runs = make_plan(cd)
   _, s = split(cd)
   if only:
-    names = {x.rsplit('/', 1)[-1] for x in only.split(',')}
-    unknown = names - {r.name for r in runs}
-    if unknown:
-      raise config_lib.ConfigError(f'--only: {sorted(unknown)[0]!r} is not a run of this sweep')
+    names = only_names(runs, only)
     runs = [r for r in runs if r.name in names]
   elif not worker:
     write_plan(workdir, runs)

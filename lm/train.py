@@ -447,7 +447,7 @@ class _Progress:
     if longest > self.c.train.max_skips:
       ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(),
            f'{longest} steps in a row had a non-finite loss or gradient '
-           f'(train.max_skips={self.c.train.max_skips})')
+           f'(train.max_skips={self.c.train.max_skips})', skipping=True)
     if not math.isfinite(m['loss']) and not m.get('skipped'):
       if self.c.train.on_nonfinite == 'rollback':
         raise ckpt_lib.Diverged(step, f'loss is {m["loss"]}')

@@ -53,7 +53,8 @@ def test_config_values_are_refused_by_name(name, flag, want):
 
 
 SAMPLE = ['train: data dir of binary files', 'train: resume with another architecture',
-          'sweep: collect an empty workdir', 'hf export: --overwrite onto a run']  # tools/bad_inputs.py runs every case.
+          'sweep: collect an empty workdir', 'hf export: --overwrite onto a run',
+          'train: a tuple of unquoted strings', 'sweep: plan with --only not in it']  # tools/bad_inputs.py runs every case.
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ CASES = [
     ({'model.d_model': -8}, r'model.d_model=-8 .* must be > 0'),
     ({'train.batch_size': -1}, r'train.batch_size=-1 .* must be > 0'),
     ({'opt.warmup_steps': 100}, r'opt.warmup_steps=100 .* not be longer than train.steps=6'),
+    ({'train.steps': -5, 'opt.warmup_steps': 0}, r'train.steps=-5 .* must be > 0'),
     ({'data.seq_len': 64}, r'data.seq_len=64 .* learned position table model.max_len=32'),
     ({'train.batch_size': 10, 'train.grad_accum': 4}, r'batch_size=10 .*grad_accum=4'),
     ({'model.attn_dropout': 1.5}, r'model.attn_dropout=1.5 .* \[0, 1\)'),

@@ -207,6 +207,15 @@ CASES += [
      'give --prompt'),
     ('generate: missing prompts file', ['-m', 'experiments.generate', '--workdir={RUN}',
                                         '--prompts_file={S}/none.txt'], 'none.txt'),
+    ('generate: prompts file of blank lines', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                               '--prompts_file={S}/blank.txt'], 'blank.txt holds no'),
+    ('generate: prompts file not UTF-8', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                          '--prompts_file={S}/binary/b0.bin'], 'b0.bin is not UTF-8'),
+    ('sweep: plan with --only not in it', [*SWEEP, _W, '--mode=plan', '--only=nope'], "'nope'"),
+    ('train: a tuple of unquoted strings', [*TRAIN, _W, '--config.data.labels=(pos, neg)'],
+     'not a Python tuple'),
+    ('train: negative steps', [*TRAIN, _W, '--config.train.steps=-5',
+                               '--config.opt.warmup_steps=0'], 'train.steps=-5'),
     ('fill_mask: a decoder run', ['-m', 'experiments.fill_mask', '--workdir={RUN}',
                                   '--text=a [MASK]'], 'fill-mask needs'),
     ('classify: a language-model run', ['-m', 'experiments.classify', '--workdir={RUN}',
@@ -305,6 +314,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
       f.write(b'\xff\xfe\x00\x81' * 50)
   with open(os.path.join(s, 'broken.py'), 'w') as f:
     f.write('def get_config(:\n')
+  with open(os.path.join(s, 'blank.txt'), 'w') as f:
+    f.write('\n\n')
   os.makedirs(os.path.join(s, 'foreign', 'checkpoints'), exist_ok=True)
   with open(os.path.join(s, 'foreign', 'checkpoints', 'model.pt'), 'w') as f:
     f.write('not ours')
