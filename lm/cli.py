@@ -71,6 +71,22 @@ def _unparsed_tuple(argv: list[str]) -> str | None:
   return None
 
 
+def _fields_of_unknown(argv: list[str]) -> str:
+  """'; model fields: ...' for the first override naming no field of its
+  section (what would be valid, where ml_collections has no close match)."""
+  import dataclasses
+
+  from lm.config import SECTIONS, SweepConfig
+  tables = {**SECTIONS, 'sweep': SweepConfig}
+  for name in _override_names(argv):
+    section, _, field = name.partition('.')
+    if section in tables:
+      known = [f.name for f in dataclasses.fields(tables[section])]
+      if field.split('.')[0] not in known:
+        return f' (--config.{name}; {section} fields: {", ".join(known)})'
+  return ''
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   twice = _repeated_override(argv)
   if twice:
@@ -92,8 +108,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
     return rest
   except (AttributeError, KeyError) as e:  # A --config.* path with no such field.
-    print(f'error: a --config override names no config field: {_one_line(e)}',
-          file=sys.stderr)
+    print(f'error: a --config override names no config field: {_one_line(e)}'
+          + _fields_of_unknown(argv), file=sys.stderr)
   except flags.Error as e:
     print(f'error: {_one_line(e)}', file=sys.stderr)
   except (OSError, SyntaxError, ValueError, TypeError) as e:  # Loading the config file.

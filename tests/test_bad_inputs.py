@@ -65,3 +65,10 @@ def test_a_sample_of_cli_cases_end_to_end(tmp_path):
   for name in SAMPLE:
     res = bad_inputs.run_case(name, *cases[name], places)
     assert res['verdict'] == 'clear' and not res['damaged'], res
+
+
+def test_an_unknown_field_lists_its_sections_fields():
+  from lm import cli
+  out = cli._fields_of_unknown(['x', '--config.train.steps=3', '--config.model.dropout=0.1'])
+  assert out.startswith(' (--config.model.dropout; model fields: family, ') and 'resid_dropout' in out
+  assert cli._fields_of_unknown(['x', '--config.train.steps=3']) == ''

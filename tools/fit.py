@@ -21,7 +21,10 @@ def _define_flags() -> None:
   """Flags exist only when this runs as a program, so tests can import it."""
   flags.DEFINE_string('results', None, 'results.csv or results.jsonl.')
   flags.DEFINE_enum('method', '3', ['2', '3'], 'Hoffmann approach 2 or 3.')
-  flags.DEFINE_enum('convention', 'exact', list(CONVENTIONS), 'Which C_<convention> column is C.')
+  flags.DEFINE_enum('convention', 'exact', list(CONVENTIONS),
+                    'The sweep.convention its budgets were planned in. Approach 2 fits N_opt '
+                    'against each run\'s planned budget and reads D_opt from this C_<convention> '
+                    'column, so give the sweep\'s own; approach 3 does not use it.')
   flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
   flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).', lower_bound=0)
   flags.mark_flags_as_required(['results'])
