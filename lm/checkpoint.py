@@ -57,6 +57,10 @@ def find(path: str) -> tuple[str, str]:
     return os.path.join(path, 'config.json'), os.path.join(ckpt, str(steps[-1]))
   parent = os.path.dirname(path)
   if os.path.basename(path).isdigit() and os.path.basename(parent) == 'checkpoints':
+    if os.path.isdir(parent) and not os.path.isdir(path):
+      steps = sorted(int(e) for e in os.listdir(parent) if e.isdigit())
+      raise CheckpointError(f'{path} does not exist; {parent} holds steps '
+                            f'{", ".join(map(str, steps)) or "none"}')
     return os.path.join(os.path.dirname(parent), 'config.json'), path
   raise CheckpointError(
       f'{path} is neither a run directory (with checkpoints/ and config.json) nor a '

@@ -64,8 +64,8 @@ def check_writable(path: str, what: str) -> None:
     os.close(fd)
     os.remove(tmp)
   except OSError as e:
-    raise NotWritable(f'{what} {path!r} is not writable ({probe!r}: {e.strerror}); '
-                      'choose a writable path') from None
+    raise NotWritable(f'{what} {path!r} is not writable (creating a file in {probe!r} '
+                      f'failed: {e.strerror}); choose a writable path') from None
 
 
 class DiskFull(RuntimeError):

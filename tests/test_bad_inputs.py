@@ -72,3 +72,12 @@ def test_an_unknown_field_lists_its_sections_fields():
   out = cli._fields_of_unknown(['x', '--config.train.steps=3', '--config.model.dropout=0.1'])
   assert out.startswith(' (--config.model.dropout; model fields: family, ') and 'resid_dropout' in out
   assert cli._fields_of_unknown(['x', '--config.train.steps=3']) == ''
+
+
+def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
+  from lm import checkpoint
+  (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '10').mkdir()
+  with pytest.raises(checkpoint.CheckpointError, match=r'999 does not exist; .* holds steps 3, 10'):
+    checkpoint.find(str(tmp_path / 'checkpoints' / '999'))
+  assert checkpoint.find(str(tmp_path / 'checkpoints' / '3'))[1].endswith('checkpoints/3')
