@@ -40,15 +40,18 @@ import numpy as np
 
 from lm import sampling
 from lm.config import ModelConfig
+from lm.data import documents
 from lm.model import Transformer
 
 Array = jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=('m',))
-def _row_logprobs(params, m: ModelConfig, tokens_BL1: Array) -> tuple[Array, Array]:
+def _row_logprobs(params, m: ModelConfig, tokens_BL1: Array, seg_BL: Array | None,
+                  pos_BL: Array | None) -> tuple[Array, Array]:
   """Log-probability of each next token and whether it is the argmax: B x L."""
-  logits_BLV = Transformer(m).apply({'params': params}, tokens_BL1[:, :-1])
+  logits_BLV = Transformer(m).apply({'params': params}, tokens_BL1[:, :-1],
+                                    segment_ids_BL=seg_BL, pos_BL=pos_BL)
   logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
   tgt_BL = tokens_BL1[:, 1:]
   lp_BL = jnp.take_along_axis(logp_BLV, tgt_BL[..., None], axis=-1)[..., 0]
@@ -56,13 +59,17 @@ def _row_logprobs(params, m: ModelConfig, tokens_BL1: Array) -> tuple[Array, Arr
 
 
 def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
-                          batch_size: int = 16, window: int = 0) -> list[tuple[float, bool]]:
+                          batch_size: int = 16, window: int = 0, doc_eos: int | None = None
+                          ) -> list[tuple[float, bool]]:
   """(sum of log p(continuation tokens), all greedy) per (context, continuation)
   token pair; each row is the last max_len + 1 tokens of context + continuation.
   A continuation longer than max_len is scored in the windows of
   lm.sampling.score: windows of max_len + 1 tokens overlapping by half, so
   every token sees at least max_len / 2 tokens before it. `window` (<=
-  max_len; 0: max_len) replaces max_len, e.g. the length the model trained at."""
+  max_len; 0: max_len) replaces max_len, e.g. the length the model trained at.
+  `doc_eos` (lm.sampling.doc_eos_of): each row is split into documents at its
+  EOS tokens as training windows were, so text after a context's EOS neither
+  attends to it nor counts it as a position."""
   L = min(window or m.max_len, m.max_len)
   parts, owner = [], []
   for k, (ctx, cont) in enumerate(pairs):
@@ -79,14 +86,14 @@ def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], l
       done = hi
   sums = [0.0] * len(pairs)
   greedy = [True] * len(pairs)
-  for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size, L)):
+  for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size, L, doc_eos)):
     sums[k] += ll
     greedy[k] = greedy[k] and g
   return list(zip(sums, greedy))
 
 
 def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
-                batch_size: int, L: int) -> list[tuple[float, bool]]:
+                batch_size: int, L: int, doc_eos: int | None) -> list[tuple[float, bool]]:
   out = []
   for i in range(0, len(pairs), batch_size):
     chunk = pairs[i:i + batch_size]
@@ -104,7 +111,8 @@ def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]]
     for r, ((ctx, cont), seq) in enumerate(zip(chunk, seqs)):
       rows[r, :len(seq)] = seq
       spans.append((len(seq) - len(cont) - 1, len(seq) - 1))  # Positions predicting cont.
-    lp, greedy = (np.asarray(a) for a in _row_logprobs(params, m, jnp.asarray(rows)))
+    seg, pos = documents(rows[:, :-1], doc_eos) if doc_eos is not None else (None, None)
+    lp, greedy = (np.asarray(a) for a in _row_logprobs(params, m, jnp.asarray(rows), seg, pos))
     for r, (a, b) in enumerate(spans):
       out.append((float(lp[r, a:b].sum()), bool(greedy[r, a:b].all())))
   return out
@@ -119,10 +127,12 @@ def _harness():
   return TemplateLM
 
 
-def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int = 0):
+def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int = 0,
+            doc_eos: int | None = None):
   """A HarnessLM (a lm_eval TemplateLM) for a decoder's params and tokenizer;
   `window` is its context length (0: model.max_len; pass data.seq_len, the
-  length it trained at, so learned positions beyond it are never used)."""
+  length it trained at, so learned positions beyond it are never used);
+  `doc_eos` as in continuation_logprobs (the harness starts contexts with EOS)."""
   if m.family != 'decoder' or m.num_classes:
     raise ValueError(f'model.family={m.family!r}'
                      + (f', num_classes={m.num_classes}' if m.num_classes else '')
@@ -166,7 +176,8 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
       del disable_tqdm, kw
       pairs = [(ctx, cont) for _, ctx, cont in requests]
-      results = continuation_logprobs(self.params, self.m, pairs, self.batch_size, self.window)
+      results = continuation_logprobs(self.params, self.m, pairs, self.batch_size, self.window,
+                                      doc_eos)
       for (key, _, _), res in zip(requests, results):
         if key is not None:
           self.cache_hook.add_partial('loglikelihood', key, res)
@@ -179,7 +190,8 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
             token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
             max_seq_len=self.max_length, context_len=1)]
-        lls = continuation_logprobs(self.params, self.m, windows, self.batch_size, self.window)
+        lls = continuation_logprobs(self.params, self.m, windows, self.batch_size, self.window,
+                                    doc_eos)
         total = sum(ll for ll, _ in lls)
         self.cache_hook.add_partial('loglikelihood_rolling', (text,), total)
         out.append(total)
@@ -200,7 +212,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
                                     temperature=temperature if not greedy else 1.0)
         ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id,
-                                  num_ids=self.tok.vocab_size)[0][0]
+                                  num_ids=self.tok.vocab_size, doc_eos=doc_eos)[0][0]
         text = self.tok_decode(ids)
         cut = min([text.find(u) for u in until if u and u in text], default=len(text))
         out.append(text[:cut])

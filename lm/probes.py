@@ -111,30 +111,34 @@ def _pair(tokenizer, c: dict, secret: str) -> tuple[list[int], list[int]]:
 
 
 def _candidate_scores(params, m: ModelConfig, tokenizer, c: dict, secrets: list[str],
-                      batch_size: int = 64) -> np.ndarray:
-  """log p(secret and the rest of the template | EOS + prefix) per candidate."""
+                      batch_size: int = 64, **how) -> np.ndarray:
+  """log p(secret and the rest of the template | EOS + prefix) per candidate;
+  `how`: continuation_logprobs' window and doc_eos."""
   pairs = [_pair(tokenizer, c, s) for s in secrets]
-  return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, batch_size)])
+  return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, batch_size, **how)])
 
 
 def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, window: int = 0, doc_eos: int | None = None) -> dict[str, Any]:
   """Exposure (bits) of one canary, its rank (exact or estimated) and whether
-  greedy decoding from the prefix extracts the secret."""
+  greedy decoding from the prefix extracts the secret. `window` and `doc_eos`
+  score as the run trained (data.seq_len; lm.sampling.doc_eos_of)."""
+  how = dict(window=window, doc_eos=doc_eos)
   digits = c['digits']
   space = 10 ** digits
   if space <= EXACT_LIMIT:
-    all_ = _candidate_scores(params, m, tokenizer, c, [f'{i:0{digits}d}' for i in range(space)])
+    all_ = _candidate_scores(params, m, tokenizer, c, [f'{i:0{digits}d}' for i in range(space)],
+                             **how)
     mine = float(all_[int(c['secret'])])  # Scored with the others: no rounding between calls.
     rank = int((all_ > mine).sum()) + 1
     exp_bits = math.log2(space) - math.log2(rank)
     method = 'exact'
   else:  # Carlini et al. 2019, Sec. 4.3: skew-normal fit to sampled candidates.
     from scipy import stats
-    mine = float(_candidate_scores(params, m, tokenizer, c, [c['secret']])[0])
+    mine = float(_candidate_scores(params, m, tokenizer, c, [c['secret']], **how)[0])
     rng = np.random.default_rng(seed)
     draws = [''.join(str(x) for x in rng.integers(0, 10, digits)) for _ in range(samples)]
-    scores = _candidate_scores(params, m, tokenizer, c, draws)
+    scores = _candidate_scores(params, m, tokenizer, c, draws, **how)
     a, loc, scale = stats.skewnorm.fit(-scores)  # Fit the negative log-likelihoods.
     tail = max(float(stats.skewnorm.cdf(-mine, a, loc, scale)), 1.0 / space)
     rank = max(tail * space, 1.0)
@@ -144,7 +148,7 @@ def exposure(params, m: ModelConfig, tokenizer, c: dict, samples: int = 2000,
   post_len = len(c['template'].partition('{secret}')[2])
   out = sampling.generate(params, m, [prompt], sampling.SamplingConfig(
       max_new_tokens=len(target), greedy=True), eos_id=-1,
-      num_ids=tokenizer.vocab_size)[0][0]
+      num_ids=tokenizer.vocab_size, doc_eos=doc_eos)[0][0]
   # Extracted: greedy decoding writes the secret (compared as text, so a
   # different but equivalent tokenisation of it still counts).
   want = tokenizer.decode(target)[:len(tokenizer.decode(target)) - post_len or None]
@@ -162,10 +166,11 @@ def _what(m: ModelConfig) -> str:
   return f'model.family={m.family!r}'
 
 
-def exposures(params, m: ModelConfig, tokenizer, canaries: list[dict]) -> list[dict]:
+def exposures(params, m: ModelConfig, tokenizer, canaries: list[dict], **how) -> list[dict]:
+  """exposure() of each canary; `how`: its window and doc_eos."""
   if m.family != 'decoder' or m.num_classes:
     raise ProbeError(f'{_what(m)}: exposure needs a decoder-only LM')
-  return [exposure(params, m, tokenizer, c) for c in canaries]
+  return [exposure(params, m, tokenizer, c, **how) for c in canaries]
 
 
 def canary_table(rows: list[dict]) -> str:
@@ -213,15 +218,17 @@ def _masked_logprob_fn(m: ModelConfig):
   return f
 
 
-def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> np.ndarray:
+def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str], **how
+                    ) -> np.ndarray:
   """Decoder: log p(sentence | EOS). Encoder: pseudo-log-likelihood, each token
   masked in turn (MASK = the first id above the tokenizer's, as in training).
   Sentences longer than model.max_len are scored in windows, never cut: a
   decoder's as in lm.sampling.score, an encoder masks each token in the
-  max_len tokens centred on it."""
+  max_len tokens centred on it. `how`: a decoder's window and doc_eos
+  (continuation_logprobs)."""
   if m.family == 'decoder' and not m.num_classes:
     pairs = [([tokenizer.eos_id], [int(t) for t in tokenizer.encode(s)]) for s in sentences]
-    return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs)])
+    return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, **how)])
   if m.family != 'encoder' or m.num_classes:
     raise ProbeError(f'{_what(m)}: the bias probe scores sentences with a language model, '
                      'a decoder (log-likelihood) or an encoder (pseudo-log-likelihood)')
@@ -250,10 +257,11 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str]) -> 
 
 
 def bias_probe(params, m: ModelConfig, tokenizer, rows: list[dict], bootstrap: int = 1000,
-               seed: int = 0) -> dict[str, dict[str, Any]]:
-  """{bias_type | 'all': {pairs, stereotype_preferred (fraction), ci95}}."""
-  more = sentence_scores(params, m, tokenizer, [r['sent_more'] for r in rows])
-  less = sentence_scores(params, m, tokenizer, [r['sent_less'] for r in rows])
+               seed: int = 0, **how) -> dict[str, dict[str, Any]]:
+  """{bias_type | 'all': {pairs, stereotype_preferred (fraction), ci95}};
+  `how`: a decoder's window and doc_eos (continuation_logprobs)."""
+  more = sentence_scores(params, m, tokenizer, [r['sent_more'] for r in rows], **how)
+  less = sentence_scores(params, m, tokenizer, [r['sent_less'] for r in rows], **how)
   prefer = (more > less).astype(np.float64)
   types = np.asarray([r['bias_type'] for r in rows])
   rng = np.random.default_rng(seed)
@@ -280,6 +288,12 @@ def bias_table(res: dict) -> str:
 
 # --- During training (train.eval_tasks, data.canary_repeats, train.eval_bias_csv) --
 
+def scoring(c, tokenizer) -> dict[str, Any]:
+  """How a run's decoder scores text as it trained: its window (data.seq_len,
+  so untrained learned positions are never read) and documents (doc_eos)."""
+  return {'window': c.data.seq_len, 'doc_eos': sampling.doc_eos_of(c, tokenizer.eos_id)}
+
+
 def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
                 ) -> dict[str, float]:
   """Metrics for an evaluation row: harness task scores at every evaluation
@@ -290,21 +304,22 @@ def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
   import flax.linen as nn
   from lm import harness
   out: dict[str, float] = {}
+  how = scoring(c, tokenizer)
   with nn.logical_axis_rules(()):
     if c.train.eval_tasks:
-      lm_obj = harness.make_lm(params, c.model, tokenizer, window=c.data.seq_len)
+      lm_obj = harness.make_lm(params, c.model, tokenizer, **how)
       scores = harness.run_tasks(lm_obj, list(c.train.eval_tasks), c.train.eval_tasks_path,
                                  c.train.eval_tasks_limit or None)
       for task, ms in scores.items():
         out.update({f'task/{task}/{k}': v for k, v in ms.items()})
     if final and canaries:
-      for can, r in zip(canaries, exposures(params, c.model, tokenizer, canaries)):
+      for can, r in zip(canaries, exposures(params, c.model, tokenizer, canaries, **how)):
         key = f'canary/{r["id"]}_x{r["repeats"]}'
         out[f'{key}/exposure'] = r['exposure_bits']
         out[f'{key}/extracted'] = float(r['extracted'])
         out[f'{key}/expected_seen'] = can.get('expected_seen', float('nan'))
     if final and c.train.eval_bias_csv:
-      res = bias_probe(params, c.model, tokenizer, read_pairs(c.train.eval_bias_csv))
+      res = bias_probe(params, c.model, tokenizer, read_pairs(c.train.eval_bias_csv), **how)
       for t, v in res.items():
         if t != 'method':
           out[f'bias/{t}/stereotype_preferred'] = v['stereotype_preferred']

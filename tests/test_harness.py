@@ -157,3 +157,20 @@ def test_long_continuations_are_scored_in_pieces_like_score(run_dir):
   (ll, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)])
   want = sampling.score(params, c.model, text, [BYTES.eos_id])
   np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5)
+
+
+def test_a_document_masked_run_is_scored_as_it_trained(run_dir):
+  """A run trained with data.document_mask never let text attend to the EOS
+  before it: the harness (its contexts start with EOS), the probes and
+  sampling.score split rows at EOS the same way (doc_eos), in pieces too."""
+  c, params = checkpoint.load_params(run_dir)
+  assert c.data.document_mask
+  how = dict(window=c.model.max_len, doc_eos=BYTES.eos_id)
+  assert sampling.doc_eos_of(c, BYTES.eos_id) == BYTES.eos_id
+  for text in (list(BYTES.encode('def f(x):\n    return x')),
+               list(BYTES.encode('def f(x):\n    return x * 2 + alpha beta gamma\n' * 4))):
+    (ll, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)], **how)
+    want = sampling.score(params, c.model, text, [BYTES.eos_id], doc_eos=BYTES.eos_id)
+    np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5)
+    (old, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)])
+    assert abs(old - ll) > 1e-3  # Seeing the EOS changed the score.

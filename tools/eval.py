@@ -53,12 +53,14 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
   _, step_dir = checkpoint.find(path)
   out: dict = {'workdir': os.path.abspath(path), 'step': int(os.path.basename(step_dir))}
   if tasks:
-    lm_obj = harness.make_lm(params, c.model, tok, batch_size, window=c.data.seq_len)
+    lm_obj = harness.make_lm(params, c.model, tok, batch_size, **probes.scoring(c, tok))
     out['tasks'] = harness.run_tasks(lm_obj, tasks, include_path, limit)
   if canaries:
-    out['canaries'] = probes.exposures(params, c.model, tok, probes.read_canaries(path))
+    out['canaries'] = probes.exposures(params, c.model, tok, probes.read_canaries(path),
+                                       **probes.scoring(c, tok))
   if bias_csv:
-    out['bias'] = probes.bias_probe(params, c.model, tok, probes.read_pairs(bias_csv))
+    out['bias'] = probes.bias_probe(params, c.model, tok, probes.read_pairs(bias_csv),
+                                    **probes.scoring(c, tok))
   return out
 
 
