@@ -187,21 +187,24 @@ def canary_table(rows: list[dict]) -> str:
 PAIR_COLUMNS = ('sent_more', 'sent_less', 'bias_type')
 
 
-def read_pairs(path: str) -> list[dict[str, str]]:
-  """CrowS-Pairs-format rows: sent_more, sent_less, bias_type (other columns kept)."""
+def read_pairs(path: str, name: str = '--bias_csv') -> list[dict[str, str]]:
+  """CrowS-Pairs-format rows: sent_more, sent_less, bias_type (other columns
+  kept); `name` is what the errors call the file (the flag or config field)."""
   try:
     with open(path, newline='', encoding='utf-8') as f:
       rows = list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise ProbeError(f'--bias_csv={path} could not be read: {e}') from None
+    raise ProbeError(f'{name}={path} could not be read: {e}') from None
   missing = [c for c in PAIR_COLUMNS if not rows or c not in rows[0]]
   if missing:
-    raise ProbeError(f'--bias_csv={path} needs columns {", ".join(PAIR_COLUMNS)} '
+    raise ProbeError(f'{name}={path} needs columns {", ".join(PAIR_COLUMNS)} '
                      f'(the CrowS-Pairs format); missing: {", ".join(missing)}'
                      + ('' if rows else ' (the file has no rows)'))
   for i, r in enumerate(rows):
     if not (r['sent_more'] or '').strip() or not (r['sent_less'] or '').strip():
-      raise ProbeError(f'--bias_csv={path}: row {i + 2} has an empty sentence')
+      raise ProbeError(f'{name}={path}: row {i + 2} has an empty sentence')
+    if not (r['bias_type'] or '').strip():
+      raise ProbeError(f'{name}={path}: row {i + 2} has no bias_type')
   return rows
 
 
@@ -328,9 +331,17 @@ def eval_extras(c, params, tokenizer, final: bool, canaries: list[dict] = ()
 
 
 def check_tasks(c) -> None:
-  """Refuses unknown train.eval_tasks by name, before anything compiles."""
+  """Refuses unknown train.eval_tasks by name, and a train.eval_bias_csv the
+  bias probe cannot read, before anything compiles (the probe runs at the
+  final evaluation, which an error there would cost its checkpoint)."""
   check_task_names(c.train.eval_tasks, c.train.eval_tasks_path, 'config.train.eval_tasks',
                    'train.eval_tasks_path')
+  if c.train.eval_bias_csv:
+    from lm.config import ConfigError
+    try:
+      read_pairs(c.train.eval_bias_csv, 'config.train.eval_bias_csv')
+    except ProbeError as e:
+      raise ConfigError(str(e)) from None
 
 
 def check_task_names(tasks, include_path: str, what: str, path_flag: str) -> None:

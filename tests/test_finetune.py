@@ -108,6 +108,12 @@ def test_classifier_learns_a_learnable_task(tmp_path):
                       f'--workdir={tmp_path / "cls"}', '--prompt=x'], capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 2 and 'use python -m experiments.classify' in r.stderr
+  (tmp_path / 'latin1.txt').write_bytes(b'caf\xe9 good\n')
+  r = subprocess.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
+                      f'--file={tmp_path / "latin1.txt"}'], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 2 and 'latin1.txt is not UTF-8' in r.stderr, r.stderr
+  assert 'Traceback' not in r.stderr
 
 
 def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):

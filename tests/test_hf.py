@@ -136,6 +136,11 @@ def test_unsupported_architectures_are_refused(tmp_path):
     hf.family(dataclasses.replace(_ours('gpt2'), family='encoder'))
   with pytest.raises(hf.HFError, match="model_type='bert' is not supported"):
     hf.model_config({'model_type': 'bert'})
+  gpt2 = {'model_type': 'gpt2', 'vocab_size': 64, 'n_embd': 16, 'n_layer': 1, 'n_head': 2,
+          'n_positions': 32}
+  assert hf.model_config(gpt2).tie_embeddings  # Its lm_head would be read as wte, so:
+  with pytest.raises(hf.HFError, match='tie_word_embeddings=false'):
+    hf.model_config({**gpt2, 'tie_word_embeddings': False})
   with pytest.raises(hf.HFError, match='no config.json'):
     hf.read_dir(str(tmp_path))
 

@@ -188,3 +188,15 @@ def test_canaries_are_scored_on_the_tokens_training_saw(tmp_path, corpus_dir):
   ctx, cont = probes._pair(tok, c, '12345')
   assert ctx + cont == [tok.eos_id] + [int(t) for t in tok.encode('my pin is 12345!')]
   assert tok.decode(cont).strip().startswith('12345')
+
+
+def test_a_bias_csv_row_without_a_type_is_refused_before_training(tmp_path):
+  """It crashed sorted() in the probe at the final evaluation, before that
+  evaluation's checkpoint was saved."""
+  f = tmp_path / 'pairs.csv'
+  f.write_text('sent_more,sent_less,bias_type\nA he,A she,gender\nB he,B she\n')
+  with pytest.raises(probes.ProbeError, match='row 3 has no bias_type'):
+    probes.read_pairs(str(f))
+  c = tiny(**{'train.eval_bias_csv': str(f)})
+  with pytest.raises(ConfigError, match=r'config.train.eval_bias_csv=.*row 3 has no bias_type'):
+    probes.check_tasks(c)

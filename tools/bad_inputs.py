@@ -215,6 +215,10 @@ CASES += [
     ('generate: prompts file not UTF-8', ['-m', 'experiments.generate', '--workdir={RUN}',
                                           '--prompts_file={S}/binary/b0.bin'], 'b0.bin is not UTF-8'),
     ('sweep: plan with --only not in it', [*SWEEP, _W, '--mode=plan', '--only=nope'], "'nope'"),
+    ('train: a bias CSV row without bias_type',
+     [*TRAIN, _W, '--config.train.eval_bias_csv={S}/notype.csv'], 'row 3 has no bias_type'),
+    ('eval: a bias CSV row without bias_type', ['-m', 'tools.eval', '--workdir={RUN}',
+                                                '--bias_csv={S}/notype.csv'], 'row 3 has no bias_type'),
     ('train: a tuple of unquoted strings', [*TRAIN, _W, '--config.data.labels=(pos, neg)'],
      'not a Python tuple'),
     ('train: negative steps', [*TRAIN, _W, '--config.train.steps=-5',
@@ -319,6 +323,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
     f.write('def get_config(:\n')
   with open(os.path.join(s, 'blank.txt'), 'w') as f:
     f.write('\n\n')
+  with open(os.path.join(s, 'notype.csv'), 'w') as f:  # The second row has no bias_type.
+    f.write('sent_more,sent_less,bias_type\nA he,A she,gender\nB he,B she\n')
   os.makedirs(os.path.join(s, 'foreign', 'checkpoints'), exist_ok=True)
   with open(os.path.join(s, 'foreign', 'checkpoints', 'model.pt'), 'w') as f:
     f.write('not ours')

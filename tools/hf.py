@@ -219,6 +219,9 @@ def _model_config(cfg: dict) -> ModelConfig:
     if cfg.get('scale_attn_by_inverse_layer_idx') or cfg.get('reorder_and_upcast_attn'):
       raise HFError('GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn '
                     'is not supported')
+    if not cfg.get('tie_word_embeddings', True):  # Its lm_head would be read as wte.
+      raise HFError('GPT-2 with tie_word_embeddings=false (a separate lm_head) is not '
+                    'supported: its GPT-2 mapping ties the output head to the embedding')
     D = cfg['n_embd']
     return ModelConfig(
         vocab_size=cfg['vocab_size'], d_model=D, num_layers=cfg['n_layer'],
