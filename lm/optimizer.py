@@ -16,6 +16,10 @@ from lm.model import STACKS
 def schedule(o: OptimizerConfig, total_steps: Any) -> Callable[[Any], Any]:
   """Linear warmup from 0 to `lr`, then the named decay down to lr*min_lr_ratio.
 
+  Steps count from 0 and a run trains steps 0 .. total_steps - 1: warmup's last
+  step (warmup_steps - 1) is at the peak, and the decay's last trained step
+  (total_steps - 1) at the floor, so a cooldown of c steps ends where it says.
+
   wsd (warmup-stable-decay, Hägele et al. 2024): constant until the last
   cooldown_fraction of training, then a linear or 1-sqrt cooldown. o.lr,
   o.warmup_steps, o.cooldown_fraction and total_steps may be traced
@@ -28,7 +32,7 @@ def schedule(o: OptimizerConfig, total_steps: Any) -> Callable[[Any], Any]:
   def lr(step):
     step = jnp.asarray(step, jnp.float32)
     warm_lr = peak * (step + 1) / jnp.maximum(warm, 1)  # Step 0 trains: lr > 0.
-    t = jnp.clip((step - warm) / decay_steps, 0.0, 1.0)
+    t = jnp.clip((step + 1 - warm) / decay_steps, 0.0, 1.0)
     if o.schedule == 'cosine':
       after = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * t))
     elif o.schedule == 'linear':
@@ -40,7 +44,7 @@ def schedule(o: OptimizerConfig, total_steps: Any) -> Callable[[Any], Any]:
     elif o.schedule == 'wsd':
       cool = jnp.maximum(jnp.round(o.cooldown_fraction * total_steps), 1)
       start = total_steps - cool
-      u = jnp.clip((step - start) / cool, 0.0, 1.0)
+      u = jnp.clip((step + 1 - start) / cool, 0.0, 1.0)
       frac = u if o.cooldown_shape == 'linear' else jnp.sqrt(u)
       after = peak + (floor - peak) * frac
     else:
@@ -86,7 +90,8 @@ def decay_mask(params: Any, exclude: tuple[str, ...]) -> Any:
   def keep(path, _):
     names = _names(path)
     leaf = names[-1]
-    if 'norm' in exclude and leaf == 'scale':
+    if 'norm' in exclude and (leaf == 'scale' or (
+        leaf == 'bias' and len(names) > 1 and names[-2].endswith('norm'))):
       return False
     if 'bias' in exclude and leaf.endswith('bias'):  # Also query_bias, out_bias, ...
       return False

@@ -21,26 +21,31 @@ def lr_at(schedule, step, **kw):
 def test_linear_warmup(schedule):
   assert lr_at(schedule, 0) == pytest.approx(0.1)
   assert lr_at(schedule, 4) == pytest.approx(0.5)
-  assert lr_at(schedule, 10) == pytest.approx(1.0)
+  assert lr_at(schedule, 9) == pytest.approx(1.0)  # Warmup's last step is at the peak.
 
 
 def test_decay_shapes():
-  # Cosine: halfway through the decay is the midpoint of peak and floor.
-  assert lr_at('cosine', 60) == pytest.approx(0.55, abs=1e-6)
-  assert lr_at('cosine', 110) == pytest.approx(0.1, abs=1e-6)
-  assert lr_at('linear', 35) == pytest.approx(1.0 - 0.9 * 0.25)
+  # Steps 10 .. 109 decay (step s at fraction (s + 1 - 10) / 100): halfway is
+  # the midpoint of peak and floor, the last trained step (109) the floor.
+  assert lr_at('cosine', 59) == pytest.approx(0.55, abs=1e-6)
+  assert lr_at('cosine', 109) == pytest.approx(0.1, abs=1e-6)
+  assert lr_at('cosine', 10) < 1.0
+  assert lr_at('linear', 34) == pytest.approx(1.0 - 0.9 * 0.25)
+  assert lr_at('linear', 109) == pytest.approx(0.1)
   assert lr_at('constant', 99) == pytest.approx(1.0)
   assert lr_at('inverse_sqrt', 40) == pytest.approx((10 / 40) ** 0.5)
 
 
 def test_wsd_cooldown():
-  # 20% cooldown of 110 steps = 22 steps starting at step 88.
+  # 20% cooldown of 110 steps = steps 88 .. 109; the last trained one at the floor
+  # (a short cooldown's last step ran at 10% of the peak, linear, before).
   kw = dict(cooldown_fraction=0.2)
   assert lr_at('wsd', 87, **kw) == pytest.approx(1.0)
-  assert lr_at('wsd', 88, **kw) == pytest.approx(1.0)
-  assert lr_at('wsd', 99, cooldown_shape='linear', **kw) == pytest.approx(1 - 0.9 * 0.5)
-  assert lr_at('wsd', 99, cooldown_shape='1-sqrt', **kw) == pytest.approx(1 - 0.9 * 0.5 ** 0.5)
-  assert lr_at('wsd', 110, **kw) == pytest.approx(0.1)
+  assert lr_at('wsd', 88, **kw) < 1.0
+  assert lr_at('wsd', 98, cooldown_shape='linear', **kw) == pytest.approx(1 - 0.9 * 0.5)
+  assert lr_at('wsd', 98, cooldown_shape='1-sqrt', **kw) == pytest.approx(1 - 0.9 * 0.5 ** 0.5)
+  for shape in ('linear', '1-sqrt'):
+    assert lr_at('wsd', 109, cooldown_shape=shape, **kw) == pytest.approx(0.1)
 
 
 def test_decay_mask_excludes_norms_biases_embeddings():
@@ -51,6 +56,10 @@ def test_decay_mask_excludes_norms_biases_embeddings():
       'attn': {'query': {'kernel': True, 'bias': False}}, 'attn_norm': {'scale': False}}}
   m = optimizer.decay_mask(params, ())
   assert all(jnp.asarray(list(_leaves(m))).tolist())
+  # 'norm' alone: a LayerNorm's shift is a norm parameter too; other biases decay.
+  ln = {'attn_norm': {'scale': 1, 'bias': 1}, 'query': {'kernel': 1, 'bias': 1}}
+  assert optimizer.decay_mask(ln, ('norm',)) == {'attn_norm': {'scale': False, 'bias': False},
+                                                 'query': {'kernel': True, 'bias': True}}
 
 
 def _leaves(d):
