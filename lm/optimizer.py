@@ -108,22 +108,34 @@ _HIDDEN_PARAMS = ('query', 'key', 'value', 'out')
 _HIDDEN_DENSE = ('up', 'gate', 'down', 'mlm_dense')
 
 
+_ENCODER_STACKS = tuple(s for s in STACKS if s.startswith('encoder'))
+
+
 def lr_group(path) -> str:
   """'hidden' (muP: LR / width_mult), 'block' (a block's biases and norm scales)
-  or 'other' (embeddings, output matrix, classifier, final norms)."""
+  or 'other' (embeddings, output matrix, classifier, final norms); an
+  encoder-decoder's encoder stack has its own 'enc_hidden' and 'enc_block'
+  (its depth differs from the decoder's)."""
   names = _names(path)
+  enc = 'enc_' if names[0].startswith(_ENCODER_STACKS) else ''
   if names[-1] in _HIDDEN_PARAMS or (names[-1] == 'kernel' and len(names) > 1
                                      and names[-2] in _HIDDEN_DENSE):
-    return 'hidden'
-  return 'block' if names[0].startswith(STACKS) else 'other'
+    return enc + 'hidden'
+  return enc + 'block' if names[0].startswith(STACKS) else 'other'
 
 
 def lr_multipliers(m: ModelConfig) -> dict[str, float]:
   """Each LR group's multiplier of the learning rate (lm/model.py's table):
   muP divides the hidden weights' by width_mult; depth scaling multiplies
-  everything inside the blocks by (layers / depth_base)^(alpha - 1)."""
-  depth = (m.num_layers / m.depth_base) ** (m.depth_alpha - 1) if m.depth_base else 1.0
-  return {'hidden': depth / m.width_mult, 'block': depth, 'other': 1.0}
+  everything inside the blocks by (layers / depth_base)^(alpha - 1), each stack
+  by its own depth (an encoder-decoder's decoder has decoder_layers, as its
+  residual branches do: lm/model.branch_multiplier)."""
+  def depth(layers: int) -> float:
+    return (layers / m.depth_base) ** (m.depth_alpha - 1) if m.depth_base else 1.0
+  main = m.decoder_layers if m.family == 'encoder_decoder' else m.num_layers
+  return {'hidden': depth(main) / m.width_mult, 'block': depth(main),
+          'enc_hidden': depth(m.num_layers) / m.width_mult, 'enc_block': depth(m.num_layers),
+          'other': 1.0}
 
 
 def make(o: OptimizerConfig, total_steps: int, m: ModelConfig | None = None
