@@ -21,7 +21,9 @@ Measured on this project's 2-core CPU machine, 2026-11-26, 100 replicates,
 1000 resamples each (`python -m tools.fit_coverage`; 2 min 13 s, and 3 min 10 s
 at the final commit, whose parametric fits polish 5 starts: same table; on
 2026-11-27, 3 min 48 s before and 2 min 0 s after the bootstrap refits stopped
-each converged row early: same table), the
+each converged row early: same table; on 2026-11-28, 52 s on a faster host,
+after the bootstrap stopped pooling 3-point budgets' zero residuals: same
+table), the
 design of issue 15's item 6 (5 budgets over 2 decades x 7 sizes x 2 seeds,
 size ratio 1.5, noise sd 0.01):
 
