@@ -65,7 +65,7 @@ def _unparsed_tuple(argv: list[str]) -> str | None:
     for part in name.split('.'):
       value = getattr(value, part, None)
     if (isinstance(value, tuple) and len(value) == 1 and value[0] == raw.strip()
-        and raw.strip()[:1] in '(['):
+        and raw.strip().startswith(('(', '['))):
       return (f'--config.{name}={raw} is not a Python tuple: quote each string, e.g. '
               f'--config.{name}="(\'a\', \'b\')"')
   return None

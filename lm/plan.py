@@ -194,7 +194,8 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
   its first (1 - f) S steps with the stable run exactly, which is what makes
   starting it from that checkpoint correct. So every branch records the warmup
   the stable run trained with (`warmup_steps`, shortened as the sweep shortens
-  any run's: to a tenth of the stable run), not one shortened to its own length."""
+  any run's: to a tenth of the stable run, and to end before the first branch
+  starts), not one shortened to its own length."""
   runs = []
   for m in ladder(targets_n, base, aspect, head_dim):
     fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)
@@ -202,7 +203,8 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
     stable = f'L{m.num_layers}_d{m.d_model}_stable'
     branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)
     starts = [int(s * (1 - cooldown_fraction)) for s in branch_steps]
-    warmup = {'opt.warmup_steps': min(warmup_steps, max(max(starts) // 10, 1))}
+    # Every branch starts after the warmup (the shortest may start early).
+    warmup = {'opt.warmup_steps': min(warmup_steps, max(max(starts) // 10, 1), min(starts))}
     runs.append(Run(name=stable, overrides={
         **_model_overrides(m), **warmup, 'train.steps': max(starts), 'opt.schedule': 'constant',
         'train.extra_checkpoints': tuple(starts), 'train.checkpoint_every': max(starts),

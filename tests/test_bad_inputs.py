@@ -81,3 +81,15 @@ def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match=r'999 does not exist; .* holds steps 3, 10'):
     checkpoint.find(str(tmp_path / 'checkpoints' / '999'))
   assert checkpoint.find(str(tmp_path / 'checkpoints' / '3'))[1].endswith('checkpoints/3')
+
+
+def test_only_a_bracketed_string_reads_as_an_unparsed_tuple(monkeypatch):
+  """'(pos, neg)' is refused; an empty value (ml_collections: ('',)) is not
+  called a tuple."""
+  from ml_collections import config_dict
+
+  from lm import cli
+  cd = config_dict.ConfigDict({'data': {'labels': ('(pos, neg)',), 'tags': ('',)}})
+  monkeypatch.setattr(cli.flags, 'FLAGS', type('Flags', (), {'config': cd})())
+  assert 'not a Python tuple' in cli._unparsed_tuple(['x', '--config.data.labels=(pos, neg)'])
+  assert cli._unparsed_tuple(['x', '--config.data.tags=']) is None

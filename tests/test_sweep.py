@@ -76,6 +76,11 @@ def test_grid_and_wsd_plans():
   # Each branch records the warmup the stable run trained (a tenth of its
   # steps here), not one clamped to the branch's own length.
   assert {r.overrides['opt.warmup_steps'] for r in w} == {stable.overrides['train.steps'] // 10}
+  # A branch far shorter than the stable run starts after the warmup too (its
+  # warmup had been the stable run's, longer than the branch itself).
+  far = plan.wsd_branches([1e5], [4e3, 4e5], BASE, 16, 128, 'exact', 8, 8,
+                          cooldown_fraction=0.25, warmup_steps=1000)
+  assert all(r.overrides['opt.warmup_steps'] <= min(b.branch_step for b in far[1:]) for r in far)
   assert stable.overrides['train.extra_checkpoints'] == (b1.branch_step, b2.branch_step)
   for b in (b1, b2):
     steps = b.overrides['train.steps']
