@@ -142,19 +142,18 @@ def prompt_documents(tokens_BP: np.ndarray, start_B: np.ndarray, doc_eos: int | 
   lm.data.documents: the tokens after it neither attend to it nor
   count it as a position. Without it, each row is one document from start_b."""
   B, P = tokens_BP.shape
+  seg_BP = np.full((B, P), -1, np.int32)  # Left padding: no document.
+  pos_BP = np.zeros((B, P), np.int32)
+  for b, s0 in enumerate(start_B):  # Each row's real tokens, as a training window.
+    if doc_eos is not None:
+      seg_BP[b, s0:], pos_BP[b, s0:] = documents(tokens_BP[b, s0:], doc_eos)
+    else:
+      seg_BP[b, s0:], pos_BP[b, s0:] = 0, np.arange(P - s0)
   slot_P = np.arange(P)
-  real_BP = slot_P[None] >= start_B[:, None]
-  starts_BP = np.zeros((B, P), bool)
-  if doc_eos is not None:
-    starts_BP[:, 1:] = (tokens_BP[:, :-1] == doc_eos) & real_BP[:, :-1]
-  starts_BP |= slot_P[None] == start_B[:, None]
-  seg_BP = np.cumsum(starts_BP, axis=1)
-  first_BP = np.maximum.accumulate(np.where(starts_BP, slot_P[None], 0), axis=1)
-  pos_BP = np.where(real_BP, slot_P[None] - first_BP, 0).astype(np.int32)
-  visible_BPP = ((seg_BP[:, :, None] == seg_BP[:, None, :]) & real_BP[:, None, :]
+  visible_BPP = ((seg_BP[:, :, None] == seg_BP[:, None, :]) & (seg_BP[:, None, :] >= 0)
                  & (slot_P[None, None, :] <= slot_P[None, :, None]))
   ends_in_eos = (tokens_BP[:, -1] == doc_eos) if doc_eos is not None else np.zeros(B, bool)
-  doc_B = np.where(ends_in_eos, P, first_BP[:, -1]).astype(np.int32)
+  doc_B = np.where(ends_in_eos, P, P - 1 - pos_BP[:, -1]).astype(np.int32)
   return pos_BP, visible_BPP, doc_B
 
 

@@ -702,10 +702,12 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     final = [e for e in evals if e['step'] == final_step]
     h = obj.headline
     best = max if obj.higher_is_better else min
-    # A run that diverged evaluates NaN parameters before it halts: its rows
-    # hold 'nan' (metrics._plain), which best-of must skip, not compare.
-    finite = lambda key: [x for x in (metrics.number(e[key]) for e in evals if key in e)  # noqa: E731
-                          if math.isfinite(x)]
+
+    def finite(key: str) -> list[float]:
+      """A run that diverged evaluates NaN parameters before it halts: its
+      rows hold 'nan' (metrics._plain), which best-of skips, not compares."""
+      return [x for x in (metrics.number(e[key]) for e in evals if key in e) if math.isfinite(x)]
+
     row = {'name': r.name, 'status': res.get('status', 'pending'), 'design': r.design,
            'objective': obj.name, 'parametrization': c.model.parametrization,
            'd_model': c.model.d_model, 'lr': c.opt.lr, 'budget': r.budget,
