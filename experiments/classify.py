@@ -28,14 +28,8 @@ def _read(path: str, c) -> tuple[list[str], list[str] | None]:
   from lm import classify
   if os.path.splitext(path)[1].lower() in ('.csv', '.jsonl', '.json'):
     return classify.read_texts(path, c.data.text_key, c.data.label_key)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'--file={path!r} does not exist')
-  try:
-    with open(path, encoding='utf-8') as f:
-      return [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()], None
-  except UnicodeDecodeError as e:
-    from lm.config import ConfigError
-    raise ConfigError(f'--file={path} is not UTF-8 text ({e.reason} at byte {e.start})') from None
+  from lm import cli
+  return cli.read_lines(path, 'file'), None
 
 
 def main(argv):

@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, host, objectives, sampling
+from lm import checkpoint, cli, host, objectives, sampling
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -72,16 +72,7 @@ def main(argv):
     if _SCORE.value is None or seq2seq:  # Prompts: to continue, or the input scored from.
       texts = list(_PROMPT.value)
       if _PROMPTS_FILE.value:
-        try:
-          with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
-            lines = [line.rstrip('\n').replace('\\n', '\n') for line in f
-                     if line.rstrip('\n')]  # Blank lines part prompts; spaces are text.
-        except UnicodeDecodeError as e:
-          raise sampling.SamplingError(f'--prompts_file={_PROMPTS_FILE.value} is not UTF-8 '
-                                       f'text ({e.reason} at byte {e.start})') from None
-        if not lines:
-          raise sampling.SamplingError(f'--prompts_file={_PROMPTS_FILE.value} holds no '
-                                       'prompt (only blank lines): one prompt per line')
+        lines = cli.read_lines(_PROMPTS_FILE.value, 'prompts_file')
         texts += lines
       if not texts:
         raise sampling.SamplingError('give --prompt, --prompts_file or --score')
@@ -159,5 +150,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from lm import cli
   app.run(main, flags_parser=cli.parse_flags)

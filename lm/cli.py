@@ -8,6 +8,7 @@ parses), a missing or broken config file, or any other flag error prints
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -85,6 +86,26 @@ def _fields_of_unknown(argv: list[str]) -> str:
       if field.split('.')[0] not in known:
         return f' (--config.{name}; {section} fields: {", ".join(known)})'
   return ''
+
+
+def read_lines(path: str, flag: str) -> list[str]:
+  """The texts of a one-per-line file given as --FLAG=path: empty lines are
+  skipped, spaces are text (an indent is a prompt for code), and a literal
+  '\\n' in a line is a newline. Raises ConfigError naming the flag for a
+  missing, non-UTF-8 or textless file."""
+  from lm.config import ConfigError
+  if not os.path.isfile(path):
+    raise ConfigError(f'--{flag}={path} does not exist (one text per line)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = [line.rstrip('\n').replace('\\n', '\n') for line in f
+               if line.rstrip('\n')]
+  except UnicodeDecodeError as e:
+    raise ConfigError(f'--{flag}={path} is not UTF-8 text ({e.reason} at byte '
+                      f'{e.start})') from None
+  if not lines:
+    raise ConfigError(f'--{flag}={path} holds no text (only empty lines): one text per line')
+  return lines
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -93,3 +93,19 @@ def test_only_a_bracketed_string_reads_as_an_unparsed_tuple(monkeypatch):
   monkeypatch.setattr(cli.flags, 'FLAGS', type('Flags', (), {'config': cd})())
   assert 'not a Python tuple' in cli._unparsed_tuple(['x', '--config.data.labels=(pos, neg)'])
   assert cli._unparsed_tuple(['x', '--config.data.tags=']) is None
+
+
+def test_one_text_per_line_files_are_read_alike(tmp_path):
+  """generate --prompts_file and classify --file share one reader: empty lines
+  are skipped (spaces are text), '\\n' is a newline, bad files fail in one line."""
+  from lm import cli
+  f = tmp_path / 'texts.txt'
+  f.write_text('first\n  \n\nsecond\\nline\n  indented\n')
+  assert cli.read_lines(str(f), 'file') == ['first', '  ', 'second\nline', '  indented']
+  (tmp_path / 'blank.txt').write_text('\n\n')
+  (tmp_path / 'bin.txt').write_bytes(b'ok\n\xff\xfe\n')
+  for name, want in [('blank.txt', 'holds no text'), ('bin.txt', 'is not UTF-8'),
+                     ('none.txt', 'does not exist')]:
+    with pytest.raises(config_lib.ConfigError) as e:
+      cli.read_lines(str(tmp_path / name), 'prompts_file')
+    assert f'--prompts_file={tmp_path / name} {want}' in str(e.value), str(e.value)
