@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -19,15 +20,35 @@ class MetricsError(ConfigError):
 
 
 class Writer:
-  """Appends one JSON object per line and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per line and mirrors scalars to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  A run resumed at step `start` asks TensorBoard to drop the earlier events
+  after it (tensorboardX's purge_step), as lm/workdir.truncate_metrics drops
+  those rows from metrics.jsonl: a killed process's steps past its last
+  checkpoint would otherwise show twice in TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool | None = None, start: int = 0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb_dir = os.path.join(workdir, 'tb')
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._tb = _summary_writer()(os.path.join(workdir, 'tb'))
+      self.restart_at(start)
+
+  def restart_at(self, step: int) -> None:
+    """Events after `step` written so far (a killed process's, or a rolled-back
+    stretch's) are dropped by TensorBoard: a new events file whose session
+    starts at step + 1."""
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      self._tb.close()
+    # Events files are named by the second they were opened in and opened with
+    # 'wb': a suffix keeps a second writer in the same second (a quick resume
+    # or rollback) from truncating the first one's file.
+    self._tb = _summary_writer()(self._tb_dir, purge_step=step + 1 if step else None,
+                                 filename_suffix=f'.{os.getpid()}.{next(_FILES):04d}')
 
   def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -47,6 +68,7 @@ class Writer:
 
 
 _IMPORT_LOCK = threading.Lock()
+_FILES = itertools.count()
 
 
 def _summary_writer() -> type:

@@ -213,9 +213,6 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     for wd, c, m, r in zip(workdirs, cs, mngrs, resume):
       if r:
         ckpt_lib.check_not_past_end(wd, m.latest_step(), c.train.steps)
-    writers = [metrics_lib.Writer(wd) for wd in workdirs]
-    for w in writers:
-      stack.callback(w.close)
     with t.context(), workdir_lib.Preemption() as preemption:
       fresh = init(p)
       states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
@@ -224,6 +221,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         ckpt_lib.write_config(wd, c, tok)
         ckpt_lib.write_corpus(wd, corpus)
       steps = [int(s.step) for s in states]
+      writers = [metrics_lib.Writer(wd, start=n) for wd, n in zip(workdirs, steps)]
+      for w in writers:
+        stack.callback(w.close)
       flops_per_step, peaks = [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):
         workdir_lib.truncate_metrics(wd, steps[k])

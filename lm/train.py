@@ -526,6 +526,7 @@ def _rollback(c: Config, t: Trainer, mngr, data_iter, writer, progress: _Progres
   discard[first_bad] = discard.get(first_bad, 0) + e.step - first_bad
   if jax.process_index() == 0:
     workdir_lib.truncate_metrics(workdir, good)
+  writer.restart_at(good)
   writer.write(good, 'rollback', {'diverged_at': e.step, 'why': e.why,
                                   'dropped_batches': e.step - first_bad,
                                   'rollbacks': rollbacks})
@@ -603,7 +604,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                                  json.dumps({'canaries': canaries}, indent=1))
     if pidx == 0:  # Rows a killed process wrote after its last checkpoint.
       workdir_lib.truncate_metrics(workdir, start)
-    writer = metrics_lib.Writer(workdir)
+    writer = metrics_lib.Writer(workdir, start=start)
     writer.write(start, 'setup', _setup_row(c, t, conv, peak))
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
     progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
