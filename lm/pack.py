@@ -224,9 +224,10 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       writers = [metrics_lib.Writer(wd, start=n) for wd, n in zip(workdirs, steps)]
       for w in writers:
         stack.callback(w.close)
-      flops_per_step, peaks = [], []
+      flops_per_step, peaks, before = [], [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):
         workdir_lib.truncate_metrics(wd, steps[k])
+        before.append(train.wall_resumed(wd, steps[k]))
         conv, fps, peak = train.step_cost(c)
         flops_per_step.append(fps)
         peaks.append(peak)
@@ -235,8 +236,20 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       step_fn = make_step(p)
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
                 for c in cs]
-      wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
+      wall = dict.fromkeys(train.WALL_PARTS, 0.0)
       own = [dict.fromkeys(('eval', 'checkpoint'), 0.0) for _ in range(K)]  # Per member.
+
+      def share(k: int, now: float | None = None) -> dict[str, float]:
+        """Member k's wall time up to `now`, earlier processes' included."""
+        w = {p: wall[p] + sum(o[p] for o in own) for p in ('eval', 'checkpoint')}
+        w = train.with_train({**wall, **w}, (now or time.perf_counter()) - t_loop)
+        total = sum(trained) or 1
+        mine = {p: w[p] / K for p in ('setup', 'compile')}
+        mine.update({p: w[p] * trained[k] / total for p in ('data', 'train')})
+        mine.update({p: own[k][p] + (w[p] - sum(o[p] for o in own)) / K
+                     for p in ('eval', 'checkpoint')})  # The closing waits, evenly.
+        return train.add_wall(before[k], mine)
+
       trained, skips = [0] * K, [0] * K
       skip_flags: list[list] = [[] for _ in range(K)]
       t_loop = time.perf_counter()
@@ -335,6 +348,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
             own[k]['checkpoint'] += time.perf_counter() - t0
+            writers[k].write(done, 'wall', share(k))
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.
             mg.wait_until_finished()
@@ -348,21 +362,11 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       for mg in mngrs:
         mg.wait_until_finished()
       wall['checkpoint'] += time.perf_counter() - t0
-  loop = time.perf_counter() - t_loop
-  for k in ('eval', 'checkpoint'):
-    wall[k] += sum(o[k] for o in own)
-  wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')), 0.0)
-  total = sum(trained) or 1
-
-  def share(k: int) -> dict[str, float]:
-    w = {p: wall[p] / K for p in ('setup', 'compile')}
-    w.update({p: wall[p] * trained[k] / total for p in ('data', 'train')})
-    w.update({p: own[k][p] + (wall[p] - sum(o[p] for o in own)) / K
-              for p in ('eval', 'checkpoint')})  # The closing waits, evenly.
-    return w
-  return [{**r, 'wall': share(k)} if 'error' in r else
-          {'step': ends[k], **r, 'wall': share(k), 'objective': objective}
-          for k, r in enumerate(results)]
+      now = time.perf_counter()
+      out = [{**r, 'wall': share(k, now), 'wall_resumed': sum(before[k].values())}
+             for k, r in enumerate(results)]
+  return [r if 'error' in r else {'step': ends[k], **r, 'objective': objective}
+          for k, r in enumerate(out)]
 
 
 def m_of(m: dict, k: int) -> dict:

@@ -337,9 +337,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
         todo, recs = [r for r, rec in zip(todo, recs) if rec], [rec for rec in recs if rec]
         if not todo:
           continue
-      # A member's wall time: its own parts (lm/pack.train_pack's shares) and
-      # an even share of the unit's time outside them.
-      outside = (time.time() - t_run) - sum(sum(rec.get('wall', {}).values()) for rec in recs)
+      # A member's wall time: its own parts (lm/pack.train_pack's shares, with
+      # the processes' before this one if resumed) and an even share of the
+      # unit's time outside them.
+      outside = (time.time() - t_run) - sum(
+          sum(rec.get('wall', {}).values()) - rec.get('wall_resumed', 0.0) for rec in recs)
       for r, rec in zip(todo, recs):
         rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
         os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
@@ -447,10 +449,10 @@ def _job(cd_dict: dict, workdir: str, names: str, *after) -> None:
 def _record(out: dict) -> dict:
   if 'error' in out:
     return {'status': 'failed', 'error': out['error'][:500],
-            **({'wall': out['wall']} if 'wall' in out else {})}
+            **{k: out[k] for k in ('wall', 'wall_resumed') if k in out}}
   h = out['objective'].headline
   return {'status': 'done', 'final_loss': out['loss'], 'headline': h,
-          'final_headline': out[h], 'wall': out['wall']}
+          'final_headline': out[h], 'wall': out['wall'], 'wall_resumed': out['wall_resumed']}
 
 
 def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:

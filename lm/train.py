@@ -470,6 +470,28 @@ class _Progress:
       self.bar.close()
 
 
+WALL_PARTS = ('setup', 'compile', 'data', 'train', 'eval', 'checkpoint')
+
+
+def wall_resumed(workdir: str, start: int) -> dict[str, float]:
+  """Seconds per part that earlier processes spent on a run resumed at
+  `start`: the 'wall' row written with that checkpoint (rows past it were
+  truncated). A killed process's time after its last checkpoint is not
+  counted; its steps are trained again and counted then."""
+  rows = [r for r in metrics_lib.read(workdir, 'wall') if r['step'] <= start] if start else []
+  return {p: float(rows[-1].get(p, 0.0)) if rows else 0.0 for p in WALL_PARTS}
+
+
+def with_train(wall: dict[str, float], loop_s: float) -> dict[str, float]:
+  """`wall` with 'train' the loop's time outside its measured parts."""
+  rest = sum(v for p, v in wall.items() if p not in ('setup', 'train'))
+  return {**wall, 'train': max(loop_s - rest, 0.0)}
+
+
+def add_wall(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+  return {p: a.get(p, 0.0) + b.get(p, 0.0) for p in WALL_PARTS}
+
+
 def _evaluate(t: Trainer, params, evals: list, writer, step: int, extras,
               final: bool | None = None) -> dict[str, float]:
   """`final` (the run's last eval, which adds the final-only probes) defaults
@@ -605,14 +627,16 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     if pidx == 0:  # Rows a killed process wrote after its last checkpoint.
       workdir_lib.truncate_metrics(workdir, start)
     writer = metrics_lib.Writer(workdir, start=start)
+    before = wall_resumed(workdir, start)
     writer.write(start, 'setup', _setup_row(c, t, conv, peak))
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
     progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
                          mngr.latest_step)
-    # Where the wall time goes (returned as 'wall', seconds): setup (config,
-    # data, build, init or restore), compile (the first step's call), data,
-    # train (dispatch and waiting for the device), eval, checkpoint.
-    wall = dict.fromkeys(('setup', 'compile', 'data', 'train', 'eval', 'checkpoint'), 0.0)
+    # Where the wall time goes (returned as 'wall', seconds, with earlier
+    # processes' if resumed; a 'wall' row with every checkpoint): setup
+    # (config, data, build, init or restore), compile (the first step's call),
+    # data, train (dispatch and waiting for the device), eval, checkpoint.
+    wall = dict.fromkeys(WALL_PARTS, 0.0)
     t_loop = time.perf_counter()
     wall['setup'] = t_loop - t_start
     last_eval, rollbacks, discard, step = {}, 0, {}, start
@@ -660,6 +684,8 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
               wall['checkpoint'] += time.perf_counter() - t0
+              writer.write(done, 'wall', add_wall(
+                  before, with_train(wall, time.perf_counter() - t_loop)))
             if signame and done < end:
               progress.close()
               raise workdir_lib.Preempted(done, signame, workdir)
@@ -680,8 +706,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
       wall['checkpoint'] += time.perf_counter() - t0
       writer.close()
   mngr.close()
-  loop = time.perf_counter() - t_loop
-  wall['train'] = max(loop - sum(v for k, v in wall.items() if k not in ('setup', 'train')),
-                      0.0)
-  return {'step': end, **last_eval, 'wall': wall, 'params': flops_lib.param_counts(c.model)['total'],
+  wall = with_train(wall, time.perf_counter() - t_loop)
+  return {'step': end, **last_eval, 'wall': add_wall(before, wall),
+          'wall_resumed': sum(before.values()), 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}

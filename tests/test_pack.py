@@ -177,7 +177,13 @@ def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_pa
   # evaluated from its metrics, not trained, and its rows are not repeated.
   again = pack.train_pack([short, dc.replace(short, name='new')],
                           [wds[2], str(tmp_path / 'new')], log=lambda *_: None)
-  assert again[0]['loss'] == out[2]['loss'] and again[0]['wall']['train'] == 0
+  assert again[0]['loss'] == out[2]['loss']
+  # Its wall time is the first pack's share (the 'wall' row of its last
+  # checkpoint) and the second's: no training, an even share of its setup.
+  last = metrics.read(wds[2], 'wall')[-1]
+  assert again[0]['wall_resumed'] == pytest.approx(sum(last[p] for p in train.WALL_PARTS))
+  assert again[0]['wall']['train'] == pytest.approx(last['train'])
+  assert again[0]['wall']['setup'] > last['setup']
   assert [r['step'] for r in metrics.read(wds[2], 'train')] == [1, 2, 3, 4]
   assert [r['step'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1, 2, 3, 4]
   assert [r['pack'] for r in metrics.read(str(tmp_path / 'new'), 'train')] == [1] * 4

@@ -184,6 +184,25 @@ def test_wall_time_counts_queued_steps_as_train_not_eval(tmp_path, corpus_dir, m
   assert wall['eval'] < 4 * 0.4, wall  # Steps 1-4 were still queued at the first eval.
 
 
+def test_a_resumed_run_s_wall_time_counts_every_process(tmp_path, corpus_dir):
+  """'wall' is the run's time over all its processes: each checkpoint writes
+  a cumulative 'wall' row, and a resumed process adds its own to that row's."""
+  c = tiny(corpus_dir, **{'train.steps': 6, 'train.checkpoint_every': 2,
+                          'train.eval_every': 6})
+  first = train.train_and_evaluate(c, str(tmp_path), stop_at=4, log=lambda *_: None)
+  rows = metrics.read(str(tmp_path), 'wall')
+  assert [r['step'] for r in rows] == [2, 4] and first['wall_resumed'] == 0
+  assert all(rows[1][p] <= first['wall'][p] + 1e-9 for p in train.WALL_PARTS)
+  second = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  np.testing.assert_allclose(second['wall_resumed'],
+                             sum(rows[1][p] for p in train.WALL_PARTS), rtol=1e-9)
+  assert second['wall']['setup'] > rows[1]['setup'] > 0  # Both processes' setups.
+  assert second['wall']['compile'] > rows[1]['compile'] > 0
+  after = metrics.read(str(tmp_path), 'wall')
+  assert [r['step'] for r in after] == [2, 4, 6]
+  assert all(after[2][p] >= after[1][p] for p in train.WALL_PARTS)
+
+
 def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
   """tensorboardX imports torch when it is installed (3.7 s per training
   process here); lm/metrics.py keeps it out, and the events still read back."""
