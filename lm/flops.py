@@ -3,7 +3,8 @@
 Conventions for training FLOPs per token (C = flops_per_token * tokens):
   6N           6 x non-embedding params (Kaplan et al. 2020, Sec. 2.1).
   6N_with_head 6 x (non-embedding params + the output head V*D).
-  kaplan       6N + 6 * layers * ctx * d_attn (Kaplan 2020, Table 1).
+  kaplan       6N + 6 * layers * ctx * d_attn (Kaplan 2020, Table 1); an
+               encoder-decoder sums its encoder, decoder and cross-attention.
   chinchilla   3 x forward, forward as in Hoffmann et al. 2022, App. F
                (embeddings, causal-free attention incl. softmax, dense, logits).
   exact        3 x the matmuls the step really runs: projections, scores and
@@ -126,10 +127,18 @@ def train_flops_per_token(m: ModelConfig, seq_len: int, convention: str = 'exact
     return 6.0 * p['non_embedding']
   if convention == '6N_with_head':
     return 6.0 * (p['non_embedding'] + m.d_model * V)
-  if convention == 'kaplan':
-    return 6.0 * p['non_embedding'] + 6.0 * m.num_layers * seq_len * m.num_heads * m.dh
+  # Query-key pairs per layer, summed over layers, per token of seq_len: every
+  # key counted (both papers ignore the causal mask); an encoder-decoder's
+  # encoder, decoder and cross-attention each over their own lengths.
+  if m.family == 'encoder_decoder':
+    el, dl = enc_len or seq_len, dec_len or seq_len
+    pairs = (m.num_layers * el * el + m.decoder_layers * dl * (dl + el)) / seq_len
+  else:
+    pairs = m.num_layers * seq_len
+  if convention == 'kaplan':  # 2 n_layer n_ctx d_attn per token, forward (Table 1).
+    return 6.0 * p['non_embedding'] + 6.0 * pairs * m.num_heads * m.dh
   if convention == 'chinchilla':
-    softmax = m.num_layers * 3 * m.num_heads * seq_len
+    softmax = 3 * m.num_heads * pairs
     fwd = (f['embedding'] + f['qkv'] + f['attn_out'] + f['attn_scores_full']
            + f['attn_context_full'] + f['cross'] + softmax + f['mlp'] + f['mlm_transform']
            + f['logits'])

@@ -54,6 +54,28 @@ def test_conventions_order_and_param_split():
   assert blocked < one
 
 
+def test_paper_conventions_count_every_attention_of_an_encoder_decoder():
+  """kaplan's 2 n_layer n_ctx d_attn (and chinchilla's softmax) summed over
+  the encoder, the decoder and cross-attention, each over its own lengths:
+  the decoder's attention had been left out."""
+  m = ModelConfig(family='encoder_decoder', vocab_size=300, d_model=64, num_layers=2,
+                  num_decoder_layers=3, num_heads=4, max_len=128)
+  seq, enc, dec = 120, 100, 30
+  f = flops.all_conventions(m, seq, enc_len=enc, dec_len=dec)
+  pairs = (2 * enc * enc + 3 * dec * (dec + enc)) / seq
+  n = flops.param_counts(m)['non_embedding']
+  assert f['kaplan'] == pytest.approx(6 * n + 6 * pairs * 64)
+  deeper = flops.all_conventions(dataclasses.replace(m, num_decoder_layers=6), seq, enc_len=enc,
+                                 dec_len=dec)
+  n6 = flops.param_counts(dataclasses.replace(m, num_decoder_layers=6))['non_embedding']
+  assert deeper['kaplan'] - 6 * n6 == pytest.approx(
+      6 * 64 * (2 * enc * enc + 6 * dec * (dec + enc)) / seq)
+  # A decoder-only model: unchanged, n_layer x n_ctx pairs.
+  d = ModelConfig(vocab_size=300, d_model=64, num_layers=2, num_heads=4, max_len=128)
+  assert flops.train_flops_per_token(d, 128, 'kaplan') == pytest.approx(
+      6 * flops.param_counts(d)['non_embedding'] + 6 * 2 * 128 * 64)
+
+
 def test_measured_cpu_peak_is_kept_per_machine(tmp_path, monkeypatch):
   """Measured once, then read back by later processes (here: a cleared
   in-process memo); a damaged file is measured again and rewritten."""
