@@ -639,7 +639,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     wall = dict.fromkeys(WALL_PARTS, 0.0)
     t_loop = time.perf_counter()
     wall['setup'] = t_loop - t_start
-    last_eval, rollbacks, discard, step = {}, 0, {}, start
+    last_eval, rollbacks, discard, step, compiled = {}, 0, {}, start, False
     try:
       while True:
         try:
@@ -655,8 +655,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             state, m = t.train_step(state, batch, t.sched)
             if 'skipped' in m:
               progress.skip_flags.append((step + 1, m['skipped']))
-            if step == start:
+            if not compiled:  # The first call; not a rollback's replay of it.
               wall['compile'] += time.perf_counter() - t1
+              compiled = True
             progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
             done = step = step + 1
             if done % c.train.log_every == 0 or done == end:
