@@ -707,6 +707,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
       wall['checkpoint'] += time.perf_counter() - t0
       writer.close()
   mngr.close()
+  if preemption.signame:  # During the last step or the closing waits: the run is
+    # whole (rerunning records its end), but the caller (a sweep) must stop too.
+    raise workdir_lib.Preempted(end, preemption.signame, workdir)
   wall = with_train(wall, time.perf_counter() - t_loop)
   return {'step': end, **last_eval, 'wall': add_wall(before, wall),
           'wall_resumed': sum(before.values()), 'params': flops_lib.param_counts(c.model)['total'],

@@ -295,3 +295,32 @@ def test_a_second_signal_during_training_ends_at_once_with_75(tmp_path):
                      timeout=60)
   assert r.returncode == 75 and 'a second SIGINT during training' in r.stderr, r.stderr
   assert not (tmp_path / '.lock').exists()
+
+
+def test_a_signal_during_the_last_step_still_stops_the_caller(tmp_path, corpus_dir,
+                                                              monkeypatch):
+  """A SIGTERM in the last step: the run is whole (checkpoint and final eval
+  written), and Preempted is still raised, so a sweep stops instead of
+  training its next run in the scheduler's grace period; the rerun finishes."""
+  real_build = train.build
+  c = tiny(corpus_dir, **{'train.steps': 4, 'train.checkpoint_every': 4})
+
+  def build(cfg, *args, **kwargs):
+    t = real_build(cfg, *args, **kwargs)
+    step = t.train_step
+
+    def signalling(state, batch, sched):
+      if int(state.step) == cfg.train.steps - 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # The loop's Preemption handler takes it.
+      return step(state, batch, sched)
+    t.train_step = signalling
+    return t
+
+  monkeypatch.setattr(train, 'build', build)
+  with pytest.raises(workdir.Preempted, match='SIGTERM at step 4'):
+    train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  assert os.listdir(tmp_path / 'checkpoints') == ['4']
+  monkeypatch.setattr(train, 'build', real_build)
+  out = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  assert out['step'] == 4 and np.isfinite(out['loss'])
+  assert [r['step'] for r in metrics.read(str(tmp_path), 'eval')].count(4) == 1
