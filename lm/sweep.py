@@ -312,6 +312,13 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   groups = claim_groups(units) if worker else [[u] for u in units]
   t0 = time.time()
   results, timed, left_runs = [], [], list(runs)
+  if not worker:  # Runs finished before this process: out of the count from the start.
+    for r in runs:
+      prev = read_result(workdir, r.name)
+      if prev.get('status') == 'done':
+        left_runs.remove(r)
+        if prev.get('wall_s'):
+          timed.append((r, prev['wall_s']))
   for group in groups:
     if worker and not _claim(workdir, group[0][0].name):
       continue
@@ -323,9 +330,10 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
           todo.append(r)
         elif not worker:  # A worker reports only what it trained; its progress: below.
           results.append(prev)
-          left_runs.remove(r)
-          if prev.get('wall_s'):
-            timed.append((r, prev['wall_s']))
+          if r in left_runs:  # Finished by another process since the count above.
+            left_runs.remove(r)
+            if prev.get('wall_s'):
+              timed.append((r, prev['wall_s']))
       if not todo:
         continue
       t_run = time.time()

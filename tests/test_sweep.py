@@ -154,6 +154,8 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   res2 = sweep.run_all(cd, wd, log=logs2.append)
   assert all(r['status'] == 'done' for r in res2)
   assert sum('[sweep] ' in line and '/6 done' in line for line in logs2) == 4
+  # Runs 0 and 2 finished before: counted from the first line (it read 2/6).
+  assert '3/6 done, 3 left' in next(line for line in logs2 if '/6 done' in line), logs2
   steps = [r['step'] for r in metrics.read(pdir, 'train')]
   assert steps == sorted(set(steps))  # No step twice after the resume.
   # Killed after its last checkpoint, before result.json: recorded as done on
