@@ -22,10 +22,10 @@ class MetricsError(ConfigError):
 class Writer:
   """Appends one JSON object per line and mirrors scalars to TensorBoard.
 
-  A run resumed at step `start` asks TensorBoard to drop the earlier events
-  after it (tensorboardX's purge_step), as lm/workdir.truncate_metrics drops
-  those rows from metrics.jsonl: a killed process's steps past its last
-  checkpoint would otherwise show twice in TensorBoard."""
+  A run (re)started at step `start` has TensorBoard drop the earlier events
+  from it on (tensorboardX's purge_step) and mirror what metrics.jsonl keeps,
+  as lm/workdir.truncate_metrics drops those rows from metrics.jsonl: a killed
+  process's steps past its last checkpoint would otherwise show twice."""
 
   def __init__(self, workdir: str, enabled: bool | None = None, start: int = 0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -37,9 +37,10 @@ class Writer:
       self.restart_at(start)
 
   def restart_at(self, step: int) -> None:
-    """Events after `step` written so far (a killed process's, or a rolled-back
-    stretch's) are dropped by TensorBoard: a new events file whose session
-    starts at step + 1."""
+    """TensorBoard drops every event at or after `step` written so far (a
+    killed process's, a rolled-back stretch's): a new events file whose session
+    starts at `step`; the rows metrics.jsonl keeps at `step` (its eval, say)
+    are written to it again. Call it after lm/workdir.truncate_metrics."""
     if not self.enabled:
       return
     if self._tb is not None:
@@ -47,8 +48,12 @@ class Writer:
     # Events files are named by the second they were opened in and opened with
     # 'wb': a suffix keeps a second writer in the same second (a quick resume
     # or rollback) from truncating the first one's file.
-    self._tb = _summary_writer()(self._tb_dir, purge_step=step + 1 if step else None,
+    self._tb = _summary_writer()(self._tb_dir, purge_step=step,
                                  filename_suffix=f'.{os.getpid()}.{next(_FILES):04d}')
+    for row in read(os.path.dirname(self.path)):
+      if row['step'] == step:
+        self._scalars(row)
+    self._tb.flush()
 
   def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -57,10 +62,13 @@ class Writer:
     row.update({k: _plain(v) for k, v in values.items()})
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
-    for k, v in row.items():
-      if isinstance(v, (int, float)) and k != 'step':
-        self._tb.add_scalar(f'{kind}/{k}', v, step)
+    self._scalars(row)
     self._tb.flush()
+
+  def _scalars(self, row: dict[str, Any]) -> None:
+    for k, v in row.items():
+      if isinstance(v, (int, float)) and k not in ('step', 'kind'):
+        self._tb.add_scalar(f'{row["kind"]}/{k}', v, row['step'])
 
   def close(self) -> None:
     if self._tb is not None:

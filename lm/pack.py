@@ -221,12 +221,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         ckpt_lib.write_config(wd, c, tok)
         ckpt_lib.write_corpus(wd, corpus)
       steps = [int(s.step) for s in states]
+      for wd, n in zip(workdirs, steps):  # Rows a killed process wrote after its checkpoint.
+        workdir_lib.truncate_metrics(wd, n)
       writers = [metrics_lib.Writer(wd, start=n) for wd, n in zip(workdirs, steps)]
       for w in writers:
         stack.callback(w.close)
       flops_per_step, peaks, before = [], [], []
       for k, (wd, c) in enumerate(zip(workdirs, cs)):
-        workdir_lib.truncate_metrics(wd, steps[k])
         before.append(train.wall_resumed(wd, steps[k]))
         conv, fps, peak = train.step_cost(c)
         flops_per_step.append(fps)

@@ -229,14 +229,17 @@ def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
   assert r.stdout.strip() == "[(7, 'train/loss', 1.5)]"
 
 
-def test_a_resumed_writer_has_tensorboard_drop_the_killed_process_s_later_events(tmp_path):
+def test_a_restarted_writer_has_tensorboard_drop_the_killed_process_s_events(tmp_path):
   """metrics.jsonl is truncated to the checkpoint a resumed run continues
-  from; TensorBoard is told the same (a session starting at the next step),
-  and a second writer in the same second leaves the first one's file whole."""
+  from; TensorBoard is told the same (a session starting at that step, whose
+  kept rows are written again), also for a restart from scratch, and a
+  second writer in the same second leaves the first one's file whole."""
   import glob
   import struct
 
   from tensorboardX.proto import event_pb2
+
+  from lm import workdir
 
   def events(path):
     data, out = open(path, 'rb').read(), []
@@ -244,24 +247,28 @@ def test_a_resumed_writer_has_tensorboard_drop_the_killed_process_s_later_events
       n = struct.unpack('<Q', data[:8])[0]
       out.append(event_pb2.Event.FromString(data[12:12 + n]))
       data = data[16 + n:]
-    return out
+    starts = [e.step for e in out if e.session_log.status == event_pb2.SessionLog.START]
+    return starts, [(e.step, v.tag) for e in out for v in e.summary.value]
 
-  killed = metrics.Writer(str(tmp_path), enabled=True)
-  for step in range(1, 6):  # A checkpoint at 3; killed after 5.
+  wd = str(tmp_path)
+  killed = metrics.Writer(wd, enabled=True)
+  for step in range(1, 6):  # A checkpoint at 3 (with an eval); killed after 5.
     killed.write(step, 'train', {'loss': float(step)})
+    if step == 3:
+      killed.write(step, 'eval', {'loss': 9.0})
   killed.close()
-  resumed = metrics.Writer(str(tmp_path), enabled=True, start=3)
+  workdir.truncate_metrics(wd, 3)
+  resumed = metrics.Writer(wd, enabled=True, start=3)
   resumed.write(4, 'train', {'loss': 40.0})
+  workdir.truncate_metrics(wd, 2)
   resumed.restart_at(2)  # A rollback to step 2.
   resumed.close()
   files = sorted(glob.glob(str(tmp_path / 'tb' / '*tfevents*')))
   assert len(files) == 3
   first, second, third = (events(f) for f in files)
-  assert [e.step for e in first if e.summary.value] == [1, 2, 3, 4, 5]
-  assert not any(e.HasField('session_log') for e in first)
-  starts = [e.step for e in second if e.session_log.status == event_pb2.SessionLog.START]
-  assert starts == [4] and [e.step for e in second if e.summary.value] == [4]
-  assert [e.step for e in third if e.session_log.status == event_pb2.SessionLog.START] == [3]
+  assert first[0] == [0] and [s for s, _ in first[1]] == [1, 2, 3, 3, 4, 5]
+  assert second == ([3], [(3, 'train/loss'), (3, 'eval/loss'), (4, 'train/loss')])
+  assert third == ([2], [(2, 'train/loss')])
 
 
 def test_branch_checkpoints_outlive_interruptions(tmp_path, corpus_dir):
