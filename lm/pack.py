@@ -205,6 +205,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       if r:
         ckpt_lib.check_tokenizer(wd, tok)
         ckpt_lib.check_corpus(wd, corpus)
+        metrics_lib.read(wd)  # A damaged metrics.jsonl: refused, not truncated.
     read, data_clock = train.data_reading(t.mesh)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
                                    data.transform, read)) for c in cs]

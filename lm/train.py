@@ -582,6 +582,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   corpus = data_lib.corpus_record(c.data)
   if resume:  # Before the data are prepared.
     ckpt_lib.check_corpus(workdir, corpus)
+    metrics_lib.read(workdir)  # A damaged metrics.jsonl: refused, not truncated.
   src = check_init_from(c, tok) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -596,6 +597,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
       src = check_init_from(c, tok) if c.init_from and not resume else None
       if resume:
         ckpt_lib.check_corpus(workdir, corpus)
+        metrics_lib.read(workdir)
     return _train(c, t, tok, objective, data, workdir, resume, src, stop_at, log, t_start,
                   corpus)
 

@@ -312,18 +312,24 @@ def clean_incomplete(ckpt_dir: str, log=print) -> list[str]:
 
 def truncate_metrics(workdir: str, step: int) -> int:
   """Drops metrics.jsonl rows after `step` (written after the checkpoint that a
-  resumed run continues from), so no step appears twice; returns how many."""
+  resumed run continues from), so no step appears twice; returns how many. A
+  torn last line (a kill mid-write) goes too; a damaged row before it raises
+  MetricsError (lm/train checks that before anything is written)."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
   with open(path) as f:
     lines = [x for x in f if x.strip()]
   keep = []
-  for x in lines:
+  for i, x in enumerate(lines):
     try:
       row = json.loads(x)
-    except ValueError:  # A line cut short by a kill: drop it.
-      continue
+    except ValueError:
+      if i == len(lines) - 1:  # The last line, cut short by a kill: drop it.
+        continue
+      from lm.metrics import MetricsError  # Never drop a damaged row from the middle.
+      raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
+                         'or delete the run directory to train it again') from None
     # The resumed run writes its own setup row at `step`.
     if row.get('step', 0) < step or (row.get('step') == step and row.get('kind') != 'setup'):
       keep.append(x)

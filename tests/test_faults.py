@@ -324,3 +324,23 @@ def test_a_signal_during_the_last_step_still_stops_the_caller(tmp_path, corpus_d
   out = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
   assert out['step'] == 4 and np.isfinite(out['loss'])
   assert [r['step'] for r in metrics.read(str(tmp_path), 'eval')].count(4) == 1
+
+
+def test_a_damaged_metrics_row_is_refused_on_resume_not_dropped(tmp_path, corpus_dir):
+  """Only a torn last line is a kill's doing; a damaged row before it is
+  refused in one line before anything is written (a resume had silently
+  deleted it while truncating)."""
+  c = tiny(corpus_dir, **{'train.steps': 6, 'train.checkpoint_every': 2, 'train.log_every': 1})
+  train.train_and_evaluate(c, str(tmp_path), stop_at=4, log=lambda *_: None)
+  path = tmp_path / 'metrics.jsonl'
+  lines = path.read_text().splitlines(keepends=True)
+  lines[2] = lines[2][:20] + '\n'
+  path.write_text(''.join(lines))
+  before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  with pytest.raises(metrics.MetricsError, match=r'metrics.jsonl:3 is not a JSON row'):
+    train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before
+  # A torn last line alone (a kill mid-write) is dropped and the run goes on.
+  lines[2] = json.dumps({'step': 2, 'kind': 'train', 'loss': 1.0}) + '\n'
+  path.write_text(''.join(lines) + '{"step": 4, "ki')
+  assert train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)['step'] == 6
