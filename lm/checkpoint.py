@@ -270,6 +270,18 @@ def check_workdir(workdir: str, c: Config) -> bool:
         f'{workdir} holds a run with a different architecture or data; it was left '
         'untouched: choose another --workdir. Differing fields (run != config): '
         + '; '.join(diffs))
+  # Free fields that still change the optimizer state's tree (lm/optimizer.make):
+  # the restore would fail as if the checkpoint were damaged.
+  moved = [f'opt.grad_clip: {old.opt.grad_clip} != {c.opt.grad_clip} (clipping on or off)'
+           ] if (old.opt.grad_clip > 0) != (c.opt.grad_clip > 0) else []
+  if old.opt.freeze_backbone != c.opt.freeze_backbone:
+    moved.append(f'opt.freeze_backbone: {old.opt.freeze_backbone} != {c.opt.freeze_backbone}')
+  if moved:
+    raise CheckpointError(
+        f'{workdir} holds a run whose optimizer state has another structure; it was left '
+        'untouched: keep these as they were (opt.grad_clip may change between positive '
+        'values), or choose another --workdir. Differing fields (run != config): '
+        + '; '.join(moved))
   # Only temporary directories (a kill during the first save): a fresh start.
   return any(e.isdigit() for e in os.listdir(ckpt))
 

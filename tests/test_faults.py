@@ -4,6 +4,7 @@ The longer version of the kill test is tools/fault_inject.py (20 injections)."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -344,3 +345,17 @@ def test_a_damaged_metrics_row_is_refused_on_resume_not_dropped(tmp_path, corpus
   lines[2] = json.dumps({'step': 2, 'kind': 'train', 'loss': 1.0}) + '\n'
   path.write_text(''.join(lines) + '{"step": 4, "ki')
   assert train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)['step'] == 6
+
+
+def test_resuming_refuses_free_fields_that_change_the_optimizer_state(tmp_path, corpus_dir):
+  """opt.grad_clip on/off and opt.freeze_backbone change the optimizer state's
+  tree: refused by name (the restore had failed as 'damaged, remove the step')."""
+  import dataclasses as dc
+  c = train.train_and_evaluate(tiny(corpus_dir, **{'train.steps': 2}), str(tmp_path),
+                               log=lambda *_: None)['config']  # Its vocabulary resolved.
+  for opt, field in [(dc.replace(c.opt, grad_clip=0.0), 'opt.grad_clip: 1.0 != 0.0'),
+                     (dc.replace(c.opt, freeze_backbone=True), 'opt.freeze_backbone')]:
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(field)):
+      checkpoint.check_workdir(str(tmp_path), dc.replace(c, opt=opt))
+  assert checkpoint.check_workdir(str(tmp_path),
+                                  dc.replace(c, opt=dc.replace(c.opt, grad_clip=0.5)))

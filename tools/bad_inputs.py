@@ -38,6 +38,11 @@ def _cfg(**over) -> list[str]:
 # small text corpus. Every run-config case trains into {S}/w, which must not appear.
 _W = '--workdir={S}/w'
 _DIR = ['--config.data.source=dir', '--config.data.path={CORPUS}']
+# How {RUN} was trained (besides _DIR), for cases that resume it.
+_RUN_FLAGS = ['--config.train.steps=2', '--config.opt.warmup_steps=1',
+              '--config.train.batch_size=8', '--config.data.seq_len=32',
+              '--config.train.progress=False', '--config.model.d_model=32',
+              '--config.train.eval_batches=1']
 CASES: list[tuple[str, list[str], str]] = []
 
 # Config values, one per rule of lm/config.py (the train CLI; validated before
@@ -144,6 +149,9 @@ CASES += [
     ('train: resume with another architecture', [*TRAIN, '--workdir={RUN}', *_DIR,
                                                  '--config.model.d_model=64'],
      'model.d_model'),
+    ('train: resume with gradient clipping turned off',
+     [*TRAIN, '--workdir={RUN}', *_DIR, *_RUN_FLAGS, '--config.opt.grad_clip=0'],
+     'opt.grad_clip: 1.0 != 0'),
     ('train: init_from that does not exist', [*TRAIN, _W, *_DIR, '--config.init_from={S}/none'],
      'none'),
     ('train: finetune_lm without init_from', ['-m', 'experiments.train',
@@ -354,11 +362,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=ROOT)
   if not os.path.isdir(os.path.join(run, 'checkpoints')):
     subprocess.run([sys.executable, *TRAIN, f'--workdir={run}', '--config.data.source=dir',
-                    f'--config.data.path={corpus}', '--config.train.steps=2',
-                    '--config.opt.warmup_steps=1', '--config.train.batch_size=8',
-                    '--config.data.seq_len=32', '--config.train.progress=False',
-                    '--config.model.d_model=32', '--config.train.eval_batches=1',
-                    '--sample_tokens=0'], check=True, cwd=ROOT, env=env, capture_output=True)
+                    f'--config.data.path={corpus}', *_RUN_FLAGS, '--sample_tokens=0'],
+                   check=True, cwd=ROOT, env=env, capture_output=True)
   if hf and not os.path.isdir(hf):
     subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
                     f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
