@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import jax
@@ -296,19 +297,54 @@ def check_not_past_end(workdir: str, latest: int | None, steps: int) -> None:
         f'to at least {latest}, or choose another --workdir')
 
 
+_QUIET = []
+
+
+def _quiet_failed_reads(failed: bool) -> None:
+  """When orbax fails to read a damaged step, its other reads of it fail too,
+  in TensorStore's threads and in futures nobody awaits: each prints a
+  traceback with the TensorStore spec (up to thousands of lines around the
+  one-line error, mostly at exit), or, calling back into orbax's closed event
+  loop, 'Event loop is closed'. Before a restore: hooks that drop exactly
+  those two errors. After a failed one (`failed`): also asyncio's log of
+  never-retrieved futures and the never-awaited-coroutine warnings."""
+  import logging
+  import sys
+  import warnings
+  if failed:
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+    warnings.filterwarnings('ignore', message='coroutine .* was never awaited',
+                            category=RuntimeWarning)
+  if _QUIET:
+    return
+  _QUIET.append(True)
+
+  def noise(e: BaseException | None) -> bool:
+    return ((isinstance(e, RuntimeError) and str(e) == 'Event loop is closed')
+            or str(e).startswith('Encountered error while reading array index'))
+
+  hook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
+  sys.excepthook = lambda t, e, tb: None if noise(e) else hook(t, e, tb)
+  threading.excepthook = lambda a: None if noise(a.exc_value) else thread_hook(a)
+  sys.unraisablehook = lambda u: None if noise(u.exc_value) else unraisable(u)
+
+
 def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
   step = mngr.latest_step()
   target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   import grain  # Here, not at the top: generation and export never read a data iterator.
+  _quiet_failed_reads(failed=False)
   try:
     out = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
         data=grain.checkpoint.CheckpointRestore(data_iter)))
   except Exception as e:  # Orbax raises many types for a damaged directory.
+    _quiet_failed_reads(failed=True)
+    why = str(e).splitlines()[0].split(' See full TensorStore details')[0]
     raise CheckpointError(
         f'checkpoint step {step} in {mngr.directory} could not be restored '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:300]}); it was left untouched: '
+        f'({type(e).__name__}: {why[:300]}); it was left untouched: '
         'choose another --workdir or remove the damaged step') from None
   # Orbax hands PRNG keys back as their raw uint32 data: typed again, the
   # restored state has the fresh state's types (one compiled step for both,

@@ -54,7 +54,8 @@ def test_config_values_are_refused_by_name(name, flag, want):
 
 SAMPLE = ['train: data dir of binary files', 'train: resume with another architecture',
           'sweep: collect an empty workdir', 'hf export: --overwrite onto a run',
-          'train: a tuple of unquoted strings', 'sweep: plan with --only not in it']  # tools/bad_inputs.py runs every case.
+          'train: a tuple of unquoted strings', 'sweep: plan with --only not in it',
+          'train: resume from a damaged checkpoint']  # tools/bad_inputs.py runs every case.
 
 
 @pytest.mark.slow

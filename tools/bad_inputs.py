@@ -152,6 +152,9 @@ CASES += [
     ('train: resume with gradient clipping turned off',
      [*TRAIN, '--workdir={RUN}', *_DIR, *_RUN_FLAGS, '--config.opt.grad_clip=0'],
      'opt.grad_clip: 1.0 != 0'),
+    ('train: resume from a damaged checkpoint',
+     [*TRAIN, '--workdir={S}/damaged', *_DIR, *_RUN_FLAGS],
+     'could not be restored'),
     ('train: init_from that does not exist', [*TRAIN, _W, *_DIR, '--config.init_from={S}/none'],
      'none'),
     ('train: finetune_lm without init_from', ['-m', 'experiments.train',
@@ -364,6 +367,13 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
     subprocess.run([sys.executable, *TRAIN, f'--workdir={run}', '--config.data.source=dir',
                     f'--config.data.path={corpus}', *_RUN_FLAGS, '--sample_tokens=0'],
                    check=True, cwd=ROOT, env=env, capture_output=True)
+  damaged = os.path.join(s, 'damaged')  # {RUN} with its checkpoint's arrays cut short.
+  if not os.path.isdir(damaged):
+    shutil.copytree(run, damaged)
+    for d, _, files in os.walk(os.path.join(damaged, 'checkpoints')):
+      for f in files:
+        if os.path.basename(d) == 'd':  # OCDBT's data files.
+          os.truncate(os.path.join(d, f), 10)
   if hf and not os.path.isdir(hf):
     subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
                     f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
