@@ -338,30 +338,33 @@ def _as_str(x) -> str:
   return x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
 
-def token_cache_path(builder: tfds.core.DatasetBuilder, split: str, tokenizer,
+def token_cache_path(builder: tfds.core.DatasetBuilder, split: str, text_key: str, tokenizer,
                      cache: str) -> str:
+  """Keyed by everything the tokens depend on: dataset dir, the feature read
+  (another text_key of one dataset is other text), tokenizer and split."""
   key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:12]
-  return os.path.join(cache, 'tokens', f'{builder.name}-{key}-{tokenizer.name}-{split}.npy')
+  return os.path.join(cache, 'tokens',
+                      f'{builder.name}-{key}-{text_key}-{tokenizer.name}-{split}.npy')
 
 
 def tokenize_split(builder: tfds.core.DatasetBuilder, split: str, text_key: str,
                    tokenizer, cache: str) -> np.ndarray:
   """All documents of a split, each followed by EOS, as one flat token array.
 
-  Cached as .npy (keyed by dataset dir, tokenizer and split) and written
+  Cached as .npy (keyed by dataset dir, text feature, tokenizer and split) and written
   atomically, so an interrupted run never leaves a half-written cache.
   """
   if builder.info.splits and split not in builder.info.splits:  # Mocks list none.
     raise ConfigError(f'split {split!r} not in {builder.name}; available: '
                       f'{", ".join(builder.info.splits)}')
-  path = token_cache_path(builder, split, tokenizer, cache)
+  if text_key not in builder.info.features:
+    raise ConfigError(f'config.data.text_key={text_key!r} is not a feature of '
+                      f'{builder.name}; features: {", ".join(builder.info.features)}')
+  path = token_cache_path(builder, split, text_key, tokenizer, cache)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if os.path.exists(path):
     return np.load(path, mmap_mode='r')
   src = builder.as_data_source(split=split)
-  if text_key not in builder.info.features:
-    raise ConfigError(f'config.data.text_key={text_key!r} is not a feature of '
-                      f'{builder.name}; features: {", ".join(builder.info.features)}')
   import grain
   eos = np.asarray([tokenizer.eos_id], np.int32)
   docs = (grain.MapDataset.source(src)

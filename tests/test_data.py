@@ -116,7 +116,7 @@ def test_tokens_are_documents_joined_by_eos(built):
   docs = [data._as_str(ex['text']) for ex in built.as_data_source(split='validation')]
   want = np.concatenate([np.append(tok.encode(t), tok.eos_id) for t in docs])
   np.testing.assert_array_equal(tokens, want)
-  assert os.path.exists(data.token_cache_path(built, 'validation', tok, cache))
+  assert os.path.exists(data.token_cache_path(built, 'validation', 'text', tok, cache))
 
 
 def test_packing_puts_every_token_exactly_once():
@@ -195,6 +195,24 @@ def test_catalog_bad_text_key_and_name(tmp_path):
       data.tokenize_split(builder, 'train', key, ByteTokenizer(), str(tmp_path))
   with pytest.raises(ConfigError, match='not a TFDS catalog dataset'):
     data.catalog_dataset('no_such_dataset_xyz', str(tmp_path))
+
+
+def test_the_token_cache_is_keyed_by_the_text_feature(tmp_path):
+  """Another text_key of one dataset is other text: the cache of the first
+  had been returned for the second (and for a misspelt one, unchecked)."""
+  tok, cache = ByteTokenizer(), str(tmp_path)
+  with tfds.testing.mock_data(num_examples=4):
+    out = {}
+    for key in ('description', 'title'):
+      builder, k = data.corpus(DataConfig(source='tfds', tfds_name='ag_news_subset',
+                                          cache_dir=cache, text_key=key))
+      out[key] = np.asarray(data.tokenize_split(builder, 'train', k, tok, cache))
+      docs = [data._as_str(ex[key]) for ex in builder.as_data_source(split='train')]
+      np.testing.assert_array_equal(out[key], np.concatenate(
+          [np.append(tok.encode(t), tok.eos_id) for t in docs]))
+    assert not np.array_equal(out['description'], out['title'])
+    with pytest.raises(ConfigError, match="text_key='titel'"):
+      data.tokenize_split(builder, 'train', 'titel', tok, cache)
 
 
 def test_stdlib_corpus_files():
