@@ -123,12 +123,23 @@ class HFTokenizer:
     except Exception as e:  # The library raises a bare Exception for a file it cannot parse.
       raise ConfigError(f'data.tokenizer_path={path!r} is not a Hugging Face tokenizer.json '
                         f'({" ".join(str(e).split())[:200]})') from None
+    # A tokenizer.json may carry truncation or padding (some on the Hub do):
+    # applied by encode, they would cut every document or add pad "documents".
+    self.tok.no_truncation()
+    self.tok.no_padding()
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
     side = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
     tc = {}
     if os.path.isfile(side):
-      with open(side) as f:
-        tc = json.load(f)
+      try:
+        with open(side, encoding='utf-8') as f:
+          tc = json.load(f)
+      except ValueError as e:  # Not JSON, or not UTF-8.
+        raise ConfigError(f'{side} (beside data.tokenizer_path) is not a JSON file '
+                          f'({" ".join(str(e).split())[:120]}); fix or remove it') from None
+      if not isinstance(tc, dict):
+        raise ConfigError(f'{side} (beside data.tokenizer_path) holds a JSON '
+                          f'{type(tc).__name__}, not an object; fix or remove it')
 
     def find(role: str) -> int | None:
       """The id of the role's token named in tokenizer_config.json, else of

@@ -143,6 +143,35 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
     get_tokenizer('hf', str(bare))
 
 
+def test_hf_tokenizer_files_settings_and_a_broken_side_config(hf_bpe, tmp_path):
+  """Truncation or padding saved in a tokenizer.json would cut every document
+  or add pad 'documents': dropped at load. A tokenizer_config.json that is not
+  a JSON object fails in one line naming it."""
+  import shutil
+
+  import numpy as np
+  from tokenizers import Tokenizer
+  t = Tokenizer.from_file(hf_bpe)
+  t.enable_truncation(max_length=4)
+  t.enable_padding(length=64)
+  t.save(str(tmp_path / 'tokenizer.json'))
+  text = 'def foo(x):\n    return x + 1\n' * 5
+  whole = get_tokenizer('hf', hf_bpe).encode(text)
+  tok = get_tokenizer('hf', str(tmp_path / 'tokenizer.json'))
+  np.testing.assert_array_equal(tok.encode(text), whole)
+  assert tok.decode(tok.encode(text)) == text and len(whole) > 4
+  for i, bad in enumerate(['{"eos_token": "<|endoftext|>",', '["eos_token"]']):
+    d = tmp_path / f'side{i}'
+    d.mkdir()
+    shutil.copy(hf_bpe, d / 'tokenizer.json')
+    (d / 'tokenizer_config.json').write_text(bad)
+    with pytest.raises(ConfigError, match=f'side{i}/tokenizer_config.json .*fix or remove'):
+      get_tokenizer('hf', str(d / 'tokenizer.json'))
+  (d / 'tokenizer_config.json').write_bytes(b'{"eos_token": "\xff"}')
+  with pytest.raises(ConfigError, match='is not a JSON file'):
+    get_tokenizer('hf', str(d / 'tokenizer.json'))
+
+
 def test_training_with_an_hf_tokenizer(hf_bpe, corpus_dir, tmp_path, monkeypatch):
   """The data pipeline, the vocabulary padding and bits per byte with BPE ids;
   the tokenizer is recorded by absolute path and compared by content."""
