@@ -71,14 +71,26 @@ def measure(cd, batches: int) -> dict[str, float]:
 
 def main(argv):
   del argv
-  from lm import sweep
-  cd, _ = sweep.split(_CONFIG.value)  # A sweep config's runs share its data.
-  print(f'batch {cd.train.batch_size} x {cd.data.seq_len + 1} tokens, '
-        f'document_mask={cd.data.document_mask}\n')
+  import sys
+
+  import ml_collections
+
+  from lm.config import ConfigError
+  cd = ml_collections.ConfigDict(_CONFIG.value.to_dict())  # Unlocked copy.
+  if 'sweep' in cd:  # A sweep config's runs share its data; a run config has none.
+    del cd['sweep']
+  try:
+    print(f'batch {cd.train.batch_size} x {cd.data.seq_len + 1} tokens, '
+          f'document_mask={cd.data.document_mask}\n')
+    rows = measure(cd, _BATCHES.value)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print('| path | ms/batch |\n|---|---|')
-  for name, ms in measure(cd, _BATCHES.value).items():
+  for name, ms in rows.items():
     print(f'| {name} | {ms:.2f} |')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)
