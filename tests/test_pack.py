@@ -217,3 +217,36 @@ def test_bench_pack_times_both_ways_with_the_member_axis_split():
   assert r['seq ms'] > 0 and r['packed ms'] > 0
   np.testing.assert_allclose(r['speed-up'], r['seq ms'] / r['packed ms'])
   np.testing.assert_allclose(r['packed tokens/s'] / r['seq tokens/s'], r['speed-up'])
+
+
+def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, corpus_dir,
+                                                                   monkeypatch):
+  """As for a single run (tests/test_faults.py): the members are whole, and
+  Preempted still reaches the sweep; the rerun records them without training."""
+  import os
+  import signal
+
+  from lm import workdir
+  base = tiny(corpus_dir, **{'train.steps': 3, 'train.checkpoint_every': 3})
+  cs = [dataclasses.replace(base, name=f'p{k}', train=dataclasses.replace(base.train, seed=k))
+        for k in range(2)]
+  wds = [str(tmp_path / c.name) for c in cs]
+  real, calls = pack.make_step, [0]
+
+  def make_step(p):
+    step = real(p)
+
+    def signalling(*args):
+      calls[0] += 1
+      if calls[0] == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # The loop's Preemption handler takes it.
+      return step(*args)
+    return signalling
+
+  monkeypatch.setattr(pack, 'make_step', make_step)
+  with pytest.raises(workdir.Preempted, match='SIGTERM at step 3'):
+    pack.train_pack(cs, wds, log=lambda *_: None)
+  assert all(os.listdir(os.path.join(wd, 'checkpoints')) == ['3'] for wd in wds)
+  monkeypatch.setattr(pack, 'make_step', real)
+  out = pack.train_pack(cs, wds, log=lambda *_: None)
+  assert [o['step'] for o in out] == [3, 3] and all(o['wall']['train'] > 0 for o in out)
