@@ -41,7 +41,13 @@ def _rows(path: str) -> list[tuple[int, dict]]:
     raise LabelError(f'{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset '
                      f'{e.start}); save the file as UTF-8') from None
   if ext == '.csv':
-    rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(io.StringIO(text, newline='')))]
+    reader = csv.DictReader(io.StringIO(text, newline=''))
+    for r in reader:
+      if None in r:  # More fields than the header names (DictReader's overflow key).
+        raise LabelError(f'{path}:{reader.line_num}: {len(reader.fieldnames) + len(r[None])} '
+                         f'fields, but the header names {len(reader.fieldnames)} '
+                         f'({", ".join(reader.fieldnames)}); quote a field that holds a comma')
+      rows.append((reader.line_num, r))
   else:
     for i, line in enumerate(text.split('\n')):  # Not splitlines: U+2028 may sit in a string.
       if line.strip():

@@ -183,6 +183,12 @@ def test_label_files_errors(tmp_path):
   csv_f.write_text('sentence,label\nhello,a\n')
   with pytest.raises(classify.LabelError, match=r"x.csv:2: missing field 'text'"):
     classify.read_file(str(csv_f), 'text', 'label')
+  extra = tmp_path / 'extra.csv'  # An unquoted comma: a field past the header's.
+  extra.write_text('text,label\nhello,a\n"two\nlines",b\nhi, there,a\n')
+  for read in (classify.read_file, classify.read_texts):
+    with pytest.raises(classify.LabelError,
+                       match=r'extra.csv:5: 3 fields, but the header names 2 \(text, label\)'):
+      read(str(extra), 'text', 'label')
   bom = tmp_path / 'bom.csv'  # Excel's "CSV UTF-8" starts with a byte order mark.
   bom.write_bytes('\ufefftext,label\nhello,a\n'.encode('utf-8'))
   assert classify.read_file(str(bom), 'text', 'label') == [('hello', 'a')]
