@@ -1,6 +1,7 @@
 """Hugging Face parity: our logits and greedy tokens equal transformers' (torch, CPU)."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,8 @@ def test_unsupported_architectures_are_refused(tmp_path):
   assert hf.model_config(gpt2).tie_embeddings  # Its lm_head would be read as wte, so:
   with pytest.raises(hf.HFError, match='tie_word_embeddings=false'):
     hf.model_config({**gpt2, 'tie_word_embeddings': False})
+  with pytest.raises(hf.HFError, match='scale_attn_weights=false'):  # Unscaled scores.
+    hf.model_config({**gpt2, 'scale_attn_weights': False})
   with pytest.raises(hf.HFError, match='no config.json'):
     hf.read_dir(str(tmp_path))
 
@@ -213,6 +216,9 @@ def test_malformed_directories_are_refused_in_one_line(tmp_path):
            ({**good, 'n_layer': 'two'}, None, 'num_layers=.two. is invalid: expected an integer'),
            ({k: v for k, v in good.items() if k != 'lm_config'} | {'n_embd': 64}, None,
             'do not fit config.json'),
+           ({k: v for k, v in good.items() if k != 'lm_config'} | {'n_positions': 64}, None,
+            r'do not fit config.json \(1 differ: .*is \(32, 32\), the config wants '
+            r'\(64, 32\)'),
            (good, b'\x00' * 64, 'not a readable safetensors file')]
   weights = (tmp_path / 'hf' / 'model.safetensors').read_bytes()
   for i, (cfg, blob, want) in enumerate(cases):
@@ -221,6 +227,20 @@ def test_malformed_directories_are_refused_in_one_line(tmp_path):
     with pytest.raises(hf.HFError, match=want):
       hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / f'back{i}'))
     assert not (tmp_path / f'back{i}').exists()
+  # A tokenizer with more tokens than the model has embeddings (generation
+  # had scored NaN or crashed on the ids past them).
+  from tests.test_tokenizers import _train_hf
+  cfg_path.write_text(json.dumps({k: v for k, v in good.items() if k != 'lm_config'}))
+  (tmp_path / 'hf' / 'model.safetensors').write_bytes(weights)
+  _train_hf(['def f(x):\n    return x * 2\n' * 20], tmp_path / 'hf' / 'tokenizer.json', vocab=80)
+  with pytest.raises(hf.HFError, match=r'has \d+ tokens, more than the model.s vocab_size 61'):
+    hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'big_tok'))
+  assert not (tmp_path / 'big_tok').exists()
+  # --overwrite replaces an earlier export's tokenizer and weight files too.
+  (tmp_path / 'hf' / 'tokenizer.model').write_bytes(b'x')
+  (tmp_path / 'hf' / 'notes.txt').write_text('mine')
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'), overwrite=True)
+  assert sorted(os.listdir(tmp_path / 'hf')) == ['config.json', 'model.safetensors', 'notes.txt']
 
 
 def test_every_architecture_field_is_mapped_or_refused_by_export():

@@ -219,6 +219,9 @@ def _model_config(cfg: dict) -> ModelConfig:
     if cfg.get('scale_attn_by_inverse_layer_idx') or cfg.get('reorder_and_upcast_attn'):
       raise HFError('GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn '
                     'is not supported')
+    if not cfg.get('scale_attn_weights', True):
+      raise HFError('GPT-2 with scale_attn_weights=false (attention scores not divided by '
+                    'sqrt(head_dim)) is not supported')
     if not cfg.get('tie_word_embeddings', True):  # Its lm_head would be read as wte.
       raise HFError('GPT-2 with tie_word_embeddings=false (a separate lm_head) is not '
                     'supported: its GPT-2 mapping ties the output head to the embedding')
@@ -325,7 +328,14 @@ def _check_shapes(params: dict, m: ModelConfig) -> None:
   got_s = jax.tree_util.tree_map(lambda a: a.shape, params)
   want_s = jax.tree_util.tree_map(lambda a: a.shape, want)
   if got_s != want_s:
-    raise HFError(f'the tensors do not fit the config: got {got_s}, expected {want_s}')
+    got = dict(jax.tree_util.tree_leaves_with_path(got_s, is_leaf=lambda x: isinstance(x, tuple)))
+    want = dict(jax.tree_util.tree_leaves_with_path(want_s,
+                                                    is_leaf=lambda x: isinstance(x, tuple)))
+    bad = [f'{jax.tree_util.keystr(k)} is {got.get(k)}, the config wants {want.get(k)}'
+           for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)]
+    raise HFError(f'the tensors do not fit config.json ({len(bad)} differ: '
+                  f'{"; ".join(bad[:3])}); check its vocab_size, hidden and intermediate '
+                  'sizes, heads and max positions against the weights')
 
 
 # --- Files -----------------------------------------------------------------------
@@ -382,6 +392,13 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   tok = c.data
   cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c).eos_id)
   os.makedirs(out, exist_ok=True)
+  if overwrite:  # An earlier export's tokenizer or weights would be loaded beside ours.
+    for name in os.listdir(out):
+      if name in (*TOKENIZER_FILES.values(), 'tokenizer_config.json',
+                  'special_tokens_map.json', 'model.safetensors.index.json') or (
+                      name.startswith(('model-', 'pytorch_model')) and
+                      name.endswith(('.safetensors', '.bin'))):
+        os.remove(os.path.join(out, name))
   save_file(tensors, os.path.join(out, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump(cfg, f, indent=2)
@@ -428,6 +445,12 @@ def import_dir(hf_dir: str, workdir: str) -> str:
     d['name'] = os.path.basename(os.path.abspath(hf_dir))
   d['init_from'] = ''
   c = config_lib.from_configdict(d)
+  from lm.tokenizers import get_tokenizer
+  n = get_tokenizer(c.data.tokenizer, c.data.tokenizer_path).vocab_size
+  if n > c.model.vocab_size:  # Ids past the embedding: NaN scores, or an IndexError.
+    raise HFError(f'the tokenizer ({c.data.tokenizer_path or c.data.tokenizer}) has {n} '
+                  f'tokens, more than the model\'s vocab_size {c.model.vocab_size}: they do '
+                  'not belong together; nothing was written')
   checkpoint.save_params(workdir, c, params)
   return workdir
 
