@@ -446,9 +446,13 @@ def import_dir(hf_dir: str, workdir: str) -> str:
   d['init_from'] = ''
   c = config_lib.from_configdict(d)
   from lm.tokenizers import get_tokenizer
-  n = get_tokenizer(c.data.tokenizer, c.data.tokenizer_path).vocab_size
-  if n > c.model.vocab_size:  # Ids past the embedding: NaN scores, or an IndexError.
-    raise HFError(f'the tokenizer ({c.data.tokenizer_path or c.data.tokenizer}) has {n} '
+  # A tokenizer file that came with the weights must fit them (ids past the
+  # embedding score NaN or crash generation). Without one the run reads bytes
+  # by default, which a model of another vocabulary may not be meant for.
+  n = (get_tokenizer(c.data.tokenizer, c.data.tokenizer_path).vocab_size
+       if c.data.tokenizer_path else 0)
+  if n > c.model.vocab_size:
+    raise HFError(f'the tokenizer ({c.data.tokenizer_path}) has {n} '
                   f'tokens, more than the model\'s vocab_size {c.model.vocab_size}: they do '
                   'not belong together; nothing was written')
   checkpoint.save_params(workdir, c, params)
