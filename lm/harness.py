@@ -235,6 +235,30 @@ def task_manager(include_path: str, tasks: tuple[str, ...]):
   return TaskManager(include_path=include_path or None)
 
 
+def check_task_data(tasks, include_path: str, what: str) -> None:
+  """Loads each task's documents now, offline, so a task whose data is neither
+  cached nor local fails in one line before a model is loaded or trained
+  (training had died at its first evaluation with the harness's traceback)."""
+  from lm.config import ConfigError
+  if not tasks:
+    return
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  from lm_eval.tasks import get_task_dict
+  tm = task_manager(include_path, tuple(tasks))
+  for task in tasks:
+    try:
+      with contextlib.redirect_stderr(io.StringIO()):
+        get_task_dict([task], tm)
+    except Exception as e:  # datasets and the harness raise many types for missing data.
+      why = ' '.join(str(e).split())[:200]
+      raise ConfigError(f'{what}: the data of task {task!r} cannot be loaded offline '
+                        f'({type(e).__name__}: {why}); cache its dataset first (network '
+                        'access at evaluation time is off), or, for a local task YAML, '
+                        'check its data paths (relative ones are read from the current '
+                        'directory)') from None
+
+
 def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | None = None,
               seed: int = 0) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} from lm_eval.simple_evaluate, offline."""

@@ -336,6 +336,9 @@ def check_tasks(c) -> None:
   final evaluation, which an error there would cost its checkpoint)."""
   check_task_names(c.train.eval_tasks, c.train.eval_tasks_path, 'config.train.eval_tasks',
                    'train.eval_tasks_path')
+  from lm import harness
+  harness.check_task_data(c.train.eval_tasks, c.train.eval_tasks_path,
+                          'config.train.eval_tasks')
   if c.train.eval_bias_csv:
     from lm.config import ConfigError
     try:

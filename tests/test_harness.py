@@ -174,3 +174,19 @@ def test_a_document_masked_run_is_scored_as_it_trained(run_dir):
     np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5)
     (old, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)])
     assert abs(old - ll) > 1e-3  # Seeing the EOS changed the score.
+
+
+def test_a_task_whose_data_cannot_be_loaded_fails_before_evaluating(tmp_path):
+  """A local task whose data file is missing (or a hub task not cached, with
+  network off): one ConfigError naming the task, before a model is loaded or
+  a run trains (training had died at its first evaluation)."""
+  from lm.config import ConfigError
+  with open(os.path.join(TASKS, 'tiny_mc.yaml')) as f:
+    yaml = f.read()
+  (tmp_path / 'gone.yaml').write_text(
+      yaml.replace('task: lm_tiny_mc', 'task: lm_gone')
+      .replace('tests/tasks/tiny_mc.jsonl', str(tmp_path / 'missing.jsonl')))
+  harness.check_task_data(['lm_tiny_mc'], TASKS, '--tasks')  # Its data loads.
+  with pytest.raises(ConfigError, match=r"--tasks: the data of task 'lm_gone' cannot be "
+                                        r'loaded offline \(.*missing.jsonl'):
+    harness.check_task_data(['lm_gone'], str(tmp_path), '--tasks')

@@ -48,6 +48,7 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
     raise config_lib.ConfigError(f'{path} has no {probes.CANARY_FILE}: the run inserted no '
                                  'canaries (set data.canary_repeats when training)')
   probes.check_task_names(tasks, include_path, '--tasks', '--include_path')
+  harness.check_task_data(tasks, include_path, '--tasks')
   tok = checkpoint.load_tokenizer(path, c)
   c, params = checkpoint.load_params(path)
   _, step_dir = checkpoint.find(path)
