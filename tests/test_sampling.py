@@ -274,3 +274,11 @@ def test_a_document_masked_model_generates_and_scores_as_it_trained():
       lg = Transformer(m).apply({'params': params}, x, segment_ids_BL=sg, pos_BL=ps)
       assert int(jnp.argmax(lg[0, -1])) == t
       seq.append(t)
+
+
+def test_bench_decode_times_both_ways():
+  """tools/bench_decode's measurement, small (it had rotted: a moved helper and
+  a changed bench_train table crashed it)."""
+  from tools import bench_decode
+  r = bench_decode.bench('tiny', batch=1, new=4, prompt_len=8, uncached_steps=1)
+  assert r['cached'] > 0 and r['uncached'] > 0 and r['config'] == 'tiny'

@@ -8,8 +8,9 @@ For each config (the shapes of tools/bench_train.py) and batch size: a
 `cached` times lm.sampling.generate end to end (prefill + the jitted
 while_loop), after a warm-up call that compiles it. `uncached` re-runs the
 forward pass over the whole fixed window (prompt + new tokens) for every new
-token, as lm.sampling.generate_uncached does; each step costs the same, so
-it is timed over --uncached_steps steps and reported per token.
+token, as decoding without a cache does (tests/test_sampling.py's reference);
+each step costs the same, so it is timed over --uncached_steps steps and
+reported per token.
 
 Measured on this project's 2-core CPU machine, fp32, 2026-11-22, one run each,
 with lm/host.py keeping freed host memory (KV cache layers x B x K x S x Dh):
@@ -41,6 +42,7 @@ figures; the tool runs unchanged on one.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from absl import app, flags
@@ -54,7 +56,8 @@ _PROMPT = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.')
 _UNCACHED_STEPS = flags.DEFINE_integer('uncached_steps', 16, 'Timed uncached steps.')
 
 
-def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int) -> dict:
+def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int,
+          scan_layers: bool = False) -> dict:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -64,9 +67,9 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int)
   from lm.config import ModelConfig
   from lm.model import Transformer
 
-  d, layers, heads, _, _ = CONFIGS[name]
+  d, layers, heads = CONFIGS[name][:3]
   m = ModelConfig(vocab_size=512, d_model=d, num_layers=layers, num_heads=heads,
-                  max_len=prompt_len + new, scan_layers=_SCAN.value)
+                  max_len=prompt_len + new, scan_layers=scan_layers)
   params = jax.jit(lambda r: nn.unbox(Transformer(m).init(r, jnp.zeros((1, 8), jnp.int32))))(
       jax.random.key(0))['params']
   rng = np.random.default_rng(0)
@@ -80,11 +83,15 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int)
 
   window = np.zeros((batch, prompt_len + new), np.int32)
   window[:, :prompt_len] = prompts
-  start = np.zeros(batch, np.int32)
-  sampling._full_logits(params, m, window, start, prompt_len).block_until_ready()
+
+  @functools.partial(jax.jit, static_argnames=('n',))
+  def full_logits(window_BS, n: int):  # Every position again; read at slot n - 1.
+    return Transformer(m).apply({'params': params}, window_BS)[:, n - 1]
+
+  full_logits(window, prompt_len).block_until_ready()
   t0 = time.perf_counter()
-  for i in range(uncached_steps):  # The per-token work of generate_uncached.
-    sampling._full_logits(params, m, window, start, prompt_len + i).block_until_ready()
+  for i in range(uncached_steps):  # The per-token work without a cache.
+    full_logits(window, prompt_len).block_until_ready()
   per_step = (time.perf_counter() - t0) / uncached_steps
   return {'config': name, 'batch': batch, 'cached': batch * new / cached,
           'uncached': batch / per_step}
@@ -92,10 +99,17 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int)
 
 def main(argv):
   del argv
+  import sys
+
   from lm import host
+  unknown = [n for n in _MODELS.value.split(',') if n not in CONFIGS]
+  if unknown:
+    print(f'error: --models={_MODELS.value}: {", ".join(unknown)} not among '
+          f'{", ".join(CONFIGS)}', file=sys.stderr)
+    sys.exit(2)
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
-  rows = [bench(n, int(b), _NEW.value, _PROMPT.value, _UNCACHED_STEPS.value)
+  rows = [bench(n, int(b), _NEW.value, _PROMPT.value, _UNCACHED_STEPS.value, _SCAN.value)
           for n in _MODELS.value.split(',') for b in _BATCHES.value.split(',')]
   print(f'{"config":<8}{"batch":>6}{"cached tok/s":>14}{"uncached tok/s":>16}{"speedup":>9}')
   for r in rows:
@@ -104,4 +118,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

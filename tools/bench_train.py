@@ -317,6 +317,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import resource
 import statistics
 import time
@@ -644,6 +645,11 @@ def bench_layers_ab(d: int, steps: int, rounds: int = 6) -> dict:
 def main(argv):
   del argv
   from lm import host
+  unknown = [n for n in _CONFIGS.value.split(',') if n not in CONFIGS]
+  if unknown:
+    print(f'error: --configs={_CONFIGS.value}: {", ".join(unknown)} not among '
+          f'{", ".join(CONFIGS)}', file=sys.stderr)
+    sys.exit(2)
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   if _PACK.value and _PACK_DEVICES.value > 1:  # Before JAX starts its CPU client.
