@@ -107,9 +107,8 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
   # of the signal (a negative code): nothing of its runs was lost either.
   stopped = (workdir.PREEMPTED_EXIT, -signal.SIGINT, -signal.SIGTERM)
   if any(c in stopped for c in codes):
-    print(f'sweep stopped by a signal: the workers checkpointed their runs in {wd}; rerun '
-          'the same command to continue', file=sys.stderr)
-    sys.exit(workdir.PREEMPTED_EXIT)
+    workdir.exit_preempted(f'sweep stopped by a signal: the workers checkpointed their runs '
+                           f'in {wd}; rerun the same command to continue')
   bad = [c for c in codes if c]
   if bad:
     print(f'error: a worker exited with {bad[0]}', file=sys.stderr)
@@ -186,8 +185,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except workdir.Preempted as e:  # The run in progress checkpointed; rerun to continue.
-    print(f'sweep stopped by {e}', file=sys.stderr)
-    sys.exit(workdir.PREEMPTED_EXIT)
+    workdir.exit_preempted(f'sweep stopped by {e}')
   except workdir.DiskFull as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

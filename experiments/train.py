@@ -40,8 +40,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except workdir.Preempted as e:  # Checkpointed: rerunning the command continues.
-    print(f'stopped by {e}', file=sys.stderr)
-    sys.exit(workdir.PREEMPTED_EXIT)
+    workdir.exit_preempted(f'stopped by {e}')
   except (FloatingPointError, workdir.DiskFull) as e:  # Halted; earlier checkpoints stand.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -359,3 +359,18 @@ def test_resuming_refuses_free_fields_that_change_the_optimizer_state(tmp_path, 
       checkpoint.check_workdir(str(tmp_path), dc.replace(c, opt=opt))
   assert checkpoint.check_workdir(str(tmp_path),
                                   dc.replace(c, opt=dc.replace(c.opt, grad_clip=0.5)))
+
+
+def test_a_preempted_cli_exits_75_at_once_with_its_output_flushed(tmp_path):
+  """exit_preempted skips Python's finalization, in which a second signal met
+  the default handlers (exit 143/130); what was printed still comes out."""
+  script = ('import signal, time\n'
+            'from lm import workdir\n'
+            f'with workdir.lock({str(tmp_path)!r}):\n'
+            '  print("results so far")\n'
+            '  workdir.exit_preempted("stopped by SIGTERM at step 3")\n')
+  r = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 75 and r.stdout == 'results so far\n', (r.returncode, r.stdout)
+  assert r.stderr == 'stopped by SIGTERM at step 3\n'
+  assert not (tmp_path / '.lock').exists()
