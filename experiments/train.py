@@ -51,6 +51,10 @@ def main(argv):
   if jax.process_index() != 0:
     return
   print(f'final validation: {out["objective"].describe(out)}')
+  if out['preempted']:  # In the last step: the run is whole; no sample in the grace period.
+    print(f'{out["preempted"]} during the last step: the run finished and is checkpointed',
+          file=sys.stderr)
+    return
   m = out['config'].model
   if (_SAMPLE.value and out['objective'].name == 'lm' and jax.process_count() == 1
       and m.max_len > 5):  # The sample's prompt is 5 tokens.

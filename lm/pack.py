@@ -367,9 +367,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       now = time.perf_counter()
       out = [{**r, 'wall': share(k, now), 'wall_resumed': sum(before[k].values())}
              for k, r in enumerate(results)]
-  if preemption.signame:  # During the last steps or the closing waits: see lm/train.py.
-    raise workdir_lib.Preempted(max(steps), preemption.signame, ','.join(workdirs))
-  return [r if 'error' in r else {'step': ends[k], **r, 'objective': objective}
+  return [r if 'error' in r else  # 'preempted': as lm/train.py's.
+          {'step': ends[k], **r, 'preempted': preemption.signame, 'objective': objective}
           for k, r in enumerate(out)]
 
 

@@ -312,6 +312,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   groups = claim_groups(units) if worker else [[u] for u in units]
   t0 = time.time()
   results, timed, left_runs = [], [], list(runs)
+  stop = None  # (signal, step), run: a signal came in a run's last step.
   if not worker:  # Runs finished before this process: out of the count from the start.
     for r in runs:
       prev = read_result(workdir, r.name)
@@ -336,6 +337,10 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
               timed.append((r, prev['wall_s']))
       if not todo:
         continue
+      if stop:  # The last unit ended in a signal: this one is not started.
+        (signame, step), name = stop
+        log(f'[sweep] stopped after {name} ({signame} in its last step); rerun to continue')
+        raise workdir_lib.Preempted(step, signame, os.path.join(workdir, 'runs', name))
       t_run = time.time()
       recs = _train_unit(cd, workdir, todo, s, log)
       busy = [r.name for r, rec in zip(todo, recs) if rec is None]
@@ -351,6 +356,8 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
       outside = (time.time() - t_run) - sum(
           sum(rec.get('wall', {}).values()) - rec.get('wall_resumed', 0.0) for rec in recs)
       for r, rec in zip(todo, recs):
+        if '_preempted' in rec:
+          stop = rec.pop('_preempted'), r.name
         rec.update(name=r.name, wall_s=sum(rec.get('wall', {}).values()) + outside / len(todo))
         os.makedirs(os.path.join(workdir, 'runs', r.name), exist_ok=True)
         workdir_lib.write_atomic(_result_path(workdir, r.name), json.dumps(rec, indent=1))
@@ -460,7 +467,9 @@ def _record(out: dict) -> dict:
             **{k: out[k] for k in ('wall', 'wall_resumed') if k in out}}
   h = out['objective'].headline
   return {'status': 'done', 'final_loss': out['loss'], 'headline': h,
-          'final_headline': out[h], 'wall': out['wall'], 'wall_resumed': out['wall_resumed']}
+          'final_headline': out[h], 'wall': out['wall'], 'wall_resumed': out['wall_resumed'],
+          # A signal in the last step (lm/train.py): run_all stops before more work.
+          **({'_preempted': (out['preempted'], out['step'])} if out.get('preempted') else {})}
 
 
 def _train_unit(cd, workdir: str, todo: list[plan.Run], s, log) -> list[dict]:

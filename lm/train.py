@@ -566,7 +566,8 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
 
   Everything that can fail on bad input (config, workdir, data) fails before
   the workdir is written. Training holds the workdir's lock (lm/workdir.py).
-  SIGTERM/SIGINT finish the step, checkpoint and raise workdir.Preempted; a
+  SIGTERM/SIGINT finish the step, checkpoint and raise workdir.Preempted (in
+  the last step: the run ends and its result's 'preempted' names the signal); a
   non-finite loss halts (FloatingPointError) keeping the last finite
   checkpoint, or with train.on_nonfinite=skip skips the update. `stop_at` ends
   the loop early after that many steps (to test resumption); `devices`
@@ -709,10 +710,10 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
       wall['checkpoint'] += time.perf_counter() - t0
       writer.close()
   mngr.close()
-  if preemption.signame:  # During the last step or the closing waits: the run is
-    # whole (rerunning records its end), but the caller (a sweep) must stop too.
-    raise workdir_lib.Preempted(end, preemption.signame, workdir)
   wall = with_train(wall, time.perf_counter() - t_loop)
-  return {'step': end, **last_eval, 'wall': add_wall(before, wall),
+  # A signal in the last step or the closing waits: the run is whole, but the
+  # caller must not start more work (a sweep stops after recording it).
+  return {'step': end, **last_eval, 'preempted': preemption.signame,
+          'wall': add_wall(before, wall),
           'wall_resumed': sum(before.values()), 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}

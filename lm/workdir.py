@@ -257,7 +257,14 @@ def exit_preempted(message: str) -> None:
   """How a CLI ends after `Preempted` (its checkpoint written): exit 75 at
   once. Python's own exit would spend ~0.6 s finalizing with the default
   signal handlers back, and a second signal then ended it with 143 or 130,
-  which a requeue-on-75 wrapper reads as failure."""
+  which a requeue-on-75 wrapper reads as failure. With several JAX processes
+  it exits the usual way: skipping jax.distributed's shutdown, process 0 (the
+  coordination service) would make the others abort with 134."""
+  import sys
+  jax = sys.modules.get('jax')
+  if jax is not None and jax.process_count() > 1:
+    print(message, file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT)
   _exit_now(message)
 
 
@@ -325,7 +332,7 @@ def truncate_metrics(workdir: str, step: int) -> int:
   """Drops metrics.jsonl rows after `step` (written after the checkpoint that a
   resumed run continues from), so no step appears twice; returns how many. A
   torn last line (a kill mid-write) goes too; a damaged row before it raises
-  MetricsError (lm/train checks that before anything is written)."""
+  MetricsError when resuming (lm/train checks that before anything is written)."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
@@ -336,8 +343,8 @@ def truncate_metrics(workdir: str, step: int) -> int:
     try:
       row = json.loads(x)
     except ValueError:
-      if i == len(lines) - 1:  # The last line, cut short by a kill: drop it.
-        continue
+      if i == len(lines) - 1 or step == 0:  # Cut short by a kill, or a fresh start
+        continue  # that drops every row anyway.
       from lm.metrics import MetricsError  # Never drop a damaged row from the middle.
       raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
                          'or delete the run directory to train it again') from None

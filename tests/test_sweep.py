@@ -796,3 +796,33 @@ def test_collect_skips_the_nan_evals_of_a_run_that_diverged(tmp_path, corpus_dir
   row = {x['name']: x for x in sweep.collect(cd, str(tmp_path))}[r.name]
   assert (row['best_loss'], row['best_headline']) == (5.1, 2.0)
   assert np.isnan(row['final_loss']) and np.isnan(row['final_headline'])
+
+
+def test_a_signal_in_a_run_s_last_step_stops_the_sweep_after_recording_it(tmp_path, corpus_dir,
+                                                                          monkeypatch):
+  """A unit whose run took a signal in its last step is recorded (result.json,
+  without the flag) and the sweep raises Preempted before starting the next;
+  when nothing is left, it just finishes (an executor job must not fail)."""
+  cd = _sweep_cd(corpus_dir)
+  runs = sweep.make_plan(cd)
+  wd, trained, signalled = str(tmp_path / 'sw'), [], {runs[0].name, runs[1].name}
+
+  def fake_unit(cd, workdir, todo, s, log):
+    trained.extend(r.name for r in todo)
+    return [{'status': 'done', 'final_loss': 1.0, 'headline': 'loss', 'final_headline': 1.0,
+             'wall': {'train': 1.0}, 'wall_resumed': 0.0,
+             **({'_preempted': ('SIGTERM', 7)} if r.name in signalled else {})}
+            for r in todo]
+
+  monkeypatch.setattr(sweep, '_train_unit', fake_unit)
+  logs = []
+  with pytest.raises(workdir.Preempted, match='SIGTERM at step 7'):
+    sweep.run_all(cd, wd, log=logs.append)
+  assert trained == [runs[0].name]
+  rec = json.load(open(os.path.join(wd, 'runs', runs[0].name, 'result.json')))
+  assert rec['status'] == 'done' and '_preempted' not in rec
+  assert any(f'stopped after {runs[0].name} (SIGTERM in its last step)' in x for x in logs)
+  # An executor's job (--only its pack) signalled in its last step: recorded,
+  # and it ends normally, as nothing of its own is left.
+  only = sweep.run_all(cd, wd, only=runs[1].name, log=logs.append)
+  assert [r['status'] for r in only] == ['done'] and trained == [runs[0].name, runs[1].name]
