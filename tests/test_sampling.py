@@ -277,8 +277,16 @@ def test_a_document_masked_model_generates_and_scores_as_it_trained():
 
 
 def test_bench_decode_times_both_ways():
-  """tools/bench_decode's measurement, small (it had rotted: a moved helper and
-  a changed bench_train table crashed it)."""
-  from tools import bench_decode
-  r = bench_decode.bench('tiny', batch=1, new=4, prompt_len=8, uncached_steps=1)
-  assert r['cached'] > 0 and r['uncached'] > 0 and r['config'] == 'tiny'
+  """tools/bench_decode, small, as a command (it had rotted: a moved helper and a
+  changed bench_train table crashed it); a subprocess, since its --batches
+  would clash with tools.bench_data's in a shared pytest worker."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'tools.bench_decode', '--models=tiny',
+                      '--batches=1', '--new_tokens=4', '--prompt_len=8', '--uncached_steps=1'],
+                     cwd=root, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = r.stdout.strip().splitlines()[-1].split()
+  assert row[:2] == ['tiny', '1'] and float(row[2]) > 0 and float(row[3]) > 0, r.stdout
