@@ -244,12 +244,11 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
     return
   os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
-  from lm_eval.tasks import get_task_dict
   tm = task_manager(include_path, tuple(tasks))
   for task in tasks:
     try:
       with contextlib.redirect_stderr(io.StringIO()):
-        get_task_dict([task], tm)
+        tm.load([task])  # Builds the task, which reads its documents.
     except Exception as e:  # datasets and the harness raise many types for missing data.
       why = ' '.join(str(e).split())[:200]
       raise ConfigError(f'{what}: the data of task {task!r} cannot be loaded offline '
