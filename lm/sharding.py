@@ -51,7 +51,18 @@ def make_mesh(m: MeshConfig, devices: list | None = None) -> Mesh:
   dcn = tuple(getattr(m, f'dcn_{ax}') for ax in MESH_AXES)
   shape = tuple(sizes[ax] // d for ax, d in zip(MESH_AXES, dcn))
   if math.prod(dcn) > 1:
-    arr = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices=devices)
+    # TPU slices are the DCN granules; devices without a slice (GPU hosts) are
+    # grouped by process instead.
+    granule = 'slice' if hasattr(devices[0], 'slice_index') else 'process'
+    try:
+      arr = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices=devices,
+                                                 process_is_granule=granule == 'process')
+    except ValueError as e:
+      raise ConfigError(
+          f'config.mesh dcn_data/dcn_fsdp/dcn_tensor={dcn}: these {len(devices)} devices '
+          f'do not form {math.prod(dcn)} DCN groups by {granule} ({" ".join(str(e).split())[:160]}'
+          '); give each group (a TPU slice, or one process\'s devices) its share, or set '
+          'the dcn_* sizes to 1') from None
   else:
     try:
       arr = mesh_utils.create_device_mesh(shape, devices=devices)
@@ -118,10 +129,17 @@ def check_batch(c: Config, mesh: Mesh) -> None:
         f'config.train.batch_size={c.train.batch_size} (micro-batch {micro} with '
         f'grad_accum={c.train.grad_accum}) is not divisible by the data-parallel '
         f'size {n} (mesh axes {axes} = {[mesh.shape[a] for a in axes]})')
-  if micro % jax.process_count():
+  P = jax.process_count()
+  if P > 1 and n % P:  # Each process feeds its own rows: they must be its own.
+    raise ConfigError(
+        f'config.mesh: the batch is split over mesh axes {axes} of size {n}, which the '
+        f'{P} processes do not divide: processes would feed different rows to one '
+        'replicated batch (silently wrong losses); split data or fsdp across the '
+        'processes and keep tensor parallelism within one (e.g. mesh.data=-1)')
+  if micro % P:
     raise ConfigError(
         f'config.train.batch_size={c.train.batch_size}: micro-batch {micro} is not '
-        f'divisible by the {jax.process_count()} processes')
+        f'divisible by the {P} processes')
 
 
 def init_distributed(coordinator: str = '', num_processes: int = 0, process_id: int = -1,
