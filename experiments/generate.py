@@ -55,6 +55,7 @@ def main(argv):
           f'{_WORKDIR.value} holds an encoder (masked LM), which has no left-to-right '
           'likelihood to sample or score from: use python -m experiments.fill_mask')
     seq2seq = c.model.family == 'encoder_decoder'
+    sentinels = objectives.get(c).extra_ids(c) - 1 if seq2seq else 0  # <extra_id_N>, N below.
     if seq2seq and _SCORE.value is not None and len(_PROMPT.value) != 1:
       raise sampling.SamplingError(
           '--score with an encoder-decoder scores the target given one --prompt (the '
@@ -81,7 +82,7 @@ def main(argv):
           raise sampling.SamplingError(f'prompt {i} is empty: give some text to continue')
       enc_inputs = None
       if seq2seq:  # The prompt is the encoder's input; <extra_id_N> marks a span.
-        enc_inputs = [sampling.encode_with_sentinels(t, tok, c.model.vocab_size)
+        enc_inputs = [sampling.encode_with_sentinels(t, tok, c.model.vocab_size, sentinels)
                       + [tok.eos_id] for t in texts]
         prompts = [[tok.bos_id] for _ in texts]
       else:
@@ -97,9 +98,10 @@ def main(argv):
   if _SCORE.value is not None:
     try:
       if seq2seq:  # log p(target | input); the target may hold sentinels.
-        ids = sampling.encode_with_sentinels(_SCORE.value, tok, c.model.vocab_size) + [
-            tok.eos_id]
-        enc = sampling.encode_with_sentinels(_PROMPT.value[0], tok, c.model.vocab_size)
+        ids = sampling.encode_with_sentinels(_SCORE.value, tok, c.model.vocab_size,
+                                             sentinels) + [tok.eos_id]
+        enc = sampling.encode_with_sentinels(_PROMPT.value[0], tok, c.model.vocab_size,
+                                             sentinels)
         out = sampling.score_seq2seq(params, c.model, enc + [tok.eos_id], ids, tok.bos_id)
       else:  # log p(text | --prompt), or from a document start without one.
         ids = list(tok.encode(_SCORE.value))
@@ -124,7 +126,6 @@ def main(argv):
     return
 
   try:
-    sentinels = objectives.get(c).extra_ids(c) - 1 if enc_inputs is not None else 0
     outs = sampling.generate(params, c.model, prompts, s, tok.eos_id, enc_inputs,
                             num_ids=tok.vocab_size, sentinels=sentinels,
                             doc_eos=sampling.doc_eos_of(c, tok.eos_id))

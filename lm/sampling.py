@@ -49,9 +49,9 @@ class SamplingConfig:
 def validate(s: SamplingConfig) -> None:
   if s.max_new_tokens < 1:
     raise SamplingError(f'max_new_tokens={s.max_new_tokens} is invalid: must be >= 1')
-  if not s.greedy and not s.temperature > 0:
+  if not s.greedy and not 1e-6 <= s.temperature < float('inf'):  # Else logits/T overflow.
     raise SamplingError(f'temperature={s.temperature} is invalid with sampling on: '
-                        'must be > 0 (use greedy decoding for the argmax)')
+                        'must be finite and >= 1e-6 (use greedy decoding for the argmax)')
   if s.top_k is not None and s.top_k < 1:
     raise SamplingError(f'top_k={s.top_k} is invalid: must be >= 1 (leave it unset for '
                         'no top-k filtering)')
@@ -396,16 +396,19 @@ def score_seq2seq(params, m: ModelConfig, enc_ids: list[int], tokens: list[int],
 SENTINEL = re.compile(r'<extra_id_(\d+)>')
 
 
-def encode_with_sentinels(text: str, tokenizer, vocab_size: int) -> list[int]:
+def encode_with_sentinels(text: str, tokenizer, vocab_size: int, sentinels: int) -> list[int]:
   """Token ids of a text whose `<extra_id_N>` markers become span-corruption
-  sentinels (id vocab_size - 1 - N), as an encoder-decoder saw them in training."""
+  sentinels (id vocab_size - 1 - N), as an encoder-decoder saw them in training;
+  N must be below `sentinels`, the number it trained (objective.extra_ids - 1)."""
   ids, at = [], 0
   for match in SENTINEL.finditer(text):
     ids += list(tokenizer.encode(text[at:match.start()])) if match.start() > at else []
     n = int(match.group(1))
-    if vocab_size - 1 - n <= tokenizer.vocab_size:  # MASK's id, or a text id.
-      raise SamplingError(f'{match.group(0)}: the model has only '
-                          f'{vocab_size - tokenizer.vocab_size - 1} sentinel ids')
+    if n >= sentinels:  # An id never trained as a sentinel (or MASK's, or text's).
+      have = ('no sentinels' if sentinels == 0 else '1 sentinel, <extra_id_0>' if
+              sentinels == 1 else f'{sentinels} sentinels, <extra_id_0> to '
+              f'<extra_id_{sentinels - 1}>')
+      raise SamplingError(f'{match.group(0)}: the model was trained with {have}')
     ids.append(vocab_size - 1 - n)
     at = match.end()
   return ids + (list(tokenizer.encode(text[at:])) if at < len(text) else [])

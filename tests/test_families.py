@@ -362,7 +362,8 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert r.returncode == 0 and 'bits per byte n/a' in r.stdout, r.stderr
   r = subprocess.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
                      timeout=300)
-  assert r.returncode == 2 and '<extra_id_999>: the model has only' in r.stderr, r.stderr
+  assert r.returncode == 2 and ('<extra_id_999>: the model was trained with 1 sentinel, '
+                                '<extra_id_0>') in r.stderr, r.stderr
   r = subprocess.run(ed + ['--prompt=' + 'x' * 200, '--greedy', '--max_new_tokens=4'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'prompt 0 is 201 tokens as the encoder input' in r.stderr, (

@@ -290,3 +290,20 @@ def test_bench_decode_times_both_ways():
   assert r.returncode == 0, r.stderr[-2000:]
   row = r.stdout.strip().splitlines()[-1].split()
   assert row[:2] == ['tiny', '1'] and float(row[2]) > 0 and float(row[3]) > 0, r.stdout
+
+
+def test_temperatures_that_overflow_and_untrained_sentinels_are_refused():
+  """temperature=inf (or 1e-38) turned the blocked ids' -inf into NaN, which
+  categorical then picked; <extra_id_N> past the sentinels a run trained fed
+  an id it never saw as one."""
+  from lm.tokenizers import ByteTokenizer
+  for t in (float('inf'), 1e-38):
+    with pytest.raises(SamplingError, match='must be finite and >= 1e-6'):
+      sampling.validate(SamplingConfig(temperature=t))
+  sampling.validate(SamplingConfig(temperature=1e-4))
+  tok = ByteTokenizer()
+  assert sampling.encode_with_sentinels('a<extra_id_5>b', tok, 384, 6) == [
+      *tok.encode('a'), 384 - 1 - 5, *tok.encode('b')]
+  with pytest.raises(SamplingError, match=r'trained with 6 sentinels, <extra_id_0> to '
+                                          r'<extra_id_5>'):
+    sampling.encode_with_sentinels('a<extra_id_50>', tok, 384, 6)
