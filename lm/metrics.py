@@ -115,19 +115,27 @@ def number(v: Any) -> float:
   return float(v) if v in ('nan', 'inf', '-inf') else float('nan')
 
 
+def parse(path: str, lines: list[str], damaged_ok: bool = False
+          ) -> list[tuple[str, dict[str, Any]]]:
+  """(line, row) for the non-blank lines of a metrics.jsonl. A torn last line
+  (a kill mid-write) is skipped; a damaged row before it raises MetricsError
+  unless `damaged_ok` (a fresh start, which drops every row anyway)."""
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append((line, json.loads(line)))
+    except ValueError:
+      if i == len(lines) - 1 or damaged_ok:
+        continue
+      raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
+                         'or delete the run directory to train it again') from None
+  return out
+
+
 def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  rows = []
-  for i, line in enumerate(lines):
-    try:
-      rows.append(json.loads(line))
-    except ValueError:
-      if i == len(lines) - 1:  # Cut short by a kill mid-write: the rows before it stand.
-        break
-      raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
-                         'or delete the run directory to train it again') from None
-  return [r for r in rows if kind is None or r['kind'] == kind]
+  return [r for _, r in parse(path, lines) if kind is None or r['kind'] == kind]

@@ -338,16 +338,9 @@ def truncate_metrics(workdir: str, step: int) -> int:
     return 0
   with open(path) as f:
     lines = [x for x in f if x.strip()]
+  from lm import metrics  # Here: CLIs import this module before JAX.
   keep = []
-  for i, x in enumerate(lines):
-    try:
-      row = json.loads(x)
-    except ValueError:
-      if i == len(lines) - 1 or step == 0:  # Cut short by a kill, or a fresh start
-        continue  # that drops every row anyway.
-      from lm.metrics import MetricsError  # Never drop a damaged row from the middle.
-      raise MetricsError(f'{path}:{i + 1} is not a JSON row (a damaged file); restore it, '
-                         'or delete the run directory to train it again') from None
+  for x, row in metrics.parse(path, lines, damaged_ok=step == 0):
     # The resumed run writes its own setup row at `step`.
     if row.get('step', 0) < step or (row.get('step') == step and row.get('kind') != 'setup'):
       keep.append(x)
