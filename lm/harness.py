@@ -226,7 +226,11 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
 def task_manager(include_path: str, tasks: tuple[str, ...]):
   """The harness's task index. Indexing its ~15,000 built-in tasks takes ~6 s,
   so when every task is in include_path only that directory is indexed; the
-  result is cached per process (evaluations during training reuse it)."""
+  result is cached per process (evaluations during training reuse it). Every
+  use of the harness comes through here, first: datasets and the hub go
+  offline (datasets reads that when imported)."""
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
   from lm_eval.tasks import TaskManager
   if include_path:
     local = TaskManager(include_path=include_path, include_defaults=False)
@@ -242,8 +246,6 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
   from lm.config import ConfigError
   if not tasks:
     return
-  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-  os.environ.setdefault('HF_HUB_OFFLINE', '1')
   tm = task_manager(include_path, tuple(tasks))
   for task in tasks:
     try:
@@ -261,10 +263,8 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
 def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | None = None,
               seed: int = 0) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} from lm_eval.simple_evaluate, offline."""
-  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  tm = task_manager(include_path, tuple(tasks))  # Offline before lm_eval imports datasets.
   import lm_eval
-  tm = task_manager(include_path, tuple(tasks))
   with contextlib.redirect_stderr(io.StringIO()):  # The harness's progress bars.
     res = lm_eval.simple_evaluate(model=lm_obj, tasks=list(tasks), task_manager=tm,
                                   limit=limit, random_seed=seed, numpy_random_seed=seed,
