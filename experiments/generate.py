@@ -73,8 +73,7 @@ def main(argv):
     if _SCORE.value is None or seq2seq:  # Prompts: to continue, or the input scored from.
       texts = list(_PROMPT.value)
       if _PROMPTS_FILE.value:
-        lines = cli.read_lines(_PROMPTS_FILE.value, 'prompts_file')
-        texts += lines
+        texts += cli.read_lines(_PROMPTS_FILE.value, 'prompts_file')
       if not texts:
         raise sampling.SamplingError('give --prompt, --prompts_file or --score')
       for i, t in enumerate(texts):

@@ -373,6 +373,15 @@ CONFIGS = {
 }
 
 
+def check_names(flag: str, value: str) -> None:
+  """Exits 2 in one line if the comma-separated --flag names a config not in CONFIGS."""
+  unknown = [n for n in value.split(',') if n not in CONFIGS]
+  if unknown:
+    print(f'error: --{flag}={value}: {", ".join(unknown)} not among {", ".join(CONFIGS)}',
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
   """Best FLOP/s of chained n x n matmuls over a few n."""
   import jax
@@ -645,11 +654,7 @@ def bench_layers_ab(d: int, steps: int, rounds: int = 6) -> dict:
 def main(argv):
   del argv
   from lm import host
-  unknown = [n for n in _CONFIGS.value.split(',') if n not in CONFIGS]
-  if unknown:
-    print(f'error: --configs={_CONFIGS.value}: {", ".join(unknown)} not among '
-          f'{", ".join(CONFIGS)}', file=sys.stderr)
-    sys.exit(2)
+  check_names('configs', _CONFIGS.value)
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   if _PACK.value and _PACK_DEVICES.value > 1:  # Before JAX starts its CPU client.
