@@ -47,7 +47,7 @@ import time
 
 from absl import app, flags
 
-from tools.bench_train import _KEEP, _SCAN, CONFIGS  # Shares bench_train's flags.
+from tools.bench_train import _KEEP, _SCAN, CONFIGS, check_names  # Shares its flags.
 
 _MODELS = flags.DEFINE_string('models', 'small,medium', 'Config names from tools.bench_train.')
 _BATCHES = flags.DEFINE_string('batches', '1,8', 'Comma-separated batch sizes.')
@@ -90,7 +90,7 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int,
 
   full_logits(window, prompt_len).block_until_ready()
   t0 = time.perf_counter()
-  for i in range(uncached_steps):  # The per-token work without a cache.
+  for _ in range(uncached_steps):  # The per-token work without a cache.
     full_logits(window, prompt_len).block_until_ready()
   per_step = (time.perf_counter() - t0) / uncached_steps
   return {'config': name, 'batch': batch, 'cached': batch * new / cached,
@@ -99,14 +99,8 @@ def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int,
 
 def main(argv):
   del argv
-  import sys
-
   from lm import host
-  unknown = [n for n in _MODELS.value.split(',') if n not in CONFIGS]
-  if unknown:
-    print(f'error: --models={_MODELS.value}: {", ".join(unknown)} not among '
-          f'{", ".join(CONFIGS)}', file=sys.stderr)
-    sys.exit(2)
+  check_names('models', _MODELS.value)
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   rows = [bench(n, int(b), _NEW.value, _PROMPT.value, _UNCACHED_STEPS.value, _SCAN.value)
