@@ -151,7 +151,14 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def parse_widths(text: str, heads: int) -> list[int]:
+def parse_widths(text: str, heads: int, head_dim: int = 0) -> list[int]:
+  """--widths as increasing d_model values. An explicit model.head_dim is
+  refused: widening would change d_model but not H x Dh, so q, k and v would
+  not grow with width and the check would not test muP's attention scaling."""
+  if head_dim:
+    raise config_lib.ConfigError(f'model.head_dim={head_dim}: the coordinate check grows the '
+                                 'head dimension with width at a fixed head count; set '
+                                 'model.head_dim=0')
   try:
     widths = [int(w) for w in text.split(',') if w.strip()]
   except ValueError:
@@ -171,7 +178,7 @@ def main(argv):
   F = flags.FLAGS
   try:
     c = config_lib.from_configdict(F.config)
-    widths = parse_widths(F.widths, c.model.num_heads)
+    widths = parse_widths(F.widths, c.model.num_heads, c.model.head_dim)
     if F.steps < 1 or F.seeds < 1 or F.lr < 0:
       raise config_lib.ConfigError(f'--steps={F.steps}, --seeds={F.seeds}, --lr={F.lr}: '
                                    'steps and seeds must be >= 1, lr >= 0 (0: the config\'s)')
