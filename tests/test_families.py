@@ -141,6 +141,23 @@ def test_span_corruption_round_trips_with_fixed_lengths():
   assert abs(np.mean(spans_seen) - 3.0) < 0.35
 
 
+@pytest.mark.parametrize('density,mean_span,side', [(0.15, 1.0, 'encoder'),
+                                                     (0.9, 3.0, 'decoder')])
+def test_span_sequences_past_the_position_table_are_refused(density, mean_span, side):
+  """mean_span 1 makes the encoder input seq_len + 1 tokens; a high density
+  makes the targets longer than the window. Either past a learned table's
+  max_len read NaN positions; resolve() refuses it by name instead."""
+  c = tiny(**{'model.family': 'encoder_decoder', 'data.noise_density': density,
+              'data.mean_span': mean_span})
+  c = dataclasses.replace(c, model=dataclasses.replace(c.model, max_len=c.data.seq_len))
+  with pytest.raises(ConfigError, match=f'gives {side} sequences of .* longer than the '
+                     f'learned position table model.max_len={c.data.seq_len}'):
+    train.resolve(c)
+  ok = dataclasses.replace(c, data=dataclasses.replace(c.data, noise_density=0.15,
+                                                       mean_span=3.0))
+  train.resolve(ok)
+
+
 def _family_batch(c, seed=0):
   rng = np.random.default_rng(seed)
   rows = []

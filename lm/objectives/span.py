@@ -74,6 +74,17 @@ def check(c, tokenizer_vocab: int) -> None:
     raise ConfigError(f'span corruption of data.seq_len={c.data.seq_len} needs {spans} '
                       f'sentinel ids but model.vocab_size={c.model.vocab_size} has {room} '
                       'free above the tokenizer; raise model.vocab_size or lower data.seq_len')
+  enc, dec = span_lengths(c.data.seq_len, c.data.noise_density, c.data.mean_span)
+  if c.model.position in ('learned', 'sinusoidal') and max(enc, dec) > c.model.max_len:
+    # A learned table has no row past max_len: the lookup would read NaN.
+    side = 'encoder' if enc >= dec else 'decoder'
+    raise ConfigError(
+        f'span corruption of data.seq_len={c.data.seq_len} (data.noise_density='
+        f'{c.data.noise_density}, data.mean_span={c.data.mean_span}) gives {side} sequences '
+        f'of {max(enc, dec)} tokens (spans and EOS added), longer than the '
+        f'{c.model.position} position table model.max_len={c.model.max_len}; lower '
+        'data.seq_len, raise model.max_len, or (if the mean span is short or the density '
+        'high) raise data.mean_span or lower data.noise_density')
 
 
 def data(c, tokenizer, loaded, pidx: int, pcount: int) -> base.Data:
