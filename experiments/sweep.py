@@ -143,8 +143,11 @@ def main(argv):
       print(f'{len(runs)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})')
       return
     if _MODE.value == 'commands':
+      booleans = frozenset(n for n in flags.FLAGS
+                           if n.startswith('config.') and flags.FLAGS[n].boolean)
+      overrides = sweep.config_overrides(sys.argv[1:], booleans)
       cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd,
-                            sweep.plan_packs(cd, runs), sweep.config_overrides(sys.argv[1:]))
+                            sweep.plan_packs(cd, runs), overrides)
       print(json.dumps(cmds, indent=1) if _JSON.value else '\n'.join(c['command'] for c in cmds))
       return
     sweep.use_compile_cache(wd)

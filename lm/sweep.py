@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import time
@@ -78,6 +79,16 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
         out.append(dataclasses.replace(
             r, name=r.name + suffix, overrides={**r.overrides, **extra},
             branch_from=r.branch_from + suffix if r.branch_from else ''))
+  seen: dict[str, plan.Run] = {}
+  for r in out:  # One name is one run directory: a second would be skipped as done.
+    if r.name in seen:
+      same = 'the same' if r.overrides == seen[r.name].overrides else 'different'
+      raise config_lib.ConfigError(
+          f'the sweep plans run {r.name} twice, with {same} settings: two values of '
+          'sweep.params, sweep.tokens or sweep.lrs give one model, step count or LR name '
+          '(a ladder model or step count rounds to the same one; LRs are named to 6 '
+          'significant digits); drop or separate one of them')
+    seen[r.name] = r
   return out
 
 
@@ -652,15 +663,22 @@ def _start_branch(workdir: str, r: plan.Run) -> None:
     os.rename(tmp, dst)
 
 
-def config_overrides(argv: list[str]) -> list[str]:
-  """The --config.* flags of a command line, as --flag=value strings."""
+def config_overrides(argv: list[str], boolean: frozenset[str] = frozenset()) -> list[str]:
+  """The config overrides of a command line, each as one --config.x=value
+  string, in every spelling absl accepts: one or two dashes, '--flag value',
+  and for the fields named in `boolean` a bare --config.x or --noconfig.x.
+  A dropped override would send cluster jobs off with another config."""
   out, i = [], 0
-  while i < len(argv):
-    a = argv[i]
-    if a.startswith('--config.'):
-      if '=' not in a and i + 1 < len(argv):  # The '--flag value' form.
-        a, i = f'{a}={argv[i + 1]}', i + 1
-      out.append(a)
+  while i < len(argv) and argv[i] != '--':  # absl stops parsing flags at '--'.
+    m = re.fullmatch(r'--?(no)?(config\.[^=]+)(?:=(.*))?', argv[i], re.S)
+    if m:
+      no, name, value = m.groups()
+      if name in boolean and value is None:
+        out.append(f'--{name}={not no}')
+      elif not no:
+        if value is None and i + 1 < len(argv):  # The '--flag value' form.
+          value, i = argv[i + 1], i + 1
+        out.append(f'--{name}={value}')
     i += 1
   return out
 

@@ -459,6 +459,14 @@ def test_a_worker_resumes_a_sweep_from_the_shared_queue(tmp_path, corpus_dir):
   assert sweep.run_all(cd, wd, worker=(1, 2), log=lambda *_: None) == []  # All claimed.
 
 
+def test_two_settings_that_plan_one_run_name_are_refused(corpus_dir):
+  """LRs equal to 6 digits share a run name (one directory): the second
+  would be skipped as done and counted twice, so the plan is refused."""
+  cd = _sweep_cd(corpus_dir, lrs=[1e-3, 1.0000001e-3])
+  with pytest.raises(ConfigError, match=r'plans run \S+_lr0.001 twice, with different'):
+    sweep.make_plan(cd)
+
+
 def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
   runs = sweep.make_plan(cd)
@@ -471,6 +479,13 @@ def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
   argv = ['--workdir=/sw', '--config.opt.lr=1e-3', '--config.sweep.budgets', '(1e9, 2e9)']
   assert sweep.config_overrides(argv) == ['--config.opt.lr=1e-3',
                                           '--config.sweep.budgets=(1e9, 2e9)']
+  # Every spelling absl accepts is carried: one dash, and bare or negated booleans.
+  assert sweep.config_overrides(
+      ['-config.sweep.seeds=(0,)', '--noconfig.train.progress', '-config.train.progress',
+       '--config.opt.lr', '0.1', '--', '--config.opt.lr=9'],
+      frozenset({'config.train.progress'})) == [
+          '--config.sweep.seeds=(0,)', '--config.train.progress=False',
+          '--config.train.progress=True', '--config.opt.lr=0.1']
   cmd = sweep.commands('configs/x.py', '/sw', [runs[:1]], sweep.config_overrides(argv))[0]
   assert cmd['command'] == ("python -m experiments.sweep --config=configs/x.py --workdir=/sw "
                             "--config.opt.lr=1e-3 '--config.sweep.budgets=(1e9, 2e9)' "
