@@ -203,6 +203,11 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
     stable = f'L{m.num_layers}_d{m.d_model}_stable'
     branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)
     starts = [int(s * (1 - cooldown_fraction)) for s in branch_steps]
+    if min(starts) < 1:  # The stable run has no step-0 checkpoint to branch from.
+      raise ConfigError(f'sweep.tokens: a WSD branch of {branch_steps[0]} steps with '
+                        f'sweep.cooldown_fraction={cooldown_fraction} cools down from step 0, '
+                        'leaving nothing to share with the stable run; give it more tokens or '
+                        'lower the cooldown fraction')
     # Every branch starts after the warmup (the shortest may start early).
     warmup = {'opt.warmup_steps': min(warmup_steps, max(max(starts) // 10, 1), min(starts))}
     runs.append(Run(name=stable, overrides={

@@ -85,6 +85,10 @@ def test_grid_and_wsd_plans():
   for b in (b1, b2):
     steps = b.overrides['train.steps']
     assert b.branch_from == stable.name and b.branch_step == int(steps * 0.75)
+  # A 1-step branch would cool down from step 0, which no stable run saves.
+  with pytest.raises(ConfigError, match=r'branch of 1 steps .* from step 0'):
+    plan.wsd_branches([1e5], [128, 4e5], BASE, 16, 128, 'exact', 8, 8,
+                      cooldown_fraction=0.25, warmup_steps=1000)
 
 
 def _sweep_cd(corpus_dir, **sweep_kw):
