@@ -117,12 +117,33 @@ class _Table:
     return self.s.convention
 
 
+def _exp(v: float) -> float:
+  """exp, inf past float64's range (a wide log k interval's bound)."""
+  return math.exp(v) if v < 709.0 else math.inf
+
+
 def _fit_entry(estimate: float, ci: dict, key: str, transform=None) -> dict:
+  """fits.json's {'estimate', 'ci95'}; an unbounded end is null, since JSON
+  has no infinity."""
   lo_hi = ci.get(key)
   if lo_hi is not None and transform is not None:
     lo_hi = [transform(lo_hi[0]), transform(lo_hi[1])]
   return {'estimate': float(estimate), 'ci95': None if lo_hi is None else
-          [float(lo_hi[0]), float(lo_hi[1])]}
+          [float(v) if math.isfinite(v) else None for v in lo_hi]}
+
+
+def _lack_of_fit(ci: dict, budgets: int) -> str:
+  """What the Approach 2 lack-of-fit test found, or why it did not run."""
+  if ci.get('_lack_of_fit_tested'):
+    if ci['_lack_of_fit'] > 1:
+      return ('The budgets\' optima scatter about the power law more than their noise '
+              'explains, so the intervals are widened by sqrt(chi2/dof) = '
+              f'{ci["_lack_of_fit"]:.2f}.')
+    return 'The budgets\' optima lie on the power law within their noise.'
+  why = ('with 2 budgets a line passes through both optima' if budgets == 2 else
+         'no bootstrap' if '_why' in ci or not ci['_failed'][1] else
+         'too few bootstrap refits succeeded')
+  return f'Whether the budgets\' optima lie on the power law is not tested ({why}).'
 
 
 def write_report(cd, workdir: str, log=lambda msg: None) -> str:
@@ -346,21 +367,18 @@ def _approach2(t: _Table):
     ci2 = scaling.approach2_intervals(budget, n, loss, tokens_for, s.bootstrap, draws_out=draws)
     t.fits['approach2'] = {'a': _fit_entry(a2.N_opt.exponent, ci2, 'a'),
                            'b': _fit_entry(a2.D_opt.exponent, ci2, 'b'),
-                           'k_N': _fit_entry(a2.N_opt.k, ci2, 'log_kn', math.exp),
-                           'k_D': _fit_entry(a2.D_opt.k, ci2, 'log_kd', math.exp)}
-    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI {_ci(ci2, "log_kn", math.exp)}), '
+                           'k_N': _fit_entry(a2.N_opt.k, ci2, 'log_kn', _exp),
+                           'k_D': _fit_entry(a2.D_opt.k, ci2, 'log_kd', _exp)}
+    md += [f'N_opt(C) = k C^a with k = {_fmt(a2.N_opt.k)} (95% CI {_ci(ci2, "log_kn", _exp)}), '
            f'a = {_fmt(a2.N_opt.exponent)} (95% CI {_ci(ci2, "a")}); '
            f'D_opt(C) = k\' C^b with k\' = {_fmt(a2.D_opt.k)} (95% CI '
-           f'{_ci(ci2, "log_kd", math.exp)}), b = {_fmt(a2.D_opt.exponent)} '
+           f'{_ci(ci2, "log_kd", _exp)}), b = {_fmt(a2.D_opt.exponent)} '
            f'(95% CI {_ci(ci2, "b")}). '
            f'Intervals: residual bootstrap (every size kept, the noise redrawn from the '
            f'budget\'s own residuals when it has 10+ points, else from all budgets\' '
-           f'pooled); refits that failed (a non-convex profile): {ci2["_failed"][0]} of '
+           f'pooled); refits that failed (a non-convex or nearly straight profile): {ci2["_failed"][0]} of '
            f'{ci2["_failed"][1]}. '
-           + (f'The budgets\' optima scatter about the power law more than their noise '
-              f'explains, so the intervals are widened by sqrt(chi2/dof) = '
-              f'{ci2["_lack_of_fit"]:.2f}.' if ci2['_lack_of_fit'] > 1 else
-              'The budgets\' optima lie on the power law within their noise.'), '',
+           + _lack_of_fit(ci2, len(a2.budgets)), '',
            'Columns: the fitted parabola\'s minimum lies inside the sampled sizes; the '
            'lowest *measured* loss is at the smallest or largest sampled size (then the '
            'data do not bracket the optimum, whatever the parabola says).', '',

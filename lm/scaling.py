@@ -130,10 +130,13 @@ def approach2(budget, n, loss, tokens_for: Callable[[float, float], float]) -> I
                      f'{len(np.unique(n[sel]))}')
     x = np.log(n[sel])
     c2, c1, c0 = np.polyfit(x, loss[sel], 2)
-    if c2 <= 0:
+    if not _convex(c2, np.ptp(x), np.abs(loss[sel]).max()):
       raise FitError(f'the IsoFLOP profile at budget {c:.3g} is not convex (curvature {c2:.3g}); '
                      'the sizes do not bracket a minimum')
     x_min = -c1 / (2 * c2)
+    if not abs(x_min) < MAX_LOG_N:
+      raise FitError(f'the IsoFLOP profile at budget {c:.3g} is nearly straight: its parabola\'s '
+                     f'minimum is at N = e^{x_min:.3g}, beyond any model size')
     brack.append(bool(x.min() <= x_min <= x.max()))
     n_opt.append(math.exp(x_min))
     l_opt.append(c0 - c1 * c1 / (4 * c2))
@@ -142,6 +145,16 @@ def approach2(budget, n, loss, tokens_for: Callable[[float, float], float]) -> I
   d_opt = np.array([tokens_for(c, m) for c, m in zip(budgets, n_opt)])
   return IsoFlopFit(budgets, n_opt, np.array(l_opt), pars, brack,
                     fit_power_law(budgets, n_opt), fit_power_law(budgets, d_opt))
+
+
+# A parabola minimum beyond e^700 (~1e304 parameters) overflows float64.
+MAX_LOG_N = 700.0
+
+
+def _convex(c2, span, scale):
+  """Curvature that rises above rounding: c2 > 0 is not enough, since a flat
+  profile's fitted c2 is +-1e-16 noise whose sign depends on the loss value."""
+  return c2 * span * span > 1e-9 * np.maximum(scale, 1.0)
 
 
 def _percentiles(draws: dict[str, np.ndarray], level: float) -> dict:
@@ -170,9 +183,11 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
   rng = np.random.default_rng(seed)
   groups = [budget == c for c in fit.budgets]
   if sum(int(g.sum()) - 3 for g in groups) < 2:  # Parabolas through 3 points: no residuals.
-    return {'_failed': (0, 0), '_lack_of_fit': 1.0,
-            '_why': 'each budget has 3 points, which its parabola fits exactly, so there '
-                    'are no residuals to resample (use 4+ sizes or 2+ seeds)'}
+    counts = ', '.join(str(int(g.sum())) for g in groups)
+    return {'_failed': (0, 0), '_lack_of_fit': 1.0, '_lack_of_fit_tested': False,
+            '_why': f'the budgets have {counts} points and each parabola fits 3 of them '
+                    'exactly, leaving fewer than 2 residuals to resample (use 4+ sizes or '
+                    '2+ seeds)'}
   designs, fitted, resid = [], [], []
   for sel in groups:
     x = np.log(n[sel])
@@ -193,8 +208,9 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
       pool = r if len(r) >= 10 else pooled
       y = yhat + rng.choice(pool, (resamples, len(yhat)))
       c2, c1, _ = (y @ pinv.T).T
-      ok &= c2 > 0
       log_n[:, j] = -c1 / (2 * c2)
+      ok &= _convex(c2, np.ptp(np.log(n[groups[j]])), np.abs(yhat).max())
+      ok &= np.abs(log_n[:, j]) < MAX_LOG_N
   log_c = np.log(fit.budgets)
   xc = log_c - log_c.mean()
 
@@ -215,7 +231,8 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
   out = _percentiles(draws, level)
   # Lack of fit: the optima's scatter about the line vs their bootstrap spread.
   factor, dof = 1.0, len(groups) - 2
-  if dof > 0 and len(log_n) > 10:
+  tested = dof > 0 and len(log_n) > 10  # 2 budgets: a line passes through both.
+  if tested:
     var = (np.diff(np.percentile(log_n, [2.5, 97.5], axis=0), axis=0)[0] / 3.92) ** 2
     line = math.log(fit.N_opt.k) + fit.N_opt.exponent * log_c
     chi2 = float(np.sum((np.log(fit.n_opt) - line) ** 2 / np.maximum(var, 1e-12)))
@@ -226,6 +243,7 @@ def approach2_intervals(budget, n, loss, tokens_for: Callable[[float, float], fl
     out[k] = (centre[k] - factor * (centre[k] - lo), centre[k] + factor * (hi - centre[k]))
   out['_failed'] = (int(resamples - finite.sum()), resamples)  # Non-convex or non-finite.
   out['_lack_of_fit'] = factor
+  out['_lack_of_fit_tested'] = tested
   return out
 
 
@@ -333,7 +351,7 @@ class ParametricFit:
   @property
   def a(self) -> float:
     """N_opt ~ C^a with a = beta / (alpha + beta)."""
-    return self.beta / (self.alpha + self.beta)
+    return self.beta / (self.alpha + self.beta)  # approach3 refuses alpha + beta = 0.
 
   @property
   def b(self) -> float:
@@ -378,6 +396,10 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
   if not np.isfinite(f[i]):
     raise FitError('approach 3: no start reached a finite objective')
   a, b, e, alpha, beta = x[i]
+  if alpha + beta < 1e-6:  # a = beta / (alpha + beta) is undefined.
+    raise FitError(f'approach 3: the fitted exponents are alpha = {alpha:.3g}, beta = '
+                   f'{beta:.3g}: the losses do not fall with N or D, so there is no compute-'
+                   'optimal allocation to fit')
   # Many starts reach the same optimum; it counts as found from the grid's
   # edge only if every polished start that reached it lies on the edge.
   def on_edge_(j):

@@ -167,7 +167,54 @@ def test_approach2_gives_no_interval_without_residuals():
   loss = law(n, c / (6 * n)) + rng.normal(0, 0.002, 9)
   tokens_for = lambda cc, nn: cc / (6 * nn)
   ci = scaling.approach2_intervals(c, n, loss, tokens_for, 100)
-  assert 'a' not in ci and 'no residuals' in ci['_why']
+  assert 'a' not in ci and 'have 3, 3, 3 points' in ci['_why'], ci['_why']
+  assert not ci['_lack_of_fit_tested']
+
+
+def test_flat_or_nearly_straight_profiles_are_refused_not_overflowed():
+  """All-equal losses: polyfit's curvature is +-1e-16 rounding whose sign
+  depends on the loss value (some values fitted an 'optimum' and a slope);
+  a barely convex straight profile put its minimum past e^709 (OverflowError).
+  Both are FitErrors, which the report and tools.fit catch."""
+  tokens_for = lambda cc, nn: cc / (6 * nn)
+  c = np.repeat([1e12, 1e13, 1e14], 3)
+  n = np.tile([1e5, 2e5, 4e5], 3)
+  for value in (2.0, 2.5, 3.0, 3.3, 3.7):
+    loss = np.concatenate([[value] * 3, [3.0, 2.9, 3.0], [2.8, 2.7, 2.8]])
+    with pytest.raises(FitError, match='budget 1e\\+12 is not convex'):
+      scaling.approach2(c, n, loss, tokens_for)
+  x = np.log(n[:3]) - np.log(1e5)
+  loss = np.concatenate([3 - 0.01 * x + 1e-6 * x ** 2, [3.0, 2.9, 3.0], [2.8, 2.7, 2.8]])
+  with pytest.raises(FitError, match='nearly straight'):
+    scaling.approach2(c, n, loss, tokens_for)
+
+
+def test_approach3_refuses_losses_that_do_not_fall():
+  """Equal losses fit alpha = beta = 0, where a = beta / (alpha + beta) divided
+  by zero (ZeroDivisionError out of the report) or read ~0 with no width."""
+  n, d, _ = grid_data()
+  with pytest.raises(FitError, match='do not fall with N or D'):
+    scaling.approach3(n, d, np.full(n.shape, 3.0), grid=SMALL_GRID)
+
+
+def test_report_says_when_lack_of_fit_is_untested_and_writes_no_infinity(tmp_path):
+  """Two budgets: a line passes through both optima, so the report must not
+  claim they lie on it; a log k interval past e^709 is an open end (null in
+  fits.json, which has no infinity), not an OverflowError."""
+  import json
+  import types
+  from lm import report
+  c, n, loss = isoflop_data()
+  keep = c < 1e20
+  c, n, loss = c[keep], n[keep], loss[keep]
+  t = report._Table(str(tmp_path), types.SimpleNamespace(bootstrap=100, convention='6N'), [],
+                    n, c / (6 * n), c, c, loss)
+  report._approach2(t)
+  assert any('is not tested (with 2 budgets a line passes through both optima)' in line
+             for line in t.md)
+  assert report._fit_entry(1.0, {'log_kn': (-1358.3, 904.7)}, 'log_kn', report._exp) == {
+      'estimate': 1.0, 'ci95': [0.0, None]}
+  json.loads(json.dumps(t.fits), parse_constant=lambda x: pytest.fail(f'{x} in fits.json'))
 
 
 def test_held_out_prediction_of_the_largest_budget():
