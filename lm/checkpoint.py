@@ -251,6 +251,9 @@ def check_workdir(workdir: str, c: Config) -> bool:
   (lm/config.FIELD_KINDS: arch, head, fixed); free fields may change."""
   ckpt = os.path.join(workdir, 'checkpoints')
   cfg_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(os.path.join(workdir, 'plan.json')):  # A run beside a sweep's runs/.
+    raise CheckpointError(f'--workdir={workdir} is a sweep directory (it holds plan.json); '
+                          'it was left untouched: train a run into its own directory')
   if not os.path.isdir(ckpt) or not os.listdir(ckpt):
     return False
   bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]

@@ -276,7 +276,7 @@ def _wall_time(workdir: str, fit_s: float) -> list[str]:
   total = sum(parts.values()) or 1.0
   md = ['## Where the time went', '',
            f'Summed over the {sum(1 for r in recs if r.get("wall"))} runs that recorded it '
-           '(a resumed run records its last process only). compile: the first train '
+           '(a resumed run\'s parts add up every process that trained it). compile: the first train '
            'step\'s call; data: making each batch (on a CPU backend the training thread\'s CPU '
            'time, since the step shares its cores; on accelerators the wait for it); train: '
            'dispatching steps and waiting for the device; eval and '

@@ -151,6 +151,9 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
   plan (another config's sweep) is a ConfigError, so nothing run, collected or
   reported mixes two sweeps."""
   path = os.path.join(workdir, 'plan.json')
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):  # A sweep inside a trained run.
+    raise config_lib.ConfigError(f'{workdir} is a run directory (it holds checkpoints/); it '
+                                 'was left untouched: give the sweep its own --workdir')
   if not os.path.exists(path):
     return False
   new = _plan_json(runs)

@@ -845,3 +845,18 @@ def test_a_signal_in_a_run_s_last_step_stops_the_sweep_after_recording_it(tmp_pa
   # and it ends normally, as nothing of its own is left.
   only = sweep.run_all(cd, wd, only=runs[1].name, log=logs.append)
   assert [r['status'] for r in only] == ['done'] and trained == [runs[0].name, runs[1].name]
+
+
+def test_a_sweep_and_a_run_do_not_share_a_directory(tmp_path):
+  """A run trained into a sweep directory (beside plan.json), or a sweep into
+  a trained run (beside checkpoints/), is refused before anything is written."""
+  from lm import checkpoint
+  (tmp_path / 'sw').mkdir()
+  (tmp_path / 'sw' / 'plan.json').write_text('[]')
+  with pytest.raises(checkpoint.CheckpointError, match='is a sweep directory'):
+    checkpoint.check_workdir(str(tmp_path / 'sw'), None)
+  (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(ConfigError, match='is a run directory'):
+    sweep.check_plan(str(tmp_path / 'run'), [])
+  assert sorted(os.listdir(tmp_path / 'sw')) == ['plan.json']
+  assert os.listdir(tmp_path / 'run') == ['checkpoints']
