@@ -226,6 +226,14 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
   return runs
 
 
+def check_widens(m: ModelConfig, who: str) -> None:
+  """Width transfer grows the head dimension at a fixed head count, so q, k
+  and v widen with d_model: an explicit model.head_dim would hold H x Dh fixed."""
+  if m.head_dim:
+    raise ConfigError(f'model.head_dim={m.head_dim}: {who} grows the head dimension with '
+                      'width at a fixed head count; set model.head_dim=0')
+
+
 def transfer(widths: list[int], parametrizations: list[str], tokens: float, base: ModelConfig,
              seq_len: int, tokens_per_step: int, convention: str,
              lengths: tuple[int, int] = (0, 0)) -> list[Run]:
@@ -233,9 +241,7 @@ def transfer(widths: list[int], parametrizations: list[str], tokens: float, base
   each width, in each parametrization, for the same tokens. Depth and heads
   stay the base config's; the MLP keeps its ratio to d_model; muP's base width
   is the base config's model.base_width, else the smallest width."""
-  if base.head_dim:
-    raise ConfigError(f'model.head_dim={base.head_dim}: a transfer sweep grows the head '
-                      'dimension with width at a fixed head count; set model.head_dim=0')
+  check_widens(base, 'a transfer sweep')
   base_width = base.base_width or min(widths)
   ratio = base.ff_dim / base.d_model
   steps = _steps(tokens, tokens_per_step, f'transfer D={tokens:.3g}')

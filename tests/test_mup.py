@@ -183,8 +183,10 @@ def test_coordinate_check_refuses_bad_widths():
   for bad in ('64', '64,32', '30,64', 'a,b', '0,32'):
     with pytest.raises(ConfigError, match='--widths'):
       coord_check.parse_widths(bad, 4)
-  with pytest.raises(ConfigError, match='model.head_dim=8'):  # H x Dh would not widen.
-    coord_check.parse_widths('32,64', 4, head_dim=8)
+  from lm import config as config_lib
+  from lm import plan
+  with pytest.raises(ConfigError, match='model.head_dim=8: the coordinate check grows'):
+    plan.check_widens(config_lib.ModelConfig(head_dim=8), 'the coordinate check')
 
 
 def test_every_config_is_one_field_from_mup():

@@ -39,7 +39,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lm import cli, data as data_lib, tokenizers, train, workdir
+from lm import cli, data as data_lib, plan, tokenizers, train, workdir
 from lm import config as config_lib
 
 LAYERS = ('embedding', 'attention', 'mlp', 'residual', 'logits')
@@ -151,14 +151,7 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def parse_widths(text: str, heads: int, head_dim: int = 0) -> list[int]:
-  """--widths as increasing d_model values. An explicit model.head_dim is
-  refused: widening would change d_model but not H x Dh, so q, k and v would
-  not grow with width and the check would not test muP's attention scaling."""
-  if head_dim:
-    raise config_lib.ConfigError(f'model.head_dim={head_dim}: the coordinate check grows the '
-                                 'head dimension with width at a fixed head count; set '
-                                 'model.head_dim=0')
+def parse_widths(text: str, heads: int) -> list[int]:
   try:
     widths = [int(w) for w in text.split(',') if w.strip()]
   except ValueError:
@@ -178,7 +171,8 @@ def main(argv):
   F = flags.FLAGS
   try:
     c = config_lib.from_configdict(F.config)
-    widths = parse_widths(F.widths, c.model.num_heads, c.model.head_dim)
+    plan.check_widens(c.model, 'the coordinate check')  # Else muP's attention is untested.
+    widths = parse_widths(F.widths, c.model.num_heads)
     if F.steps < 1 or F.seeds < 1 or F.lr < 0:
       raise config_lib.ConfigError(f'--steps={F.steps}, --seeds={F.seeds}, --lr={F.lr}: '
                                    'steps and seeds must be >= 1, lr >= 0 (0: the config\'s)')
