@@ -132,22 +132,27 @@ def main(argv):
                                      f'--mode={_MODE.value}')
       flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
     runs = sweep.make_plan(cd)
-    if _ONLY.value:  # Every mode refuses a name the plan does not have.
-      sweep.only_names(runs, _ONLY.value)
+    only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
+    # Every mode refuses a name the plan does not have; plan and commands show just
+    # the named runs (in the packs the whole plan puts them in).
+    units = [[r for r in u if only is None or r.name in only]
+             for u in sweep.plan_packs(cd, runs)] if _MODE.value in ('plan', 'commands') else []
+    units = [u for u in units if u]
     if _MODE.value == 'plan':
-      units = sweep.plan_packs(cd, runs)
       pack_of = {r.name: i for i, u in enumerate(units) for r in u}
       for r in runs:
-        print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}  '
-              f'pack {pack_of[r.name]}')
-      print(f'{len(runs)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})')
+        if r.name in pack_of:
+          print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}  '
+                f'pack {pack_of[r.name]}')
+      print(f'{len(pack_of)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})'
+            + (f' (--only: {len(pack_of)} of the plan\'s {len(runs)} runs)' if only else ''))
       return
     if _MODE.value == 'commands':
       booleans = frozenset(n for n in flags.FLAGS
                            if n.startswith('config.') and flags.FLAGS[n].boolean)
       overrides = sweep.config_overrides(sys.argv[1:], booleans)
-      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd,
-                            sweep.plan_packs(cd, runs), overrides)
+      cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, units,
+                            overrides)
       print(json.dumps(cmds, indent=1) if _JSON.value else '\n'.join(c['command'] for c in cmds))
       return
     sweep.use_compile_cache(wd)

@@ -308,6 +308,11 @@ def _runs_table(t: _Table, excluded: list[dict]) -> None:
   t.md.append('')
 
 
+# Resampling n runs with replacement gives C(2n-1, n) distinct tables: 35 for 4 runs,
+# too few for 2.5% tails, 126 for 5.
+MIN_RUNS_APPROACH1_CI = 5
+
+
 def _approach1(t: _Table) -> None:
   """Envelope of the training curves."""
   md, rows, conv = t.md, t.rows, t.conv
@@ -331,7 +336,12 @@ def _approach1(t: _Table) -> None:
                             lambda k: fpt_of[k.split('#')[0]])
       return {'a': f['N_opt'].exponent, 'b': f['D_opt'].exponent}
 
-    ci1 = scaling.bootstrap(refit1, len(names), resamples=t.s.bootstrap)
+    if len(names) < MIN_RUNS_APPROACH1_CI:  # Few runs: few distinct resamples, so the
+      # percentiles collapse onto the fit itself (2 runs: [a, a]), which is no interval.
+      ci1 = {'_failed': (0, 0), '_why': f'{len(names)} runs; resampling whole runs needs '
+                                        f'at least {MIN_RUNS_APPROACH1_CI}'}
+    else:
+      ci1 = scaling.bootstrap(refit1, len(names), resamples=t.s.bootstrap)
     t.fits['approach1'] = {'a': _fit_entry(a1['N_opt'].exponent, ci1, 'a'),
                            'b': _fit_entry(a1['D_opt'].exponent, ci1, 'b')}
     md += [f'N_opt(C) = {_fmt(a1["N_opt"].k)} C^a with a = {_fmt(a1["N_opt"].exponent)} '

@@ -290,6 +290,11 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
     w.writerows(rows)
   (tmp_path / 'bad.jsonl').write_text('{"N": 1}\nnot json\n')
   (tmp_path / 'empty.csv').write_text('N,D\n')
+  grid = tmp_path / 'grid.csv'  # A grid sweep: no budgets, so no Approach 2.
+  with open(grid, 'w') as f:
+    w = csv.DictWriter(f, [*rows[0], 'design'])
+    w.writeheader()
+    w.writerows([{**r, 'budget': 0.0, 'design': 'grid'} for r in rows])
 
   def fit(*args):
     return subprocess.run([sys.executable, '-m', 'tools.fit', *args], capture_output=True,
@@ -307,6 +312,7 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
                      ([f'--results={tmp_path}/bad.jsonl'], 'line 2 is not JSON'),
                      ([f'--results={tmp_path}/empty.csv'], 'holds no finished runs'),
                      ([f'--results={good}', '--convention=bogus'], '--convention'),
+                     ([f'--results={grid}', '--method=2'], 'fit that table with --method=3'),
                      ([f'--results={good}', '--bootstrap=-1'], '--bootstrap')):
     out = fit(*args)
     assert out.returncode == 2 and want in out.stderr and 'Traceback' not in out.stderr, (
@@ -362,3 +368,32 @@ def test_report_flags_a_lowest_loss_at_an_end_with_seeds(tmp_path):
   table = {line.split('|')[1].strip(): line.split('|')[-2].strip() for line in t.md
            if line.startswith('| 1e+09') or line.startswith('| 3e+09')}
   assert table == {'1e+09': 'YES', '3e+09': 'no'}, table
+
+
+def test_approach1_gives_no_interval_from_too_few_runs(monkeypatch):
+  """Resampling 2 runs reproduces the fit or fails, so its 'interval' was [a, a];
+  under 5 runs the report says why there is none; from 6 it bootstraps."""
+  import types
+  from lm import report, sweep
+  curves = {}
+
+  def table(k):
+    rows, ns = [], np.geomspace(1e6, 1e8, k)
+    for i, n in enumerate(ns):
+      steps = np.arange(1, 21)
+      d = 20 * n * steps / 20
+      curves[f'r{i}'] = [{'step': int(s), 'loss': float(law(n, dd))} for s, dd in zip(steps, d)]
+      rows.append({'name': f'r{i}', 'N': n, 'D': 20 * n, 'C_exact': 6 * n * 20 * n})
+    s = types.SimpleNamespace(convention='exact', bootstrap=50)
+    z = np.zeros(k)
+    return report._Table('', s, rows, z, z, z, z, z)
+
+  monkeypatch.setattr(sweep, 'curves', lambda wd, names: {n: curves[n] for n in names})
+  t = table(2)
+  report._approach1(t)
+  assert t.fits['approach1']['a']['ci95'] is None
+  assert '95% CI none: 2 runs; resampling whole runs needs at least 5' in '\n'.join(t.md)
+  t = table(6)
+  report._approach1(t)
+  lo, hi = t.fits['approach1']['a']['ci95']
+  assert lo < hi

@@ -561,6 +561,10 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   assert len(lines) == 2 and all("'--config.sweep.tokens=(640.0, 1280.0)'" in x for x in lines)
   r = _sweep_cli(tmp_path, '--json', "--config.sweep.tokens=(640.0, 1280.0)")  # Alone: commands.
   assert r.returncode == 0 and [c['command'] for c in json.loads(r.stdout)] == lines, r.stderr
+  name = lines[1].split('--only=')[1]  # --only narrows the list to that run's command.
+  r = _sweep_cli(tmp_path, '--mode=commands', "--config.sweep.tokens=(640.0, 1280.0)",
+                 f'--only={name}')
+  assert r.returncode == 0 and r.stdout.strip().splitlines() == [lines[1]], (r.stdout, r.stderr)
   assert not (tmp_path / 'sw').exists()  # Nothing ran.
   r = _sweep_cli(tmp_path, '--json', '--mode=plan')
   assert r.returncode == 2 and '--json lists the commands' in r.stderr, r.stderr

@@ -97,6 +97,12 @@ def main(argv):
               'the power-law terms and the intervals of E, A and alpha are not informative')
     else:
       budget, c = column(rows, 'budget'), column(rows, f'C_{F.convention}')
+      if np.any(budget <= 0):
+        designs = sorted({str(r.get('design') or 'grid') for r, b in zip(rows, budget) if b <= 0})
+        raise scaling.FitError(
+            f'--method=2 needs an IsoFLOP sweep (runs planned at a budget), but '
+            f'{int(np.sum(budget <= 0))} of {len(rows)} runs in {F.results} have budget 0 '
+            f'(design {", ".join(designs)}); fit that table with --method=3')
       tokens_for = scaling.tokens_at(n, c, d)
       f = scaling.approach2(budget, n, loss, tokens_for)
       ci = scaling.approach2_intervals(budget, n, loss, tokens_for, F.bootstrap)
