@@ -128,7 +128,8 @@ class OptimizerConfig:
   weight_decay: float = 0.1  # Decoupled weight decay (times the learning rate).
   wd_exclude: tuple[str, ...] = WD_EXCLUDE  # No weight decay on: norm, bias, embedding.
   grad_clip: float = 1.0  # Clip the global gradient norm to this (0: off).
-  z_loss: float = 0.0  # Weight of the z-loss (log Z)^2 on the logits (0: off).
+  z_loss: float = 0.0  # Weight of the z-loss (log Z)^2 on the logits (0: off); the train
+  # metrics log it as z_loss, apart from loss (the NLL, as eval reports it).
   freeze_backbone: bool = False  # Classifier fine-tuning: train only the head.
 
 

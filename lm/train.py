@@ -135,7 +135,8 @@ def _head_only_grad_fn():
 
 
 def make_grad_fn(c: Config, model: nn.Module):
-  """(params, batch, rng) -> (mean loss, mean grads) over the batch, in grad_accum
+  """(params, batch, rng) -> (mean loss, its mean NLL part without the z-loss, mean
+  grads) over the batch, in grad_accum
   micro-batches. Each micro-batch's mean counts by its share of the batch's
   targets (objective.count: micro-batches of seq2seq or MLM rows hold different
   numbers of target tokens), so accumulation gives the full batch's mean."""
@@ -150,25 +151,27 @@ def make_grad_fn(c: Config, model: nn.Module):
     def one(mb, i):
       (loss, aux), g = grad_fn(params, model, objective, mb, jnp.ones(_rows(mb)),
                                jax.random.fold_in(rng, i), c.opt.z_loss, True)
-      return loss, aux[objective.count], g
+      return loss, aux[objective.count], aux['nll_sum'], g
 
     if A == 1:
-      loss, _, g = one(batch, 0)
-      return loss, jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g)
+      loss, n, nll_sum, g = one(batch, 0)
+      return (loss, nll_sum / jnp.maximum(n, 1.0),
+              jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g))
 
     def micro(carry, xs):
-      g_acc, loss_acc, n_acc = carry
-      loss, n, g = one(xs[1], xs[0])
+      g_acc, loss_acc, nll_acc, n_acc = carry
+      loss, n, nll_sum, g = one(xs[1], xs[0])
       g_acc = jax.tree_util.tree_map(lambda a, b: a + n * b.astype(jnp.float32), g_acc, g)
-      return (g_acc, loss_acc + n * loss, n_acc + n), None
+      return (g_acc, loss_acc + n * loss, nll_acc + nll_sum, n_acc + n), None
 
     zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     # Micro-batches from strided rows keep each device's rows on that device.
     micro_batches = jax.tree_util.tree_map(
         lambda x: x.reshape(B // A, A, *x.shape[1:]).swapaxes(0, 1), batch)
-    (g, loss, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), (jnp.arange(A), micro_batches))
+    (g, loss, nll, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, 0.0),
+                                        (jnp.arange(A), micro_batches))
     n = jnp.maximum(n, 1.0)
-    return loss / n, jax.tree_util.tree_map(lambda x: x / n, g)
+    return loss / n, nll / n, jax.tree_util.tree_map(lambda x: x / n, g)
 
   return grads
 
@@ -187,13 +190,17 @@ def make_train_step(c: Config, model: nn.Module, tx):
     if sched is None:  # This config's schedule, compiled in.
       sched = opt_lib.schedule_inputs(c.opt, c.train.steps)
     rng = jax.random.fold_in(state.rng, state.step)  # Same on resume: step is saved.
-    loss, g = grads(state.params, batch, rng)
+    loss, nll, g = grads(state.params, batch, rng)
     direction, opt_state = tx.update(g, state.opt_state, state.params)
     lr = opt_lib.traced_schedule(c.opt, sched)(state.step)
     params = jax.tree_util.tree_map(lambda p, u: (p + lr * u).astype(p.dtype),
                                     state.params, direction)
     grad_norm = optax.tree.norm(g)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr}
+    # 'loss' is the NLL, as eval reports it; the z-loss term the step also minimises
+    # is its own metric.
+    metrics = {'loss': nll, 'grad_norm': grad_norm, 'lr': lr}
+    if c.opt.z_loss:
+      metrics['z_loss'] = loss - nll
     ok = state.step < sched['total_steps']
     if c.train.on_nonfinite == 'skip':  # A non-finite step changes nothing but the step.
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -73,12 +73,19 @@ def test_overfits_one_batch():
 
 
 def test_grad_accumulation_matches_full_batch():
+  """With a z-loss on: the loss, its NLL part (what the step logs as 'loss', as
+  eval does) and the grads agree between 1 and 4 micro-batches."""
   c1, model, tx, state = _setup(tiny())
+  c1 = dataclasses.replace(c1, opt=dataclasses.replace(c1.opt, z_loss=1e-2))
   c2 = dataclasses.replace(c1, train=dataclasses.replace(c1.train, grad_accum=4))
   batch, rng = _batch(c1), jax.random.key(1)
-  l1, g1 = jax.jit(train.make_grad_fn(c1, model))(state.params, batch, rng)
-  l2, g2 = jax.jit(train.make_grad_fn(c2, model))(state.params, batch, rng)
-  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  l1, nll1, g1 = jax.jit(train.make_grad_fn(c1, model))(state.params, batch, rng)
+  l2, nll2, g2 = jax.jit(train.make_grad_fn(c2, model))(state.params, batch, rng)
+  np.testing.assert_allclose([l1, nll1], [l2, nll2], rtol=1e-6)
+  _, aux = train.loss_fn(state.params, model, objectives.get(c1), batch,
+                         jnp.ones(c1.train.batch_size), rng, 0.0, False)
+  np.testing.assert_allclose(nll1, aux['nll_sum'] / aux['tokens'], rtol=1e-5)
+  assert l1 - nll1 > 1e-3  # The z-loss term: 1e-2 * (log Z)^2, log Z ~ log 384.
   # Tolerance relative to the largest gradient: some (the key bias) are exactly
   # zero in exact arithmetic, so only float noise would be compared there.
   scale = max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g1))
@@ -105,9 +112,9 @@ def test_grad_accumulation_weights_micro_batches_by_their_targets():
            'dec_inputs': rng.integers(0, 256, (4, 8)).astype(np.int32),
            'targets': rng.integers(0, 256, (4, 8)).astype(np.int32)}
   c2 = dataclasses.replace(c1, train=dataclasses.replace(c1.train, grad_accum=2))
-  l1, g1 = jax.jit(train.make_grad_fn(c1, model))(params, batch, jax.random.key(1))
-  l2, g2 = jax.jit(train.make_grad_fn(c2, model))(params, batch, jax.random.key(1))
-  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  l1, nll1, g1 = jax.jit(train.make_grad_fn(c1, model))(params, batch, jax.random.key(1))
+  l2, nll2, g2 = jax.jit(train.make_grad_fn(c2, model))(params, batch, jax.random.key(1))
+  np.testing.assert_allclose([l1, nll1], [l2, nll2], rtol=1e-6)
   diff = optax.tree.norm(jax.tree_util.tree_map(lambda a, b: a - b, g1, g2))
   assert diff < 1e-5 * optax.tree.norm(g1), diff
 
