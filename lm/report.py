@@ -33,8 +33,9 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
   """The runs the scaling fits use. A WSD sweep's stable runs are left out
   (constant LR, never cooled down: their branches are the points). With
   several learning rates per (budget, N, D), only the best one's runs (lowest
-  mean final loss over seeds) stay: the others are not that size's loss at
-  that budget, and pooling them would read LR spread as noise."""
+  mean final loss over seeds, among the LRs where no seed failed) stay: the
+  others are not that size's loss at that budget, and pooling them would read
+  LR spread as noise."""
   keep, out = [], list(excluded)
   for r in rows:
     if r.get('design') == 'wsd_stable':
@@ -46,7 +47,13 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
   for r in keep:
     key = (r.get('budget'), r['N'], r['D'])
     groups.setdefault(key, {}).setdefault(r.get('lr'), []).append(r['final_loss'])
-  best = {k: min(v, key=lambda lr: float(np.mean(v[lr]))) for k, v in groups.items()}
+  # An LR at which a seed failed is not eligible: its survivors' mean would favour it.
+  failed = {(r.get('budget'), r.get('N'), r.get('D'), r.get('lr')) for r in excluded
+            if r.get('status') == 'failed'}
+  best = {}
+  for k, v in groups.items():
+    ok = [lr for lr in v if (*k, lr) not in failed] or list(v)
+    best[k] = min(ok, key=lambda lr: float(np.mean(v[lr])))
   rows = []
   for r in keep:
     b = best[(r.get('budget'), r['N'], r['D'])]
@@ -54,7 +61,9 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
       rows.append(r)
     else:
       out.append({**r, 'reason': f'lr {r["lr"]:.3g} is not the best learning rate for its '
-                  f'size and budget ({b:.3g}); the fits use the best'})
+                  f'size and budget ({b:.3g}); the fits use the best'
+                  + (' (a seed failed at this lr)' if (r.get('budget'), r['N'], r['D'], r['lr'])
+                     in failed else '')})
   return rows, out
 
 
@@ -562,16 +571,23 @@ def _held_out(t: _Table, a2, tokens_for, grid) -> None:
 
 # --- Learning-rate transfer (design 'transfer') --------------------------------
 
-def transfer_optima(rows: list[dict]) -> dict[str, dict[int, dict]]:
+def transfer_optima(rows: list[dict], excluded: list[dict] = ()) -> dict[str, dict[int, dict]]:
   """{parametrization: {width: {lr, loss, index, edge}}}: the grid learning rate
   with the lowest final loss per width (index in the sorted LR grid; edge: the
-  optimum is the grid's smallest or largest LR, so the true one may lie beyond)."""
+  optimum is the grid's smallest or largest LR, so the true one may lie beyond).
+  An LR at which a seed failed (in `excluded`) is not eligible; a width with no
+  eligible LR has no entry."""
   out: dict[str, dict[int, dict]] = {}
   lrs = sorted({r['lr'] for r in rows})
+  failed = {(r.get('parametrization'), r.get('d_model'), r.get('lr')) for r in excluded
+            if r.get('status') == 'failed'}
   for p in sorted({r['parametrization'] for r in rows}):
     out[p] = {}
     for w in sorted({r['d_model'] for r in rows if r['parametrization'] == p}):
-      curve = _mean_curve(rows, p, w)  # Seeds averaged per learning rate.
+      curve = [(lr, l) for lr, l in _mean_curve(rows, p, w)  # Seeds averaged per LR.
+               if (p, w, lr) not in failed]
+      if not curve:
+        continue
       lr, loss = min(curve, key=lambda x: x[1])
       i = lrs.index(lr)
       out[p][w] = {'lr': lr, 'loss': loss, 'index': i, 'edge': i in (0, len(lrs) - 1),
@@ -622,7 +638,9 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
   os.makedirs(out_dir, exist_ok=True)
   if not rows:
     raise scaling.FitError('no finished run to report on')
-  opt = transfer_optima(rows)
+  opt = {p: v for p, v in transfer_optima(rows, excluded).items() if v}
+  if not opt:
+    raise scaling.FitError('a seed failed at every finished learning rate of every width')
   lrs = sorted({r['lr'] for r in rows})
   ratio = math.exp(np.mean(np.diff(np.log(lrs)))) if len(lrs) > 1 else float('nan')
   md = [f'# Learning-rate transfer: {os.path.basename(os.path.abspath(workdir))}', '',
@@ -668,7 +686,8 @@ def _transfer_report(workdir: str, s, rows: list[dict], excluded: list[dict]) ->
         continue
       color = plt.cm.viridis(k / max(len(widths) - 1, 1))
       ax.plot(*zip(*pts), 'o-', color=color, label=f'width {w}')
-      ax.plot([opt[p][w]['lr']], [opt[p][w]['loss']], '*', ms=14, color=color)
+      if w in opt[p]:
+        ax.plot([opt[p][w]['lr']], [opt[p][w]['loss']], '*', ms=14, color=color)
     ax.set(xscale='log', xlabel='learning rate', title=p.upper())
     ax.set_xticks(lrs, [f'{x:.2g}' for x in lrs], minor=False)
     ax.tick_params(axis='x', labelsize=7, rotation=45)
@@ -715,9 +734,9 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
   lrs = sorted({r['lr'] for r in rows})
   md = [f'# Learning-rate sweep: {os.path.basename(os.path.abspath(workdir))}', '',
         f'{len(sizes)} sizes x {len(lrs)} learning rates ({", ".join(f"{x:.3g}" for x in lrs)}); '
-        'loss = final validation loss (nats per target token), averaged over seeds. The '
-        'fitted optimum is the minimum of the parabola in log LR through the best grid LR '
-        'and its two neighbours.', '',
+        'loss = final validation loss (nats per target token), averaged over seeds (an lr '
+        'at which a seed failed counts as failed). The fitted optimum is the minimum of the '
+        'parabola in log LR through the best grid LR and its two neighbours.', '',
         '| N | d_model | tokens | best grid lr | loss | seed sd | fitted lr* | loss at lr* | '
         'not finished |', '|---|---|---|---|---|---|---|---|---|']
   summary, fig = {}, plt.figure(figsize=(6.5, 4.5))
@@ -725,11 +744,18 @@ def _lr_report(workdir: str, rows: list[dict], excluded: list[dict]) -> str:
   for k, n in enumerate(sizes):
     mine = [r for r in rows if r['N'] == n]
     by_lr = _losses_by_lr(mine)
-    curve = sorted((lr, float(np.mean(v))) for lr, v in by_lr.items())
     # Runs of this size that did not finish: a failed (diverged) larger LR
-    # bounds the optimum; a pending one leaves it open.
+    # bounds the optimum; a pending one leaves it open. An LR at which some seed
+    # failed is a failed LR: the mean of its surviving seeds alone would favour it.
     unfinished = sorted((r['lr'], r['status']) for r in excluded if r.get('N') == n)
-    o = lr_optimum(curve, [lr for lr, st in unfinished if st == 'failed'])
+    failed = {lr for lr, st in unfinished if st == 'failed'}
+    curve = sorted((lr, float(np.mean(v))) for lr, v in by_lr.items() if lr not in failed)
+    if not curve:
+      md.append(f'| {int(n):,} | {mine[0]["d_model"]} | {int(mine[0]["D"]):,} | - (a seed '
+                f'failed at every finished lr) | - | - | - | - | '
+                f'{", ".join(f"{lr:.3g} {st}" for lr, st in unfinished)} |')
+      continue
+    o = lr_optimum(curve, sorted(failed))
     sd = float(np.std(by_lr[o['best_lr']], ddof=1)) if len(by_lr[o['best_lr']]) > 1 else None
     summary[str(int(n))] = {**o, 'seed_sd_at_best': sd, 'd_model': mine[0]['d_model'],
                             'curve': curve, 'unfinished': unfinished}

@@ -715,6 +715,29 @@ def test_lr_report_shows_runs_that_did_not_finish(tmp_path):
   assert 'No finished run at N = 16,000' in md and '- n3_lr0.1: failed: out of memory' in md
 
 
+def test_an_lr_where_a_seed_failed_is_not_an_optimum(tmp_path):
+  """Seed 1 diverged at lr 0.1 and seed 0 reached the lowest loss there: the
+  survivor's mean alone made 0.1 the best LR. The lr report, the transfer
+  report and the fits' choice of LR all treat that LR as failed."""
+  from lm import report
+  rows, excluded = [], []
+  for lr, loss in ((1e-3, 3.0), (1e-2, 2.5), (1e-1, 2.0)):
+    for seed in (0, 1):
+      r = {'name': f'lr{lr}_s{seed}', 'status': 'done', 'N': 1000, 'd_model': 16, 'D': 2e4,
+           'budget': 1e9, 'parametrization': 'mup', 'lr': lr, 'final_loss': loss}
+      if lr == 1e-1 and seed == 1:
+        excluded.append({**r, 'status': 'failed', 'reason': 'failed: non-finite loss'})
+      else:
+        rows.append(r)
+  report._lr_report(str(tmp_path), rows, excluded)
+  o = json.load(open(tmp_path / 'report' / 'lr.json'))['1000']
+  assert o['best_lr'] == 1e-2 and o['bounded_by_failure'] == 0.1 and not o['edge']
+  assert report.transfer_optima(rows, excluded)['mup'][16]['lr'] == 1e-2
+  keep, out = report.fit_points(rows, excluded)
+  assert {r['lr'] for r in keep} == {1e-2}
+  assert any('a seed failed at this lr' in r['reason'] for r in out if r['lr'] == 1e-1)
+
+
 @pytest.mark.slow
 def test_lr_design_plans_packs_and_reports(tmp_path, corpus_dir):
   """sizes x lrs; a size's runs form one pack; the report gives the optimum
