@@ -294,6 +294,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           wall['compile'] += time.perf_counter() - t1
           compiled_widths.add(len(rows))
         host, signame = None, preemption.signame  # One answer for every member.
+        # Checkpoints are pack-wide: when one member saves (its interval, an extra
+        # checkpoint, its end) every member still training saves too. Members then
+        # resume from a common step after a hard kill, so the stack's widths, and
+        # with them each member's arithmetic, replay as in an uninterrupted run.
+        ckpt_pack = bool(signame) or any(
+            (steps[k] + 1) % cs[k].train.checkpoint_every == 0 or steps[k] + 1 == ends[k]
+            or steps[k] + 1 in cs[k].train.extra_checkpoints for k in rows)
         for i, k in enumerate(rows):
           if 'skipped' in m:  # Every step's flag, read at the member's next row.
             skip_flags[k].append((m['skipped'], i))
@@ -303,8 +310,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           is_end = done == ends[k]
           log_now = done % c.train.log_every == 0 or is_end
           eval_now = done % c.train.eval_every == 0 or is_end
-          ckpt_now = (done % c.train.checkpoint_every == 0 or is_end or signame
-                      or done in c.train.extra_checkpoints)
+          ckpt_now = ckpt_pack
           if not (log_now or eval_now or ckpt_now):
             continue
           host = host if host is not None else jax.device_get(m)

@@ -691,6 +691,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                 'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
             if (done % c.train.checkpoint_every == 0 or done == end or signame
                 or done in c.train.extra_checkpoints):
+              progress.flush()  # Every row up to this step is on disk before its checkpoint.
               jax.block_until_ready(state)  # As above.
               t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)

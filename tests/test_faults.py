@@ -96,6 +96,31 @@ def test_incomplete_checkpoint_writes_are_removed_and_the_run_continues(
   assert sorted(os.listdir(later / 'checkpoints'), key=int)[-1] == '12'
 
 
+def test_a_kill_right_after_a_checkpoint_loses_no_metrics_row(tmp_path, corpus_dir, reference,
+                                                            monkeypatch):
+  """A checkpoint step that is not an eval step: its train row waited for the next
+  step's flush, so a kill once the checkpoint had committed lost that row for
+  good (the rerun resumes past it). Rows are flushed before every checkpoint."""
+  c = tiny(corpus_dir, **{'train.steps': 12, 'train.checkpoint_every': 4,
+                          'train.eval_every': 6})
+  real = train.ckpt_lib.save
+
+  def save_then_die(c, mngr, step, *args):
+    real(c, mngr, step, *args)
+    if step == 4:
+      mngr.wait_until_finished()
+      raise SystemExit('killed')  # Committed; the process dies before step 5.
+
+  monkeypatch.setattr(train.ckpt_lib, 'save', save_then_die)
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+  monkeypatch.setattr(train.ckpt_lib, 'save', real)
+  msgs = []
+  train.train_and_evaluate(c, str(tmp_path), log=msgs.append)
+  assert 'resumed from step 4' in msgs[-1], msgs
+  assert _losses(tmp_path) == reference
+
+
 def test_write_atomic_replaces_whole_and_leaves_nothing_when_a_write_fails(tmp_path):
   path = str(tmp_path / 'f.json')
   workdir.write_atomic(path, 'old')

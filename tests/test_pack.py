@@ -250,3 +250,47 @@ def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, cor
   again = pack.train_pack(cs, wds, log=lambda *_: None)  # Read back, not trained.
   assert [o['loss'] for o in again] == [o['loss'] for o in out]
   assert all(o['preempted'] is None and o['wall']['train'] > 0 for o in again)
+
+
+def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path, corpus_dir,
+                                                                      monkeypatch):
+  """Members of different lengths once saved at their own steps (A every 4, B
+  every 6): killed after step 6 (no signal, so no last save), A resumed at 4
+  and B at 6, A trained steps 5-6 alone and B steps 7-8 beside A's replay, at
+  other stack widths than before, and B's result differed. Checkpoints are
+  pack-wide now: both resume at 6 and end bit-identical to a run never killed."""
+  import dataclasses as dc
+  import os
+
+  from lm import checkpoint as ckpt_lib
+  base = tiny(corpus_dir, **{'train.eval_every': 100})
+  A = dc.replace(base, name='A', train=dc.replace(base.train, steps=8, checkpoint_every=4,
+                                                  seed=1))
+  B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
+                 train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
+  full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
+  real, calls = pack.make_step, [0]
+
+  def make_step(p):
+    step = real(p)
+
+    def dying(*args):
+      calls[0] += 1
+      if calls[0] == 7:
+        raise SystemExit('killed')  # After step 6's checkpoints, before step 7.
+      return step(*args)
+    return dying
+
+  wds = [str(tmp_path / 'killed' / n) for n in 'AB']
+  monkeypatch.setattr(pack, 'make_step', make_step)
+  with pytest.raises(SystemExit):
+    pack.train_pack([A, B], wds, log=lambda *_: None)
+  monkeypatch.setattr(pack, 'make_step', real)
+  assert [sorted(int(e) for e in os.listdir(os.path.join(wd, 'checkpoints')) if e.isdigit())
+          for wd in wds] == [[4, 6], [4, 6]]
+  again = pack.train_pack([A, B], wds, log=lambda *_: None)
+  assert [o['loss'] for o in again] == [o['loss'] for o in full]
+  for n, wd in zip('AB', wds):
+    _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
+    _, p2 = ckpt_lib.load_params(wd)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
