@@ -150,7 +150,7 @@ class DataConfig:
   tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf); recorded absolute.
   document_mask: bool = True  # Causal LM: attention and positions stay within each packed document.
   seq_len: int = 128  # Tokens per training sequence (encoder-decoder: span corruption's text window, or the input length).
-  shuffle_seed: int = 0  # Seed of the data order (and of corruption noise).
+  shuffle_seed: int = 0  # Seed of the data order (and of training corruption noise).
   target_key: str = ''  # Set: (input, target) pairs for an encoder-decoder (seq2seq).
   target_len: int = 0  # Seq2seq target length; 0 means seq_len.
   mlm_rate: float = 0.15  # Masked LM: fraction of positions selected for prediction.

@@ -158,6 +158,10 @@ class HFTokenizer:
     bos, pad = find('bos'), find('pad')
     self.bos_id = self.eos_id if bos is None else bos
     self.pad_id = self.eos_id if pad is None else pad
+    # The special ids come from tokenizer_config.json, not tokenizer.json: they
+    # are part of the name, so a changed eos_token is another token cache (the
+    # old one's documents end in the old id) and another tokenizer on resume.
+    self.name += f'-e{self.eos_id}b{self.bos_id}p{self.pad_id}'
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)

@@ -132,6 +132,10 @@ def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
   tok = get_tokenizer('hf', str(tmp_path / 'tokenizer.json'))
   assert tok.eos_id == tok.tok.token_to_id('<unk>')
   assert tok.pad_id == tok.bos_id == tok.tok.token_to_id('<|endoftext|>')
+  # Same tokenizer.json, other special ids: another name, so another token cache
+  # (whose documents end in the new EOS) and a refused resume.
+  plain = get_tokenizer('hf', hf_bpe)
+  assert tok.name.split('-')[1] == plain.name.split('-')[1] and tok.name != plain.name
   with pytest.raises(ConfigError, match='tokenizer.json'):
     get_tokenizer('hf', str(tmp_path / 'nope.json'))
   # A vocabulary without any end-of-text token, and no tokenizer_config naming one.

@@ -123,17 +123,22 @@ def stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+EVAL_NOISE_SEED = 0  # The eval rows' corruption noise (data.shuffle_seed's default).
+
+
 def corrupted_windows(c: Config, tokenizer, transform: Callable, pidx: int, pcount: int
                       ) -> Data:
   """Windows of seq_len text tokens, corrupted by `transform` (masked LM, span
   corruption): a fresh draw each epoch in training; eval windows are the first
-  of the validation split, each with noise fixed by its index."""
+  of the validation split, each with noise fixed by its index alone, not by
+  data.shuffle_seed: seed replicates (and a pack's members, which share one
+  eval set) score the same eval rows."""
   L, B = c.data.seq_len, c.train.batch_size
   train, val = data_lib.token_splits(c.data, tokenizer)
   data_lib.check_windows(train, L, 'train', B, extra=0)
   data_lib.check_windows(val, L, 'validation', 1, extra=0)
   windows = data_lib.Windows(val, L)
-  rows = [transform(windows[i], np.random.default_rng([c.data.shuffle_seed, i]))
+  rows = [transform(windows[i], np.random.default_rng([EVAL_NOISE_SEED, i]))
           for i in range(min(len(windows), B * c.train.eval_batches))]
   return Data(data_lib.Windows(train, L),
               data_lib.eval_rows(stack_rows(rows), B, pidx, pcount), transform)
