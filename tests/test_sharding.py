@@ -293,3 +293,30 @@ def test_memory_tool_estimates_the_compiled_step():
     assert part in text, text
   assert f'{n / 1e3:.1f}K parameters' in text and ' 0.00 ' not in text, text  # Readable units.
   assert tool_sh.human_bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'
+
+
+def test_activation_estimate_is_korthikanti_s_bytes():
+  """GPT-2 small, batch 8 x 1024, bf16, xla attention, unchunked loss: per layer
+  sbh(34 + 5as/h) bytes (Korthikanti et al. 2022, Eq. 1: 16-bit activations)
+  plus the float32 logits and their gradient; float32 doubles the layer part.
+  The constants had been taken as counts of values (2x too high in bf16)."""
+  import dataclasses
+  import types
+
+  from configs import gpt2_small
+  from lm import config as config_lib
+  from tools import shardings as shardings_tool
+  c = config_lib.from_configdict(gpt2_small.get_config())
+  m = dataclasses.replace(c.model, vocab_size=50304, attention='xla', loss_chunk=0,
+                          dtype='bfloat16', remat='none')
+  c = dataclasses.replace(c, model=m, train=dataclasses.replace(c.train, batch_size=8,
+                                                                grad_accum=1))
+  mesh = types.SimpleNamespace(shape={'data': 1, 'fsdp': 1, 'tensor': 1})
+  s, b, h, a, n, V = 1024, 8, 768, 12, 12, 50304
+  logits = b * s * V * 4 * 2
+  layers = n * s * b * h * (34 + 5 * a * s / h)
+  assert c.data.seq_len == s
+  assert shardings_tool.activation_bytes(c, mesh) == pytest.approx(layers + logits, rel=1e-9)
+  c32 = dataclasses.replace(c, model=dataclasses.replace(m, dtype='float32'))
+  assert shardings_tool.activation_bytes(c32, mesh) == pytest.approx(2 * layers + logits,
+                                                                     rel=1e-9)

@@ -48,10 +48,12 @@ def total(tree, shs) -> int:
 def activation_bytes(c: config_lib.Config, mesh) -> int:
   """Rough per-device activations kept for the backward pass (float32 or bf16).
 
-  Per layer and token: ~34 * D values of residual/attention/MLP intermediates
-  (the usual estimate of Korthikanti et al. 2022, no sequence parallelism),
+  Per layer and token: 34 * D bytes of residual/attention/MLP intermediates
   plus 5 * H * L for attention scores/probabilities where the attention path
-  materialises them (xla); remat=full keeps only the layer input. The float32
+  materialises them (xla): Korthikanti et al. 2022's estimate (no sequence
+  parallelism), in bytes at 16-bit activations, so scaled by bytes_per / 2
+  for float32 (it had been taken as a count of values: twice too high);
+  remat=full keeps only the layer input. The float32
   logits and their gradient count B x L x V, or B x loss_chunk x V when the
   loss is chunked. Divided over the batch axes (data x fsdp) and, for the
   head- and MLP-sized parts, over tensor.
@@ -64,13 +66,13 @@ def activation_bytes(c: config_lib.Config, mesh) -> int:
   tp = mesh.shape['tensor']
   scores = model_lib.resolve_attention(m.attention, L, m.attn_dropout) == 'xla'
   if m.remat == 'full':
-    per_layer = B * L * m.d_model
-  else:
+    per_layer = B * L * m.d_model * bytes_per  # Values.
+  else:  # Bytes at 16 bits (Korthikanti et al. 2022, Eq. 2 and, with tensor, Eq. 3).
     per_layer = B * L * (10 * m.d_model + 24 * m.d_model / tp
-                         + scores * 5 * m.num_heads * L / tp)
+                         + scores * 5 * m.num_heads * L / tp) * bytes_per / 2
   positions = min(m.loss_chunk or L, L)
   logits = B * positions * m.vocab_size * 4 * 2 / tp  # Logits and their gradient, float32.
-  return int((m.num_layers * per_layer * bytes_per + logits) / dp)
+  return int((m.num_layers * per_layer + logits) / dp)
 
 
 def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str, float]:
