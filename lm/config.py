@@ -64,7 +64,8 @@ class ModelConfig:
   scan_layers: bool = True  # nn.scan over layers (one compiled layer; params stacked).
   remat: str = 'none'  # Recompute in backward: none | full | save_dots | dots_saveable | save_proj | offload (lm/model.py).
   init_std: float = 0.02  # Std of the normal initialiser of weight matrices.
-  attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one block).
+  attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one
+  # block; the chunked path then uses 512).
   loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (memory).
   attention: str = 'auto'  # auto | xla | dot_product (cuDNN on GPU) | pallas | chunked (lm/model.py).
   attn_max_docs: int = 0  # > 0: dot_product on H100+ runs document masks of windows with <= this many documents in cuDNN's packed kernel (0: a dense mask; tools/bench_train.py).

@@ -71,7 +71,11 @@ def _stack(m: ModelConfig, layers: int, L: int, causal: bool) -> dict[str, float
   n_mlp = 3 if m.activation == 'swiglu' else 2
   # Causal stacks skip whole key blocks (model.attn_block); bidirectional ones
   # score every key. Query t of a causal stack needs t+1 keys, (L+1)/2 on average.
-  keys = _blocked_keys(L, m.attn_block) if causal else L
+  # The chunked path's block for attn_block 0 is lm/model.CHUNKED_BLOCK (512; kept
+  # here as a number: flops does not import the model). 'auto' is left as the
+  # one-block count: which path it takes depends on the device.
+  block = m.attn_block or (512 if m.attention == 'chunked' else 0)
+  keys = _blocked_keys(L, block) if causal else L
   needed = (L + 1) / 2 if causal else L
   return {
       'qkv': layers * 2 * D * (H + 2 * K) * Dh,

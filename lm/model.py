@@ -358,6 +358,10 @@ def _flash_bwd(causal, qb, kb, S, res, do_BKGLDh):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+CHUNKED_BLOCK = 512  # The chunked path's block where model.attn_block is 0 (one block
+# would hold all L x S scores, which the path exists to avoid).
+
+
 def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal: bool,
                       mask_BLS: Array | None, seg_BL: Array | None, block: int) -> Array:
   """Online softmax over key blocks (Milakov & Gimelshein 2018; FlashAttention's
@@ -370,8 +374,8 @@ def attention_chunked(q_BLHDh: Array, k_BKSDh: Array, v_BKSDh: Array, *, causal:
   O(L x S), forward and backward. Rows with no allowed key return 0."""
   B, L, H, Dh = q_BLHDh.shape
   K, S = k_BKSDh.shape[1], k_BKSDh.shape[2]
-  qb = min(block or 512, L)
-  kb = min(block or 512, S)
+  qb = min(block or CHUNKED_BLOCK, L)
+  kb = min(block or CHUNKED_BLOCK, S)
   pad = (-S) % kb
   if pad:  # Padded keys are masked out (_block_ok).
     k_BKSDh = jnp.pad(k_BKSDh, ((0, 0), (0, 0), (0, pad), (0, 0)))

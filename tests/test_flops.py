@@ -52,6 +52,12 @@ def test_conventions_order_and_param_split():
   one = flops.train_flops_per_token(dataclasses.replace(m, attn_block=0), 512)
   blocked = flops.train_flops_per_token(dataclasses.replace(m, attn_block=128), 512)
   assert blocked < one
+  # The chunked path runs 512-blocks where attn_block is 0, and is counted so.
+  ch = dataclasses.replace(m, attention='chunked', max_len=2048)
+  assert (flops.train_flops_per_token(dataclasses.replace(ch, attn_block=0), 2048) ==
+          flops.train_flops_per_token(dataclasses.replace(ch, attn_block=512), 2048) <
+          flops.train_flops_per_token(dataclasses.replace(ch, attention='xla', attn_block=0),
+                                      2048))
 
 
 def test_paper_conventions_count_every_attention_of_an_encoder_decoder():
