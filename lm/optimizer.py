@@ -115,13 +115,15 @@ def lr_group(path) -> str:
   """'hidden' (muP: LR / width_mult), 'block' (a block's biases and norm scales)
   or 'other' (embeddings, output matrix, classifier, final norms); an
   encoder-decoder's encoder stack has its own 'enc_hidden' and 'enc_block'
-  (its depth differs from the decoder's)."""
+  (its depth differs from the decoder's); a hidden matrix outside the blocks
+  (BERT's head transform) is 'head_hidden': muP's width factor, no depth factor."""
   names = _names(path)
   enc = 'enc_' if names[0].startswith(_ENCODER_STACKS) else ''
+  in_blocks = names[0].startswith(STACKS)
   if names[-1] in _HIDDEN_PARAMS or (names[-1] == 'kernel' and len(names) > 1
                                      and names[-2] in _HIDDEN_DENSE):
-    return enc + 'hidden'
-  return enc + 'block' if names[0].startswith(STACKS) else 'other'
+    return enc + 'hidden' if in_blocks else 'head_hidden'
+  return enc + 'block' if in_blocks else 'other'
 
 
 def lr_multipliers(m: ModelConfig) -> dict[str, float]:
@@ -135,7 +137,7 @@ def lr_multipliers(m: ModelConfig) -> dict[str, float]:
   main = m.decoder_layers if m.family == 'encoder_decoder' else m.num_layers
   return {'hidden': depth(main) / m.width_mult, 'block': depth(main),
           'enc_hidden': depth(m.num_layers) / m.width_mult, 'enc_block': depth(m.num_layers),
-          'other': 1.0}
+          'head_hidden': 1.0 / m.width_mult, 'other': 1.0}
 
 
 def make(o: OptimizerConfig, total_steps: int, m: ModelConfig | None = None

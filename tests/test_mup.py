@@ -92,22 +92,26 @@ def test_depth_scaling_lr_rule():
                           parametrization='mup', base_width=32)
   assert model_lib.branch_multiplier(m, 8) == 0.5
   assert optimizer.lr_multipliers(m) == {'hidden': 0.5 / 2, 'block': 0.5, 'enc_hidden': 0.5 / 2,
-                                         'enc_block': 0.5, 'other': 1.0}
+                                         'enc_block': 0.5, 'head_hidden': 0.5, 'other': 1.0}
   m1 = dataclasses.replace(m, depth_alpha=1.0)
   assert optimizer.lr_multipliers(m1) == {'hidden': 0.5, 'block': 1.0, 'enc_hidden': 0.5,
-                                          'enc_block': 1.0, 'other': 1.0}
+                                          'enc_block': 1.0, 'head_hidden': 0.5, 'other': 1.0}
   # An encoder-decoder's stacks scale by their own depths, as their branches do:
   # 2 encoder layers (at depth_base), 8 decoder layers (branch multiplier 0.5).
   ed = dataclasses.replace(m, family='encoder_decoder', num_layers=2, num_decoder_layers=8)
   assert model_lib.branch_multiplier(ed, ed.decoder_layers) == 0.5
   mult = optimizer.lr_multipliers(ed)
   assert (mult['block'], mult['enc_block']) == (0.5, 1.0)
+  # BERT's head transform is a hidden matrix outside the blocks: width factor only
+  # (it had the blocks' depth factor, though no branch multiplier scales it).
   params = {'blocks': {'attn': {'query': 1, 'norm': {'scale': 1}}},
-            'encoder_blocks': {'attn': {'query': 1}, 'attn_norm': {'scale': 1}}, 'embed': 1}
+            'encoder_blocks': {'attn': {'query': 1}, 'attn_norm': {'scale': 1}}, 'embed': 1,
+            'mlm_dense': {'kernel': 1, 'bias': 1}}
   groups = jax.tree_util.tree_map_with_path(lambda k, _: optimizer.lr_group(k), params)
   assert groups == {'blocks': {'attn': {'query': 'hidden', 'norm': {'scale': 'block'}}},
                     'encoder_blocks': {'attn': {'query': 'enc_hidden'},
-                                       'attn_norm': {'scale': 'enc_block'}}, 'embed': 'other'}
+                                       'attn_norm': {'scale': 'enc_block'}}, 'embed': 'other',
+                    'mlm_dense': {'kernel': 'head_hidden', 'bias': 'other'}}
 
 
 FOLDS = {
