@@ -61,10 +61,11 @@ def hidden_std(c: ModelConfig) -> float:
   return c.init_std / math.sqrt(c.width_mult)
 
 
-def out_proj_std(c: ModelConfig) -> float:
-  """Init std of a residual branch's last projection (GPT-2's 1 / sqrt(2 layers);
-  with depth scaling, as at depth_base: the branch multiplier does the rest)."""
-  return hidden_std(c) / math.sqrt(2 * (c.depth_base or c.num_layers))
+def out_proj_std(c: ModelConfig, layers: int) -> float:
+  """Init std of a residual branch's last projection in a stack of `layers`
+  blocks (GPT-2's 1 / sqrt(2 layers); each stack by its own depth, as its branch
+  multiplier; with depth scaling, as at depth_base: the multiplier does the rest)."""
+  return hidden_std(c) / math.sqrt(2 * (c.depth_base or layers))
 
 
 def output_multiplier(c: ModelConfig) -> float:
@@ -547,6 +548,7 @@ class Attention(nn.Module):
   cache that already holds them.
   """
   cfg: ModelConfig
+  layers: int  # Blocks in this stack (the output projection's init).
   cross: bool = False
 
   @nn.compact
@@ -607,7 +609,7 @@ class Attention(nn.Module):
                         drop=nn.Dropout(c.attn_dropout), train=train,
                         max_docs=c.attn_max_docs)
     o_BLHDh = checkpoint_name(o_BLHDh, 'context')
-    wo = self.param('out', _init(out_proj_std(c), ('heads', 'head_dim', 'embed')),
+    wo = self.param('out', _init(out_proj_std(c, self.layers), ('heads', 'head_dim', 'embed')),
                     (H, Dh, c.d_model), pdt).astype(dt)
     y_BLD = jnp.einsum('BLHd,HdD->BLD', o_BLHDh, wo)
     if c.use_bias:
@@ -619,6 +621,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
   """GELU, SwiGLU or ReLU^2 feed-forward."""
   cfg: ModelConfig
+  layers: int  # Blocks in this stack (the down projection's init).
 
   @nn.compact
   def __call__(self, x_BLD: Array) -> Array:
@@ -638,7 +641,7 @@ class Mlp(nn.Module):
       h_BLF = jnp.square(nn.relu(h_BLF))
     h_BLF = checkpoint_name(_constrain(h_BLF, ('batch', 'length', 'mlp')), 'mlp_hidden')
     return dense(c.d_model, name='down',
-                 kernel_init=_init(out_proj_std(c), ('mlp', 'embed')),
+                 kernel_init=_init(out_proj_std(c, self.layers), ('mlp', 'embed')),
                  bias_init=nn.with_logical_partitioning(
                      nn.initializers.zeros, ('embed',)))(h_BLF)
 
@@ -657,7 +660,8 @@ class Block(nn.Module):
                seg_BL: Array | None = None) -> tuple[Array, dict | None]:
     c = self.cfg
     drop = nn.Dropout(c.resid_dropout)
-    branch = branch_multiplier(c, c.decoder_layers if self.cross else c.num_layers)
+    layers = c.decoder_layers if self.cross else c.num_layers  # This stack's depth.
+    branch = branch_multiplier(c, layers)
 
     def residual(x_BLD, h_BLD):
       if branch != 1.0:
@@ -666,19 +670,19 @@ class Block(nn.Module):
                         ('batch', 'length', 'embed'))
 
     sc = None if cache is None else {'k': cache['k'], 'v': cache['v']}
-    h, sc = Attention(c, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
+    h, sc = Attention(c, layers, name='attn')(Norm(c, name='attn_norm')(x_BLD), pos_BL,
                                       self.train, mask_BLS, sc, index, seg_BL=seg_BL)
     x_BLD = residual(x_BLD, h)
     new = sc
     if self.cross:
       cc = None if cache is None else {'k': cache['ck'], 'v': cache['cv']}
-      h, cc = Attention(c, cross=True, name='cross_attn')(
+      h, cc = Attention(c, layers, cross=True, name='cross_attn')(
           Norm(c, name='cross_norm')(x_BLD), pos_BL, self.train, enc_mask_BLS, cc,
           kv_BSD=enc_BSD)
       x_BLD = residual(x_BLD, h)
       if cache is not None:
         new = {**sc, 'ck': cc['k'], 'cv': cc['v']}
-    h = Mlp(c, name='mlp')(Norm(c, name='mlp_norm')(x_BLD))
+    h = Mlp(c, layers, name='mlp')(Norm(c, name='mlp_norm')(x_BLD))
     return residual(x_BLD, h), new
 
 

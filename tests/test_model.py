@@ -10,7 +10,7 @@ import pytest
 
 from lm import flops
 from lm.config import ModelConfig
-from lm.model import Transformer, cross_entropy, sinusoidal_table
+from lm.model import Transformer, cross_entropy, init_inputs, sinusoidal_table
 
 BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, max_len=16,
                    mlp_dim=48)
@@ -322,3 +322,18 @@ def test_chunked_loss_frees_the_logits():
   logits_bytes = 4 * 256 * 4096 * 4
   whole, chunked = temp(0), temp(32)
   assert whole - chunked >= logits_bytes, (whole, chunked, logits_bytes)
+
+
+def test_each_stack_s_output_projections_init_by_its_own_depth():
+  """GPT-2's std / sqrt(2 layers) per stack: an encoder-decoder's 8-layer decoder
+  had been initialised with the 2-layer encoder's std (2x too large)."""
+  import math
+  m = ModelConfig(family='encoder_decoder', vocab_size=256, d_model=128, num_layers=2,
+                  num_decoder_layers=8, num_heads=4, max_len=64)
+  p = nn.unbox(Transformer(m).init(jax.random.key(0), **init_inputs(m, 8))['params'])
+  for stack, layers in (('encoder_blocks', 2), ('blocks', 8)):
+    b = p[stack]
+    outs = [b['attn']['out'], b['mlp']['down']['kernel']]
+    outs += [b['cross_attn']['out']] if 'cross_attn' in b else []
+    for w in outs:
+      assert abs(np.std(w) / (m.init_std / math.sqrt(2 * layers)) - 1) < 0.05, (stack, np.std(w))
