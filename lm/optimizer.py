@@ -40,7 +40,8 @@ def schedule(o: OptimizerConfig, total_steps: Any) -> Callable[[Any], Any]:
     elif o.schedule == 'constant':
       after = jnp.full_like(t, peak)
     elif o.schedule == 'inverse_sqrt':
-      after = peak * jnp.sqrt(jnp.maximum(warm, 1) / jnp.maximum(step, jnp.maximum(warm, 1)))
+      # Update number step + 1, as in the warmup: the peak once, at step warm - 1.
+      after = peak * jnp.sqrt(jnp.maximum(warm, 1) / jnp.maximum(step + 1, jnp.maximum(warm, 1)))
     elif o.schedule == 'wsd':
       cool = jnp.maximum(jnp.round(o.cooldown_fraction * total_steps), 1)
       start = total_steps - cool

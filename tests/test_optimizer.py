@@ -33,7 +33,11 @@ def test_decay_shapes():
   assert lr_at('linear', 34) == pytest.approx(1.0 - 0.9 * 0.25)
   assert lr_at('linear', 109) == pytest.approx(0.1)
   assert lr_at('constant', 99) == pytest.approx(1.0)
-  assert lr_at('inverse_sqrt', 40) == pytest.approx((10 / 40) ** 0.5)
+  # Update number step + 1 throughout: the peak at step 9 only (step 10 had
+  # repeated it, and the decay ran a step late).
+  assert lr_at('inverse_sqrt', 9) == pytest.approx(1.0)
+  assert lr_at('inverse_sqrt', 10) == pytest.approx((10 / 11) ** 0.5)
+  assert lr_at('inverse_sqrt', 39) == pytest.approx((10 / 40) ** 0.5)
 
 
 def test_wsd_cooldown():
