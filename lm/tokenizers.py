@@ -66,6 +66,20 @@ class SentencePieceTokenizer:
     bos, pad = self.sp.bos_id(), self.sp.pad_id()
     self.bos_id = bos if 0 <= bos < self.vocab_size else self.eos_id
     self.pad_id = pad if 0 <= pad < self.vocab_size else self.eos_id
+    # Bits per byte counts each target's piece bytes: right only if the pieces
+    # spell the text. SentencePiece's defaults normalise it (NFKC, whitespace
+    # runs collapsed, a '▁' added before every document), so refuse those.
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(self.sp.serialized_model_proto())
+    ns = proto.normalizer_spec
+    changes = ([f'normalization_rule_name={ns.name}'] if ns.name != 'identity' else []) + [
+        f'{k}=true' for k in ('add_dummy_prefix', 'remove_extra_whitespaces') if getattr(ns, k)]
+    if changes:
+      raise ConfigError(f'data.tokenizer_path={path!r} rewrites the text it encodes '
+                        f'({", ".join(changes)}), so bits per byte would count other bytes '
+                        'than the text\'s; train one with python -m tools.train_tokenizer '
+                        '(identity, no dummy prefix, whitespace kept)')
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.sp.encode(text), np.int32)

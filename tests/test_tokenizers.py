@@ -60,12 +60,22 @@ def test_sentencepiece_specials_absent(tmp_path, corpus_dir):
   import sentencepiece as spm
   text = tmp_path / 'c.txt'
   text.write_text(''.join(p.read_text() for p in sorted(corpus_dir.glob('*.py'))))
-  for name, extra in (('noeos', {'eos_id': -1}), ('nobos', {'bos_id': -1})):
+  exact = dict(normalization_rule_name='identity', add_dummy_prefix=False,
+               remove_extra_whitespaces=False)
+  for name, extra in (('noeos', {'eos_id': -1}), ('nobos', {'bos_id': -1, **exact}),
+                      ('nfkc', {}), ('dummy', {**exact, 'add_dummy_prefix': True})):
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / name),
                                    vocab_size=300, hard_vocab_limit=False, minloglevel=2,
                                    **extra)
   with pytest.raises(ConfigError, match=r'noeos.model.*no end-of-text token \(eos_id=-1\)'):
     SentencePieceTokenizer(str(tmp_path / 'noeos.model'))
+  # SentencePiece's default normalisation rewrites the text (bits per byte would
+  # count the rewritten bytes: 8 of 25 lost on '    return  x * 3   +  y\n').
+  with pytest.raises(ConfigError, match=r'nfkc.model.*normalization_rule_name=nmt_nfkc, '
+                                        r'add_dummy_prefix=true, remove_extra_whitespaces=true'):
+    SentencePieceTokenizer(str(tmp_path / 'nfkc.model'))
+  with pytest.raises(ConfigError, match=r'dummy.model.*\(add_dummy_prefix=true\)'):
+    SentencePieceTokenizer(str(tmp_path / 'dummy.model'))
   tok = SentencePieceTokenizer(str(tmp_path / 'nobos.model'))  # pad_id is -1 by default too.
   assert tok.sp.bos_id() == tok.sp.pad_id() == -1
   assert tok.bos_id == tok.pad_id == tok.eos_id == tok.sp.eos_id() >= 0

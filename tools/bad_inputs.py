@@ -176,6 +176,9 @@ CASES += [
     ('train: sentencepiece model without EOS',
      [*TRAIN, _W, '--config.data.tokenizer=sentencepiece',
       '--config.data.tokenizer_path={S}/noeos.model'], 'no end-of-text token'),
+    ('train: sentencepiece model that normalises the text',
+     [*TRAIN, _W, '--config.data.tokenizer=sentencepiece',
+      '--config.data.tokenizer_path={S}/nfkc.model'], 'rewrites the text it encodes'),
     ('train: labelled CSV that is not UTF-8',
      [*TRAIN, _W, '--config.data.source=file', '--config.data.path={S}/latin1.csv',
       '--config.data.label_key=label'], 'not UTF-8'),
@@ -366,11 +369,12 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   os.makedirs(os.path.join(s, 'empty'), exist_ok=True)
   with open(os.path.join(s, 'latin1.csv'), 'wb') as f:
     f.write('text,label\nun café,pos\n'.encode('latin-1'))
-  if not os.path.exists(os.path.join(s, 'noeos.model')):  # SentencePiece: eos_id -1 = none.
-    import sentencepiece as spm
-    spm.SentencePieceTrainer.train(
-        input=os.path.join(corpus, 'm0.py'), model_prefix=os.path.join(s, 'noeos'),
-        vocab_size=80, eos_id=-1, hard_vocab_limit=False, minloglevel=2)
+  for name, extra in (('noeos', {'eos_id': -1}), ('nfkc', {})):  # eos_id -1 = none; {}:
+    if not os.path.exists(os.path.join(s, f'{name}.model')):  # SentencePiece's normaliser.
+      import sentencepiece as spm
+      spm.SentencePieceTrainer.train(
+          input=os.path.join(corpus, 'm0.py'), model_prefix=os.path.join(s, name),
+          vocab_size=80, hard_vocab_limit=False, minloglevel=2, **extra)
   run, hf = os.path.join(s, 'run'), os.path.join(s, 'hf')
   env = dict(os.environ, PYTHONPATH=ROOT)
   if not os.path.isdir(os.path.join(run, 'checkpoints')):
