@@ -186,7 +186,9 @@ class HFTokenizer:
   def byte_lengths(self) -> np.ndarray:
     """Bytes per id, exact for byte-level BPE (pieces through the GPT-2 byte
     map) and for SentencePiece-style vocabularies (U+2581 is a space, <0xNN>
-    byte-fallback pieces are one byte); special tokens count 0."""
+    byte-fallback pieces are one byte); special tokens count 0. A tokenizer
+    whose normaliser rewrites the text (Llama 2's prepends U+2581 to every
+    document) counts those bytes too: one per document there."""
     import json
     import re
     out = np.zeros(self.vocab_size, np.int32)
