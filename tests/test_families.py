@@ -129,6 +129,22 @@ def test_eval_noise_does_not_depend_on_the_data_order_seed(corpus_dir, objective
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_mlm_never_selects_or_draws_special_tokens():
+  """The EOS between documents (and BOS/PAD) is not a prediction target nor a
+  random replacement, as BERT's [SEP] is not: rate counts ordinary positions."""
+  rng = np.random.default_rng(0)
+  special = (256, 257, 258)
+  for _ in range(300):
+    w = rng.integers(0, 256, 40)
+    w[rng.choice(40, 8, replace=False)] = 257  # Document ends.
+    ex = mlm.mlm(w, rng, 0.25, 0.0, 1.0, mask_id=259, vocab=259, special=special)
+    s = ex['weights'] > 0
+    assert s.sum() == 8 and not np.isin(w[s], special).any()  # round(32 * 0.25).
+    assert not np.isin(ex['inputs'][s], special).any() and (ex['inputs'][~s] == w[~s]).all()
+  every = mlm.mlm(np.full(8, 257), rng, 0.5, 0.8, 0.1, 259, 259, special)
+  assert not every['weights'].any()  # A window of specials has no target.
+
+
 def test_mlm_loss_counts_only_selected_positions():
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
   p = _params(c.model)
