@@ -3,7 +3,8 @@
 A named size ladder of Llama-style models (RoPE, RMSNorm, SwiGLU, no biases)
 with head_dim 64 and d_model / num_layers fixed near 64 where the depth allows.
 Non-embedding parameters (6N convention) are in the table below; print them
-with `python -m tools.count` once issue 4 lands, or lm.flops.param_counts.
+with `python -m tools.count --config=configs/ladder.py:size=s` (or
+lm.flops.param_counts).
 """
 
 from configs import common

@@ -1,12 +1,12 @@
 """Kills a training run at random moments and checks that it still ends exactly right.
 
-python -m tools.fault_inject --kills=20 [--sigterm] [--seed=0] [--workdir=/tmp/faults]
+python -m tools.fault_inject --kills=20 [--nosigterm] [--seed=0] [--workdir=/tmp/faults]
 
 Trains a tiny model (the built-in corpus, or --data_dir) with a checkpoint
 every 2 steps, so kills land in checkpoint writes too (the first one
 included). Each injection starts `experiments.train`, waits a random time
-after it starts stepping, and sends SIGKILL (or, with --sigterm, one SIGTERM
-first, which must checkpoint and exit with workdir.PREEMPTED_EXIT). Then the
+after it starts stepping, and sends SIGKILL (and, unless --nosigterm, first one
+SIGTERM, which must checkpoint and exit with workdir.PREEMPTED_EXIT). Then the
 same command runs to the end, and its losses at every step must equal, bit
 for bit, those of an uninterrupted run; the workdir must be resumable after
 every kill. Prints one line per injection and a summary; exits 1 on any mismatch.
