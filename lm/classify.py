@@ -123,8 +123,11 @@ def load(d: DataConfig, cache: str) -> tuple[list, list, tuple[str, ...]]:
     if key not in feats:
       raise ConfigError(f'data key {key!r} is not a feature of {d.tfds_name}; '
                         f'features: {", ".join(feats)}')
-  names = () if d.target_key else (
-      d.labels or tuple(getattr(feats[d.label_key], 'names', ()) or ()))
+  # Each example is named by the dataset's own class names; data.labels, as for
+  # files, is the ordered label set the names are matched against (encode
+  # refuses a name outside it), not a renaming of class ids.
+  own = () if d.target_key else tuple(getattr(feats[d.label_key], 'names', ()) or ())
+  names = d.labels or own
   as_str = lambda x: x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
   def pairs(split):
@@ -135,7 +138,7 @@ def load(d: DataConfig, cache: str) -> tuple[list, list, tuple[str, ...]]:
         continue
       lab = int(ex[d.label_key])
       out.append((as_str(ex[d.text_key]),
-                  names[lab] if names and 0 <= lab < len(names) else str(lab)))
+                  own[lab] if own and 0 <= lab < len(own) else str(lab)))
     return out
 
   train, evals = pairs(d.train_split), pairs(d.val_split)

@@ -533,10 +533,28 @@ def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: b
   state = t.init()
   if src is not None:  # Fine-tuning: pre-trained params, fresh optimizer, step 0.
     _, loaded = ckpt_lib.load_params(c.init_from, src.model)
+    loaded, why = _classes_of(loaded, src.data.labels, c.data.labels)
     params, taken, fresh = ckpt_lib.merge(state.params, loaded)
     state = state.replace(params=jax.device_put(params, t.shardings.params))
-    log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else ''))
+    log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else '')
+        + why)
   return state
+
+
+def _classes_of(loaded: dict, src_labels: tuple[str, ...], labels: tuple[str, ...]
+                ) -> tuple[dict, str]:
+  """A source classifier's head for this run's classes: its rows reordered by
+  name where both runs have the same label set, else left out (kept fresh), so
+  row i always means this run's class i. Returns (params, why, for the log)."""
+  if 'cls_head' not in loaded or tuple(src_labels) == tuple(labels):
+    return loaded, ''
+  rest = {k: v for k, v in loaded.items() if k != 'cls_head'}
+  if sorted(src_labels) != sorted(labels):
+    return rest, (f' (cls_head fresh: trained for labels {list(src_labels)}, this run has '
+                  f'{list(labels)})')
+  order = np.array([list(src_labels).index(x) for x in labels])
+  head = jax.tree_util.tree_map(lambda a: np.asarray(a)[..., order], loaded['cls_head'])
+  return {**rest, 'cls_head': head}, f' (cls_head rows reordered to labels {list(labels)})'
 
 
 def _rollback(c: Config, t: Trainer, mngr, data_iter, writer, progress: _Progress,

@@ -174,6 +174,24 @@ def test_frozen_backbone_differentiates_only_the_head(tmp_path):
   assert cost[0]['flops'] < 0.5 * cost[1]['flops'], cost  # Forward ~1/3 of fwd + bwd.
 
 
+def test_a_classifier_from_a_classifier_keeps_each_class_its_own_head_row():
+  """init_from a classifier took its head by shape alone: labels bad/good on a
+  head trained for neg/pos, or the same labels in another order, mixed classes."""
+  from lm import train
+  head = {'kernel': np.arange(6.0).reshape(3, 2), 'bias': np.array([10.0, 20.0])}
+  loaded = {'embed': 1, 'cls_head': head}
+  same, why = train._classes_of(loaded, ('neg', 'pos'), ('neg', 'pos'))
+  assert same is loaded and why == ''
+  swapped, why = train._classes_of(loaded, ('neg', 'pos'), ('pos', 'neg'))
+  np.testing.assert_array_equal(swapped['cls_head']['kernel'], head['kernel'][:, ::-1])
+  np.testing.assert_array_equal(swapped['cls_head']['bias'], [20.0, 10.0])
+  assert 'reordered' in why and swapped['embed'] == 1
+  other, why = train._classes_of(loaded, ('neg', 'pos'), ('bad', 'good'))
+  assert 'cls_head' not in other and other['embed'] == 1 and 'cls_head fresh' in why
+  lm_only, why = train._classes_of({'embed': 1}, (), ('bad', 'good'))
+  assert lm_only == {'embed': 1} and why == ''
+
+
 def test_label_files_errors(tmp_path):
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"text": "hi", "label": "a"}\n{"text": "there"}\n')
@@ -236,6 +254,13 @@ def test_tfds_classification_dataset_with_mock_data(tmp_path):
     train_pairs, eval_pairs, names = classify.load(d, str(tmp_path))
   assert names == ('neg', 'pos') and len(train_pairs) == 6 and len(eval_pairs) == 6
   assert all(lab in names for _, lab in train_pairs + eval_pairs)
+  # data.labels orders the dataset's own names; it is not a renaming of class ids
+  # (('pos', 'neg') had named every 'pos' review 'neg').
+  with tfds.testing.mock_data(num_examples=6):
+    again, _, _ = classify.load(d, str(tmp_path))
+    swapped, _, names2 = classify.load(dataclasses.replace(d, labels=('pos', 'neg')),
+                                       str(tmp_path))
+  assert names2 == ('pos', 'neg') and swapped == again and len({lab for _, lab in again}) == 2
   with tfds.testing.mock_data(num_examples=2):
     with pytest.raises(ConfigError, match="'sentence' is not a feature"):
       classify.load(DataConfig(source='tfds', tfds_name='imdb_reviews', label_key='label',
