@@ -141,6 +141,10 @@ class HFTokenizer:
     # applied by encode, they would cut every document or add pad "documents".
     self.tok.no_truncation()
     self.tok.no_padding()
+    # Special-token text inside a document ('<|endoftext|>' in a code comment) is
+    # text: matched as the special token, it would end the document there, be
+    # dropped by decode and count 0 bytes. Specials enter only as ids.
+    self.tok.encode_special_tokens = True
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
     side = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
     tc = {}

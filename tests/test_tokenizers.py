@@ -119,6 +119,11 @@ def test_hf_byte_level_bpe_round_trip(hf_bpe):
     assert lengths[ids].sum() == len(t.encode('utf-8')), repr(t)
   assert lengths[tok.eos_id] == 0
   assert tok.decode([tok.eos_id, *tok.encode('hi')]) == 'hi'
+  # A special token's text inside a document is text, not the special id.
+  t = 'the end marker <|endoftext|> is written here'
+  ids = tok.encode(t)
+  assert tok.eos_id not in ids and tok.decode(ids) == t
+  assert lengths[ids].sum() == len(t.encode('utf-8'))
   line = 'def f3_4(x):\n    return x * 4 + delta\n'
   assert len(tok.encode(line)) < len(line) / 2
 
