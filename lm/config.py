@@ -600,6 +600,9 @@ def _validate_task(c: Config) -> None:
   if m.family != 'decoder' and m.pool == 'last' and d.label_key:
     raise _err('model.pool', m.pool, f"family {m.family} classifies from the 'first' "
                "token or the 'mean'")
+  if m.family == 'decoder' and m.pool == 'first' and d.label_key:  # Causal: it sees itself.
+    raise _err('model.pool', m.pool, "a causal decoder's first token sees only itself; "
+               "classify from the 'last' token or the 'mean'")
   if o.freeze_backbone and not d.label_key:
     raise _err('opt.freeze_backbone', True, 'only classifier fine-tuning (data.label_key '
                'set) has a head to train alone')

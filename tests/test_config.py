@@ -42,6 +42,9 @@ CASES = [
     ({'model.rope_theta': 0.0}, r'model.rope_theta=0.0 .* must be > 0'),
     ({'train.extra_checkpoints': (3, -1)}, r'extra_checkpoints=\(3, -1\) .* step >= 1'),
     ({'train.seed': -1}, r'train.seed=-1 .* >= 0'),
+    # A causal decoder's first token attends to itself only: a classifier of one token.
+    ({'model.pool': 'first', 'data.source': 'file', 'data.path': 'x.csv',
+      'data.label_key': 'label'}, r"model.pool='first' .* first token sees only itself"),
     # Rows past a position table were clamped to its last row, silently.
     ({'model.position': 'sinusoidal', 'data.seq_len': 64},
      r'data.seq_len=64 .* sinusoidal position table model.max_len=32'),
