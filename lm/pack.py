@@ -298,9 +298,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         # checkpoint, its end) every member still training saves too. Members then
         # resume from a common step after a hard kill, so the stack's widths, and
         # with them each member's arithmetic, replay as in an uninterrupted run.
-        ckpt_pack = bool(signame) or any(
-            (steps[k] + 1) % cs[k].train.checkpoint_every == 0 or steps[k] + 1 == ends[k]
-            or steps[k] + 1 in cs[k].train.extra_checkpoints for k in rows)
+        ckpt_pack = bool(signame) or any(train.checkpoint_due(cs[k], steps[k] + 1, ends[k])
+                                         for k in rows)
         for i, k in enumerate(rows):
           if 'skipped' in m:  # Every step's flag, read at the member's next row.
             skip_flags[k].append((m['skipped'], i))

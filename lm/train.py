@@ -523,6 +523,13 @@ def _setup_row(c: Config, t: Trainer, conv: dict, peak: float) -> dict:
           'objective': t.objective.name}
 
 
+def checkpoint_due(c: Config, done: int, end: int) -> bool:
+  """Whether a run saves after `done` steps: its interval, an extra checkpoint
+  (a WSD branch point) or its end (lm/pack.py saves a pack when any member's is due)."""
+  return (done % c.train.checkpoint_every == 0 or done == end
+          or done in c.train.extra_checkpoints)
+
+
 def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: bool,
                  src: Config | None, log) -> TrainState:
   """Restored, or fresh (with a fine-tuning run's pre-trained params)."""
@@ -707,8 +714,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                                    f'{h} {last_eval[h]:.4f}')
             signame = preemption.signame or (
                 'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
-            if (done % c.train.checkpoint_every == 0 or done == end or signame
-                or done in c.train.extra_checkpoints):
+            if signame or checkpoint_due(c, done, end):
               progress.flush()  # Every row up to this step is on disk before its checkpoint.
               jax.block_until_ready(state)  # As above.
               t0 = time.perf_counter()

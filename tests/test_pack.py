@@ -219,6 +219,25 @@ def test_bench_pack_times_both_ways_with_the_member_axis_split():
   np.testing.assert_allclose(r['packed tokens/s'] / r['seq tokens/s'], r['speed-up'])
 
 
+def _before_step_call(monkeypatch, n: int, action):
+  """Patches pack.make_step so that `action` runs before the n-th step call;
+  returns the real make_step, to restore."""
+  real, calls = pack.make_step, [0]
+
+  def make_step(p):
+    step = real(p)
+
+    def wrapped(*args):
+      calls[0] += 1
+      if calls[0] == n:
+        action()
+      return step(*args)
+    return wrapped
+
+  monkeypatch.setattr(pack, 'make_step', make_step)
+  return real
+
+
 def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, corpus_dir,
                                                                    monkeypatch):
   """As for a single run (tests/test_faults.py): the members are whole and
@@ -230,19 +249,8 @@ def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, cor
   cs = [dataclasses.replace(base, name=f'p{k}', train=dataclasses.replace(base.train, seed=k))
         for k in range(2)]
   wds = [str(tmp_path / c.name) for c in cs]
-  real, calls = pack.make_step, [0]
-
-  def make_step(p):
-    step = real(p)
-
-    def signalling(*args):
-      calls[0] += 1
-      if calls[0] == 3:
-        os.kill(os.getpid(), signal.SIGTERM)  # The loop's Preemption handler takes it.
-      return step(*args)
-    return signalling
-
-  monkeypatch.setattr(pack, 'make_step', make_step)
+  # The loop's Preemption handler takes it.
+  real = _before_step_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
   out = pack.train_pack(cs, wds, log=lambda *_: None)
   assert [(o['step'], o['preempted']) for o in out] == [(3, 'SIGTERM')] * 2
   assert all(os.listdir(os.path.join(wd, 'checkpoints')) == ['3'] for wd in wds)
@@ -269,20 +277,12 @@ def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path,
   B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
                  train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
   full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
-  real, calls = pack.make_step, [0]
-
-  def make_step(p):
-    step = real(p)
-
-    def dying(*args):
-      calls[0] += 1
-      if calls[0] == 7:
-        raise SystemExit('killed')  # After step 6's checkpoints, before step 7.
-      return step(*args)
-    return dying
-
   wds = [str(tmp_path / 'killed' / n) for n in 'AB']
-  monkeypatch.setattr(pack, 'make_step', make_step)
+
+  def die():  # After step 6's checkpoints, before step 7.
+    raise SystemExit('killed')
+
+  real = _before_step_call(monkeypatch, 7, die)
   with pytest.raises(SystemExit):
     pack.train_pack([A, B], wds, log=lambda *_: None)
   monkeypatch.setattr(pack, 'make_step', real)
