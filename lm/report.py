@@ -29,6 +29,12 @@ from lm import scaling, sweep  # noqa: E402
 from lm.workdir import write_atomic  # noqa: E402
 
 
+def _failed_at(excluded: list[dict], *keys: str) -> set[tuple]:
+  """The `keys` values of every failed run: the points (e.g. a size's LR) at which
+  some seed failed, which no surviving seed's mean may stand for."""
+  return {tuple(r.get(k) for k in keys) for r in excluded if r.get('status') == 'failed'}
+
+
 def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list[dict]]:
   """The runs the scaling fits use. A WSD sweep's stable runs are left out
   (constant LR, never cooled down: their branches are the points). With
@@ -48,8 +54,7 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
     key = (r.get('budget'), r['N'], r['D'])
     groups.setdefault(key, {}).setdefault(r.get('lr'), []).append(r['final_loss'])
   # An LR at which a seed failed is not eligible: its survivors' mean would favour it.
-  failed = {(r.get('budget'), r.get('N'), r.get('D'), r.get('lr')) for r in excluded
-            if r.get('status') == 'failed'}
+  failed = _failed_at(excluded, 'budget', 'N', 'D', 'lr')
   best = {}
   for k, v in groups.items():
     ok = [lr for lr in v if (*k, lr) not in failed] or list(v)
@@ -579,8 +584,7 @@ def transfer_optima(rows: list[dict], excluded: list[dict] = ()) -> dict[str, di
   eligible LR has no entry."""
   out: dict[str, dict[int, dict]] = {}
   lrs = sorted({r['lr'] for r in rows})
-  failed = {(r.get('parametrization'), r.get('d_model'), r.get('lr')) for r in excluded
-            if r.get('status') == 'failed'}
+  failed = _failed_at(excluded, 'parametrization', 'd_model', 'lr')
   for p in sorted({r['parametrization'] for r in rows}):
     out[p] = {}
     for w in sorted({r['d_model'] for r in rows if r['parametrization'] == p}):
