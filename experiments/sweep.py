@@ -106,13 +106,16 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
   # A worker signalled before it installed its handler (still starting) dies
   # of the signal (a negative code): nothing of its runs was lost either.
   stopped = (workdir.PREEMPTED_EXIT, -signal.SIGINT, -signal.SIGTERM)
+  crashed = [c for c in codes if c and c not in stopped]
   if any(c in stopped for c in codes):
+    if crashed:  # Said, not hidden behind the requeue code: a rerun may meet it again.
+      print(f'error: a worker exited with {crashed[0]} (its output above) while another '
+            'was stopped by a signal', file=sys.stderr)
     workdir.exit_preempted(f'sweep stopped by a signal: the workers checkpointed their runs '
                            f'in {wd}; rerun the same command to continue')
-  bad = [c for c in codes if c]
-  if bad:
-    print(f'error: a worker exited with {bad[0]}', file=sys.stderr)
-    sys.exit(bad[0] if bad[0] > 0 else 1)
+  if crashed:
+    print(f'error: a worker exited with {crashed[0]}', file=sys.stderr)
+    sys.exit(crashed[0] if crashed[0] > 0 else 1)
   out = sweep.read_results(wd, runs)
   print('[sweep] ' + sweep.wall_line(sweep.wall_breakdown(out)))
   return out

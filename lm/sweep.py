@@ -141,6 +141,13 @@ def read_result(workdir: str, name: str) -> dict:
   return rec
 
 
+def _mtime(path: str) -> int | None:
+  try:
+    return os.stat(path).st_mtime_ns
+  except OSError:
+    return None
+
+
 def _plan_json(runs: list[plan.Run]) -> list[dict]:
   """The plan as plan.json holds it (tuples as lists, as when read back)."""
   return json.loads(json.dumps([dataclasses.asdict(r) for r in runs]))
@@ -314,11 +321,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
              worker: tuple[int, int] | None) -> list[dict]:
   runs = make_plan(cd)
   _, s = split(cd)
+  if not worker:  # Workers: their coordinator wrote it. Another config's plan: refused,
+    write_plan(workdir, runs)  # with --only too (its runs would mix into that sweep).
   if only:
     names = only_names(runs, only)
     runs = [r for r in runs if r.name in names]
-  elif not worker:
-    write_plan(workdir, runs)
   check_configs(cd, workdir, runs)
   units = plan_packs(cd, runs)
   # Worker i of n takes the next group no worker has claimed; alone, every unit
@@ -327,6 +334,10 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   t0 = time.time()
   results, timed, left_runs = [], [], list(runs)
   stop = None  # (signal, step), run: a signal came in a run's last step.
+  # A run that failed before this sweep is tried again: finished only once its
+  # result.json is rewritten (a worker's progress, below).
+  stale = {r.name: _mtime(_result_path(workdir, r.name)) for r in runs
+           if read_result(workdir, r.name).get('status') != 'done'}
   if not worker:  # Runs finished before this process: out of the count from the start.
     for r in runs:
       prev = read_result(workdir, r.name)
@@ -378,12 +389,15 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
         results.append(rec)
         if not worker:
           left_runs.remove(r)
-          timed.append((r, rec['wall_s']))
+          if rec['status'] == 'done':  # A failed run's time says nothing of the others'.
+            timed.append((r, rec['wall_s']))
       if worker:  # The whole sweep's progress: every worker's results so far.
         recs_now = {r.name: read_result(workdir, r.name) for r in runs}
-        left_runs = [r for r in runs if recs_now[r.name].get('status') not in ('done', 'failed')]
+        left_runs = [r for r in runs if not (
+            recs_now[r.name].get('status') == 'done' or recs_now[r.name].get('status') ==
+            'failed' and _mtime(_result_path(workdir, r.name)) != stale.get(r.name))]
         timed = [(r, recs_now[r.name]['wall_s']) for r in runs
-                 if recs_now[r.name].get('wall_s')]
+                 if recs_now[r.name].get('status') == 'done' and recs_now[r.name].get('wall_s')]
       left = len(left_runs)
       eta = (eta_seconds(timed, left_runs) or 0.0) / (worker[1] if worker else 1)
       for r, rec in zip(todo, recs):

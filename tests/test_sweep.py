@@ -271,7 +271,11 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
   for f in (sweep.collect, report.write_report):
     with pytest.raises(ConfigError, match='holds a different sweep plan'):
       f(other, wd)
+  # Nor training one of its runs with --only (it trained into this sweep).
+  with pytest.raises(ConfigError, match='holds a different sweep plan'):
+    sweep.run_all(other, wd, only=sweep.make_plan(other)[0].name)
   assert sorted(os.listdir(wd)) == ['plan.json', 'runs']
+  assert os.listdir(os.path.join(wd, 'runs')) == ['x']
 
 
 def test_report_refuses_non_finite_losses(tmp_path, corpus_dir):
@@ -461,6 +465,20 @@ def test_a_worker_resumes_a_sweep_from_the_shared_queue(tmp_path, corpus_dir):
   assert [r['name'] for r in res] == [first.name] and res[0]['status'] == 'done'
   assert any('6/6 done, 0 left' in x and first.name in x for x in logs), logs
   assert sweep.run_all(cd, wd, worker=(1, 2), log=lambda *_: None) == []  # All claimed.
+  # A run that failed in an earlier sweep, tried again by the other worker, is
+  # still to do (it counted as done, "6/6 done, ETA 0" while it trained); its
+  # old wall time (a crash 3 hours in) is no guide to the ETA.
+  groups = sweep.claim_groups(sweep.plan_packs(cd, runs))
+  again = groups[1][0][0]
+  workdir.write_atomic(os.path.join(wd, 'runs', again.name, 'result.json'), json.dumps(
+      {'status': 'failed', 'error': 'x', 'wall_s': 1e4, 'wall': {'train': 1e4}}))
+  shutil.rmtree(os.path.join(wd, 'runs', first.name))
+  sweep.reset_claims(wd)
+  assert sweep._claim(wd, again.name)  # The other worker's.
+  logs = []
+  res = sweep.run_all(cd, wd, worker=(0, 2), log=logs.append)
+  assert [r['name'] for r in res] == [first.name], logs
+  assert any('5/6 done, 1 left, ETA 0.0 min' in x for x in logs), logs
 
 
 def test_two_settings_that_plan_one_run_name_are_refused(corpus_dir):
@@ -582,6 +600,29 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   lines = [x for x in r.stdout.splitlines() if '[sweep] ' in x and '/2 done, ' in x]
   assert len({x.split('  (')[1].split(':')[0] for x in lines}) == len(lines) == 2, r.stdout
   assert not (tmp_path / 'sw2' / 'claims').exists()  # The spent queue is removed.
+
+
+def test_a_crashed_worker_is_named_beside_a_preempted_one(tmp_path):
+  """One worker stopped by a signal (exit 75: rerun to continue) and another
+  crashed: the coordinator still exits 75, but says the crash, which its
+  requeue would otherwise hide."""
+  _sweep_cli(tmp_path, '--mode=plan')  # Writes the config file.
+  script = ('import importlib.util, subprocess, sys\n'
+            'sys.argv = ["sweep"]\n'
+            'from experiments import sweep as cli\n'
+            f'spec = importlib.util.spec_from_file_location("c", {str(tmp_path / "sweep_cfg.py")!r})\n'
+            'm = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n'
+            'codes = iter([75, 1])\n'
+            'class Fake:\n'
+            '  def __init__(self, *a, **k): self.code = next(codes)\n'
+            '  def wait(self): return self.code\n'
+            'subprocess.Popen = Fake\n'
+            f'cli._run_workers(m.get_config(), {str(tmp_path / "sw")!r}, 2)\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=root,
+                     env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 75, (r.stdout, r.stderr)
+  assert 'a worker exited with 1' in r.stderr and 'stopped by a signal' in r.stderr, r.stderr
 
 
 def test_planned_counts_and_compute_match_the_trained_models(corpus_dir):
