@@ -262,13 +262,14 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
   --config.opt.lr on rerun): the sweep would otherwise report their old
   results under the new config, or resume them under it mid-schedule (a
   single run may change free fields on resume; a sweep's run is its plan's).
-  A WSD branch counts once finished: until it trains, its directory holds its
-  stable run's config."""
+  A WSD branch counts once it has trained as itself: until then (a seed, or a
+  branch that failed before its restore) its directory holds its stable run's
+  config, and a rerun trains it from the seed."""
   _, s = split(cd)
   for r in runs:
     rdir = os.path.join(workdir, 'runs', r.name)
     done = os.path.exists(_result_path(workdir, r.name))
-    started = os.path.isdir(os.path.join(rdir, 'checkpoints')) and not r.branch_from
+    started = os.path.isdir(os.path.join(rdir, 'checkpoints'))
     if not ((done or started) and os.path.exists(os.path.join(rdir, 'config.json'))):
       continue
     try:
@@ -278,6 +279,8 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
       raise config_lib.ConfigError(
           f'{rdir}/config.json is unreadable ({e}); restore it, or delete {rdir} to train '
           f'{r.name} again') from None
+    if r.branch_from and old.get('name') == r.branch_from:  # Its stable run's seed.
+      continue
     c, tok = train.resolve(run_config(cd, r, s.evals_per_run))[:2]  # As the run stored it.
     new = json.loads(json.dumps(config_lib.to_dict(c)))
     diffs = []
@@ -466,7 +469,11 @@ def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str 
       wait()
     except Exception as e:  # The job's runs record their own failures; this is the job's.
       log(f'[sweep] job {name} failed: {str(e).strip().splitlines()[-1][:300]}')
-  return read_results(workdir, runs)
+  out = read_results(workdir, runs)
+  for rec in out:  # Said here, not only in a job's log (e.g. a run another process held).
+    if rec['status'] != 'done':
+      log(f'[sweep] {rec["name"]}: not done ({rec.get("error", "")[:200]}); rerun to train it')
+  return out
 
 
 def read_results(workdir: str, runs: list[plan.Run]) -> list[dict]:

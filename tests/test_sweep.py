@@ -322,7 +322,7 @@ def test_count_table_and_strict_fit_columns():
 
 
 @pytest.mark.slow
-def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
+def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir, monkeypatch):
   """Branches start from the stable run's checkpoint and only add the cooldown."""
   cd = _sweep_cd(corpus_dir)
   cd.sweep = dict(design='wsd', convention='exact', params=[6000.0], tokens=[2560.0, 5120.0],
@@ -357,6 +357,24 @@ def test_wsd_branches_continue_from_the_stable_run(tmp_path, corpus_dir):
     np.testing.assert_allclose(packed[r['name']]['final_loss'], r['final_loss'], rtol=2e-4)
   for e in os.listdir(os.path.join(wd, 'runs')):  # Seeding left only its empty lock dirs.
     assert 'seeding' not in e or not os.listdir(os.path.join(wd, 'runs', e)), e
+  # A branch that failed after its seed, before its restore (a crash building
+  # the model), still holds its stable run's config: a rerun and collect take
+  # it as untrained (they refused it as "trained with another config").
+  from lm import train
+  real, cd.sweep.pack = train.train_and_evaluate, 1
+  shutil.rmtree(os.path.join(wd, 'runs', runs[1].name))
+
+  def crash(c, *a, **k):
+    if c.name == runs[1].name:
+      raise RuntimeError('simulated crash')
+    return real(c, *a, **k)
+  monkeypatch.setattr(train, 'train_and_evaluate', crash)
+  assert sweep.run_all(cd, wd, only=runs[1].name, log=lambda *_: None)[0]['status'] == 'failed'
+  monkeypatch.setattr(train, 'train_and_evaluate', real)
+  sweep.collect(cd, wd)
+  retried = sweep.run_all(cd, wd, only=runs[1].name, log=lambda *_: None)[0]
+  np.testing.assert_allclose(retried['final_loss'], res[1]['final_loss'], rtol=2e-4)
+  cd.sweep.pack = 4
   # The stable checkpoint one branch starts from is gone: that branch fails
   # alone, naming it; its pack-mate still trains to the same loss.
   for b in runs[1:]:
@@ -819,6 +837,15 @@ def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
   assert [r['status'] for r in res] == ['done', 'done'], res
   assert len([m for m in logs if 'submitted 2 run(s) as job' in m]) == 1  # One pack, one job.
   assert all(len(r['pack']) == 2 for r in res)
+  # A run its job could not train (another process holds it) is named on the
+  # console, not only in the job's log.
+  rdir = str(tmp_path / 'sub' / 'runs' / res[0]['name'])
+  os.remove(os.path.join(rdir, 'result.json'))
+  logs = []
+  with workdir.lock(rdir, 'another sweep', log=lambda *_: None):
+    res = sweep.submit(cd, str(tmp_path / 'sub'), log=logs.append, cluster='local')
+  assert [r['status'] for r in res] == ['failed', 'done'], res
+  assert any(res[0]['name'] in m and 'not done' in m and 'rerun' in m for m in logs), logs
 
 
 @pytest.mark.slow
