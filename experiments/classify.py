@@ -34,12 +34,14 @@ def _read(path: str, c) -> tuple[list[str], list[str] | None]:
 
 def main(argv):
   del argv
-  from lm import checkpoint, classify, host
+  from lm import checkpoint, classify, cli, host
   from lm.config import ConfigError
   from lm.objectives import classify as objective
   host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)
   try:
+    for t in _TEXT.value:
+      cli.check_text(t, 'text')
     c = checkpoint.load_config(_WORKDIR.value)
     if not c.model.num_classes:
       raise ConfigError(f'{_WORKDIR.value} holds a {c.model.family} language model, not a '
@@ -57,7 +59,8 @@ def main(argv):
                         f'{list(c.data.labels)}')
     tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     _, params = checkpoint.load_params(_WORKDIR.value)
-  except (ConfigError, checkpoint.CheckpointError, classify.LabelError, OSError) as e:
+  except (ConfigError, checkpoint.CheckpointError, classify.LabelError, OSError,
+          ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   probs = objective.predict(params, c, tok, texts)

@@ -50,9 +50,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax.numpy as jnp
 
-  from lm import checkpoint
+  from lm import checkpoint, cli
   from lm.model import Transformer
   try:
+    cli.check_text(_TEXT.value or '', 'text')
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.family != 'encoder' or c.model.num_classes:
       raise FillMaskError(

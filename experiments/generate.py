@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, cli, host, objectives, sampling
+from lm import checkpoint, cli, host, objectives, probes, sampling
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -45,6 +45,10 @@ def main(argv):
   host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO.
   try:
+    for t in _PROMPT.value:
+      cli.check_text(t, 'prompt')
+    if _SCORE.value is not None:
+      cli.check_text(_SCORE.value, 'score')
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.num_classes:
       raise sampling.SamplingError(
@@ -89,6 +93,10 @@ def main(argv):
       if _SCORE.value is None:
         sampling.validate(s)
         sampling.check_prompts(prompts, c.model, s.max_new_tokens)
+        longest = max(len(p) for p in prompts) + s.max_new_tokens
+        if not seq2seq and c.model.position == 'learned' and longest > c.data.seq_len:
+          print(f'note: {longest} tokens reach past data.seq_len={c.data.seq_len}: its learned '
+                'positions there were never trained', file=sys.stderr)
     _, params = checkpoint.load_params(_WORKDIR.value)
   except (sampling.SamplingError, checkpoint.CheckpointError, OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -106,7 +114,7 @@ def main(argv):
         ids = list(tok.encode(_SCORE.value))
         context = prefix + (list(tok.encode(_PROMPT.value[0])) if _PROMPT.value else [])
         out = sampling.score(params, c.model, ids, context or [tok.eos_id],
-                             doc_eos=sampling.doc_eos_of(c, tok.eos_id))
+                             **probes.scoring(c, tok))  # As tools.eval scores.
     except sampling.SamplingError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)

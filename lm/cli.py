@@ -88,6 +88,19 @@ def _fields_of_unknown(argv: list[str]) -> str:
   return ''
 
 
+def check_text(text: str, flag: str) -> str:
+  """`text` as --flag gave it, or a one-line ValueError if it is not UTF-8:
+  Python keeps a command line's undecodable bytes as lone surrogates, which no
+  tokenizer encodes (the run then failed with a traceback)."""
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    bad = text[e.start].encode('utf-8', 'surrogateescape')
+    raise ValueError(f'--{flag}: not UTF-8 text (byte {bad!r} at character {e.start}); '
+                     'give UTF-8 text') from None
+  return text
+
+
 def read_lines(path: str, flag: str) -> list[str]:
   """The texts of a one-per-line file given as --FLAG=path: empty lines are
   skipped, spaces are text (an indent is a prompt for code), and a literal

@@ -364,8 +364,8 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
                '(5 recommended) to bracket its minimum')
   if not s.seeds:
     raise _err('sweep.seeds', s.seeds, 'list at least one seed')
-  if not _counts(s.seeds, 0):
-    raise _err('sweep.seeds', s.seeds, 'seeds are integers >= 0, e.g. (0, 1, 2)')
+  if not _counts(s.seeds, 0) or max(s.seeds) >= 2 ** 32:
+    raise _err('sweep.seeds', s.seeds, 'seeds are integers in [0, 2**32), e.g. (0, 1, 2)')
   if s.size_ratio and not s.size_ratio > 1.05:
     raise _err('sweep.size_ratio', s.size_ratio, 'must be 0 (consecutive ladder rungs) or '
                'above 1.05, e.g. 1.5')
@@ -636,8 +636,8 @@ def _validate_train(c: Config) -> None:
                '--config.init_from to its run directory (or <workdir>/checkpoints/<step>)')
   for f, seed in (('train.seed', t.seed), ('data.shuffle_seed', c.data.shuffle_seed),
                   ('data.canary_seed', c.data.canary_seed)):
-    if seed < 0:  # numpy's generators refuse negative seeds.
-      raise _err(f, seed, 'must be >= 0')
+    if not 0 <= seed < 2 ** 32:  # numpy refuses negative seeds; JAX keys keep 32 bits,
+      raise _err(f, seed, 'must be in [0, 2**32)')  # so 2**32 + s would repeat s.
   _choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
   _positive('train.max_skips', t.max_skips)
   _positive('train.max_rollbacks', t.max_rollbacks)

@@ -63,6 +63,8 @@ def validate(s: SamplingConfig) -> None:
   if s.num_return_sequences < 1:
     raise SamplingError(f'num_return_sequences={s.num_return_sequences} is invalid: '
                         'must be >= 1')
+  if not 0 <= s.seed < 2 ** 32:  # A JAX key keeps 32 bits: 2**32 + s would repeat s.
+    raise SamplingError(f'seed={s.seed} is invalid: must be in [0, 2**32)')
 
 
 def check_prompts(prompts: list[list[int]], m: ModelConfig, max_new_tokens: int) -> None:
@@ -331,7 +333,7 @@ def _token_logprobs(params, m: ModelConfig, tokens_1L: Array, seg_1L: Array | No
 
 
 def score(params, m: ModelConfig, tokens: list[int], context: list[int],
-          doc_eos: int | None = None) -> dict:
+          doc_eos: int | None = None, window: int = 0) -> dict:
   """Log-probability (nats) of each of `tokens` given `context` and what precedes it.
 
   `doc_eos`: the EOS id when the model trained with document masks
@@ -341,7 +343,9 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int],
 
   Text longer than the context window is scored in windows of model.max_len
   that overlap by half, so every token after the first window sees at least
-  max_len / 2 tokens of context."""
+  max_len / 2 tokens of context. `window` (<= max_len; 0: max_len) narrows
+  them, as lm/harness does: a run's data.seq_len (lm/probes.scoring), so
+  learned positions it never trained are not read."""
   if m.family != 'decoder':
     raise SamplingError(f'scoring needs a decoder-only language model, not {m.family}')
   if not tokens:
@@ -349,7 +353,7 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int],
   if not context:
     raise SamplingError('scoring needs at least one context token (e.g. EOS)')
   seq = list(context) + list(tokens)
-  L, first = m.max_len, len(context)
+  L, first = min(window or m.max_len, m.max_len), len(context)
   logp = np.zeros(len(seq))
   done = first  # Tokens before `done` are scored (or are context).
   while done < len(seq):

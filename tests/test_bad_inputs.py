@@ -55,7 +55,8 @@ def test_config_values_are_refused_by_name(name, flag, want):
 SAMPLE = ['train: data dir of binary files', 'train: resume with another architecture',
           'sweep: collect an empty workdir', 'hf export: --overwrite onto a run',
           'train: a tuple of unquoted strings', 'sweep: plan with --only not in it',
-          'train: resume from a damaged checkpoint']  # tools/bad_inputs.py runs every case.
+          'train: resume from a damaged checkpoint',
+          'generate: --score not UTF-8']  # tools/bad_inputs.py runs every case.
 
 
 @pytest.mark.slow
@@ -110,3 +111,18 @@ def test_one_text_per_line_files_are_read_alike(tmp_path):
     with pytest.raises(config_lib.ConfigError) as e:
       cli.read_lines(str(tmp_path / name), 'prompts_file')
     assert f'--prompts_file={tmp_path / name} {want}' in str(e.value), str(e.value)
+
+
+def test_command_line_text_that_is_not_utf8_and_seeds_past_32_bits_are_refused():
+  """A shell's invalid byte reaches Python as a lone surrogate, which no
+  tokenizer encodes (generate --score and classify --text failed with a
+  traceback after loading the model); a JAX key keeps a seed's low 32 bits, so
+  --seed=2**32 sampled what --seed=0 did."""
+  from lm import cli, sampling
+  assert cli.check_text('ok é', 'text') == 'ok é'
+  with pytest.raises(ValueError, match=r"^--score: not UTF-8 text \(byte b'\\xff' at character 1\)"):
+    cli.check_text('a\udcffb', 'score')
+  sampling.validate(sampling.SamplingConfig(seed=2 ** 32 - 1))
+  for seed in (2 ** 32, -1):
+    with pytest.raises(sampling.SamplingError, match=f'seed={seed} is invalid'):
+      sampling.validate(sampling.SamplingConfig(seed=seed))

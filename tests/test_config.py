@@ -41,7 +41,8 @@ CASES = [
     ({'train.peak_flops': float('nan')}, r'train.peak_flops=nan .* finite number'),
     ({'model.rope_theta': 0.0}, r'model.rope_theta=0.0 .* must be > 0'),
     ({'train.extra_checkpoints': (3, -1)}, r'extra_checkpoints=\(3, -1\) .* step >= 1'),
-    ({'train.seed': -1}, r'train.seed=-1 .* >= 0'),
+    ({'train.seed': -1}, r'train.seed=-1 .* in \[0, 2\*\*32\)'),
+    ({'train.seed': 2 ** 32}, r'train.seed=4294967296 .* in \[0, 2\*\*32\)'),
     # A causal decoder's first token attends to itself only: a classifier of one token.
     ({'model.pool': 'first', 'data.source': 'file', 'data.path': 'x.csv',
       'data.label_key': 'label'}, r"model.pool='first' .* first token sees only itself"),
@@ -88,8 +89,8 @@ def test_wrong_types():
   d['train']['extra_checkpoints'] = 5
   with pytest.raises(ConfigError, match=r'train.extra_checkpoints=5 .* tuple'):
     config_lib.from_configdict(d)
-  for seeds in ((0, 1.5), (True,), (-1,)):
-    with pytest.raises(ConfigError, match=r'sweep.seeds=.* integers >= 0'):
+  for seeds in ((0, 1.5), (True,), (-1,), (0, 2 ** 32)):
+    with pytest.raises(ConfigError, match=r'sweep.seeds=.* integers in \[0, 2\*\*32\)'):
       config_lib.sweep_config({'design': 'isoflop', 'budgets': (1e12,), 'seeds': seeds})
 
 

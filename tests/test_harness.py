@@ -157,6 +157,13 @@ def test_long_continuations_are_scored_in_pieces_like_score(run_dir):
   (ll, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)])
   want = sampling.score(params, c.model, text, [BYTES.eos_id])
   np.testing.assert_allclose(ll, -want['nll'], rtol=1e-5)
+  # In a narrower window (a run's data.seq_len below model.max_len, as
+  # tools.eval and generate --score both pass): the same pieces again.
+  W = c.model.max_len // 2
+  (ll, _), = harness.continuation_logprobs(params, c.model, [([BYTES.eos_id], text)], window=W)
+  want_w = sampling.score(params, c.model, text, [BYTES.eos_id], window=W)
+  np.testing.assert_allclose(ll, -want_w['nll'], rtol=1e-5)
+  assert abs(want_w['nll'] - want['nll']) > 1e-3  # The window mattered.
 
 
 def test_a_document_masked_run_is_scored_as_it_trained(run_dir):
