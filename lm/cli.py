@@ -108,7 +108,8 @@ def read_lines(path: str, flag: str) -> list[str]:
   missing, non-UTF-8 or textless file."""
   from lm.config import ConfigError
   if not os.path.isfile(path):
-    raise ConfigError(f'--{flag}={path} does not exist (one text per line)')
+    what = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise ConfigError(f'--{flag}={path} {what}: give a file of one text per line')
   try:
     with open(path, encoding='utf-8') as f:
       lines = [line.rstrip('\n').replace('\\n', '\n') for line in f

@@ -11,8 +11,10 @@ checkpoint's params, so any harness task runs on any lm decoder:
   loglikelihood_rolling  the total log-likelihood of a text in disjoint
                          windows of max_len (the harness's own windowing,
                          lm_eval.utils.get_rolling_token_windows).
-  generate_until         greedy (or sampled, with temperature) KV-cached
-                         decoding (lm/sampling.py), cut at the first `until`.
+  generate_until         greedy (or sampled: do_sample, temperature, top_k,
+                         top_p, repetition_penalty; other generation_kwargs
+                         are refused) KV-cached decoding (lm/sampling.py),
+                         cut at the first `until`.
 
 Tokenisation follows the harness's TemplateLM (the context's trailing spaces
 move to the continuation; an empty context is conditioned on EOS; where a BPE
@@ -208,9 +210,18 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         n = max(1, min(n, self.max_length - 1))
         temperature = float(gen.pop('temperature', 0.0))
         greedy = not gen.pop('do_sample', False) or temperature == 0.0
+        top_k, top_p = gen.pop('top_k', None), float(gen.pop('top_p', 1.0))
+        penalty = float(gen.pop('repetition_penalty', 1.0))
+        if gen:  # Dropped silently, a task would be scored under other settings than it asks.
+          raise ValueError(f'generate_until: generation_kwargs {sorted(gen)} are not supported '
+                           '(until, max_gen_toks, do_sample, temperature, top_k, top_p, '
+                           'repetition_penalty are)')
         prompt = self.tok_encode(context)[-(self.max_length - n):] or [self.eot_token_id]
         s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
-                                    temperature=temperature if not greedy else 1.0)
+                                    temperature=temperature if not greedy else 1.0,
+                                    top_k=None if top_k is None else int(top_k), top_p=top_p,
+                                    repetition_penalty=penalty)
+        sampling.validate(s)
         ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id,
                                   num_ids=self.tok.vocab_size, doc_eos=doc_eos)[0][0]
         text = self.tok_decode(ids)

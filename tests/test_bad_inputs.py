@@ -107,7 +107,7 @@ def test_one_text_per_line_files_are_read_alike(tmp_path):
   (tmp_path / 'blank.txt').write_text('\n\n')
   (tmp_path / 'bin.txt').write_bytes(b'ok\n\xff\xfe\n')
   for name, want in [('blank.txt', 'holds no text'), ('bin.txt', 'is not UTF-8'),
-                     ('none.txt', 'does not exist')]:
+                     ('none.txt', 'does not exist'), ('', 'is a directory')]:
     with pytest.raises(config_lib.ConfigError) as e:
       cli.read_lines(str(tmp_path / name), 'prompts_file')
     assert f'--prompts_file={tmp_path / name} {want}' in str(e.value), str(e.value)

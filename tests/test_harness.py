@@ -51,6 +51,15 @@ def test_adapter_loglikelihoods_equal_lms_score_path(run_dir):
   out = lm_obj.generate_until([Instance('generate_until', {}, (
       'def f(x):\n', {'until': ['\n'], 'max_gen_toks': 12}), 0)])
   assert isinstance(out[0], str) and '\n' not in out[0]
+  # A task's sampling settings are applied (top_k=1 samples the argmax), not dropped.
+  greedy = lm_obj.generate_until([Instance('generate_until', {}, (
+      'def f(x):\n', {'until': ['\n'], 'max_gen_toks': 12}), 0)])
+  top1 = lm_obj.generate_until([Instance('generate_until', {}, (
+      'def f(x):\n', {'until': ['\n'], 'max_gen_toks': 12, 'do_sample': True,
+                       'temperature': 5.0, 'top_k': 1}), 0)])
+  assert top1 == greedy
+  with pytest.raises(ValueError, match=r"\['num_beams'\] are not supported"):
+    lm_obj.generate_until([Instance('generate_until', {}, ('x', {'num_beams': 4}), 0)])
 
 
 class _Merging:
