@@ -213,9 +213,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         top_k, top_p = gen.pop('top_k', None), float(gen.pop('top_p', 1.0))
         penalty = float(gen.pop('repetition_penalty', 1.0))
         if gen:  # Dropped silently, a task would be scored under other settings than it asks.
-          raise ValueError(f'generate_until: generation_kwargs {sorted(gen)} are not supported '
-                           '(until, max_gen_toks, do_sample, temperature, top_k, top_p, '
-                           'repetition_penalty are)')
+          raise ValueError(_unsupported(gen))
         prompt = self.tok_encode(context)[-(self.max_length - n):] or [self.eot_token_id]
         s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
                                     temperature=temperature if not greedy else 1.0,
@@ -250,10 +248,20 @@ def task_manager(include_path: str, tasks: tuple[str, ...]):
   return TaskManager(include_path=include_path or None)
 
 
+GENERATION_KWARGS = ('until', 'max_gen_toks', 'do_sample', 'temperature', 'top_k', 'top_p',
+                     'repetition_penalty')  # What generate_until honours.
+
+
+def _unsupported(gen: dict) -> str:
+  return (f'generation_kwargs {sorted(set(gen) - set(GENERATION_KWARGS))} are not supported '
+          f'({", ".join(GENERATION_KWARGS)} are)')
+
+
 def check_task_data(tasks, include_path: str, what: str) -> None:
   """Loads each task's documents now, offline, so a task whose data is neither
-  cached nor local fails in one line before a model is loaded or trained
-  (training had died at its first evaluation with the harness's traceback)."""
+  cached nor local, or whose generation settings generate_until cannot honour,
+  fails in one line before a model is loaded or trained (training had died at
+  its first evaluation with the harness's traceback)."""
   from lm.config import ConfigError
   if not tasks:
     return
@@ -261,7 +269,7 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
   for task in tasks:
     try:
       with contextlib.redirect_stderr(io.StringIO()):
-        tm.load([task])  # Builds the task, which reads its documents.
+        built = tm.load([task])  # Builds the task, which reads its documents.
     except Exception as e:  # datasets and the harness raise many types for missing data.
       why = ' '.join(str(e).split())[:200]
       raise ConfigError(f'{what}: the data of task {task!r} cannot be loaded offline '
@@ -269,6 +277,10 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
                         'access at evaluation time is off), or, for a local task YAML, '
                         'check its data paths (relative ones are read from the current '
                         'directory)') from None
+    for name, t in built.get('tasks', {}).items():
+      gen = getattr(getattr(t, 'config', None), 'generation_kwargs', None) or {}
+      if set(gen) - set(GENERATION_KWARGS):
+        raise ConfigError(f'{what}: task {name!r}: {_unsupported(gen)}')
 
 
 def run_tasks(lm_obj, tasks: list[str], include_path: str = '', limit: int | None = None,

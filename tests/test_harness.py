@@ -206,3 +206,14 @@ def test_a_task_whose_data_cannot_be_loaded_fails_before_evaluating(tmp_path):
   with pytest.raises(ConfigError, match=r"--tasks: the data of task 'lm_gone' cannot be "
                                         r'loaded offline \(.*missing.jsonl'):
     harness.check_task_data(['lm_gone'], str(tmp_path), '--tasks')
+  # A generate_until task asking for settings generate_until cannot honour
+  # (beam search): refused up front too, not dropped while it is scored.
+  (tmp_path / 'beams.yaml').write_text(
+      'task: lm_beams\ndataset_path: json\ndataset_kwargs:\n  data_files:\n'
+      f'    test: {os.path.join(TASKS, "tiny_lastword.jsonl")}\n'
+      'test_split: test\noutput_type: generate_until\ndoc_to_text: "{{text}}"\n'
+      'doc_to_target: "x"\ngeneration_kwargs:\n  until: ["\\n"]\n  num_beams: 4\n  top_k: 5\n'
+      'metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n')
+  with pytest.raises(ConfigError, match=r"--tasks: task 'lm_beams': generation_kwargs "
+                                        r"\['num_beams'\] are not supported"):
+    harness.check_task_data(['lm_beams'], str(tmp_path), '--tasks')
