@@ -147,7 +147,7 @@ def parse_flags(argv: list[str]) -> list[str]:
           + _fields_of_unknown(argv), file=sys.stderr)
   except flags.Error as e:
     print(f'error: {_one_line(e)}', file=sys.stderr)
-  except (OSError, SyntaxError, ValueError, TypeError) as e:  # Loading the config file.
+  except Exception as e:  # Loading the config file runs its code: NameError, ImportError, ...
     why = _one_line(e).replace('Configuration is not available because of an earlier '
                                'failure to load: ', '')
     print(f'error: the config could not be loaded: {type(e).__name__}: {why}',

@@ -81,8 +81,19 @@ class SentencePieceTokenizer:
                         'than the text\'s; train one with python -m tools.train_tokenizer '
                         '(identity, no dummy prefix, whitespace kept)')
 
+    # SentencePiece reads a literal '▁' (U+2581) in the text as its own space
+    # mark, and decodes it as a space; with byte pieces (tools.train_tokenizer's
+    # byte_fallback) it is spelt as its three UTF-8 bytes instead, exactly.
+    ids = [self.sp.piece_to_id(f'<0x{b:02X}>') for b in '\u2581'.encode('utf-8')]
+    self._mark_ids = ids if all(self.sp.is_byte(i) for i in ids) else None
+
   def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self.sp.encode(text), np.int32)
+    if self._mark_ids is None or '\u2581' not in text:
+      return np.asarray(self.sp.encode(text), np.int32)
+    out = []
+    for i, part in enumerate(text.split('\u2581')):
+      out += (self._mark_ids if i else []) + (self.sp.encode(part) if part else [])
+    return np.asarray(out, np.int32)
 
   def decode(self, ids) -> str:
     return self.sp.decode([int(i) for i in ids])

@@ -56,7 +56,8 @@ SAMPLE = ['train: data dir of binary files', 'train: resume with another archite
           'sweep: collect an empty workdir', 'hf export: --overwrite onto a run',
           'train: a tuple of unquoted strings', 'sweep: plan with --only not in it',
           'train: resume from a damaged checkpoint',
-          'generate: --score not UTF-8']  # tools/bad_inputs.py runs every case.
+          'generate: --score not UTF-8', 'config: a config file whose code fails',
+          'fit_coverage: negative noise']  # tools/bad_inputs.py runs every case.
 
 
 @pytest.mark.slow

@@ -295,6 +295,18 @@ def test_memory_tool_estimates_the_compiled_step():
   assert tool_sh.human_bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'
 
 
+def test_memory_cli_compiles_for_the_devices_asked_in_either_flag_form():
+  """`--devices 2` (a space, as absl allows) was read as the default 8 by a
+  pre-scan of sys.argv for `--devices=`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'tools.memory', '--config=configs/tiny.py',
+                      '--devices', '2', '--config.train.batch_size=2',
+                      '--config.model.d_model=32', '--config.data.seq_len=16'],
+                     capture_output=True, text=True, cwd=root, timeout=300,
+                     env=dict(os.environ, PYTHONPATH=root, XLA_FLAGS=''))
+  assert r.returncode == 0 and 'on 2 fake CPU devices' in r.stdout, (r.stdout, r.stderr)
+
+
 def test_activation_estimate_is_korthikanti_s_bytes():
   """GPT-2 small, batch 8 x 1024, bf16, xla attention, unchunked loss: per layer
   sbh(34 + 5as/h) bytes (Korthikanti et al. 2022, Eq. 1: 16-bit activations)

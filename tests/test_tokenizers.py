@@ -10,7 +10,8 @@ from lm.tokenizers import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
 from tools import train_tokenizer
 
 TEXTS = ['def f(x):\n\treturn x  # two  spaces\n', 'naïve café → ∑ 😀', '', '  lead and trail  ',
-         'line1\r\nline2', '0123456789' * 3]
+         'line1\r\nline2', '0123456789' * 3,
+         '\u2581already\u2581marked \u2581\u2581']  # SentencePiece's own space mark, as text.
 
 
 def test_byte_round_trip_and_specials():

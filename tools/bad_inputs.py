@@ -340,6 +340,23 @@ CASES += [
     ('shardings: mesh larger than the devices', ['-m', 'tools.shardings',
                                                  '--config=configs/tiny.py',
                                                  '--config.mesh.data=64'], 'mesh'),
+    ('coord_check: --out an existing file', ['-m', 'tools.coord_check', '--config=configs/tiny.py',
+                                             '--out={S}/blank.txt', '--widths=32,64'],
+     'blank.txt'),
+    ('coord_check: --lr nan', ['-m', 'tools.coord_check', '--config=configs/tiny.py',
+                               '--out={S}/cc', '--widths=32,64', '--lr=nan'], '--lr=nan'),
+    ('config: a config file whose code fails', ['-m', 'tools.config', '--config={S}/nameerr.py'],
+     "NameError: name 'undefined_name' is not defined"),
+    ('fit_coverage: negative noise', ['-m', 'tools.fit_coverage', '--noise=-1'], '--noise=-1.0'),
+    ('fit_coverage: size ratio 1', ['-m', 'tools.fit_coverage', '--size_ratio=1'],
+     '--size_ratio=1.0'),
+    ('train_tokenizer: --out under a file', ['-m', 'tools.train_tokenizer',
+                                             '--out={S}/blank.txt/sp'], 'must be a file prefix'),
+    ('count: aspect not a multiple of the head dim', ['-m', 'tools.count',
+                                                      '--config=configs/tiny.py', '--ladder=1e5',
+                                                      '--head_dim=7'], '--head_dim=7'),
+    ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
+                                              '--devices', '0'], '--devices=0'),
 ]
 
 
@@ -358,6 +375,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
       f.write(b'\xff\xfe\x00\x81' * 50)
   with open(os.path.join(s, 'broken.py'), 'w') as f:
     f.write('def get_config(:\n')
+  with open(os.path.join(s, 'nameerr.py'), 'w') as f:
+    f.write('def get_config():\n  return undefined_name\n')
   with open(os.path.join(s, 'blank.txt'), 'w') as f:
     f.write('\n\n')
   with open(os.path.join(s, 'notype.csv'), 'w') as f:  # The second row has no bias_type.

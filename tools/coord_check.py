@@ -173,15 +173,16 @@ def main(argv):
     c = config_lib.from_configdict(F.config)
     plan.check_widens(c.model, 'the coordinate check')  # Else muP's attention is untested.
     widths = parse_widths(F.widths, c.model.num_heads)
-    if F.steps < 1 or F.seeds < 1 or F.lr < 0:
+    if F.steps < 1 or F.seeds < 1 or not 0 <= F.lr < float('inf'):  # NaN too.
       raise config_lib.ConfigError(f'--steps={F.steps}, --seeds={F.seeds}, --lr={F.lr}: '
-                                   'steps and seeds must be >= 1, lr >= 0 (0: the config\'s)')
+                                   'steps and seeds must be >= 1, lr finite and >= 0 (0: the '
+                                   'config\'s)')
     if c.model.family != 'decoder' or c.model.num_classes:
       raise config_lib.ConfigError(f'model.family={c.model.family!r}: the coordinate check '
                                    'trains a causal LM (a decoder config)')
     workdir.check_writable(F.out, '--out')
     result = run(c, widths, F.steps, F.seeds, F.lr)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   os.makedirs(F.out, exist_ok=True)

@@ -52,8 +52,10 @@ def main(argv):
       m = c.model
       aspect = F.aspect or (s.aspect if s else m.d_model // m.num_layers)
       hd = F.head_dim or (s.head_dim if s else m.head_dim or m.d_model // m.num_heads)
-      if aspect <= 0 or hd <= 0:
-        raise config_lib.ConfigError(f'--aspect={aspect} and --head_dim={hd} must be > 0')
+      if aspect <= 0 or hd <= 0 or aspect % hd:  # As plan.rungs needs, named as given here.
+        raise config_lib.ConfigError(f'--aspect={aspect} and --head_dim={hd}: both must be > 0, '
+                                     'and the aspect (d_model / layers) a multiple of the head '
+                                     'dim so that every rung has whole heads')
       try:
         targets = [float(x) for x in F.ladder.split(',')]
       except ValueError:

@@ -40,6 +40,7 @@ intervals on the old main job's design (issue 15), ~10x the estimate's spread.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 
@@ -138,6 +139,12 @@ def main(argv):
   del argv
   from absl import flags
   F = flags.FLAGS
+  for name, ok, want in (('decades', 0 < F.decades < float('inf'), 'finite and > 0'),
+                         ('size_ratio', 1 < F.size_ratio < float('inf'), 'finite and > 1'),
+                         ('noise', 0 <= F.noise < float('inf'), 'finite and >= 0')):
+    if not ok:  # NaN too: a coverage table of NaN fits would read like a result.
+      print(f'error: --{name}={getattr(F, name)} must be {want}', file=sys.stderr)
+      sys.exit(2)
   d = Design(F.budgets, F.decades, F.sizes, F.size_ratio, F.seeds, F.noise)
   print(f'{d.describe()}; {F.replicates} replicates, {F.resamples} resamples each', flush=True)
   res = coverage(d, F.replicates, F.resamples, log=lambda m: print(m, flush=True))

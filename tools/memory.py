@@ -84,6 +84,15 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
 def main(argv):
   del argv
   from lm import config as config_lib
+  # The fake devices must exist before JAX starts: nothing so far imported it (the
+  # flags are parsed, so --devices N and --devices=N both count).
+  if _DEVICES.value < 1:
+    print(f'error: --devices={_DEVICES.value} must be a positive number of devices',
+          file=sys.stderr)
+    sys.exit(2)
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                             + f' --xla_force_host_platform_device_count={_DEVICES.value}')
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   try:
     c = config_lib.from_configdict(flags.FLAGS.config)
     r = estimate(c)
@@ -98,14 +107,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # The fake devices must exist before JAX starts: read --devices first.
-  n = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--devices=')), '8')
-  if not n.isdigit() or int(n) < 1:
-    print(f'error: --devices={n!r} must be a positive number of devices', file=sys.stderr)
-    sys.exit(2)
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                             + f' --xla_force_host_platform_device_count={n}')
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   config_flags.DEFINE_config_file('config', None, 'Config file.')
   flags.mark_flags_as_required(['config'])
   from lm import cli

@@ -53,6 +53,10 @@ def main(argv):
   F = flags.FLAGS
   model = F.out + '.model'
   try:
+    parent = os.path.dirname(os.path.abspath(F.out))
+    if not os.path.basename(F.out) or os.path.exists(parent) and not os.path.isdir(parent):
+      raise ConfigError(f'--out={F.out!r} must be a file prefix in a directory (it writes '
+                        'PREFIX.model and PREFIX.vocab), e.g. runs/tok/sp')
     if os.path.exists(model) and not F.overwrite:
       # Runs trained with it would decode with other pieces (they record its
       # hash and refuse, lm/checkpoint.check_tokenizer, but cannot be repaired).
