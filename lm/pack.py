@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 import time
 from typing import Any
@@ -282,6 +281,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       tokens = [c.train.batch_size * c.data.seq_len for c in cs]
       t_log = [time.perf_counter()] * K
       s_log = list(steps)
+      # Seconds since a member's last row the stack spent compiling, evaluating or
+      # checkpointing: out of its step_time, tokens/s and MFU, as in train._Progress.
+      paused = [0.0] * K
       while rows:
         t0 = data_clock()
         batch = on_members(stack_batches([next(iters[k]) for k in rows]), mm)
@@ -292,6 +294,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         if len(rows) not in compiled_widths:
           jax.block_until_ready(m)
           wall['compile'] += time.perf_counter() - t1
+          paused = [p + time.perf_counter() - t1 for p in paused]
           compiled_widths.add(len(rows))
         host, signame = None, preemption.signame  # One answer for every member.
         # Checkpoints are pack-wide: when one member saves (its interval, an extra
@@ -323,15 +326,17 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             if longest > c.train.max_skips:
               why = (f'{longest} steps in a row had a non-finite loss or gradient '
                      f'(train.max_skips={c.train.max_skips})')
-            elif not math.isfinite(mk['loss']) and not mk.get('skipped'):
-              why = f'loss is {mk["loss"]}'
+            else:
+              why = train.diverged(mk)
+            if 'skipped' in mk:  # The steps skipped since the last row.
+              mk['skipped'] = float(sum(int(f) for f in flags))
             if why:
               results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why,
                                            c.train.on_nonfinite == 'skip')}
               continue
             now = time.perf_counter()
-            dt = (now - t_log[k]) / max(done - s_log[k], 1)
-            t_log[k], s_log[k] = now, done
+            dt = max(now - t_log[k] - paused[k], 1e-9) / max(done - s_log[k], 1)
+            t_log[k], s_log[k], paused[k] = now, done, 0.0
             # MFU: this member's FLOPs over the stack's step time and the
             # devices the stack runs on, so the members' MFUs add up to the pack's.
             writers[k].write(done, 'train', {**mk, 'step_time': dt,
@@ -347,6 +352,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k],
                                          final=is_end)
             own[k]['eval'] += time.perf_counter() - t0
+            paused = [p + time.perf_counter() - t0 for p in paused]
           if ckpt_now:
             t0 = time.perf_counter()
             try:
@@ -355,6 +361,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
             own[k]['checkpoint'] += time.perf_counter() - t0
+            paused = [p + time.perf_counter() - t0 for p in paused]
             writers[k].write(done, 'wall', share(k))
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.

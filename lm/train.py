@@ -202,8 +202,10 @@ def make_train_step(c: Config, model: nn.Module, tx):
     if c.opt.z_loss:
       metrics['z_loss'] = loss - nll
     ok = state.step < sched['total_steps']
-    if c.train.on_nonfinite == 'skip':  # A non-finite step changes nothing but the step.
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if c.train.on_nonfinite == 'skip':  # A non-finite step changes nothing but the step:
+      # a non-finite loss or gradient, or an update that overflows the parameters.
+      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                & jnp.isfinite(optax.tree.norm(params)))
       metrics['skipped'] = 1 - finite.astype(jnp.int32)
       ok = ok & finite
     keep = lambda new, old: jnp.where(ok, new, old)
@@ -422,6 +424,18 @@ def count_skips(run: int, flags) -> tuple[int, int]:
   return run, longest
 
 
+def diverged(m: dict) -> str:
+  """Why a train metric row shows divergence ('' if it does not). The loss is
+  computed before the step's update, so a batch whose gradient is non-finite
+  shows a finite loss and non-finite norms in its own row; a skipped step
+  (on_nonfinite=skip) changed nothing."""
+  if m.get('skipped'):
+    return ''
+  return next((f'{name} is {m[k]}' for k, name in (('loss', 'loss'), ('grad_norm', 'gradient norm'),
+                                                 ('param_norm', 'parameter norm'))
+               if k in m and not math.isfinite(m[k])), '')
+
+
 class _Progress:
   """Train metrics: read one step late (the loop never waits for the device),
   timed, written to metrics.jsonl and the progress bar."""
@@ -436,6 +450,9 @@ class _Progress:
     self.tokens_per_step = c.train.batch_size * c.data.seq_len
     self.flops_per_step, self.peak_total = flops_per_step, peak_total
     self.t_last, self.step_last, self.pending = time.perf_counter(), start, None
+    # Seconds since the last row spent compiling, evaluating or checkpointing:
+    # out of step_time, tokens/s and MFU (the wall breakdown counts them).
+    self.paused = 0.0
     self.bar = None
     if c.train.progress and jax.process_index() == 0:
       from tqdm import tqdm
@@ -450,19 +467,23 @@ class _Progress:
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     upto = [f for s, f in self.skip_flags if s <= step]  # Not the step dispatched since.
     self.skip_flags = [(s, f) for s, f in self.skip_flags if s > step]
-    self.skips, longest = count_skips(self.skips, jax.device_get(upto))
+    upto = [int(f) for f in jax.device_get(upto)]
+    self.skips, longest = count_skips(self.skips, upto)
     if longest > self.c.train.max_skips:
       ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(),
            f'{longest} steps in a row had a non-finite loss or gradient '
            f'(train.max_skips={self.c.train.max_skips})', skipping=True)
-    if not math.isfinite(m['loss']) and not m.get('skipped'):
+    why = diverged(m)
+    if why:
       if self.c.train.on_nonfinite == 'rollback':
-        raise ckpt_lib.Diverged(step, f'loss is {m["loss"]}')
-      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), f'loss is {m["loss"]}')
+        raise ckpt_lib.Diverged(step, why)
+      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), why)
+    if 'skipped' in m:  # The steps skipped since the last row, not just this row's.
+      m['skipped'] = float(sum(upto))
     self.last_finite = step
     now = time.perf_counter()
-    dt = (now - self.t_last) / max(step - self.step_last, 1)
-    self.t_last, self.step_last = now, step
+    dt = max(now - self.t_last - self.paused, 1e-9) / max(step - self.step_last, 1)
+    self.t_last, self.step_last, self.paused = now, step, 0.0
     m.update(step_time=dt, tokens_per_s=self.tokens_per_step / dt,
              tokens=step * self.tokens_per_step, flops=step * self.flops_per_step,
              mfu=self.flops_per_step / dt / self.peak_total if self.peak_total
@@ -588,7 +609,7 @@ def _rollback(c: Config, t: Trainer, mngr, data_iter, writer, progress: _Progres
       f'steps {first_bad + 1}-{e.step} (rollback {rollbacks} of at most '
       f'{c.train.max_rollbacks})')
   progress.pending, progress.skips, progress.last_finite = None, 0, good
-  progress.step_last = good
+  progress.step_last, progress.t_last, progress.paused = good, time.perf_counter(), 0.0
   return state, good
 
 
@@ -692,6 +713,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               progress.skip_flags.append((step + 1, m['skipped']))
             if not compiled:  # The first call; not a rollback's replay of it.
               wall['compile'] += time.perf_counter() - t1
+              progress.paused += time.perf_counter() - t1
               compiled = True
             progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
             done = step = step + 1
@@ -708,6 +730,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               t0 = time.perf_counter()
               last_eval = _evaluate(t, state.params, data.evals, writer, done, extras)
               wall['eval'] += time.perf_counter() - t0
+              progress.paused += time.perf_counter() - t0
               if progress.bar is not None:
                 h = objective.headline
                 progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
@@ -720,6 +743,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
               wall['checkpoint'] += time.perf_counter() - t0
+              progress.paused += time.perf_counter() - t0
               writer.write(done, 'wall', add_wall(
                   before, with_train(wall, time.perf_counter() - t_loop)))
             if signame and done < end:

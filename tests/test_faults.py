@@ -219,9 +219,11 @@ def test_divergence_halts_keeping_a_finite_checkpoint(tmp_path, corpus_dir):
       assert row['param_norm'] == prev['param_norm'], (prev, row)
 
 
-def _poisoned_build(monkeypatch, at_calls):
+def _poisoned_build(monkeypatch, at_calls, loss_too: bool = True):
   """train.build whose train_step returns NaN parameters and loss on the given
-  (1-based) calls: a divergence that a particular batch causes."""
+  (1-based) calls: a divergence that a particular batch causes. Without
+  `loss_too` the loss stays finite, as when the batch's gradient is NaN (the
+  loss is computed before the update), and only the norms show it."""
   real_build, calls = train.build, [0]
 
   def build(*args, **kwargs):
@@ -234,7 +236,8 @@ def _poisoned_build(monkeypatch, at_calls):
       if calls[0] in at_calls:
         nan = lambda x: x * np.nan if np.issubdtype(x.dtype, np.floating) else x  # noqa: E731
         state = state.replace(params=jax.tree_util.tree_map(nan, state.params))
-        m = {**m, 'loss': m['loss'] * np.nan}
+        m = {**m, 'grad_norm': m['grad_norm'] * np.nan, 'param_norm': m['param_norm'] * np.nan,
+             **({'loss': m['loss'] * np.nan} if loss_too else {})}
       return state, m
     t.train_step = poisoned
     return t
@@ -258,6 +261,14 @@ def test_rollback_restores_the_last_good_checkpoint_and_drops_the_batch(
   train_steps = [r['step'] for r in rows if r['kind'] == 'train']
   assert train_steps == sorted(set(train_steps)) == list(range(1, 11))  # No step twice.
   assert calls[0] == 10 + 2  # Steps 5 and 6 ran twice (6 diverged, 5 replayed).
+  # A NaN gradient with a finite loss: its own row's norms show it, so step 6's
+  # batch is the one dropped (the finite loss had passed, and the rollback at
+  # step 7 dropped a good batch and replayed the bad one).
+  _poisoned_build(monkeypatch, {6}, loss_too=False)
+  out = train.train_and_evaluate(c, str(tmp_path / 'grad'), log=lambda *_: None)
+  rb = [r for r in metrics.read(str(tmp_path / 'grad')) if r['kind'] == 'rollback']
+  assert [(r['step'], r['diverged_at'], r['dropped_batches']) for r in rb] == [(4, 6, 1)], rb
+  assert rb[0]['why'] == 'gradient norm is nan' and np.isfinite(out['loss'])
   # Always diverging: halts after max_rollbacks, keeping the last good checkpoint.
   c2 = tiny(corpus_dir, **{'train.steps': 10, 'train.checkpoint_every': 2,
                            'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 2})

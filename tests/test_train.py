@@ -159,6 +159,13 @@ def test_train_and_evaluate_writes_metrics(tmp_path, corpus_dir):
   assert json.load(open(tmp_path / 'config.json'))['model']["vocab_size"] == 384
   assert os.listdir(tmp_path / 'tb')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  # Step time, tokens/s and MFU are the train steps': compiling (step 1's row),
+  # evaluating and checkpointing (step 4's, after step 3's) are left out, and
+  # the 'wall' breakdown counts them. Accounted, not timed: the rows' step
+  # times add up to the train and data parts, not to the compile part on top.
+  w, steps = out['wall'], [0] + [r['step'] for r in rows]
+  spent = sum(r['step_time'] * (s - p) for r, s, p in zip(rows, steps[1:], steps))
+  assert spent <= 1.1 * (w['train'] + w['data']) + 0.1, (spent, w)
 
 
 def test_wall_time_counts_queued_steps_as_train_not_eval(tmp_path, corpus_dir, monkeypatch):
