@@ -600,7 +600,7 @@ def _rollback(c: Config, t: Trainer, mngr, data_iter, writer, progress: _Progres
   first_bad = max(progress.last_finite, good)
   discard[first_bad] = discard.get(first_bad, 0) + e.step - first_bad
   if jax.process_index() == 0:
-    workdir_lib.truncate_metrics(workdir, good)
+    workdir_lib.truncate_metrics(workdir, good, resuming=False)
   writer.restart_at(good)
   writer.write(good, 'rollback', {'diverged_at': e.step, 'why': e.why,
                                   'dropped_batches': e.step - first_bad,

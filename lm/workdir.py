@@ -328,11 +328,13 @@ def clean_incomplete(ckpt_dir: str, log=print) -> list[str]:
   return gone
 
 
-def truncate_metrics(workdir: str, step: int) -> int:
+def truncate_metrics(workdir: str, step: int, resuming: bool = True) -> int:
   """Drops metrics.jsonl rows after `step` (written after the checkpoint that a
   resumed run continues from), so no step appears twice; returns how many. A
   torn last line (a kill mid-write) goes too; a damaged row before it raises
-  MetricsError when resuming (lm/train checks that before anything is written)."""
+  MetricsError when resuming (lm/train checks that before anything is written).
+  Resuming, the setup row at `step` goes too (the process writes its own); a
+  rollback (resuming=False) keeps it: it is the rolling-back process's."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
@@ -342,7 +344,8 @@ def truncate_metrics(workdir: str, step: int) -> int:
   keep = []
   for x, row in metrics.parse(path, lines, damaged_ok=step == 0):
     # The resumed run writes its own setup row at `step`.
-    if row.get('step', 0) < step or (row.get('step') == step and row.get('kind') != 'setup'):
+    if row.get('step', 0) < step or (row.get('step') == step and not (
+        resuming and row.get('kind') == 'setup')):
       keep.append(x)
   if len(keep) != len(lines):
     write_atomic(path, ''.join(keep))

@@ -393,3 +393,19 @@ def test_bfloat16_tracks_float32(tmp_path, corpus_dir):
   f32, bf16 = out['float32']['loss'], out['bfloat16']['loss']
   assert f32 < 0.8 * math.log(259)  # It learned something.
   assert abs(bf16 - f32) / f32 < 0.02, (f32, bf16)
+
+
+def test_a_rollback_keeps_the_setup_row_of_the_process_that_resumed_there(tmp_path):
+  """Resuming at a checkpoint drops the setup row there (the new process
+  writes its own); a rollback to it keeps it (nothing writes it again)."""
+  from lm import workdir
+  rows = [(0, 'setup'), (1, 'train'), (2, 'train'), (2, 'setup'), (3, 'train'), (4, 'train')]
+  path = tmp_path / 'metrics.jsonl'
+
+  def kinds():
+    return [(json.loads(x)['step'], json.loads(x)['kind']) for x in open(path)]
+  path.write_text(''.join(json.dumps({'step': s, 'kind': k}) + '\n' for s, k in rows))
+  assert workdir.truncate_metrics(str(tmp_path), 2, resuming=False) == 2
+  assert kinds() == rows[:4]
+  assert workdir.truncate_metrics(str(tmp_path), 2) == 1
+  assert kinds() == rows[:3]
