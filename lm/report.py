@@ -318,7 +318,7 @@ def _runs_table(t: _Table, excluded: list[dict]) -> None:
     t.md.append(f'| {r["name"]} | {r["N"]:,} | {r["D"]:,} | {r[f"C_{conv}"]:.3g} | '
                 f'{_fmt(r["final_loss"]) if r.get("final_loss") is not None else "-"} | '
                 f'{_fmt(r["final_headline"]) if r.get("final_headline") is not None else "-"} | '
-                f'{r["status"] if r in t.rows else r["reason"][:80]} |')
+                f'{r["status"] if r in t.rows else r["reason"]} |')
   t.md.append('')
 
 
@@ -402,20 +402,20 @@ def _approach2(t: _Table):
            f'budget\'s own residuals when it has 10+ points, else from all budgets\' '
            f'pooled); refits that failed (a non-convex or nearly straight profile): {ci2["_failed"][0]} of '
            f'{ci2["_failed"][1]}. '
-           + _lack_of_fit(ci2, len(a2.budgets)), '',
-           'Columns: the fitted parabola\'s minimum lies inside the sampled sizes; the '
-           'lowest *measured* loss is at the smallest or largest sampled size (then the '
-           'data do not bracket the optimum, whatever the parabola says).', '',
-           '| budget | N_opt | loss at N_opt | parabola minimum inside sampled N | '
-           'lowest measured loss at an end |', '|---|---|---|---|---|']
+           + _lack_of_fit(ci2, len(a2.budgets)), '']
     seed_sd, resid_sd = _noise(t, a2)
-    if seed_sd is not None:
+    if seed_sd is not None:  # Before the table: a paragraph inside it would split it.
       md += [f'Noise: seed-to-seed sd of the final loss {_fmt(seed_sd)} (pooled over '
              f'points with several seeds) against the parabolas\' residual sd '
              f'{_fmt(resid_sd)}' + (' (the profiles fit the data within their noise).'
                                     if resid_sd <= 1.5 * seed_sd else
                                     ': the residuals exceed the seed noise, so a parabola '
                                     'does not describe these profiles well.'), '']
+    md += ['Columns: the fitted parabola\'s minimum lies inside the sampled sizes; the '
+           'lowest *measured* loss is at the smallest or largest sampled size (then the '
+           'data do not bracket the optimum, whatever the parabola says).', '',
+           '| budget | N_opt | loss at N_opt | parabola minimum inside sampled N | '
+           'lowest measured loss at an end |', '|---|---|---|---|---|']
     at_end = []
     for bb, nn, ll, br in zip(a2.budgets, a2.n_opt, a2.loss_opt, a2.bracketed):
       sel = budget == bb  # With seeds, several rows share a size: compare sizes, not rows.

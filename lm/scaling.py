@@ -396,15 +396,23 @@ def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
   if not np.isfinite(f[i]):
     raise FitError('approach 3: no start reached a finite objective')
   a, b, e, alpha, beta = x[i]
-  if alpha + beta < 1e-6:  # a = beta / (alpha + beta) is undefined.
+  # a = beta / (alpha + beta) needs both terms to change the loss over the data:
+  # a term that is flat there (an exponent near 0, or a coefficient driven to
+  # ~0 with any exponent) leaves its exponent, and a, undetermined.
+  span = lambda t: float(np.ptp(np.exp(t))) if np.all(np.isfinite(t)) else 0.0  # noqa: E731
+  scale = float(np.exp(logl).mean())
+  flat = [name for name, t in (('N', a - alpha * logn), ('D', b - beta * logd))
+          if span(t) < 1e-6 * scale]
+  if alpha + beta < 1e-6 or flat:
     raise FitError(f'approach 3: the fitted exponents are alpha = {alpha:.3g}, beta = '
-                   f'{beta:.3g}: the losses do not fall with N or D, so there is no compute-'
-                   'optimal allocation to fit')
+                   f'{beta:.3g} and the {" and ".join(flat) or "N and D"} term(s) do not change '
+                   'the loss over the data: the losses do not fall with N or D, so there is no '
+                   'compute-optimal allocation to fit')
   # Many starts reach the same optimum; it counts as found from the grid's
   # edge only if every polished start that reached it lies on the edge.
-  def on_edge_(j):
+  def on_edge_(j):  # A coordinate of 2 grid values has no inside: it does not count.
     st = dict(zip(_ORDER, x0[best[j]]))
-    return any(st[k] in (min(grid[k]), max(grid[k])) for k in _ORDER)
+    return any(st[k] in (min(grid[k]), max(grid[k])) for k in _ORDER if len(grid[k]) > 2)
   reached = [j for j in range(len(f)) if f[j] <= f[i] + 1e-8 * max(1.0, abs(f[i]))]
   if from_grid:
     inside = [j for j in reached if not on_edge_(j)]
@@ -486,9 +494,25 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
 
 def tokens_at(n, c, d) -> Callable[[float, float], float]:
   """(C, N) -> D for a model of N params at budget C, with FLOPs per token
-  interpolated in log N across the runs (n, c, d), so it follows whichever
-  FLOP convention c was counted in."""
+  taken from the runs (n, c, d), so it follows whichever FLOP convention c was
+  counted in: linear in N between the sampled sizes and extrapolated along the
+  end segments beyond them (FLOPs per token grow about linearly in N; read in
+  log N, or held at the ends, an optimum between or beyond the sizes got a D
+  up to 2x off)."""
   n, c, d = (np.asarray(x, float) for x in (n, c, d))
-  order = np.argsort(n)
-  logn, fpt = np.log(n[order]), (c / d)[order]
-  return lambda cc, nn: cc / np.interp(np.log(nn), logn, fpt)
+  sizes = np.unique(n)
+  fpt = np.array([np.mean((c / d)[n == s]) for s in sizes])
+
+  def per_token(nn):  # Scalars or arrays (the bootstrap's).
+    nn = np.asarray(nn, float)
+    if len(sizes) == 1:
+      return fpt[0] * nn / sizes[0]
+    below = fpt[0] + (fpt[1] - fpt[0]) / (sizes[1] - sizes[0]) * (nn - sizes[0])
+    above = fpt[-1] + (fpt[-1] - fpt[-2]) / (sizes[-1] - sizes[-2]) * (nn - sizes[-1])
+    out = np.where(nn < sizes[0], below, np.where(nn > sizes[-1], above,
+                                                   np.interp(nn, sizes, fpt)))
+    return np.where(out > 0, out, fpt[0] * nn / sizes[0])
+  def tokens(cc, nn):
+    out = cc / per_token(nn)
+    return float(out) if np.ndim(out) == 0 else out
+  return tokens

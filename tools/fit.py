@@ -2,7 +2,9 @@
 
 python -m tools.fit --results=runs/isoflop/results.csv [--method=3] [--convention=exact]
   method 2 needs a `budget` column (an IsoFLOP design); method 3 needs N, D, loss.
-Strict: a missing or non-finite value, or too few points, is an error.
+Strict: a missing or non-finite value, or too few points, is an error. The
+points are the report's (lm/report.fit_points): a WSD sweep's stable runs and
+the runs at other than a size's best learning rate are left out, and said so.
 """
 
 import csv
@@ -52,6 +54,28 @@ def read(path: str) -> list[dict]:
                            '(a results.csv or results.jsonl that experiments.sweep wrote)') from None
 
 
+def _num(v):
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return v
+
+
+def fit_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+  """The finished rows the fits use, as the report chooses them
+  (lm/report.fit_points), and those it leaves out (with a 'reason')."""
+  from lm import report
+  keys = ('N', 'D', 'budget', 'lr', 'final_loss')  # CSV cells are text.
+  typed = [{**r, **{k: _num(r[k]) for k in keys if k in r and r[k] not in (None, '')}}
+           for r in rows]
+  done = [r for r in typed if r.get('status', 'done') == 'done']
+  failed = [r for r in typed if r.get('status', 'done') != 'done']
+  if not all('final_loss' in r for r in done):  # A table of other columns: all its rows.
+    return done, []
+  keep, out = report.fit_points(done, failed)
+  return keep, [r for r in out if 'reason' in r]
+
+
 def column(rows, key) -> np.ndarray:
   out = []
   for i, r in enumerate(rows):
@@ -81,9 +105,13 @@ def main(argv):
   del argv
   F = flags.FLAGS
   try:
-    rows = [r for r in read(F.results) if r.get('status', 'done') == 'done']
+    rows, left_out = fit_rows(read(F.results))
     if not rows:
       raise scaling.FitError(f'--results={F.results} holds no finished runs')
+    if left_out:
+      print(f'left out {len(left_out)} finished runs, as the report does: '
+            + '; '.join(f'{r.get("name", "?")}: {r["reason"]}' for r in left_out[:3])
+            + (' ...' if len(left_out) > 3 else ''))
     n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
