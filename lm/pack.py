@@ -293,8 +293,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           state, m = step_fn(state, batch, sched)
         if len(rows) not in compiled_widths:
           jax.block_until_ready(m)
-          wall['compile'] += time.perf_counter() - t1
-          paused = [p + time.perf_counter() - t1 for p in paused]
+          spent = time.perf_counter() - t1
+          wall['compile'] += spent
+          paused = [p + spent for p in paused]
           compiled_widths.add(len(rows))
         host, signame = None, preemption.signame  # One answer for every member.
         # Checkpoints are pack-wide: when one member saves (its interval, an extra
@@ -351,8 +352,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             params = one(state.params, k, t.shardings.params)
             results[k] = train._evaluate(t, params, data.evals, writers[k], done, extras[k],
                                          final=is_end)
-            own[k]['eval'] += time.perf_counter() - t0
-            paused = [p + time.perf_counter() - t0 for p in paused]
+            spent = time.perf_counter() - t0
+            own[k]['eval'] += spent
+            paused = [p + spent for p in paused]
           if ckpt_now:
             t0 = time.perf_counter()
             try:
@@ -360,8 +362,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
                             m_of(host, i), iters[k], workdirs[k])
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
-            own[k]['checkpoint'] += time.perf_counter() - t0
-            paused = [p + time.perf_counter() - t0 for p in paused]
+            spent = time.perf_counter() - t0
+            own[k]['checkpoint'] += spent
+            paused = [p + spent for p in paused]
             writers[k].write(done, 'wall', share(k))
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           for mg in mngrs:  # Every active member checkpointed at this step above.

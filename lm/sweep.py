@@ -337,10 +337,14 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   t0 = time.time()
   results, timed, left_runs = [], [], list(runs)
   stop = None  # (signal, step), run: a signal came in a run's last step.
-  # A run that failed before this sweep is tried again: finished only once its
-  # result.json is rewritten (a worker's progress, below).
+  # A worker's progress (below): a run that failed before this sweep is tried
+  # again, so it is finished only once its result.json is rewritten.
   stale = {r.name: _mtime(_result_path(workdir, r.name)) for r in runs
-           if read_result(workdir, r.name).get('status') != 'done'}
+           if read_result(workdir, r.name).get('status') != 'done'} if worker else {}
+
+  def finished(r: plan.Run, rec: dict) -> bool:
+    return rec.get('status') == 'done' or (
+        rec.get('status') == 'failed' and _mtime(_result_path(workdir, r.name)) != stale.get(r.name))
   if not worker:  # Runs finished before this process: out of the count from the start.
     for r in runs:
       prev = read_result(workdir, r.name)
@@ -396,9 +400,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
             timed.append((r, rec['wall_s']))
       if worker:  # The whole sweep's progress: every worker's results so far.
         recs_now = {r.name: read_result(workdir, r.name) for r in runs}
-        left_runs = [r for r in runs if not (
-            recs_now[r.name].get('status') == 'done' or recs_now[r.name].get('status') ==
-            'failed' and _mtime(_result_path(workdir, r.name)) != stale.get(r.name))]
+        left_runs = [r for r in runs if not finished(r, recs_now[r.name])]
         timed = [(r, recs_now[r.name]['wall_s']) for r in runs
                  if recs_now[r.name].get('status') == 'done' and recs_now[r.name].get('wall_s')]
       left = len(left_runs)

@@ -712,8 +712,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
             if 'skipped' in m:
               progress.skip_flags.append((step + 1, m['skipped']))
             if not compiled:  # The first call; not a rollback's replay of it.
-              wall['compile'] += time.perf_counter() - t1
-              progress.paused += time.perf_counter() - t1
+              spent = time.perf_counter() - t1
+              wall['compile'] += spent
+              progress.paused += spent
               compiled = True
             progress.flush()  # Step N's metrics, read after step N+1 was dispatched.
             done = step = step + 1
@@ -729,8 +730,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               jax.block_until_ready(state)
               t0 = time.perf_counter()
               last_eval = _evaluate(t, state.params, data.evals, writer, done, extras)
-              wall['eval'] += time.perf_counter() - t0
-              progress.paused += time.perf_counter() - t0
+              spent = time.perf_counter() - t0
+              wall['eval'] += spent
+              progress.paused += spent
               if progress.bar is not None:
                 h = objective.headline
                 progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
@@ -742,8 +744,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               jax.block_until_ready(state)  # As above.
               t0 = time.perf_counter()
               ckpt_lib.save(c, mngr, done, state, m, data_iter, workdir)
-              wall['checkpoint'] += time.perf_counter() - t0
-              progress.paused += time.perf_counter() - t0
+              spent = time.perf_counter() - t0
+              wall['checkpoint'] += spent
+              progress.paused += spent
               writer.write(done, 'wall', add_wall(
                   before, with_train(wall, time.perf_counter() - t_loop)))
             if signame and done < end:
