@@ -322,18 +322,10 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             flags = [a[j] for a, (_, j) in zip(jax.device_get([a for a, _ in skip_flags[k]]),
                                                skip_flags[k])]
             skip_flags[k] = []
-            skips[k], longest = train.count_skips(skips[k], flags)
-            why = ''
-            if longest > c.train.max_skips:
-              why = (f'{longest} steps in a row had a non-finite loss or gradient '
-                     f'(train.max_skips={c.train.max_skips})')
-            else:
-              why = train.diverged(mk)
-            if 'skipped' in mk:  # The steps skipped since the last row.
-              mk['skipped'] = float(sum(int(f) for f in flags))
+            skips[k], why, too_many = train.row_verdict(c, skips[k], [int(f) for f in flags], mk)
             if why:
               results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why,
-                                           c.train.on_nonfinite == 'skip')}
+                                           too_many)}
               continue
             now = time.perf_counter()
             dt = max(now - t_log[k] - paused[k], 1e-9) / max(done - s_log[k], 1)

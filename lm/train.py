@@ -436,6 +436,22 @@ def diverged(m: dict) -> str:
                if k in m and not math.isfinite(m[k])), '')
 
 
+def row_verdict(c: Config, run: int, flags: list[int], m: dict) -> tuple[int, str, bool]:
+  """A train metric row's check, for a single run and a packed member alike:
+  (skipped steps in a row after the row's steps, why the run must stop or '',
+  whether that is too many skips in a row). `flags` are the `skipped` flags of
+  the steps since the last row; m['skipped'] becomes their sum."""
+  run, longest = count_skips(run, flags)
+  if longest > c.train.max_skips:
+    why, too_many = (f'{longest} steps in a row had a non-finite loss or gradient '
+                     f'(train.max_skips={c.train.max_skips})'), True
+  else:
+    why, too_many = diverged(m), False
+  if 'skipped' in m:  # The steps skipped since the last row, not just this row's.
+    m['skipped'] = float(sum(flags))
+  return run, why, too_many
+
+
 class _Progress:
   """Train metrics: read one step late (the loop never waits for the device),
   timed, written to metrics.jsonl and the progress bar."""
@@ -468,18 +484,11 @@ class _Progress:
     upto = [f for s, f in self.skip_flags if s <= step]  # Not the step dispatched since.
     self.skip_flags = [(s, f) for s, f in self.skip_flags if s > step]
     upto = [int(f) for f in jax.device_get(upto)]
-    self.skips, longest = count_skips(self.skips, upto)
-    if longest > self.c.train.max_skips:
-      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(),
-           f'{longest} steps in a row had a non-finite loss or gradient '
-           f'(train.max_skips={self.c.train.max_skips})', skipping=True)
-    why = diverged(m)
+    self.skips, why, too_many = row_verdict(self.c, self.skips, upto, m)
     if why:
       if self.c.train.on_nonfinite == 'rollback':
         raise ckpt_lib.Diverged(step, why)
-      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), why)
-    if 'skipped' in m:  # The steps skipped since the last row, not just this row's.
-      m['skipped'] = float(sum(upto))
+      ckpt_lib.halt(self.workdir, step, m['loss'], self.last_good(), why, skipping=too_many)
     self.last_finite = step
     now = time.perf_counter()
     dt = max(now - self.t_last - self.paused, 1e-9) / max(step - self.step_last, 1)
