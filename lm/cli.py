@@ -111,7 +111,7 @@ def read_lines(path: str, flag: str) -> list[str]:
     what = 'is a directory' if os.path.isdir(path) else 'does not exist'
     raise ConfigError(f'--{flag}={path} {what}: give a file of one text per line')
   try:
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:  # A BOM is no part of the first text.
       lines = [line.rstrip('\n').replace('\\n', '\n') for line in f
                if line.rstrip('\n')]
   except UnicodeDecodeError as e:

@@ -118,7 +118,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   lr: float = 3e-3  # Peak learning rate (AdamW).
-  min_lr_ratio: float = 0.1  # Final learning rate as a fraction of the peak (cosine, linear).
+  min_lr_ratio: float = 0.1  # Final learning rate as a fraction of the peak (cosine, linear, wsd's cooldown end).
   warmup_steps: int = 50  # Linear warmup from 0 to the peak.
   schedule: str = 'cosine'  # After warmup: cosine | linear | constant | inverse_sqrt | wsd.
   cooldown_fraction: float = 0.2  # wsd: share of the steps spent cooling down.

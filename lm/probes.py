@@ -191,7 +191,7 @@ def read_pairs(path: str, name: str = '--bias_csv') -> list[dict[str, str]]:
   """CrowS-Pairs-format rows: sent_more, sent_less, bias_type (other columns
   kept); `name` is what the errors call the file (the flag or config field)."""
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # Excel's 'CSV UTF-8' has a BOM.
       rows = list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise ProbeError(f'{name}={path} could not be read: {e}') from None

@@ -105,6 +105,8 @@ def test_one_text_per_line_files_are_read_alike(tmp_path):
   f = tmp_path / 'texts.txt'
   f.write_text('first\n  \n\nsecond\\nline\n  indented\n')
   assert cli.read_lines(str(f), 'file') == ['first', '  ', 'second\nline', '  indented']
+  f.write_text('first\nsecond\n', encoding='utf-8-sig')  # A byte order mark is not text.
+  assert cli.read_lines(str(f), 'file') == ['first', 'second']
   (tmp_path / 'blank.txt').write_text('\n\n')
   (tmp_path / 'bin.txt').write_bytes(b'ok\n\xff\xfe\n')
   for name, want in [('blank.txt', 'holds no text'), ('bin.txt', 'is not UTF-8'),

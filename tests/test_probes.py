@@ -144,6 +144,9 @@ def test_bias_csv_errors(tmp_path):
   with pytest.raises(probes.ProbeError, match='could not be read'):
     probes.read_pairs(str(tmp_path / 'missing.csv'))
   assert json.loads(json.dumps(probes.read_pairs(PAIRS)))[0]['bias_type'] == 'colour'
+  bom = tmp_path / 'bom.csv'  # Saved by Excel as 'CSV UTF-8': read as the same rows.
+  bom.write_text(open(PAIRS, encoding='utf-8').read(), encoding='utf-8-sig')
+  assert probes.read_pairs(str(bom)) == probes.read_pairs(PAIRS)
 
 
 def test_training_and_sweeps_record_tasks_exposure_and_bias(tmp_path, corpus_dir):
