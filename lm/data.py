@@ -137,7 +137,7 @@ def corpus_files(d: DataConfig) -> tuple[str, list[str]]:
 
 def split_of(relpath: str, val_fraction: float) -> str:
   """Deterministic split by file: a hash of the relative path, not the order."""
-  h = int(hashlib.sha256(relpath.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+  h = int(hashlib.sha256(os.fsencode(relpath)).hexdigest()[:8], 16) / 0xFFFFFFFF
   return 'validation' if h < val_fraction else 'train'
 
 
@@ -150,7 +150,7 @@ def assign_splits(root: str, files: list[str], val_fraction: float) -> dict[str,
   for f, r in zip(files, rel):
     out[split_of(r, val_fraction)].append(f)
   if not out['validation']:  # Tiny corpora: hold out the file hashed lowest.
-    f = min(files, key=lambda f: hashlib.sha256(os.path.relpath(f, root).encode()).hexdigest())
+    f = min(files, key=lambda f: hashlib.sha256(os.fsencode(os.path.relpath(f, root))).hexdigest())
     out['train'].remove(f)
     out['validation'].append(f)
   if not out['train']:
@@ -204,6 +204,12 @@ def _text_files_class() -> type:
 
 
 def _read_text(path: str) -> str | None:
+  """A file's text, or None for one skipped as not UTF-8: its bytes, or its
+  name (the prepared data records each file's path as UTF-8 text)."""
+  try:
+    path.encode('utf-8')
+  except UnicodeEncodeError:
+    return None
   with open(path, 'rb') as fh:
     raw = fh.read()
   try:
@@ -224,7 +230,7 @@ def provenance(root: str, splits: dict[str, list[str]]) -> dict[str, Any]:
         out['skipped_non_utf8'] += 1
         continue
       raw = text.encode('utf-8')
-      h.update(os.path.relpath(f, root).encode() + b'\0' + raw + b'\0')
+      h.update(os.fsencode(os.path.relpath(f, root)) + b'\0' + raw + b'\0')
       n, b = n + 1, b + len(raw)
     out[f'{s}_files'], out[f'{s}_bytes'] = n, b
   out['file_count'] = out['train_files'] + out['validation_files']

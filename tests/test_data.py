@@ -90,6 +90,20 @@ def test_cache_is_keyed_by_content_not_size_and_mtime(tmp_path):
   assert 'TEXT NUMBER 1\n' * 20 in texts
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_like_non_utf8_text(tmp_path):
+  """Linux file names are bytes: one that is not UTF-8 (the prepared data
+  records each path as text) is skipped and counted, as non-UTF-8 contents
+  are, instead of crashing the preparation."""
+  for i in range(6):
+    (tmp_path / f'f{i}.txt').write_text(f'text number {i}\n' * 20)
+  with open(os.path.join(os.fsencode(tmp_path), b'\xff.txt'), 'wb') as f:
+    f.write(b'a name in Latin-1\n')
+  d = DataConfig(source='dir', path=str(tmp_path), val_fraction=0.3,
+                 cache_dir=str(tmp_path / '.cache'))
+  meta = data.corpus(d)[0].info.metadata
+  assert (meta['file_count'], meta['skipped_non_utf8']) == (6, 1)
+
+
 def test_one_rule_for_directories_and_globs(tmp_path):
   """Hidden names are skipped and a file reached through symbolic links counts
   once, in directory and glob mode alike; a directory link loop ends."""
