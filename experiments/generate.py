@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lm import checkpoint, cli, host, objectives, probes, sampling
+from lm import checkpoint, cli, host, objectives, probes, sampling, tokenizers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory or checkpoints/<step>.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat the flag for a batch).')
@@ -143,7 +143,7 @@ def main(argv):
     for j, seq in enumerate(seqs):
       print(f'=== prompt {i}, sample {j} ===')
       if enc_inputs is None:
-        print(text + tok.decode(seq))
+        print(text + tokenizers.continuation(tok, prompts[i][len(prefix):], seq))
       else:  # Sentinels (ids above the tokenizer's) are shown as <extra_id_N>.
         parts, run = [], []
         for t in seq + [None]:

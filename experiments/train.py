@@ -58,14 +58,14 @@ def main(argv):
   m = out['config'].model
   if (_SAMPLE.value and out['objective'].name == 'lm' and jax.process_count() == 1
       and m.max_len > 5):  # The sample's prompt is 5 tokens.
-    from lm import sampling  # Params span hosts with more than one process.
+    from lm import sampling, tokenizers  # Params span hosts with more than one process.
     tok = out['tokenizer']
     n = min(_SAMPLE.value, m.max_len - 5)
     s = sampling.SamplingConfig(max_new_tokens=n, temperature=0.8, top_k=50)
     new = sampling.generate(out['state'].params, m, [[tok.eos_id, *tok.encode('def ')]],
                             s, tok.eos_id, num_ids=tok.vocab_size,
                             doc_eos=sampling.doc_eos_of(out['config'], tok.eos_id))[0][0]
-    print('sample:\ndef ' + tok.decode(new))
+    print('sample:\ndef ' + tokenizers.continuation(tok, tok.encode('def '), new))
 
 
 if __name__ == '__main__':

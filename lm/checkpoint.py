@@ -186,12 +186,18 @@ def check_corpus(run_dir: str, record: dict | None) -> None:
         f'{say(record)}): restore its files, or train into a new --workdir')
 
 
-def load_tokenizer(path: str, c: Config):
+def load_tokenizer(path: str, c: Config, fits: bool = True):
   """The tokenizer of the run at `path` (a workdir or step), checked against
-  the one it was trained with."""
+  the one it was trained with and (`fits`) the model's embedding: ids past it
+  would crash generation or score NaN (a model imported without its tokenizer)."""
   from lm import tokenizers
   tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
   check_tokenizer(os.path.dirname(find(path)[0]), tok)
+  if fits and tok.vocab_size > c.model.vocab_size:
+    raise CheckpointError(
+        f'{path}: its tokenizer ({c.data.tokenizer_path or c.data.tokenizer}) has '
+        f'{tok.vocab_size} ids, more than the model\'s vocab_size {c.model.vocab_size}; '
+        'import the model with its tokenizer file (python -m tools.hf import)')
   return tok
 
 

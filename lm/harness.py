@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import sampling
+from lm import sampling, tokenizers
 from lm.config import ModelConfig
 from lm.data import documents
 from lm.model import Transformer
@@ -222,7 +222,7 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         sampling.validate(s)
         ids = sampling.generate(self.params, self.m, [prompt], s, eos_id=self.eot_token_id,
                                   num_ids=self.tok.vocab_size, doc_eos=doc_eos)[0][0]
-        text = self.tok_decode(ids)
+        text = tokenizers.continuation(self.tok, prompt, ids)  # Its leading space kept.
         cut = min([text.find(u) for u in until if u and u in text], default=len(text))
         out.append(text[:cut])
         self.cache_hook.add_partial('generate_until', (context, gen0), text[:cut])

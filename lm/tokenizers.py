@@ -223,6 +223,17 @@ class HFTokenizer:
     return out
 
 
+def continuation(tok, context_ids, new_ids) -> str:
+  """The text `new_ids` add after `context_ids`, decoded together and cut after
+  the context's own text: decoded alone, a continuation can lose its leading
+  space (Llama 2's and Mistral's tokenizer.json strip the space of the first
+  U+2581). Decoded alone still where the context's text is no prefix of the
+  whole (a context ending inside a character)."""
+  before = tok.decode(list(context_ids))
+  whole = tok.decode(list(context_ids) + list(new_ids))
+  return whole[len(before):] if whole.startswith(before) else tok.decode(list(new_ids))
+
+
 def get_tokenizer(kind: str, path: str = ''):
   if kind == 'byte':
     return ByteTokenizer()

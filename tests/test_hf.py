@@ -59,9 +59,17 @@ def _tokens(B=2, L=16, seed=0):
 @pytest.mark.parametrize('kind', MAKERS)
 def test_imported_logits_match_transformers(kind, tmp_path):
   theirs = MAKERS[kind](tmp_path / 'hf')
-  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+  notes = []
+  hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'run'), log=notes.append)
   c, params = checkpoint.load_params(str(tmp_path / 'run'))
   assert c.model.position == ('learned' if kind == 'gpt2' else 'rope')
+  # No tokenizer file came with these 61-token weights: the default byte
+  # tokenizer's ids do not fit, so the text tools refuse the run in one line
+  # (generate had crashed on an id past the embedding, --score printed nan).
+  assert 'ships no tokenizer.model or tokenizer.json' in notes[0], notes
+  with pytest.raises(checkpoint.CheckpointError, match=r'259 ids, more than the model.s '
+                                                       r'vocab_size 61; import the model with'):
+    checkpoint.load_tokenizer(str(tmp_path / 'run'), c)
   tokens = _tokens()
   ours = Transformer(c.model).apply({'params': params}, jnp.asarray(tokens))
   with torch.no_grad():
@@ -199,6 +207,56 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   assert list(checkpoint.load_tokenizer(str(tmp_path / 'back'), c2).encode(prompt)) == ids
 
 
+def test_llama2_directory_with_both_tokenizer_files_uses_its_tokenizer_json(tmp_path,
+                                                                            corpus_dir):
+  """Llama 2 ships tokenizer.model and tokenizer.json; its tokenizer.model adds
+  a dummy prefix, which our SentencePiece reader refuses, so the import takes
+  tokenizer.json (it had refused the directory). generate prints the prompt
+  and the text the new ids add after it (tokenizers.continuation), equal to
+  transformers' greedy ids decoded with the prompt."""
+  import subprocess
+  import sys
+
+  import sentencepiece as spm
+
+  from lm import tokenizers
+  from tests.test_tokenizers import _llama2_layout, _train_hf
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  (tmp_path / 'c.txt').write_text(''.join(texts))
+  d = tmp_path / 'hf'
+  path = _llama2_layout(_train_hf(texts, d / 'tokenizer.json', 'metaspace'))
+  spm.SentencePieceTrainer.train(  # Llama 2's settings.
+      input=str(tmp_path / 'c.txt'), model_prefix=str(d / 'tokenizer'), vocab_size=300,
+      model_type='bpe', byte_fallback=True, normalization_rule_name='identity',
+      add_dummy_prefix=True, remove_extra_whitespaces=False, minloglevel=2)
+  tok = tokenizers.get_tokenizer('hf', path)
+  cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32,
+                                 intermediate_size=48, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=32, bos_token_id=tok.eos_id,
+                                 eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+  theirs = _randomize(transformers.LlamaForCausalLM(cfg))
+  theirs.save_pretrained(d)
+  hf.import_dir(str(d), str(tmp_path / 'run'))
+  c = checkpoint.load_config(str(tmp_path / 'run'))
+  assert (c.data.tokenizer, c.data.tokenizer_path) == ('hf', path)
+  for prompt in ('def', 'return', 'x =', 'import', 'for', 'if', 'print', 'class', 'y'):
+    ids = list(tok.encode(prompt))
+    with torch.no_grad():
+      out = theirs.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6,
+                            do_sample=False, pad_token_id=tok.eos_id)[0, len(ids):].tolist()
+    if tok.decode(out) != tokenizers.continuation(tok, ids, out):
+      break  # A continuation that starts with a space: decoded alone, it loses it.
+  else:
+    raise AssertionError('no prompt continues with a space')
+  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+                      f'--workdir={tmp_path / "run"}', f'--prompt={prompt}', '--greedy',
+                      '--max_new_tokens=6'], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  shown = r.stdout.split('=== prompt 0, sample 0 ===\n')[1][:-1]  # print's newline.
+  assert shown == prompt + tokenizers.continuation(tok, ids, out), (shown, out)
+
+
 def test_malformed_directories_are_refused_in_one_line(tmp_path):
   """A config.json missing a field, weights that are not safetensors, and
   tensors that do not fit the config: each an HFError, and no run is started."""
@@ -236,6 +294,14 @@ def test_malformed_directories_are_refused_in_one_line(tmp_path):
   with pytest.raises(hf.HFError, match=r'has \d+ tokens, more than the model.s vocab_size 61'):
     hf.import_dir(str(tmp_path / 'hf'), str(tmp_path / 'big_tok'))
   assert not (tmp_path / 'big_tok').exists()
+  # An --out or --workdir that cannot be a directory: refused before any
+  # weights are read (export had raised FileExistsError, import NotADirectoryError).
+  from lm import workdir as workdir_lib
+  under_file = str(cfg_path / 'sub')
+  with pytest.raises(workdir_lib.NotWritable, match=r"--out .*sub' cannot be a directory"):
+    hf.export(str(tmp_path / 'run'), under_file)
+  with pytest.raises(workdir_lib.NotWritable, match=r"--workdir .*sub' cannot be a directory"):
+    hf.import_dir(str(tmp_path / 'hf'), under_file)
   # --overwrite replaces an earlier export's tokenizer and weight files too.
   (tmp_path / 'hf' / 'tokenizer.model').write_bytes(b'x')
   (tmp_path / 'hf' / 'notes.txt').write_text('mine')

@@ -139,6 +139,36 @@ def test_hf_sentencepiece_style_byte_lengths(tmp_path, corpus_dir):
     assert lengths[ids].sum() == len(line.encode('utf-8')), line
 
 
+def _llama2_layout(path):
+  """Rewrites a metaspace tokenizer.json into Llama 2's and Mistral's layout:
+  a normaliser that prepends U+2581 and replaces spaces, and a decoder that
+  strips the space of the first U+2581 again."""
+  from tokenizers import Tokenizer, decoders, normalizers
+  t = Tokenizer.from_file(path)
+  t.normalizer = normalizers.Sequence([normalizers.Prepend('\u2581'),
+                                       normalizers.Replace(' ', '\u2581')])
+  t.pre_tokenizer = None
+  t.decoder = decoders.Sequence([decoders.Replace('\u2581', ' '), decoders.ByteFallback(),
+                                 decoders.Fuse(), decoders.Strip(' ', 1, 0)])
+  t.save(path)
+  return path
+
+
+def test_a_continuation_is_decoded_with_its_context(tmp_path, corpus_dir):
+  """generate, the train sample and the harness show the text generated ids
+  add after the prompt: decoded alone, Llama 2's layout drops its leading space."""
+  from lm.tokenizers import continuation
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  tok = get_tokenizer('hf', _llama2_layout(_train_hf(texts, tmp_path / 'tokenizer.json',
+                                                     'metaspace')))
+  prompt, full = 'def', 'def f(x): return x'
+  ids, ctx = list(tok.encode(full)), list(tok.encode(prompt))
+  assert ids[:len(ctx)] == ctx and tok.decode(ids) == full
+  assert prompt + tok.decode(ids[len(ctx):]) == 'deff(x): return x'  # The bug this avoids.
+  assert prompt + continuation(tok, ctx, ids[len(ctx):]) == full
+  assert continuation(ByteTokenizer(), list(b'a '), list(' €'.encode('utf-8'))) == ' €'
+
+
 def test_hf_special_ids_from_tokenizer_config(hf_bpe, tmp_path):
   import json
   import shutil

@@ -34,6 +34,7 @@ import numpy as np
 
 from lm import checkpoint
 from lm import config as config_lib
+from lm import workdir as workdir_lib
 from lm.config import ModelConfig
 
 
@@ -380,6 +381,7 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   from safetensors.numpy import save_file
   if not overwrite:
     _refuse_nonempty(out, '--out', 'choose an empty directory or pass --overwrite')
+  workdir_lib.check_writable(out, '--out')
   if os.path.isdir(os.path.join(out, 'checkpoints')):
     raise HFError(f'--out={out} is a run directory (it has checkpoints/); --overwrite would '
                   'replace its config.json and break it: it was left untouched, choose '
@@ -390,7 +392,7 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   cfg, tensors = to_hf(params, c.model)
   cfg['lm_config'] = config_lib.to_dict(c)
   tok = c.data
-  cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c).eos_id)
+  cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c, fits=False).eos_id)
   os.makedirs(out, exist_ok=True)
   if overwrite:  # An earlier export's tokenizer or weights would be loaded beside ours.
     for name in os.listdir(out):
@@ -411,10 +413,33 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   return out
 
 
-def import_dir(hf_dir: str, workdir: str) -> str:
+def _shipped_tokenizer(hf_dir: str, data: dict) -> str:
+  """The path of the tokenizer file in `hf_dir` (setting data['tokenizer']), or
+  '' for none. SentencePiece first; Llama 2 ships both and its tokenizer.model
+  adds a dummy prefix, which SentencePieceTokenizer refuses: then tokenizer.json."""
+  from lm.tokenizers import get_tokenizer
+  refused = None
+  for kind, name in TOKENIZER_FILES.items():
+    path = os.path.abspath(os.path.join(hf_dir, name))
+    if not os.path.exists(path):
+      continue
+    try:
+      get_tokenizer(kind, path)
+    except config_lib.ConfigError as e:
+      refused = refused or e
+      continue
+    data['tokenizer'] = kind
+    return path
+  if refused:  # Every file there was refused: say why the first one was.
+    raise refused
+  return ''
+
+
+def import_dir(hf_dir: str, workdir: str, log=print) -> str:
   """Writes a new run directory (config.json + step-0 params) from a transformers
   dir; never into an existing run."""
   _refuse_nonempty(workdir, '--workdir', 'import writes a new run: choose a new --workdir')
+  workdir_lib.check_writable(workdir, '--workdir')  # Before the weights are read.
   cfg, t = read_dir(hf_dir)
   m = model_config(cfg)
   if 'lm_config' in cfg:  # Our own export: keep the tokenizer and training settings.
@@ -437,24 +462,24 @@ def import_dir(hf_dir: str, workdir: str) -> str:
     d = config_lib.to_dict(config_lib.from_configdict({}))  # Every default.
     d['model'] = dataclasses.asdict(m)
     d['data']['seq_len'] = min(d['data']['seq_len'], m.max_len)
-    for kind, name in TOKENIZER_FILES.items():  # SentencePiece first, as Llama 2 ships both.
-      if os.path.exists(os.path.join(hf_dir, name)):
-        d['data'].update(tokenizer=kind, tokenizer_path=os.path.abspath(
-            os.path.join(hf_dir, name)))
-        break
+    d['data']['tokenizer_path'] = _shipped_tokenizer(hf_dir, d['data'])
     d['name'] = os.path.basename(os.path.abspath(hf_dir))
   d['init_from'] = ''
   c = config_lib.from_configdict(d)
   from lm.tokenizers import get_tokenizer
   # A tokenizer file that came with the weights must fit them (ids past the
   # embedding score NaN or crash generation). Without one the run reads bytes
-  # by default, which a model of another vocabulary may not be meant for.
-  n = (get_tokenizer(c.data.tokenizer, c.data.tokenizer_path).vocab_size
-       if c.data.tokenizer_path else 0)
-  if n > c.model.vocab_size:
+  # by default, which a model of another vocabulary may not be meant for: its
+  # weights still load, but the text tools refuse it (checkpoint.load_tokenizer).
+  n = get_tokenizer(c.data.tokenizer, c.data.tokenizer_path).vocab_size
+  if n > c.model.vocab_size and c.data.tokenizer_path:
     raise HFError(f'the tokenizer ({c.data.tokenizer_path}) has {n} '
                   f'tokens, more than the model\'s vocab_size {c.model.vocab_size}: they do '
                   'not belong together; nothing was written')
+  if n > c.model.vocab_size:
+    log(f'note: {hf_dir} ships no {" or ".join(TOKENIZER_FILES.values())}, and the byte '
+        f'tokenizer used without one has {n} ids, more than the model\'s vocab_size '
+        f'{c.model.vocab_size}: its weights load, but generate and eval will refuse the run')
   checkpoint.save_params(workdir, c, params)
   return workdir
 
@@ -476,7 +501,8 @@ def main(argv: list[str]) -> None:
       if not (FLAGS.workdir and FLAGS.hf_dir):
         raise HFError('import needs --hf_dir and --workdir')
       print(f'wrote {import_dir(FLAGS.hf_dir, FLAGS.workdir)}')
-  except (HFError, checkpoint.CheckpointError, config_lib.ConfigError) as e:
+  except (HFError, checkpoint.CheckpointError, config_lib.ConfigError,
+          workdir_lib.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
