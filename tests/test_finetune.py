@@ -86,6 +86,38 @@ def _classifier(tmp_path, **kw):
   return tiny(**over)
 
 
+def test_count_and_memory_tools_resolve_a_classifier_and_a_seq2seq_run_as_training_does(
+    tmp_path, corpus_dir):
+  """tools.count, tools.memory and tools.shardings resolve a config as a run
+  does (train.resolve: a classifier's labels from its data) and count FLOPs
+  as its setup row records them (train.flops_per_token: a frozen backbone, a
+  seq2seq objective's encoder and decoder lengths). memory and shardings had
+  built a plain language model for a classifier and crashed in its loss; count
+  had left out the head and counted T5 at data.seq_len on both sides."""
+  import io
+
+  from lm import flops
+  from tools import count, memory
+  from tools import shardings as tool_sh
+  cls = _classifier(tmp_path, **{'opt.freeze_backbone': True})
+  rc = train.resolve(cls)[0]
+  assert rc.model.num_classes == 2
+  n = flops.param_counts(rc.model)['total']
+  assert n > flops.param_counts(train.resolve_vocab(cls, 259).model)['total']  # The head.
+  out = io.StringIO()
+  r = memory.estimate(cls, out)
+  assert r['parameters'] >= 4 * n and 'parameters, batch 16 x 32' in out.getvalue()
+  tool_sh.report(cls, out=io.StringIO())
+  assert f'| {n:,} |' in count.table(rc, [rc.model])
+  t5 = tiny(corpus_dir, **{'model.family': 'encoder_decoder', 'train.objective': 'span'})
+  rt5 = train.resolve(t5)[0]
+  for c in (rc, rt5):
+    want = train.flops_per_token(c)  # What the run's setup row records (train.step_cost).
+    assert want != flops.all_conventions(c.model, c.data.seq_len)  # The counts count missed.
+    assert '| ' + ' | '.join(f'{want[k]:.4g}' for k in flops.CONVENTIONS) + ' |' in (
+        count.table(c, [c.model])), count.table(c, [c.model])
+
+
 def test_classifier_learns_a_learnable_task(tmp_path):
   out = train.train_and_evaluate(_classifier(tmp_path), str(tmp_path / 'cls'),
                                  log=lambda *a: None)

@@ -293,6 +293,7 @@ def test_memory_tool_estimates_the_compiled_step():
     assert part in text, text
   assert f'{n / 1e3:.1f}K parameters' in text and ' 0.00 ' not in text, text  # Readable units.
   assert tool_sh.human_bytes(3 * 2**30) == '    3.00 GiB' and memory._count(8_030_000_000) == '8.03B'
+  assert [memory.percent(x) for x in (0.0031, 0.45, 7.2)] == ['0.31%', '45%', '720%']  # Not 7.2e+02%.
 
 
 def test_memory_cli_compiles_for_the_devices_asked_in_either_flag_form():

@@ -305,7 +305,7 @@ def test_count_table_and_strict_fit_columns():
   from tools import count, fit
   from lm.scaling import FitError
   models = plan.ladder([2e4, 1e5], BASE, 8, 8)
-  text = count.table(models, 16)
+  text = count.table(config_lib.from_configdict({'data': {'seq_len': 16}}), models)
   assert text.count('\n') == 3 and '6N/tok' in text and 'exact/tok' in text
   rows = [{'name': 'a', 'N': '100', 'D': '1e6', 'final_loss': '3.1'},
           {'name': 'b', 'N': '200', 'D': '', 'final_loss': '3.0'}]

@@ -5,13 +5,14 @@ python -m tools.count --config=configs/isoflop_tiny.py --ladder=1e4,1e5,1e6 [--a
 python -m tools.count --config=configs/gpt2_small.py --ladder=1e6,1e7  # Shaped as GPT-2 small.
 """
 
+import dataclasses
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import flops, plan, sweep
+from lm import flops, plan, sweep, train
 
 
 
@@ -26,13 +27,15 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(['config'])
 
 
-def table(models, seq_len: int) -> str:
+def table(c: config_lib.Config, models) -> str:
+  """One row per model, counted as a run of config `c` with that model records
+  them (train.flops_per_token: the objective's lengths, a frozen backbone)."""
   cols = ['layers', 'd_model', 'heads', 'total', 'non_embedding', 'embedding', 'head',
           *[f'{c}/tok' for c in flops.CONVENTIONS]]
   lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   for m in models:
     p = flops.param_counts(m)
-    f = flops.all_conventions(m, seq_len)
+    f = train.flops_per_token(dataclasses.replace(c, model=m))
     vals = [m.num_layers, m.d_model, m.num_heads, p['total'], p['non_embedding'],
             p['embedding'] + p['position'], p['head'], *[f'{f[c]:.4g}' for c in flops.CONVENTIONS]]
     lines.append('| ' + ' | '.join(f'{v:,}' if isinstance(v, int) else str(v) for v in vals) + ' |')
@@ -45,7 +48,8 @@ def main(argv):
   try:
     # A run config has no sweep section (and needs none without --ladder).
     run_cd, s = sweep.split(F.config) if 'sweep' in F.config else (F.config, None)
-    c = sweep._resolved(config_lib.from_configdict(run_cd))
+    # Resolved as a run is (the vocabulary; a classifier's labels, from its data).
+    c = train.resolve(config_lib.from_configdict(run_cd))[0]
     models = [c.model]
     if F.ladder:
       # Without a sweep section, ladder models are shaped like the config's own.
@@ -66,7 +70,7 @@ def main(argv):
       models = plan.ladder(targets, c.model, aspect, hd)
     print(f'seq_len {c.data.seq_len}, vocab {c.model.vocab_size}; FLOPs are training FLOPs '
           'per token under each convention (lm/flops.py)\n')
-    print(table(models, c.data.seq_len))
+    print(table(c, models))
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

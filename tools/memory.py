@@ -51,10 +51,9 @@ def estimate(c, out=sys.stdout) -> dict[str, float]:
   """Per-device bytes of the train step of config `c` on all visible devices."""
   import jax
 
-  from lm import tokenizers, train
+  from lm import train
   from tools import shardings as shardings_tool
-  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
-  c = train.resolve_vocab(c, tok.vocab_size)
+  c = train.resolve(c)[0]  # As a run resolves it (a classifier's labels from its data).
   t = train.build(c)
   abstract, shs = t.abstract, t.shardings
 
@@ -103,7 +102,13 @@ def main(argv):
   need = r['xla total']
   verdict = 'fits' if need <= 0.95 * cap else 'does NOT fit'
   print(f'{verdict} on {name} ({cap / 1e9:.0f} GB): {need / 1e9:.3g} GB per device, '
-        f'{100 * need / cap:.2g}% of its memory (compiled by XLA:CPU; keep ~5% for the runtime)')
+        f'{percent(need / cap)} of its memory (compiled by XLA:CPU; keep ~5% for the runtime)')
+
+
+def percent(share: float) -> str:
+  """'0.31%', '45%', '720%', '1,350%': two significant digits below 10%, whole
+  percents above (the 'g' format had printed 720% as 7.2e+02%)."""
+  return f'{100 * share:.2g}%' if share < 0.1 else f'{100 * share:,.0f}%'
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import cli, tokenizers, train
+from lm import cli, train
 
 
 
@@ -76,8 +76,7 @@ def activation_bytes(c: config_lib.Config, mesh) -> int:
 
 
 def report(c: config_lib.Config, aot: bool = False, out=sys.stdout) -> dict[str, float]:
-  tok = tokenizers.get_tokenizer(c.data.tokenizer, c.data.tokenizer_path)
-  c = train.resolve_vocab(c, tok.vocab_size)
+  c = train.resolve(c)[0]  # As a run resolves it (a classifier's labels from its data).
   t = train.build(c)
   mesh, abstract, shardings = t.mesh, t.abstract, t.shardings
   with t.context():
