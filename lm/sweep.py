@@ -248,10 +248,17 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
   groups of runs (claim_groups) one at a time under <workdir>/claims until
   none is left. A run
   stopped by SIGTERM/SIGINT checkpoints and the sweep stops
-  (workdir.Preempted): rerun it to continue where it was."""
+  (workdir.Preempted): rerun it to continue where it was. An `only` run that
+  another process holds is a LockError (a job that trained nothing fails)."""
   workdir_lib.check_writable(workdir, 'the sweep directory')
   if only or worker:
-    return _run_all(cd, workdir, only, log, worker)
+    results = _run_all(cd, workdir, only, log, worker)
+    busy = only and only_names(make_plan(cd), only) - {r['name'] for r in results}
+    if busy:  # A cluster job's command: exit 0 would say it was trained (afterok).
+      raise workdir_lib.LockError(
+          f'--only: {", ".join(sorted(busy))} in use by another process: not trained or '
+          'recorded here; rerun this command once it has finished')
+    return results
   with workdir_lib.lock(workdir, 'sweep', log):
     return _run_all(cd, workdir, only, log, None)
 

@@ -177,6 +177,9 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
     res3 = sweep.run_all(cd, wd, log=logs3.append)
   assert len(res3) == 5 and all(r['status'] == 'done' for r in res3), res3
   assert any(f'{busy}: in use by another process' in line for line in logs3), logs3
+  with workdir.lock(os.path.join(wd, 'runs', busy), 'training elsewhere'):
+    with pytest.raises(workdir.LockError, match=f'--only: {re.escape(busy)} in use by another'):
+      sweep.run_all(cd, wd, only=busy, log=lambda *_: None)  # A cluster job: not a success.
   assert not os.path.exists(os.path.join(wd, 'runs', busy, 'result.json'))
   assert len(metrics.read(os.path.join(wd, 'runs', lost), 'train')) == n_rows
   assert len(metrics.read(os.path.join(wd, 'runs', lost), 'eval')) == n_evals
