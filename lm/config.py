@@ -353,6 +353,9 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
                  f'(sweep.tokens={s.tokens})')
     if any(not isinstance(w, int) or isinstance(w, bool) for w in s.widths):
       raise _err('sweep.widths', s.widths, 'widths are integers (d_model values)')
+    if not s.parametrizations:
+      raise _err('sweep.parametrizations', s.parametrizations, 'a transfer sweep needs at '
+                 f'least one of {", ".join(PARAMETRIZATIONS)}')
     for p in s.parametrizations:
       _choice('sweep.parametrizations', p, PARAMETRIZATIONS)
   if s.design == 'lr' and (len(s.lrs) < 3 or len(s.tokens) not in (1, len(s.params))):

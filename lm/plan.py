@@ -59,7 +59,10 @@ def ladder(targets: list[float], base: ModelConfig, aspect: int, head_dim: int) 
 
 def _model_overrides(m: ModelConfig) -> dict[str, Any]:
   """Every field a rung sets, so the run trains the model the plan counted."""
-  return {f'model.{k}': getattr(m, k) for k in RUNG_FIELDS}
+  out = {f'model.{k}': getattr(m, k) for k in RUNG_FIELDS}
+  if m.family == 'encoder_decoder':  # Its decoder's depth follows the rung's too.
+    out['model.num_decoder_layers'] = m.num_decoder_layers
+  return out
 
 
 def _steps(tokens: float, tokens_per_step: int, what: str) -> int:
@@ -74,8 +77,14 @@ def _rung(base: ModelConfig, d: int, layers: int, head_dim: int) -> ModelConfig:
   heads = d // head_dim
   # Grouped-query bases keep their KV heads where they divide the rung's heads.
   kv = math.gcd(heads, base.num_kv_heads) if base.num_kv_heads else 0
+  # An encoder-decoder's decoder keeps its depth's ratio to the encoder's (0:
+  # the same depth), so rung k is k encoder layers and its decoder in proportion.
+  dec = 0
+  if base.num_decoder_layers and base.num_decoder_layers != base.num_layers:
+    dec = max(1, round(layers * base.num_decoder_layers / base.num_layers))
   return dataclasses.replace(base, d_model=d, num_layers=layers, num_heads=heads,
-                             num_kv_heads=kv, head_dim=0, mlp_dim=4 * d)
+                             num_kv_heads=kv, head_dim=0, mlp_dim=4 * d,
+                             num_decoder_layers=dec)
 
 
 def rungs(base: ModelConfig, aspect: int, head_dim: int, max_layers: int = 64
@@ -202,7 +211,9 @@ def wsd_branches(targets_n: list[float], tokens: list[float], base: ModelConfig,
     n = flops.param_counts(m)['non_embedding']
     stable = f'L{m.num_layers}_d{m.d_model}_stable'
     branch_steps = sorted(_steps(t, tokens_per_step, f'WSD D={t:.3g}') for t in tokens)
-    starts = [int(s * (1 - cooldown_fraction)) for s in branch_steps]
+    # As opt.schedule=wsd counts a run's cooldown (round, at least one step): a
+    # float floor of s x (1 - f) had started 90 x 0.7 at 62, 10 x 0.1 at 0.
+    starts = [s - max(round(cooldown_fraction * s), 1) for s in branch_steps]
     if min(starts) < 1:  # The stable run has no step-0 checkpoint to branch from.
       raise ConfigError(f'sweep.tokens: a WSD branch of {branch_steps[0]} steps with '
                         f'sweep.cooldown_fraction={cooldown_fraction} cools down from step 0, '

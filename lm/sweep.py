@@ -79,6 +79,12 @@ def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
         out.append(dataclasses.replace(
             r, name=r.name + suffix, overrides={**r.overrides, **extra},
             branch_from=r.branch_from + suffix if r.branch_from else ''))
+  for r in out:  # Refused here, not recorded as failed runs when the sweep reaches them.
+    try:
+      run_config(cd, r, s.evals_per_run)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f'the sweep plans run {r.name}, whose config is invalid: '
+                                   f'{e}') from None
   seen: dict[str, plan.Run] = {}
   for r in out:  # One name is one run directory: a second would be skipped as done.
     if r.name in seen:

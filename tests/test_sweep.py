@@ -1,6 +1,7 @@
 """Ladder and sweep planning, the resumable sweep runner, results and report."""
 
 import copy
+import dataclasses
 import csv
 import json
 import os
@@ -59,11 +60,35 @@ def test_isoflop_sizes_spaced_by_a_ratio_on_the_fine_ladder():
     plan.isoflop([1e7], BASE, 16, 128, '6N', 8, 4, sizes=7, size_ratio=1.5)
 
 
-def test_plan_errors():
+def test_plan_errors(corpus_dir):
   with pytest.raises(ConfigError, match='too small'):
     plan.isoflop([1e6], BASE, 16, 128, 'exact', 8, 8)
   with pytest.raises(ConfigError, match='needs at least 3 sizes'):
     plan.isoflop([1e12], BASE, 16, 128, 'exact', 8, 8, sizes=2)
+  # A planned run whose config is invalid is refused at planning, not recorded
+  # as a failed run when the sweep reaches it (RoPE at head_dim 36 / 4 = 9).
+  cd = tiny_cd(corpus_dir, **{'model.position': 'rope'})
+  cd.sweep = dict(design='transfer', widths=(32, 36), lrs=(1e-3, 2e-3, 4e-3),
+                  tokens=(2048.0,), parametrizations=('sp', 'mup'))
+  with pytest.raises(ConfigError, match=r'plans run sp_d36_lr0.001, whose config is invalid: '
+                                        r'.*head_dim=9 .*RoPE needs an even'):
+    sweep.make_plan(cd)
+  cd.sweep.parametrizations = ()  # Had planned 0 runs and exited 0.
+  with pytest.raises(ConfigError, match=r'sweep.parametrizations=\(\) is invalid'):
+    sweep.make_plan(cd)
+
+
+def test_encoder_decoder_rungs_deepen_the_decoder_too():
+  """Rung k of an encoder-decoder ladder has k encoder layers and a decoder in
+  the base's proportion (had stayed at the base's depth on every rung)."""
+  same = dataclasses.replace(BASE, family='encoder_decoder', num_layers=2, num_decoder_layers=2)
+  half = dataclasses.replace(same, num_layers=4)
+  for base, want in ((same, [1, 2, 3, 4]), (half, [1, 1, 2, 2])):
+    ms = [m for _, m in plan.rungs(base, 8, 8, 4)]
+    assert [m.decoder_layers for m in ms] == want
+    assert [plan._model_overrides(m)['model.num_decoder_layers'] for m in ms] == [
+        m.num_decoder_layers for m in ms]
+  assert 'model.num_decoder_layers' not in plan._model_overrides(BASE)  # Decoders: as before.
 
 
 def test_grid_and_wsd_plans():
@@ -84,7 +109,13 @@ def test_grid_and_wsd_plans():
   assert stable.overrides['train.extra_checkpoints'] == (b1.branch_step, b2.branch_step)
   for b in (b1, b2):
     steps = b.overrides['train.steps']
-    assert b.branch_from == stable.name and b.branch_step == int(steps * 0.75)
+    # Its cooldown counted as opt.schedule=wsd counts a run's: round(f x steps).
+    assert b.branch_from == stable.name and b.branch_step == steps - round(steps * 0.25)
+  # Not a float floor of steps x (1 - f): 90 x 0.7 = 62.999..., 10 x 0.1 = 0.999...
+  for steps, f, start in ((90, 0.3, 63), (10, 0.9, 1)):
+    w = plan.wsd_branches([1e5], [steps * 128.0], BASE, 16, 128, 'exact', 8, 8,
+                          cooldown_fraction=f, warmup_steps=0)
+    assert w[1].branch_step == start, (steps, f, w[1].branch_step)
   # A 1-step branch would cool down from step 0, which no stable run saves.
   with pytest.raises(ConfigError, match=r'branch of 1 steps .* from step 0'):
     plan.wsd_branches([1e5], [128, 4e5], BASE, 16, 128, 'exact', 8, 8,
