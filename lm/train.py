@@ -680,7 +680,11 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                                     c.data.shuffle_seed, pidx, pcount, data.transform, read))
   conv, flops_per_step, peak = step_cost(c)
 
-  with t.context(), workdir_lib.Preemption() as preemption:
+  # With several processes JAX's own SIGTERM notifier (jax.distributed) must
+  # stay installed: it is what brings every process to one save step
+  # (mngr.reached_preemption); a local handler made each stop at its own step,
+  # one in the save's barrier and the other in the next step's all-reduce.
+  with t.context(), workdir_lib.Preemption(local=pcount == 1) as preemption:
     state = _start_state(c, t, workdir, mngr, data_iter, resume, src, log)
     start = int(state.step)
     if pidx == 0:  # After a restore that worked: a failed one leaves the run's config.

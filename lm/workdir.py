@@ -290,9 +290,10 @@ class Preemption:
   process (a second one ends it at once, exit 75, without the checkpoint).
   Inert outside the main thread."""
 
-  def __init__(self):
+  def __init__(self, local: bool = True):
     self.signame: str | None = None
     self._old: dict = {}
+    self.local = local  # False: leave the signals to jax.distributed's notifier.
 
   def _handler(self, signum, frame):
     del frame
@@ -301,10 +302,16 @@ class Preemption:
                 'before its checkpoint: rerun the same command to continue from the last one')
     self.signame = signal.Signals(signum).name
 
+  def _stop_now(self, signum, frame):
+    del frame
+    _exit_now(f'stopped by {signal.Signals(signum).name} during training with several '
+              'processes, without a checkpoint (SIGTERM to any process saves one step on all): '
+              'rerun the same command to continue from the last one')
+
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self._old[s] = signal.signal(s, self._handler)
+      for s in ((signal.SIGTERM, signal.SIGINT) if self.local else (signal.SIGINT,)):
+        self._old[s] = signal.signal(s, self._handler if self.local else self._stop_now)
     return self
 
   def __exit__(self, *exc):

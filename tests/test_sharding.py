@@ -235,6 +235,41 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   json.load(open(tmp_path / 'two' / 'config.json'))
 
 
+def test_sigterm_to_one_of_two_processes_saves_one_step_on_both(tmp_path, corpus_dir):
+  """SIGTERM to one process of two: both save the same step and exit 75 (each
+  process's own handler had stopped it at its own step, one in the save's
+  barrier and the other in the next all-reduce, and they hung for good)."""
+  import signal
+  import time
+  port = _free_port()
+  wd = tmp_path / 'run'
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
+       f'--workdir={wd}', '--sample_tokens=0', '--config.train.steps=100000',
+       '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000',
+       '--config.train.log_every=5', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'],
+      env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    deadline = time.time() + 240
+    while not (wd / 'metrics.jsonl').exists() or not metrics.read(str(wd), 'train'):
+      assert time.time() < deadline and all(p.poll() is None for p in procs)
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for _, e in outs]
+  steps = os.listdir(wd / 'checkpoints')
+  assert len(steps) == 1 and int(steps[0]) > 0, steps
+  for _, err in outs:
+    assert f'stopped by a preemption notice at step {steps[0]}' in err, err[-2000:]
+
+
 def test_missing_process_ends_with_a_clear_message(tmp_path, corpus_dir):
   """A process expecting 2 processes, alone, stops after the timeout and says why."""
   r = subprocess.run(
