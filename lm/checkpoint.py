@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -343,6 +344,19 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
   target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   import grain  # Here, not at the top: generation and export never read a data iterator.
+  # Grain saves each process's iterator position on its own (process_I-of-P.json):
+  # a step written by another process count is whole, only not ours to resume.
+  data_dir = os.path.join(str(mngr.directory), str(step), 'data')
+  counts = {re.fullmatch(r'process_\d+-of-(\d+)\.json', f).group(1)
+            for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
+            if re.fullmatch(r'process_\d+-of-(\d+)\.json', f)}
+  if counts and str(jax.process_count()) not in counts:
+    n = ', '.join(sorted(counts))
+    raise CheckpointError(
+        f'checkpoint step {step} in {mngr.directory} was written by {n} process(es) (each '
+        f'keeps its own data position) and this run has {jax.process_count()}: resume it '
+        f'with {n} process(es); restoring onto another process count is not supported '
+        '(the checkpoint is intact and was left untouched)')
   _quiet_failed_reads(failed=False)
   try:
     out = mngr.restore(step, args=ocp.args.Composite(

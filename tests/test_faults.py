@@ -417,3 +417,19 @@ def test_a_preempted_cli_exits_75_at_once_with_its_output_flushed(tmp_path):
   assert r.returncode == 75 and r.stdout == 'results so far\n', (r.returncode, r.stdout)
   assert r.stderr == 'stopped by SIGTERM at step 3\n'
   assert not (tmp_path / '.lock').exists()
+
+
+def test_a_checkpoint_of_another_process_count_is_refused_as_such(tmp_path, corpus_dir):
+  """Grain keeps each process's data position in its own file: a step written
+  by 2 processes cannot resume in 1. Said in one line, without calling the
+  intact checkpoint damaged (it had advised removing it)."""
+  c = tiny(corpus_dir, **{'train.steps': 6, 'train.checkpoint_every': 3})
+  wd = tmp_path / 'run'
+  train.train_and_evaluate(c, str(wd), stop_at=3, log=lambda *_: None)
+  data = wd / 'checkpoints' / '3' / 'data'
+  (data / 'process_0-of-1.json').rename(data / 'process_0-of-2.json')
+  (data / 'process_1-of-2.json').write_text((data / 'process_0-of-2.json').read_text())
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 3 .* written by 2 process\(es\) '
+                     r'.* this run has 1: resume it with 2 process\(es\)'):
+    train.train_and_evaluate(c, str(wd), log=lambda *_: None)
+  assert sorted(os.listdir(data))[-2:] == ['process_0-of-2.json', 'process_1-of-2.json']
