@@ -347,9 +347,8 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
   # Grain saves each process's iterator position on its own (process_I-of-P.json):
   # a step written by another process count is whole, only not ours to resume.
   data_dir = os.path.join(str(mngr.directory), str(step), 'data')
-  counts = {re.fullmatch(r'process_\d+-of-(\d+)\.json', f).group(1)
-            for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
-            if re.fullmatch(r'process_\d+-of-(\d+)\.json', f)}
+  counts = {m.group(1) for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
+            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))}
   if counts and str(jax.process_count()) not in counts:
     n = ', '.join(sorted(counts))
     raise CheckpointError(

@@ -258,13 +258,7 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
   another process holds is a LockError (a job that trained nothing fails)."""
   workdir_lib.check_writable(workdir, 'the sweep directory')
   if only or worker:
-    results = _run_all(cd, workdir, only, log, worker)
-    busy = only and only_names(make_plan(cd), only) - {r['name'] for r in results}
-    if busy:  # A cluster job's command: exit 0 would say it was trained (afterok).
-      raise workdir_lib.LockError(
-          f'--only: {", ".join(sorted(busy))} in use by another process: not trained or '
-          'recorded here; rerun this command once it has finished')
-    return results
+    return _run_all(cd, workdir, only, log, worker)
   with workdir_lib.lock(workdir, 'sweep', log):
     return _run_all(cd, workdir, only, log, None)
 
@@ -426,6 +420,11 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
             + (f', packed with {len(rec["pack"]) - 1} more' if 'pack' in rec else '') + ')')
   log(f'[sweep] finished in {(time.time() - t0) / 60:.1f} min')
   log('[sweep] ' + wall_line(wall_breakdown(results)))
+  busy = only and names - {r['name'] for r in results}
+  if busy:  # A cluster job's command: exit 0 would say it was trained (afterok).
+    raise workdir_lib.LockError(
+        f'--only: {", ".join(sorted(busy))} in use by another process: not trained or '
+        'recorded here; rerun this command once it has finished')
   return results
 
 

@@ -293,7 +293,7 @@ class Preemption:
   def __init__(self, local: bool = True):
     self.signame: str | None = None
     self._old: dict = {}
-    self.local = local  # False: leave the signals to jax.distributed's notifier.
+    self.local = local  # False: SIGTERM is jax.distributed's notifier's; SIGINT stops at once.
 
   def _handler(self, signum, frame):
     del frame

@@ -1,6 +1,7 @@
 """Meshes: sharded == single device, golden partition specs, resharding on
 restore, clear errors for misfits, and two processes through jax.distributed."""
 
+import contextlib
 import json
 import os
 import socket
@@ -201,6 +202,25 @@ def _env(n_devices):
   return env
 
 
+@contextlib.contextmanager
+def _two_processes(args: list[str]):
+  """Processes 0 and 1 of one run (4 CPU devices each, gloo collectives);
+  killed on the way out if still alive."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      args + [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+              f'--process_id={i}'],
+      env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus_dir):
   """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices."""
@@ -210,19 +230,8 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   single = subprocess.run(cmd + [f'--workdir={tmp_path / "one"}'], env=_env(8), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
-  procs = [subprocess.Popen(
-      cmd + [f'--workdir={tmp_path / "two"}', f'--coordinator_address=127.0.0.1:{port}',
-             '--num_processes=2', f'--process_id={i}'],
-      env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  try:
+  with _two_processes(cmd + [f'--workdir={tmp_path / "two"}']) as procs:
     outs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   one = {r['step']: r['loss'] for r in metrics.read(str(tmp_path / 'one'), 'train')}
@@ -241,28 +250,18 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both(tmp_path, corpus
   barrier and the other in the next all-reduce, and they hung for good)."""
   import signal
   import time
-  port = _free_port()
   wd = tmp_path / 'run'
-  procs = [subprocess.Popen(
+  with _two_processes(
       [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
        f'--workdir={wd}', '--sample_tokens=0', '--config.train.steps=100000',
        '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000',
-       '--config.train.log_every=5', f'--coordinator_address=127.0.0.1:{port}',
-       '--num_processes=2', f'--process_id={i}'],
-      env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  try:
+       '--config.train.log_every=5']) as procs:
     deadline = time.time() + 240
     while not (wd / 'metrics.jsonl').exists() or not metrics.read(str(wd), 'train'):
       assert time.time() < deadline and all(p.poll() is None for p in procs)
       time.sleep(0.5)
     procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for _, e in outs]
   steps = os.listdir(wd / 'checkpoints')
   assert len(steps) == 1 and int(steps[0]) > 0, steps
