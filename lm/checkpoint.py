@@ -236,15 +236,17 @@ def merge(init: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
 
 # --- Training checkpoints: the state and the data iterator --------------------
 
-def checkpoint_manager(workdir: str, c: Config) -> ocp.CheckpointManager:
-  """Keeps the latest train.keep_checkpoints, and always the steps in
-  train.extra_checkpoints (WSD branch points: a stable run interrupted more
-  often than it keeps checkpoints must not delete the step a branch starts from)."""
-  keep = {'max_to_keep': c.train.keep_checkpoints}
+def checkpoint_manager(workdir: str, c: Config, spare: int = 0) -> ocp.CheckpointManager:
+  """Keeps the latest train.keep_checkpoints (+ `spare`: lm/pack.py keeps one
+  more until every member has committed a step, then trims), and always the
+  steps in train.extra_checkpoints (WSD branch points: a stable run interrupted
+  more often than it keeps checkpoints must not delete the step a branch starts from)."""
+  n = c.train.keep_checkpoints + spare
+  keep = {'max_to_keep': n}
   if c.train.extra_checkpoints:
     pp = ocp.checkpoint_managers.preservation_policy
     keep = {'preservation_policy': pp.AnyPreservationPolicy([
-        pp.LatestN(c.train.keep_checkpoints), pp.CustomSteps(list(c.train.extra_checkpoints))])}
+        pp.LatestN(n), pp.CustomSteps(list(c.train.extra_checkpoints))])}
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
       options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, **keep),
@@ -339,8 +341,10 @@ def _quiet_failed_reads(failed: bool) -> None:
   sys.unraisablehook = lambda u: None if noise(u.exc_value) else unraisable(u)
 
 
-def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter):
-  step = mngr.latest_step()
+def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter,
+            step: int | None = None):
+  """The state and data position of `step` (default: the latest)."""
+  step = mngr.latest_step() if step is None else step
   target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   import grain  # Here, not at the top: generation and export never read a data iterator.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -208,19 +209,48 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     read, data_clock = train.data_reading(t.mesh)
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
                                    data.transform, read)) for c in cs]
-    mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c)))
+    # One spare checkpoint each: the step a kill between two members' commits
+    # rolls the leading members back to (resume_steps).
+    mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c, 1)))
              for wd, c in zip(workdirs, cs)]
     for wd, c, m, r in zip(workdirs, cs, mngrs, resume):
       if r:
         ckpt_lib.check_not_past_end(wd, m.latest_step(), c.train.steps)
+    names = [c.name for c in cs]
+    back = resume_steps(workdirs, names, mngrs, [c.train.steps for c in cs], log)
+    resume = [r and b != 0 for r, b in zip(resume, back)]  # 0: back to a fresh start.
     with t.context(), workdir_lib.Preemption() as preemption:
       fresh = init(p)
-      states = [ckpt_lib.restore(m, t.abstract, t.shardings, it) if r else member(fresh, k)
-                for k, (m, it, r) in enumerate(zip(mngrs, iters, resume))]
+      states = [ckpt_lib.restore(m, t.abstract, t.shardings, it, b) if r else member(fresh, k)
+                for k, (m, it, r, b) in enumerate(zip(mngrs, iters, resume, back))]
+      for m, b in zip(mngrs, back):  # After every restore worked: replayed exactly.
+        for s in m.all_steps() if b is not None else ():
+          if s > b:
+            m.delete(s)
       for wd, c in zip(workdirs, cs):  # After every restore worked.
         ckpt_lib.write_config(wd, c, tok)
         ckpt_lib.write_corpus(wd, corpus)
       steps = [int(s.step) for s in states]
+      ends = [c.train.steps for c in cs]
+      results: list[dict] = [{} for _ in range(K)]
+      saved, recorded = list(steps), [None]
+
+      def commit() -> None:
+        """Once every member's last save is on disk: records those steps as the
+        pack's point to resume from, and trims each member's spare checkpoint."""
+        for mg in mngrs:
+          mg.wait_until_finished()
+        live = [s < e and 'error' not in r for s, e, r in zip(saved, ends, results)]
+        if (saved, live) != recorded[0]:
+          record(workdirs, names, saved, live)
+          recorded[0] = (list(saved), live)
+        for mg, c in zip(mngrs, cs):
+          extra = set(c.train.extra_checkpoints or ())
+          for s in sorted(mg.all_steps())[:-c.train.keep_checkpoints]:
+            if s not in extra:
+              mg.delete(s)
+
+      commit()
       for wd, n in zip(workdirs, steps):  # Rows a killed process wrote after its checkpoint.
         workdir_lib.truncate_metrics(wd, n)
       writers = [metrics_lib.Writer(wd, start=n) for wd, n in zip(workdirs, steps)]
@@ -233,7 +263,6 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         flops_per_step.append(fps)
         peaks.append(peak)
         writers[k].write(steps[k], 'setup', {**train._setup_row(c, t, conv, peak), 'pack': K})
-      ends = [c.train.steps for c in cs]
       step_fn = make_step(p)
       extras = [functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=())
                 for c in cs]
@@ -255,7 +284,6 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
       skip_flags: list[list] = [[] for _ in range(K)]
       t_loop = time.perf_counter()
       wall['setup'] = t_loop - t_start
-      results: list[dict] = [{} for _ in range(K)]
       for k in range(K):  # Resumed at its end: the final eval, once.
         if steps[k] == ends[k]:
           t0 = time.perf_counter()
@@ -302,13 +330,16 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         # checkpoint, its end) every member still training saves too. Members then
         # resume from a common step after a signal or a hard kill, so the stack's
         # widths, and with them each member's arithmetic, replay as in an
-        # uninterrupted run. Not quite always: each member's checkpoint commits
-        # on its own, so a SIGKILL between two members' commits of one step
-        # resumes them at different steps, and the later stack widths (each
-        # width rounds differently) change the lagging member's losses in the
-        # last bits (measured: 2.8173302 against 2.8173300 after 200 steps).
+        # uninterrupted run. Each member's checkpoint commits on its own, so a
+        # SIGKILL can land between two members' commits of one step: commit()
+        # records the steps all members have on disk, and resume_steps takes
+        # the members that got ahead back there (else the later stack widths,
+        # each rounding differently, changed the lagging member's losses in the
+        # last bits: measured 2.8173302 against 2.8173300 after 200 steps).
         ckpt_pack = bool(signame) or any(train.checkpoint_due(cs[k], steps[k] + 1, ends[k])
                                          for k in rows)
+        if ckpt_pack:
+          commit()  # The previous checkpoints: orbax's next save would wait for them anyway.
         for i, k in enumerate(rows):
           if 'skipped' in m:  # Every step's flag, read at the member's next row.
             skip_flags[k].append((m['skipped'], i))
@@ -357,6 +388,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             try:
               ckpt_lib.save(c, mngrs[k], done, one(state, k, t.shardings),
                             m_of(host, i), iters[k], workdirs[k])
+              saved[k] = done
             except FloatingPointError as e:
               results[k] = {'error': str(e)}
             spent = time.perf_counter() - t0
@@ -364,8 +396,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             paused = [p + spent for p in paused]
             writers[k].write(done, 'wall', share(k))
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
-          for mg in mngrs:  # Every active member checkpointed at this step above.
-            mg.wait_until_finished()
+          commit()  # Every active member checkpointed at this step above.
           raise workdir_lib.Preempted(max(steps), signame, ','.join(workdirs))
         keep = [i for i, k in enumerate(rows) if steps[k] < ends[k] and 'error' not in results[k]]
         if len(keep) < len(rows):  # Members finished or diverged: shrink the stack.
@@ -373,8 +404,7 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           if rows:
             (state, sched), mm = _take((state, sched), keep, mm)
       t0 = time.perf_counter()
-      for mg in mngrs:
-        mg.wait_until_finished()
+      commit()
       wall['checkpoint'] += time.perf_counter() - t0
       now = time.perf_counter()
       out = [{**r, 'wall': share(k, now), 'wall_resumed': sum(before[k].values())}
@@ -382,6 +412,59 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
   return [r if 'error' in r else  # 'preempted': as lm/train.py's.
           {'step': ends[k], **r, 'preempted': preemption.signame, 'objective': objective}
           for k, r in enumerate(out)]
+
+
+RECORD = 'pack.json'  # In each member's run directory.
+
+
+def record(workdirs: list[str], names: list[str], steps: list[int], live: list[bool]) -> None:
+  """Writes that the members `names` all have their checkpoints at `steps` on
+  disk (0: none), a point from which the pack replays exactly; `live`: which
+  were still training (not finished or diverged)."""
+  if jax.process_index() == 0:
+    text = json.dumps({'members': names, 'steps': steps, 'live': live})
+    for wd in workdirs:
+      workdir_lib.write_atomic(os.path.join(wd, RECORD), text)
+
+
+def resume_steps(workdirs: list[str], names: list[str], mngrs: list, ends: list[int],
+                 log=print) -> list[int | None]:
+  """Per member, the step to resume from instead of its latest checkpoint
+  (None: the latest; 0: a fresh start).
+
+  Each member commits its checkpoint on its own, so a kill between two
+  members' commits of one step leaves some members a checkpoint ahead. Resumed
+  there, the lagging ones would train some steps in stacks of other widths
+  than before, whose arithmetic rounds differently. The newest record of this
+  pack (same members) names the last step every member had committed: when
+  some but not all members still training then are ahead of it, those go back
+  to it, and the whole pack replays as if never killed."""
+  recs = []
+  for wd in workdirs:
+    try:
+      with open(os.path.join(wd, RECORD)) as f:
+        r = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if (isinstance(r, dict) and r.get('members') == names
+        and len(r.get('steps', ())) == len(r.get('live', ())) == len(names)):
+      recs.append(([int(s) for s in r['steps']], [bool(x) for x in r['live']]))
+  if not recs:
+    return [None] * len(names)
+  # Records only move forward; a kill may land between two members' writes.
+  rec, live = max(recs, key=lambda x: sum(x[0]))
+  latest = [m.latest_step() or 0 for m in mngrs]
+  active = [k for k, (s, e) in enumerate(zip(rec, ends)) if s < e and live[k]]
+  ahead = [k for k in active if latest[k] > rec[k]]
+  if not ahead or len(ahead) == len(active):
+    return [None] * len(names)
+  if any(rec[k] and rec[k] not in mngrs[k].all_steps() for k in ahead):
+    log(f'warning: the pack {",".join(names)} was stopped between its members\' checkpoints '
+        'and the common step is gone: each member resumes from its latest checkpoint')
+    return [None] * len(names)
+  log(f'the pack {",".join(names)} was stopped between its members\' checkpoints: '
+      + ', '.join(f'{names[k]} goes back from step {latest[k]} to {rec[k]}' for k in ahead))
+  return [rec[k] if k in ahead else None for k in range(len(names))]
 
 
 def m_of(m: dict, k: int) -> dict:

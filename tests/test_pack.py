@@ -297,3 +297,87 @@ def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path,
     _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
     _, p2 = ckpt_lib.load_params(wd)
     jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_a_kill_between_two_members_commits_replays_the_pack_exactly(tmp_path, corpus_dir,
+                                                                      monkeypatch):
+  """Each member commits its own checkpoint: killed after A's step-6 commit and
+  before B's, A is a checkpoint ahead. Resumed there, B trained steps 5-6 in a
+  stack of one instead of two and its last bits differed; the pack's record
+  (pack.json) takes A back to step 4, its spare checkpoint (keep_checkpoints=1
+  keeps one more until both commit), and both end bit-identical to a run never
+  killed, with one checkpoint each on disk."""
+  import dataclasses as dc
+  import os
+
+  from lm import checkpoint as ckpt_lib
+  base = tiny(corpus_dir, **{'train.eval_every': 100, 'train.keep_checkpoints': 1})
+  A = dc.replace(base, name='A', train=dc.replace(base.train, steps=8, checkpoint_every=4,
+                                                  seed=1))
+  B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
+                 train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
+  full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
+  wds = [str(tmp_path / 'killed' / n) for n in 'AB']
+  real = ckpt_lib.save
+
+  def save(c, mngr, step, *args):
+    if c.name == 'B' and step == 6:
+      raise SystemExit('killed')  # A's step 6 commits as the managers close.
+    return real(c, mngr, step, *args)
+
+  monkeypatch.setattr(ckpt_lib, 'save', save)
+  with pytest.raises(SystemExit):
+    pack.train_pack([A, B], wds, log=lambda *_: None)
+  monkeypatch.setattr(ckpt_lib, 'save', real)
+
+  def on_disk():
+    return [sorted(int(e) for e in os.listdir(os.path.join(wd, 'checkpoints')) if e.isdigit())
+            for wd in wds]
+  assert on_disk() == [[4, 6], [4]]
+  said = []
+  again = pack.train_pack([A, B], wds, log=said.append)
+  assert said == ["the pack A,B was stopped between its members' checkpoints: A goes back "
+                  'from step 6 to 4']
+  assert [o['loss'] for o in again] == [o['loss'] for o in full]
+  assert on_disk() == [[8], [12]]
+  for n, wd in zip('AB', wds):
+    _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
+    _, p2 = ckpt_lib.load_params(wd)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+    assert [r['step'] for r in train.metrics_lib.read(wd, 'train')] == \
+        [r['step'] for r in train.metrics_lib.read(str(tmp_path / 'full' / n), 'train')]
+
+
+def test_resume_steps_rolls_back_only_a_torn_round(tmp_path):
+  """pack.json's record against each member's checkpoints on disk."""
+  import json
+  import os
+
+  class Mngr:
+    def __init__(self, *steps):
+      self.steps = list(steps)
+
+    def latest_step(self):
+      return max(self.steps, default=None)
+
+    def all_steps(self):
+      return self.steps
+
+  wds = [str(tmp_path / n) for n in 'ABC']
+  for wd in wds:
+    os.makedirs(wd)
+  names, ends = ['A', 'B', 'C'], [8, 12, 12]
+  pack.record(wds, names, [4, 4, 2], [True, True, False])  # C diverged after step 2.
+  said = []
+
+  def back(*mngrs):
+    return pack.resume_steps(wds, names, list(mngrs), ends, said.append)
+  assert back(Mngr(4, 6), Mngr(4, 6), Mngr(2)) == [None] * 3  # Every live member committed 6.
+  assert back(Mngr(4, 6), Mngr(4), Mngr(2)) == [4, None, None]  # A got ahead.
+  assert back(Mngr(6), Mngr(4), Mngr(2)) == [None] * 3 and said[-1].startswith('warning')
+  assert pack.resume_steps(wds, ['A', 'B'], [Mngr(4, 6), Mngr(4)], ends[:2]) == [None] * 2
+  pack.record(wds, names, [0, 0, 0], [True] * 3)  # A fresh pack: back to no checkpoint.
+  assert back(Mngr(2), Mngr(), Mngr()) == [0, None, None]
+  with open(tmp_path / 'B' / 'pack.json', 'w') as f:  # Killed between two record writes.
+    json.dump({'members': names, 'steps': [4, 4, 4], 'live': [True] * 3}, f)
+  assert back(Mngr(4, 6), Mngr(4), Mngr(4)) == [4, None, None]
