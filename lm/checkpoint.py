@@ -348,23 +348,15 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter,
   target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   import grain  # Here, not at the top: generation and export never read a data iterator.
-  # Grain saves each process's iterator position on its own (process_I-of-P.json):
-  # a step written by another process count is whole, only not ours to resume.
-  data_dir = os.path.join(str(mngr.directory), str(step), 'data')
-  counts = {m.group(1) for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
-            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))}
-  if counts and str(jax.process_count()) not in counts:
-    n = ', '.join(sorted(counts))
-    raise CheckpointError(
-        f'checkpoint step {step} in {mngr.directory} was written by {n} process(es) (each '
-        f'keeps its own data position) and this run has {jax.process_count()}: resume it '
-        f'with {n} process(es); restoring onto another process count is not supported '
-        '(the checkpoint is intact and was left untouched)')
+  position = _position_of_other_count(mngr, step)
+  items = {'state': ocp.args.StandardRestore(target)}
+  if position is None:
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
   _quiet_failed_reads(failed=False)
   try:
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+    if position is not None:
+      data_iter.set_state(position)
   except Exception as e:  # Orbax raises many types for a damaged directory.
     _quiet_failed_reads(failed=True)
     why = str(e).splitlines()[0].split(' See full TensorStore details')[0]
@@ -379,6 +371,40 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter,
   return jax.tree_util.tree_map(
       lambda a, x: jax.random.wrap_key_data(x) if is_key(a) and not is_key(x) else x,
       abstract, out['state'])
+
+
+def _position_of_other_count(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+  """The data position of a step written by another process count (None: by
+  this one, which grain restores itself).
+
+  Grain saves each process's iterator position in process_I-of-P.json. Each
+  process reads rows p, p+P, ... of one global order in batches of its share
+  (lm/data.batched), so after s steps every process's position is s batches
+  (`next_index`), whatever P: the same position resumes on any process
+  count, with the same global batches. Positions that disagree (another
+  pipeline) are refused."""
+  data_dir = os.path.join(str(mngr.directory), str(step), 'data')
+  files = {f: m.group(1) for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
+           if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))}
+  if not files or str(jax.process_count()) in files.values():
+    return None
+  positions = []
+  for f in sorted(files):
+    try:
+      with open(os.path.join(data_dir, f)) as fh:
+        positions.append(json.load(fh))
+    except (OSError, ValueError):
+      positions.append(None)
+  n = ', '.join(sorted(set(files.values())))
+  if not (all(isinstance(p, dict) and set(p) == {'next_index'} for p in positions)
+          and len({p['next_index'] for p in positions}) == 1
+          and len(positions) == int(max(files.values()))):
+    raise CheckpointError(
+        f'checkpoint step {step} in {mngr.directory} was written by {n} process(es) whose '
+        f'data positions ({data_dir}) are not one global position, and this run has '
+        f'{jax.process_count()}: resume it with {n} process(es) (the checkpoint is intact '
+        'and was left untouched)')
+  return positions[0]
 
 
 class Diverged(Exception):

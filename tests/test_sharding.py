@@ -4,6 +4,7 @@ restore, clear errors for misfits, and two processes through jax.distributed."""
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -223,10 +224,12 @@ def _two_processes(args: list[str]):
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus_dir):
-  """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices."""
+  """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices;
+  the two processes' step-3 checkpoint resumes in one process (each process's
+  data position is the global one, lm/checkpoint._position_of_other_count)."""
   cmd = [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
          '--sample_tokens=0', '--config.train.steps=5', '--config.train.eval_every=5',
-         '--config.train.checkpoint_every=5']
+         '--config.train.checkpoint_every=3']
   single = subprocess.run(cmd + [f'--workdir={tmp_path / "one"}'], env=_env(8), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
@@ -242,6 +245,14 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   assert (setup['devices'], setup['processes']) == (8, 2)
   assert os.path.isdir(tmp_path / 'two' / 'checkpoints' / '5')
   json.load(open(tmp_path / 'two' / 'config.json'))
+  shutil.copytree(tmp_path / 'two', tmp_path / 'back')  # As if killed before step 5's save.
+  shutil.rmtree(tmp_path / 'back' / 'checkpoints' / '5')
+  back = subprocess.run(cmd + [f'--workdir={tmp_path / "back"}'], env=_env(8), cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert back.returncode == 0, back.stderr[-3000:]
+  resumed = {r['step']: r['loss'] for r in metrics.read(str(tmp_path / 'back'), 'train')}
+  assert sorted(resumed) == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([resumed[s] for s in one], [one[s] for s in one], rtol=1e-5)
 
 
 def test_sigterm_to_one_of_two_processes_saves_one_step_on_both(tmp_path, corpus_dir):
