@@ -436,9 +436,11 @@ def resume_steps(workdirs: list[str], names: list[str], mngrs: list, ends: list[
   members' commits of one step leaves some members a checkpoint ahead. Resumed
   there, the lagging ones would train some steps in stacks of other widths
   than before, whose arithmetic rounds differently. The newest record of this
-  pack (same members) names the last step every member had committed: when
-  some but not all members still training then are ahead of it, those go back
-  to it, and the whole pack replays as if never killed."""
+  pack (same members, in every member's directory: a member since trained in
+  another pack or alone has another record or none) names the last step every
+  member had committed: when some but not all members still training then are
+  ahead of it, those go back to it, and the whole pack replays as if never
+  killed."""
   recs = []
   for wd in workdirs:
     try:
@@ -449,7 +451,7 @@ def resume_steps(workdirs: list[str], names: list[str], mngrs: list, ends: list[
     if (isinstance(r, dict) and r.get('members') == names
         and len(r.get('steps', ())) == len(r.get('live', ())) == len(names)):
       recs.append(([int(s) for s in r['steps']], [bool(x) for x in r['live']]))
-  if not recs:
+  if len(recs) < len(names):  # A member trained since in another pack, or alone.
     return [None] * len(names)
   # Records only move forward; a kill may land between two members' writes.
   rec, live = max(recs, key=lambda x: sum(x[0]))

@@ -695,6 +695,8 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                                  json.dumps({'canaries': canaries}, indent=1))
     if pidx == 0:  # Rows a killed process wrote after its last checkpoint.
       workdir_lib.truncate_metrics(workdir, start)
+      with contextlib.suppress(FileNotFoundError):  # Trained alone now: its pack's record
+        os.remove(os.path.join(workdir, 'pack.json'))  # (lm/pack.RECORD) no longer holds.
     writer = metrics_lib.Writer(workdir, start=start)
     before = wall_resumed(workdir, start)
     writer.write(start, 'setup', _setup_row(c, t, conv, peak))

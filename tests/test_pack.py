@@ -122,6 +122,9 @@ def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   np.testing.assert_allclose(again[victim_name]['final_loss'], want, rtol=2e-4)
   with open(os.path.join(victim, 'result.json')) as f:
     assert json.load(f)['status'] == 'done'
+  # Trained alone, its pack's record (lm/pack.resume_steps) no longer holds.
+  assert [os.path.exists(os.path.join(wd, 'runs', n, pack.RECORD)) for n in steps] == \
+      [n != victim_name for n in steps]
   # Two members to record again, one of them held by another process: the
   # other trains (resumed at its end), the held one is left to its holder.
   from lm import workdir
@@ -376,6 +379,8 @@ def test_resume_steps_rolls_back_only_a_torn_round(tmp_path):
   assert back(Mngr(4, 6), Mngr(4), Mngr(2)) == [4, None, None]  # A got ahead.
   assert back(Mngr(6), Mngr(4), Mngr(2)) == [None] * 3 and said[-1].startswith('warning')
   assert pack.resume_steps(wds, ['A', 'B'], [Mngr(4, 6), Mngr(4)], ends[:2]) == [None] * 2
+  pack.record(wds[:2], names[:2], [8, 8], [False, True])  # Since trained as a pack of A, B:
+  assert back(Mngr(8), Mngr(8), Mngr(2)) == [None] * 3  # C's record of A, B, C is stale.
   pack.record(wds, names, [0, 0, 0], [True] * 3)  # A fresh pack: back to no checkpoint.
   assert back(Mngr(2), Mngr(), Mngr()) == [0, None, None]
   with open(tmp_path / 'B' / 'pack.json', 'w') as f:  # Killed between two record writes.
