@@ -119,9 +119,9 @@ def main(argv):
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     for i, lp in zip(ids, out['logprobs']):
-      shown = (tok.decode([i]) if i < tok.vocab_size
-               else f'<extra_id_{c.model.vocab_size - 1 - i}>')
-      print(f'{shown!r:>16} {lp:9.4f}')
+      shown = ('<eos>' if seq2seq and i == tok.eos_id else repr(tok.decode([i]))
+               if i < tok.vocab_size else f'<extra_id_{c.model.vocab_size - 1 - i}>')
+      print(f'{shown:>16} {lp:9.4f}')
     blen = tok.byte_lengths()  # Text bytes only: sentinels and EOS have none.
     nbytes = (sum(int(blen[i]) for i in ids if i < len(blen)) if seq2seq
               else len(_SCORE.value.encode('utf-8')))

@@ -384,6 +384,10 @@ def _approach2(t: _Table):
   tokens_for = None
   md += ['## Approach 2: IsoFLOP profiles', '']
   a2 = None
+  if not (budget > 0).any():  # Grid and WSD runs have no budget: no profile to fit.
+    md += [f'Not fitted: IsoFLOP profiles need runs planned at fixed compute budgets '
+           f'(sweep.design=\'isoflop\'); this sweep\'s design is \'{s.design}\'.', '']
+    return None, None
   try:
     tokens_for = scaling.tokens_at(n, c, d)
     a2 = scaling.approach2(budget, n, loss, tokens_for)

@@ -408,7 +408,9 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   r = subprocess.run(ed + ['--prompt=import <extra_id_0>', '--score=<extra_id_0> os'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
-  assert "'<extra_id_0>'" in r.stdout and 'tokens 5  nll' in r.stdout, r.stdout  # + EOS.
+  lines = r.stdout.splitlines()  # Specials unquoted (text is quoted): sentinel, ' ', 'o', 's', EOS.
+  assert [ln.split()[0] for ln in lines[:5]] == ['<extra_id_0>', "'", "'o'", "'s'", '<eos>'], lines
+  assert 'tokens 5  nll' in r.stdout, r.stdout
   r = subprocess.run(ed + ['--prompt=import os', '--score=<extra_id_0>'], capture_output=True,
                      text=True, timeout=300)  # No text bytes to score (divided by zero).
   assert r.returncode == 0 and 'bits per byte n/a' in r.stdout, r.stderr

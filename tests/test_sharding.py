@@ -225,8 +225,9 @@ def _two_processes(args: list[str]):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus_dir):
   """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices;
-  the two processes' step-3 checkpoint resumes in one process (each process's
-  data position is the global one, lm/checkpoint._position_of_other_count)."""
+  the two processes' step-3 checkpoint resumes in one process, and the one
+  process's in two (each process's data position is the global one,
+  lm/checkpoint._position_of_other_count)."""
   cmd = [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
          '--sample_tokens=0', '--config.train.steps=5', '--config.train.eval_every=5',
          '--config.train.checkpoint_every=3']
@@ -250,9 +251,18 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   back = subprocess.run(cmd + [f'--workdir={tmp_path / "back"}'], env=_env(8), cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert back.returncode == 0, back.stderr[-3000:]
-  resumed = {r['step']: r['loss'] for r in metrics.read(str(tmp_path / 'back'), 'train')}
-  assert sorted(resumed) == [1, 2, 3, 4, 5]
-  np.testing.assert_allclose([resumed[s] for s in one], [one[s] for s in one], rtol=1e-5)
+  shutil.copytree(tmp_path / 'one', tmp_path / 'up')  # And one process's in two.
+  shutil.rmtree(tmp_path / 'up' / 'checkpoints' / '5')
+  with _two_processes(cmd + [f'--workdir={tmp_path / "up"}']) as procs:
+    outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  for wd in ('back', 'up'):
+    resumed = {r['step']: r['loss'] for r in metrics.read(str(tmp_path / wd), 'train')}
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([resumed[s] for s in one], [one[s] for s in one], rtol=1e-5)
+  assert sorted(os.listdir(tmp_path / 'up' / 'checkpoints' / '5' / 'data'))[-2:] == [
+      'process_0-of-2.json', 'process_1-of-2.json']
 
 
 def test_sigterm_to_one_of_two_processes_saves_one_step_on_both(tmp_path, corpus_dir):

@@ -598,6 +598,10 @@ def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir,
   text = open(report.write_report(cd, wd)).read()
   assert f'Objective: {want}; headline metric: accuracy' in text
   assert '| accuracy | status |' in text
+  # Without budgets Approach 2 has nothing to fit, and says why (not "budget
+  # must be positive", as if the data were bad).
+  assert ("Not fitted: IsoFLOP profiles need runs planned at fixed compute budgets "
+          "(sweep.design='isoflop'); this sweep's design is 'grid'.") in text
 
 
 def _sweep_cli(tmp_path, *args):
