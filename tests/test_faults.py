@@ -71,6 +71,21 @@ def test_kills_sigterm_and_a_concurrent_start_end_bit_identically(tmp_path, cli_
   assert fault_inject.losses(str(tmp_path / 'twice')) == fault_inject.losses(ref)
 
 
+@pytest.mark.slow
+def test_a_killed_pack_sweep_ends_bit_identically(tmp_path, corpus_dir):
+  """tools/fault_inject.py --pack, one SIGKILL: a sweep of one pack of six runs
+  (4, 6 and 8 steps, checkpoints every 2) killed at a random moment and rerun
+  ends with every member's losses equal to an uninterrupted sweep's."""
+  config = fault_inject.write_config(str(tmp_path / 'cfg.py'), 8, str(corpus_dir), pack=True)
+  logs = []
+  problems = fault_inject.inject(config, str(tmp_path / 'run'), str(tmp_path / 'ref'), kills=1,
+                                 seed=3, log=logs.append,
+                                 env=fault_inject.environment(str(tmp_path / 'jax_cache')),
+                                 pack=True)
+  assert not problems, (problems, logs)
+  assert len(fault_inject.losses(str(tmp_path / 'ref'), pack=True)) == 2 * (4 + 6 + 8)
+
+
 def test_incomplete_checkpoint_writes_are_removed_and_the_run_continues(
     tmp_path, corpus_dir, reference):
   c = tiny(corpus_dir, **{'train.steps': 12})

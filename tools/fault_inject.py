@@ -12,7 +12,7 @@ for bit, those of an uninterrupted run; the workdir must be resumable after
 every kill. Prints one line per injection and a summary; exits 1 on any mismatch.
 
 --pack kills a sweep instead (`experiments.sweep`, one worker): six runs of
-one shape (two seeds x 30, 45 and 60 steps) trained as one pack (lm/pack.py),
+one shape (two seeds x 30, 45 and 60 steps by default) trained as one pack (lm/pack.py),
 checkpointing every 2 steps with keep_checkpoints=1, so kills also land
 between two members' commits of one step; every member's losses must equal
 those of an uninterrupted sweep. Measured 2026-11-28 on 2 CPU cores:
@@ -62,17 +62,20 @@ def get_config(arg=None):
   c.opt.update(lr=1e-2, warmup_steps=2)
   c.train.update(batch_size=8, log_every=1, eval_batches=1, checkpoint_every=2,
                  keep_checkpoints=1, progress=False)
-  c.sweep = common.sweep(design='grid', params=(2e4,), tokens=(3840.0, 5760.0, 7680.0),
+  c.sweep = common.sweep(design='grid', params=(2e4,), tokens={tokens},
                          seeds=(0, 1), pack=6, workers=1, evals_per_run=1, min_steps=1)
   return c
 '''
 
 
 def write_config(path: str, steps: int, data_dir: str = '', pack: bool = False) -> str:
-  """A run of `steps` steps, or (pack) the sweep of one pack (its own lengths)."""
+  """A run of `steps` steps, or (pack) the sweep of one pack whose runs train
+  steps/2, 3 steps/4 and `steps` steps (batches of 8 x 16 tokens)."""
   data = f", source='dir', path={data_dir!r}" if data_dir else ''
+  tokens = tuple(float(steps * f * 128) for f in (0.5, 0.75, 1))
   with open(path, 'w') as f:
-    f.write(PACK_CONFIG.format(data=data) if pack else CONFIG.format(steps=steps, data=data))
+    f.write(PACK_CONFIG.format(data=data, tokens=tokens) if pack else
+            CONFIG.format(steps=steps, data=data))
   return path
 
 
