@@ -288,8 +288,22 @@ CORPUS_FILE = 'corpus.json'  # A run's record of the text it trained on (lm/chec
 
 def corpus_record(d: DataConfig) -> dict[str, Any] | None:
   """What a run records of its corpus, to compare on resume: the provenance of
-  a stdlib or dir corpus (None for tfds and file sources, which TFDS versions
-  and lm/objectives read)."""
+  a stdlib or dir corpus, the bytes of a labelled file source's files (None
+  for tfds, which TFDS versions)."""
+  if d.source == 'file':
+    paths = [p for p in (d.path, d.eval_path) if p]
+    h = hashlib.sha256()
+    for p in paths:
+      try:
+        with open(p, 'rb') as f:
+          for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+      except OSError:  # Missing or unreadable: lm/classify.py says which, in one line.
+        return None
+      h.update(b'\0')  # Where one file ends.
+    return {'source': 'file', 'train_files': 1, 'validation_files': int(bool(d.eval_path)),
+            'total_bytes': sum(os.path.getsize(p) for p in paths),
+            'content_sha256': h.hexdigest()}
   if d.source not in ('stdlib', 'dir'):
     return None
   return {k: v for k, v in text_corpus(d)[2].items() if k != 'root'}

@@ -175,6 +175,17 @@ def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(out2['state'].params['blocks']),
                   jax.tree_util.tree_leaves(got['blocks'])):
     np.testing.assert_array_equal(a, b)  # The backbone stays frozen across the resume.
+  # Its labelled file edited since (a label fixed): the data position would
+  # point into other rows; refused in one line, nothing written (it resumed).
+  train_f = tmp_path / 'train.jsonl'
+  rows = train_f.read_text().splitlines()
+  train_f.write_text('\n'.join(rows[:-1]) + '\n')
+  before = (tmp_path / 'frozen' / 'metrics.jsonl').read_text()
+  c3 = dataclasses.replace(c, train=dataclasses.replace(c.train, steps=16))
+  with pytest.raises(checkpoint.CheckpointError, match=r'the corpus is not the text .*frozen '
+                     r'was trained on \(then 1\+1 files, \d+ bytes'):
+    train.train_and_evaluate(c3, str(tmp_path / 'frozen'), log=lambda *a: None)
+  assert (tmp_path / 'frozen' / 'metrics.jsonl').read_text() == before
 
 
 def test_frozen_backbone_differentiates_only_the_head(tmp_path):
