@@ -92,6 +92,7 @@ def load_params(path: str, m: ModelConfig | None = None) -> tuple[Config, Any]:
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract_params(m))
+  _quiet_failed_reads(failed=False)
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
       out = ckptr.restore(os.path.join(step_dir, 'state'), args=ocp.args.PyTreeRestore(
@@ -99,8 +100,10 @@ def load_params(path: str, m: ModelConfig | None = None) -> tuple[Config, Any]:
           restore_args={'params': ocp.checkpoint_utils.construct_restore_args(target)},
           partial_restore=True))
   except Exception as e:  # Orbax raises many types for a damaged directory.
+    _quiet_failed_reads(failed=True)
+    why = str(e).splitlines()[0].split(' See full TensorStore details')[0]
     raise CheckpointError(f'params in {step_dir} could not be restored '
-                          f'({type(e).__name__}: {str(e).splitlines()[0][:300]})') from None
+                          f'({type(e).__name__}: {why[:300]})') from None
   return c, out['params']
 
 

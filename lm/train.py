@@ -368,6 +368,13 @@ def check_init_from(c: Config, tok) -> Config:
   return src
 
 
+def _pretrained(c: Config, tok) -> tuple[Config, Any]:
+  """(the init_from run's config, its params on the host), checked and read
+  before anything compiles or is written: a damaged source fails in one line."""
+  src = check_init_from(c, tok)
+  return src, ckpt_lib.load_params(c.init_from, src.model)[1]
+
+
 def resolve(c: Config) -> tuple[Config, Any, objectives.Objective, Any]:
   """(config with vocabulary and data-decided fields filled, tokenizer,
   objective, loaded labelled/paired data or None): the cheap checks that come
@@ -561,7 +568,7 @@ def checkpoint_due(c: Config, done: int, end: int) -> bool:
 
 
 def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: bool,
-                 src: Config | None, log) -> TrainState:
+                 src: tuple[Config, Any] | None, log) -> TrainState:
   """Restored, or fresh (with a fine-tuning run's pre-trained params)."""
   if resume:
     state = ckpt_lib.restore(mngr, t.abstract, t.shardings, data_iter)
@@ -569,8 +576,7 @@ def _start_state(c: Config, t: Trainer, workdir: str, mngr, data_iter, resume: b
     return state
   state = t.init()
   if src is not None:  # Fine-tuning: pre-trained params, fresh optimizer, step 0.
-    _, loaded = ckpt_lib.load_params(c.init_from, src.model)
-    loaded, why = _classes_of(loaded, src.data.labels, c.data.labels)
+    loaded, why = _classes_of(src[1], src[0].data.labels, c.data.labels)
     params, taken, fresh = ckpt_lib.merge(state.params, loaded)
     state = state.replace(params=jax.device_put(params, t.shardings.params))
     log(f'initialised {taken} from {c.init_from}' + (f'; new: {fresh}' if fresh else '')
@@ -646,7 +652,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   if resume:  # Before the data are prepared.
     ckpt_lib.check_corpus(workdir, corpus)
     metrics_lib.read(workdir)  # A damaged metrics.jsonl: refused, not truncated.
-  src = check_init_from(c, tok) if c.init_from and not resume else None
+  src = _pretrained(c, tok) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())
   pidx, pcount = jax.process_index(), jax.process_count()
   data = objective.data(c, tok, loaded, pidx, pcount)
@@ -657,7 +663,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
       workdir_lib.clean_incomplete(os.path.join(workdir, 'checkpoints'), log)
     if ckpt_lib.check_workdir(workdir, c) != resume:  # Changed before we held the lock.
       resume = not resume
-      src = check_init_from(c, tok) if c.init_from and not resume else None
+      src = _pretrained(c, tok) if c.init_from and not resume else None
       if resume:
         ckpt_lib.check_corpus(workdir, corpus)
         metrics_lib.read(workdir)
@@ -666,7 +672,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
 
 
 def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bool,
-           src: Config | None, stop_at: int | None, log, t_start: float,
+           src: tuple[Config, Any] | None, stop_at: int | None, log, t_start: float,
            corpus: dict | None) -> dict[str, Any]:
   pidx, pcount = jax.process_index(), jax.process_count()
   mngr = ckpt_lib.checkpoint_manager(workdir, c)

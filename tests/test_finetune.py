@@ -75,6 +75,25 @@ def test_init_from_another_architecture_is_refused(pretrained, tmp_path, corpus_
     train.train_and_evaluate(c, str(tmp_path / 'y'))
 
 
+
+def test_a_damaged_init_from_fails_before_anything_compiles(pretrained, tmp_path, corpus_dir,
+                                                            monkeypatch):
+  """The source's params are read before the step compiles and before the
+  workdir gets a checkpoint directory (they were read after both)."""
+  import glob
+  import shutil
+  src = tmp_path / 'damaged'
+  shutil.copytree(pretrained, src)
+  for f in glob.glob(str(src / 'checkpoints' / '*' / 'state' / 'ocdbt.process_0' / 'd' / '*')):
+    with open(f, 'wb') as fh:
+      fh.write(b'garbage')
+  monkeypatch.setattr(train, 'build', lambda *a, **k: pytest.fail('compiled first'))
+  c = dataclasses.replace(tiny(corpus_dir), init_from=str(src))
+  with pytest.raises(train.CheckpointError, match=r'^params in .*damaged.* could not be restored'):
+    train.train_and_evaluate(c, str(tmp_path / 'ft'))
+  assert not (tmp_path / 'ft' / 'checkpoints').exists()
+
+
 def _classifier(tmp_path, **kw):
   train_f = _labelled(tmp_path / 'train.jsonl', 400, 0)
   eval_f = _labelled(tmp_path / 'eval.csv', 64, 1, fmt='csv')
