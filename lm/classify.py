@@ -27,7 +27,9 @@ def _rows(path: str) -> list[tuple[int, dict]]:
   """(line number, record) of a .csv (header row) or .jsonl file; a UTF-8 byte
   order mark (Excel's "CSV UTF-8") is skipped."""
   if not os.path.isfile(path):
-    raise ConfigError(f'labelled data file {path!r} does not exist')
+    raise ConfigError(f'labelled data file {path!r} '
+                      + ('is a directory, not a file' if os.path.isdir(path) else 'does not exist')
+                      + ': give a .csv or .jsonl file')
   ext = os.path.splitext(path)[1].lower()
   rows: list[tuple[int, dict]] = []
   if ext not in ('.csv', '.jsonl', '.json'):

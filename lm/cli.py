@@ -143,8 +143,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
     return rest
   except (AttributeError, KeyError) as e:  # A --config.* path with no such field.
-    print(f'error: a --config override names no config field: {_one_line(e)}'
-          + _fields_of_unknown(argv), file=sys.stderr)
+    if "attribute 'get_config'" in str(e):  # Or a config file without get_config().
+      given = [v for a, b in zip(argv, argv[1:] + [''])
+               for v in ([a.split('=', 1)[1]] if a.startswith('--config=') else
+                         [b] if a == '--config' else [])]
+      path = given[-1].split(':')[0] if given else '(--config)'
+      print(f'error: the config file {path} defines no get_config(): choose a config '
+            'such as configs/tiny.py', file=sys.stderr)
+    else:
+      print(f'error: a --config override names no config field: {_one_line(e)}'
+            + _fields_of_unknown(argv), file=sys.stderr)
   except flags.Error as e:
     print(f'error: {_one_line(e)}', file=sys.stderr)
   except Exception as e:  # Loading the config file runs its code: NameError, ImportError, ...

@@ -145,7 +145,7 @@ class DataConfig:
   eval_path: str = ''  # source='file': eval file; '' = hold out val_fraction of rows.
   train_split: str = 'train'  # Split to train on.
   val_split: str = 'validation'  # Split to evaluate on.
-  val_fraction: float = 0.05  # Files held out for validation (source stdlib/dir).
+  val_fraction: float = 0.05  # Held out for validation: files (source stdlib/dir), rows (file without eval_path).
   cache_dir: str = ''  # '' means $LM_CACHE or ~/.cache/lm.
   tokenizer: str = 'byte'  # byte | sentencepiece (a .model) | hf (a tokenizer.json).
   tokenizer_path: str = ''  # The tokenizer file (sentencepiece, hf); recorded absolute.
@@ -278,8 +278,11 @@ def field_help() -> dict[str, tuple[Any, str]]:
   import re
   out = {}
   for section, cls in {**SECTIONS, 'sweep': SweepConfig, '': Config}.items():
-    notes = dict(re.findall(r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$', inspect.getsource(cls),
-                            re.M))
+    # A meaning may go on in comment lines right below its field.
+    notes = {k: ' '.join([first, *re.findall(r'^  #\s*(.+)$', more, re.M)])
+             for k, first, more in re.findall(
+                 r'^  (\w+): [^=\n]+= [^#\n]*#\s*(.+)$\n((?:  #.*\n)*)',
+                 inspect.getsource(cls), re.M)}
     for f in dataclasses.fields(cls):
       if f.default is not dataclasses.MISSING:  # Config's sections and rules have none.
         out[f'{section}.{f.name}' if section else f.name] = (f.default, notes.get(f.name, ''))

@@ -592,6 +592,8 @@ def _classes_of(loaded: dict, src_labels: tuple[str, ...], labels: tuple[str, ..
   if 'cls_head' not in loaded or tuple(src_labels) == tuple(labels):
     return loaded, ''
   rest = {k: v for k, v in loaded.items() if k != 'cls_head'}
+  if not labels:  # An LM from a classifier: no head to keep.
+    return rest, ' (the source\'s cls_head left out: this run has no classes)'
   if sorted(src_labels) != sorted(labels):
     return rest, (f' (cls_head fresh: trained for labels {list(src_labels)}, this run has '
                   f'{list(labels)})')

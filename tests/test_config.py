@@ -146,7 +146,10 @@ def test_config_tool_lists_every_field_and_cli_errors_are_one_line(tmp_path):
   text = tool.table(cd)
   for path, (_, meaning) in config_lib.field_help().items():
     assert meaning, path  # Every field is explained beside its definition.
+    assert meaning.count('(') == meaning.count(')'), (path, meaning)  # Not cut off.
     assert path in text, path
+  # A meaning that goes on in a comment line below its field is read whole.
+  assert config_lib.field_help()['opt.z_loss'][1].endswith('(the NLL, as eval reports it).')
   line = next(x for x in text.splitlines() if x.startswith('model.d_model '))
   assert '*64' in line and 'arch' in line and 'Width of the residual stream' in line
   for args, want in [(['--config.model.d_modle=3'], 'Did you mean "d_model"'),

@@ -252,6 +252,8 @@ def test_a_classifier_from_a_classifier_keeps_each_class_its_own_head_row():
   assert 'cls_head' not in other and other['embed'] == 1 and 'cls_head fresh' in why
   lm_only, why = train._classes_of({'embed': 1}, (), ('bad', 'good'))
   assert lm_only == {'embed': 1} and why == ''
+  lm_from_cls, why = train._classes_of(loaded, ('neg', 'pos'), ())  # An LM fine-tune.
+  assert lm_from_cls == {'embed': 1} and "cls_head left out: this run has no classes" in why
 
 
 def test_label_files_errors(tmp_path):
@@ -269,6 +271,8 @@ def test_label_files_errors(tmp_path):
     with pytest.raises(classify.LabelError,
                        match=r'extra.csv:5: 3 fields, but the header names 2 \(text, label\)'):
       read(str(extra), 'text', 'label')
+  with pytest.raises(ConfigError, match=r"'.*' is a directory, not a file: give a .csv"):
+    classify.read_file(str(tmp_path), 'text', 'label')
   bom = tmp_path / 'bom.csv'  # Excel's "CSV UTF-8" starts with a byte order mark.
   bom.write_bytes('\ufefftext,label\nhello,a\n'.encode('utf-8'))
   assert classify.read_file(str(bom), 'text', 'label') == [('hello', 'a')]

@@ -168,6 +168,8 @@ CASES += [
       '--config.data.path={S}/missing', '--batches=2'], 'missing'),
     ('train: init_from that does not exist', [*TRAIN, _W, *_DIR, '--config.init_from={S}/none'],
      'none'),
+    ('config: a config file without get_config',
+     ['-m', 'tools.config', '--config=configs/common.py'], 'configs/common.py defines no get_config'),
     ('train: init_from a damaged checkpoint',
      [*TRAIN, _W, *_DIR, *_RUN_FLAGS, '--config.init_from={S}/damaged'],
      'could not be restored'),
