@@ -384,8 +384,11 @@ def _position_of_other_count(mngr: ocp.CheckpointManager, step: int) -> dict | N
   process reads rows p, p+P, ... of one global order in batches of its share
   (lm/data.batched), so after s steps every process's position is s batches
   (`next_index`), whatever P: the same position resumes on any process
-  count, with the same global batches. Positions that disagree (another
-  pipeline) are refused."""
+  count, and each global batch holds the same rows, in another order within
+  the batch (process-major). Without dropout the step is the same up to
+  float summation order; with dropout the masks fall on other rows, as they
+  do for a fresh run on another count. Positions that disagree (another
+  pipeline) are refused; a missing or unreadable file is a damaged step."""
   data_dir = os.path.join(str(mngr.directory), str(step), 'data')
   files = {f: m.group(1) for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))}
@@ -398,10 +401,16 @@ def _position_of_other_count(mngr: ocp.CheckpointManager, step: int) -> dict | N
         positions.append(json.load(fh))
     except (OSError, ValueError):
       positions.append(None)
-  n = ', '.join(sorted(set(files.values())))
+  n = ', '.join(sorted(set(files.values()), key=int))
+  count = max(int(v) for v in files.values())
+  if None in positions or len(positions) != count:
+    raise CheckpointError(
+        f'checkpoint step {step} in {mngr.directory} is damaged: a data position file in '
+        f'{data_dir} is missing or unreadable ({sum(p is not None for p in positions)} of {count} readable); '
+        'remove the damaged step to resume from an earlier one, or choose another --workdir')
   if not (all(isinstance(p, dict) and set(p) == {'next_index'} for p in positions)
           and len({p['next_index'] for p in positions}) == 1
-          and len(positions) == int(max(files.values()))):
+          and len(set(files.values())) == 1):
     raise CheckpointError(
         f'checkpoint step {step} in {mngr.directory} was written by {n} process(es) whose '
         f'data positions ({data_dir}) are not one global position, and this run has '

@@ -457,5 +457,9 @@ def test_a_checkpoint_of_another_process_count_resumes_at_its_global_position(
     train.train_and_evaluate(c, str(bad), log=lambda *_: None)
   assert (bad / 'checkpoints' / '3' / 'data' / 'process_1-of-2.json').read_text() == \
       '{"next_index": 4}'
+  (bad / 'checkpoints' / '3' / 'data' / 'process_1-of-2.json').unlink()  # Damaged, not 2's.
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 3 .* is damaged: a data position '
+                     r'file .* is missing or unreadable \(1 of 2 readable\)'):
+    train.train_and_evaluate(c, str(bad), log=lambda *_: None)
   train.train_and_evaluate(c, str(wd), log=lambda *_: None)
   assert _losses(wd) == reference
