@@ -266,6 +266,35 @@ def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, cor
   assert all(o['preempted'] is None and o['wall']['train'] > 0 for o in again)
 
 
+def _pair_and_its_uninterrupted_run(tmp_path, corpus_dir, **over):
+  """Members A (8 steps, checkpoints every 4) and B (12, every 6), the results
+  of their pack trained without interruption into tmp_path/full, and the run
+  directories (tmp_path/killed/A, B) for the interrupted one."""
+  import dataclasses as dc
+  base = tiny(corpus_dir, **{'train.eval_every': 100, **over})
+  A = dc.replace(base, name='A', train=dc.replace(base.train, steps=8, checkpoint_every=4,
+                                                  seed=1))
+  B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
+                 train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
+  full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
+  return A, B, full, [str(tmp_path / 'killed' / n) for n in 'AB']
+
+
+def _steps_on_disk(wds: list[str]) -> list[list[int]]:
+  import os
+  return [sorted(int(e) for e in os.listdir(os.path.join(wd, 'checkpoints')) if e.isdigit())
+          for wd in wds]
+
+
+def _assert_same_params(tmp_path, wds: list[str]) -> None:
+  """Each killed member's final params equal its uninterrupted twin's, bit for bit."""
+  from lm import checkpoint as ckpt_lib
+  for n, wd in zip('AB', wds):
+    _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
+    _, p2 = ckpt_lib.load_params(wd)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+
+
 def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path, corpus_dir,
                                                                       monkeypatch):
   """Members of different lengths once saved at their own steps (A every 4, B
@@ -273,17 +302,7 @@ def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path,
   and B at 6, A trained steps 5-6 alone and B steps 7-8 beside A's replay, at
   other stack widths than before, and B's result differed. Checkpoints are
   pack-wide now: both resume at 6 and end bit-identical to a run never killed."""
-  import dataclasses as dc
-  import os
-
-  from lm import checkpoint as ckpt_lib
-  base = tiny(corpus_dir, **{'train.eval_every': 100})
-  A = dc.replace(base, name='A', train=dc.replace(base.train, steps=8, checkpoint_every=4,
-                                                  seed=1))
-  B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
-                 train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
-  full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
-  wds = [str(tmp_path / 'killed' / n) for n in 'AB']
+  A, B, full, wds = _pair_and_its_uninterrupted_run(tmp_path, corpus_dir)
 
   def die():  # After step 6's checkpoints, before step 7.
     raise SystemExit('killed')
@@ -292,14 +311,10 @@ def test_a_pack_killed_between_checkpoints_resumes_as_if_uninterrupted(tmp_path,
   with pytest.raises(SystemExit):
     pack.train_pack([A, B], wds, log=lambda *_: None)
   monkeypatch.setattr(pack, 'make_step', real)
-  assert [sorted(int(e) for e in os.listdir(os.path.join(wd, 'checkpoints')) if e.isdigit())
-          for wd in wds] == [[4, 6], [4, 6]]
+  assert _steps_on_disk(wds) == [[4, 6], [4, 6]]
   again = pack.train_pack([A, B], wds, log=lambda *_: None)
   assert [o['loss'] for o in again] == [o['loss'] for o in full]
-  for n, wd in zip('AB', wds):
-    _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
-    _, p2 = ckpt_lib.load_params(wd)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+  _assert_same_params(tmp_path, wds)
 
 
 def test_a_kill_between_two_members_commits_replays_the_pack_exactly(tmp_path, corpus_dir,
@@ -310,17 +325,9 @@ def test_a_kill_between_two_members_commits_replays_the_pack_exactly(tmp_path, c
   (pack.json) takes A back to step 4, its spare checkpoint (keep_checkpoints=1
   keeps one more until both commit), and both end bit-identical to a run never
   killed, with one checkpoint each on disk."""
-  import dataclasses as dc
-  import os
-
   from lm import checkpoint as ckpt_lib
-  base = tiny(corpus_dir, **{'train.eval_every': 100, 'train.keep_checkpoints': 1})
-  A = dc.replace(base, name='A', train=dc.replace(base.train, steps=8, checkpoint_every=4,
-                                                  seed=1))
-  B = dc.replace(base, name='B', opt=dc.replace(base.opt, lr=5e-3),
-                 train=dc.replace(base.train, steps=12, checkpoint_every=6, seed=2))
-  full = pack.train_pack([A, B], [str(tmp_path / 'full' / n) for n in 'AB'], log=lambda *_: None)
-  wds = [str(tmp_path / 'killed' / n) for n in 'AB']
+  A, B, full, wds = _pair_and_its_uninterrupted_run(tmp_path, corpus_dir,
+                                                    **{'train.keep_checkpoints': 1})
   real = ckpt_lib.save
 
   def save(c, mngr, step, *args):
@@ -332,21 +339,15 @@ def test_a_kill_between_two_members_commits_replays_the_pack_exactly(tmp_path, c
   with pytest.raises(SystemExit):
     pack.train_pack([A, B], wds, log=lambda *_: None)
   monkeypatch.setattr(ckpt_lib, 'save', real)
-
-  def on_disk():
-    return [sorted(int(e) for e in os.listdir(os.path.join(wd, 'checkpoints')) if e.isdigit())
-            for wd in wds]
-  assert on_disk() == [[4, 6], [4]]
+  assert _steps_on_disk(wds) == [[4, 6], [4]]
   said = []
   again = pack.train_pack([A, B], wds, log=said.append)
   assert said == ["the pack A,B was stopped between its members' checkpoints: A goes back "
                   'from step 6 to 4']
   assert [o['loss'] for o in again] == [o['loss'] for o in full]
-  assert on_disk() == [[8], [12]]
+  assert _steps_on_disk(wds) == [[8], [12]]
+  _assert_same_params(tmp_path, wds)
   for n, wd in zip('AB', wds):
-    _, p1 = ckpt_lib.load_params(str(tmp_path / 'full' / n))
-    _, p2 = ckpt_lib.load_params(wd)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
     assert [r['step'] for r in train.metrics_lib.read(wd, 'train')] == \
         [r['step'] for r in train.metrics_lib.read(str(tmp_path / 'full' / n), 'train')]
 
