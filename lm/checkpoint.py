@@ -381,14 +381,13 @@ def _position_of_other_count(mngr: ocp.CheckpointManager, step: int) -> dict | N
   this one, which grain restores itself).
 
   Grain saves each process's iterator position in process_I-of-P.json. Each
-  process reads rows p, p+P, ... of one global order in batches of its share
+  process reads its block of every global batch of one global order
   (lm/data.batched), so after s steps every process's position is s batches
   (`next_index`), whatever P: the same position resumes on any process
-  count, and each global batch holds the same rows, in another order within
-  the batch (process-major). Without dropout the step is the same up to
-  float summation order; with dropout the masks fall on other rows, as they
-  do for a fresh run on another count. Positions that disagree (another
-  pipeline) are refused; a missing or unreadable file is a damaged step."""
+  count with the same global batches, row for row, and the run continues as
+  it would have (dropout included; up to float summation order). Positions
+  that disagree (another pipeline) are refused; a missing or unreadable file
+  is a damaged step."""
   data_dir = os.path.join(str(mngr.directory), str(step), 'data')
   files = {f: m.group(1) for f in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))}

@@ -455,24 +455,46 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
             read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """Any random-access source, shuffled per epoch, repeated, this process's rows.
 
-  `transform(example, rng)` (an objective's corruption) runs before the rows
-  are split between processes, so a global position draws the same noise
-  whatever the process count, and a new one every epoch. A source with
-  `gather(indices) -> batch` and no transform is read a batch at a time: the
-  same rows in the same order, without a Python call per row (2.6 -> 1.6 ms
-  per 64 x 65-token batch with document ids, on one core; a small model's
-  step is a few ms, and a pack reads one batch per member each step)."""
+  Global batch s is rows [s*B, (s+1)*B) of one shuffled order (B = local_batch
+  x process_count), and process p reads its contiguous block [p*local_batch,
+  (p+1)*local_batch) of it, the block its devices hold in the global array
+  (Trainer.to_global in lm/train.py). So the global batch is the same rows in the same
+  order on any process count, and after s steps every process's position is s
+  batches: a checkpoint resumes on another count with the same batches
+  (lm/checkpoint._position_of_other_count).
+
+  `transform(example, rng)` (an objective's corruption) draws its noise from
+  the row's global position, so that too is the same whatever the process
+  count, and new every epoch. A source with `gather(indices) -> batch` and no
+  transform is read a batch at a time: the same rows in the same order,
+  without a Python call per row (2.6 -> 1.6 ms per 64 x 65-token batch with
+  document ids, on one core; a small model's step is a few ms, and a pack
+  reads one batch per member each step)."""
   import grain
+  first, global_batch = process_index * local_batch, local_batch * process_count
   if transform is None and hasattr(source, 'gather'):
-    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-    ds = ds[process_index::process_count]
-    return ds.batch(local_batch, drop_remainder=True).map(source.gather).to_iter_dataset(
-        read_options)
+    ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    return ids.batch(global_batch, drop_remainder=True).map(
+        functools.partial(_gather_block, source, first, local_batch)).to_iter_dataset(
+            read_options)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   if transform is not None:
     ds = ds.random_map(transform, seed=seed)
-  ds = ds[process_index::process_count]
+  if process_count > 1:
+    ds = grain.MapDataset.range(len(ds)).map(
+        functools.partial(_row_of_block, ds, first, local_batch, global_batch))
   return ds.batch(local_batch, drop_remainder=True).to_iter_dataset(read_options)
+
+
+def _gather_block(source, first: int, local_batch: int, ids_B: np.ndarray):
+  """This process's block of one global batch of row ids, read in one gather."""
+  return source.gather(ids_B[first:first + local_batch])
+
+
+def _row_of_block(ds, first: int, local_batch: int, global_batch: int, i: int):
+  """This process's i-th row: row i % local_batch of its block of global batch
+  i // local_batch."""
+  return ds[i // local_batch * global_batch + first + i % local_batch]
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch: int, num_batches: int,

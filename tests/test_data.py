@@ -159,15 +159,28 @@ def test_shuffle_changes_each_epoch_and_depends_on_seed():
   assert list(other) != list(e1)
 
 
-def test_per_process_shards_are_disjoint_and_cover():
-  tokens = np.arange(16 * 8, dtype=np.uint16)
-  firsts = []
-  for p in range(4):
-    it = iter(_train_dataset(tokens, 15, local_batch=2, seed=0, process_index=p,
-                                 process_count=4))
-    firsts.append(next(it)[:, 0])
-  allf = np.concatenate(firsts)
-  assert sorted(allf.tolist()) == list(range(0, 128, 16))
+def test_global_batch_is_the_same_rows_in_the_same_order_on_any_process_count():
+  """Process p reads block p of each global batch, so the blocks concatenated
+  are the one-process batch, row for row, past an epoch, whether read a batch
+  at a time (gather), a row at a time, or through a transform whose noise
+  follows the row's global position (what makes a resume on another process
+  count, dropout included, continue the same run: lm/checkpoint)."""
+  from tools.bench_data import RowsOnly  # The same source without gather().
+  w = data.Windows(np.arange(16 * 8, dtype=np.int32), 16)  # 8 windows: an epoch is 1 batch.
+
+  def noisy(row, rng):
+    return row + rng.integers(0, 1000)
+
+  for src, transform in ((w, None), (RowsOnly(w), None), (w, noisy)):
+    one = iter(data.batched(src, 8, 0, 0, 1, transform, THREADED))
+    want = [next(one) for _ in range(3)]
+    assert sorted(want[0][:, 0]) != list(want[0][:, 0])  # Shuffled.
+    for count in (2, 4):
+      its = [iter(data.batched(src, 8 // count, 0, p, count, transform, THREADED))
+             for p in range(count)]
+      for step, batch in enumerate(want):
+        got = np.concatenate([next(it) for it in its])
+        np.testing.assert_array_equal(got, batch, err_msg=f'{src} {transform} {count} {step}')
 
 
 def test_iterator_state_round_trips():

@@ -224,13 +224,14 @@ def _two_processes(args: list[str]):
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, corpus_dir):
-  """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices;
-  the two processes' step-3 checkpoint resumes in one process, and the one
-  process's in two (each process's data position is the global one,
-  lm/checkpoint._position_of_other_count)."""
+  """2 processes x 4 CPU devices (gloo collectives) == 1 process x 8 devices,
+  dropout included; the two processes' step-3 checkpoint resumes in one
+  process, and the one process's in two, as the same run (each process's data
+  position is the global one, lm/checkpoint._position_of_other_count, and each
+  global batch the same rows in the same order, lm/data.batched)."""
   cmd = [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
          '--sample_tokens=0', '--config.train.steps=5', '--config.train.eval_every=5',
-         '--config.train.checkpoint_every=3']
+         '--config.train.checkpoint_every=3', '--config.model.resid_dropout=0.3']
   single = subprocess.run(cmd + [f'--workdir={tmp_path / "one"}'], env=_env(8), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
