@@ -360,6 +360,7 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter,
     out = mngr.restore(step, args=ocp.args.Composite(**items))
     if position is not None:
       data_iter.set_state(position)
+    _check_position(data_iter.get_state())
   except Exception as e:  # Orbax raises many types for a damaged directory.
     _quiet_failed_reads(failed=True)
     why = str(e).splitlines()[0].split(' See full TensorStore details')[0]
@@ -374,6 +375,14 @@ def restore(mngr: ocp.CheckpointManager, abstract: Any, shardings, data_iter,
   return jax.tree_util.tree_map(
       lambda a, x: jax.random.wrap_key_data(x) if is_key(a) and not is_key(x) else x,
       abstract, out['state'])
+
+
+def _check_position(state: Any) -> None:
+  """A data position grain took without a word but would fail on at the first
+  batch (a float or negative `next_index`: a hand-edited or damaged file)."""
+  n = state.get('next_index', 0) if isinstance(state, dict) else 0
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f'data position next_index={n!r} is not a count of batches')
 
 
 def _position_of_other_count(mngr: ocp.CheckpointManager, step: int) -> dict | None:

@@ -440,11 +440,19 @@ def test_a_checkpoint_of_another_process_count_resumes_at_its_global_position(
   pipeline is the same global batch count in every process: a step written by
   2 processes resumes in 1 where they were (tests/test_sharding.py does it
   with two real processes). Positions that disagree are refused in one line,
-  leaving the checkpoint as it was."""
+  leaving the checkpoint as it was; so is a position grain would take and
+  fail on at the first batch (a float: it crashed with a traceback)."""
   import shutil
   c = tiny(corpus_dir, **{'train.steps': 12, 'train.checkpoint_every': 3})
   wd = tmp_path / 'run'
   train.train_and_evaluate(c, str(wd), stop_at=3, log=lambda *_: None)
+  edited = tmp_path / 'edited'
+  shutil.copytree(wd, edited)
+  (edited / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').write_text('{"next_index": 3.0}')
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 3 .* could not be restored '
+                     r'\(ValueError: data position next_index=3.0 is not a count of batches\)'):
+    train.train_and_evaluate(c, str(edited), log=lambda *_: None)
+  assert sorted(os.listdir(edited / 'checkpoints')) == ['3']
   data = wd / 'checkpoints' / '3' / 'data'
   (data / 'process_0-of-1.json').rename(data / 'process_0-of-2.json')
   (data / 'process_1-of-2.json').write_text((data / 'process_0-of-2.json').read_text())
