@@ -704,8 +704,11 @@ def _start_branch(workdir: str, r: plan.Run) -> None:
 def config_overrides(argv: list[str], boolean: frozenset[str] = frozenset()) -> list[str]:
   """The config overrides of a command line, each as one --config.x=value
   string, in every spelling absl accepts: one or two dashes, '--flag value',
-  and for the fields named in `boolean` a bare --config.x or --noconfig.x.
-  A dropped override would send cluster jobs off with another config."""
+  and for the fields named in `boolean` a bare --config.x or --noconfig.x,
+  also inside --flagfile files (expanded as absl does). A dropped override
+  would send cluster jobs off with another config."""
+  from absl import flags
+  argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
   out, i = [], 0
   while i < len(argv) and argv[i] != '--':  # absl stops parsing flags at '--'.
     m = re.fullmatch(r'--?(no)?(config\.[^=]+)(?:=(.*))?', argv[i], re.S)

@@ -541,7 +541,7 @@ def test_two_settings_that_plan_one_run_name_are_refused(corpus_dir):
     sweep.make_plan(cd)
 
 
-def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
+def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir, tmp_path):
   cd = _sweep_cd(corpus_dir, lrs=[1e-3, 3e-3], seeds=[0, 1])
   runs = sweep.make_plan(cd)
   assert len(runs) == 6 * 4 and len({r.name for r in runs}) == 24
@@ -560,6 +560,12 @@ def test_lr_and_seed_replicates_and_cluster_commands(corpus_dir):
       frozenset({'config.train.progress'})) == [
           '--config.sweep.seeds=(0,)', '--config.train.progress=False',
           '--config.train.progress=True', '--config.opt.lr=0.1']
+  # And those in a --flagfile, which the sweep itself reads (they were dropped).
+  flagfile = tmp_path / 'flags.txt'
+  flagfile.write_text('--config.opt.lr=0.003\n-noconfig.train.progress\n')
+  assert sweep.config_overrides(['--config.train.seed=2', f'--flagfile={flagfile}'],
+                                frozenset({'config.train.progress'})) == [
+      '--config.train.seed=2', '--config.opt.lr=0.003', '--config.train.progress=False']
   cmd = sweep.commands('configs/x.py', '/sw', [runs[:1]], sweep.config_overrides(argv))[0]
   assert cmd['command'] == ("python -m experiments.sweep --config=configs/x.py --workdir=/sw "
                             "--config.opt.lr=1e-3 '--config.sweep.budgets=(1e9, 2e9)' "
