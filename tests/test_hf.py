@@ -198,6 +198,11 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   hf.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
   assert (tmp_path / 'out' / 'tokenizer.json').read_bytes() == (
       tmp_path / 'hf' / 'tokenizer.json').read_bytes()
+  # Exported back over the directory it was imported from, which holds the
+  # run's tokenizer: --overwrite had deleted it before copying it from there.
+  before = (tmp_path / 'hf' / 'tokenizer.json').read_bytes()
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'), overwrite=True)
+  assert (tmp_path / 'hf' / 'tokenizer.json').read_bytes() == before
   # Importing our own export reads the tokenizer it ships, not the original
   # path (here removed).
   (tmp_path / 'hf' / 'tokenizer.json').rename(tmp_path / 'moved.json')

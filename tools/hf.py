@@ -27,7 +27,6 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -393,6 +392,14 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   cfg['lm_config'] = config_lib.to_dict(c)
   tok = c.data
   cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c, fits=False).eos_id)
+  # Read before --overwrite deletes anything: a run imported from --out reads
+  # its tokenizer from there (it was deleted, then copied from itself).
+  tok_files = {}
+  if tok.tokenizer in TOKENIZER_FILES:
+    tok_files[TOKENIZER_FILES[tok.tokenizer]] = open(tok.tokenizer_path, 'rb').read()
+  side = os.path.join(os.path.dirname(tok.tokenizer_path or '.'), 'tokenizer_config.json')
+  if tok.tokenizer == 'hf' and os.path.isfile(side):  # It names the special tokens.
+    tok_files['tokenizer_config.json'] = open(side, 'rb').read()
   os.makedirs(out, exist_ok=True)
   if overwrite:  # An earlier export's tokenizer or weights would be loaded beside ours.
     for name in os.listdir(out):
@@ -404,12 +411,9 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   save_file(tensors, os.path.join(out, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump(cfg, f, indent=2)
-  if tok.tokenizer in TOKENIZER_FILES:
-    shutil.copy(tok.tokenizer_path, os.path.join(out, TOKENIZER_FILES[tok.tokenizer]))
-  if tok.tokenizer == 'hf':  # A tokenizer_config.json beside it names its special tokens.
-    side = os.path.join(os.path.dirname(tok.tokenizer_path), 'tokenizer_config.json')
-    if os.path.isfile(side):
-      shutil.copy(side, os.path.join(out, 'tokenizer_config.json'))
+  for name, blob in tok_files.items():
+    with open(os.path.join(out, name), 'wb') as f:
+      f.write(blob)
   return out
 
 
