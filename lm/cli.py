@@ -122,7 +122,18 @@ def read_lines(path: str, flag: str) -> list[str]:
   return lines
 
 
+def _expanded(argv: list[str]) -> list[str]:
+  """argv with its --flagfile files read in, as absl reads them, so the checks
+  below see the overrides a flagfile gives (an unreadable one: absl's own
+  one-line error comes from flags.FLAGS(argv))."""
+  try:
+    return argv[:1] + flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+  except flags.Error:
+    return argv
+
+
 def parse_flags(argv: list[str]) -> list[str]:
+  given, argv = argv, _expanded(argv)
   twice = _repeated_override(argv)
   if twice:
     print(f'error: {twice} is given twice; give each --config override once', file=sys.stderr)
@@ -134,7 +145,7 @@ def parse_flags(argv: list[str]) -> list[str]:
           f'fields one by one, e.g. --config.{section}.FIELD=VALUE', file=sys.stderr)
     sys.exit(2)
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(given)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       getattr(flags.FLAGS.config, 'to_dict')  # A failed load raises only when read.
       bad = _unparsed_tuple(argv)

@@ -236,3 +236,21 @@ def test_cli_modules_the_tests_import_load_into_one_process():
                      capture_output=True, text=True, timeout=120,
                      env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_override_checks_see_inside_a_flagfile(tmp_path):
+  """A repeated tuple override or a whole-section override given in a
+  --flagfile is refused as on the command line (they were concatenated, or
+  reset the section's other fields, without a word)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  twice, section = tmp_path / 'twice.txt', tmp_path / 'section.txt'
+  twice.write_text("--config.train.eval_tasks=('a',)\n")
+  section.write_text("--config.train={'steps': 70}\n")
+  for extra, want in (([f'--flagfile={twice}', "--config.train.eval_tasks=('b',)"],
+                       'error: --config.train.eval_tasks is given twice'),
+                      ([f'--flagfile={section}'], 'would replace the whole train section')):
+    r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py', *extra],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, r.stderr
