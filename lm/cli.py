@@ -122,18 +122,18 @@ def read_lines(path: str, flag: str) -> list[str]:
   return lines
 
 
-def _expanded(argv: list[str]) -> list[str]:
-  """argv with its --flagfile files read in, as absl reads them, so the checks
-  below see the overrides a flagfile gives (an unreadable one: absl's own
-  one-line error comes from flags.FLAGS(argv))."""
+def expand_flagfiles(args: list[str]) -> list[str]:
+  """Command-line arguments (no program name) with their --flagfile files read
+  in, as absl reads them, so checks of the --config.* overrides see those a
+  flagfile gives (an unreadable one: unchanged, absl's parse reports it)."""
   try:
-    return argv[:1] + flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+    return flags.FLAGS.read_flags_from_files(list(args), force_gnu=False)
   except flags.Error:
-    return argv
+    return list(args)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  given, argv = argv, _expanded(argv)
+  given, argv = argv, argv[:1] + expand_flagfiles(argv[1:])
   twice = _repeated_override(argv)
   if twice:
     print(f'error: {twice} is given twice; give each --config override once', file=sys.stderr)

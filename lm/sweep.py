@@ -707,8 +707,8 @@ def config_overrides(argv: list[str], boolean: frozenset[str] = frozenset()) -> 
   and for the fields named in `boolean` a bare --config.x or --noconfig.x,
   also inside --flagfile files (expanded as absl does). A dropped override
   would send cluster jobs off with another config."""
-  from absl import flags
-  argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+  from lm import cli
+  argv = cli.expand_flagfiles(argv)
   out, i = [], 0
   while i < len(argv) and argv[i] != '--':  # absl stops parsing flags at '--'.
     m = re.fullmatch(r'--?(no)?(config\.[^=]+)(?:=(.*))?', argv[i], re.S)
