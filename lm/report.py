@@ -35,6 +35,10 @@ def _failed_at(excluded: list[dict], *keys: str) -> set[tuple]:
   return {tuple(r.get(k) for k in keys) for r in excluded if r.get('status') == 'failed'}
 
 
+def _lr(v: float | None) -> str:
+  return 'not recorded' if v is None else f'{v:.3g}'
+
+
 def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list[dict]]:
   """The runs the scaling fits use. A WSD sweep's stable runs are left out
   (constant LR, never cooled down: their branches are the points). With
@@ -65,10 +69,10 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
     if r.get('lr') == b:
       rows.append(r)
     else:
-      out.append({**r, 'reason': f'lr {r["lr"]:.3g} is not the best learning rate for its '
-                  f'size and budget ({b:.3g}); the fits use the best'
-                  + (' (a seed failed at this lr)' if (r.get('budget'), r['N'], r['D'], r['lr'])
-                     in failed else '')})
+      out.append({**r, 'reason': f'lr {_lr(r.get("lr"))} is not the best learning rate for '
+                  f'its size and budget ({_lr(b)}); the fits use the best'
+                  + (' (a seed failed at this lr)' if (r.get('budget'), r['N'], r['D'],
+                                                       r.get('lr')) in failed else '')})
   return rows, out
 
 

@@ -339,7 +339,21 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
   assert out2.returncode == 0 and f'left out {len(rows)} finished runs' in out2.stdout, out2
   a2 = float(out2.stdout.split('\na ')[1].split()[0])
   assert abs(a2 - a) < 1e-9, (a, a2)
-  for args, want in (([f'--results={tmp_path}/none.csv'], 'No such file'),
+  # Rows the report's point choice reads must hold numbers: a missing N, an
+  # empty loss cell or a text LR is that row's one-line error (they were a
+  # KeyError, a TypeError in np.mean and a format ValueError).
+  (tmp_path / 'no_n.jsonl').write_text('{"name": "a", "status": "done", "D": 1e6, '
+                                       '"final_loss": 3.0}\n')
+  for name, key, cell in (('blank_loss.csv', 'final_loss', ''), ('text_lr.csv', 'lr', 'fast')):
+    with open(tmp_path / name, 'w') as f:
+      w = csv.DictWriter(f, [*rows[0], 'lr'])
+      w.writeheader()
+      w.writerows([{**r, 'lr': 1e-3, **({key: cell} if i == 2 else {})}
+                   for i, r in enumerate(rows)])
+  for args, want in (([f'--results={tmp_path}/no_n.jsonl'], 'row 0 (a): N=None is missing'),
+                     ([f'--results={tmp_path}/blank_loss.csv'], "row 2 (r2): final_loss=''"),
+                     ([f'--results={tmp_path}/text_lr.csv'], "row 2 (r2): lr='fast'"),
+                     ([f'--results={tmp_path}/none.csv'], 'No such file'),
                      ([f'--results={tmp_path}'], 'Is a directory'),
                      ([f'--results={tmp_path}/bad.jsonl'], 'line 2 is not JSON'),
                      ([f'--results={tmp_path}/empty.csv'], 'holds no finished runs'),

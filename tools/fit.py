@@ -68,27 +68,37 @@ def fit_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
   keys = ('N', 'D', 'budget', 'lr', 'final_loss')  # CSV cells are text.
   typed = [{**r, **{k: _num(r[k]) for k in keys if k in r and r[k] not in (None, '')}}
            for r in rows]
+  for r in typed:
+    if r.get('lr') in (None, ''):  # An empty CSV cell: no learning rate recorded.
+      r.pop('lr', None)
   done = [r for r in typed if r.get('status', 'done') == 'done']
   failed = [r for r in typed if r.get('status', 'done') != 'done']
   if not all('final_loss' in r for r in done):  # A table of other columns: all its rows.
     return done, []
+  # fit_points groups by (budget, N, D, lr) and ranks by final_loss: each must
+  # be a number here (a text cell or a missing column names its row).
+  for i, r in enumerate(typed):
+    if r.get('status', 'done') == 'done':
+      for k in ('N', 'D', 'final_loss') + (('lr',) if 'lr' in r else ()):
+        value(r, k, i)
   keep, out = report.fit_points(done, failed)
   return keep, [r for r in out if 'reason' in r]
 
 
+def value(r: dict, key: str, i: int) -> float:
+  """Row i's `key` as a finite float, or a FitError naming the row and the cell."""
+  try:
+    v = float(r.get(key))
+  except (TypeError, ValueError):
+    v = float('nan')
+  if not math.isfinite(v):
+    raise scaling.FitError(f'row {i} ({r.get("name", "?")}): {key}={r.get(key)!r} is missing '
+                           'or not finite; drop or re-run that run')
+  return v
+
+
 def column(rows, key) -> np.ndarray:
-  out = []
-  for i, r in enumerate(rows):
-    v = r.get(key)
-    try:
-      v = float(v)
-    except (TypeError, ValueError):
-      v = float('nan')
-    if not math.isfinite(v):
-      raise scaling.FitError(f'row {i} ({r.get("name", "?")}): {key}={r.get(key)!r} is missing '
-                             'or not finite; drop or re-run that run')
-    out.append(v)
-  return np.asarray(out)
+  return np.asarray([value(r, key, i) for i, r in enumerate(rows)])
 
 
 def _interval(ci: dict, k: str) -> str:
