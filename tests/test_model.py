@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import config as config_lib
 from lm import flops
 from lm.config import ModelConfig
 from lm.model import Transformer, cross_entropy, init_inputs, sinusoidal_table
@@ -111,6 +112,31 @@ def test_bench_layers_ab_times_scanned_and_unrolled_steps():
   assert r['layers'] == 1 and r['scan ms'] > 0 and r['unrolled ms'] > 0
   assert r['scan compile s'] > 0 and r['unrolled compile s'] > 0
   np.testing.assert_allclose(r['speed-up'], r['scan ms'] / r['unrolled ms'])
+
+
+def test_bench_train_refuses_flags_it_would_ignore_or_fail_on_late():
+  """Checked before the matmul peak is measured (they were tracebacks after it,
+  or silently ignored: --pack timed its own shapes whatever --dtype said, and
+  --pack=3 --pack_devices=2 ran on one device)."""
+  import subprocess
+  import sys
+
+  from tools import bench_train
+  for kw, want in (({'mesh_arg': 'abc'}, '--mesh=abc: give three'),
+                   ({'mesh_arg': '1,1'}, '--mesh=1,1'),
+                   ({'seq_len': 2}, '--seq_len=2'), ({'attention': 'flash'}, "'flash'"),
+                   ({'batch': -3}, 'batch_size=-3')):
+    with pytest.raises(config_lib.ConfigError, match=want):
+      bench_train.bench_config('tiny', 'float32', False, **kw)
+  assert bench_train.bench_config('tiny', 'float32', False, seq_len=2,
+                                  document_mask=False).data.seq_len == 2
+  for args, want in ((['--pack=2', '--dtype=bfloat16'], '--dtype would be ignored'),
+                     (['--layers_ab', '--configs=tiny'], '--configs would be ignored'),
+                     (['--pack=3', '--pack_devices=2'], 'does not divide --pack=3'),
+                     (['--pack_devices=2'], 'applies only with --pack')):
+    r = subprocess.run([sys.executable, '-m', 'tools.bench_train', *args], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)
 
 
 def test_bench_profile_table_reads_a_trace(tmp_path, capsys):

@@ -404,18 +404,25 @@ def measure_peak(dtype: str, seconds: float = 2.0) -> tuple[float, int]:
   return best, best_n
 
 
-def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
-          batch: int = 0, attention: str = 'xla', loss_chunk: int = 0,
-          remat: str = 'none', seq_len: int = 0, attn_block: int = 128,
-          document_mask: bool = True, profile_dir: str = '', attn_max_docs: int = 0) -> dict:
-  import jax
-  import numpy as np
-
+def bench_config(name: str, dtype: str, scan: bool, mesh_arg: str = '', batch: int = 0,
+                 attention: str = 'xla', loss_chunk: int = 0, remat: str = 'none',
+                 seq_len: int = 0, attn_block: int = 128, document_mask: bool = True,
+                 attn_max_docs: int = 0):
+  """The validated run config of one benchmark row; a ConfigError names the
+  flag (or config field) that cannot work."""
   from lm import config as config_lib
-  from lm import flops, train
   d, layers, heads, L, B, V = CONFIGS[name]
   L = seq_len or L
-  sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
+  if document_mask and 0 < L < 4:
+    raise config_lib.ConfigError(f'--seq_len={L}: the document mask puts 4 documents in each '
+                                 'window, so it needs a length >= 4 (or --nodocument_mask)')
+  try:
+    sizes = [int(x) for x in mesh_arg.split(',')] if mesh_arg else [1, 1, 1]
+  except ValueError:
+    sizes = []
+  if len(sizes) != 3:
+    raise config_lib.ConfigError(f'--mesh={mesh_arg}: give three comma-separated sizes '
+                                 'DATA,FSDP,TENSOR (-1: the rest), e.g. -1,1,1')
   cd = {'model': dict(vocab_size=V, d_model=d, num_layers=layers, num_heads=heads,
                       max_len=L, position='learned', activation='gelu', dtype=dtype,
                       scan_layers=scan, attention=attention, loss_chunk=loss_chunk, attn_block=attn_block,
@@ -423,8 +430,20 @@ def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
         'data': dict(seq_len=L, document_mask=document_mask), 'opt': dict(warmup_steps=10),
         'train': dict(batch_size=batch or B, steps=1000, progress=False),
         'mesh': dict(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])}
-  c = config_lib.from_configdict(cd)
-  m, B = c.model, c.train.batch_size
+  return config_lib.from_configdict(cd)
+
+
+def bench(name: str, dtype: str, steps: int, scan: bool, mesh_arg: str = '',
+          batch: int = 0, attention: str = 'xla', loss_chunk: int = 0,
+          remat: str = 'none', seq_len: int = 0, attn_block: int = 128,
+          document_mask: bool = True, profile_dir: str = '', attn_max_docs: int = 0) -> dict:
+  import jax
+  import numpy as np
+
+  from lm import flops, train
+  c = bench_config(name, dtype, scan, mesh_arg, batch, attention, loss_chunk, remat, seq_len,
+                   attn_block, document_mask, attn_max_docs)
+  m, B, L = c.model, c.train.batch_size, c.data.seq_len
   t = train.build(c, jax.devices() if mesh_arg else jax.devices()[:1])
   mesh = t.mesh
   with t.context():
@@ -651,10 +670,38 @@ def bench_layers_ab(d: int, steps: int, rounds: int = 6) -> dict:
           'unrolled compile s': compile_s[False]}
 
 
+# The per-config benchmark's flags; --pack and --layers_ab time fixed shapes.
+_MAIN_FLAGS = ('configs', 'dtype', 'scan_layers', 'mesh', 'batch', 'attention', 'loss_chunk',
+               'seq_len', 'attn_block', 'remat', 'document_mask', 'attn_max_docs',
+               'profile_dir')
+
+
+def _die(msg: str) -> None:
+  print(f'error: {msg}', file=sys.stderr)
+  sys.exit(2)
+
+
+def check_modes() -> None:
+  """Exits 2 in one line on a flag the chosen mode would silently ignore."""
+  F = flags.FLAGS
+  if _PACK.value or _LAYERS_AB.value:
+    mode = '--pack' if _PACK.value else '--layers_ab'
+    given = [f for f in _MAIN_FLAGS + ('layers_ab',) * bool(_PACK.value) if F[f].present]
+    if given:
+      _die(f'{mode} times fixed shapes (the main job\'s), so --{given[0]} would be ignored; '
+           f'it applies to the per-config benchmark (drop {mode} or --{given[0]})')
+  if F['pack_devices'].present and not _PACK.value:
+    _die(f'--pack_devices={_PACK_DEVICES.value} applies only with --pack=K')
+  if _PACK.value % _PACK_DEVICES.value:
+    _die(f'--pack_devices={_PACK_DEVICES.value} does not divide --pack={_PACK.value}: each '
+         'device trains an equal share of the members')
+
+
 def main(argv):
   del argv
   from lm import host
   check_names('configs', _CONFIGS.value)
+  check_modes()
   if _KEEP.value:
     host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   if _PACK.value and _PACK_DEVICES.value > 1:  # Before JAX starts its CPU client.
@@ -683,6 +730,17 @@ def main(argv):
       print_row(r, cols)
     print(f'packed speed-up at d_model<=32: {min(ratios[16], ratios[32]):.2f}x')
     return
+  runs = [(n, a) for n in _CONFIGS.value.split(',') for a in _ATTENTION.value.split(',')]
+  from lm import train
+  from lm.config import ConfigError
+  for name, attention in runs:  # Every row's config, mesh and batch split, before any timing.
+    try:
+      train.build(bench_config(name, _DTYPE.value, _SCAN.value, _MESH.value, _BATCH.value,
+                               attention, _LOSS_CHUNK.value, _REMAT.value, _SEQ.value,
+                               _BLOCK.value, _DOC_MASK.value, _MAX_DOCS.value),
+                  jax.devices() if _MESH.value else jax.devices()[:1])
+    except ConfigError as e:
+      _die(str(e))
   print(f'device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, '
         f'dtype {_DTYPE.value}, scan_layers={_SCAN.value}\n')
   from lm import flops
@@ -693,7 +751,6 @@ def main(argv):
   cols += ['temp MiB', 'peak MiB', 'faults/step', 'compile s']
   print('| ' + ' | '.join(cols) + ' |')
   print('|' + '---|' * len(cols))
-  runs = [(n, a) for n in _CONFIGS.value.split(',') for a in _ATTENTION.value.split(',')]
   for name, attention in runs:
     before, _ = measure_peak(_DTYPE.value)
     r = bench(name, _DTYPE.value, _STEPS.value, _SCAN.value, _MESH.value, _BATCH.value,
