@@ -351,6 +351,13 @@ def test_count_table_and_strict_fit_columns():
   r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
                       '--ladder=1e6,1e7'], capture_output=True, text=True)
   assert r.returncode == 0 and '| 3 | 192 | 3 |' in r.stdout, r.stderr
+  # --aspect shapes ladder rungs only: without --ladder it was silently ignored.
+  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+                      '--aspect=-8'], capture_output=True, text=True)
+  assert r.returncode == 2 and '--aspect' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+                      '--head_dim=64'], capture_output=True, text=True)
+  assert r.returncode == 2 and '--head_dim=64 shapes the rungs of --ladder' in r.stderr, r.stderr
   with pytest.raises(FitError, match=r"row 1 \(b\): D='' is missing or not finite"):
     fit.column(rows, 'D')
 

@@ -9,21 +9,20 @@ import dataclasses
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from lm import config as config_lib
-from lm import flops, plan, sweep, train
+from lm import cli, flops, plan, sweep, train
 
 
 
 def _define_flags() -> None:
   """Flags exist only when this runs as a program, so tests can import it."""
-  config_flags.DEFINE_config_file('config', None, 'A run or sweep config.')
+  cli.define_config('A run or sweep config.')
   flags.DEFINE_string('ladder', '', 'Comma-separated target non-embedding sizes.')
-  flags.DEFINE_integer('aspect', 0, 'd_model / layers (0: the sweep config\'s, else the '
-                       'model\'s).')
-  flags.DEFINE_integer('head_dim', 0, 'Head dimension (0: the sweep config\'s, else the '
-                       'model\'s).')
+  flags.DEFINE_integer('aspect', 0, 'With --ladder: d_model / layers (0: the sweep config\'s, '
+                       'else the model\'s).', lower_bound=0)
+  flags.DEFINE_integer('head_dim', 0, 'With --ladder: head dimension (0: the sweep config\'s, '
+                       'else the model\'s).', lower_bound=0)
   flags.mark_flags_as_required(['config'])
 
 
@@ -51,6 +50,10 @@ def main(argv):
     # Resolved as a run is (the vocabulary; a classifier's labels, from its data).
     c = train.resolve(config_lib.from_configdict(run_cd))[0]
     models = [c.model]
+    shaping = [f'--{k}={F[k].value}' for k in ('aspect', 'head_dim') if F[k].value]
+    if shaping and not F.ladder:
+      raise config_lib.ConfigError(f'{shaping[0]} shapes the rungs of --ladder, which is not '
+                                   'given; without it the config\'s own model is counted')
     if F.ladder:
       # Without a sweep section, ladder models are shaped like the config's own.
       m = c.model
@@ -78,5 +81,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  from lm import cli
   app.run(main, flags_parser=cli.parse_flags)
