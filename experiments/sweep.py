@@ -28,12 +28,11 @@ from lm import workdir
 workdir.exit_on_signals()  # Before the slow imports: a signal now exits 75, not -15.
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from lm import config as config_lib  # noqa: E402
 from lm import cli, host, report, scaling, sweep  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (a run config + sweep).')
+_CONFIG = cli.define_config('Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
 _MODE = flags.DEFINE_enum('mode', 'run', ['run', 'plan', 'commands', 'collect'], 'What to do.')
 _ONLY = flags.DEFINE_string('only', '', 'Run only this run.')

@@ -8,12 +8,11 @@ workdir.exit_on_signals()  # Before the slow imports: a signal now exits 75, not
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from lm import config as config_lib  # noqa: E402
 from lm import classify, cli, host, sharding, train  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
+_CONFIG = cli.define_config('Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
 _SAMPLE = flags.DEFINE_integer('sample_tokens', 200, 'Tokens to sample at the end (0: none).')
 _COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-host: HOST:PORT of process 0.')

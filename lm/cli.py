@@ -21,7 +21,20 @@ def _one_line(e: BaseException) -> str:
   if 'Traceback (most recent call last)' in text:  # ml_collections embeds get_config's.
     head = text.split('Traceback (most recent call last)')[0].strip()
     text = f'{head} {text.strip().splitlines()[-1]}'
+  text = text.removeprefix('ERROR:: ')  # absl's flagfile errors say it twice.
   return ' '.join(text.split())
+
+
+def define_config(help: str, default: str | None = None):
+  """ml_collections' --config file flag. Defining it reads the command line's
+  --flagfile files (a --config may be in one), so an unreadable flagfile is
+  reported here, in one line (exit 2), not as a traceback from the import."""
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file('config', default, help)
+  except flags.Error as e:
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    sys.exit(2)
 
 
 def _override_names(argv: list[str]) -> list[str]:

@@ -250,7 +250,12 @@ def test_override_checks_see_inside_a_flagfile(tmp_path):
   section.write_text("--config.train={'steps': 70}\n")
   for extra, want in (([f'--flagfile={twice}', "--config.train.eval_tasks=('b',)"],
                        'error: --config.train.eval_tasks is given twice'),
-                      ([f'--flagfile={section}'], 'would replace the whole train section')):
+                      ([f'--flagfile={section}'], 'would replace the whole train section'),
+                      # ml_collections reads flagfiles when --config is defined, at import:
+                      # a missing one was a traceback from there.
+                      ([f'--flagfile={tmp_path}/none.txt'],
+                       f'error: Unable to open flagfile: [Errno 2] No such file or directory: '
+                       f"'{tmp_path}/none.txt'")):
     r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py', *extra],
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, r.stderr

@@ -26,9 +26,10 @@ from __future__ import annotations
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/isoflop_tiny.py', 'Config file.')
+from lm import cli
+
+_CONFIG = cli.define_config('Config file.', 'configs/isoflop_tiny.py')
 _BATCHES = flags.DEFINE_integer('batches', 300, 'Timed batches per path.')
 
 
@@ -92,5 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from lm import cli
   app.run(main, flags_parser=cli.parse_flags)

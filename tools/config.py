@@ -15,7 +15,6 @@ import sys
 
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
@@ -57,6 +56,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
+  cli.define_config('Config file (configs/*.py[:arg]).')
   flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=cli.parse_flags)

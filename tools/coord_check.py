@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from lm import cli, data as data_lib, plan, tokenizers, train, workdir
 from lm import config as config_lib
@@ -196,7 +195,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).')
+  cli.define_config('Config file (configs/*.py[:arg]).')
   flags.DEFINE_string('out', None, 'Output directory (PNG and JSON).')
   flags.DEFINE_string('widths', '64,128,256,512,1024', 'd_model values, increasing.')
   flags.DEFINE_integer('steps', 5, 'Training steps measured (1..steps).')

@@ -22,7 +22,8 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from lm import cli
 
 # Memory per device in bytes: the data sheets' GB read as 1e9 bytes. Most are GiB
 # (an H100 80GB reports 81,559 MiB, 85.5e9 bytes), so this errs ~7% cautious, which
@@ -112,7 +113,6 @@ def percent(share: float) -> str:
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  cli.define_config('Config file.')
   flags.mark_flags_as_required(['config'])
-  from lm import cli
   app.run(main, flags_parser=cli.parse_flags)

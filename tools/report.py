@@ -10,7 +10,6 @@ fits.json (lm/report.py).
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
@@ -30,7 +29,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'The sweep config.')
+  cli.define_config('The sweep config.')
   flags.DEFINE_string('workdir', None, 'The sweep directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)

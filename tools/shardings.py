@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from lm import config as config_lib
 from lm import cli, train
@@ -130,7 +129,7 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
-  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  cli.define_config('Config file.')
   flags.DEFINE_bool('aot', False, 'Compile the train step and print XLA memory stats.')
   flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=cli.parse_flags)
