@@ -365,6 +365,22 @@ CASES += [
     ('count: aspect not a multiple of the head dim', ['-m', 'tools.count',
                                                       '--config=configs/tiny.py', '--ladder=1e5',
                                                       '--head_dim=7'], '--head_dim=7'),
+    ('train: a --flagfile that does not exist', [*TRAIN, _W, '--flagfile={S}/none.flags'],
+     'none.flags'),
+    ('fit: a finished row without N', ['-m', 'tools.fit', '--results={S}/no_n.jsonl'],
+     'N=None is missing'),
+    ('count: --aspect without --ladder', ['-m', 'tools.count', '--config=configs/tiny.py',
+                                          '--aspect=8'], '--aspect=8'),
+    ('bench_train: a mesh that is not three sizes',
+     ['-m', 'tools.bench_train', '--configs=tiny', '--mesh=1,1'], '--mesh=1,1'),
+    ('bench_train: an attention path it does not have',
+     ['-m', 'tools.bench_train', '--configs=tiny', '--attention=flash'], 'flash'),
+    ('bench_train: --seq_len too short for the document mask',
+     ['-m', 'tools.bench_train', '--configs=tiny', '--seq_len=2'], '--seq_len=2'),
+    ('bench_train: --pack with a flag it would ignore',
+     ['-m', 'tools.bench_train', '--pack=2', '--dtype=bfloat16'], '--dtype'),
+    ('bench_train: --pack_devices not dividing --pack',
+     ['-m', 'tools.bench_train', '--pack=3', '--pack_devices=2'], '--pack_devices=2'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
 ]
@@ -394,6 +410,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   os.makedirs(os.path.join(s, 'foreign', 'checkpoints'), exist_ok=True)
   with open(os.path.join(s, 'foreign', 'checkpoints', 'model.pt'), 'w') as f:
     f.write('not ours')
+  with open(os.path.join(s, 'no_n.jsonl'), 'w') as f:  # A results row without its size.
+    f.write('{"name": "a", "status": "done", "D": 1e6, "final_loss": 3.0}\n')
   with open(os.path.join(s, 'nolabel.jsonl'), 'w') as f:
     f.write('{"text": "a", "label": "x"}\n{"text": "b"}\n')
   os.makedirs(os.path.join(s, 'full'), exist_ok=True)
