@@ -168,6 +168,7 @@ def main(argv):
       # Before the lock a coordinator (workers, executors) takes there.
       workdir.check_writable(wd, 'the sweep directory')
       sweep.check_configs(cd, wd, runs)
+      sweep.check_corpus(cd, wd, runs)
       if sweep.split(cd)[1].executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:

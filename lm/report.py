@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lm import scaling, sweep  # noqa: E402
-from lm.workdir import write_atomic  # noqa: E402
+from lm.workdir import tables_lock, write_atomic  # noqa: E402
 
 
 def _failed_at(excluded: list[dict], *keys: str) -> set[tuple]:
@@ -166,7 +166,14 @@ def _lack_of_fit(ci: dict, budgets: int) -> str:
 
 def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   """report/report.md, its figures and report/fits.json for a sweep directory;
-  `log` hears each fit as it finishes, with its time."""
+  `log` hears each fit as it finishes, with its time. Read and written under
+  workdir.tables_lock, as the tables are: a report started during a sweep
+  cannot replace the sweep's newer one."""
+  with tables_lock(workdir):
+    return _write_report(cd, workdir, log)
+
+
+def _write_report(cd, workdir: str, log) -> str:
   _, s = sweep.split(cd)
   sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   rows, excluded = load_rows(workdir)

@@ -27,6 +27,7 @@ import numpy as np
 
 from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
+from lm import data as data_lib
 from lm import flops, metrics, objectives, plan, tokenizers, train
 from lm import pack as pack_lib
 from lm import workdir as workdir_lib
@@ -308,6 +309,31 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
           f'--workdir, or delete {rdir} to train it again')
 
 
+def check_corpus(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) -> None:
+  """Refuses to train more of a sweep whose started or finished runs read
+  another corpus than the config's data gives now (a file added, removed or
+  edited since, lm/data.corpus_record): the rest would train on another text
+  and be fitted with them as one sweep (an interrupted run failed alone, and
+  the others trained). Give it the whole plan, not an --only subset. The
+  tables and report do not check: finished runs stay what they were."""
+  if all(read_result(workdir, r.name).get('status') == 'done' for r in runs):
+    return  # Nothing left to train.
+  _, s = split(cd)
+  records: dict[str, dict | None] = {}  # Per data config, read once.
+  for r in runs:
+    rdir = os.path.join(workdir, 'runs', r.name)
+    if not os.path.exists(os.path.join(rdir, data_lib.CORPUS_FILE)):
+      continue
+    d = run_config(cd, r, s.evals_per_run).data
+    key = json.dumps(dataclasses.asdict(d), sort_keys=True, default=str)
+    if key not in records:
+      records[key] = data_lib.corpus_record(d)
+    try:
+      ckpt_lib.check_corpus(rdir, records[key])
+    except ckpt_lib.CheckpointError as e:
+      raise config_lib.ConfigError(f'{r.name} of this sweep: {e}') from None
+
+
 def _defaults(section: str) -> dict:
   """A config section's field defaults as config.json stores them: a run
   directory written before a field existed trained with its default."""
@@ -333,6 +359,7 @@ def _run_all(cd: ml_collections.ConfigDict, workdir: str, only: str, log,
   _, s = split(cd)
   if not worker:  # Workers: their coordinator wrote it. Another config's plan: refused,
     write_plan(workdir, runs)  # with --only too (its runs would mix into that sweep).
+  check_corpus(cd, workdir, runs)
   if only:
     names = only_names(runs, only)
     runs = [r for r in runs if r.name in names]
@@ -759,8 +786,14 @@ EXTRA_PREFIXES = ('task', 'canary', 'bias')
 
 
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """results.csv and results.jsonl: one row per planned run, whatever its state."""
+  """results.csv and results.jsonl: one row per planned run, whatever its state
+  (read and written under workdir.tables_lock: another collect waits)."""
   workdir_lib.check_writable(workdir, 'the sweep directory')  # It writes the tables.
+  with workdir_lib.tables_lock(workdir):
+    return _collect(cd, workdir)
+
+
+def _collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   runs = make_plan(cd)
   check_plan(workdir, runs)
   check_configs(cd, workdir, runs)  # Results are tabulated under this config.

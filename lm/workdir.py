@@ -178,6 +178,22 @@ def _takeover_guard(workdir: str):
 
 
 @contextlib.contextmanager
+def tables_lock(workdir: str):
+  """Waits for, then holds, an exclusive flock on <workdir>/.tables.lock while
+  a sweep's result tables or report are read and rewritten. Each writer reads
+  the runs' records under it, so the last to write has read the latest: a
+  collect or report started during a sweep can no longer replace the sweep's
+  newer tables with its older snapshot (writes are atomic, but last wins)."""
+  import fcntl
+  fd = os.open(os.path.join(workdir, '.tables.lock'), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # Releases the flock.
+
+
+@contextlib.contextmanager
 def lock(workdir: str, what: str = 'training', log=print):
   """Holds <workdir>/.lock for the duration; see the module docstring.
 

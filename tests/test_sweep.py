@@ -222,6 +222,20 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, corpus_dir, m
   with open(os.path.join(wd, 'results.csv')) as f:
     table = list(csv.DictReader(f))
   assert len(table) == 6 and set(sweep.COLUMNS) <= set(table[0])
+  # Another writer of the tables (a collect or report started during the sweep)
+  # holds them: this collect waits, then reads the runs afresh (last wins, and
+  # it read the latest).
+  import threading
+  stamp = os.stat(os.path.join(wd, 'results.jsonl')).st_mtime_ns
+  with workdir.tables_lock(wd):
+    waiting = threading.Thread(target=sweep.collect, args=(cd, wd))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive()
+    assert os.stat(os.path.join(wd, 'results.jsonl')).st_mtime_ns == stamp
+  waiting.join(60)
+  assert not waiting.is_alive()
+  assert os.stat(os.path.join(wd, 'results.jsonl')).st_mtime_ns > stamp
   assert {(t['objective'], t['headline']) for t in table} == {('lm', 'bits_per_byte')}
   for r in rows:
     assert r['status'] == 'done' and np.isfinite(r['final_loss'])
@@ -287,6 +301,33 @@ def test_runs_written_before_a_config_field_existed_still_match(tmp_path, corpus
   (rdir / 'config.json').write_text(json.dumps(stored))
   with pytest.raises(ConfigError, match=r'another config \(differing: model.attn_max_docs\)'):
     sweep.check_configs(cd, str(tmp_path), [r])
+
+
+def test_more_training_on_another_corpus_than_the_sweeps_runs_read_is_refused(
+    tmp_path, corpus_dir):
+  """A file added to the corpus after some runs trained: the others would train
+  on another text and be fitted with them (the interrupted run failed alone,
+  exit 0). Refused while anything is left to train; a finished sweep is not."""
+  from lm import data as data_lib
+  cd = _sweep_cd(corpus_dir)
+  first, second = sweep.make_plan(cd)[:2]
+  rdir = tmp_path / 'runs' / first.name
+  rdir.mkdir(parents=True)
+  rec = data_lib.corpus_record(sweep.run_config(cd, first, cd.sweep.evals_per_run).data)
+  (rdir / data_lib.CORPUS_FILE).write_text(json.dumps(rec))
+  sweep.check_corpus(cd, str(tmp_path), [first, second])  # The same text: fine.
+  (rdir / data_lib.CORPUS_FILE).write_text(json.dumps({**rec, 'content_sha256': 'f' * 64}))
+  with pytest.raises(ConfigError, match=re.escape(first.name) + ' of this sweep: the corpus '
+                     'is not the text'):
+    sweep.check_corpus(cd, str(tmp_path), [first, second])
+  for only in ('', second.name):  # Before anything trains, with --only too.
+    with pytest.raises(ConfigError, match='the corpus is not the text'):
+      sweep.run_all(cd, str(tmp_path), only=only, log=lambda *_: None)
+  assert sorted(os.listdir(tmp_path / 'runs')) == [first.name]
+  for r in (first, second):  # All finished: nothing would train on the new text.
+    (tmp_path / 'runs' / r.name).mkdir(exist_ok=True)
+    (tmp_path / 'runs' / r.name / 'result.json').write_text(json.dumps({'status': 'done'}))
+  sweep.check_corpus(cd, str(tmp_path), [first, second])
 
 
 def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir):
