@@ -76,13 +76,17 @@ def fit_points(rows: list[dict], excluded: list[dict]) -> tuple[list[dict], list
   return rows, out
 
 
-def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
-  """(usable rows, excluded rows with the reason). Non-finite losses of runs
-  marked done are an error: the table is inconsistent."""
+def _results_path(workdir: str) -> str:
   path = os.path.join(workdir, 'results.jsonl')
   if not os.path.exists(path):
     raise scaling.FitError(f'{path} does not exist: run experiments.sweep (or --mode=collect)')
-  with open(path) as f:
+  return path
+
+
+def load_rows(workdir: str) -> tuple[list[dict], list[dict]]:
+  """(usable rows, excluded rows with the reason). Non-finite losses of runs
+  marked done are an error: the table is inconsistent."""
+  with open(_results_path(workdir)) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   ok, excluded = [], []
   for r in rows:
@@ -169,6 +173,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   `log` hears each fit as it finishes, with its time. Read and written under
   workdir.tables_lock, as the tables are: a report started during a sweep
   cannot replace the sweep's newer one."""
+  _results_path(workdir)  # A directory without tables: refused before a lock file is made.
   with tables_lock(workdir):
     return _write_report(cd, workdir, log)
 

@@ -789,17 +789,17 @@ def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state
   (read and written under workdir.tables_lock: another collect waits)."""
   workdir_lib.check_writable(workdir, 'the sweep directory')  # It writes the tables.
-  with workdir_lib.tables_lock(workdir):
-    return _collect(cd, workdir)
-
-
-def _collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   runs = make_plan(cd)
   check_plan(workdir, runs)
   check_configs(cd, workdir, runs)  # Results are tabulated under this config.
   if not any(os.path.isdir(os.path.join(workdir, 'runs', r.name)) for r in runs):
     raise config_lib.ConfigError(f'{workdir} holds no run of this sweep: run it first '
                                  '(--mode=run, or the --mode=commands jobs)')
+  with workdir_lib.tables_lock(workdir):  # Only in a sweep's directory: it makes a file.
+    return _collect(cd, workdir, runs)
+
+
+def _collect(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) -> list[dict]:
   _, s = split(cd)
   rows = []
   for r in runs:

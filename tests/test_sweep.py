@@ -330,6 +330,23 @@ def test_more_training_on_another_corpus_than_the_sweeps_runs_read_is_refused(
   sweep.check_corpus(cd, str(tmp_path), [first, second])
 
 
+def test_tables_of_a_directory_without_a_sweep_are_refused_and_nothing_is_made(
+    tmp_path, corpus_dir):
+  """collect and the report take their lock file only in a sweep's directory
+  (in a missing one it was a FileNotFoundError traceback; in an empty one a
+  stray .tables.lock)."""
+  from lm import report
+  from lm.scaling import FitError
+  cd = _sweep_cd(corpus_dir)
+  (tmp_path / 'empty').mkdir()
+  for wd in (tmp_path / 'none', tmp_path / 'empty'):
+    with pytest.raises(ConfigError, match='holds no run of this sweep'):
+      sweep.collect(cd, str(wd))
+    with pytest.raises(FitError, match='results.jsonl does not exist'):
+      report.write_report(cd, str(wd))
+  assert not (tmp_path / 'none').exists() and not os.listdir(tmp_path / 'empty')
+
+
 def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir):
   wd = str(tmp_path)
   sweep.write_plan(wd, sweep.make_plan(_sweep_cd(corpus_dir)))
