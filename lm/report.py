@@ -173,6 +173,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   `log` hears each fit as it finishes, with its time. Read and written under
   workdir.tables_lock, as the tables are: a report started during a sweep
   cannot replace the sweep's newer one."""
+  sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   _results_path(workdir)  # A directory without tables: refused before a lock file is made.
   with tables_lock(workdir):
     return _write_report(cd, workdir, log)
@@ -180,7 +181,6 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
 
 def _write_report(cd, workdir: str, log) -> str:
   _, s = sweep.split(cd)
-  sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   rows, excluded = load_rows(workdir)
   if s.design == 'transfer':
     return _transfer_report(workdir, s, rows, excluded)
