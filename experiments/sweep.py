@@ -20,6 +20,7 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
 import json
 import os
 import signal
+import re
 import sys
 import time
 
@@ -133,6 +134,12 @@ def main(argv):
         raise config_lib.ConfigError(f'--json lists the commands of --mode=commands, not of '
                                      f'--mode={_MODE.value}')
       flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
+    steps = [a for a in cli.expand_flagfiles(sys.argv[1:])
+             if re.match(r'--?config\.train\.steps(=|$)', a)]
+    if steps:  # lm/plan.py gives every run its own steps.
+      raise config_lib.ConfigError(
+          f'{steps[0]}: a sweep\'s plan sets every run\'s train.steps from its tokens and '
+          'batch, so this would change nothing; set sweep.tokens or sweep.budgets instead')
     runs = sweep.make_plan(cd)
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just

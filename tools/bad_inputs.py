@@ -256,6 +256,8 @@ CASES += [
      'blank.txt holds no text (only empty lines)'),
     ('generate: prompts file not UTF-8', ['-m', 'experiments.generate', '--workdir={RUN}',
                                           '--prompts_file={S}/binary/b0.bin'], 'b0.bin is not UTF-8'),
+    ('sweep: --config.train.steps, which the plan sets', [*SWEEP, _W, '--config.train.steps=77'],
+     'train.steps'),
     ('sweep: plan with --only not in it', [*SWEEP, _W, '--mode=plan', '--only=nope'], "'nope'"),
     ('train: a bias CSV row without bias_type',
      [*TRAIN, _W, '--config.train.eval_bias_csv={S}/notype.csv'], 'row 3 has no bias_type'),
