@@ -20,7 +20,6 @@ python -m experiments.sweep --config=configs/isoflop_tiny.py --workdir=runs/isof
 import json
 import os
 import signal
-import re
 import sys
 import time
 
@@ -134,8 +133,8 @@ def main(argv):
         raise config_lib.ConfigError(f'--json lists the commands of --mode=commands, not of '
                                      f'--mode={_MODE.value}')
       flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
-    steps = [a for a in cli.expand_flagfiles(sys.argv[1:])
-             if re.match(r'--?config\.train\.steps(=|$)', a)]
+    steps = [o for o in sweep.config_overrides(sys.argv[1:])
+             if o.startswith('--config.train.steps=')]
     if steps:  # lm/plan.py gives every run its own steps.
       raise config_lib.ConfigError(
           f'{steps[0]}: a sweep\'s plan sets every run\'s train.steps from its tokens and '

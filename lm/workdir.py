@@ -165,11 +165,11 @@ def held(workdir: str) -> bool:
 
 
 @contextlib.contextmanager
-def _takeover_guard(workdir: str):
-  """An exclusive flock on the directory: two processes judging one stale
-  lock take turns, so only one removes it (and never a fresh one)."""
+def _flock(path: str, open_flags: int = os.O_RDONLY):
+  """Waits for, then holds, an exclusive flock on `path` (released when it is
+  closed, or when the process dies)."""
   import fcntl
-  fd = os.open(workdir, os.O_RDONLY)
+  fd = os.open(path, open_flags, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
     yield
@@ -177,20 +177,19 @@ def _takeover_guard(workdir: str):
     os.close(fd)  # Releases the flock.
 
 
-@contextlib.contextmanager
+def _takeover_guard(workdir: str):
+  """An exclusive flock on the directory: two processes judging one stale
+  lock take turns, so only one removes it (and never a fresh one)."""
+  return _flock(workdir)
+
+
 def tables_lock(workdir: str):
   """Waits for, then holds, an exclusive flock on <workdir>/.tables.lock while
   a sweep's result tables or report are read and rewritten. Each writer reads
   the runs' records under it, so the last to write has read the latest: a
   collect or report started during a sweep can no longer replace the sweep's
   newer tables with its older snapshot (writes are atomic, but last wins)."""
-  import fcntl
-  fd = os.open(os.path.join(workdir, '.tables.lock'), os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
-  finally:
-    os.close(fd)  # Releases the flock.
+  return _flock(os.path.join(workdir, '.tables.lock'), os.O_RDWR | os.O_CREAT)
 
 
 @contextlib.contextmanager
