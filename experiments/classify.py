@@ -40,8 +40,10 @@ def main(argv):
   host.keep_freed_memory()  # Before JAX starts its CPU client: lm/host.py.
   logging.set_verbosity(logging.WARNING)
   try:
-    for t in _TEXT.value:
+    for i, t in enumerate(_TEXT.value):
       cli.check_text(t, 'text')
+      if not t.strip():  # As generate refuses an empty prompt (a file's empty lines are skipped).
+        raise ConfigError(f'--text number {i + 1} is empty: give some text to classify')
     c = checkpoint.load_config(_WORKDIR.value)
     if not c.model.num_classes:
       raise ConfigError(f'{_WORKDIR.value} holds a {c.model.family} language model, not a '

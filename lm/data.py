@@ -416,13 +416,13 @@ class Windows:
 
 
 def check_windows(tokens: np.ndarray, seq_len: int, split: str, need: int,
-                  extra: int = 1) -> None:
+                  extra: int = 1, needs: str = 'one batch needs') -> None:
   """Windows are seq_len + extra tokens (1: a causal LM's shifted target)."""
   n = len(tokens) // (seq_len + extra)
   if n < need:
     raise ConfigError(
         f'the {split} split has {len(tokens)} tokens = {n} windows of '
-        f'{seq_len + extra} tokens, fewer than the {need} one batch needs; '
+        f'{seq_len + extra} tokens, fewer than the {need} {needs}; '
         'use a larger corpus, a shorter data.seq_len or a smaller batch')
 
 

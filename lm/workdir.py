@@ -53,6 +53,8 @@ def check_writable(path: str, what: str) -> None:
   """Raises NotWritable, naming `what` and `path`, unless `path` is (or can be
   created as) a writable directory. Checked before anything is prepared, so a
   read-only workdir or cache fails in one line instead of an OSError mid-run."""
+  if not path:  # abspath('') is the current directory, which makedirs('') is not.
+    raise NotWritable(f'{what} is empty: give a directory')
   probe = os.path.abspath(path)
   while not os.path.exists(probe):  # The nearest existing ancestor must take a mkdir.
     probe = os.path.dirname(probe)

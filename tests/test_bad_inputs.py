@@ -70,6 +70,21 @@ def test_a_sample_of_cli_cases_end_to_end(tmp_path):
     assert res['verdict'] == 'clear' and not res['damaged'], res
 
 
+def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
+  """Flags that crashed after minutes of work (an empty --out, zero timed steps),
+  hung (10**6 fake devices) or printed a NaN table, and sweep files with text
+  where numbers belong: each a one-line exit 2 before any work."""
+  bad_inputs._prepare_sweeps(str(tmp_path))
+  places = {'S': str(tmp_path)}
+  cases = {n: (a, w) for n, a, w in bad_inputs.CASES}
+  for name in ('eta_replay: a result whose wall_s is text',
+               'eta_replay: a plan whose compute is text', 'coord_check: an empty --out',
+               'bench_decode: --uncached_steps 0', 'memory: --devices past 8192',
+               'fit_coverage: --decades past floating point'):
+    res = bad_inputs.run_case(name, *cases[name], places)
+    assert res['verdict'] == 'clear' and not res['damaged'], res
+
+
 def test_an_unknown_field_lists_its_sections_fields():
   from lm import cli
   out = cli._fields_of_unknown(['x', '--config.train.steps=3', '--config.model.dropout=0.1'])

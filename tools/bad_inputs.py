@@ -17,6 +17,7 @@ the corpus holds at least 100 cases.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -244,6 +245,8 @@ CASES += [
                                        '--prompt=x', '--seed=4294967296'], 'seed=4294967296'),
     ('classify: --text not UTF-8', ['-m', 'experiments.classify', '--workdir={RUN}',
                                     '--text=\udcff'], '--text: not UTF-8'),
+    ('classify: an empty --text', ['-m', 'experiments.classify', '--workdir={RUN}', '--text=x',
+                                   '--text='], '--text number 2 is empty'),
     ('fill_mask: --text not UTF-8', ['-m', 'experiments.fill_mask', '--workdir={RUN}',
                                      '--text=\udcff [MASK]'], '--text: not UTF-8'),
     ('generate: missing prompts file', ['-m', 'experiments.generate', '--workdir={RUN}',
@@ -383,6 +386,29 @@ CASES += [
      ['-m', 'tools.bench_train', '--pack=2', '--dtype=bfloat16'], '--dtype'),
     ('bench_train: --pack_devices not dividing --pack',
      ['-m', 'tools.bench_train', '--pack=3', '--pack_devices=2'], '--pack_devices=2'),
+    ('bench_decode: --batches not integers', ['-m', 'tools.bench_decode', '--batches=1,x'],
+     '--batches=1,x'),
+    ('bench_decode: --uncached_steps 0', ['-m', 'tools.bench_decode', '--uncached_steps=0'],
+     '--uncached_steps=0'),
+    ('bench_data: --batches 0', ['-m', 'tools.bench_data', '--batches=0'], '--batches=0'),
+    ('eta_replay: a result whose wall_s is text', ['-m', 'tools.eta_replay',
+                                                   '--workdir={S}/eta_wall'], "wall_s='abc'"),
+    ('eta_replay: a plan whose compute is text', ['-m', 'tools.eta_replay',
+                                                  '--workdir={S}/eta_plan'], "run 'a'"),
+    ('coord_check: an empty --out', ['-m', 'tools.coord_check', '--config=configs/tiny.py',
+                                     '--out=', '--widths=32,64', '--steps=1', '--seeds=1'],
+     '--out is empty'),
+    ('hf import: config.json a directory', ['-m', 'tools.hf', 'import', '--hf_dir={S}/hf_cfgdir',
+                                            '--workdir={S}/imp'], 'cannot be read'),
+    ('hf import: rope_scaling a string', ['-m', 'tools.hf', 'import', '--hf_dir={S}/hf_rope',
+                                          '--workdir={S}/imp'], "rope_scaling='linear'"),
+    ('hf import: lm_config a number', ['-m', 'tools.hf', 'import', '--hf_dir={S}/hf_lmcfg',
+                                       '--workdir={S}/imp'], 'lm_config is int'),
+    ('memory: --devices past 8192', ['-m', 'tools.memory', '--config=configs/tiny.py',
+                                     '--devices=1000000'], '--devices=1000000'),
+    ('fit_coverage: --decades past floating point',
+     ['-m', 'tools.fit_coverage', '--decades=400', '--replicates=1', '--resamples=5'],
+     '--decades=400'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
 ]
@@ -452,7 +478,31 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   if hf and not os.path.isdir(hf):
     subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
                     f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
+  if hf:  # Exports damaged one way each: {HF}'s weights under a config.json that is wrong.
+    with open(os.path.join(hf, 'config.json')) as f:
+      cfg = json.load(f)
+    os.makedirs(os.path.join(s, 'hf_cfgdir', 'config.json'), exist_ok=True)
+    for name, bad in (('hf_rope', {'model_type': 'llama', 'rope_scaling': 'linear'}),
+                      ('hf_lmcfg', {'lm_config': 5})):
+      os.makedirs(os.path.join(s, name), exist_ok=True)
+      shutil.copy(os.path.join(hf, 'model.safetensors'), os.path.join(s, name))
+      with open(os.path.join(s, name, 'config.json'), 'w') as f:
+        json.dump({**cfg, **bad}, f)
+  _prepare_sweeps(s)
   return {'S': s, 'RUN': run, 'HF': hf, 'CORPUS': corpus}
+
+
+def _prepare_sweeps(s: str) -> None:
+  """{S}/eta_*: two-run sweep directories, one damaged field each."""
+  run_rec = {'overrides': {}, 'n': 1000, 'tokens': 10**6, 'compute': 6e9, 'budget': 6e9,
+             'design': 'isoflop'}
+  for name, plan_a, wall_a in (('eta_wall', {}, 'abc'), ('eta_plan', {'compute': 'abc'}, 5.0)):
+    for r in 'ab':  # Two finished runs: a replay's minimum.
+      os.makedirs(os.path.join(s, name, 'runs', r), exist_ok=True)
+      with open(os.path.join(s, name, 'runs', r, 'result.json'), 'w') as f:
+        json.dump({'name': r, 'status': 'done', 'wall_s': wall_a if r == 'a' else 5.0}, f)
+    with open(os.path.join(s, name, 'plan.json'), 'w') as f:
+      json.dump([{**run_rec, 'name': 'a', **plan_a}, {**run_rec, 'name': 'b'}], f)
 
 
 def _snapshot(root: str) -> dict[str, str]:

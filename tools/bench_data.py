@@ -30,7 +30,7 @@ from absl import app, flags
 from lm import cli
 
 _CONFIG = cli.define_config('Config file.', 'configs/isoflop_tiny.py')
-_BATCHES = flags.DEFINE_integer('batches', 300, 'Timed batches per path.')
+_BATCHES = flags.DEFINE_integer('batches', 300, 'Timed batches per path.', lower_bound=1)
 
 
 class RowsOnly:

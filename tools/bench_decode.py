@@ -51,9 +51,13 @@ from tools.bench_train import _KEEP, _SCAN, CONFIGS, check_names  # Shares its f
 
 _MODELS = flags.DEFINE_string('models', 'small,medium', 'Config names from tools.bench_train.')
 _BATCHES = flags.DEFINE_string('batches', '1,8', 'Comma-separated batch sizes.')
-_NEW = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.')
-_PROMPT = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.')
-_UNCACHED_STEPS = flags.DEFINE_integer('uncached_steps', 16, 'Timed uncached steps.')
+_NEW = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.', lower_bound=1)
+_PROMPT = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.', lower_bound=1)
+_UNCACHED_STEPS = flags.DEFINE_integer('uncached_steps', 16, 'Timed uncached steps.',
+                                       lower_bound=1)
+flags.register_validator(  # Checked with the flags, before any model is built.
+    'batches', lambda v: all(x.strip().isdigit() and int(x) > 0 for x in v.split(',')),
+    'must be comma-separated positive integers, e.g. 1,8')
 
 
 def bench(name: str, batch: int, new: int, prompt_len: int, uncached_steps: int,

@@ -103,7 +103,8 @@ def run(c: config_lib.Config, widths: list[int], steps: int, seeds: int, lr: flo
   c = train.resolve_vocab(c, tok.vocab_size)
   tokens, _ = data_lib.token_splits(c.data, tok)
   L, B = c.data.seq_len, c.train.batch_size
-  data_lib.check_windows(tokens, L, 'train', B * steps, extra=1)
+  data_lib.check_windows(tokens, L, 'train', B * steps, extra=1,  # Each window read once.
+                         needs=f'{steps} steps of batch {B} read')
   windows = data_lib.Windows(tokens, L + 1)
   batches = [np.stack([windows[s * B + i] for i in range(B)]) for s in range(steps)]
   result = {'widths': widths, 'steps': steps, 'seeds': seeds, 'lr': lr or c.opt.lr,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -74,19 +75,29 @@ def main(argv):
   except (OSError, ValueError, TypeError, AttributeError) as e:
     print(f'error: {path} cannot be read as a sweep plan ({e})', file=sys.stderr)
     sys.exit(2)
+  for r in runs:  # Field types: claim_groups sums compute, the tables print names.
+    if not (isinstance(r.name, str) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (r.compute, r.budget, r.n, r.tokens))):
+      print(f'error: {path}: run {r.name!r} is not a sweep plan\'s run (name a string; n, '
+            'tokens, compute and budget finite numbers)', file=sys.stderr)
+      sys.exit(2)
   if any(r.branch_from for r in runs):
     print(f'error: --workdir={FLAGS.workdir}: a WSD plan (branches wait for their stable '
           'run); the replay takes IsoFLOP and grid sweeps', file=sys.stderr)
     sys.exit(2)
   wall = {}
   for r in runs:
-    try:
-      with open(os.path.join(FLAGS.workdir, 'runs', r.name, 'result.json')) as f:
-        rec = json.load(f)
-    except (OSError, ValueError):
+    rec = sweep.read_result(FLAGS.workdir, r.name)  # {} or 'pending' when unreadable.
+    if rec.get('status') != 'done':
       continue
-    if rec.get('status') == 'done' and rec.get('wall_s'):
-      wall[r.name] = float(rec['wall_s'])
+    w = rec.get('wall_s')
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf):
+      where = os.path.join(FLAGS.workdir, 'runs', r.name, 'result.json')
+      print(f'error: {where}: wall_s={w!r}; a finished '
+            'run records its positive wall time in seconds', file=sys.stderr)
+      sys.exit(2)
+    wall[r.name] = float(w)
   if len(wall) < len(runs):
     print(f'{len(runs) - len(wall)} of {len(runs)} planned runs are not done: left out')
   runs = [r for r in runs if r.name in wall]

@@ -146,6 +146,13 @@ def main(argv):
       print(f'error: --{name}={getattr(F, name)} must be {want}', file=sys.stderr)
       sys.exit(2)
   d = Design(F.budgets, F.decades, F.sizes, F.size_ratio, F.seeds, F.noise)
+  with np.errstate(all='ignore'):  # Finite flags can still overflow the design.
+    s = simulate(d, np.random.default_rng(0))
+  if not all(np.isfinite(v).all() and (v >= 1).all() for v in (s['budget'], s['n'], s['d'])):
+    print(f'error: --decades={F.decades} and --size_ratio={F.size_ratio} give runs outside '
+          'floating point (budgets from 1e18 FLOPs, >= 1 parameter and token each): lower '
+          'them', file=sys.stderr)
+    sys.exit(2)
   print(f'{d.describe()}; {F.replicates} replicates, {F.resamples} resamples each', flush=True)
   res = coverage(d, F.replicates, F.resamples, log=lambda m: print(m, flush=True))
   print('\n  approach  param  coverage  median width  sd of estimate  no interval')

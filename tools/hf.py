@@ -238,6 +238,9 @@ def _model_config(cfg: dict) -> ModelConfig:
     if cfg.get('hidden_act', 'silu') != 'silu':
       raise HFError(f'hidden_act={cfg["hidden_act"]!r}: only SwiGLU (silu) is supported')
     rope = _get(cfg, 'rope_parameters', 'rope_scaling', default={}) or {}
+    if not isinstance(rope, dict):
+      raise HFError(f'rope_scaling={rope!r} is not a JSON object (transformers writes '
+                    '{"rope_type": ...} or null)')
     if rope.get('rope_type', rope.get('type', 'default')) != 'default':
       raise HFError(f'rope scaling {rope} is not supported (plain RoPE only)')
     if cfg.get('sliding_window') and kind == 'mistral':
@@ -351,6 +354,8 @@ def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
       cfg = json.load(f)
   except ValueError as e:
     raise HFError(f'{cfg_path} is not valid JSON ({e})') from None
+  except OSError as e:  # E.g. a directory of that name.
+    raise HFError(f'{cfg_path} cannot be read ({e.strerror})') from None
   if not isinstance(cfg, dict):
     raise HFError(f'{cfg_path} does not hold a JSON object')
   files = sorted(glob.glob(os.path.join(hf_dir, '*.safetensors')))
@@ -447,7 +452,11 @@ def import_dir(hf_dir: str, workdir: str, log=print) -> str:
   cfg, t = read_dir(hf_dir)
   m = model_config(cfg)
   if 'lm_config' in cfg:  # Our own export: keep the tokenizer and training settings.
-    d = dict(cfg['lm_config'])
+    if not isinstance(cfg['lm_config'], dict):
+      raise HFError(f'config.json\'s lm_config is {type(cfg["lm_config"]).__name__}, not the '
+                    'JSON object tools.hf export writes')
+    # Every section, with defaults for any the file leaves out (checked as a config file's).
+    d = config_lib.to_dict(config_lib.from_configdict(dict(cfg['lm_config'])))
     orig = config_lib.from_configdict(d).model
     # Free and head fields, and the layer layout, come from the original.
     keep = [f.name for f in dataclasses.fields(m)
