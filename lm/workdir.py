@@ -70,6 +70,29 @@ def check_writable(path: str, what: str) -> None:
                       f'failed: {e.strerror}); choose a writable path') from None
 
 
+SCRATCH_MARK = '.lm_scratch'
+
+
+def fresh_scratch(path: str, flag: str) -> None:
+  """Empties `path` for a tool that replaces its scratch directory
+  (tools.fault_inject, tools.bad_inputs), or raises NotWritable if it holds
+  anything that tool did not make: a mistyped --workdir=. or a run directory
+  would otherwise be deleted."""
+  if not path:
+    raise NotWritable(f'--{flag} is empty: give a scratch directory')
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise NotWritable(f'--{flag}={path} is a file, not a scratch directory; choose a new path')
+  if (os.path.isdir(path) and os.listdir(path)
+      and not os.path.exists(os.path.join(path, SCRATCH_MARK))):
+    raise NotWritable(f'--{flag}={path} holds files this tool did not make (no {SCRATCH_MARK}); '
+                      'it is replaced on every run, so choose a new or empty directory')
+  check_writable(path, f'--{flag}')
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(path)
+  with open(os.path.join(path, SCRATCH_MARK), 'w') as f:
+    f.write('A tool\'s scratch directory: replaced by its next run.\n')
+
+
 class DiskFull(RuntimeError):
   """Not enough free space for the next write; everything before it stands."""
 

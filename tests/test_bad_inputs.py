@@ -72,12 +72,17 @@ def test_a_sample_of_cli_cases_end_to_end(tmp_path):
 
 def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
   """Flags that crashed after minutes of work (an empty --out, zero timed steps),
-  hung (10**6 fake devices) or printed a NaN table, and sweep files with text
-  where numbers belong: each a one-line exit 2 before any work."""
+  hung (10**6 fake devices), printed a NaN table or deleted a directory the
+  tool had not made (its scratch --workdir), and sweep files with text where
+  numbers belong: each a one-line exit 2 before any work, nothing changed."""
   bad_inputs._prepare_sweeps(str(tmp_path))
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'keep.txt').write_text('keep me')  # Not a tool's scratch: kept.
   places = {'S': str(tmp_path)}
   cases = {n: (a, w) for n, a, w in bad_inputs.CASES}
-  for name in ('eta_replay: a result whose wall_s is text',
+  for name in ('fault_inject: a --workdir it did not make',
+               'bad_inputs: a --scratch it did not make',
+               'eta_replay: a result whose wall_s is text',
                'eta_replay: a plan whose compute is text', 'coord_check: an empty --out',
                'bench_decode: --uncached_steps 0', 'memory: --devices past 8192',
                'fit_coverage: --decades past floating point'):

@@ -409,6 +409,10 @@ CASES += [
     ('fit_coverage: --decades past floating point',
      ['-m', 'tools.fit_coverage', '--decades=400', '--replicates=1', '--resamples=5'],
      '--decades=400'),
+    ('fault_inject: a --workdir it did not make', ['-m', 'tools.fault_inject',
+                                                   '--workdir={S}/full'], 'did not make'),
+    ('bad_inputs: a --scratch it did not make', ['-m', 'tools.bad_inputs', '--scratch={S}/full'],
+     'did not make'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
 ]
@@ -541,7 +545,12 @@ def run_case(name: str, argv: list[str], want: str, places: dict[str, str]) -> d
 
 def main(argv):
   del argv
-  shutil.rmtree(flags.FLAGS.scratch, ignore_errors=True)
+  from lm import workdir as workdir_lib
+  try:
+    workdir_lib.fresh_scratch(flags.FLAGS.scratch, 'scratch')
+  except workdir_lib.NotWritable as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   places = _prepare(flags.FLAGS.scratch)
   results = []
   for name, args, want in CASES:
@@ -560,5 +569,6 @@ def main(argv):
 if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
   flags.DEFINE_string('only', '', 'Run the cases whose name contains this.')
-  flags.DEFINE_string('scratch', '/tmp/lm_bad_inputs', 'Scratch directory.')
+  flags.DEFINE_string('scratch', '/tmp/lm_bad_inputs', 'Scratch directory (replaced; one it '
+                      'made, or a new or empty one).')
   app.run(main)

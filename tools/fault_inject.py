@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -180,9 +179,13 @@ def inject(config: str, workdir: str, reference: str, kills: int, seed: int = 0,
 
 def main(argv):
   del argv
-  shutil.rmtree(flags.FLAGS.workdir, ignore_errors=True)
-  os.makedirs(flags.FLAGS.workdir)
+  from lm import workdir as workdir_lib  # No JAX: the injected processes import it.
   f = flags.FLAGS
+  try:
+    workdir_lib.fresh_scratch(f.workdir, 'workdir')
+  except workdir_lib.NotWritable as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   config = write_config(os.path.join(f.workdir, 'cfg.py'), f.steps, f.data_dir, f.pack)
   problems = inject(config, os.path.join(f.workdir, 'run'), os.path.join(f.workdir, 'reference'),
                     f.kills, f.seed, f.sigterm, pack=f.pack)
@@ -198,7 +201,8 @@ if __name__ == '__main__':
   flags.DEFINE_bool('sigterm', True, 'Also one SIGTERM (must checkpoint, exit 75).')
   flags.DEFINE_integer('seed', 0, 'Seed of the kill times.')
   flags.DEFINE_integer('steps', 60, 'Training steps of the run.')
-  flags.DEFINE_string('workdir', '/tmp/lm_faults', 'Scratch directory (replaced).')
+  flags.DEFINE_string('workdir', '/tmp/lm_faults', 'Scratch directory (replaced; one it '
+                      'made, or a new or empty one).')
   flags.DEFINE_string('data_dir', '', 'Text files to train on (default: stdlib).')
   flags.DEFINE_bool('pack', False, 'Kill a sweep of one pack of six runs instead of a run.')
   app.run(main)
