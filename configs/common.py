@@ -31,6 +31,13 @@ def sweep(**values) -> ml_collections.ConfigDict:
   return out
 
 
+def no_arg(arg: str | None) -> None:
+  """Refuses --config=FILE:ARG for a config without arguments (it was ignored)."""
+  if arg:
+    raise ValueError(f'this config takes no argument after ":" (got {arg!r}); '
+                     'configs/ladder.py takes some, e.g. :size=m')
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'size=s,lr=1e-3' -> ConfigDict, with types taken from the defaults."""
   out = ml_collections.ConfigDict(defaults)

@@ -15,7 +15,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'eval_sweep'
   c.model.update(max_len=64, position='learned', activation='gelu', norm='layernorm')

@@ -10,7 +10,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'gpt2_small'
   c.model.update(d_model=768, num_layers=12, num_heads=12, max_len=1024,

@@ -10,7 +10,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'isoflop_tiny'
   # Unrolled layers: 1.17-1.31x faster steps than nn.scan at these shapes (d_model

@@ -18,7 +18,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'llama3_8b'
   c.model.update(vocab_size=128_256, d_model=4096, num_layers=32, num_heads=32,

@@ -14,7 +14,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'mup_transfer'
   c.model.update(d_model=32, num_layers=2, num_heads=4, max_len=64, position='learned',

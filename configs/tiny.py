@@ -8,7 +8,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg)
   c = common.base()
   c.name = 'tiny'
   c.model.update(d_model=128, num_layers=2, num_heads=4, max_len=128,

@@ -38,6 +38,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed (same seed, same samples)
 _DOC_START = flags.DEFINE_bool('doc_start', True,
                                'Put EOS before the prompt, as before every training document.')
 flags.mark_flags_as_required(['workdir'])
+_SAMPLING_FLAGS = ('max_new_tokens', 'greedy', 'temperature', 'top_k', 'top_p',
+                   'repetition_penalty', 'num_return_sequences', 'seed')
 
 
 def main(argv):
@@ -49,6 +51,12 @@ def main(argv):
       cli.check_text(t, 'prompt')
     if _SCORE.value is not None:
       cli.check_text(_SCORE.value, 'score')
+      sampling_flags = [f'--{n}' for n in _SAMPLING_FLAGS if flags.FLAGS[n].present]
+      if sampling_flags:  # They would be ignored: scoring samples nothing.
+        raise sampling.SamplingError(
+            f'--score scores the given text; {", ".join(sampling_flags)} only '
+            f'{"applies" if len(sampling_flags) == 1 else "apply"} to sampling: drop it, or '
+            '--score')
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.num_classes:
       raise sampling.SamplingError(

@@ -174,6 +174,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       path = given[-1].split(':')[0] if given else '(--config)'
       print(f'error: the config file {path} defines no get_config(): choose a config '
             'such as configs/tiny.py', file=sys.stderr)
+    elif "has no attribute 'to_dict'" in str(e):  # The loaded object is not a ConfigDict.
+      kind = str(e).split("'")[1]  # "'int' object has no attribute 'to_dict'"
+      print(f'error: the config file\'s get_config() returned {kind}, not an '
+            'ml_collections.ConfigDict (see configs/tiny.py)', file=sys.stderr)
     else:
       print(f'error: a --config override names no config field: {_one_line(e)}'
             + _fields_of_unknown(argv), file=sys.stderr)

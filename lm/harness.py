@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 from typing import Any
 
@@ -97,6 +98,8 @@ def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], l
 def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]],
                 batch_size: int, L: int, doc_eos: int | None) -> list[tuple[float, bool]]:
   out = []
+  # Rows per batch: batch_size, or the next power of two above a smaller request count.
+  n_rows = min(batch_size, 1 << max(len(pairs) - 1, 0).bit_length())
   for i in range(0, len(pairs), batch_size):
     chunk = pairs[i:i + batch_size]
     seqs = []
@@ -108,7 +111,7 @@ def _score_rows(params, m: ModelConfig, pairs: list[tuple[list[int], list[int]]]
     # Rows padded to a power of two (at most L + 1): few compiled shapes, and
     # short requests (canaries, choices) do not pay for B x max_len x V logits.
     width = min(L + 1, max(8, 1 << (max(map(len, seqs)) - 1).bit_length()))
-    rows = np.zeros((batch_size, width), np.int32)
+    rows = np.zeros((n_rows, width), np.int32)
     spans = []
     for r, ((ctx, cont), seq) in enumerate(zip(chunk, seqs)):
       rows[r, :len(seq)] = seq
@@ -248,6 +251,28 @@ def task_manager(include_path: str, tasks: tuple[str, ...]):
   return TaskManager(include_path=include_path or None)
 
 
+def unparsable_yaml(include_path: str) -> list[str]:
+  """'<file> is not valid YAML (line N)' for each task YAML under include_path
+  that does not parse: the harness skips such a file silently, so its task
+  was then 'not a harness task'. Tags such as !function parse as anything."""
+  import yaml
+
+  class Loader(yaml.SafeLoader):
+    pass
+  Loader.add_multi_constructor('', lambda *_: None)
+  out = []
+  for root, _, files in sorted(os.walk(include_path)):
+    for name in sorted(f for f in files if f.endswith(('.yaml', '.yml'))):
+      path = os.path.join(root, name)
+      try:
+        with open(path, encoding='utf-8') as f:
+          yaml.load(f, Loader=Loader)
+      except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        mark = getattr(e, 'problem_mark', None)
+        out.append(f'{path} is not valid YAML' + (f' (line {mark.line + 1})' if mark else ''))
+  return out
+
+
 GENERATION_KWARGS = ('until', 'max_gen_toks', 'do_sample', 'temperature', 'top_k', 'top_p',
                      'repetition_penalty')  # What generate_until honours.
 
@@ -267,16 +292,19 @@ def check_task_data(tasks, include_path: str, what: str) -> None:
     return
   tm = task_manager(include_path, tuple(tasks))
   for task in tasks:
+    logging.disable(logging.CRITICAL)  # datasets logs a bad file's error on its own lines.
     try:
       with contextlib.redirect_stderr(io.StringIO()):
         built = tm.load([task])  # Builds the task, which reads its documents.
     except Exception as e:  # datasets and the harness raise many types for missing data.
       why = ' '.join(str(e).split())[:200]
       raise ConfigError(f'{what}: the data of task {task!r} cannot be loaded offline '
-                        f'({type(e).__name__}: {why}); cache its dataset first (network '
-                        'access at evaluation time is off), or, for a local task YAML, '
-                        'check its data paths (relative ones are read from the current '
-                        'directory)') from None
+                        f'({type(e).__name__}: {why}); for a hub dataset, cache it first '
+                        '(network access at evaluation time is off); for a local task YAML, '
+                        'check that its data files exist (relative paths are read from the '
+                        'current directory) and parse') from None
+    finally:
+      logging.disable(logging.NOTSET)
     for name, t in built.get('tasks', {}).items():
       gen = getattr(getattr(t, 'config', None), 'generation_kwargs', None) or {}
       if set(gen) - set(GENERATION_KWARGS):

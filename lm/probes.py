@@ -358,6 +358,8 @@ def check_task_names(tasks, include_path: str, what: str, path_flag: str) -> Non
   for task in tasks:
     if task not in known:
       close = difflib.get_close_matches(task, known, n=3)
+      broken = harness.unparsable_yaml(include_path) if include_path else []
       raise ConfigError(f'{what}: {task!r} is not a harness task'
                         + (f' (did you mean {", ".join(close)}?)' if close else '')
-                        + f'; task YAML files outside the harness go in {path_flag}')
+                        + (f'; {path_flag}: {broken[0]}, so its task is not indexed' if broken
+                           else f'; task YAML files outside the harness go in {path_flag}'))

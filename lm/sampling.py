@@ -46,23 +46,30 @@ class SamplingConfig:
   seed: int = 0
 
 
+_F32_MAX = 3.4028234663852886e38  # The logits are float32: a larger T or penalty is inf.
+MAX_RETURN_SEQUENCES = 1024  # Each is a row of the decode batch (10**9 ran out of memory).
+
+
 def validate(s: SamplingConfig) -> None:
   if s.max_new_tokens < 1:
     raise SamplingError(f'max_new_tokens={s.max_new_tokens} is invalid: must be >= 1')
-  if not s.greedy and not 1e-6 <= s.temperature < float('inf'):  # Else logits/T overflow.
+  # Below 1e-6 logits/T overflow; above float32's largest value T itself is inf.
+  if not s.greedy and not 1e-6 <= s.temperature <= _F32_MAX:
     raise SamplingError(f'temperature={s.temperature} is invalid with sampling on: '
-                        'must be finite and >= 1e-6 (use greedy decoding for the argmax)')
+                        'must be >= 1e-6 and finite in float32 (use greedy decoding for '
+                        'the argmax)')
   if s.top_k is not None and s.top_k < 1:
     raise SamplingError(f'top_k={s.top_k} is invalid: must be >= 1 (leave it unset for '
                         'no top-k filtering)')
   if not 0.0 < s.top_p <= 1.0:
     raise SamplingError(f'top_p={s.top_p} is invalid: must be in (0, 1]')
-  if not s.repetition_penalty > 0:
+  if not 0 < s.repetition_penalty <= _F32_MAX:
     raise SamplingError(f'repetition_penalty={s.repetition_penalty} is invalid: '
-                        'must be > 0 (1.0 = off, > 1 discourages repeats)')
-  if s.num_return_sequences < 1:
+                        'must be > 0 and finite in float32 (1.0 = off, > 1 discourages '
+                        'repeats)')
+  if not 1 <= s.num_return_sequences <= MAX_RETURN_SEQUENCES:  # Rows: prompts x this.
     raise SamplingError(f'num_return_sequences={s.num_return_sequences} is invalid: '
-                        'must be >= 1')
+                        f'must be in [1, {MAX_RETURN_SEQUENCES}]')
   if not 0 <= s.seed < 2 ** 32:  # A JAX key keeps 32 bits: 2**32 + s would repeat s.
     raise SamplingError(f'seed={s.seed} is invalid: must be in [0, 2**32)')
 

@@ -75,7 +75,7 @@ def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
   hung (10**6 fake devices), printed a NaN table or deleted a directory the
   tool had not made (its scratch --workdir), and sweep files with text where
   numbers belong: each a one-line exit 2 before any work, nothing changed."""
-  bad_inputs._prepare_sweeps(str(tmp_path))
+  bad_inputs._prepare_small(str(tmp_path))
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep.txt').write_text('keep me')  # Not a tool's scratch: kept.
   places = {'S': str(tmp_path)}
@@ -85,7 +85,9 @@ def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
                'eta_replay: a result whose wall_s is text',
                'eta_replay: a plan whose compute is text', 'coord_check: an empty --out',
                'bench_decode: --uncached_steps 0', 'memory: --devices past 8192',
-               'fit_coverage: --decades past floating point'):
+               'fit_coverage: --decades past floating point',
+               'config: an argument to a config that takes none',
+               'config: get_config returning a number', 'fault_inject: negative --kills'):
     res = bad_inputs.run_case(name, *cases[name], places)
     assert res['verdict'] == 'clear' and not res['damaged'], res
 

@@ -297,10 +297,13 @@ def test_temperatures_that_overflow_and_untrained_sentinels_are_refused():
   categorical then picked; <extra_id_N> past the sentinels a run trained fed
   an id it never saw as one."""
   from lm.tokenizers import ByteTokenizer
-  for t in (float('inf'), 1e-38):
-    with pytest.raises(SamplingError, match='must be finite and >= 1e-6'):
+  for t in (float('inf'), 1e-38, 1e300):  # 1e300 is inf in float32.
+    with pytest.raises(SamplingError, match='must be >= 1e-6 and finite in float32'):
       sampling.validate(SamplingConfig(temperature=t))
   sampling.validate(SamplingConfig(temperature=1e-4))
+  sampling.validate(SamplingConfig(temperature=1e30, num_return_sequences=1024))
+  with pytest.raises(SamplingError, match=r'num_return_sequences=1025 .* \[1, 1024\]'):
+    sampling.validate(SamplingConfig(num_return_sequences=1025))
   tok = ByteTokenizer()
   assert sampling.encode_with_sentinels('a<extra_id_5>b', tok, 384, 6) == [
       *tok.encode('a'), 384 - 1 - 5, *tok.encode('b')]

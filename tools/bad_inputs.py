@@ -413,6 +413,36 @@ CASES += [
                                                    '--workdir={S}/full'], 'did not make'),
     ('bad_inputs: a --scratch it did not make', ['-m', 'tools.bad_inputs', '--scratch={S}/full'],
      'did not make'),
+    ('generate: a sampling flag with --score', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                                '--score=abc', '--temperature=0.5'],
+     '--temperature only applies to sampling'),
+    ('generate: a temperature past float32', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                              '--prompt=x', '--temperature=1e300'],
+     'temperature=1e+300'),
+    ('generate: 10**9 return sequences', ['-m', 'experiments.generate', '--workdir={RUN}',
+                                          '--prompt=x', '--num_return_sequences=1000000000'],
+     'num_return_sequences=1000000000'),
+    ('eval: --limit without --tasks', ['-m', 'tools.eval', '--workdir={RUN}', '--limit=1',
+                                       '--bias_csv=tests/data/bias_pairs.csv'],
+     '--limit only applies to harness tasks'),
+    ('eval: a task YAML that does not parse', ['-m', 'tools.eval', '--workdir={RUN}',
+                                               '--tasks=t_badyaml', '--include_path={S}/badyaml'],
+     't.yaml is not valid YAML (line 3)'),
+    ('eval: a task whose JSONL does not parse', ['-m', 'tools.eval', '--workdir={RUN}',
+                                                 '--tasks=t_garb', '--include_path={S}/garb'],
+     "task 't_garb' cannot be loaded"),
+    ('train_tokenizer: an existing PREFIX.vocab',
+     ['-m', 'tools.train_tokenizer', '--out={S}/tok/f', '--data_path={CORPUS}',
+      '--vocab_size=300'], 'f.vocab already exists'),
+    ('config: an argument to a config that takes none',
+     ['-m', 'tools.config', '--config=configs/tiny.py:foo'], 'takes no argument after ":"'),
+    ('config: get_config returning a number', ['-m', 'tools.config', '--config={S}/five.py'],
+     'returned int'),
+    ('fault_inject: negative --kills', ['-m', 'tools.fault_inject', '--workdir={S}/fi',
+                                        '--kills=-5'], '--kills=-5'),
+    ('fault_inject: a missing --data_dir', ['-m', 'tools.fault_inject', '--workdir={S}/fi',
+                                            '--data_dir={S}/none'], 'none is not a directory'),
+    ('tokamax_check: a flag', ['-m', 'tools.tokamax_check', '--bogus=1'], 'takes no arguments'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
 ]
@@ -492,12 +522,30 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
       shutil.copy(os.path.join(hf, 'model.safetensors'), os.path.join(s, name))
       with open(os.path.join(s, name, 'config.json'), 'w') as f:
         json.dump({**cfg, **bad}, f)
-  _prepare_sweeps(s)
+  _prepare_small(s)
   return {'S': s, 'RUN': run, 'HF': hf, 'CORPUS': corpus}
 
 
-def _prepare_sweeps(s: str) -> None:
-  """{S}/eta_*: two-run sweep directories, one damaged field each."""
+def _prepare_small(s: str) -> None:
+  """The files of the cases that need no trained run: {S}/eta_* (two-run sweep
+  directories, one damaged field each), task YAMLs that do not parse or whose
+  data does not, a tokenizer's .vocab, a config returning a number."""
+  for name, yaml_text in (('badyaml', 'task: t_badyaml\ndataset_path: [json\n'),
+                          ('garb', f'task: t_garb\ndataset_path: json\ndataset_kwargs:\n'
+                                   f'  data_files:\n    test: {s}/garb/data.jsonl\n'
+                                   'test_split: test\noutput_type: multiple_choice\n'
+                                   'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+                                   'doc_to_target: "{{answer}}"\n')):
+    os.makedirs(os.path.join(s, name), exist_ok=True)
+    with open(os.path.join(s, name, 't.yaml'), 'w') as f:
+      f.write(yaml_text)
+  with open(os.path.join(s, 'garb', 'data.jsonl'), 'w') as f:
+    f.write('{"question": "a", "choices": ["b", "c"], "answer": 0}\n{not json\n')
+  os.makedirs(os.path.join(s, 'tok'), exist_ok=True)
+  with open(os.path.join(s, 'tok', 'f.vocab'), 'w') as f:
+    f.write('keep me\n')
+  with open(os.path.join(s, 'five.py'), 'w') as f:
+    f.write('def get_config(arg=None):\n  return 5\n')
   run_rec = {'overrides': {}, 'n': 1000, 'tokens': 10**6, 'compute': 6e9, 'budget': 6e9,
              'design': 'isoflop'}
   for name, plan_a, wall_a in (('eta_wall', {}, 'abc'), ('eta_plan', {'compute': 'abc'}, 5.0)):
@@ -571,4 +619,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('only', '', 'Run the cases whose name contains this.')
   flags.DEFINE_string('scratch', '/tmp/lm_bad_inputs', 'Scratch directory (replaced; one it '
                       'made, or a new or empty one).')
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -181,6 +181,13 @@ def main(argv):
   del argv
   from lm import workdir as workdir_lib  # No JAX: the injected processes import it.
   f = flags.FLAGS
+  if f.kills + f.sigterm < 1:
+    print(f'error: --kills={f.kills} with --nosigterm injects nothing: give --kills >= 1 or '
+          '--sigterm', file=sys.stderr)
+    sys.exit(2)
+  if f.data_dir and not os.path.isdir(f.data_dir):  # Before the reference run trains.
+    print(f'error: --data_dir={f.data_dir} is not a directory of text files', file=sys.stderr)
+    sys.exit(2)
   try:
     workdir_lib.fresh_scratch(f.workdir, 'workdir')
   except workdir_lib.NotWritable as e:
@@ -189,6 +196,9 @@ def main(argv):
   config = write_config(os.path.join(f.workdir, 'cfg.py'), f.steps, f.data_dir, f.pack)
   problems = inject(config, os.path.join(f.workdir, 'run'), os.path.join(f.workdir, 'reference'),
                     f.kills, f.seed, f.sigterm, pack=f.pack)
+  if problems and problems[0].startswith('reference run failed'):  # Nothing was injected.
+    print(f'error: the uninterrupted {problems[0]}', file=sys.stderr)
+    sys.exit(1)
   n = flags.FLAGS.kills + int(flags.FLAGS.sigterm)
   print(f'{n} injections: ' + ('losses bit-identical to an uninterrupted run at every step'
                               if not problems else '; '.join(problems)))
@@ -197,12 +207,14 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
-  flags.DEFINE_integer('kills', 20, 'SIGKILL injections.')
+  flags.DEFINE_integer('kills', 20, 'SIGKILL injections.', lower_bound=0)
   flags.DEFINE_bool('sigterm', True, 'Also one SIGTERM (must checkpoint, exit 75).')
   flags.DEFINE_integer('seed', 0, 'Seed of the kill times.')
-  flags.DEFINE_integer('steps', 60, 'Training steps of the run.')
+  # --pack's shortest runs train steps/2: at least one checkpoint (every 2) to resume from.
+  flags.DEFINE_integer('steps', 60, 'Training steps of the run (>= 4).', lower_bound=4)
   flags.DEFINE_string('workdir', '/tmp/lm_faults', 'Scratch directory (replaced; one it '
                       'made, or a new or empty one).')
   flags.DEFINE_string('data_dir', '', 'Text files to train on (default: stdlib).')
   flags.DEFINE_bool('pack', False, 'Kill a sweep of one pack of six runs instead of a run.')
-  app.run(main)
+  from lm import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -39,7 +39,8 @@ def main() -> int:
   try:
     import tokamax
   except ImportError:
-    print('tokamax is not installed: pip install tokamax==0.0.12 (see this file)', file=sys.stderr)
+    print('error: tokamax is not installed: pip install tokamax==0.0.12 (see this file)',
+          file=sys.stderr)
     return 2
   B, L, H, K, Dh = 2, 256, 8, 2, 32
   r = np.random.default_rng(0)
@@ -75,4 +76,8 @@ def main() -> int:
 
 
 if __name__ == '__main__':
+  if len(sys.argv) > 1:  # It takes no flags: one would be ignored.
+    print(f'error: tools.tokamax_check takes no arguments (got {" ".join(sys.argv[1:])})',
+          file=sys.stderr)
+    sys.exit(2)
   sys.exit(main())

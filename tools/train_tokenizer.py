@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lm import data as data_lib
 from lm.config import ConfigError, DataConfig
@@ -50,6 +50,7 @@ def train(texts: list[str], out_prefix: str, vocab_size: int, model_type: str = 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines about the prepared corpus.
   F = flags.FLAGS
   model = F.out + '.model'
   try:
@@ -57,15 +58,23 @@ def main(argv):
     if not os.path.basename(F.out) or os.path.exists(parent) and not os.path.isdir(parent):
       raise ConfigError(f'--out={F.out!r} must be a file prefix in a directory (it writes '
                         'PREFIX.model and PREFIX.vocab), e.g. runs/tok/sp')
-    if os.path.exists(model) and not F.overwrite:
+    there = [p for p in (model, F.out + '.vocab') if os.path.exists(p)]
+    if there and not F.overwrite:
       # Runs trained with it would decode with other pieces (they record its
       # hash and refuse, lm/checkpoint.check_tokenizer, but cannot be repaired).
-      raise ConfigError(f'{model} already exists; it was left untouched: choose another --out, '
-                        'or pass --overwrite if no run uses it')
+      raise ConfigError(f'{" and ".join(there)} already exist{"s" * (len(there) == 1)}; left '
+                        'untouched: choose another --out, or pass --overwrite if no run uses '
+                        'it')
     d = DataConfig(source='dir' if F.data_path else 'stdlib', path=F.data_path)
     builder, key = data_lib.corpus(d)
     texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
-    print(train(texts, F.out, F.vocab_size, F.model_type))
+    path = train(texts, F.out, F.vocab_size, F.model_type)
+    import sentencepiece as spm
+    got = spm.SentencePieceProcessor(model_file=path).get_piece_size()
+    if got < F.vocab_size:  # hard_vocab_limit=False: a small corpus gives fewer pieces.
+      print(f'note: the corpus gave {got} pieces, fewer than --vocab_size={F.vocab_size}',
+            file=sys.stderr)
+    print(path)
   except (ConfigError, RuntimeError, OSError) as e:  # SentencePiece raises RuntimeError.
     why = ' '.join(str(e).split()).replace('config.data.path=', '--data_path=')
     print(f'error: {why}' + (f' (--vocab_size={F.vocab_size} is too small for this corpus: '
@@ -77,7 +86,7 @@ if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
   flags.DEFINE_string('out', None, 'Output prefix (writes PREFIX.model and .vocab).')
   flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.', lower_bound=8)
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing PREFIX.model.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing PREFIX.model and .vocab.')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
   flags.mark_flag_as_required('out')
