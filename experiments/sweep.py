@@ -139,15 +139,31 @@ def main(argv):
       raise config_lib.ConfigError(
           f'{steps[0]}: a sweep\'s plan sets every run\'s train.steps from its tokens and '
           'batch, so this would change nothing; set sweep.tokens or sweep.budgets instead')
+    if _WORKER.value:  # Internal (written by _run_workers), but checked as any flag.
+      i, _, n = _WORKER.value.partition('/')
+      if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise config_lib.ConfigError(f'--worker={_WORKER.value}: give i/n with 0 <= i < n '
+                                     '(experiments.sweep sets it for its own workers)')
+    if _ONLY.value and _MODE.value == 'collect':
+      raise config_lib.ConfigError('--only picks runs to train, plan or list; --mode=collect '
+                                   'tabulates the whole sweep: drop --only')
+    executor = sweep.split(cd)[1].executor
+    if flags.FLAGS['workers'].present and _WORKERS.value > 1 and (
+        _ONLY.value or executor != 'local' or _MODE.value != 'run'):
+      raise config_lib.ConfigError(
+          f'--workers={_WORKERS.value} starts local worker processes for a whole sweep run '
+          f'(--mode=run, sweep.executor=local, no --only); here it would be ignored')
     runs = sweep.make_plan(cd)
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just
-    # the named runs (in the packs the whole plan puts them in).
-    units = [[r for r in u if only is None or r.name in only]
-             for u in sweep.plan_packs(cd, runs)] if _MODE.value in ('plan', 'commands') else []
-    units = [u for u in units if u]
+    # the named runs (in the packs the whole plan puts them in, numbered as in it).
+    units = list(enumerate(sweep.plan_packs(cd, runs))) if _MODE.value in ('plan',
+                                                                           'commands') else []
+    units = [(i, [r for r in u if only is None or r.name in only]) for i, u in units]
+    numbers = [i for i, u in units if u]
+    units = [u for _, u in units if u]
     if _MODE.value == 'plan':
-      pack_of = {r.name: i for i, u in enumerate(units) for r in u}
+      pack_of = {r.name: i for i, u in zip(numbers, units) for r in u}
       for r in runs:
         if r.name in pack_of:
           print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}  '

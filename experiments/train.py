@@ -14,14 +14,16 @@ from lm import classify, cli, host, sharding, train  # noqa: E402
 
 _CONFIG = cli.define_config('Config file (configs/*.py[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, config.')
-_SAMPLE = flags.DEFINE_integer('sample_tokens', 200, 'Tokens to sample at the end (0: none).')
+_SAMPLE = flags.DEFINE_integer('sample_tokens', 200, 'Tokens to sample at the end (0: none).',
+                               lower_bound=0)
 _COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-host: HOST:PORT of process 0.')
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 _PID = flags.DEFINE_integer('process_id', -1, 'Multi-host: this process (0-based).')
 _AUTO = flags.DEFINE_bool('auto_distributed', False,
                           'Multi-host from the environment (TPU VM, SLURM, Open MPI).')
 _TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
-                                'Seconds to wait for all processes to register.')
+                                'Seconds to wait for all processes to register.',
+                                lower_bound=1)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -145,7 +145,10 @@ def expand_flagfiles(args: list[str]) -> list[str]:
     return list(args)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], positional: int = 0) -> list[str]:
+  """absl's flag parsing, with every failure one `error:` line (exit 2); more
+  than `positional` words that are not flags are refused too (`... --mode=plan
+  plan` had run the whole sweep)."""
   given, argv = argv, argv[:1] + expand_flagfiles(argv[1:])
   twice = _repeated_override(argv)
   if twice:
@@ -165,6 +168,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       if bad:
         print(f'error: {bad}', file=sys.stderr)
         sys.exit(2)
+    if len(rest) - 1 > positional:
+      print(f'error: unexpected argument {rest[1 + positional]!r}: flags are --name=value',
+            file=sys.stderr)
+      sys.exit(2)
     return rest
   except (AttributeError, KeyError) as e:  # A --config.* path with no such field.
     if "attribute 'get_config'" in str(e):  # Or a config file without get_config().

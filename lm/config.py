@@ -325,6 +325,15 @@ class SweepConfig:
   size_ratio: float = 0.0  # isoflop: > 1 spaces the sizes by this ratio on a finer ladder (lm/plan.py); 0: consecutive rungs.
 
 
+# The sweep fields only some designs read (lm/sweep.make_plan).
+_LADDER = ('isoflop', 'grid', 'wsd', 'lr')  # Sizes from the ladder (lm/plan.py).
+DESIGN_FIELDS = {'budgets': ('isoflop',), 'sizes': ('isoflop',), 'tokens_per_param': ('isoflop',),
+                 'min_steps': ('isoflop',), 'size_ratio': ('isoflop',),
+                 'params': ('grid', 'wsd', 'lr'), 'tokens': ('grid', 'wsd', 'transfer', 'lr'),
+                 'cooldown_fraction': ('wsd',), 'widths': ('transfer',),
+                 'parametrizations': ('transfer',), 'aspect': _LADDER, 'head_dim': _LADDER}
+
+
 def sweep_config(d: dict[str, Any]) -> SweepConfig:
   """Validates a `sweep` section (a dict or ConfigDict) into a SweepConfig."""
   s = _build(SweepConfig, 'sweep', dict(d))
@@ -349,6 +358,11 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
     if not getattr(s, f):
       raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} needs at least one '
                  'value, e.g. --config.sweep.' + f + "='(1e5, 1e6)'")
+  for f, designs in DESIGN_FIELDS.items():  # Set for another design, it would change nothing.
+    if s.design not in designs and getattr(s, f) != getattr(SweepConfig, f):
+      raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} does not read it (only '
+                 f'{", ".join(designs)} do{"es" * (len(designs) == 1)}): leave it at its default '
+                 f'{getattr(SweepConfig, f)!r}, or choose such a design')
   if s.design == 'transfer':
     if len(s.widths) < 2 or len(s.lrs) < 3 or len(s.tokens) != 1:
       raise _err('sweep.widths', s.widths, 'a transfer sweep needs at least 2 widths, 3 '

@@ -121,6 +121,9 @@ def spaced_sizes(n_star: float, sizes: int, ratio: float, candidates) -> list:
   picked = []
   for k in range(sizes):
     target = n_star * ratio ** (k - (sizes - 1) / 2)
+    if not 0 < target < math.inf:  # ratio ** k under- or overflowed.
+      raise ConfigError(f'sweep.size_ratio={ratio}: {sizes} sizes spaced by it span past '
+                        'floating point; use a ratio such as 1.5')
     n, m = min(candidates, key=lambda c: abs(math.log(c[0] / target)))
     if abs(math.log(n / target)) > math.log(ratio) or (n, m) in picked:
       raise ConfigError(
@@ -149,6 +152,10 @@ def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_st
   runs = []
   for c in sorted(budgets):
     n_star = math.sqrt(c / (6 * tokens_per_param))
+    if not 0 < n_star < math.inf:
+      raise ConfigError(f'sweep.tokens_per_param={tokens_per_param}: the expected optimum '
+                        f'N* = sqrt(C / (6 r)) of budget {c:.3g} is {n_star}; use a ratio '
+                        'D/N such as 20')
     if fine:
       chosen = spaced_sizes(n_star, sizes, size_ratio, fine)
     else:

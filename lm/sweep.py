@@ -464,6 +464,11 @@ def submit(cd: ml_collections.ConfigDict, workdir: str, log=print, cluster: str 
   submits tasks to the cluster ray.init() finds (RAY_ADDRESS, or a local
   instance). A WSD branch's job starts after its stable run's."""
   _, s = split(cd)
+  if s.executor == 'slurm' and cluster is None and not shutil.which('sbatch'):
+    # submitit would run the jobs as local processes instead, saying nothing.
+    raise config_lib.ConfigError('sweep.executor=slurm, but this machine has no Slurm (no '
+                                 'sbatch on PATH): run it on a login node, or use '
+                                 'sweep.executor=local')
   runs = make_plan(cd)
   with workdir_lib.lock(workdir, f'sweep ({s.executor})', log):
     write_plan(workdir, runs)

@@ -87,7 +87,8 @@ def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
                'bench_decode: --uncached_steps 0', 'memory: --devices past 8192',
                'fit_coverage: --decades past floating point',
                'config: an argument to a config that takes none',
-               'config: get_config returning a number', 'fault_inject: negative --kills'):
+               'config: get_config returning a number', 'fault_inject: negative --kills',
+               'fit: --loss naming no column'):
     res = bad_inputs.run_case(name, *cases[name], places)
     assert res['verdict'] == 'clear' and not res['damaged'], res
 

@@ -960,6 +960,18 @@ def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
   assert any(res[0]['name'] in m and 'not done' in m and 'rerun' in m for m in logs), logs
 
 
+def test_slurm_executor_without_slurm_is_refused(tmp_path, corpus_dir, monkeypatch):
+  """Without sbatch, submitit's AutoExecutor ran 'slurm' jobs as local processes
+  and said nothing."""
+  cd = _sweep_cd(corpus_dir)
+  cd.sweep = dict(design='grid', convention='exact', params=[6000.0], tokens=[768.0],
+                  aspect=8, head_dim=8, evals_per_run=1, executor='slurm')
+  monkeypatch.setattr(sweep.shutil, 'which', lambda _: None)
+  with pytest.raises(config_lib.ConfigError, match='no Slurm'):
+    sweep.submit(cd, str(tmp_path / 'sub'), log=lambda *_: None)
+  assert not os.path.exists(tmp_path / 'sub')  # Refused before the plan is written.
+
+
 @pytest.mark.slow
 def test_ray_executor_on_a_local_instance(tmp_path, corpus_dir):
   """executor=ray: one Ray task per run (or pack) on a local Ray instance."""

@@ -443,6 +443,25 @@ CASES += [
     ('fault_inject: a missing --data_dir', ['-m', 'tools.fault_inject', '--workdir={S}/fi',
                                             '--data_dir={S}/none'], 'none is not a directory'),
     ('tokamax_check: a flag', ['-m', 'tools.tokamax_check', '--bogus=1'], 'takes no arguments'),
+    ('sweep: a word that is not a flag', [*SWEEP, _W, '--mode=plan', 'plan'],
+     "unexpected argument 'plan'"),
+    ('sweep: --worker not i/n', [*SWEEP, _W, '--worker=abc'], '--worker=abc'),
+    ('sweep: --only with --mode=collect', [*SWEEP, _W, '--mode=collect', '--only=x'],
+     'drop --only'),
+    ('sweep: --workers with --mode=plan', [*SWEEP, _W, '--mode=plan', '--workers=2'],
+     '--workers=2'),
+    ('sweep: a field its design does not read', [*SWEEP, _W, '--mode=plan',
+                                                 '--config.sweep.params=(1e5,)'],
+     "design 'isoflop' does not read it"),
+    ('sweep: size_ratio past floating point', [*SWEEP, _W, '--mode=plan',
+                                               '--config.sweep.size_ratio=1e200'],
+     'size_ratio=1e+200'),
+    ('sweep: tokens_per_param near zero', [*SWEEP, _W, '--mode=plan',
+                                           '--config.sweep.tokens_per_param=1e-300'],
+     'tokens_per_param=1e-300'),
+    ('train: negative --sample_tokens', [*TRAIN, _W, '--sample_tokens=-5'], '--sample_tokens=-5'),
+    ('fit: --loss naming no column', ['-m', 'tools.fit', '--results={S}/table.jsonl',
+                                      '--loss=nosuch'], '--loss=nosuch'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
 ]
@@ -546,6 +565,8 @@ def _prepare_small(s: str) -> None:
     f.write('keep me\n')
   with open(os.path.join(s, 'five.py'), 'w') as f:
     f.write('def get_config(arg=None):\n  return 5\n')
+  with open(os.path.join(s, 'table.jsonl'), 'w') as f:  # One finished run.
+    f.write('{"name": "a", "status": "done", "N": 1e5, "D": 1e6, "final_loss": 3.0}\n')
   run_rec = {'overrides': {}, 'n': 1000, 'tokens': 10**6, 'compute': 6e9, 'budget': 6e9,
              'design': 'isoflop'}
   for name, plan_a, wall_a in (('eta_wall', {}, 'abc'), ('eta_plan', {'compute': 'abc'}, 5.0)):

@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.train.update(batch_size=8, log_every=1, eval_batches=1, checkpoint_every=2,
                  keep_checkpoints=1, progress=False)
   c.sweep = common.sweep(design='grid', params=(2e4,), tokens={tokens},
-                         seeds=(0, 1), pack=6, workers=1, evals_per_run=1, min_steps=1)
+                         seeds=(0, 1), pack=6, workers=1, evals_per_run=1)
   return c
 '''
 

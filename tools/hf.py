@@ -526,5 +526,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', None, 'export: the transformers directory to write.')
   flags.DEFINE_string('hf_dir', None, 'import: a transformers GPT-2 or Llama directory.')
   flags.DEFINE_bool('overwrite', False, 'export: replace the files of a non-empty --out.')
+  import functools
+
   from lm import cli
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, positional=1))  # export|import
