@@ -74,8 +74,7 @@ def _run_workers(cd, wd: str, n: int) -> list[dict]:
     runs = sweep.make_plan(cd)
     sweep.write_plan(wd, runs)
     sweep.reset_claims(wd)  # The workers share one queue of runs: lm/sweep.claim_groups.
-    args = [a for a in sys.argv[1:] if not a.startswith(('--workers', '--worker=', '--report',
-                                                          '--noreport'))]
+    args = sweep.worker_args(sys.argv[1:])
     cpus = sorted(os.sched_getaffinity(0))
     die_with_me = _parent_death_signal()
     procs = []

@@ -325,13 +325,13 @@ class SweepConfig:
   size_ratio: float = 0.0  # isoflop: > 1 spaces the sizes by this ratio on a finer ladder (lm/plan.py); 0: consecutive rungs.
 
 
-# The sweep fields only some designs read (lm/sweep.make_plan).
-_LADDER = ('isoflop', 'grid', 'wsd', 'lr')  # Sizes from the ladder (lm/plan.py).
+# The sweep fields only some designs read (lm/sweep.make_plan). The ladder's
+# aspect and head_dim are not here: tools.count --ladder reads them for any design.
 DESIGN_FIELDS = {'budgets': ('isoflop',), 'sizes': ('isoflop',), 'tokens_per_param': ('isoflop',),
                  'min_steps': ('isoflop',), 'size_ratio': ('isoflop',),
                  'params': ('grid', 'wsd', 'lr'), 'tokens': ('grid', 'wsd', 'transfer', 'lr'),
                  'cooldown_fraction': ('wsd',), 'widths': ('transfer',),
-                 'parametrizations': ('transfer',), 'aspect': _LADDER, 'head_dim': _LADDER}
+                 'parametrizations': ('transfer',)}
 
 
 def sweep_config(d: dict[str, Any]) -> SweepConfig:

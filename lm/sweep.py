@@ -343,6 +343,24 @@ def _defaults(section: str) -> dict:
                                 if f.default is not dataclasses.MISSING}))
 
 
+def worker_args(argv: list[str]) -> list[str]:
+  """A coordinator's command-line arguments for its workers (experiments/sweep.py):
+  without --workers and --worker (`--workers=2` or `--workers 2`: a worker
+  refuses the stray `2`) and --report/--noreport, which the coordinator keeps."""
+  out, skip = [], False
+  for a in argv:
+    name = a.lstrip('-').split('=', 1)[0]
+    if skip:
+      skip = False
+    elif a.startswith('-') and name in ('workers', 'worker'):
+      skip = '=' not in a  # `--workers 2`: its value is the next word.
+    elif a.startswith('-') and name in ('report', 'noreport'):
+      pass
+    else:
+      out.append(a)
+  return out
+
+
 def only_names(runs: list[plan.Run], only: str) -> set[str]:
   """The run names --only=NAME[,NAME...] gives (a run directory's last part
   will do); a ConfigError names the first that is not a run of the plan."""

@@ -73,16 +73,17 @@ def check_writable(path: str, what: str) -> None:
 SCRATCH_MARK = '.lm_scratch'
 
 
-def fresh_scratch(path: str, flag: str) -> None:
+def fresh_scratch(path: str, flag: str, names: frozenset[str] = frozenset()) -> None:
   """Empties `path` for a tool that replaces its scratch directory
   (tools.fault_inject, tools.bad_inputs), or raises NotWritable if it holds
   anything that tool did not make: a mistyped --workdir=. or a run directory
-  would otherwise be deleted."""
+  would otherwise be deleted. Its mark says it made it; so do entries all
+  among `names` (what the tool writes there: a directory from before the mark)."""
   if not path:
     raise NotWritable(f'--{flag} is empty: give a scratch directory')
   if os.path.lexists(path) and not os.path.isdir(path):
     raise NotWritable(f'--{flag}={path} is a file, not a scratch directory; choose a new path')
-  if (os.path.isdir(path) and os.listdir(path)
+  if (os.path.isdir(path) and not set(os.listdir(path)) <= names
       and not os.path.exists(os.path.join(path, SCRATCH_MARK))):
     raise NotWritable(f'--{flag}={path} holds files this tool did not make (no {SCRATCH_MARK}); '
                       'it is replaced on every run, so choose a new or empty directory')

@@ -4,6 +4,8 @@ tools/bad_inputs.py holds the corpus (>= 100 cases across the CLIs) and runs
 it all; here every config-value case is checked in-process (the same
 validation the CLIs run first) and a sample of the others end to end."""
 
+import os
+
 import pytest
 
 from configs import tiny as tiny_config
@@ -91,6 +93,28 @@ def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
                'fit: --loss naming no column'):
     res = bad_inputs.run_case(name, *cases[name], places)
     assert res['verdict'] == 'clear' and not res['damaged'], res
+
+
+def test_scratch_directories_are_replaced_only_when_the_tool_made_them(tmp_path):
+  """fault_inject and bad_inputs rmtree'd any --workdir/--scratch: now only an
+  empty one, one with their mark, or one holding only what they write (made
+  before the mark)."""
+  from lm import workdir
+  old = tmp_path / 'old'  # An earlier version's scratch: no mark.
+  (old / 'run').mkdir(parents=True)
+  (old / 'cfg.py').write_text('x')
+  workdir.fresh_scratch(str(old), 'workdir', frozenset({'cfg.py', 'run', 'reference'}))
+  assert os.listdir(old) == [workdir.SCRATCH_MARK]
+  (old / 'anything').write_text('x')  # Marked: replaced whatever it holds.
+  workdir.fresh_scratch(str(old), 'workdir')
+  assert os.listdir(old) == [workdir.SCRATCH_MARK]
+  mine = tmp_path / 'mine'
+  (mine / 'run').mkdir(parents=True)
+  (mine / 'thesis.tex').write_text('keep me')
+  for path in (mine, mine / 'thesis.tex', ''):
+    with pytest.raises(workdir.NotWritable):
+      workdir.fresh_scratch(str(path) if path else '', 'workdir', frozenset({'run'}))
+  assert (mine / 'thesis.tex').read_text() == 'keep me'
 
 
 def test_an_unknown_field_lists_its_sections_fields():

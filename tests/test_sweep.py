@@ -960,6 +960,15 @@ def test_slurm_executor_through_submitits_local_cluster(tmp_path, corpus_dir):
   assert any(res[0]['name'] in m and 'not done' in m and 'rerun' in m for m in logs), logs
 
 
+def test_workers_get_the_coordinators_arguments_without_its_own_flags():
+  """`--workers 2` (a space, as absl allows) left the `2` to every worker, which
+  refused it as a stray word."""
+  assert sweep.worker_args(['--config=c', '--workers', '2', '--workdir=w', '--noreport',
+                            '--worker=1/2', '--report=false', '--config.sweep.workers=3',
+                            '-workers=4', '--only', 'a']) == [
+      '--config=c', '--workdir=w', '--config.sweep.workers=3', '--only', 'a']
+
+
 def test_slurm_executor_without_slurm_is_refused(tmp_path, corpus_dir, monkeypatch):
   """Without sbatch, submitit's AutoExecutor ran 'slurm' jobs as local processes
   and said nothing."""

@@ -545,6 +545,15 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   return {'S': s, 'RUN': run, 'HF': hf, 'CORPUS': corpus}
 
 
+# What _prepare writes into the scratch directory (and the cases' LM_CACHE).
+SCRATCH_NAMES = frozenset({
+    'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'corpus', 'damaged',
+    'empty', 'eta_plan', 'eta_wall', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
+    'hf_cfgdir', 'hf_lmcfg', 'hf_rope', 'latin1.csv', 'nameerr.py', 'nfkc.model', 'nfkc.vocab',
+    'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'run',
+    'sp.model', 'table.jsonl', 'tok'})
+
+
 def _prepare_small(s: str) -> None:
   """The files of the cases that need no trained run: {S}/eta_* (two-run sweep
   directories, one damaged field each), task YAMLs that do not parse or whose
@@ -616,7 +625,7 @@ def main(argv):
   del argv
   from lm import workdir as workdir_lib
   try:
-    workdir_lib.fresh_scratch(flags.FLAGS.scratch, 'scratch')
+    workdir_lib.fresh_scratch(flags.FLAGS.scratch, 'scratch', SCRATCH_NAMES)
   except workdir_lib.NotWritable as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

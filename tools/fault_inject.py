@@ -189,7 +189,8 @@ def main(argv):
     print(f'error: --data_dir={f.data_dir} is not a directory of text files', file=sys.stderr)
     sys.exit(2)
   try:
-    workdir_lib.fresh_scratch(f.workdir, 'workdir')
+    workdir_lib.fresh_scratch(f.workdir, 'workdir',
+                              frozenset({'cfg.py', 'run', 'reference', 'jax_cache'}))
   except workdir_lib.NotWritable as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -122,11 +122,12 @@ def main(argv):
       print(f'left out {len(left_out)} finished runs, as the report does: '
             + '; '.join(f'{r.get("name", "?")}: {r["reason"]}' for r in left_out[:3])
             + (' ...' if len(left_out) > 3 else ''))
+    n, d = column(rows, 'N'), column(rows, 'D')
     if not any(F.loss in r for r in rows):
       cols = ', '.join(sorted({k for r in rows for k in r if 'loss' in k or 'headline' in k}))
       raise scaling.FitError(f'--loss={F.loss}: {F.results} has no such column (its loss '
-                             f'columns: {cols})')
-    n, d, loss = column(rows, 'N'), column(rows, 'D'), column(rows, F.loss)
+                             f'columns: {cols or "none"})')
+    loss = column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
       ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap)
