@@ -51,12 +51,9 @@ def main(argv):
       cli.check_text(t, 'prompt')
     if _SCORE.value is not None:
       cli.check_text(_SCORE.value, 'score')
-      sampling_flags = [f'--{n}' for n in _SAMPLING_FLAGS if flags.FLAGS[n].present]
-      if sampling_flags:  # They would be ignored: scoring samples nothing.
-        raise sampling.SamplingError(
-            f'--score scores the given text; {", ".join(sampling_flags)} only '
-            f'{"applies" if len(sampling_flags) == 1 else "apply"} to sampling: drop it, or '
-            '--score')
+      ignored = cli.ignored_flags(_SAMPLING_FLAGS, 'sampling')  # Scoring samples nothing.
+      if ignored:
+        raise sampling.SamplingError(f'--score scores the given text; {ignored}, or --score')
     c = checkpoint.load_config(_WORKDIR.value)
     if c.model.num_classes:
       raise sampling.SamplingError(

@@ -146,9 +146,9 @@ def main(argv):
     if _ONLY.value and _MODE.value == 'collect':
       raise config_lib.ConfigError('--only picks runs to train, plan or list; --mode=collect '
                                    'tabulates the whole sweep: drop --only')
-    executor = sweep.split(cd)[1].executor
+    s = sweep.split(cd)[1]
     if flags.FLAGS['workers'].present and _WORKERS.value > 1 and (
-        _ONLY.value or executor != 'local' or _MODE.value != 'run'):
+        _ONLY.value or s.executor != 'local' or _MODE.value != 'run'):
       raise config_lib.ConfigError(
           f'--workers={_WORKERS.value} starts local worker processes for a whole sweep run '
           f'(--mode=run, sweep.executor=local, no --only); here it would be ignored')
@@ -156,18 +156,17 @@ def main(argv):
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just
     # the named runs (in the packs the whole plan puts them in, numbered as in it).
-    units = list(enumerate(sweep.plan_packs(cd, runs))) if _MODE.value in ('plan',
-                                                                           'commands') else []
-    units = [(i, [r for r in u if only is None or r.name in only]) for i, u in units]
-    numbers = [i for i, u in units if u]
-    units = [u for _, u in units if u]
+    numbered = [(i, kept) for i, u in enumerate(sweep.plan_packs(cd, runs))
+                if (kept := [r for r in u if only is None or r.name in only])
+                ] if _MODE.value in ('plan', 'commands') else []
+    units = [u for _, u in numbered]
     if _MODE.value == 'plan':
-      pack_of = {r.name: i for i, u in zip(numbers, units) for r in u}
+      pack_of = {r.name: i for i, u in numbered for r in u}
       for r in runs:
         if r.name in pack_of:
           print(f'{r.name:34s} N={r.n:>12,}  D={r.tokens:>14,}  C={r.compute:.3e}  '
                 f'pack {pack_of[r.name]}')
-      print(f'{len(pack_of)} runs in {len(units)} packs (sweep.pack={sweep.split(cd)[1].pack})'
+      print(f'{len(pack_of)} runs in {len(units)} packs (sweep.pack={s.pack})'
             + (f' (--only: {len(pack_of)} of the plan\'s {len(runs)} runs)' if only else ''))
       return
     if _MODE.value == 'commands':
@@ -179,7 +178,7 @@ def main(argv):
       print(json.dumps(cmds, indent=1) if _JSON.value else '\n'.join(c['command'] for c in cmds))
       return
     sweep.use_compile_cache(wd)
-    workers = _WORKERS.value or sweep.split(cd)[1].workers
+    workers = _WORKERS.value or s.workers
     if _MODE.value == 'run' and _WORKER.value:
       i, n = (int(x) for x in _WORKER.value.split('/'))
       sweep.run_all(cd, wd, worker=(i, n),
@@ -190,7 +189,7 @@ def main(argv):
       workdir.check_writable(wd, 'the sweep directory')
       sweep.check_configs(cd, wd, runs)
       sweep.check_corpus(cd, wd, runs)
-      if sweep.split(cd)[1].executor in ('slurm', 'ray') and not _ONLY.value:
+      if s.executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:
         results = _run_workers(cd, wd, workers)

@@ -114,6 +114,17 @@ def check_text(text: str, flag: str) -> str:
   return text
 
 
+def ignored_flags(names: tuple[str, ...], applies_to: str) -> str | None:
+  """A one-line reason to refuse the flags among `names` given on the command
+  line (they apply only to `applies_to`, which this invocation does not do), or
+  None when none was given."""
+  given = [f'--{n}' for n in names if flags.FLAGS[n].present]
+  if not given:
+    return None
+  return (f'{", ".join(given)} only {"applies" if len(given) == 1 else "apply"} to '
+          f'{applies_to}: drop {"it" if len(given) == 1 else "them"}')
+
+
 def read_lines(path: str, flag: str) -> list[str]:
   """The texts of a one-per-line file given as --FLAG=path: empty lines are
   skipped, spaces are text (an indent is a prompt for code), and a literal

@@ -62,6 +62,11 @@ def replay(runs: list[plan.Run], wall: dict[str, float], workers: int,
   return out
 
 
+def _finite(v) -> bool:
+  """A JSON number (not a bool) that is finite."""
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def main(argv):
   del argv
   path = os.path.join(FLAGS.workdir or '', 'plan.json')
@@ -76,9 +81,8 @@ def main(argv):
     print(f'error: {path} cannot be read as a sweep plan ({e})', file=sys.stderr)
     sys.exit(2)
   for r in runs:  # Field types: claim_groups sums compute, the tables print names.
-    if not (isinstance(r.name, str) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for v in (r.compute, r.budget, r.n, r.tokens))):
+    if not (isinstance(r.name, str)
+            and all(_finite(v) for v in (r.compute, r.budget, r.n, r.tokens))):
       print(f'error: {path}: run {r.name!r} is not a sweep plan\'s run (name a string; n, '
             'tokens, compute and budget finite numbers)', file=sys.stderr)
       sys.exit(2)
@@ -92,7 +96,7 @@ def main(argv):
     if rec.get('status') != 'done':
       continue
     w = rec.get('wall_s')
-    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf):
+    if not (_finite(w) and w > 0):
       where = os.path.join(FLAGS.workdir, 'runs', r.name, 'result.json')
       print(f'error: {where}: wall_s={w!r}; a finished '
             'run records its positive wall time in seconds', file=sys.stderr)

@@ -89,11 +89,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    unused = [f'--{n}' for n in ('limit', 'batch_size', 'include_path') if flags.FLAGS[n].present]
-    if unused and not _TASKS.value:  # Canaries and the bias probe take neither.
-      raise config_lib.ConfigError(f'{", ".join(unused)} only '
-                                   f'{"applies" if len(unused) == 1 else "apply"} to harness '
-                                   'tasks: give --tasks, or drop it')
+    ignored = cli.ignored_flags(('limit', 'batch_size', 'include_path'), 'harness tasks')
+    if ignored and not _TASKS.value:  # Canaries and the bias probe take none of them.
+      raise config_lib.ConfigError(f'{ignored}, or give --tasks')
     check_out(_OUT.value)
     out_dir = (os.path.dirname(os.path.abspath(_OUT.value)) if _OUT.value else
                os.path.join(os.path.dirname(checkpoint.find(_WORKDIR.value)[0]), 'eval'))

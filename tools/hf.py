@@ -456,8 +456,8 @@ def import_dir(hf_dir: str, workdir: str, log=print) -> str:
       raise HFError(f'config.json\'s lm_config is {type(cfg["lm_config"]).__name__}, not the '
                     'JSON object tools.hf export writes')
     # Every section, with defaults for any the file leaves out (checked as a config file's).
-    d = config_lib.to_dict(config_lib.from_configdict(dict(cfg['lm_config'])))
-    orig = config_lib.from_configdict(d).model
+    full = config_lib.from_configdict(dict(cfg['lm_config']))
+    d, orig = config_lib.to_dict(full), full.model
     # Free and head fields, and the layer layout, come from the original.
     keep = [f.name for f in dataclasses.fields(m)
             if config_lib.field_kind(f'model.{f.name}') != config_lib.ARCH
