@@ -18,18 +18,25 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Classifier run directory or checkpoints/<step>.')
 _TEXT = flags.DEFINE_multi_string('text', [], 'A text to classify (repeat for several).')
-_FILE = flags.DEFINE_string('file', '', 'Texts: one per line, or a .csv/.jsonl file.')
+_FILE = flags.DEFINE_string('file', '', 'Texts: one per line (blank lines skipped), or a .csv/.jsonl file.')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per text instead of a table.')
 flags.mark_flags_as_required(['workdir'])
 
 
 def _read(path: str, c) -> tuple[list[str], list[str] | None]:
   """(texts, gold labels or None)."""
-  from lm import classify
-  if os.path.splitext(path)[1].lower() in ('.csv', '.jsonl', '.json'):
+  from lm import classify, cli
+  from lm.config import ConfigError
+  ext = os.path.splitext(path)[1].lower()
+  if ext in ('.csv', '.jsonl', '.json'):
     return classify.read_texts(path, c.data.text_key, c.data.label_key)
-  from lm import cli
-  return cli.read_lines(path, 'file'), None
+  if ext in ('.tsv', '.tab'):  # Read as lines, its header and labels would be texts.
+    raise ConfigError(f'--file={path}: tab-separated tables are not read; give a .csv or '
+                      '.jsonl file (or a text file of one text per line)')
+  texts = [t for t in cli.read_lines(path, 'file') if t.strip()]  # As --text=' ' is refused.
+  if not texts:
+    raise ConfigError(f'--file={path} holds no text (only blank lines): one text per line')
+  return texts, None
 
 
 def main(argv):

@@ -187,6 +187,8 @@ def main(argv):
     if _MODE.value == 'run':
       # Before the lock a coordinator (workers, executors) takes there.
       workdir.check_writable(wd, 'the sweep directory')
+      if _REPORT.value and not _ONLY.value:  # Not after the training, when it is written.
+        workdir.check_writable(os.path.join(wd, 'report'), 'the report directory')
       sweep.check_configs(cd, wd, runs)
       sweep.check_corpus(cd, wd, runs)
       if s.executor in ('slurm', 'ray') and not _ONLY.value:

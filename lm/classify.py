@@ -67,7 +67,12 @@ def _field(path: str, line: int, r: dict, key: str, needed: tuple[str, ...]) -> 
     raise LabelError(f'{path}:{line}: missing field {key!r} (fields: '
                      f'{", ".join(r) if isinstance(r, dict) else type(r).__name__}); '
                      f'every example needs {" and ".join(map(repr, needed))}')
-  return str(r[key])
+  v = r[key]
+  if isinstance(v, bool) or not isinstance(v, (str, int, float)):  # str() would read a
+    # list, an object or true as its Python spelling: "['a', 'b']", 'True'.
+    raise LabelError(f'{path}:{line}: field {key!r} is {json.dumps(v)[:60]} (a '
+                     f'{type(v).__name__}); give a string (or a number)')
+  return str(v)
 
 
 def read_file(path: str, text_key: str, label_key: str) -> list[tuple[str, str]]:
@@ -90,7 +95,7 @@ def read_texts(path: str, text_key: str, label_key: str) -> tuple[list[str], lis
     line = rows[has.index(False)][0]
     raise LabelError(f'{path}:{line}: no {label_key!r}, where {sum(has)} of {len(rows)} '
                      'rows have one: label every row, or none to only classify')
-  return texts, [str(r[label_key]) for _, r in rows]
+  return texts, [_field(path, n, r, label_key, (label_key,)) for n, r in rows]
 
 
 def _held_out(text: str, fraction: float) -> bool:

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lm import scaling, sweep  # noqa: E402
-from lm.workdir import tables_lock, write_atomic  # noqa: E402
+from lm.workdir import check_writable, tables_lock, write_atomic  # noqa: E402
 
 
 def _failed_at(excluded: list[dict], *keys: str) -> set[tuple]:
@@ -175,6 +175,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   cannot replace the sweep's newer one."""
   sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   _results_path(workdir)  # A directory without tables: refused before a lock file is made.
+  check_writable(os.path.join(workdir, 'report'), 'the report directory')
   with tables_lock(workdir):
     return _write_report(cd, workdir, log)
 
@@ -372,6 +373,12 @@ def _approach1(t: _Table) -> None:
                                         f'at least {MIN_RUNS_APPROACH1_CI}'}
     else:
       ci1 = scaling.bootstrap(refit1, len(names), resamples=t.s.bootstrap)
+      if 'a' in ci1 and ci1['a'][0] == ci1['a'][1]:  # E.g. 2 runs on the envelope:
+        # every refit that keeps both reproduces the fit, every other one fails.
+        ci1 = {'_failed': ci1['_failed'],
+               '_why': f'every refit that succeeded reproduced the fit '
+                       f'({len({e[2] for e in a1["envelope"]})} runs on the envelope), '
+                       'so its percentiles collapse onto it'}
     t.fits['approach1'] = {'a': _fit_entry(a1['N_opt'].exponent, ci1, 'a'),
                            'b': _fit_entry(a1['D_opt'].exponent, ci1, 'b')}
     md += [f'N_opt(C) = {_fmt(a1["N_opt"].k)} C^a with a = {_fmt(a1["N_opt"].exponent)} '
@@ -400,6 +407,9 @@ def _approach2(t: _Table):
   tokens_for = None
   md += ['## Approach 2: IsoFLOP profiles', '']
   a2 = None
+  if not len(budget):
+    md += ['Not fitted: no run finished (the Runs table says why each one is missing).', '']
+    return None, None
   if not (budget > 0).any():  # Grid and WSD runs have no budget: no profile to fit.
     md += [f'Not fitted: IsoFLOP profiles need runs planned at fixed compute budgets '
            f'(sweep.design=\'isoflop\'); this sweep\'s design is \'{s.design}\'.', '']

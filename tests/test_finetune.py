@@ -165,6 +165,23 @@ def test_classifier_learns_a_learnable_task(tmp_path):
                      timeout=300)
   assert r.returncode == 2 and 'latin1.txt is not UTF-8' in r.stderr, r.stderr
   assert 'Traceback' not in r.stderr
+  # Blank lines are skipped, as --text=' ' is refused; a .tsv's header and labels are
+  # not texts (one line each, classified, before).
+  (tmp_path / 'ws.txt').write_text('   \n\t\n' + ' '.join(A_WORDS[:3]) + '\n')
+  (tmp_path / 'new.tsv').write_text('text\tlabel\ngood nice\ta\n')
+  (tmp_path / 'blank.txt').write_text(' \n')
+  r = subprocess.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
+                      f'--file={tmp_path / "ws.txt"}'], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1, (r.stdout, r.stderr)
+  for f, err in (('new.tsv', 'tab-separated tables are not read; give a .csv or .jsonl'),
+                 ('blank.txt', 'holds no text (only blank lines)')):
+    r = subprocess.run([sys.executable, '-m', 'experiments.classify',
+                        f'--workdir={tmp_path / "cls"}', f'--file={tmp_path / f}'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith('error: --file=') and f in r.stderr, r
+    assert err in r.stderr, r.stderr
+    assert r.stderr.count('\n') == 1 and not r.stdout, r.stderr
 
 
 def test_frozen_backbone_from_an_lm_trains_only_the_head(pretrained, tmp_path):
@@ -289,6 +306,17 @@ def test_label_files_errors(tmp_path):
   with pytest.raises(classify.LabelError, match=r"part.csv:3: missing field 'text' .*; "
                      r"every example needs 'text'$"):
     classify.read_texts(str(part), 'text', 'label')
+  typed = tmp_path / 'typed.jsonl'  # JSON numbers are names; lists and true were str()'d.
+  typed.write_text('{"text": "hi", "label": 1}\n{"text": 2.5, "label": 0}\n')
+  assert classify.read_file(str(typed), 'text', 'label') == [('hi', '1'), ('2.5', '0')]
+  for row, what in (('{"text": ["good", "nice"], "label": 1}', r'\["good", "nice"\] \(a list\)'),
+                    ('{"text": "hi", "label": true}', r'true \(a bool\)'),
+                    ('{"text": {"a": "b"}, "label": 1}', r'\{"a": "b"\} \(a dict\)')):
+    typed.write_text('{"text": "ok", "label": 0}\n' + row + '\n')
+    for read in (classify.read_file, classify.read_texts):
+      with pytest.raises(classify.LabelError, match=r"typed.jsonl:2: field '\w+' is " + what
+                         + r'; give a string \(or a number\)$'):
+        read(str(typed), 'text', 'label')
   with pytest.raises(ConfigError, match=r'data.labels=\(0, 1\) .* class names are strings'):
     tiny(**{'data.labels': (0, 1)})
   with pytest.raises(ConfigError, match=r"list each class once \(\['a'\] repeat\)"):

@@ -1088,3 +1088,68 @@ def test_a_sweep_and_a_run_do_not_share_a_directory(tmp_path):
     sweep.check_plan(str(tmp_path / 'run'), [])
   assert sorted(os.listdir(tmp_path / 'sw')) == ['plan.json']
   assert os.listdir(tmp_path / 'run') == ['checkpoints']
+
+
+def _fake_isoflop_sweep(wd: str, cd, failed=()) -> list:
+  """A sweep directory as if trained, each run's eval curve from the law
+  L = 1.5 + 30 / N^0.35 + 300 / D^0.3 (no training)."""
+  runs = sweep.make_plan(cd)
+  sweep.write_plan(wd, runs)
+  evals = cd.sweep.evals_per_run
+  for r, row in zip(runs, sweep._collect(cd, wd, runs)):
+    rdir = os.path.join(wd, 'runs', r.name)
+    os.makedirs(rdir)
+    steps = r.overrides['train.steps']
+    with open(os.path.join(rdir, 'metrics.jsonl'), 'w') as f:
+      for k in sorted({*range(max(1, steps // evals), steps + 1, max(1, steps // evals)), steps}):
+        loss = 1.5 + 30 / row['N'] ** 0.35 + 300 / (row['D'] * k / steps) ** 0.3
+        f.write(json.dumps({'step': k, 'kind': 'eval', 'loss': loss}) + '\n')
+    status = 'failed' if r.name in failed else 'done'
+    with open(os.path.join(rdir, 'result.json'), 'w') as f:
+      json.dump({'status': status, 'wall_s': 1.0, **({'error': 'boom'} if r.name in failed
+                                                        else {})}, f)
+  sweep.collect(cd, wd)
+  return runs
+
+
+def test_report_says_what_a_degenerate_sweep_cannot_give(tmp_path):
+  """One budget of 5 runs, 2 of them on the loss envelope: every Approach 1
+  refit that succeeds is the fit itself, so its percentiles were a zero-width
+  "95% CI" that then declared the approaches in disagreement. Every run failed:
+  Approach 2 said the design was not 'isoflop' (it was). A file where the
+  report directory goes: a FileExistsError traceback from tools.report."""
+  from configs import isoflop_tiny
+  from lm import report
+  cd = isoflop_tiny.get_config()
+  cd.sweep.update(budgets=(4e11,), bootstrap=30, grid='coarse')
+  wd = str(tmp_path / 'one')
+  _fake_isoflop_sweep(wd, cd)
+  md = open(report.write_report(cd, wd)).read()
+  assert ('every refit that succeeded reproduced the fit (2 runs on the envelope), so its '
+          'percentiles collapse onto it') in md, md
+  fits = json.load(open(os.path.join(wd, 'report', 'fits.json')))
+  assert fits['approach1']['a']['ci95'] is None and fits['approach3']['a']['ci95']
+  assert 'approach1 and approach3' not in md
+  wd = str(tmp_path / 'failed')
+  runs = _fake_isoflop_sweep(wd, cd, failed={r.name for r in sweep.make_plan(cd)})
+  md = open(report.write_report(cd, wd)).read()
+  assert 'Not fitted: no run finished (the Runs table says why each one is missing).' in md
+  assert "this sweep's design is" not in md and md.count('| failed: boom |') == len(runs)
+  # The report directory cannot be made: one line, before the tables are rewritten.
+  shutil.rmtree(os.path.join(wd, 'report'))
+  open(os.path.join(wd, 'report'), 'w').close()
+  before = {f: open(os.path.join(wd, f)).read() for f in ('results.csv', 'results.jsonl')}
+  for run in (lambda: report.write_report(cd, wd),
+              lambda: subprocess.run(
+                  [sys.executable, '-m', 'tools.report', '--config=configs/isoflop_tiny.py',
+                   f'--workdir={wd}', '--config.sweep.budgets=(4e11,)'], check=False,
+                  capture_output=True, text=True,
+                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))):
+    try:
+      out = run()
+    except workdir.NotWritable as e:
+      assert 'report' in str(e) and 'is a file' in str(e), e
+      continue
+    assert out.returncode == 2 and out.stderr.startswith('error: the report directory'), out
+    assert 'Traceback' not in out.stderr and out.stderr.count('\n') == 1, out.stderr
+  assert {f: open(os.path.join(wd, f)).read() for f in before} == before

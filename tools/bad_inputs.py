@@ -300,6 +300,11 @@ CASES += [
     ('sweep: collect an empty workdir', [*SWEEP, '--workdir={S}/empty', '--mode=collect'],
      'no run'),
     ('sweep: --only not in the plan', [*SWEEP, _W, '--only=nope'], '--only'),
+    ('report: a file where the report directory goes',
+     ['-m', 'tools.report', '--config=configs/isoflop_tiny.py', '--workdir={S}/rep'],
+     "/rep/report' cannot be a directory"),
+    ('sweep: a file where the report directory goes (refused before training)',
+     [*SWEEP, '--workdir={S}/rep'], "error: the report directory '"),
     ('fit: missing results table', ['-m', 'tools.fit', '--results={S}/none.csv'], 'none.csv'),
     ('fit: a directory as the table', ['-m', 'tools.fit', '--results={S}/binary'], 'binary'),
     ('fit: a table without an N column', ['-m', 'tools.fit', '--results={S}/nolabel.jsonl'],
@@ -550,7 +555,7 @@ SCRATCH_NAMES = frozenset({
     'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'corpus', 'damaged',
     'empty', 'eta_plan', 'eta_wall', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
     'hf_cfgdir', 'hf_lmcfg', 'hf_rope', 'latin1.csv', 'nameerr.py', 'nfkc.model', 'nfkc.vocab',
-    'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'run',
+    'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'rep', 'run',
     'sp.model', 'table.jsonl', 'tok'})
 
 
@@ -571,6 +576,9 @@ def _prepare_small(s: str) -> None:
     f.write('{"question": "a", "choices": ["b", "c"], "answer": 0}\n{not json\n')
   os.makedirs(os.path.join(s, 'tok'), exist_ok=True)
   with open(os.path.join(s, 'tok', 'f.vocab'), 'w') as f:
+    f.write('keep me\n')
+  os.makedirs(os.path.join(s, 'rep'), exist_ok=True)
+  with open(os.path.join(s, 'rep', 'report'), 'w') as f:  # Where the report directory goes.
     f.write('keep me\n')
   with open(os.path.join(s, 'five.py'), 'w') as f:
     f.write('def get_config(arg=None):\n  return 5\n')

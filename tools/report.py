@@ -7,6 +7,7 @@ then reads them and each run's eval curve; writes <workdir>/report/report.md, PN
 fits.json (lm/report.py).
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -21,6 +22,7 @@ def main(argv):
   try:
     # Tabulate first, so the report reads every run as it is now (runs
     # finished since the last collect were missing from its tables).
+    workdir.check_writable(os.path.join(flags.FLAGS.workdir, 'report'), 'the report directory')
     sweep.collect(flags.FLAGS.config, flags.FLAGS.workdir)
     print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir, log=print))
   except (scaling.FitError, config_lib.ConfigError, workdir.NotWritable) as e:
