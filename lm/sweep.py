@@ -562,7 +562,8 @@ def _job(cd_dict: dict, workdir: str, names: str, *after) -> None:
 
 def _record(out: dict) -> dict:
   if 'error' in out:
-    return {'status': 'failed', 'error': out['error'][:500],
+    # A packed member's divergence, worded as the same run's alone (failed() below).
+    return {'status': 'failed', 'error': f'FloatingPointError: {out["error"][:500]}',
             **{k: out[k] for k in ('wall', 'wall_resumed') if k in out}}
   h = out['objective'].headline
   return {'status': 'done', 'final_loss': out['loss'], 'headline': h,

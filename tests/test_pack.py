@@ -167,6 +167,9 @@ def test_train_pack_skips_like_a_single_run_and_resumes_a_finished_member(tmp_pa
   assert out[1]['error'].startswith('4 steps in a row had a non-finite loss'), out[1]
   # One check for both loops (train.row_verdict): the same message and advice.
   assert out[1]['error'] == str(e.value).replace(str(tmp_path / 'bad_alone'), wds[1])
+  # A sweep records it as it records the run failing alone (type name first).
+  from lm import sweep
+  assert sweep._record(out[1])['error'] == f'FloatingPointError: {out[1]["error"][:500]}'
   assert json.loads(open(os.path.join(wds[1], 'nonfinite.json')).read())['step'] == 4
   rows = metrics.read(wds[1], 'train')
   assert [(r['step'], r['skipped']) for r in rows] == [(2, 2)]  # Both steps since the last row.
