@@ -126,10 +126,13 @@ def load(d: DataConfig, cache: str) -> tuple[list, list, tuple[str, ...]]:
   from lm import data as data_lib  # TFDS catalog dataset with a ClassLabel feature.
   builder = data_lib.catalog_dataset(d.tfds_name, cache)
   feats = builder.info.features
-  for key in (d.text_key, second):
-    if key not in feats:
-      raise ConfigError(f'data key {key!r} is not a feature of {d.tfds_name}; '
-                        f'features: {", ".join(feats)}')
+  data_lib.check_feature(builder, d.text_key, 'text_key', 'text')
+  if d.target_key:
+    data_lib.check_feature(builder, d.target_key, 'target_key', 'text')
+  else:
+    data_lib.check_feature(builder, d.label_key, 'label_key', 'class')
+  for split in (d.train_split, d.val_split):
+    data_lib.check_split(builder, split)
   # Each example is named by the dataset's own class names; data.labels, as for
   # files, is the ordered label set the names are matched against (encode
   # refuses a name outside it), not a renaming of class ids.

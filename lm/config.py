@@ -583,6 +583,10 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
     raise _err('data.path', d.path, "data.source='file' needs data.path (a .csv or "
                '.jsonl file) and data.label_key (classification) or data.target_key '
                '(sequence to sequence)')
+  if d.eval_path and d.source != 'file':
+    raise _err('data.eval_path', d.eval_path, "read with data.source='file' only; "
+               f"a {d.source} source validates on data.val_split"
+               + (' (its share: data.val_fraction)' if d.source in ('stdlib', 'dir') else ''))
   if (d.label_key or d.target_key) and d.source not in ('file', 'tfds'):
     raise _err('data.source', d.source, "labelled or paired data (data.label_key or "
                "data.target_key set) comes from data.source='file' or 'tfds'")

@@ -345,6 +345,30 @@ def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def check_split(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  if builder.info.splits and split not in builder.info.splits:  # Mocks list none.
+    raise ConfigError(f'split {split!r} not in {builder.name}; available: '
+                      f'{", ".join(builder.info.splits)}')
+
+
+def check_feature(builder: tfds.core.DatasetBuilder, key: str, field: str, kind: str) -> None:
+  """Refuses a feature that is not one string per example (kind 'text') or one
+  integer (kind 'class'): a list of strings or a float score read as text or
+  cut to int would train on its Python spelling or on truncated values."""
+  feats = builder.info.features
+  if key not in feats:
+    raise ConfigError(f'config.data.{field}={key!r} is not a feature of {builder.name}; '
+                      f'features: {", ".join(feats)}')
+  f = feats[key]
+  shape, dt = tuple(getattr(f, 'shape', ())), np.dtype(getattr(f, 'np_dtype', object))
+  if shape != () or dt.kind not in ('OSU' if kind == 'text' else 'iu'):
+    raise ConfigError(
+        f'config.data.{field}={key!r}: feature {key!r} of {builder.name} is a '
+        f'{type(f).__name__} of {dt} with shape {shape}; '
+        + ('it needs one text per example (a Text feature)' if kind == 'text' else
+           'it needs one class per example (a ClassLabel or integer feature)'))
+
+
 def corpus(d: DataConfig) -> tuple[tfds.core.DatasetBuilder, str]:
   """The TFDS builder for the configured corpus, and its text feature key."""
   if d.source == 'tfds':
@@ -374,12 +398,8 @@ def tokenize_split(builder: tfds.core.DatasetBuilder, split: str, text_key: str,
   Cached as .npy (keyed by dataset dir, text feature, tokenizer and split) and written
   atomically, so an interrupted run never leaves a half-written cache.
   """
-  if builder.info.splits and split not in builder.info.splits:  # Mocks list none.
-    raise ConfigError(f'split {split!r} not in {builder.name}; available: '
-                      f'{", ".join(builder.info.splits)}')
-  if text_key not in builder.info.features:
-    raise ConfigError(f'config.data.text_key={text_key!r} is not a feature of '
-                      f'{builder.name}; features: {", ".join(builder.info.features)}')
+  check_split(builder, split)
+  check_feature(builder, text_key, 'text_key', 'text')
   path = token_cache_path(builder, split, text_key, tokenizer, cache)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if os.path.exists(path):

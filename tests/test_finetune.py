@@ -361,6 +361,58 @@ def test_tfds_classification_dataset_with_mock_data(tmp_path):
                                text_key='sentence', cache_dir=str(tmp_path)), str(tmp_path))
 
 
+class LmTestPairs(tfds.core.GeneratorBasedBuilder):
+  """A local TFDS dataset with only train and test splits and features of
+  every kind a catalog dataset has (mock_data makes any split and feature)."""
+  VERSION = tfds.core.Version('1.0.0')
+  pkg_dir_path = tfds.core.Path(__file__).parent  # Not a package's module: say where.
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'text': tfds.features.Text(), 'summary': tfds.features.Text(), 'score': np.float32,
+        'label': tfds.features.ClassLabel(names=['neg', 'pos']),
+        'answers': tfds.features.Sequence(tfds.features.Text())}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(8), 'test': self._generate_examples(4)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {'text': f'input {i}', 'summary': f'out {i}', 'score': i / 7 + 0.5,
+                'label': i % 2, 'answers': [f'a{i}', f'b{i}']}
+
+
+def test_tfds_features_and_splits_are_checked_before_reading(tmp_path):
+  """A list of strings or a float score was read as its Python spelling or cut
+  to int classes, a missing split was a ValueError traceback (classification
+  and seq2seq), and data.eval_path was ignored for a TFDS source."""
+  from lm import data as data_lib
+  base = DataConfig(source='tfds', tfds_name='lm_test_pairs', val_split='test',
+                    cache_dir=str(tmp_path))
+  tr, ev, names = classify.load(dataclasses.replace(base, label_key='label'), str(tmp_path))
+  assert names == ('neg', 'pos') and len(tr) == 8 and len(ev) == 4 and ('input 1', 'pos') in tr
+  tr, _, _ = classify.load(dataclasses.replace(base, target_key='summary'), str(tmp_path))
+  assert ('input 0', 'out 0') in tr
+  for over, match in (
+      (dict(label_key='score'), r"config.data.label_key='score': feature 'score' of "
+       r'lm_test_pairs is a Tensor of float32 with shape \(\); it needs one class per example'),
+      (dict(target_key='answers'), r"config.data.target_key='answers': .* a Sequence of "
+       r'object with shape \(None,\); it needs one text per example'),
+      (dict(text_key='label', label_key='label'), r"text_key='label': .* ClassLabel of int64"),
+      (dict(label_key='label', val_split='validation'),
+       r"split 'validation' not in lm_test_pairs; available: train, test"),
+      (dict(target_key='summary', val_split='validation'), r"split 'validation' not in")):
+    with pytest.raises(ConfigError, match=match):
+      classify.load(dataclasses.replace(base, **over), str(tmp_path))
+  builder = data_lib.catalog_dataset('lm_test_pairs', str(tmp_path))
+  with pytest.raises(ConfigError, match=r"text_key='answers': .* one text per example"):
+    data_lib.tokenize_split(builder, 'train', 'answers', ByteTokenizer(), str(tmp_path))
+  assert len(data_lib.tokenize_split(builder, 'train', 'text', ByteTokenizer(), str(tmp_path)))
+  with pytest.raises(ConfigError, match=r"config.data.eval_path='e.jsonl' is invalid: read "
+                     r"with data.source='file' only; a tfds source validates on data.val_split$"):
+    tiny(**{'data.source': 'tfds', 'data.tfds_name': 'lm_test_pairs', 'data.eval_path': 'e.jsonl'})
+
+
 def _cli(*args):
   return subprocess.run([sys.executable, '-m', 'experiments.generate', *args],
                         capture_output=True, text=True, timeout=300)
