@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   family: str = 'decoder'  # decoder (causal LM), encoder (masked LM) or encoder_decoder.
-  vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128.
+  vocab_size: int = 0  # 0: the tokenizer's size plus the objective's extra ids (mlm's MASK, span's sentinels) rounded up to a multiple of 128.
   d_model: int = 128  # Width of the residual stream.
   num_layers: int = 2  # Transformer blocks (encoder-decoder: the encoder's).
   num_decoder_layers: int = 0  # Encoder-decoder: 0 means num_layers.
@@ -57,15 +57,15 @@ class ModelConfig:
   activation: str = 'gelu'  # MLP: gelu | swiglu (gated) | relu2 (squared ReLU).
   tie_embeddings: bool = True  # Output head shares the input embedding matrix.
   embed_dropout: float = 0.0  # Dropout on the embeddings (training only).
-  attn_dropout: float = 0.0  # Dropout on the attention weights (training only).
+  attn_dropout: float = 0.0  # Dropout on the attention weights (training only; xla or auto attention only).
   resid_dropout: float = 0.0  # Dropout on each residual branch (training only).
   param_dtype: str = 'float32'  # Storage dtype of the parameters.
   dtype: str = 'float32'  # Compute dtype of matmuls; logits and softmax stay float32.
   scan_layers: bool = True  # nn.scan over layers (one compiled layer; params stacked).
   remat: str = 'none'  # Recompute in backward: none | full | save_dots | dots_saveable | save_proj | offload (lm/model.py).
   init_std: float = 0.02  # Std of the normal initialiser of weight matrices.
-  attn_block: int = 128  # Query/key block length of the xla, chunked and pallas paths (0: one
-  # block; the chunked path then uses 512).
+  attn_block: int = 128  # Query/key block length of the xla and chunked paths (0: one
+  # block; the chunked path then uses 512). The pallas kernel picks its own (lm/model.py).
   loss_chunk: int = 0  # > 0: the LM loss makes logits this many positions at a time (memory).
   attention: str = 'auto'  # auto | xla | dot_product (cuDNN on GPU) | pallas | chunked (lm/model.py).
   attn_max_docs: int = 0  # > 0: dot_product on H100+ runs document masks of windows with <= this many documents in cuDNN's packed kernel (0: a dense mask; tools/bench_train.py).
@@ -137,7 +137,7 @@ class OptimizerConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str = 'stdlib'  # stdlib (the built-in corpus) | dir | tfds | file (CSV/JSONL).
-  path: str = ''  # Directory or glob for source='dir'.
+  path: str = ''  # source='dir': a directory or glob; source='file': the .csv/.jsonl file.
   tfds_name: str = ''  # Catalog name for source='tfds', e.g. 'tiny_shakespeare'.
   text_key: str = 'text'  # Feature or column holding the text.
   label_key: str = ''  # Set: labelled examples for a classifier (source file or tfds).
@@ -303,13 +303,13 @@ class SweepConfig:
   sizes: int = 5  # isoflop: consecutive ladder models per budget (>= 3).
   tokens_per_param: float = 20.0  # isoflop: D/N at the expected optimum (centres the sizes).
   min_steps: int = 20  # isoflop: refuse a run shorter than this.
-  params: tuple[float, ...] = ()  # grid/wsd: target non-embedding parameter counts.
-  tokens: tuple[float, ...] = ()  # grid/wsd: training tokens per run.
+  params: tuple[float, ...] = ()  # grid/wsd/lr: target non-embedding parameter counts.
+  tokens: tuple[float, ...] = ()  # grid/wsd/lr/transfer: training tokens per run.
   aspect: int = 32  # Ladder: d_model = aspect x layers.
   head_dim: int = 16  # Ladder: heads = d_model / head_dim.
   cooldown_fraction: float = 0.2  # wsd: each branch's cooldown share of its steps.
   seeds: tuple[int, ...] = (0,)  # Replicates of every run (train.seed and data order).
-  lrs: tuple[float, ...] = ()  # Optional learning-rate sweep of every run (transfer: the LR grid).
+  lrs: tuple[float, ...] = ()  # Learning rates of every run: optional for isoflop/grid/wsd, the grid (3+) of lr and transfer.
   widths: tuple[int, ...] = ()  # transfer: d_model values (layers and heads from the base config).
   parametrizations: tuple[str, ...] = PARAMETRIZATIONS  # transfer: each width and LR in these.
   evals_per_run: int = 6  # Evaluations over a run (the envelope method reads them).
@@ -506,6 +506,10 @@ def validate_model(m: ModelConfig) -> None:
   _choice('model.dtype', m.dtype, DTYPES)
   _choice('model.remat', m.remat, REMAT)
   _choice('model.attention', m.attention, ATTENTION)
+  if m.attn_dropout > 0 and m.attention not in ('auto', 'xla'):  # It ran xla instead.
+    raise _err('model.attention', m.attention, f'attention dropout '
+               f'(model.attn_dropout={m.attn_dropout}) exists only on the xla path: set '
+               "model.attention='xla' or 'auto', or model.attn_dropout=0")
   _choice('model.pool', m.pool, POOLS)
   for f in ('embed_dropout', 'attn_dropout', 'resid_dropout'):
     _rate(f'model.{f}', getattr(m, f))

@@ -27,6 +27,9 @@ CASES = [
     ({'data.seq_len': 64}, r'data.seq_len=64 .* learned position table model.max_len=32'),
     ({'train.batch_size': 10, 'train.grad_accum': 4}, r'batch_size=10 .*grad_accum=4'),
     ({'model.attn_dropout': 1.5}, r'model.attn_dropout=1.5 .* \[0, 1\)'),
+    ({'model.attn_dropout': 0.1, 'model.attention': 'pallas'},
+     r"model.attention='pallas' .* attention dropout \(model.attn_dropout=0.1\) exists only "
+     r'on the xla path'),
     ({'model.dtype': 'float16'}, r"model.dtype='float16' .* float32, bfloat16"),
     ({'data.source': 'dir'}, r"data.path='' .* directory or glob"),
     ({'mesh.data': 0}, r'mesh.data=0 .* positive size or -1'),
