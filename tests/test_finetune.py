@@ -361,25 +361,31 @@ def test_tfds_classification_dataset_with_mock_data(tmp_path):
                                text_key='sentence', cache_dir=str(tmp_path)), str(tmp_path))
 
 
-class LmTestPairs(tfds.core.GeneratorBasedBuilder):
-  """A local TFDS dataset with only train and test splits and features of
-  every kind a catalog dataset has (mock_data makes any split and feature)."""
-  VERSION = tfds.core.Version('1.0.0')
-  pkg_dir_path = tfds.core.Path(__file__).parent  # Not a package's module: say where.
+def _register_test_pairs() -> None:
+  """Registers a local TFDS dataset, lm_test_pairs, with only train and test splits
+  and features of every kind a catalog dataset has (mock_data makes any split and
+  feature); once per process, though this module may be imported under two names."""
+  try:
+    class LmTestPairs(tfds.core.GeneratorBasedBuilder):  # noqa: F841 (registers itself)
+      VERSION = tfds.core.Version('1.0.0')
+      pkg_dir_path = tfds.core.Path(__file__).parent  # Not a package's module: say where.
 
-  def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        'text': tfds.features.Text(), 'summary': tfds.features.Text(), 'score': np.float32,
-        'label': tfds.features.ClassLabel(names=['neg', 'pos']),
-        'answers': tfds.features.Sequence(tfds.features.Text())}))
+      def _info(self):
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            'text': tfds.features.Text(), 'summary': tfds.features.Text(), 'score': np.float32,
+            'label': tfds.features.ClassLabel(names=['neg', 'pos']),
+            'answers': tfds.features.Sequence(tfds.features.Text())}))
 
-  def _split_generators(self, dl_manager):
-    return {'train': self._generate_examples(8), 'test': self._generate_examples(4)}
+      def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(8), 'test': self._generate_examples(4)}
 
-  def _generate_examples(self, n):
-    for i in range(n):
-      yield i, {'text': f'input {i}', 'summary': f'out {i}', 'score': i / 7 + 0.5,
-                'label': i % 2, 'answers': [f'a{i}', f'b{i}']}
+      def _generate_examples(self, n):
+        for i in range(n):
+          yield i, {'text': f'input {i}', 'summary': f'out {i}', 'score': i / 7 + 0.5,
+                    'label': i % 2, 'answers': [f'a{i}', f'b{i}']}
+  except ValueError as e:  # tests.test_finetune and test_finetune: one registry.
+    if 'already registered' not in str(e):
+      raise
 
 
 def test_tfds_features_and_splits_are_checked_before_reading(tmp_path):
@@ -387,6 +393,7 @@ def test_tfds_features_and_splits_are_checked_before_reading(tmp_path):
   to int classes, a missing split was a ValueError traceback (classification
   and seq2seq), and data.eval_path was ignored for a TFDS source."""
   from lm import data as data_lib
+  _register_test_pairs()
   base = DataConfig(source='tfds', tfds_name='lm_test_pairs', val_split='test',
                     cache_dir=str(tmp_path))
   tr, ev, names = classify.load(dataclasses.replace(base, label_key='label'), str(tmp_path))
