@@ -359,6 +359,7 @@ def _approach1(t: _Table) -> None:
                                      for e in ev]), np.array([e['loss'] for e in ev]))
     n_of = {r['name']: r['N'] for r in rows}
     a1 = scaling.approach1(curves, n_of, lambda name: fpt_of[name])
+    envelope_runs = len({e[2] for e in a1['envelope']})
     names = list(curves)
 
     def refit1(idx):  # Resample whole runs (curves), keeping duplicates apart.
@@ -377,7 +378,7 @@ def _approach1(t: _Table) -> None:
         # every refit that keeps both reproduces the fit, every other one fails.
         ci1 = {'_failed': ci1['_failed'],
                '_why': f'every refit that succeeded reproduced the fit '
-                       f'({len({e[2] for e in a1["envelope"]})} runs on the envelope), '
+                       f'({envelope_runs} runs on the envelope), '
                        'so its percentiles collapse onto it'}
     t.fits['approach1'] = {'a': _fit_entry(a1['N_opt'].exponent, ci1, 'a'),
                            'b': _fit_entry(a1['D_opt'].exponent, ci1, 'b')}
@@ -385,7 +386,7 @@ def _approach1(t: _Table) -> None:
            f'(95% CI {_ci(ci1, "a")}); D_opt(C) = {_fmt(a1["D_opt"].k)} C^b with '
            f'b = {_fmt(a1["D_opt"].exponent)} (95% CI {_ci(ci1, "b")}). '
            f'{len(a1["envelope"])} envelope points from '
-           f'{len({e[2] for e in a1["envelope"]})} runs; intervals resample whole runs '
+           f'{envelope_runs} runs; intervals resample whole runs '
            f'(failed refits: {ci1["_failed"][0]} of {ci1["_failed"][1]}).', '']
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (cc, ll) in curves.items():
