@@ -64,6 +64,10 @@ def main(argv):
           f'{_WORKDIR.value} holds an encoder (masked LM), which has no left-to-right '
           'likelihood to sample or score from: use python -m experiments.fill_mask')
     seq2seq = c.model.family == 'encoder_decoder'
+    ignored = seq2seq and cli.ignored_flags(('doc_start',), 'a decoder (an encoder-decoder '
+                                            'ends its input with EOS and starts at BOS)')
+    if ignored:
+      raise sampling.SamplingError(ignored.replace('--doc_start', '--[no]doc_start'))
     sentinels = objectives.get(c).extra_ids(c) - 1 if seq2seq else 0  # <extra_id_N>, N below.
     if seq2seq and _SCORE.value is not None and len(_PROMPT.value) != 1:
       raise sampling.SamplingError(

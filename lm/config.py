@@ -173,7 +173,7 @@ class TrainConfig:
   seed: int = 0  # Seed of the initialisation and dropout.
   log_every: int = 10  # Steps between train-metric rows.
   eval_every: int = 100  # Steps between evaluations (and always at the end).
-  eval_batches: int = 8  # Batches per evaluation (the first windows of the split).
+  eval_batches: int = 8  # Batches per evaluation (the first windows of the split; labelled data, classify and seq2seq pairs, always scores the whole eval split).
   checkpoint_every: int = 250  # Steps between checkpoints (and always at the end).
   keep_checkpoints: int = 3  # Checkpoints kept on disk (oldest deleted).
   extra_checkpoints: tuple[int, ...] = ()  # Steps also saved (WSD branch points).
@@ -491,6 +491,9 @@ def validate_model(m: ModelConfig) -> None:
   if m.head_dim == 0 and m.d_model % m.num_heads:
     raise _err('model.d_model', m.d_model,
                f'must be divisible by model.num_heads={m.num_heads}')
+  if m.num_decoder_layers and m.family != 'encoder_decoder':
+    raise _err('model.num_decoder_layers', m.num_decoder_layers, "only model.family="
+               "'encoder_decoder' has a decoder stack; leave it 0 for the others")
   if m.mlm_transform and m.family != 'encoder':
     raise _err('model.mlm_transform', True, "BERT's masked-LM head transform needs "
                "model.family='encoder'")
@@ -631,6 +634,10 @@ def _validate_task(c: Config) -> None:
   if m.family == 'decoder' and m.pool == 'first' and d.label_key:  # Causal: it sees itself.
     raise _err('model.pool', m.pool, "a causal decoder's first token sees only itself; "
                "classify from the 'last' token or the 'mean'")
+  if d.target_len and not d.target_key:
+    raise _err('data.target_len', d.target_len, "only (input, target) pairs (data.target_key "
+               "set) have targets of that length; span corruption's follow data.seq_len, "
+               "noise_density and mean_span")
   if o.freeze_backbone and not d.label_key:
     raise _err('opt.freeze_backbone', True, 'only classifier fine-tuning (data.label_key '
                'set) has a head to train alone')

@@ -52,8 +52,14 @@ CASES = [
     # Rows past a position table were clamped to its last row, silently.
     ({'model.position': 'sinusoidal', 'data.seq_len': 64},
      r'data.seq_len=64 .* sinusoidal position table model.max_len=32'),
-    ({'model.family': 'encoder_decoder', 'data.target_len': 64},
+    ({'model.family': 'encoder_decoder', 'data.source': 'file', 'data.path': 'x.jsonl',
+      'data.target_key': 'target', 'data.target_len': 64},
      r'data.target_len=64 .* learned position table model.max_len=32'),
+    # Fields no part of the chosen model or objective reads: they changed nothing, silently.
+    ({'model.family': 'encoder_decoder', 'data.target_len': 16},
+     r'data.target_len=16 .* only \(input, target\) pairs .* span corruption'),
+    ({'model.num_decoder_layers': 2},
+     r"model.num_decoder_layers=2 .* only model.family='encoder_decoder' has a decoder stack"),
 ]
 
 

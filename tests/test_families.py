@@ -427,6 +427,11 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert r.returncode == 2 and "decoder's start token exceed" in r.stderr, r.stderr
   r = subprocess.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr
+  # Its input always ends with EOS and decoding starts at BOS: the flag changed nothing.
+  r = subprocess.run(ed + ['--prompt=x', '--nodoc_start'], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith('error: --[no]doc_start only applies to '
+                                                   'a decoder'), r.stderr
 
 
 def _span_restore(enc_inputs: np.ndarray, targets: np.ndarray, text_vocab: int,
