@@ -364,6 +364,13 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
     assert out.returncode == 2 and want in out.stderr and 'Traceback' not in out.stderr, (
         args, out.stderr)
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+  # A transfer sweep's sp and mup runs share their N: one fit of both mixed two
+  # models (each size's "best LR" chosen across them).
+  from tools import fit as fit_tool
+  mixed = [{**r, 'name': r['name'] + p, 'parametrization': p} for r in rows for p in ('sp', 'mup')]
+  with pytest.raises(scaling.FitError, match=r'mixes parametrizations \(mup, sp\)'):
+    fit_tool.fit_rows(mixed)
+  assert len(fit_tool.fit_rows([r for r in mixed if r['parametrization'] == 'mup'])[0]) == len(rows)
 
 
 def test_report_noise_and_agreement_lines():

@@ -72,6 +72,11 @@ def fit_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     if r.get('lr') in (None, ''):  # An empty CSV cell: no learning rate recorded.
       r.pop('lr', None)
   done = [r for r in typed if r.get('status', 'done') == 'done']
+  kinds = sorted({str(r['parametrization']) for r in done if r.get('parametrization')})
+  if len(kinds) > 1:  # A transfer sweep's table: one size's sp and mup runs are two models.
+    raise scaling.FitError(f'the table mixes parametrizations ({", ".join(kinds)}): one law '
+                           'fits one of them; keep only its rows (a transfer sweep is '
+                           'compared by python -m tools.report, not fitted)')
   failed = [r for r in typed if r.get('status', 'done') != 'done']
   if not all('final_loss' in r for r in done):  # A table of other columns: all its rows.
     return done, []
