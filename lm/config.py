@@ -537,6 +537,8 @@ def validate(c: Config) -> None:
   _validate_task(c)
   _validate_train(c)
   _validate_mesh(c)
+  from lm import objectives  # Imports this module: here, not at the top.
+  objectives.check_fields(c)
 
 
 def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
@@ -647,6 +649,12 @@ def _validate_task(c: Config) -> None:
   if d.tokenizer in _TOKENIZER_FILES and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
                f'set the path of {_TOKENIZER_FILES[d.tokenizer]}')
+  if not d.canary_repeats:  # The canaries' other fields describe canaries that are not there.
+    for f in ('canary_template', 'canary_digits', 'canary_seed'):
+      default = getattr(DataConfig(), f)
+      if getattr(d, f) != default:
+        raise _err(f'data.{f}', getattr(d, f), 'changes nothing without data.canary_repeats '
+                   f'(the canaries to insert); leave it at {default!r}')
   if d.canary_repeats and (m.family != 'decoder' or d.label_key):
     raise _err('data.canary_repeats', d.canary_repeats, 'canaries go into a causal '
                "language model's training text (model.family='decoder', no data.label_key)")

@@ -60,7 +60,20 @@ CASES = [
      r'data.target_len=16 .* only \(input, target\) pairs .* span corruption'),
     ({'model.num_decoder_layers': 2},
      r"model.num_decoder_layers=2 .* only model.family='encoder_decoder' has a decoder stack"),
+    ({'data.mlm_rate': 0.3}, r'data.mlm_rate=0.3 is read only by the mlm objective, and this '
+                             r'run trains lm: leave it at its default 0.15'),
+    ({'model.family': 'encoder', 'data.mean_span': 5.0},
+     r'data.mean_span=5.0 is read only by the span objective, and this run trains mlm'),
+    ({'model.pool': 'mean'}, r"model.pool='mean' is read only by the classify objective"),
+    ({'data.canary_digits': 3}, r'data.canary_digits=3 .* changes nothing without '
+                                r'data.canary_repeats'),
 ]
+
+
+def test_an_objective_s_own_fields_are_its_to_set():
+  assert tiny(**{'model.family': 'encoder', 'data.mlm_rate': 0.3}).data.mlm_rate == 0.3
+  assert tiny(**{'model.family': 'encoder_decoder', 'data.mean_span': 5.0}).data.mean_span == 5
+  assert tiny(**{'data.canary_repeats': (0, 4), 'data.canary_digits': 3}).data.canary_digits == 3
 
 
 @pytest.mark.parametrize('overrides,pattern', CASES, ids=[p.split()[0] for _, p in CASES])

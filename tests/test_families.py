@@ -218,7 +218,8 @@ def _xla_and_exact_flops(family: str, **over) -> tuple[float, float]:
   c = train.resolve_vocab(tiny(**{'model.family': family, 'model.scan_layers': False,
                                   'data.seq_len': 128, 'model.max_len': 256,
                                   'model.d_model': 128, 'model.mlp_dim': 512,
-                                  'model.num_decoder_layers': 3, **over}), 259)
+                                  **({'model.num_decoder_layers': 3}
+                                     if family == 'encoder_decoder' else {}), **over}), 259)
   model = Transformer(c.model)
   tx = optimizer.unit_lr(c.opt)
   abstract = jax.eval_shape(lambda r: nn.unbox(train.init_fn(c, model, tx)(r)),

@@ -351,11 +351,11 @@ def test_foreign_and_corrupt_checkpoints_are_refused_and_kept(tmp_path, corpus_d
   other = tiny(corpus_dir, **{'model.d_model': 64})
   with pytest.raises(train.CheckpointError, match=r'model.d_model: 32 != 64'):
     train.train_and_evaluate(other, str(run))
-  # The data a run trains on is fixed too: another split, order or label set
+  # The data a run trains on is fixed too: another split, order or batch size
   # would change it mid-run (resumes accepted them and rewrote config.json).
   stored = (run / 'config.json').read_text()
   for field, value in (('data.val_fraction', 0.5), ('data.shuffle_seed', 7),
-                       ('data.labels', ('b', 'a'))):
+                       ('train.batch_size', 16)):
     with pytest.raises(train.CheckpointError, match=field.replace('.', r'\.')):
       train.train_and_evaluate(tiny(corpus_dir, **{field: value}), str(run))
   assert (run / 'config.json').read_text() == stored

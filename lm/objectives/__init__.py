@@ -8,7 +8,7 @@ encoder_decoder: span). The interface is lm/objectives/base.py's `Objective`.
 
 from __future__ import annotations
 
-from lm.config import Config, ConfigError
+from lm.config import SECTIONS, Config, ConfigError
 from lm.objectives import classify, lm, mlm, seq2seq, span
 from lm.objectives.base import Data, Objective
 
@@ -16,7 +16,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     lm.OBJECTIVE, mlm.OBJECTIVE, span.OBJECTIVE, seq2seq.OBJECTIVE, classify.OBJECTIVE)}
 PRETRAINING = {'decoder': 'lm', 'encoder': 'mlm', 'encoder_decoder': 'span'}
 
-__all__ = ['Data', 'Objective', 'OBJECTIVES', 'get', 'name_of']
+__all__ = ['Data', 'Objective', 'OBJECTIVES', 'check_fields', 'get', 'name_of']
 
 
 def name_of(c: Config) -> str:
@@ -31,6 +31,22 @@ def name_of(c: Config) -> str:
       raise ConfigError(f'config.train.objective={name!r} needs data.{key} (and '
                         "data.source 'file' or 'tfds')")
   return name
+
+
+def check_fields(c: Config) -> None:
+  """Refuses a field that only other objectives read (Objective.fields), set
+  away from its default: it would change nothing, as a sweep refuses the
+  fields its design does not read."""
+  name = name_of(c)
+  mine = OBJECTIVES[name].fields if name in OBJECTIVES else ()  # Unknown: get() says so.
+  for o in OBJECTIVES.values():
+    for field in o.fields:
+      section, key = field.split('.')
+      value, default = getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
+      if field not in mine and value != default:
+        readers = ', '.join(x.name for x in OBJECTIVES.values() if field in x.fields)
+        raise ConfigError(f'config.{field}={value!r} is read only by the {readers} objective, '
+                          f'and this run trains {name}: leave it at its default {default!r}')
 
 
 def get(c: Config) -> Objective:

@@ -72,6 +72,9 @@ class Objective:
               labelled or paired files are read once, before the workdir check.
   lengths     config -> (encoder, decoder) lengths per example for FLOPs;
               (0, 0) where data.seq_len alone decides them.
+  fields      config fields that only this objective reads: set away from
+              their defaults for another objective they would change nothing,
+              so lm/config.validate refuses them (objectives.check_fields).
   """
   name: str
   families: tuple[str, ...]  # model.family values it trains.
@@ -88,6 +91,7 @@ class Objective:
   load: Callable[[Config], tuple[Config, Any]] = _no_labels
   lengths: Callable[[Config], tuple[int, int]] = _text_lengths
   count: str = 'tokens'
+  fields: tuple[str, ...] = ()
 
 
 # --- Helpers several objectives share ------------------------------------------

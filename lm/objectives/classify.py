@@ -76,7 +76,7 @@ def describe(m: dict) -> str:
 OBJECTIVE = base.Objective(
     name='classify', families=('decoder', 'encoder'), headline='accuracy',
     higher_is_better=True, data=data, loss=loss, eval_sums=eval_sums, summarize=summarize,
-    describe=describe, load=load, count='examples',
+    describe=describe, load=load, count='examples', fields=('data.labels', 'model.pool'),
     # An encoder keeps MASK's id (as its masked-LM checkpoint has it).
     extra_ids=lambda c: 1 if c.model.family != 'decoder' else 0,
     row_shapes=lambda c: {'tokens': ((c.data.seq_len,), np.int32),

@@ -77,6 +77,7 @@ OBJECTIVE = base.Objective(
     name='mlm', families=('encoder',), headline='accuracy', higher_is_better=True,
     data=data, loss=loss, eval_sums=base.token_eval_sums, summarize=base.token_summary,
     describe=describe, check=check, extra_ids=lambda c: 1,
+    fields=('data.mlm_rate', 'data.mlm_mask_frac', 'data.mlm_random_frac'),
     row_shapes=lambda c: {'inputs': ((c.data.seq_len,), np.int32),
                           'targets': ((c.data.seq_len,), np.int32),
                           'weights': ((c.data.seq_len,), np.float32)})

@@ -101,6 +101,7 @@ OBJECTIVE = base.Objective(
     name='span', families=('encoder_decoder',), headline='accuracy', higher_is_better=True,
     data=data, loss=seq2seq.loss, eval_sums=base.token_eval_sums,
     summarize=base.token_summary, describe=seq2seq.describe, check=check,
+    fields=('data.noise_density', 'data.mean_span'),
     extra_ids=lambda c: 1 + span_counts(c.data.seq_len, c.data.noise_density,
                                         c.data.mean_span)[1],
     lengths=lengths, row_shapes=lambda c: seq2seq.shapes(*lengths(c)))
