@@ -491,9 +491,6 @@ def validate_model(m: ModelConfig) -> None:
   if m.head_dim == 0 and m.d_model % m.num_heads:
     raise _err('model.d_model', m.d_model,
                f'must be divisible by model.num_heads={m.num_heads}')
-  if m.num_decoder_layers and m.family != 'encoder_decoder':
-    raise _err('model.num_decoder_layers', m.num_decoder_layers, "only model.family="
-               "'encoder_decoder' has a decoder stack; leave it 0 for the others")
   if m.mlm_transform and m.family != 'encoder':
     raise _err('model.mlm_transform', True, "BERT's masked-LM head transform needs "
                "model.family='encoder'")
@@ -537,8 +534,45 @@ def validate(c: Config) -> None:
   _validate_task(c)
   _validate_train(c)
   _validate_mesh(c)
+  _validate_unread(c)
   from lm import objectives  # Imports this module: here, not at the top.
   objectives.check_fields(c)
+
+
+def _read_only_if(c: Config) -> list[tuple[str, bool, str]]:
+  """(field, whether this config reads it, the condition under which it does)
+  for the fields that only some configurations read. Fields only another
+  objective reads are listed by the objectives (Objective.fields)."""
+  m, d, t = c.model, c.data, c.train
+  canaries = bool(d.canary_repeats)
+  return [
+      ('model.num_decoder_layers', m.family == 'encoder_decoder',
+       "model.family='encoder_decoder' (a decoder stack)"),
+      ('model.rope_theta', m.position == 'rope', "model.position='rope'"),
+      ('data.target_len', bool(d.target_key), '(input, target) pairs (data.target_key; span '
+       "corruption's targets follow data.seq_len, noise_density and mean_span)"),
+      ('data.tfds_name', d.source == 'tfds', "data.source='tfds'"),
+      ('data.text_key', d.source in ('file', 'tfds'), "data.source='file' or 'tfds'"),
+      ('data.tokenizer_path', d.tokenizer != 'byte', "data.tokenizer='sentencepiece' or 'hf'"),
+      ('data.canary_template', canaries, 'data.canary_repeats (the canaries to insert)'),
+      ('data.canary_digits', canaries, 'data.canary_repeats (the canaries to insert)'),
+      ('data.canary_seed', canaries, 'data.canary_repeats (the canaries to insert)'),
+      ('train.max_skips', t.on_nonfinite == 'skip', "train.on_nonfinite='skip'"),
+      ('train.max_rollbacks', t.on_nonfinite == 'rollback', "train.on_nonfinite='rollback'"),
+      ('train.eval_tasks_path', bool(t.eval_tasks), 'train.eval_tasks'),
+      ('train.eval_tasks_limit', bool(t.eval_tasks), 'train.eval_tasks'),
+  ]
+
+
+def _validate_unread(c: Config) -> None:
+  """A field this config does not read, set away from its default, changed
+  nothing, silently: refused, naming what would make it count."""
+  for field, read, condition in _read_only_if(c):
+    section, key = field.split('.')
+    value, default = getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
+    if not read and value != default:
+      raise _err(field, value, f'read only with {condition}, so it changes nothing here; leave it at its default '
+                 f'{default!r}')
 
 
 def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
@@ -636,10 +670,6 @@ def _validate_task(c: Config) -> None:
   if m.family == 'decoder' and m.pool == 'first' and d.label_key:  # Causal: it sees itself.
     raise _err('model.pool', m.pool, "a causal decoder's first token sees only itself; "
                "classify from the 'last' token or the 'mean'")
-  if d.target_len and not d.target_key:
-    raise _err('data.target_len', d.target_len, "only (input, target) pairs (data.target_key "
-               "set) have targets of that length; span corruption's follow data.seq_len, "
-               "noise_density and mean_span")
   if o.freeze_backbone and not d.label_key:
     raise _err('opt.freeze_backbone', True, 'only classifier fine-tuning (data.label_key '
                'set) has a head to train alone')
@@ -649,12 +679,6 @@ def _validate_task(c: Config) -> None:
   if d.tokenizer in _TOKENIZER_FILES and not d.tokenizer_path:
     raise _err('data.tokenizer_path', d.tokenizer_path,
                f'set the path of {_TOKENIZER_FILES[d.tokenizer]}')
-  if not d.canary_repeats:  # The canaries' other fields describe canaries that are not there.
-    for f in ('canary_template', 'canary_digits', 'canary_seed'):
-      default = getattr(DataConfig(), f)
-      if getattr(d, f) != default:
-        raise _err(f'data.{f}', getattr(d, f), 'changes nothing without data.canary_repeats '
-                   f'(the canaries to insert); leave it at {default!r}')
   if d.canary_repeats and (m.family != 'decoder' or d.label_key):
     raise _err('data.canary_repeats', d.canary_repeats, 'canaries go into a causal '
                "language model's training text (model.family='decoder', no data.label_key)")

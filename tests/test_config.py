@@ -57,16 +57,25 @@ CASES = [
      r'data.target_len=64 .* learned position table model.max_len=32'),
     # Fields no part of the chosen model or objective reads: they changed nothing, silently.
     ({'model.family': 'encoder_decoder', 'data.target_len': 16},
-     r'data.target_len=16 .* only \(input, target\) pairs .* span corruption'),
+     r"data.target_len=16 .* read only with \(input, target\) pairs .* span corruption's"),
     ({'model.num_decoder_layers': 2},
-     r"model.num_decoder_layers=2 .* only model.family='encoder_decoder' has a decoder stack"),
+     r"model.num_decoder_layers=2 .* read only with model.family='encoder_decoder'"),
+    ({'model.rope_theta': 5e5}, r"model.rope_theta=500000.0 .* read only with model.position="
+                                r"'rope', so it changes nothing here; leave it at its default "
+                                r'10000.0'),
+    ({'data.text_key': 'body'}, r"data.text_key='body' .* data.source='file' or 'tfds'"),
+    ({'data.tfds_name': 'glue/sst2'}, r"data.tfds_name='glue/sst2' .* data.source='tfds'"),
+    ({'data.tokenizer_path': 'x.model'}, r"data.tokenizer_path='.*x.model' .* data.tokenizer="),
+    ({'train.max_skips': 3}, r"train.max_skips=3 .* train.on_nonfinite='skip'"),
+    ({'train.max_rollbacks': 5}, r"train.max_rollbacks=5 .* train.on_nonfinite='rollback'"),
+    ({'train.eval_tasks_limit': 5}, r'train.eval_tasks_limit=5 .* read only with '
+                                    r'train.eval_tasks'),
     ({'data.mlm_rate': 0.3}, r'data.mlm_rate=0.3 is read only by the mlm objective, and this '
                              r'run trains lm: leave it at its default 0.15'),
     ({'model.family': 'encoder', 'data.mean_span': 5.0},
      r'data.mean_span=5.0 is read only by the span objective, and this run trains mlm'),
     ({'model.pool': 'mean'}, r"model.pool='mean' is read only by the classify objective"),
-    ({'data.canary_digits': 3}, r'data.canary_digits=3 .* changes nothing without '
-                                r'data.canary_repeats'),
+    ({'data.canary_digits': 3}, r'data.canary_digits=3 .* read only with data.canary_repeats'),
 ]
 
 
