@@ -9,6 +9,12 @@ corpus (each run reads ~4% of it, so it sees them ~0, 4, 16 and 65 times) and
 report their exposure, and which end with the bias probe on a CrowS-Pairs-format CSV (a tiny
 synthetic one in tests/data; give the real file's path). The report gains
 task-score-vs-compute curves, exposure vs size and a bias table.
+
+To leave a probe out, reset its companion fields too (alone they would change
+nothing, so they are refused): `--config.data.canary_repeats='()'
+--config.data.canary_digits=5` for the canaries, `--config.train.eval_tasks='()'
+--config.train.eval_tasks_path=''` for the tasks, `--config.train.eval_bias_csv=''`
+for the bias probe.
 """
 
 from configs import common
