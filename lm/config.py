@@ -571,8 +571,8 @@ def _validate_unread(c: Config) -> None:
     section, key = field.split('.')
     value, default = getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
     if not read and value != default:
-      raise _err(field, value, f'read only with {condition}, so it changes nothing here; leave it at its default '
-                 f'{default!r}')
+      raise _err(field, value, f'read only with {condition}, so it changes nothing here; '
+                 f'leave it at its default {default!r}')
 
 
 def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
