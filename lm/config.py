@@ -564,12 +564,17 @@ def _read_only_if(c: Config) -> list[tuple[str, bool, str]]:
   ]
 
 
+def value_and_default(c: Config, field: str) -> tuple[Any, Any]:
+  """'section.key' -> (this config's value, the field's default)."""
+  section, key = field.split('.')
+  return getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
+
+
 def _validate_unread(c: Config) -> None:
   """A field this config does not read, set away from its default, changed
   nothing, silently: refused, naming what would make it count."""
   for field, read, condition in _read_only_if(c):
-    section, key = field.split('.')
-    value, default = getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
+    value, default = value_and_default(c, field)
     if not read and value != default:
       raise _err(field, value, f'read only with {condition}, so it changes nothing here; '
                  f'leave it at its default {default!r}')

@@ -8,7 +8,7 @@ encoder_decoder: span). The interface is lm/objectives/base.py's `Objective`.
 
 from __future__ import annotations
 
-from lm.config import SECTIONS, Config, ConfigError
+from lm.config import Config, ConfigError, value_and_default
 from lm.objectives import classify, lm, mlm, seq2seq, span
 from lm.objectives.base import Data, Objective
 
@@ -41,8 +41,7 @@ def check_fields(c: Config) -> None:
   mine = OBJECTIVES[name].fields if name in OBJECTIVES else ()  # Unknown: get() says so.
   for o in OBJECTIVES.values():
     for field in o.fields:
-      section, key = field.split('.')
-      value, default = getattr(getattr(c, section), key), getattr(SECTIONS[section](), key)
+      value, default = value_and_default(c, field)
       if field not in mine and value != default:
         readers = ', '.join(x.name for x in OBJECTIVES.values() if field in x.fields)
         raise ConfigError(f'config.{field}={value!r} is read only by the {readers} objective, '
