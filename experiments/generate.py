@@ -67,7 +67,7 @@ def main(argv):
     ignored = seq2seq and cli.ignored_flags(('doc_start',), 'a decoder (an encoder-decoder '
                                             'ends its input with EOS and starts at BOS)')
     if ignored:
-      raise sampling.SamplingError(ignored.replace('--doc_start', '--[no]doc_start'))
+      raise sampling.SamplingError(ignored)
     sentinels = objectives.get(c).extra_ids(c) - 1 if seq2seq else 0  # <extra_id_N>, N below.
     if seq2seq and _SCORE.value is not None and len(_PROMPT.value) != 1:
       raise sampling.SamplingError(

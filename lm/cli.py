@@ -117,8 +117,10 @@ def check_text(text: str, flag: str) -> str:
 def ignored_flags(names: tuple[str, ...], applies_to: str) -> str | None:
   """A one-line reason to refuse the flags among `names` given on the command
   line (they apply only to `applies_to`, which this invocation does not do), or
-  None when none was given."""
-  given = [f'--{n}' for n in names if flags.FLAGS[n].present]
+  None when none was given. A boolean flag is named --[no]NAME: either spelling
+  was refused."""
+  given = [f'--{"[no]" if flags.FLAGS[n].boolean else ""}{n}' for n in names
+           if flags.FLAGS[n].present]
   if not given:
     return None
   return (f'{", ".join(given)} only {"applies" if len(given) == 1 else "apply"} to '

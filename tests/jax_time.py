@@ -32,6 +32,8 @@ run-to-run noise (8.4-12.2 s).
 from __future__ import annotations
 
 import collections
+import time
+
 import pytest
 
 # Event name (jax/_src/monitoring) -> label; the names are JAX's and may move.
@@ -57,7 +59,6 @@ def pytest_configure(config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):  # Setup (fixtures), call and teardown.
-  import time
   t0 = time.perf_counter()
   yield
   _totals['test'] += time.perf_counter() - t0
