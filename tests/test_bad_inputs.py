@@ -10,6 +10,7 @@ import pytest
 
 from configs import tiny as tiny_config
 from lm import config as config_lib
+from tests import forked_cli
 from tools import bad_inputs
 
 # Rejected by flag parsing, or later than config validation (objective table, mesh,
@@ -68,7 +69,7 @@ def test_a_sample_of_cli_cases_end_to_end(tmp_path):
   places = bad_inputs._prepare(str(tmp_path), hf=any('{HF}' in a for n in SAMPLE
                                                      for a in cases[n][0]))
   for name in SAMPLE:
-    res = bad_inputs.run_case(name, *cases[name], places)
+    res = bad_inputs.run_case(name, *cases[name], places, run=forked_cli.run)
     assert res['verdict'] == 'clear' and not res['damaged'], res
 
 
@@ -91,7 +92,7 @@ def test_tools_refuse_bad_flags_and_damaged_sweep_files_in_one_line(tmp_path):
                'config: an argument to a config that takes none',
                'config: get_config returning a number', 'fault_inject: negative --kills',
                'fit: --loss naming no column'):
-    res = bad_inputs.run_case(name, *cases[name], places)
+    res = bad_inputs.run_case(name, *cases[name], places, run=forked_cli.run)
     assert res['verdict'] == 'clear' and not res['damaged'], res
 
 

@@ -10,6 +10,7 @@ import pytest
 from lm import config as config_lib
 from lm import train
 from lm.config import ConfigError
+from tests import forked_cli
 from tests.helpers import tiny, tiny_cd
 
 CASES = [
@@ -155,7 +156,7 @@ def test_vocab_smaller_than_tokenizer():
 
 def test_cli_prints_one_line_error_without_traceback(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  r = subprocess.run(
+  r = forked_cli.run(
       [sys.executable, '-m', 'experiments.train', '--config=configs/tiny.py',
        f'--workdir={tmp_path}', '--config.model.num_heads=5'],
       capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
@@ -166,7 +167,6 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path):
 
 
 def test_config_tool_lists_every_field_and_cli_errors_are_one_line(tmp_path):
-  import subprocess
   import sys
 
   from lm import config as config_lib
@@ -185,16 +185,16 @@ def test_config_tool_lists_every_field_and_cli_errors_are_one_line(tmp_path):
   assert '*64' in line and 'arch' in line and 'Width of the residual stream' in line
   for args, want in [(['--config.model.d_modle=3'], 'Did you mean "d_model"'),
                      (['--config.train.steps=abc'], "invalid literal for int() with base 10: 'abc'")]:
-    r = subprocess.run([sys.executable, '-m', 'experiments.train', '--config=configs/tiny.py',
+    r = forked_cli.run([sys.executable, '-m', 'experiments.train', '--config=configs/tiny.py',
                         f'--workdir={tmp_path / "w"}', *args], capture_output=True, text=True)
     assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-  r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/nope.py'],
+  r = forked_cli.run([sys.executable, '-m', 'tools.config', '--config=configs/nope.py'],
                      capture_output=True, text=True)
   assert r.returncode == 2 and 'configs/nope.py' in r.stderr and 'Traceback' not in r.stderr
   assert not (tmp_path / 'w').exists()
   # config.rules from the command line: a preset by name (or a whole table).
-  r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py',
+  r = forked_cli.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py',
                       '--config.rules=dp'], capture_output=True, text=True)
   assert r.returncode == 0 and '*preset dp ' in r.stdout, r.stderr
 
@@ -273,7 +273,6 @@ def test_override_checks_see_inside_a_flagfile(tmp_path):
   """A repeated tuple override or a whole-section override given in a
   --flagfile is refused as on the command line (they were concatenated, or
   reset the section's other fields, without a word)."""
-  import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   twice, section = tmp_path / 'twice.txt', tmp_path / 'section.txt'
@@ -287,6 +286,6 @@ def test_override_checks_see_inside_a_flagfile(tmp_path):
                       ([f'--flagfile={tmp_path}/none.txt'],
                        f'error: Unable to open flagfile: [Errno 2] No such file or directory: '
                        f"'{tmp_path}/none.txt'")):
-    r = subprocess.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py', *extra],
+    r = forked_cli.run([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py', *extra],
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, r.stderr

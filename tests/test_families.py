@@ -3,7 +3,6 @@ cross-attention cache, training, FLOPs, sharding and bad input."""
 
 import dataclasses
 import json
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -17,6 +16,7 @@ from lm.objectives import mlm, seq2seq, span
 from lm.config import ConfigError, ModelConfig
 from lm.model import Transformer, init_inputs
 from lm.tokenizers import ByteTokenizer
+from tests import forked_cli
 from tests.helpers import tiny, tiny_cd
 
 TOK = ByteTokenizer()
@@ -332,7 +332,7 @@ def test_cli_refuses_checkpoints_of_another_family(family, cli, arg, message, tm
   from lm import checkpoint
   c = train.resolve_vocab(tiny(**{'model.family': family}), 259)
   checkpoint.save_params(str(tmp_path / 'run'), c, _params(c.model))
-  r = subprocess.run([sys.executable, '-m', f'experiments.{cli}',
+  r = forked_cli.run([sys.executable, '-m', f'experiments.{cli}',
                       f'--workdir={tmp_path / "run"}', arg],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -385,7 +385,7 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert [t for t, _ in top_candidates(np.array([0, 0, 0, 0, 0, 5.0]), sp, 4)] == [5, 0, 3, 4]
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder'}), 259)
   checkpoint.save_params(str(tmp_path / 'enc'), c, _params(c.model))
-  r = subprocess.run([sys.executable, '-m', 'experiments.fill_mask', f'--workdir={tmp_path / "enc"}',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.fill_mask', f'--workdir={tmp_path / "enc"}',
                       '--text=def f(x):\\n    return x [MASK] 1[MASK]', '--top_k=3'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
@@ -395,7 +395,7 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert all(0 < p < 1 for p in probs)
   c = train.resolve_vocab(tiny(**{'model.family': 'encoder_decoder'}), 259)
   checkpoint.save_params(str(tmp_path / 'ed'), c, _params(c.model))
-  r = subprocess.run([sys.executable, '-m', 'experiments.generate', f'--workdir={tmp_path / "ed"}',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.generate', f'--workdir={tmp_path / "ed"}',
                       '--prompt=import os', '--prompt=x', '--greedy', '--max_new_tokens=5'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
@@ -403,33 +403,33 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   # Infilling: <extra_id_N> in the prompt is span corruption's sentinel N; and
   # --score gives log p(target | input).
   ed = [sys.executable, '-m', 'experiments.generate', f'--workdir={tmp_path / "ed"}']
-  r = subprocess.run(ed + ['--prompt=import <extra_id_0> os', '--greedy', '--max_new_tokens=4'],
+  r = forked_cli.run(ed + ['--prompt=import <extra_id_0> os', '--greedy', '--max_new_tokens=4'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and '=== prompt 0, sample 0 ===' in r.stdout, r.stderr
-  r = subprocess.run(ed + ['--prompt=import <extra_id_0>', '--score=<extra_id_0> os'],
+  r = forked_cli.run(ed + ['--prompt=import <extra_id_0>', '--score=<extra_id_0> os'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()  # Specials unquoted (text is quoted): sentinel, ' ', 'o', 's', EOS.
   assert [ln.split()[0] for ln in lines[:5]] == ['<extra_id_0>', "'", "'o'", "'s'", '<eos>'], lines
   assert 'tokens 5  nll' in r.stdout, r.stdout
-  r = subprocess.run(ed + ['--prompt=import os', '--score=<extra_id_0>'], capture_output=True,
+  r = forked_cli.run(ed + ['--prompt=import os', '--score=<extra_id_0>'], capture_output=True,
                      text=True, timeout=300)  # No text bytes to score (divided by zero).
   assert r.returncode == 0 and 'bits per byte n/a' in r.stdout, r.stderr
-  r = subprocess.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
+  r = forked_cli.run(ed + ['--prompt=x <extra_id_999>'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and ('<extra_id_999>: the model was trained with 1 sentinel, '
                                 '<extra_id_0>') in r.stderr, r.stderr
-  r = subprocess.run(ed + ['--prompt=' + 'x' * 200, '--greedy', '--max_new_tokens=4'],
+  r = forked_cli.run(ed + ['--prompt=' + 'x' * 200, '--greedy', '--max_new_tokens=4'],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'prompt 0 is 201 tokens as the encoder input' in r.stderr, (
       r.stderr)
-  r = subprocess.run(ed + ['--prompt=x', '--max_new_tokens=32'], capture_output=True,
+  r = forked_cli.run(ed + ['--prompt=x', '--max_new_tokens=32'], capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 2 and "decoder's start token exceed" in r.stderr, r.stderr
-  r = subprocess.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
+  r = forked_cli.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr
   # Its input always ends with EOS and decoding starts at BOS: the flag changed nothing.
-  r = subprocess.run(ed + ['--prompt=x', '--nodoc_start'], capture_output=True, text=True,
+  r = forked_cli.run(ed + ['--prompt=x', '--nodoc_start'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and r.stderr.startswith('error: --[no]doc_start only applies to '
                                                    'a decoder'), r.stderr

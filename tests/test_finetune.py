@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import random
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import tensorflow_datasets as tfds
 from lm import checkpoint, classify, train
 from lm.config import ConfigError, DataConfig
 from lm.tokenizers import ByteTokenizer
+from tests import forked_cli
 from tests.helpers import tiny
 
 A_WORDS = ['alpha', 'beta', 'gamma', 'kappa']
@@ -145,7 +145,7 @@ def test_classifier_learns_a_learnable_task(tmp_path):
   assert out['accuracy'] >= 0.9, out  # Chance is ~0.5.
   # Prediction on new text through the CLI: labels, probabilities, accuracy.
   _labelled(tmp_path / 'new.jsonl', 40, seed=9)
-  r = subprocess.run([sys.executable, '-m', 'experiments.classify',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.classify',
                       f'--workdir={tmp_path / "cls"}', f'--file={tmp_path / "new.jsonl"}',
                       f'--text={" ".join(A_WORDS[:3])}'], capture_output=True, text=True,
                      timeout=300)
@@ -155,12 +155,12 @@ def test_classifier_learns_a_learnable_task(tmp_path):
   p = [float(x.split('=')[1]) for x in lines[0].split('\t')[1].split()]
   assert abs(sum(p) - 1) < 1e-5 and p[0] > 0.5
   assert float(r.stderr.split()[1]) >= 0.9 and 'on 40 labelled examples' in r.stderr
-  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.generate',
                       f'--workdir={tmp_path / "cls"}', '--prompt=x'], capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 2 and 'use python -m experiments.classify' in r.stderr
   (tmp_path / 'latin1.txt').write_bytes(b'caf\xe9 good\n')
-  r = subprocess.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
                       f'--file={tmp_path / "latin1.txt"}'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and 'latin1.txt is not UTF-8' in r.stderr, r.stderr
@@ -170,13 +170,13 @@ def test_classifier_learns_a_learnable_task(tmp_path):
   (tmp_path / 'ws.txt').write_text('   \n\t\n' + ' '.join(A_WORDS[:3]) + '\n')
   (tmp_path / 'new.tsv').write_text('text\tlabel\ngood nice\ta\n')
   (tmp_path / 'blank.txt').write_text(' \n')
-  r = subprocess.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
                       f'--file={tmp_path / "ws.txt"}'], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1, (r.stdout, r.stderr)
   for f, err in (('new.tsv', 'tab-separated tables are not read; give a .csv or .jsonl'),
                  ('blank.txt', 'holds no text (only blank lines)')):
-    r = subprocess.run([sys.executable, '-m', 'experiments.classify',
+    r = forked_cli.run([sys.executable, '-m', 'experiments.classify',
                         f'--workdir={tmp_path / "cls"}', f'--file={tmp_path / f}'],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith('error: --file=') and f in r.stderr, r
@@ -421,7 +421,7 @@ def test_tfds_features_and_splits_are_checked_before_reading(tmp_path):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'experiments.generate', *args],
+  return forked_cli.run([sys.executable, '-m', 'experiments.generate', *args],
                         capture_output=True, text=True, timeout=300)
 
 

@@ -5,13 +5,13 @@ model gives the same accuracies and log-likelihoods."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from lm import checkpoint, harness, sampling, tokenizers, train
+from tests import forked_cli
 from tests.helpers import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def test_a_merge_across_the_boundary_still_scores_the_continuation(run_dir):
 
 def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
   out = tmp_path / 'eval.json'
-  p = subprocess.run(
+  p = forked_cli.run(
       [sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}',
        '--tasks=lm_tiny_mc,lm_tiny_lastword', f'--include_path={TASKS}', f'--out={out}',
        f'--bias_csv={os.path.join(ROOT, "tests", "data", "bias_pairs.csv")}'],
@@ -107,7 +107,7 @@ def test_eval_cli_runs_the_shipped_tasks_offline(run_dir, tmp_path):
   assert res['tasks']['lm_tiny_lastword']['perplexity'] > 1
   assert res['bias']['all']['pairs'] == 12 and res['step'] == 12
   assert 'lm_tiny_mc' in p.stdout and 'acc' in p.stdout
-  bad = subprocess.run([sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}'],
+  bad = forked_cli.run([sys.executable, '-m', 'tools.eval', f'--workdir={run_dir}'],
                        cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2 and bad.stderr.startswith('error: nothing to evaluate')
   assert 'Traceback' not in bad.stderr

@@ -13,6 +13,7 @@ import transformers
 from lm import checkpoint, sampling
 from lm.config import ModelConfig
 from lm.model import Transformer
+from tests import forked_cli
 from tests.helpers import tiny
 from tools import hf
 
@@ -160,7 +161,6 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   """A GPT-2 directory with a byte-level BPE tokenizer.json imports as an `hf`
   tokenizer run: our ids and greedy text equal transformers', the generate CLI
   takes a text prompt, and an export carries the tokenizer back out."""
-  import subprocess
   import sys
 
   from lm import tokenizers
@@ -190,7 +190,7 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
     out = theirs.generate(input_ids=torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8,
                           do_sample=False, pad_token_id=eos)
   assert tok.decode(ours) == their_tok.decode(out[0, len(ids):], skip_special_tokens=True)
-  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.generate',
                       f'--workdir={tmp_path / "run"}', f'--prompt={prompt}', '--greedy',
                       '--max_new_tokens=8'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
@@ -219,7 +219,6 @@ def test_llama2_directory_with_both_tokenizer_files_uses_its_tokenizer_json(tmp_
   tokenizer.json (it had refused the directory). generate prints the prompt
   and the text the new ids add after it (tokenizers.continuation), equal to
   transformers' greedy ids decoded with the prompt."""
-  import subprocess
   import sys
 
   import sentencepiece as spm
@@ -254,7 +253,7 @@ def test_llama2_directory_with_both_tokenizer_files_uses_its_tokenizer_json(tmp_
       break  # A continuation that starts with a space: decoded alone, it loses it.
   else:
     raise AssertionError('no prompt continues with a space')
-  r = subprocess.run([sys.executable, '-m', 'experiments.generate',
+  r = forked_cli.run([sys.executable, '-m', 'experiments.generate',
                       f'--workdir={tmp_path / "run"}', f'--prompt={prompt}', '--greedy',
                       '--max_new_tokens=6'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr

@@ -12,6 +12,7 @@ from lm import config as config_lib
 from lm import flops
 from lm.config import ModelConfig
 from lm.model import Transformer, cross_entropy, init_inputs, sinusoidal_table
+from tests import forked_cli
 
 BASE = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, max_len=16,
                    mlp_dim=48)
@@ -118,7 +119,6 @@ def test_bench_train_refuses_flags_it_would_ignore_or_fail_on_late():
   """Checked before the matmul peak is measured (they were tracebacks after it,
   or silently ignored: --pack timed its own shapes whatever --dtype said, and
   --pack=3 --pack_devices=2 ran on one device)."""
-  import subprocess
   import sys
 
   from tools import bench_train
@@ -134,7 +134,7 @@ def test_bench_train_refuses_flags_it_would_ignore_or_fail_on_late():
                      (['--layers_ab', '--configs=tiny'], '--configs would be ignored'),
                      (['--pack=3', '--pack_devices=2'], 'does not divide --pack=3'),
                      (['--pack_devices=2'], 'applies only with --pack')):
-    r = subprocess.run([sys.executable, '-m', 'tools.bench_train', *args], capture_output=True,
+    r = forked_cli.run([sys.executable, '-m', 'tools.bench_train', *args], capture_output=True,
                        text=True)
     assert r.returncode == 2 and want in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)
 

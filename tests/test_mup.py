@@ -12,6 +12,7 @@ import pytest
 from lm import model as model_lib
 from lm import optimizer, train
 from lm.config import ModelConfig, OptimizerConfig
+from tests import forked_cli
 from tests.helpers import tiny
 from tests.test_sharding import _mesh_cfg, _run
 
@@ -162,11 +163,10 @@ def test_coordinate_check_passes_for_mup_and_fails_for_sp(tmp_path, corpus_dir):
   (|log-log slope| <= 0.1); SP's logits and hidden activations grow."""
   import json
   import os
-  import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / 'cc'
-  subprocess.run(
+  forked_cli.run(
       [sys.executable, '-m', 'tools.coord_check', f'--config=tests/tiny_config.py:{corpus_dir}',
        f'--out={out}', '--widths=32,256', '--steps=3', '--seeds=1',
        '--config.train.batch_size=4'],

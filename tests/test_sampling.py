@@ -13,6 +13,7 @@ from lm import sampling
 from lm.config import ModelConfig
 from lm.model import Transformer, init_cache
 from lm.sampling import SamplingConfig, SamplingError
+from tests import forked_cli
 
 Array = jax.Array
 
@@ -281,10 +282,9 @@ def test_bench_decode_times_both_ways():
   changed bench_train table crashed it); a subprocess, since its --batches
   would clash with tools.bench_data's in a shared pytest worker."""
   import os
-  import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, '-m', 'tools.bench_decode', '--models=tiny',
+  r = forked_cli.run([sys.executable, '-m', 'tools.bench_decode', '--models=tiny',
                       '--batches=1', '--new_tokens=4', '--prompt_len=8', '--uncached_steps=1'],
                      cwd=root, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]

@@ -5,6 +5,7 @@ import pytest
 
 from lm import scaling
 from lm.scaling import FitError
+from tests import forked_cli
 
 # Hoffmann et al. 2022's Approach 3 estimates, used as the known law.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
@@ -293,7 +294,6 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
   """tools.fit end to end: both methods on a table from the known law (with and
   without intervals); a missing, malformed or empty table is one line, exit 2."""
   import csv
-  import subprocess
   import sys
   rng = np.random.default_rng(0)
   rows = []
@@ -316,7 +316,7 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
     w.writerows([{**r, 'budget': 0.0, 'design': 'grid'} for r in rows])
 
   def fit(*args):
-    return subprocess.run([sys.executable, '-m', 'tools.fit', *args], capture_output=True,
+    return forked_cli.run([sys.executable, '-m', 'tools.fit', *args], capture_output=True,
                           text=True)
 
   out = fit(f'--results={good}', '--bootstrap=0')

@@ -17,6 +17,7 @@ import pytest
 from lm import metrics, optimizer, train
 from lm import sharding as shard_lib
 from lm.config import ConfigError
+from tests import forked_cli
 from tests.helpers import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +233,7 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   cmd = [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
          '--sample_tokens=0', '--config.train.steps=5', '--config.train.eval_every=5',
          '--config.train.checkpoint_every=3', '--config.model.resid_dropout=0.3']
-  single = subprocess.run(cmd + [f'--workdir={tmp_path / "one"}'], env=_env(8), cwd=ROOT,
+  single = forked_cli.run(cmd + [f'--workdir={tmp_path / "one"}'], env=_env(8), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
   with _two_processes(cmd + [f'--workdir={tmp_path / "two"}']) as procs:
@@ -249,7 +250,7 @@ def test_two_processes_match_one(tmp_path, corpus_dir):
   json.load(open(tmp_path / 'two' / 'config.json'))
   shutil.copytree(tmp_path / 'two', tmp_path / 'back')  # As if killed before step 5's save.
   shutil.rmtree(tmp_path / 'back' / 'checkpoints' / '5')
-  back = subprocess.run(cmd + [f'--workdir={tmp_path / "back"}'], env=_env(8), cwd=ROOT,
+  back = forked_cli.run(cmd + [f'--workdir={tmp_path / "back"}'], env=_env(8), cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert back.returncode == 0, back.stderr[-3000:]
   shutil.copytree(tmp_path / 'one', tmp_path / 'up')  # And one process's in two.
@@ -293,7 +294,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both(tmp_path, corpus
 
 def test_missing_process_ends_with_a_clear_message(tmp_path, corpus_dir):
   """A process expecting 2 processes, alone, stops after the timeout and says why."""
-  r = subprocess.run(
+  r = forked_cli.run(
       [sys.executable, '-m', 'experiments.train', f'--config=tests/tiny_config.py:{corpus_dir}',
        f'--workdir={tmp_path}', f'--coordinator_address=127.0.0.1:{_free_port()}',
        '--num_processes=2', '--process_id=0', '--distributed_timeout=3'],
@@ -356,7 +357,7 @@ def test_memory_cli_compiles_for_the_devices_asked_in_either_flag_form():
   """`--devices 2` (a space, as absl allows) was read as the default 8 by a
   pre-scan of sys.argv for `--devices=`."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, '-m', 'tools.memory', '--config=configs/tiny.py',
+  r = forked_cli.run([sys.executable, '-m', 'tools.memory', '--config=configs/tiny.py',
                       '--devices', '2', '--config.train.batch_size=2',
                       '--config.model.d_model=32', '--config.data.seq_len=16'],
                      capture_output=True, text=True, cwd=root, timeout=300,

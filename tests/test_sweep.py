@@ -17,6 +17,7 @@ import pytest
 from lm import config as config_lib
 from lm import flops, metrics, plan, sweep, workdir
 from lm.config import ConfigError, ModelConfig
+from tests import forked_cli
 from tests.helpers import tiny_cd
 
 BASE = ModelConfig(vocab_size=384, max_len=16)
@@ -404,16 +405,15 @@ def test_count_table_and_strict_fit_columns():
   np.testing.assert_array_equal(fit.column(rows[:1], 'N'), [100.0])
   # A run config (no sweep section) shapes its ladder like its own model: the
   # README's GPT-2 small example (it needed --aspect and --head_dim).
-  import subprocess
   import sys
-  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+  r = forked_cli.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
                       '--ladder=1e6,1e7'], capture_output=True, text=True)
   assert r.returncode == 0 and '| 3 | 192 | 3 |' in r.stdout, r.stderr
   # --aspect shapes ladder rungs only: without --ladder it was silently ignored.
-  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+  r = forked_cli.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
                       '--aspect=-8'], capture_output=True, text=True)
   assert r.returncode == 2 and '--aspect' in r.stderr and 'Traceback' not in r.stderr, r.stderr
-  r = subprocess.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
+  r = forked_cli.run([sys.executable, '-m', 'tools.count', '--config=configs/gpt2_small.py',
                       '--head_dim=64'], capture_output=True, text=True)
   assert r.returncode == 2 and '--head_dim=64 shapes the rungs of --ladder' in r.stderr, r.stderr
   with pytest.raises(FitError, match=r"row 1 \(b\): D='' is missing or not finite"):
@@ -526,7 +526,7 @@ def test_eta_replay_of_a_finished_sweep(tmp_path):
   assert [round(t) for _, t, _, _ in lone] == [11, 42, 62]
   # Two budgets done: the fit is exact on this law.
   assert lone[-1][2] == pytest.approx(lone[-1][3], rel=1e-6)
-  r = subprocess.run([sys.executable, '-m', 'tools.eta_replay', f'--workdir={tmp_path}'],
+  r = forked_cli.run([sys.executable, '-m', 'tools.eta_replay', f'--workdir={tmp_path}'],
                      capture_output=True, text=True)
   assert r.returncode == 2 and 'no sweep plan' in r.stderr and 'Traceback' not in r.stderr
 
@@ -676,7 +676,6 @@ def test_sweep_of_every_family_records_its_headline_metric(tmp_path, corpus_dir,
 
 
 def _sweep_cli(tmp_path, *args):
-  import subprocess
   import sys
   cfg = tmp_path / 'sweep_cfg.py'
   cfg.write_text(
@@ -692,7 +691,7 @@ def _sweep_cli(tmp_path, *args):
       '  return c\n' % str(tmp_path / 'corpus'))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
-  return subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--config={cfg}',
+  return forked_cli.run([sys.executable, '-m', 'experiments.sweep', f'--config={cfg}',
                          f'--workdir={tmp_path / "sw"}', *args], capture_output=True,
                         text=True, cwd=root, env=env)
 
@@ -1140,7 +1139,7 @@ def test_report_says_what_a_degenerate_sweep_cannot_give(tmp_path):
   open(os.path.join(wd, 'report'), 'w').close()
   before = {f: open(os.path.join(wd, f)).read() for f in ('results.csv', 'results.jsonl')}
   for run in (lambda: report.write_report(cd, wd),
-              lambda: subprocess.run(
+              lambda: forked_cli.run(
                   [sys.executable, '-m', 'tools.report', '--config=configs/isoflop_tiny.py',
                    f'--workdir={wd}', '--config.sweep.budgets=(4e11,)'], check=False,
                   capture_output=True, text=True,

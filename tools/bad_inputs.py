@@ -616,11 +616,13 @@ def _snapshot(root: str) -> dict[str, str]:
   return out
 
 
-def run_case(name: str, argv: list[str], want: str, places: dict[str, str]) -> dict:
-  """{'verdict': clear | traceback | other, 'damaged': [paths], 'stderr': ...}."""
+def run_case(name: str, argv: list[str], want: str, places: dict[str, str],
+             run=subprocess.run) -> dict:
+  """{'verdict': clear | traceback | other, 'damaged': [paths], 'stderr': ...};
+  `run`: subprocess.run or a stand-in with its signature (the tests fork)."""
   argv = [a.format(**places) for a in argv]
   before = _snapshot(places['S'])
-  r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+  r = run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                      env=dict(os.environ, PYTHONPATH=ROOT, LM_CACHE=os.path.join(
                          places['S'], 'cache')), timeout=600)
   after = _snapshot(places['S'])
