@@ -12,7 +12,9 @@ tests still see a whole CLI run from flag parsing to exit.
 Commands whose environment differs in what the imports already read (JAX_*,
 XLA_*, PYTHON*, ...) or that run elsewhere than the repository root go through
 a real subprocess instead, as does everything when LM_TESTS_FORK=0.
-tools/bad_inputs and the README's commands run the CLIs as real processes.
+What a fork cannot catch is a CLI that uses a module it never imports but the
+server preloaded (`import lm`, then `lm.sampling.x`): tools/bad_inputs and the
+README's commands run every CLI as a real process.
 
 Measured on the 2-core host on 2026-11-29, one run after the other: the suite
 (`python -m pytest -q -n 2 tests`) 616 s with real processes, 529 s forked;
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 # Read by the interpreter or by the imports the server made (JAX's and XLA's
@@ -43,6 +46,7 @@ _PRELOAD = ('jax', 'jax.numpy', 'flax.linen', 'optax', 'orbax.checkpoint', 'ml_c
 _lock = threading.Lock()
 _server: subprocess.Popen | None = None
 _server_env: dict[str, str] = {}
+_pending = b''  # What the worker read of the server's output past the last line.
 
 
 def _forkable(env: dict[str, str], cwd: str) -> bool:
@@ -56,22 +60,31 @@ def _forkable(env: dict[str, str], cwd: str) -> bool:
 
 
 def _start() -> subprocess.Popen:
-  global _server, _server_env
+  global _server, _server_env, _pending
   if _server is None or _server.poll() is not None:
-    _server_env = dict(os.environ)
+    _server_env, _pending = dict(os.environ), b''
     _server = subprocess.Popen([sys.executable, '-m', 'tests.forked_cli'], cwd=ROOT,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                env=_server_env)
     atexit.register(_server.stdin.close)  # Its loop ends at end of input.
   return _server
 
 
 def _read(server: subprocess.Popen, timeout: float | None) -> dict | None:
-  if timeout is not None and not select.select([server.stdout], [], [], timeout)[0]:
-    return None
-  line = server.stdout.readline()
-  if not line:
-    raise RuntimeError('tests/forked_cli.py: the fork server exited')
+  """The server's next JSON line, or None after `timeout` seconds. Reads the
+  pipe itself: a buffered reader could hold the next line where select cannot
+  see it (a fast child's exit arriving with its pid)."""
+  global _pending
+  deadline = None if timeout is None else time.monotonic() + timeout
+  while b'\n' not in _pending:
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if not select.select([server.stdout], [], [], wait)[0]:
+      return None
+    chunk = os.read(server.stdout.fileno(), 4096)
+    if not chunk:
+      raise RuntimeError('tests/forked_cli.py: the fork server exited')
+    _pending += chunk
+  line, _pending = _pending.split(b'\n', 1)
   return json.loads(line)
 
 
@@ -91,13 +104,17 @@ def run(argv: list[str], *, capture_output: bool = False, text: bool = False,
     out, err = os.path.join(d, 'stdout'), os.path.join(d, 'stderr')
     for path in (out, err):  # There even if the child is killed before it opens them.
       open(path, 'w').close()
-    server.stdin.write(json.dumps(dict(module=argv[2], args=list(argv[3:]), env=env, cwd=cwd,
-                                       stdout=out, stderr=err)) + '\n')
-    server.stdin.flush()
+    request = memoryview(json.dumps(dict(module=argv[2], args=list(argv[3:]), env=env,
+                                         cwd=cwd, stdout=out, stderr=err)).encode() + b'\n')
+    while request:  # An unbuffered pipe may take part of it at a time.
+      request = request[server.stdin.write(request):]
     pid = _read(server, None)['pid']
     done = _read(server, timeout)
     if done is None:
-      os.kill(pid, signal.SIGKILL)
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:  # It ended meanwhile.
+        pass
       _read(server, None)
     with open(out, errors='replace') as f_out, open(err, errors='replace') as f_err:
       stdout, stderr = f_out.read(), f_err.read()

@@ -42,3 +42,24 @@ def test_environment_rules_and_timeouts():
                      capture_output=True, text=True)
   assert r.returncode == 2 and r.stderr.startswith('error: ')
   assert forked_cli._server.poll() is None
+
+
+def test_an_exit_that_arrives_with_the_pid_is_not_waited_for(monkeypatch):
+  """A fast child's exit can reach the pipe before the worker reads its pid:
+  the next read must find it there, not wait for the timeout (a buffered
+  reader held it out of select's sight)."""
+  import time
+  nope = [sys.executable, '-m', 'tools.config', '--config=configs/nope.py']
+  assert forked_cli.run(nope, capture_output=True, text=True).returncode == 2  # Started.
+  real, calls = forked_cli._read, []
+
+  def late(server, timeout):
+    if not calls:
+      time.sleep(1.0)  # The child (~0.05 s) has ended: both lines are in the pipe.
+    calls.append(timeout)
+    return real(server, timeout)
+
+  monkeypatch.setattr(forked_cli, '_read', late)
+  t0 = time.monotonic()
+  r = forked_cli.run(nope, capture_output=True, text=True, timeout=30)
+  assert r.returncode == 2 and time.monotonic() - t0 < 10 and calls == [None, 30]
