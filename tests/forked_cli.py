@@ -3,18 +3,22 @@
 The tests start ~130 CLI processes; each spent 1.4-2.7 s importing jax, flax,
 optax, orbax and lm before reading its flags, most of a bad-input case's time.
 Here each pytest worker keeps one server process that has imported those
-libraries (never touching a device: no backend is created, so it has one
-thread) and forks a child per command. The child runs the module as
-`python -m` would (runpy as __main__, sys.argv, cwd, environment, stdin from
-/dev/null, its own stdout and stderr, exit handlers, the exit code), so the
-tests still see a whole CLI run from flag parsing to exit.
+libraries (never touching a device: no backend is created, so its only other
+threads are OpenBLAS's, which handle a fork) and forks a child per command. The
+child runs the module as `python -m` does (runpy's entry point in a fresh
+__main__, sys.argv, cwd, environment, stdin from /dev/null, stdout and stderr
+buffered and encoded as a real process's, exit handlers, the exit code), so
+the tests still see a whole CLI run from flag parsing to exit.
 
 Commands whose environment differs in what the imports already read (JAX_*,
 XLA_*, PYTHON*, ...) or that run elsewhere than the repository root go through
 a real subprocess instead, as does everything when LM_TESTS_FORK=0.
-What a fork cannot catch is a CLI that uses a module it never imports but the
-server preloaded (`import lm`, then `lm.sampling.x`): tools/bad_inputs and the
-README's commands run every CLI as a real process.
+What a fork cannot catch: a CLI that uses a module it never imports but the
+server preloaded (`import lm`, then `lm.sampling.x`), or flags a preloaded
+module defines (grain's, orbax's) that the real CLI would not know; and every
+child shares the server's string-hash seed (numpy's global random state is
+reseeded). tools/bad_inputs and the README's commands run every CLI as a real
+process.
 
 Measured on the 2-core host on 2026-11-29, one run after the other: the suite
 (`python -m pytest -q -n 2 tests`) 616 s with real processes, 529 s forked;
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 # Read by the interpreter or by the imports the server made (JAX's and XLA's
@@ -52,8 +57,9 @@ _pending = b''  # What the worker read of the server's output past the last line
 def _forkable(env: dict[str, str], cwd: str) -> bool:
   if os.environ.get('LM_TESTS_FORK', '1') == '0' or os.path.realpath(cwd) != ROOT:
     return False
-  for k in set(env) | set(_server_env or os.environ):
-    a, b = env.get(k), (_server_env or os.environ).get(k)
+  base = _server_env if _server is not None and _server.poll() is None else os.environ
+  for k in set(env) | set(base):
+    a, b = env.get(k), base.get(k)
     if a != b and k.startswith(_IMPORT_TIME) and not (k == 'PYTHONPATH' and a == ROOT):
       return False
   return True
@@ -108,23 +114,42 @@ def run(argv: list[str], *, capture_output: bool = False, text: bool = False,
                                          cwd=cwd, stdout=out, stderr=err)).encode() + b'\n')
     while request:  # An unbuffered pipe may take part of it at a time.
       request = request[server.stdin.write(request):]
-    pid = _read(server, None)['pid']
-    done = _read(server, timeout)
+    pid = None
+    try:
+      pid = _read(server, None)['pid']
+      done = _read(server, timeout)
+      if done is None:
+        _kill(pid)
+        _read(server, None)
+    except BaseException:  # Interrupted mid-command: no later call may read its lines.
+      _stop(pid)
+      raise
     if done is None:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except ProcessLookupError:  # It ended meanwhile.
-        pass
-      _read(server, None)
-    with open(out, errors='replace') as f_out, open(err, errors='replace') as f_err:
-      stdout, stderr = f_out.read(), f_err.read()
-    if done is None:
-      raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
-    return subprocess.CompletedProcess(argv, done['rc'], stdout, stderr)
+      with open(out, 'rb') as f_out, open(err, 'rb') as f_err:
+        raise subprocess.TimeoutExpired(argv, timeout, f_out.read(), f_err.read())
+    with open(out) as f_out, open(err) as f_err:  # Decoded as subprocess's text=True does.
+      return subprocess.CompletedProcess(argv, done['rc'], f_out.read(), f_err.read())
+
+
+def _kill(pid: int) -> None:
+  try:
+    os.kill(pid, signal.SIGKILL)
+  except ProcessLookupError:  # It ended meanwhile.
+    pass
+
+
+def _stop(pid: int | None) -> None:
+  global _server
+  if pid is not None:
+    _kill(pid)
+  _server.kill()
+  _server.wait()
+  _server = None
 
 
 def _child(req: dict) -> None:
-  """In the forked child: `python -m module args`; never returns."""
+  """In the forked child: `python -m module args`, as the interpreter runs it
+  (runpy's own entry point for -m, in a fresh __main__); never returns."""
   code = 1
   try:
     os.chdir(req['cwd'])
@@ -133,23 +158,29 @@ def _child(req: dict) -> None:
     for fd, path, mode in ((0, os.devnull, os.O_RDONLY),
                            (1, req['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                            (2, req['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-      os.dup2(os.open(path, mode, 0o644), fd)
+      new = os.open(path, mode, 0o644)
+      os.dup2(new, fd)
+      os.close(new)
+    # The server's own stdout and stderr, now on the child's files: the buffering,
+    # encoding and error handlers Python gave them at start-up are a real
+    # process's (and the handler orbax's import gave the root logger writes there).
     sys.stdin = open(0, closefd=False)
-    sys.stdout = open(1, 'w', closefd=False)
-    sys.stderr = open(2, 'w', closefd=False, errors='backslashreplace')
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    if 'numpy' in sys.modules:  # Not the server's global random state in every child.
+      sys.modules['numpy'].random.seed()
     sys.path[0] = req['cwd']
     sys.argv = [req['module'], *req['args']]  # runpy puts the module's file first.
+    sys.modules['__main__'] = types.ModuleType('__main__')
     import runpy
-    runpy.run_module(req['module'], run_name='__main__', alter_sys=True)
+    runpy._run_module_as_main(req['module'])  # What `python -m` calls.
     code = 0
-  except SystemExit as e:
+  except SystemExit as e:  # As the interpreter ends on one.
     if e.code is None or isinstance(e.code, int):
-      code = e.code or 0
+      code = (e.code or 0) & 0xff
     else:
       print(e.code, file=sys.stderr)
   except BaseException:  # As the interpreter reports an uncaught exception.
-    import traceback
-    traceback.print_exc()
+    sys.excepthook(*sys.exc_info())
   finally:
     try:  # What the interpreter does at exit: join threads, exit handlers, flush.
       threading._shutdown()
@@ -168,6 +199,8 @@ def _serve() -> None:
   assert not xla_bridge._backends, 'a preloaded module created a JAX backend'
   for line in sys.stdin:
     req = json.loads(line)
+    sys.stdout.flush()
+    sys.stderr.flush()  # A child inherits these streams: nothing of the server's in them.
     pid = os.fork()
     if pid == 0:
       _child(req)

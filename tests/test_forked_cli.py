@@ -14,6 +14,7 @@ from tests import forked_cli
     ['tools.config', '--config=configs/nope.py'],  # One line on stderr, exit 2.
     ['tools.fit', '--results=/nonexistent.csv'],
     ['no_such_module_here'],  # Python's own failure: exit 1.
+    ['tests.cli_probe'], ['tests.cli_probe', '3'], ['tests.cli_probe', str(2 ** 40)],
 ])
 def test_a_forked_cli_exits_and_prints_as_a_real_process(args):
   argv = [sys.executable, '-m', *args]
@@ -22,8 +23,14 @@ def test_a_forked_cli_exits_and_prints_as_a_real_process(args):
   forked = forked_cli.run(argv, capture_output=True, text=True)
   assert forked.returncode == real.returncode, (forked, real)
   assert forked.stdout == real.stdout
-  if real.returncode != 1:  # Python words a missing module its own way.
-    assert forked.stderr == real.stderr
+  assert forked.stderr == real.stderr
+
+
+def test_output_that_is_not_utf8_fails_to_decode_as_for_a_real_process():
+  argv = [sys.executable, '-m', 'tests.cli_probe', 'bytes']
+  for run in (subprocess.run, forked_cli.run):
+    with pytest.raises(UnicodeDecodeError):
+      run(argv, capture_output=True, text=True)
 
 
 def test_environment_rules_and_timeouts():
@@ -63,3 +70,23 @@ def test_an_exit_that_arrives_with_the_pid_is_not_waited_for(monkeypatch):
   t0 = time.monotonic()
   r = forked_cli.run(nope, capture_output=True, text=True, timeout=30)
   assert r.returncode == 2 and time.monotonic() - t0 < 10 and calls == [None, 30]
+
+
+def test_a_command_interrupted_midway_leaves_no_lines_for_the_next(monkeypatch):
+  """Ctrl-C while waiting for a child: the next command must read its own exit,
+  not the interrupted one's (the server and the child are stopped)."""
+  probe = [sys.executable, '-m', 'tests.cli_probe']
+  real, calls = forked_cli._read, []
+
+  def interrupted(server, timeout):
+    calls.append(timeout)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(server, timeout)
+
+  monkeypatch.setattr(forked_cli, '_read', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    forked_cli.run(probe + ['5'], capture_output=True, text=True)
+  monkeypatch.setattr(forked_cli, '_read', real)
+  r = forked_cli.run(probe + ['7'], capture_output=True, text=True)
+  assert r.returncode == 7 and "['7']" in r.stdout, r
