@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -278,9 +279,24 @@ def build_text_dataset(root: str, splits: dict[str, list[str]], prov: dict[str, 
     with _prepare_lock(data_dir):  # Another process (a sweep's worker) may be preparing it.
       if not os.path.exists(done):
         _tfds().disable_progress_bar()
-        builder().download_and_prepare(
-            download_config=_tfds().download.DownloadConfig(verify_ssl=False))
+        said = io.StringIO()
+        try:  # TFDS announces a "download" of unknown size; these are local files.
+          with contextlib.redirect_stdout(said):
+            builder().download_and_prepare(
+                download_config=_tfds().download.DownloadConfig(verify_ssl=False))
+        finally:
+          for line in said.getvalue().splitlines():
+            if not any(x in line for x in _TFDS_ANNOUNCEMENTS):
+              print(line)
+        print(f'[data] prepared {prov["file_count"]} text files ({prov["train_files"]} train, '
+              f'{prov["validation_files"]} validation; {prov["total_bytes"]:,} bytes) as '
+              f'array_record in {data_dir}; runs on the same text read them from there')
   return builder()
+
+
+# What TFDS prints around preparing a dataset (dataset_builder._log_download_bytes
+# and _log_download_done), which for local files would report a download.
+_TFDS_ANNOUNCEMENTS = ('Downloading and preparing dataset', 'downloaded and prepared to')
 
 
 CORPUS_FILE = 'corpus.json'  # A run's record of the text it trained on (lm/checkpoint.py).

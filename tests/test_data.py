@@ -69,6 +69,22 @@ def test_prepared_dataset_is_cached(built, corpus_dir):
   assert again.info.metadata['content_sha256'] == built.info.metadata['content_sha256']
 
 
+def test_preparing_local_files_says_so_instead_of_a_download(tmp_path, capsys):
+  """TFDS announced "Downloading and preparing dataset Unknown size" for a
+  directory of local files; the one line now says what was prepared, once."""
+  for i in range(3):
+    (tmp_path / f'f{i}.txt').write_text(f'text number {i}\n' * 20)
+  d = DataConfig(source='dir', path=str(tmp_path), val_fraction=0.3,
+                 cache_dir=str(tmp_path / '.cache'))
+  data.corpus(d)
+  out = capsys.readouterr().out
+  assert 'ownload' not in out and out.startswith('[data] prepared 3 text files ('), out
+  assert str(tmp_path / '.cache') in out and len(out.splitlines()) == 1
+  data._PROVENANCE.clear()  # As a new process would start.
+  data.corpus(d)
+  assert capsys.readouterr().out == ''  # Read from the cache: nothing to say.
+
+
 def test_cache_is_keyed_by_content_not_size_and_mtime(tmp_path):
   """An edit that keeps a file's size and mtime (rsync -t, a restored backup)
   gets a fresh preparation; a touch that changes only the mtime does not."""
