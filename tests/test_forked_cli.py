@@ -8,6 +8,10 @@ import pytest
 
 from tests import forked_cli
 
+# LM_TESTS_FORK=0 runs the CLIs as real processes: nothing forks to compare.
+pytestmark = pytest.mark.skipif(os.environ.get('LM_TESTS_FORK', '1') == '0',
+                                reason='LM_TESTS_FORK=0: the tests run no forked CLI')
+
 
 @pytest.mark.parametrize('args', [
     ['tools.config', '--config=configs/tiny.py', '--config.train.steps=7'],  # Prints, exit 0.
