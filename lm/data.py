@@ -256,6 +256,11 @@ def text_corpus(d: DataConfig) -> tuple[str, dict[str, list[str]], dict[str, Any
   return root, splits, _PROVENANCE[key]
 
 
+# What TFDS prints around preparing a dataset (dataset_builder._log_download_bytes
+# and _log_download_done), which for local files would report a download.
+_TFDS_ANNOUNCEMENTS = ('Downloading and preparing dataset', 'downloaded and prepared to')
+
+
 def build_text_dataset(root: str, splits: dict[str, list[str]], prov: dict[str, Any],
                        cache: str) -> tfds.core.DatasetBuilder:
   """Prepares (once) a TextFiles set, cached under a key over the content and
@@ -292,11 +297,6 @@ def build_text_dataset(root: str, splits: dict[str, list[str]], prov: dict[str, 
               f'{prov["validation_files"]} validation; {prov["total_bytes"]:,} bytes) as '
               f'array_record in {data_dir}; runs on the same text read them from there')
   return builder()
-
-
-# What TFDS prints around preparing a dataset (dataset_builder._log_download_bytes
-# and _log_download_done), which for local files would report a download.
-_TFDS_ANNOUNCEMENTS = ('Downloading and preparing dataset', 'downloaded and prepared to')
 
 
 CORPUS_FILE = 'corpus.json'  # A run's record of the text it trained on (lm/checkpoint.py).

@@ -20,4 +20,5 @@ if __name__ == '__main__':
   logging.warning('a logging warning')
   if 'bytes' in sys.argv:  # Text mode fails to decode it, as for a real process.
     print('non-UTF-8 bytes:', b'\xff'.decode('utf-8', 'surrogateescape'))
-  sys.exit(int(sys.argv[1]) if sys.argv[1:2] != ['bytes'] and sys.argv[1:] else None)
+  codes = [a for a in sys.argv[1:] if a != 'bytes']
+  sys.exit(int(codes[0]) if codes else None)

@@ -101,17 +101,17 @@ def run(argv: list[str], *, capture_output: bool = False, text: bool = False,
   """subprocess.run, forked from the server for `[sys.executable, '-m', module,
   ...]` with capture_output and text when the environment allows."""
   cwd = os.path.abspath(cwd or os.getcwd())
+  child_env = dict(os.environ if env is None else env)
   if not (capture_output and text and not kwargs and list(argv[:2]) == [sys.executable, '-m']
-          and _forkable(dict(os.environ if env is None else env), cwd)):
+          and _forkable(child_env, cwd)):
     return subprocess.run(argv, capture_output=capture_output, text=text, env=env, cwd=cwd,
                           timeout=timeout, **kwargs)
-  env = dict(os.environ if env is None else env)
   with _lock, tempfile.TemporaryDirectory() as d:
     server = _start()
     out, err = os.path.join(d, 'stdout'), os.path.join(d, 'stderr')
     for path in (out, err):  # There even if the child is killed before it opens them.
       open(path, 'w').close()
-    request = memoryview(json.dumps(dict(module=argv[2], args=list(argv[3:]), env=env,
+    request = memoryview(json.dumps(dict(module=argv[2], args=list(argv[3:]), env=child_env,
                                          cwd=cwd, stdout=out, stderr=err)).encode() + b'\n')
     while request:  # An unbuffered pipe may take part of it at a time.
       request = request[server.stdin.write(request):]

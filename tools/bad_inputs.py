@@ -622,11 +622,10 @@ def run_case(name: str, argv: list[str], want: str, places: dict[str, str],
   `run`: subprocess.run or a stand-in with its signature (the tests fork)."""
   argv = [a.format(**places) for a in argv]
   before = _snapshot(places['S'])
-  r = run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
-                     env=dict(os.environ, PYTHONPATH=ROOT, LM_CACHE=os.path.join(
-                         places['S'], 'cache')), timeout=600)
-  after = _snapshot(places['S'])
   cache = os.path.join(places['S'], 'cache')
+  r = run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+          env=dict(os.environ, PYTHONPATH=ROOT, LM_CACHE=cache), timeout=600)
+  after = _snapshot(places['S'])
   damaged = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p)
                    and not p.startswith(cache + os.sep))
   err = r.stderr.strip()
