@@ -64,7 +64,8 @@ def test_encoder_decoder_decoder_is_causal_and_sees_the_encoder():
 def test_cross_attention_cache_matches_full_forward():
   p = _params(ED)
   enc, dec = _toks((2, 12), 3), _toks((2, 9), 4)
-  full = Transformer(ED).apply({'params': p}, dec, enc_tokens_BS=enc)
+  apply = jax.jit(lambda d, e: Transformer(ED).apply({'params': p}, d, enc_tokens_BS=e))
+  full = apply(dec, enc)  # Jitted: op by op, each shape compiled ~100 primitives.
   valid = jnp.ones((2, 12), bool)
   enc_out = sampling.encode(p, ED, enc, valid)
   start = jnp.zeros(2, jnp.int32)
@@ -85,7 +86,7 @@ def test_cross_attention_cache_matches_full_forward():
   # Greedy generation reuses it: the first token is the argmax after BOS.
   got = sampling.generate(p, ED, [[1], [1]], sampling.SamplingConfig(
       max_new_tokens=4, greedy=True), eos_id=-1, enc_inputs=[list(enc[0]), list(enc[1])])
-  first = Transformer(ED).apply({'params': p}, jnp.ones((2, 1), jnp.int32), enc_tokens_BS=enc)
+  first = apply(jnp.ones((2, 1), jnp.int32), enc)
   assert [g[0][0] for g in got] == np.argmax(first[:, 0], -1).tolist()
 
 
