@@ -354,8 +354,15 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
   before = open(os.path.join(wd, 'plan.json')).read()
   other = _sweep_cd(corpus_dir)
   other.sweep.budgets = [2e9, 6e9]
-  with pytest.raises(ConfigError, match='holds a different sweep plan'):
+  with pytest.raises(ConfigError, match='holds a different sweep plan') as e:
     sweep.write_plan(wd, sweep.make_plan(other))
+  # It says where the plans differ (both had 6 isoflop runs, which said nothing).
+  assert 'only the stored plan has C1.00e+09_' in str(e.value), e.value
+  assert 'and 4 more; only this config plans C2.00e+09_' in str(e.value), e.value
+  same_runs = _sweep_cd(corpus_dir)
+  same_runs.train.batch_size = 4
+  with pytest.raises(ConfigError, match=r'differs: .*train\.steps \d+ -> \d+'):
+    sweep.write_plan(wd, sweep.make_plan(same_runs))
   assert open(os.path.join(wd, 'plan.json')).read() == before
   # Nor does collecting or reporting it under the other config (tools.report
   # rewrote a grid sweep's report as an IsoFLOP one).
