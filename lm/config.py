@@ -549,6 +549,8 @@ def _read_only_if(c: Config) -> list[tuple[str, bool, str]]:
       ('model.num_decoder_layers', m.family == 'encoder_decoder',
        "model.family='encoder_decoder' (a decoder stack)"),
       ('model.rope_theta', m.position == 'rope', "model.position='rope'"),
+      ('model.attn_max_docs', m.attention in ('dot_product', 'auto'),
+       "model.attention='dot_product' (or 'auto', which is dot_product on GPUs)"),
       ('data.target_len', bool(d.target_key), '(input, target) pairs (data.target_key; span '
        "corruption's targets follow data.seq_len, noise_density and mean_span)"),
       ('data.tfds_name', d.source == 'tfds', "data.source='tfds'"),

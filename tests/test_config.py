@@ -64,6 +64,8 @@ CASES = [
     ({'model.rope_theta': 5e5}, r"model.rope_theta=500000.0 .* read only with model.position="
                                 r"'rope', so it changes nothing here; leave it at its default "
                                 r'10000.0'),
+    ({'model.attention': 'xla', 'model.attn_max_docs': 16},
+     r"model.attn_max_docs=16 .* read only with model.attention='dot_product' \(or 'auto'"),
     ({'data.text_key': 'body'}, r"data.text_key='body' .* data.source='file' or 'tfds'"),
     ({'data.tfds_name': 'glue/sst2'}, r"data.tfds_name='glue/sst2' .* data.source='tfds'"),
     ({'data.tokenizer_path': 'x.model'}, r"data.tokenizer_path='.*x.model' .* data.tokenizer="),
