@@ -77,6 +77,12 @@ def main(argv):
                                                       or _PROMPTS_FILE.value):
       raise sampling.SamplingError('--score with a decoder scores the text given at most one '
                                    '--prompt (its context); --prompts_file does not apply')
+    if (not seq2seq and _SCORE.value is not None and not _PROMPT.value
+        and not _DOC_START.value):
+      raise sampling.SamplingError(
+          '--nodoc_start with --score and no --prompt: the first token is scored after a '
+          'document start (EOS) either way, as nothing else precedes it; give --prompt as its '
+          'context, or drop --nodoc_start')
     tok = checkpoint.load_tokenizer(_WORKDIR.value, c)
     prefix = [tok.eos_id] if _DOC_START.value else []
     s = sampling.SamplingConfig(

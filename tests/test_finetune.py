@@ -444,7 +444,16 @@ def test_generate_cli_samples_scores_and_refuses_bad_input(pretrained, tmp_path)
   r = _cli(f'--workdir={pretrained}', '--prompt=def f(x):\n    ', '--score=return x')
   assert r.returncode == 0 and "given the prompt 'def f(x):" in r.stdout, r.stderr
   r2 = _cli(f'--workdir={pretrained}', '--score=return x')
-  assert float(r.stdout.split('nll ')[1].split()[0]) != float(r2.stdout.split('nll ')[1].split()[0])
+  given = float(r.stdout.split('nll ')[1].split()[0])
+  assert given != float(r2.stdout.split('nll ')[1].split()[0])
   assert nll > 0
+  # Without a --prompt, --nodoc_start changed nothing (the first token still
+  # follows EOS): refused, as the other flags scoring does not read.
+  r = _cli(f'--workdir={pretrained}', '--score=return x', '--nodoc_start')
+  assert r.returncode == 2 and r.stderr.startswith('error: --nodoc_start with --score and no '
+                                                   '--prompt'), r.stderr
+  r = _cli(f'--workdir={pretrained}', '--prompt=def f(x):\n    ', '--score=return x',
+           '--nodoc_start')  # With a prompt it drops the EOS before it.
+  assert r.returncode == 0 and float(r.stdout.split('nll ')[1].split()[0]) != given, r.stderr
   r = _cli(f'--workdir={pretrained}', '--prompt=x', '--temperature=-1')
   assert r.returncode == 2 and 'temperature=-1.0 is invalid' in r.stderr
