@@ -309,6 +309,7 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
     w.writerows(rows)
   (tmp_path / 'bad.jsonl').write_text('{"N": 1}\nnot json\n')
   (tmp_path / 'empty.csv').write_text('N,D\n')
+  (tmp_path / 'other.csv').write_text('text,label\nhello,1\n')  # Not a results table.
   grid = tmp_path / 'grid.csv'  # A grid sweep: no budgets, so no Approach 2.
   with open(grid, 'w') as f:
     w = csv.DictWriter(f, [*rows[0], 'design'])
@@ -342,15 +343,16 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
   # Rows the report's point choice reads must hold numbers: a missing N, an
   # empty loss cell or a text LR is that row's one-line error (they were a
   # KeyError, a TypeError in np.mean and a format ValueError).
-  (tmp_path / 'no_n.jsonl').write_text('{"name": "a", "status": "done", "D": 1e6, '
-                                       '"final_loss": 3.0}\n')
+  (tmp_path / 'no_n.jsonl').write_text('{"name": "z", "status": "done", "N": 1e3, "D": 1e6, '
+                                       '"final_loss": 3.1}\n{"name": "a", "status": "done", '
+                                       '"D": 1e6, "final_loss": 3.0}\n')
   for name, key, cell in (('blank_loss.csv', 'final_loss', ''), ('text_lr.csv', 'lr', 'fast')):
     with open(tmp_path / name, 'w') as f:
       w = csv.DictWriter(f, [*rows[0], 'lr'])
       w.writeheader()
       w.writerows([{**r, 'lr': 1e-3, **({key: cell} if i == 2 else {})}
                    for i, r in enumerate(rows)])
-  for args, want in (([f'--results={tmp_path}/no_n.jsonl'], 'row 0 (a): N=None is missing'),
+  for args, want in (([f'--results={tmp_path}/no_n.jsonl'], 'row 1 (a): N=None is missing'),
                      ([f'--results={tmp_path}/blank_loss.csv'], "row 2 (r2): final_loss=''"),
                      ([f'--results={tmp_path}/text_lr.csv'], "row 2 (r2): lr='fast'"),
                      ([f'--results={tmp_path}/none.csv'], 'No such file'),
@@ -358,6 +360,10 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
                      ([f'--results={tmp_path}/bad.jsonl'], 'line 2 is not JSON'),
                      ([f'--results={tmp_path}/empty.csv'], 'holds no finished runs'),
                      ([f'--results={good}', '--convention=bogus'], '--convention'),
+                     ([f'--results={tmp_path}/other.csv'],
+                      'the table has no N or D column (its columns: label, text)'),
+                     ([f'--results={good}', '--loss=name'],
+                      "--loss=name: that column holds text (e.g. 'r0'), not losses"),
                      ([f'--results={grid}', '--method=2'], 'fit that table with --method=3'),
                      ([f'--results={good}', '--bootstrap=-1'], '--bootstrap')):
     out = fit(*args)

@@ -319,7 +319,7 @@ CASES += [
     ('fit: missing results table', ['-m', 'tools.fit', '--results={S}/none.csv'], 'none.csv'),
     ('fit: a directory as the table', ['-m', 'tools.fit', '--results={S}/binary'], 'binary'),
     ('fit: a table without an N column', ['-m', 'tools.fit', '--results={S}/nolabel.jsonl'],
-     'N=None is missing'),
+     'the table has no N or D column'),
     ('fit: unknown FLOP convention', ['-m', 'tools.fit', '--results={S}/nolabel.jsonl',
                                       '--convention=7N'], '--convention'),
     ('train_tokenizer: existing --out', ['-m', 'tools.train_tokenizer', '--out={S}/sp',
@@ -508,7 +508,8 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
   with open(os.path.join(s, 'foreign', 'checkpoints', 'model.pt'), 'w') as f:
     f.write('not ours')
   with open(os.path.join(s, 'no_n.jsonl'), 'w') as f:  # A results row without its size.
-    f.write('{"name": "a", "status": "done", "D": 1e6, "final_loss": 3.0}\n')
+    f.write('{"name": "z", "status": "done", "N": 1e3, "D": 1e6, "final_loss": 3.1}\n'
+            '{"name": "a", "status": "done", "D": 1e6, "final_loss": 3.0}\n')
   with open(os.path.join(s, 'nolabel.jsonl'), 'w') as f:
     f.write('{"text": "a", "label": "x"}\n{"text": "b"}\n')
   os.makedirs(os.path.join(s, 'full'), exist_ok=True)

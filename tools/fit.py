@@ -78,6 +78,11 @@ def fit_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
                            'fits one of them; keep only its rows (a transfer sweep is '
                            'compared by python -m tools.report, not fitted)')
   failed = [r for r in typed if r.get('status', 'done') != 'done']
+  absent = [k for k in ('N', 'D') if done and not any(k in r for r in done)]
+  if absent:  # Another kind of table (e.g. a run's metrics): not a row's fault.
+    cols = ', '.join(sorted({str(k) for r in done for k in r}))[:200]
+    raise scaling.FitError(f'the table has no {" or ".join(absent)} column (its columns: '
+                           f'{cols}): give the results.csv or results.jsonl a sweep wrote')
   if not all('final_loss' in r for r in done):  # A table of other columns: all its rows.
     return done, []
   # fit_points groups by (budget, N, D, lr) and ranks by final_loss: each must
@@ -132,6 +137,10 @@ def main(argv):
       cols = ', '.join(sorted({k for r in rows for k in r if 'loss' in k or 'headline' in k}))
       raise scaling.FitError(f'--loss={F.loss}: {F.results} has no such column (its loss '
                              f'columns: {cols or "none"})')
+    if all(isinstance(_num(r.get(F.loss)), str) and r.get(F.loss) != '' for r in rows):
+      cols = ', '.join(sorted({k for r in rows for k in r if 'loss' in k}))
+      raise scaling.FitError(f'--loss={F.loss}: that column holds text (e.g. '
+                             f'{rows[0][F.loss]!r}), not losses; loss columns: {cols or "none"}')
     loss = column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
@@ -139,7 +148,7 @@ def main(argv):
       for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
         print(f'{k:6s} {getattr(f, k):.4g}  95% CI {_interval(ci, k)}')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
-            f'({"on" if f.start_on_grid_edge else "inside"} the grid edge)')
+            f'({"on the edge of" if f.start_on_grid_edge else "inside"} the start grid)')
       if f.E < 1e-3 * float(loss.min()):
         print(f'warning: E = {f.E:.3g} is at its lower bound (0): the fit puts all the loss in '
               'the power-law terms and the intervals of E, A and alpha are not informative')
