@@ -5,8 +5,8 @@ Table 3): 32 layers, d_model 4096, 32 query and 8 KV heads of 128, SwiGLU
 MLP 14336, RMSNorm, RoPE with theta 500,000, no biases, untied embeddings,
 vocabulary 128,256, context 8192. Written for the memory estimator and for
 sharded runs on accelerators: bfloat16 compute, float32 master weights,
-scanned layers (one compiled layer: the estimator compiles in about a minute
-on 2 CPU cores; on one H100, GPT-2-sized models ran 20-25% faster unrolled,
+scanned layers (one compiled layer: the estimator's command above took 15-26 s
+on 2 CPU cores, 2026-11-27..29; on one H100, GPT-2-sized models ran 20-25% faster unrolled,
 tools/bench_train) with full rematerialisation, cuDNN flash attention on
 GPUs and chunked attention elsewhere (`auto`), chunked loss, and documents
 masked within packed windows.

@@ -58,8 +58,9 @@ def main(argv):
     if c.model.family != 'encoder' or c.model.num_classes:
       raise FillMaskError(
           f'{_WORKDIR.value} holds {"an" if c.model.family[0] == "e" else "a"} '
-          f'{c.model.family} model'
-          + (' classifier' if c.model.num_classes else '')
+          f'{c.model.family} '
+          + (f'sequence classifier ({c.model.num_classes} classes)' if c.model.num_classes
+             else 'model')
           + '; fill-mask needs a masked-LM encoder run (model.family=encoder)')
     if _TOP_K.value < 1:
       raise FillMaskError(f'top_k={_TOP_K.value} is invalid: must be >= 1')

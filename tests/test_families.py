@@ -328,10 +328,16 @@ def test_bad_family_config(override, match):
     ('encoder_decoder', 'fill_mask', '--text=a [MASK]',
      'holds an encoder_decoder model; fill-mask needs'),
     ('encoder', 'generate', '--prompt=x', 'holds an encoder (masked LM)'),
+    ('decoder_classifier', 'fill_mask', '--text=a [MASK]',
+     'holds a decoder sequence classifier (2 classes); fill-mask needs'),
 ])
 def test_cli_refuses_checkpoints_of_another_family(family, cli, arg, message, tmp_path):
   from lm import checkpoint
-  c = train.resolve_vocab(tiny(**{'model.family': family}), 259)
+  over = {'model.family': family.removesuffix('_classifier')}
+  if family.endswith('_classifier'):
+    over.update({'model.num_classes': 2, 'data.source': 'file', 'data.path': 'x.jsonl',
+                 'data.label_key': 'label', 'data.labels': ('a', 'b')})
+  c = train.resolve_vocab(tiny(**over), 259)
   checkpoint.save_params(str(tmp_path / 'run'), c, _params(c.model))
   r = forked_cli.run([sys.executable, '-m', f'experiments.{cli}',
                       f'--workdir={tmp_path / "run"}', arg],
