@@ -176,6 +176,9 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
       old = json.load(f)
   except ValueError as e:
     raise config_lib.ConfigError(f'{path} cannot be read ({e}); it was left untouched') from None
+  if not isinstance(old, list):
+    raise config_lib.ConfigError(f'{path} cannot be read (it holds a JSON '
+                                 f'{type(old).__name__}, not a list of runs); it was left untouched')
   if old != new:
     designs = sorted({r.get('design', '?') for r in old if isinstance(r, dict)})
     raise config_lib.ConfigError(

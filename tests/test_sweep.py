@@ -376,6 +376,10 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
     sweep.run_all(other, wd, only=sweep.make_plan(other)[0].name)
   assert sorted(os.listdir(wd)) == ['plan.json', 'runs']
   assert os.listdir(os.path.join(wd, 'runs')) == ['x']
+  with open(os.path.join(wd, 'plan.json'), 'w') as f:
+    f.write('7')  # Valid JSON, but no plan (it was a TypeError from len()).
+  with pytest.raises(ConfigError, match=r'plan.json cannot be read \(it holds a JSON int'):
+    sweep.write_plan(wd, sweep.make_plan(other))
 
 
 def test_report_refuses_non_finite_losses(tmp_path, corpus_dir):
