@@ -191,28 +191,24 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
 
 def _plan_difference(old: list, new: list[dict]) -> str:
   """Where two plans first differ, for check_plan's error: the runs only one
-  plan has, else the first run whose fields differ (stored -> this config's)."""
+  plan has, else the first differing run's fields (lm/config.diff)."""
   if not all(isinstance(r, dict) for r in old):
     return 'the stored plan is not a list of runs'
   names_old, names_new = [r.get('name') for r in old], [r['name'] for r in new]
+  gone = [n for n in names_old if n not in names_new]
+  added = [n for n in names_new if n not in names_old]
+  if gone or added:
+    parts = []
+    for names, where in ((gone, 'only the stored plan has'), (added, 'only this config plans')):
+      if names:
+        more = f' and {len(names) - 2} more' if len(names) > 2 else ''
+        parts.append(f'{where} {", ".join(map(str, names[:2]))}{more}')
+    return '; '.join(parts)
   if names_old != names_new:
-    gone = [n for n in names_old if n not in names_new]
-    added = [n for n in names_new if n not in names_old]
-    if not gone and not added:
-      return 'the same runs in another order'
-    some = lambda ns: ', '.join(map(str, ns[:2])) + (f' and {len(ns) - 2} more' if len(ns) > 2 else '')  # noqa: E731
-    return '; '.join(part for part in (gone and f'only the stored plan has {some(gone)}',
-                                       added and f'only this config plans {some(added)}') if part)
-  for a, b in zip(old, new):
-    if a != b:
-      flat = lambda r: {**{k: v for k, v in r.items() if k != 'overrides'},  # noqa: E731
-                        **(r.get('overrides') or {})}
-      fa, fb = flat(a), flat(b)
-      show = lambda v: f'{v:.4g}' if isinstance(v, float) else repr(v)  # noqa: E731
-      diff = [f'{k} {show(fa.get(k))} -> {show(fb.get(k))}'
-              for k in sorted(set(fa) | set(fb), key=str) if fa.get(k) != fb.get(k)]
-      return f'run {b["name"]} differs: ' + ', '.join(diff[:4])
-  return 'the runs differ'
+    return 'the same runs in another order'
+  a, b = next((a, b) for a, b in zip(old, new) if a != b)
+  return (f'run {b["name"]} differs (stored != this config\'s): '
+          + ', '.join(config_lib.diff(a, b)[:4]))
 
 
 def write_plan(workdir: str, runs: list[plan.Run]) -> None:

@@ -361,7 +361,8 @@ def test_sweep_refuses_a_different_plan_in_the_same_workdir(tmp_path, corpus_dir
   assert 'and 4 more; only this config plans C2.00e+09_' in str(e.value), e.value
   same_runs = _sweep_cd(corpus_dir)
   same_runs.train.batch_size = 4
-  with pytest.raises(ConfigError, match=r'differs: .*train\.steps \d+ -> \d+'):
+  with pytest.raises(ConfigError, match=r'differs \(stored != this config.s\): '
+                                       r'.*overrides\.train\.steps: \d+ != \d+'):
     sweep.write_plan(wd, sweep.make_plan(same_runs))
   assert open(os.path.join(wd, 'plan.json')).read() == before
   # Nor does collecting or reporting it under the other config (tools.report
