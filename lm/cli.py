@@ -158,10 +158,22 @@ def expand_flagfiles(args: list[str]) -> list[str]:
     return list(args)
 
 
+def _quiet_broken_pipe(hook):
+  """sys.excepthook for a CLI: its reader went away (`... | head`), so the
+  rest of its output goes to /dev/null, not a BrokenPipeError traceback (exit 1)."""
+  def handle(kind, value, tb):
+    if not issubclass(kind, BrokenPipeError):
+      return hook(kind, value, tb)
+    devnull = os.open(os.devnull, os.O_WRONLY)  # Python's flush at exit must not fail too.
+    os.dup2(devnull, sys.stdout.fileno())
+  return handle
+
+
 def parse_flags(argv: list[str], positional: int = 0) -> list[str]:
   """absl's flag parsing, with every failure one `error:` line (exit 2); more
   than `positional` words that are not flags are refused too (`... --mode=plan
   plan` had run the whole sweep)."""
+  sys.excepthook = _quiet_broken_pipe(sys.excepthook)
   given, argv = argv, argv[:1] + expand_flagfiles(argv[1:])
   twice = _repeated_override(argv)
   if twice:

@@ -177,3 +177,16 @@ def test_command_line_text_that_is_not_utf8_and_seeds_past_32_bits_are_refused()
   for seed in (2 ** 32, -1):
     with pytest.raises(sampling.SamplingError, match=f'seed={seed} is invalid'):
       sampling.validate(sampling.SamplingConfig(seed=seed))
+
+
+def test_a_reader_that_goes_away_ends_the_cli_without_a_traceback():
+  """`... | head`: the CLI's next write fails (BrokenPipeError); it had ended
+  in a traceback. Now its output goes to /dev/null and it exits 1."""
+  import subprocess
+  import sys
+  p = subprocess.Popen([sys.executable, '-m', 'tools.config', '--config=configs/tiny.py'],
+                       cwd=bad_inputs.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  p.stdout.close()  # Before it writes: its first print fails.
+  err = p.stderr.read()
+  assert p.wait(timeout=120) == 1 and 'Traceback' not in err and 'BrokenPipe' not in err, err
