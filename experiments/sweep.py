@@ -132,12 +132,6 @@ def main(argv):
         raise config_lib.ConfigError(f'--json lists the commands of --mode=commands, not of '
                                      f'--mode={_MODE.value}')
       flags.FLAGS.mode = 'commands'  # --json alone: the JSON command list.
-    steps = [o for o in sweep.config_overrides(sys.argv[1:])
-             if o.startswith('--config.train.steps=')]
-    if steps:  # lm/plan.py gives every run its own steps.
-      raise config_lib.ConfigError(
-          f'{steps[0]}: a sweep\'s plan sets every run\'s train.steps from its tokens and '
-          'batch, so this would change nothing; set sweep.tokens or sweep.budgets instead')
     if _WORKER.value:  # Internal (written by _run_workers), but checked as any flag.
       i, _, n = _WORKER.value.partition('/')
       if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
@@ -153,6 +147,7 @@ def main(argv):
           f'--workers={_WORKERS.value} starts local worker processes for a whole sweep run '
           f'(--mode=run, sweep.executor=local, no --only); here it would be ignored')
     runs = sweep.make_plan(cd)
+    sweep.check_overrides(sweep.config_overrides(sys.argv[1:]), runs)
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just
     # the named runs (in the packs the whole plan puts them in, numbered as in it).
@@ -186,9 +181,10 @@ def main(argv):
       return
     if _MODE.value == 'run':
       # Before the lock a coordinator (workers, executors) takes there.
-      workdir.check_writable(wd, 'the sweep directory')
+      workdir.check_writable(wd, 'the sweep directory', sweep.TABLES)
       if _REPORT.value and not _ONLY.value:  # Not after the training, when it is written.
-        workdir.check_writable(os.path.join(wd, 'report'), 'the report directory')
+        workdir.check_writable(os.path.join(wd, 'report'), 'the report directory',
+                               sweep.REPORT_FILES)
       sweep.check_configs(cd, wd, runs)
       sweep.check_corpus(cd, wd, runs)
       if s.executor in ('slurm', 'ray') and not _ONLY.value:

@@ -69,13 +69,44 @@ def find(path: str) -> tuple[str, str]:
       'step directory (<workdir>/checkpoints/<step>)')
 
 
+def read_config(cfg_path: str) -> Config:
+  """A run's config.json as a Config; a damaged one (truncated, not a config of
+  this codebase, unreadable) is a CheckpointError naming the file."""
+  try:
+    with open(cfg_path, encoding='utf-8') as f:
+      d = json.load(f)
+    if not isinstance(d, dict):
+      raise CheckpointError(f'{cfg_path} holds a JSON {type(d).__name__}, not a run config '
+                            '(an object of sections); it was left untouched')
+    if 'model_type' in d and 'model' not in d:
+      raise CheckpointError(f'{cfg_path} is a Hugging Face config (model_type '
+                            f'{d["model_type"]!r}), not a run of this codebase (tools.hf import '
+                            'makes one of it); it was left untouched')
+    return config_lib.from_configdict(d)
+  except (OSError, ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError.
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    raise CheckpointError(f'{cfg_path} is not a readable run config of this codebase '
+                          f'({why}); it was left untouched') from None
+
+
 def load_config(path: str) -> Config:
   cfg_path, _ = find(path)
   if not os.path.exists(cfg_path):
     raise CheckpointError(f'no config.json at {cfg_path}: {path} was not written by '
                           'experiments.train or tools.hf')
-  with open(cfg_path) as f:
-    return config_lib.from_configdict(json.load(f))
+  return read_config(cfg_path)
+
+
+def inside_checkpoints(path: str) -> str | None:
+  """The run directory whose checkpoints/ holds `path` (any depth), else None:
+  writing there would leave the run's checkpoint directory unreadable."""
+  p = os.path.abspath(path)
+  while os.path.dirname(p) != p:
+    if os.path.basename(p) == 'checkpoints' and os.path.exists(
+        os.path.join(os.path.dirname(p), 'config.json')):
+      return os.path.dirname(p)
+    p = os.path.dirname(p)
+  return None
 
 
 def abstract_params(m: ModelConfig) -> Any:
@@ -266,7 +297,16 @@ def check_workdir(workdir: str, c: Config) -> bool:
   if os.path.exists(os.path.join(workdir, 'plan.json')):  # A run beside a sweep's runs/.
     raise CheckpointError(f'--workdir={workdir} is a sweep directory (it holds plan.json); '
                           'it was left untouched: train a run into its own directory')
+  run = inside_checkpoints(workdir)
+  if run:
+    raise CheckpointError(f'--workdir={workdir} lies inside the checkpoints of the run {run}; '
+                          'it was left untouched: choose another --workdir')
   if not os.path.isdir(ckpt) or not os.listdir(ckpt):
+    if os.path.lexists(cfg_path):  # E.g. a Hugging Face export: its config.json is not ours.
+      try:
+        read_config(cfg_path)
+      except CheckpointError as e:
+        raise CheckpointError(f'{e}: choose another --workdir') from None
     return False
   bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]
   if bad or not os.path.exists(cfg_path):
@@ -275,11 +315,17 @@ def check_workdir(workdir: str, c: Config) -> bool:
         f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
         'choose another --workdir')
   try:
-    with open(cfg_path) as f:
-      old = config_lib.from_configdict(json.load(f))
-  except (ValueError, TypeError) as e:  # Truncated JSON, or a field we no longer accept.
-    raise CheckpointError(f'{cfg_path} cannot be read ({e}); it was left untouched: '
-                          'choose another --workdir') from None
+    old = read_config(cfg_path)  # Truncated JSON, or a field we no longer accept.
+  except CheckpointError as e:
+    raise CheckpointError(f'{e}: choose another --workdir') from None
+  steps = sorted(int(e) for e in os.listdir(ckpt) if e.isdigit())
+  last = os.path.join(ckpt, str(steps[-1])) if steps else ''
+  if last and os.path.isdir(os.path.join(last, 'state')) and not os.path.isdir(
+      os.path.join(last, 'data')):  # save_params: no optimizer state or data position.
+    raise CheckpointError(
+        f'{workdir} holds parameters only (step {steps[-1]}, as tools.hf import writes), '
+        'not a training state to resume; it was left untouched: start a run from them with '
+        f'--config.init_from={workdir} and another --workdir')
   diffs = config_lib.kind_diff(old, c, (config_lib.ARCH, config_lib.HEAD, config_lib.FIXED))
   if diffs:
     raise CheckpointError(
@@ -310,6 +356,15 @@ def check_not_past_end(workdir: str, latest: int | None, steps: int) -> None:
         f'{workdir} holds a checkpoint at step {latest}, past train.steps={steps}: a run '
         f'cannot end before where it already is; it was left untouched: set train.steps '
         f'to at least {latest}, or choose another --workdir')
+
+
+def check_resumable(workdir: str, tok, steps: int) -> None:
+  """A resumed run's checks that need no checkpoint manager, so they come
+  before the data are prepared: the tokenizer it recorded, and no finished
+  step past train.steps (the loop checks the latest again under its lock)."""
+  check_tokenizer(workdir, tok)
+  done = [int(e) for e in os.listdir(os.path.join(workdir, 'checkpoints')) if e.isdigit()]
+  check_not_past_end(workdir, max(done, default=None), steps)
 
 
 _QUIET = []

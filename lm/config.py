@@ -594,6 +594,15 @@ def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
   _choice('opt.cooldown_shape', o.cooldown_shape, COOLDOWN_SHAPES)
   if not 0.0 < o.cooldown_fraction <= 1.0:
     raise _err('opt.cooldown_fraction', o.cooldown_fraction, 'must be in (0, 1]')
+  # wsd's cooldown starts at a step of its own (lm/optimizer.schedule): a warmup
+  # past it cut the cooldown short, or ended the run at its peak rate, silently.
+  # (A warmup as long as a cosine run is a ramp over the whole run: allowed.)
+  cool_from = t.steps - max(round(o.cooldown_fraction * t.steps), 1)
+  if o.schedule == 'wsd' and o.warmup_steps > cool_from:
+    raise _err('opt.warmup_steps', o.warmup_steps,
+               f'the wsd cooldown (opt.cooldown_fraction={o.cooldown_fraction:g} of '
+               f'train.steps={t.steps}) would start at step {cool_from}, inside the warmup: '
+               f'use at most {max(cool_from, 0)} warmup steps, or a lower cooldown fraction')
   if not 0.0 <= o.min_lr_ratio <= 1.0:
     raise _err('opt.min_lr_ratio', o.min_lr_ratio, 'must be in [0, 1]')
   for f in ('b1', 'b2'):
@@ -726,6 +735,9 @@ def _validate_train(c: Config) -> None:
   if t.eval_tasks_path and not os.path.isdir(t.eval_tasks_path):
     raise _err('train.eval_tasks_path', t.eval_tasks_path, 'is not a directory of task YAML '
                'files')
+  if not all(isinstance(x, str) for x in t.eval_tasks):
+    raise _err('train.eval_tasks', t.eval_tasks, "task names are strings, e.g. "
+               "('lambada_openai', 'hellaswag')")
   if t.eval_bias_csv and not os.path.isfile(t.eval_bias_csv):
     raise _err('train.eval_bias_csv', t.eval_bias_csv, 'is not a file (a CrowS-Pairs-format '
                'CSV: sent_more, sent_less, bias_type)')
@@ -746,10 +758,16 @@ def _validate_mesh(c: Config) -> None:
     _positive(f'mesh.dcn_{ax}', getattr(c.mesh, f'dcn_{ax}'))
   if sum(getattr(c.mesh, ax) == -1 for ax in MESH_AXES) > 1:
     raise ConfigError(f'config.mesh={c.mesh}: at most one axis may be -1')
+  logical = [n for n, _ in DEFAULT_RULES]  # Every logical axis the model names.
   for name, axes in c.rules:
-    for a in (axes if isinstance(axes, tuple) else (axes,)):
+    if name not in logical:  # A typo would leave its parameters replicated, silently.
+      raise _err('rules', (name, axes), f'logical axes are {", ".join(logical)}')
+    listed = axes if isinstance(axes, tuple) else (axes,)
+    for a in listed:
       if a is not None and a not in MESH_AXES:
         raise _err('rules', (name, axes), f'mesh axes must be in {MESH_AXES}')
+    if len(set(listed)) != len(listed):
+      raise _err('rules', (name, axes), 'a mesh axis may split a logical axis once')
 
 
 def _rules(raw) -> tuple[tuple[str, Any], ...]:
@@ -785,6 +803,10 @@ def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
       hint = f' (did you mean {close[0]!r}?)' if close else ''
       raise ConfigError(f'config.{k} is not a known section{hint}; '
                         f'valid: {", ".join(sorted(known))}')
+  for s in SECTIONS:
+    if not isinstance(d.get(s, {}), (dict, ml_collections.ConfigDict)):
+      raise ConfigError(f'config.{s} is {d[s]!r}, not a section of fields (e.g. '
+                        f'config.{s}.{dataclasses.fields(SECTIONS[s])[0].name})')
   parts = {s: _build(cls, s, dict(d.get(s, {}))) for s, cls in SECTIONS.items()}
   tp = parts['data'].tokenizer_path
   if tp and '://' not in tp:  # Recorded absolute, so a run's tools work from any directory.

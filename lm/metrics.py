@@ -132,10 +132,21 @@ def parse(path: str, lines: list[str], damaged_ok: bool = False
   return out
 
 
+def read_lines(path: str) -> list[str]:
+  """The non-blank lines of a metrics.jsonl; one that cannot be read as UTF-8
+  text (a directory, stray bytes) is a MetricsError naming it."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return [line for line in f if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    raise MetricsError(f'{path} cannot be read ({why}); restore it, or delete the run '
+                       'directory to train it again') from None
+
+
 def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = read_lines(path)
   return [r for _, r in parse(path, lines) if kind is None or r['kind'] == kind]

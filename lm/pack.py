@@ -193,8 +193,13 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
     if why:
       raise ConfigError(f'{c.name} cannot train in a pack: {why}')
   K, c0 = len(cs), cs[0]
-  t = train.build(c0, jax.devices()[:1], tok.byte_lengths())
   corpus = data_lib.corpus_record(c0.data)
+  for wd, c in zip(workdirs, cs):  # Before the data are prepared (checked again below).
+    if ckpt_lib.check_workdir(wd, c):
+      ckpt_lib.check_corpus(wd, corpus)
+      ckpt_lib.check_resumable(wd, tok, c.train.steps)
+      metrics_lib.read(wd)
+  t = train.build(c0, jax.devices()[:1], tok.byte_lengths())
   data = objective.data(c0, tok, loaded, 0, 1)
   with contextlib.ExitStack() as stack:
     for wd, c in zip(workdirs, cs):

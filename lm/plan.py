@@ -162,11 +162,14 @@ def isoflop(budgets: list[float], base: ModelConfig, seq_len: int, tokens_per_st
       centre = min(range(len(ladder_)), key=lambda i: abs(math.log(ladder_[i][0] / n_star)))
       lo = centre - sizes // 2
       if lo < 0 or lo + sizes > len(ladder_):
+        low = lo < 0
         raise ConfigError(
-            f'budget {c:.3g} is too small (or too large) for this ladder: its expected optimum '
-            f'N*={n_star:.3g} is rung {centre + 1} and {sizes} sizes centred there need rungs '
-            f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; raise the smallest budget or lower '
-            'sweep.aspect')
+            f'budget {c:.3g} is too {"small" if low else "large"} for this ladder: its '
+            f'expected optimum N* = sqrt(C / (6 x sweep.tokens_per_param={tokens_per_param:g})) '
+            f'= {n_star:.3g} is rung {centre + 1}, and {sizes} sizes centred there need rungs '
+            f'{lo + 1}..{lo + sizes} of 1..{len(ladder_)}; '
+            + ('raise the budget or lower sweep.tokens_per_param or sweep.aspect' if low else
+               'lower the budget or raise sweep.tokens_per_param'))
       chosen = ladder_[lo:lo + sizes]
     for n, m in chosen:
       fpt = flops.train_flops_per_token(m, seq_len, convention, None, *lengths)

@@ -95,8 +95,27 @@ def canary_path(path: str) -> str:
 
 
 def read_canaries(path: str) -> list[dict]:
-  with open(canary_path(path)) as f:
-    return json.load(f)['canaries']
+  """The canaries a run inserted (its canaries.json); a damaged file is a
+  ProbeError naming it, before any model is loaded."""
+  f = canary_path(path)
+  try:
+    with open(f, encoding='utf-8') as fh:
+      rows = json.load(fh)['canaries']
+    for c in rows:
+      missing = {'id', 'secret', 'digits', 'repeats', 'template'} - set(c)
+      if missing:
+        raise ValueError(f'a canary has no {", ".join(sorted(missing))}')
+      secret, digits = c['secret'], int(c['digits'])
+      if not (isinstance(secret, str) and secret.isdigit() and len(secret) == digits
+              and '{secret}' in c['template'] and int(c['repeats']) >= 0):
+        raise ValueError(f'canary {c["id"]!r} is not a secret of {digits} digits in '
+                         'a template with {secret}')
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else (
+        f'no {e} list' if isinstance(e, KeyError) else e)
+    raise ProbeError(f'{f} is not a canary record of this codebase ({why}); restore it '
+                     'from the run that wrote it') from None
+  return rows
 
 
 def _pair(tokenizer, c: dict, secret: str) -> tuple[list[int], list[int]]:

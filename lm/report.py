@@ -175,7 +175,7 @@ def write_report(cd, workdir: str, log=lambda msg: None) -> str:
   cannot replace the sweep's newer one."""
   sweep.check_plan(workdir, sweep.make_plan(cd))  # Another config's sweep: refused.
   _results_path(workdir)  # A directory without tables: refused before a lock file is made.
-  check_writable(os.path.join(workdir, 'report'), 'the report directory')
+  check_writable(os.path.join(workdir, 'report'), 'the report directory', sweep.REPORT_FILES)
   with tables_lock(workdir):
     return _write_report(cd, workdir, log)
 

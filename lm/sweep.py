@@ -34,10 +34,13 @@ from lm import workdir as workdir_lib
 
 def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
   """(run ConfigDict without `sweep`, validated SweepConfig)."""
+  if 'sweep' not in cd:  # Its sweep.* overrides would be refused as unknown fields.
+    raise config_lib.ConfigError(
+        f'config {cd.get("name", "")!r} has no sweep section: give a sweep config (e.g. '
+        'configs/isoflop_tiny.py, configs/lr_sweep.py) or add c.sweep = common.sweep(...) to it')
   cd = ml_collections.ConfigDict(cd.to_dict())  # Unlocked copy (config_flags locks).
-  raw = cd.sweep.to_dict() if 'sweep' in cd else {}
-  if 'sweep' in cd:
-    del cd['sweep']
+  raw = cd.sweep.to_dict()
+  del cd['sweep']
   return cd, config_lib.sweep_config(raw)
 
 
@@ -122,6 +125,29 @@ def run_config(cd: ml_collections.ConfigDict, r: plan.Run, evals: int) -> config
   return config_lib.from_configdict(run_cd)
 
 
+# Fields run_config sets for every run, whatever the config says.
+RUN_CONFIG_SETS = ('train.eval_every', 'train.checkpoint_every', 'train.progress')
+_INSTEAD = {'train.steps': 'set sweep.tokens or sweep.budgets instead',
+            'train.seed': 'set sweep.seeds instead', 'data.shuffle_seed': 'set sweep.seeds instead',
+            'opt.lr': 'set sweep.lrs instead',
+            'train.eval_every': 'set sweep.evals_per_run instead',
+            'model': "the plan sizes each run's model (sweep.params or sweep.budgets, "
+                     'sweep.aspect, sweep.head_dim)'}
+
+
+def check_overrides(overrides: list[str], runs: list[plan.Run]) -> None:
+  """A ConfigError for a --config override of a field the plan (or run_config)
+  sets in every run: it would be accepted and change nothing."""
+  planned = set(RUN_CONFIG_SETS).union(set.intersection(*[set(r.overrides) for r in runs]))
+  for o in overrides:
+    field = o[len('--config.'):].split('=', 1)[0]
+    if field in planned:
+      instead = _INSTEAD.get(field, _INSTEAD.get(field.split('.')[0], ''))
+      raise config_lib.ConfigError(
+          f"{o}: a sweep's plan sets every run's {field}, so this would change nothing"
+          + (f'; {instead}' if instead else ''))
+
+
 def config_hash(c: config_lib.Config) -> str:
   return hashlib.sha256(json.dumps(config_lib.to_dict(c), sort_keys=True,
                                    default=str).encode()).hexdigest()[:12]
@@ -172,10 +198,12 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
     return False
   new = _plan_json(runs)
   try:
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
       old = json.load(f)
-  except ValueError as e:
-    raise config_lib.ConfigError(f'{path} cannot be read ({e}); it was left untouched') from None
+  except (OSError, ValueError) as e:  # Truncated, not UTF-8, a directory.
+    why = e.strerror if isinstance(e, OSError) and e.strerror else e
+    raise config_lib.ConfigError(f'{path} cannot be read ({why}); it was left untouched'
+                                 ) from None
   if not isinstance(old, list):
     raise config_lib.ConfigError(f'{path} cannot be read (it holds a JSON '
                                  f'{type(old).__name__}, not a list of runs); it was left untouched')
@@ -282,7 +310,7 @@ def run_all(cd: ml_collections.ConfigDict, workdir: str, only: str = '',
   stopped by SIGTERM/SIGINT checkpoints and the sweep stops
   (workdir.Preempted): rerun it to continue where it was. An `only` run that
   another process holds is a LockError (a job that trained nothing fails)."""
-  workdir_lib.check_writable(workdir, 'the sweep directory')
+  workdir_lib.check_writable(workdir, 'the sweep directory', TABLES)
   if only or worker:
     return _run_all(cd, workdir, only, log, worker)
   with workdir_lib.lock(workdir, 'sweep', log):
@@ -832,12 +860,14 @@ COLUMNS = ['name', 'status', 'design', 'objective', 'parametrization', 'd_model'
 
 # Final-eval metrics that become results columns when present (lm/probes.py).
 EXTRA_PREFIXES = ('task', 'canary', 'bias')
+TABLES = ('results.csv', 'results.jsonl')  # collect writes them in the sweep directory.
+REPORT_FILES = ('.md', '.json', '.png')  # What lm/report writes in report/.
 
 
 def collect(cd: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """results.csv and results.jsonl: one row per planned run, whatever its state
   (read and written under workdir.tables_lock: another collect waits)."""
-  workdir_lib.check_writable(workdir, 'the sweep directory')  # It writes the tables.
+  workdir_lib.check_writable(workdir, 'the sweep directory', TABLES)  # It writes the tables.
   runs = make_plan(cd)
   check_plan(workdir, runs)
   check_configs(cd, workdir, runs)  # Results are tabulated under this config.
@@ -860,6 +890,11 @@ def _collect(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.Run]) 
     evals = metrics.read(rdir, 'eval')
     final_step = r.overrides['train.steps']
     final = [e for e in evals if e['step'] == final_step]
+    if res.get('status') == 'done' and not final:  # Checked before a table is written.
+      raise config_lib.ConfigError(
+          f'{rdir}/metrics.jsonl has no evaluation at step {final_step}, though its '
+          'result.json marks the run done: restore it, or delete the run directory to '
+          'train it again')
     h = obj.headline
     best = max if obj.higher_is_better else min
 

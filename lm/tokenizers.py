@@ -38,7 +38,8 @@ def _file_name(prefix: str, path: str, hint: str) -> str:
   """A name for the token cache from the file's content; `hint` says what to
   do when data.tokenizer_path does not exist."""
   if not os.path.isfile(path):
-    raise ConfigError(f'data.tokenizer_path={path!r} does not exist; {hint}')
+    what = 'is a directory, not a tokenizer file' if os.path.isdir(path) else 'does not exist'
+    raise ConfigError(f'data.tokenizer_path={path!r} {what}; {hint}')
   import hashlib
   with open(path, 'rb') as f:
     return f'{prefix}-' + hashlib.sha256(f.read()).hexdigest()[:12]

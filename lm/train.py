@@ -653,6 +653,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   corpus = data_lib.corpus_record(c.data)
   if resume:  # Before the data are prepared.
     ckpt_lib.check_corpus(workdir, corpus)
+    ckpt_lib.check_resumable(workdir, tok, c.train.steps)
     metrics_lib.read(workdir)  # A damaged metrics.jsonl: refused, not truncated.
   src = _pretrained(c, tok) if c.init_from and not resume else None
   t = build(c, devices, tok.byte_lengths())

@@ -49,10 +49,18 @@ class NotWritable(RuntimeError):
   """A directory the run must write to is not writable (or not a directory)."""
 
 
-def check_writable(path: str, what: str) -> None:
+def check_writable(path: str, what: str, files: tuple[str, ...] = ()) -> None:
   """Raises NotWritable, naming `what` and `path`, unless `path` is (or can be
   created as) a writable directory. Checked before anything is prepared, so a
-  read-only workdir or cache fails in one line instead of an OSError mid-run."""
+  read-only workdir or cache fails in one line instead of an OSError mid-run.
+  `files`: names (or '.suffix'es) of files written there later, which an
+  existing directory of that name would stop only then."""
+  if os.path.isdir(path):
+    for e in sorted(os.listdir(path)):
+      if os.path.isdir(os.path.join(path, e)) and any(
+          e == f or (f.startswith('.') and e.endswith(f)) for f in files):
+        raise NotWritable(f'{os.path.join(path, e)} is a directory, but a file of that name '
+                          f'is written to {what}; it was left untouched: move it away')
   if not path:  # abspath('') is the current directory, which makedirs('') is not.
     raise NotWritable(f'{what} is empty: give a directory')
   probe = os.path.abspath(path)
@@ -386,9 +394,8 @@ def truncate_metrics(workdir: str, step: int, resuming: bool = True) -> int:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
-  with open(path) as f:
-    lines = [x for x in f if x.strip()]
   from lm import metrics  # Here: CLIs import this module before JAX.
+  lines = metrics.read_lines(path)
   keep = []
   for x, row in metrics.parse(path, lines, damaged_ok=step == 0):
     # The resumed run writes its own setup row at `step`.

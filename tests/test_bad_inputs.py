@@ -60,14 +60,16 @@ SAMPLE = ['train: data dir of binary files', 'train: resume with another archite
           'train: a tuple of unquoted strings', 'sweep: plan with --only not in it',
           'train: resume from a damaged checkpoint',
           'generate: --score not UTF-8', 'config: a config file whose code fails',
-          'fit_coverage: negative noise']  # tools/bad_inputs.py runs every case.
+          'fit_coverage: negative noise', 'generate: a run whose config.json is a JSON list',
+          "train: --workdir inside a run's checkpoints",
+          'eval: --canaries of a damaged canaries.json']  # tools/bad_inputs.py runs every case.
 
 
 @pytest.mark.slow
 def test_a_sample_of_cli_cases_end_to_end(tmp_path):
   cases = {n: (a, w) for n, a, w in bad_inputs.CASES}
-  places = bad_inputs._prepare(str(tmp_path), hf=any('{HF}' in a for n in SAMPLE
-                                                     for a in cases[n][0]))
+  uses = lambda s: any(s in a for n in SAMPLE for a in cases[n][0])  # noqa: E731
+  places = bad_inputs._prepare(str(tmp_path), hf=uses('{HF}'), sw=uses('{S}/sw'))
   for name in SAMPLE:
     res = bad_inputs.run_case(name, *cases[name], places, run=forked_cli.run)
     assert res['verdict'] == 'clear' and not res['damaged'], res

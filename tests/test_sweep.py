@@ -726,9 +726,15 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   assert r.returncode == 2 and '--json lists the commands' in r.stderr, r.stderr
   r = _sweep_cli(tmp_path, '--config.sweep.params=(-1.0,)', '--mode=plan')
   assert r.returncode == 2 and 'sweep.params' in r.stderr and 'Traceback' not in r.stderr
-  # The plan sets every run's steps: an override of them was accepted and ignored.
-  r = _sweep_cli(tmp_path, '--config.train.steps=77', '--mode=plan')
-  assert r.returncode == 2 and "--config.train.steps=77: a sweep's plan sets" in r.stderr, r.stderr
+  # The plan sets every run's steps, sizes and seeds: overrides of them were
+  # accepted and ignored.
+  for o, instead in (('train.steps=77', 'sweep.tokens'), ('model.d_model=256', 'sweep.params'),
+                     ('train.seed=5', 'sweep.seeds'), ('train.eval_every=3', 'evals_per_run')):
+    r = _sweep_cli(tmp_path, f'--config.{o}', '--mode=plan')
+    field = o.split('=')[0]
+    assert r.returncode == 2 and (f"--config.{o}: a sweep's plan sets every run's {field}, so "
+                                  'this would change nothing') in r.stderr, r.stderr
+    assert instead in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
   r = _sweep_cli(tmp_path)
   assert r.returncode == 1, (r.stdout, r.stderr)
   assert 'every run failed (1)' in r.stderr and 'ConfigError' in r.stderr

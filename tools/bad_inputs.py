@@ -44,6 +44,11 @@ _RUN_FLAGS = ['--config.train.steps=2', '--config.opt.warmup_steps=1',
               '--config.train.batch_size=8', '--config.data.seq_len=32',
               '--config.train.progress=False', '--config.model.d_model=32',
               '--config.train.eval_batches=1']
+# A finished two-run grid sweep of {CORPUS} ({S}/sw, made when a case names it).
+_SWF = ['--config.sweep.design=grid', '--config.sweep.params=(900.0,)',
+        '--config.sweep.tokens=(40960.0, 81920.0)', '--config.sweep.budgets=()',
+        '--config.sweep.tokens_per_param=20.0', '--config.sweep.workers=1',
+        '--config.sweep.bootstrap=10', *_DIR]
 CASES: list[tuple[str, list[str], str]] = []
 
 # Config values, one per rule of lm/config.py (the train CLI; validated before
@@ -480,12 +485,78 @@ CASES += [
                                       '--loss=nosuch'], '--loss=nosuch'),
     ('memory: --devices 0, space-separated', ['-m', 'tools.memory', '--config=configs/tiny.py',
                                               '--devices', '0'], '--devices=0'),
+    # A run's config.json damaged one way each ({S}/cfg_*: copies of {RUN}), read by
+    # every tool that opens a run (they were JSONDecodeError, TypeError and
+    # IsADirectoryError tracebacks).
+    ('train: --config.init_from a run whose config.json is cut short',
+     [*TRAIN, _W, *_DIR, *_RUN_FLAGS, '--config.init_from={S}/cfg_cut'], 'cfg_cut/config.json'),
+    ('generate: a run whose config.json is a JSON list',
+     ['-m', 'experiments.generate', '--workdir={S}/cfg_list', '--prompt=x'],
+     'cfg_list/config.json holds a JSON list'),
+    ('hf export: a run whose config.json is a directory',
+     ['-m', 'tools.hf', 'export', '--workdir={S}/cfg_dir', '--out={S}/o'],
+     'cfg_dir/config.json is not a readable run config'),
+    ('eval: a run whose config.json has a section that is a number',
+     ['-m', 'tools.eval', '--workdir={S}/cfg_num', '--canaries'], 'config.model is 5'),
+    ('train: resume a run whose config.json is a directory',
+     [*TRAIN, '--workdir={S}/cfg_dir', *_DIR, *_RUN_FLAGS], 'cfg_dir/config.json'),
+    # Writing into a Hugging Face export, or into a run's checkpoints/ (each left
+    # that directory unreadable to the tool that made it).
+    ('train: --workdir a Hugging Face export', [*TRAIN, '--workdir={HF}', *_DIR, *_RUN_FLAGS],
+     'is a Hugging Face config'),
+    ('train: --workdir inside a run\'s checkpoints',
+     [*TRAIN, '--workdir={RUN}/checkpoints/w', *_DIR, *_RUN_FLAGS],
+     'lies inside the checkpoints of the run'),
+    ('hf export: --overwrite into a run\'s checkpoints',
+     ['-m', 'tools.hf', 'export', '--workdir={RUN}', '--out={RUN}/checkpoints', '--overwrite'],
+     'lies inside the checkpoints of the run'),
+    ('hf import: into a run\'s checkpoints',
+     ['-m', 'tools.hf', 'import', '--hf_dir={HF}', '--workdir={RUN}/checkpoints/imp'],
+     'lies inside the checkpoints of the run'),
+    ('train: resume a run whose metrics.jsonl is not UTF-8',
+     [*TRAIN, '--workdir={S}/metrics_bin', *_DIR, *_RUN_FLAGS[1:], '--config.train.steps=4'],
+     'metrics.jsonl cannot be read'),
+    ('eval: --canaries of a damaged canaries.json',
+     ['-m', 'tools.eval', '--workdir={S}/canaries_bad', '--canaries'],
+     "canaries.json is not a canary record of this codebase (no 'canaries' list)"),
+    ('train: rules mapping a mesh axis twice',
+     [*TRAIN, _W, "--config.rules=(('embed', ('data', 'data')),)"], 'split a logical axis once'),
+    ('train: rules naming no logical axis of the model',
+     [*TRAIN, _W, "--config.rules=(('embd', 'fsdp'),)"], 'logical axes are batch'),
+    ('train: opt.schedule=wsd whose cooldown starts inside the 30-step warmup',
+     [*TRAIN, _W, '--config.train.steps=30', '--config.opt.schedule=wsd'],
+     'would start at step 24, inside the warmup'),
+    ('train --config.train.eval_tasks of numbers', [*TRAIN, _W, '--config.train.eval_tasks=(1, 2)'],
+     'task names are strings'),
+    ('sweep: a run config', ['-m', 'experiments.sweep', '--config=configs/tiny.py', _W,
+                             '--mode=plan'], 'has no sweep section'),
+    ('sweep: --config.model.d_model, which the plan sets', [*SWEEP, _W, '--mode=plan',
+                                                            '--config.model.d_model=256'],
+     "sets every run's model.d_model"),
+    ('sweep: --config.train.seed, which the plan sets', [*SWEEP, _W, '--mode=plan',
+                                                         '--config.train.seed=5'],
+     'set sweep.seeds instead'),
+    # A finished two-run sweep ({S}/sw) damaged one way each ({S}/sw_*).
+    ('sweep: collect with plan.json a directory', [*SWEEP, *_SWF, '--workdir={S}/sw_plandir',
+                                                   '--mode=collect'],
+     'plan.json cannot be read (Is a directory)'),
+    ('sweep: collect with results.csv a directory', [*SWEEP, *_SWF, '--workdir={S}/sw_csvdir',
+                                                     '--mode=collect'],
+     'results.csv is a directory'),
+    ('sweep: report.md a directory (refused before training)',
+     [*SWEEP, *_SWF, '--workdir={S}/sw_mddir'], 'report.md is a directory'),
+    ('sweep: collect a done run whose metrics lost its evaluations',
+     [*SWEEP, *_SWF, '--workdir={S}/sw_noeval', '--mode=collect'],
+     'has no evaluation at step'),
+    ('sweep: collect a run whose metrics.jsonl is not UTF-8',
+     [*SWEEP, *_SWF, '--workdir={S}/sw_bin', '--mode=collect'], 'metrics.jsonl cannot be read'),
 ]
 
 
-def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
+def _prepare(scratch: str, hf: bool = True, sw: bool = True) -> dict[str, str]:
   """Makes the files the cases refer to; returns the placeholders. `hf=False`
-  skips the Hugging Face export ({HF}) for callers whose cases do not use it."""
+  skips the Hugging Face export ({HF}), `sw=False` the finished sweep ({S}/sw),
+  for callers whose cases do not use them."""
   s = scratch
   corpus = os.path.join(s, 'corpus')
   os.makedirs(corpus, exist_ok=True)
@@ -545,6 +616,37 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
       for f in files:
         if os.path.basename(d) == 'd':  # OCDBT's data files.
           os.truncate(os.path.join(d, f), 10)
+  for name, damage in (  # {RUN}'s copies, one file damaged each.
+      ('cfg_cut', lambda d: os.truncate(os.path.join(d, 'config.json'), 100)),
+      ('cfg_list', lambda d: _write(os.path.join(d, 'config.json'), '[1, 2]')),
+      ('cfg_num', lambda d: _write(os.path.join(d, 'config.json'), json.dumps(
+          {**_read_json(os.path.join(run, 'config.json')), 'model': 5}))),
+      ('cfg_dir', lambda d: (os.remove(os.path.join(d, 'config.json')),
+                             os.makedirs(os.path.join(d, 'config.json')))),
+      ('metrics_bin', lambda d: open(os.path.join(d, 'metrics.jsonl'), 'ab').write(b'\xff\xfe\n')),
+      ('canaries_bad', lambda d: _write(os.path.join(d, 'canaries.json'), '{"a": 1}'))):
+    if not os.path.isdir(os.path.join(s, name)):
+      shutil.copytree(run, os.path.join(s, name))
+      damage(os.path.join(s, name))
+  sweep_dir = os.path.join(s, 'sw')
+  if sw and not os.path.isdir(sweep_dir):
+    subprocess.run([sys.executable, *SWEEP, f'--workdir={sweep_dir}',
+                    *[a.format(CORPUS=corpus) for a in _SWF]],
+                   check=True, cwd=ROOT, env=env, capture_output=True)
+    first = sorted(os.listdir(os.path.join(sweep_dir, 'runs')))[0]
+    for name, damage in (
+        ('sw_plandir', lambda d: (os.remove(os.path.join(d, 'plan.json')),
+                                  os.makedirs(os.path.join(d, 'plan.json')))),
+        ('sw_csvdir', lambda d: (os.remove(os.path.join(d, 'results.csv')),
+                                 os.makedirs(os.path.join(d, 'results.csv')))),
+        ('sw_mddir', lambda d: (os.remove(os.path.join(d, 'report', 'report.md')),
+                                os.makedirs(os.path.join(d, 'report', 'report.md')))),
+        ('sw_noeval', lambda d: _write(os.path.join(d, 'runs', first, 'metrics.jsonl'),
+                                       'garbage\n')),
+        ('sw_bin', lambda d: open(os.path.join(d, 'runs', first, 'metrics.jsonl'),
+                                  'ab').write(b'\xff\xfe\n'))):
+      shutil.copytree(sweep_dir, os.path.join(s, name))
+      damage(os.path.join(s, name))
   if hf and not os.path.isdir(hf):
     subprocess.run([sys.executable, '-m', 'tools.hf', 'export', f'--workdir={run}',
                     f'--out={hf}'], check=True, cwd=ROOT, env=env, capture_output=True)
@@ -564,11 +666,22 @@ def _prepare(scratch: str, hf: bool = True) -> dict[str, str]:
 
 # What _prepare writes into the scratch directory (and the cases' LM_CACHE).
 SCRATCH_NAMES = frozenset({
-    'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'corpus', 'damaged',
-    'empty', 'eta_plan', 'eta_wall', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
+    'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'canaries_bad', 'cfg_cut',
+    'cfg_dir', 'cfg_list', 'cfg_num', 'corpus', 'damaged', 'empty', 'eta_plan', 'eta_wall', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
     'hf_cfgdir', 'hf_lmcfg', 'hf_rope', 'latin1.csv', 'nameerr.py', 'nfkc.model', 'nfkc.vocab',
-    'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'rep', 'run',
-    'sp.model', 'table.jsonl', 'tok'})
+    'metrics_bin', 'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv',
+    'rep', 'run', 'sp.model', 'sw', 'sw_bin', 'sw_csvdir', 'sw_mddir', 'sw_noeval', 'sw_plandir',
+    'table.jsonl', 'tok'})
+
+
+def _write(path: str, text: str) -> None:
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
 
 
 def _prepare_small(s: str) -> None:

@@ -49,6 +49,7 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
                                  'canaries (set data.canary_repeats when training)')
   probes.check_task_names(tasks, include_path, '--tasks', '--include_path')
   harness.check_task_data(tasks, include_path, '--tasks')
+  inserted = probes.read_canaries(path) if canaries else []  # Before the model is loaded.
   tok = checkpoint.load_tokenizer(path, c)
   c, params = checkpoint.load_params(path)
   _, step_dir = checkpoint.find(path)
@@ -57,7 +58,7 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
     lm_obj = harness.make_lm(params, c.model, tok, batch_size, **probes.scoring(c, tok))
     out['tasks'] = harness.run_tasks(lm_obj, tasks, include_path, limit)
   if canaries:
-    out['canaries'] = probes.exposures(params, c.model, tok, probes.read_canaries(path),
+    out['canaries'] = probes.exposures(params, c.model, tok, inserted,
                                        **probes.scoring(c, tok))
   if bias_csv:
     out['bias'] = probes.bias_probe(params, c.model, tok, probes.read_pairs(bias_csv),

@@ -22,7 +22,8 @@ def main(argv):
   try:
     # Tabulate first, so the report reads every run as it is now (runs
     # finished since the last collect were missing from its tables).
-    workdir.check_writable(os.path.join(flags.FLAGS.workdir, 'report'), 'the report directory')
+    workdir.check_writable(os.path.join(flags.FLAGS.workdir, 'report'), 'the report directory',
+                           sweep.REPORT_FILES)
     sweep.collect(flags.FLAGS.config, flags.FLAGS.workdir)
     print(report.write_report(flags.FLAGS.config, flags.FLAGS.workdir, log=print))
   except (scaling.FitError, config_lib.ConfigError, workdir.NotWritable) as e:
