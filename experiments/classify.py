@@ -5,7 +5,8 @@
   python -m experiments.classify --workdir=runs/cls --file=test.jsonl    # or .csv: + accuracy
 
 A .csv/.jsonl file is read with the run's data.text_key (and data.label_key
-when its rows have labels, which then also prints the accuracy); any other
+when its rows have labels, which then also prints the accuracy, on stderr so
+that stdout holds only the predictions); any other
 file holds one text per line (\\n escapes). Prints, per text, the predicted
 label and every label's probability; --json writes them as JSON lines.
 """

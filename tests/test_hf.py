@@ -212,6 +212,32 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   assert list(checkpoint.load_tokenizer(str(tmp_path / 'back'), c2).encode(prompt)) == ids
 
 
+@pytest.mark.parametrize('model_type', ['unigram', 'bpe'])
+def test_sentencepiece_export_encodes_in_transformers_as_here(model_type, tmp_path, corpus_dir):
+  """An exported tokenizer.model with no tokenizer_config.json loaded in
+  AutoTokenizer as GPT-2's BPE (the model type's): 'import os' became 7
+  pieces, its space lost. Its tokenizer_config.json makes transformers encode
+  as we do and know our end-of-text token."""
+  from lm import tokenizers
+  from tools import train_tokenizer
+  texts = [p.read_text() for p in sorted(corpus_dir.glob('*.py'))]
+  path = train_tokenizer.train(texts, str(tmp_path / 'sp'), 300, model_type)
+  ours = tokenizers.get_tokenizer('sentencepiece', path)
+  c = tiny(**{'data.seq_len': 16, 'data.tokenizer': 'sentencepiece',
+              'data.tokenizer_path': path, 'model.vocab_size': ours.vocab_size})
+  params = jax.jit(lambda r: Transformer(c.model).init(r, jnp.zeros((1, 8), jnp.int32))[
+      'params'])(jax.random.key(0))
+  params = jax.tree_util.tree_map(lambda x: getattr(x, 'value', x), params,
+                                  is_leaf=lambda x: hasattr(x, 'value'))
+  checkpoint.save_params(str(tmp_path / 'run'), c, params)
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'hf'))
+  for text in [*texts[:3], 'import os', '  x = 1\n\ty\n', 'café → 9 中 😀', ' lead', 'trail  ']:
+    assert theirs(text, add_special_tokens=False)['input_ids'] == list(ours.encode(text)), text
+    assert theirs.decode(list(ours.encode(text))) == text
+  assert theirs.eos_token_id == ours.eos_id
+
+
 def test_llama2_directory_with_both_tokenizer_files_uses_its_tokenizer_json(tmp_path,
                                                                             corpus_dir):
   """Llama 2 ships tokenizer.model and tokenizer.json; its tokenizer.model adds

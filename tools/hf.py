@@ -373,6 +373,19 @@ def read_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   return cfg, t
 
 
+def sentencepiece_config(tok) -> dict:
+  """tokenizer_config.json for an exported tokenizer.model: transformers (>= 5)
+  then builds its fast tokenizer from the file itself, which encodes as ours
+  (tests/test_hf.py; only a literal U+2581 in the text decodes as a space
+  there), and knows our end-of-text token. Without it AutoTokenizer takes the
+  model type's tokenizer class and mis-encodes."""
+  piece = lambda i: tok.sp.id_to_piece(i)  # noqa: E731
+  return {'tokenizer_class': 'PreTrainedTokenizerFast', 'add_bos_token': False,
+          'add_eos_token': False, 'eos_token': piece(tok.eos_id),
+          'bos_token': piece(tok.bos_id), 'pad_token': piece(tok.pad_id),
+          'unk_token': piece(tok.sp.unk_id())}
+
+
 def _refuse_nonempty(path: str, flag: str, hint: str) -> None:
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
     raise HFError(f'{flag}={path} already exists and is not empty; it was left untouched: '
@@ -399,7 +412,8 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   cfg, tensors = to_hf(params, c.model)
   cfg['lm_config'] = config_lib.to_dict(c)
   tok = c.data
-  cfg['eos_token_id'] = cfg['bos_token_id'] = int(checkpoint.load_tokenizer(workdir, c, fits=False).eos_id)
+  ours = checkpoint.load_tokenizer(workdir, c, fits=False)
+  cfg['eos_token_id'] = cfg['bos_token_id'] = int(ours.eos_id)
   # Read before --overwrite deletes anything: a run imported from --out reads
   # its tokenizer from there (it was deleted, then copied from itself).
   tok_files = {}
@@ -408,6 +422,8 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   side = os.path.join(os.path.dirname(tok.tokenizer_path or '.'), 'tokenizer_config.json')
   if tok.tokenizer == 'hf' and os.path.isfile(side):  # It names the special tokens.
     tok_files['tokenizer_config.json'] = open(side, 'rb').read()
+  if tok.tokenizer == 'sentencepiece':  # Else AutoTokenizer takes model_type's (GPT-2's BPE).
+    tok_files['tokenizer_config.json'] = json.dumps(sentencepiece_config(ours), indent=2).encode()
   os.makedirs(out, exist_ok=True)
   if overwrite:  # An earlier export's tokenizer or weights would be loaded beside ours.
     for name in os.listdir(out):
