@@ -41,6 +41,7 @@ def no_arg(arg: str | None) -> None:
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'size=s,lr=1e-3' -> ConfigDict, with types taken from the defaults."""
   out = ml_collections.ConfigDict(defaults)
+  seen = set()
   for kv in (arg or '').split(','):
     if not kv:
       continue
@@ -49,5 +50,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     k, v = kv.split('=', 1)
     if k not in defaults:
       raise ValueError(f'unknown config argument {k!r}; valid: {sorted(defaults)}')
+    if k in seen:  # The last had won, silently.
+      raise ValueError(f'config argument {k!r} is given twice; give it once')
+    seen.add(k)
     out[k] = type(defaults[k])(v)
   return out

@@ -137,6 +137,8 @@ def main(argv):
       if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
         raise config_lib.ConfigError(f'--worker={_WORKER.value}: give i/n with 0 <= i < n '
                                      '(experiments.sweep sets it for its own workers)')
+    if flags.FLAGS['report'].present and _MODE.value in ('plan', 'commands'):
+      raise config_lib.ConfigError(cli.ignored_flags(('report',), '--mode=run and --mode=collect'))
     if _ONLY.value and _MODE.value == 'collect':
       raise config_lib.ConfigError('--only picks runs to train, plan or list; --mode=collect '
                                    'tabulates the whole sweep: drop --only')

@@ -332,6 +332,9 @@ DESIGN_FIELDS = {'budgets': ('isoflop',), 'sizes': ('isoflop',), 'tokens_per_par
                  'params': ('grid', 'wsd', 'lr'), 'tokens': ('grid', 'wsd', 'transfer', 'lr'),
                  'cooldown_fraction': ('wsd',), 'widths': ('transfer',),
                  'parametrizations': ('transfer',)}
+# The job resources only a cluster executor asks for (lm/sweep.submit).
+EXECUTOR_FIELDS = {'slurm_partition': ('slurm',), 'slurm_minutes': ('slurm',),
+                   'job_gpus': ('slurm', 'ray'), 'job_cpus': ('slurm', 'ray')}
 
 
 def sweep_config(d: dict[str, Any]) -> SweepConfig:
@@ -363,6 +366,11 @@ def sweep_config(d: dict[str, Any]) -> SweepConfig:
       raise _err(f'sweep.{f}', getattr(s, f), f'design {s.design!r} does not read it (only '
                  f'{", ".join(designs)} do{"es" * (len(designs) == 1)}): leave it at its default '
                  f'{getattr(SweepConfig, f)!r}, or choose such a design')
+  for f, executors in EXECUTOR_FIELDS.items():
+    if s.executor not in executors and getattr(s, f) != getattr(SweepConfig, f):
+      raise _err(f'sweep.{f}', getattr(s, f), f'sweep.executor={s.executor!r} does not read '
+                 f'it (only {" and ".join(executors)} do{"es" * (len(executors) == 1)}): leave '
+                 f'it at its default {getattr(SweepConfig, f)!r}, or choose such an executor')
   if s.design == 'transfer':
     if len(s.widths) < 2 or len(s.lrs) < 3 or len(s.tokens) != 1:
       raise _err('sweep.widths', s.widths, 'a transfer sweep needs at least 2 widths, 3 '

@@ -138,7 +138,8 @@ _INSTEAD = {'train.steps': 'set sweep.tokens or sweep.budgets instead',
 def check_overrides(overrides: list[str], runs: list[plan.Run]) -> None:
   """A ConfigError for a --config override of a field the plan (or run_config)
   sets in every run: it would be accepted and change nothing."""
-  planned = set(RUN_CONFIG_SETS).union(set.intersection(*[set(r.overrides) for r in runs]))
+  planned = set(RUN_CONFIG_SETS).union(*[set.intersection(*[set(r.overrides) for r in runs])
+                                          ] if runs else [])
   for o in overrides:
     field = o[len('--config.'):].split('=', 1)[0]
     if field in planned:
