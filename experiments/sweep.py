@@ -149,7 +149,9 @@ def main(argv):
           f'--workers={_WORKERS.value} starts local worker processes for a whole sweep run '
           f'(--mode=run, sweep.executor=local, no --only); here it would be ignored')
     runs = sweep.make_plan(cd)
-    sweep.check_overrides(sweep.config_overrides(sys.argv[1:]), runs)
+    booleans = frozenset(n for n in flags.FLAGS
+                         if n.startswith('config.') and flags.FLAGS[n].boolean)
+    sweep.check_overrides(cd, sweep.config_overrides(sys.argv[1:], booleans), runs)
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just
     # the named runs (in the packs the whole plan puts them in, numbered as in it).
@@ -167,8 +169,6 @@ def main(argv):
             + (f' (--only: {len(pack_of)} of the plan\'s {len(runs)} runs)' if only else ''))
       return
     if _MODE.value == 'commands':
-      booleans = frozenset(n for n in flags.FLAGS
-                           if n.startswith('config.') and flags.FLAGS[n].boolean)
       overrides = sweep.config_overrides(sys.argv[1:], booleans)
       cmds = sweep.commands(flags.FLAGS['config'].serialize().split('=', 1)[1], wd, units,
                             overrides)

@@ -82,11 +82,11 @@ def read_config(cfg_path: str) -> Config:
       raise CheckpointError(f'{cfg_path} is a Hugging Face config (model_type '
                             f'{d["model_type"]!r}), not a run of this codebase (tools.hf import '
                             'makes one of it); it was left untouched')
-    return config_lib.from_configdict(d)
-  except (OSError, ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError.
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    return config_lib.from_configdict(d, recorded=True)
+  except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:
+    # ConfigError is a ValueError; KeyError: a rules table that is a dict.
     raise CheckpointError(f'{cfg_path} is not a readable run config of this codebase '
-                          f'({why}); it was left untouched') from None
+                          f'({workdir_lib.reason(e)}); it was left untouched') from None
 
 
 def load_config(path: str) -> Config:
@@ -99,14 +99,24 @@ def load_config(path: str) -> Config:
 
 def inside_checkpoints(path: str) -> str | None:
   """The run directory whose checkpoints/ holds `path` (any depth), else None:
-  writing there would leave the run's checkpoint directory unreadable."""
+  writing there would leave the run's checkpoint directory unreadable. A run
+  is a config.json beside a checkpoints/ with step directories (a project's
+  own checkpoints/ folder of runs is not one)."""
   p = os.path.abspath(path)
   while os.path.dirname(p) != p:
     if os.path.basename(p) == 'checkpoints' and os.path.exists(
-        os.path.join(os.path.dirname(p), 'config.json')):
+        os.path.join(os.path.dirname(p), 'config.json')) and any(
+            e.isdigit() for e in _entries(p)):
       return os.path.dirname(p)
     p = os.path.dirname(p)
   return None
+
+
+def _entries(path: str) -> list[str]:
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
 
 
 def abstract_params(m: ModelConfig) -> Any:

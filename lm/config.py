@@ -533,15 +533,18 @@ def validate_model(m: ModelConfig) -> None:
                '0.5: depth-muP)')
 
 
-def validate(c: Config) -> None:
+def validate(c: Config, recorded: bool = False) -> None:
   """Checks every rule that can fail before compilation: each section on its
-  own, then the rules that tie sections together."""
+  own, then the rules that tie sections together. `recorded`: a trained run's
+  config.json, read by a tool; rules that only guard a new run's settings (a
+  wsd cooldown inside the warmup, logical axes the model lacks) were added after
+  some runs were made, and do not make those runs unreadable."""
   validate_model(c.model)
-  _validate_opt(c.opt, c.train)
+  _validate_opt(c.opt, c.train, recorded)
   _validate_data(c.data, c.model)
   _validate_task(c)
   _validate_train(c)
-  _validate_mesh(c)
+  _validate_mesh(c, recorded)
   _validate_unread(c)
   from lm import objectives  # Imports this module: here, not at the top.
   objectives.check_fields(c)
@@ -590,7 +593,7 @@ def _validate_unread(c: Config) -> None:
                  f'leave it at its default {default!r}')
 
 
-def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
+def _validate_opt(o: OptimizerConfig, t: TrainConfig, recorded: bool = False) -> None:
   _positive('opt.lr', o.lr)
   _positive('train.steps', t.steps)  # Before the warmup check names warmup for it.
   if o.warmup_steps < 0:
@@ -606,7 +609,7 @@ def _validate_opt(o: OptimizerConfig, t: TrainConfig) -> None:
   # past it cut the cooldown short, or ended the run at its peak rate, silently.
   # (A warmup as long as a cosine run is a ramp over the whole run: allowed.)
   cool_from = t.steps - max(round(o.cooldown_fraction * t.steps), 1)
-  if o.schedule == 'wsd' and o.warmup_steps > cool_from:
+  if o.schedule == 'wsd' and o.warmup_steps > cool_from and not recorded:
     raise _err('opt.warmup_steps', o.warmup_steps,
                f'the wsd cooldown (opt.cooldown_fraction={o.cooldown_fraction:g} of '
                f'train.steps={t.steps}) would start at step {cool_from}, inside the warmup: '
@@ -758,7 +761,7 @@ def _validate_train(c: Config) -> None:
     raise _err('train.eval_tasks', t.eval_tasks, "harness tasks need model.family='decoder'")
 
 
-def _validate_mesh(c: Config) -> None:
+def _validate_mesh(c: Config, recorded: bool = False) -> None:
   for ax in MESH_AXES:
     v = getattr(c.mesh, ax)
     if v == 0 or v < -1:
@@ -768,7 +771,7 @@ def _validate_mesh(c: Config) -> None:
     raise ConfigError(f'config.mesh={c.mesh}: at most one axis may be -1')
   logical = [n for n, _ in DEFAULT_RULES]  # Every logical axis the model names.
   for name, axes in c.rules:
-    if name not in logical:  # A typo would leave its parameters replicated, silently.
+    if name not in logical and not recorded:  # A typo: its parameters replicated, silently.
       raise _err('rules', (name, axes), f'logical axes are {", ".join(logical)}')
     listed = axes if isinstance(axes, tuple) else (axes,)
     for a in listed:
@@ -781,6 +784,9 @@ def _validate_mesh(c: Config) -> None:
 def _rules(raw) -> tuple[tuple[str, Any], ...]:
   """config.rules: a table of (logical axis, mesh axes) pairs, or one preset
   name of RULE_PRESETS (on the command line: --config.rules="('dp',)")."""
+  if not isinstance(raw, (str, list, tuple)):
+    raise _err('rules', raw, f'a preset ({", ".join(RULE_PRESETS)}) or a table of '
+               '(logical axis, mesh axes) pairs')
   if isinstance(raw, str) or (len(raw) == 1 and isinstance(raw[0], str)):
     name = raw if isinstance(raw, str) else raw[0]
     if name not in RULE_PRESETS:
@@ -801,8 +807,9 @@ SECTIONS = {'model': ModelConfig, 'opt': OptimizerConfig, 'data': DataConfig,
             'train': TrainConfig, 'mesh': MeshConfig}
 
 
-def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
-  """Validates a ConfigDict once and freezes it into dataclasses."""
+def from_configdict(cd: ml_collections.ConfigDict | dict, recorded: bool = False) -> Config:
+  """Validates a ConfigDict once and freezes it into dataclasses (`recorded`:
+  a trained run's config.json; see validate)."""
   d = cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
   known = set(SECTIONS) | {'rules', 'name', 'init_from'}
   for k in d:
@@ -822,7 +829,7 @@ def from_configdict(cd: ml_collections.ConfigDict | dict) -> Config:
                                         tokenizer_path=os.path.abspath(os.path.expanduser(tp)))
   c = Config(**parts, rules=_rules(d.get('rules', DEFAULT_RULES)),
              name=str(d.get('name', 'run')), init_from=str(d.get('init_from', '')))
-  validate(c)
+  validate(c, recorded)
   return c
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from lm import workdir as workdir_lib
 from lm.config import ConfigError
 
 
@@ -139,9 +140,8 @@ def read_lines(path: str) -> list[str]:
     with open(path, encoding='utf-8') as f:
       return [line for line in f if line.strip()]
   except (OSError, UnicodeDecodeError) as e:
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    raise MetricsError(f'{path} cannot be read ({why}); restore it, or delete the run '
-                       'directory to train it again') from None
+    raise MetricsError(f'{path} cannot be read ({workdir_lib.reason(e)}); restore it, or delete '
+                       'the run directory to train it again') from None
 
 
 def read(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import sampling
+from lm import workdir as workdir_lib
 from lm.config import DataConfig, ModelConfig
 from lm.harness import continuation_logprobs
 from lm.model import Transformer
@@ -111,8 +112,7 @@ def read_canaries(path: str) -> list[dict]:
         raise ValueError(f'canary {c["id"]!r} is not a secret of {digits} digits in '
                          'a template with {secret}')
   except (OSError, ValueError, TypeError, KeyError) as e:
-    why = e.strerror if isinstance(e, OSError) and e.strerror else (
-        f'no {e} list' if isinstance(e, KeyError) else e)
+    why = f'no {e} list' if isinstance(e, KeyError) else workdir_lib.reason(e)
     raise ProbeError(f'{f} is not a canary record of this codebase ({why}); restore it '
                      'from the run that wrote it') from None
   return rows

@@ -125,27 +125,48 @@ def run_config(cd: ml_collections.ConfigDict, r: plan.Run, evals: int) -> config
   return config_lib.from_configdict(run_cd)
 
 
-# Fields run_config sets for every run, whatever the config says.
-RUN_CONFIG_SETS = ('train.eval_every', 'train.checkpoint_every', 'train.progress')
 _INSTEAD = {'train.steps': 'set sweep.tokens or sweep.budgets instead',
             'train.seed': 'set sweep.seeds instead', 'data.shuffle_seed': 'set sweep.seeds instead',
             'opt.lr': 'set sweep.lrs instead',
-            'train.eval_every': 'set sweep.evals_per_run instead',
-            'model': "the plan sizes each run's model (sweep.params or sweep.budgets, "
-                     'sweep.aspect, sweep.head_dim)'}
+            'train.eval_every': 'set sweep.evals_per_run instead'}
 
 
-def check_overrides(overrides: list[str], runs: list[plan.Run]) -> None:
-  """A ConfigError for a --config override of a field the plan (or run_config)
-  sets in every run: it would be accepted and change nothing."""
-  planned = set(RUN_CONFIG_SETS).union(*[set.intersection(*[set(r.overrides) for r in runs])
-                                          ] if runs else [])
+def check_overrides(cd: ml_collections.ConfigDict, overrides: list[str],
+                    runs: list[plan.Run]) -> None:
+  """A ConfigError for a --config override of a run field that the plan (or
+  run_config) overwrites in every run, so that the planned runs are the same
+  with it as with the field's default: it would be accepted and change
+  nothing. Tried, not listed: whether a field counts depends on the design
+  and the base config (a WSD plan caps the base warmup; a ladder's MLP width
+  follows the base's mlp_dim / d_model)."""
+  _, s = split(cd)
+  planned = [config_lib.to_dict(run_config(cd, r, s.evals_per_run)) for r in runs]
   for o in overrides:
     field = o[len('--config.'):].split('=', 1)[0]
-    if field in planned:
-      instead = _INSTEAD.get(field, _INSTEAD.get(field.split('.')[0], ''))
+    sec, _, key = field.partition('.')
+    fields = {f.name: f.default for f in dataclasses.fields(config_lib.SECTIONS.get(sec, object))
+              } if sec in config_lib.SECTIONS else {}
+    if key not in fields:
+      continue
+    other = fields[key]  # The run configs with another value in its place.
+    if json.dumps(cd[sec][key]) == json.dumps(other):
+      if not isinstance(other, bool):
+        continue  # At its default: whether it counts cannot be told from the default.
+      other = not other
+    alt = ml_collections.ConfigDict(cd.to_dict())
+    try:
+      alt[sec][key] = other
+      alt_runs = make_plan(alt)
+    except (config_lib.ConfigError, TypeError, ValueError):
+      continue  # Another plan, or none: it counts.
+    if ([r.name for r in alt_runs] == [r.name for r in runs] and planned == [
+        config_lib.to_dict(run_config(alt, r, s.evals_per_run)) for r in alt_runs]):
+      design = ('the plan sets each run\'s width (sweep.widths)' if s.design == 'transfer' else
+                "the plan sizes each run's model (sweep.params or sweep.budgets, sweep.aspect, "
+                'sweep.head_dim)')
+      instead = _INSTEAD.get(field, design if sec == 'model' else '')
       raise config_lib.ConfigError(
-          f"{o}: a sweep's plan sets every run's {field}, so this would change nothing"
+          f"{o}: the sweep's plan sets every run's {field}, so this would change nothing"
           + (f'; {instead}' if instead else ''))
 
 
@@ -202,9 +223,8 @@ def check_plan(workdir: str, runs: list[plan.Run]) -> bool:
     with open(path, encoding='utf-8') as f:
       old = json.load(f)
   except (OSError, ValueError) as e:  # Truncated, not UTF-8, a directory.
-    why = e.strerror if isinstance(e, OSError) and e.strerror else e
-    raise config_lib.ConfigError(f'{path} cannot be read ({why}); it was left untouched'
-                                 ) from None
+    raise config_lib.ConfigError(f'{path} cannot be read ({workdir_lib.reason(e)}); it was '
+                                 'left untouched') from None
   if not isinstance(old, list):
     raise config_lib.ConfigError(f'{path} cannot be read (it holds a JSON '
                                  f'{type(old).__name__}, not a list of runs); it was left untouched')
@@ -335,12 +355,15 @@ def check_configs(cd: ml_collections.ConfigDict, workdir: str, runs: list[plan.R
     if not ((done or started) and os.path.exists(os.path.join(rdir, 'config.json'))):
       continue
     try:
-      with open(os.path.join(rdir, 'config.json')) as f:
+      with open(os.path.join(rdir, 'config.json'), encoding='utf-8') as f:
         old = json.load(f)
-    except (OSError, ValueError) as e:
+      if not (isinstance(old, dict) and all(isinstance(old.get(s, {}), dict)
+                                            for s in config_lib.SECTIONS)):
+        raise ValueError('not an object of config sections')
+    except (OSError, ValueError, RecursionError) as e:
       raise config_lib.ConfigError(
-          f'{rdir}/config.json is unreadable ({e}); restore it, or delete {rdir} to train '
-          f'{r.name} again') from None
+          f'{rdir}/config.json is unreadable ({workdir_lib.reason(e)}); restore it, or delete '
+          f'{rdir} to train {r.name} again') from None
     if r.branch_from and old.get('name') == r.branch_from:  # Its stable run's seed.
       continue
     c, tok = train.resolve(run_config(cd, r, s.evals_per_run))[:2]  # As the run stored it.

@@ -49,18 +49,31 @@ class NotWritable(RuntimeError):
   """A directory the run must write to is not writable (or not a directory)."""
 
 
+def reason(e: BaseException) -> str:
+  """An exception's message for a one-line error: an OSError's strerror ('Is a
+  directory'), else its first line."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  if isinstance(e, (KeyError, RecursionError)):  # Their message alone is a bare key.
+    return f'{type(e).__name__}: {e}'
+  return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def check_writable(path: str, what: str, files: tuple[str, ...] = ()) -> None:
   """Raises NotWritable, naming `what` and `path`, unless `path` is (or can be
   created as) a writable directory. Checked before anything is prepared, so a
   read-only workdir or cache fails in one line instead of an OSError mid-run.
   `files`: names (or '.suffix'es) of files written there later, which an
   existing directory of that name would stop only then."""
-  if os.path.isdir(path):
-    for e in sorted(os.listdir(path)):
-      if os.path.isdir(os.path.join(path, e)) and any(
-          e == f or (f.startswith('.') and e.endswith(f)) for f in files):
-        raise NotWritable(f'{os.path.join(path, e)} is a directory, but a file of that name '
-                          f'is written to {what}; it was left untouched: move it away')
+  try:
+    entries = sorted(os.listdir(path)) if files and os.path.isdir(path) else []
+  except OSError:  # Unreadable: the probe below says whether it can be written.
+    entries = []
+  for e in entries:
+    if os.path.isdir(os.path.join(path, e)) and any(
+        e == f or (f.startswith('.') and e.endswith(f)) for f in files):
+      raise NotWritable(f'{os.path.join(path, e)} is a directory, but a file of that name '
+                        f'is written to {what}; it was left untouched: move it away')
   if not path:  # abspath('') is the current directory, which makedirs('') is not.
     raise NotWritable(f'{what} is empty: give a directory')
   probe = os.path.abspath(path)

@@ -192,3 +192,24 @@ def test_a_reader_that_goes_away_ends_the_cli_without_a_traceback():
   p.stdout.close()  # Before it writes: its first print fails.
   err = p.stderr.read()
   assert p.wait(timeout=120) == 1 and 'Traceback' not in err and 'BrokenPipe' not in err, err
+
+
+def test_run_records_and_folders_named_checkpoints(tmp_path):
+  """A project's own checkpoints/ folder of runs is not a run's (only one with
+  step directories is), and a trained run's config.json stays readable under
+  rules added after it was made (a wsd warmup past its cooldown's start)."""
+  import dataclasses
+
+  from lm import checkpoint
+  (tmp_path / 'proj' / 'checkpoints' / 'run1').mkdir(parents=True)
+  (tmp_path / 'proj' / 'config.json').write_text('{"editor": 1}')
+  assert checkpoint.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'run1')) is None
+  (tmp_path / 'proj' / 'checkpoints' / '3').mkdir()
+  assert checkpoint.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'x' / 'y')) == str(
+      tmp_path / 'proj')
+  c = config_lib.from_configdict(tiny_config.get_config())
+  old = config_lib.to_dict(dataclasses.replace(
+      c, opt=dataclasses.replace(c.opt, schedule='wsd', warmup_steps=c.train.steps)))
+  with pytest.raises(config_lib.ConfigError, match='inside the warmup'):
+    config_lib.from_configdict(old)
+  assert config_lib.from_configdict(old, recorded=True).opt.warmup_steps == c.train.steps

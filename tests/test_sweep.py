@@ -732,9 +732,15 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
                      ('train.seed=5', 'sweep.seeds'), ('train.eval_every=3', 'evals_per_run')):
     r = _sweep_cli(tmp_path, f'--config.{o}', '--mode=plan')
     field = o.split('=')[0]
-    assert r.returncode == 2 and (f"--config.{o}: a sweep's plan sets every run's {field}, so "
+    assert r.returncode == 2 and (f"--config.{o}: the sweep's plan sets every run's {field}, so "
                                   'this would change nothing') in r.stderr, r.stderr
     assert instead in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  # ... but not a field the plan computes from the base's: a ladder's KV heads
+  # (their gcd with the base's).
+  r = _sweep_cli(tmp_path, '--config.model.num_kv_heads=1', '--mode=plan')
+  assert r.returncode == 0, r.stderr
+  r = _sweep_cli(tmp_path, '--config.train.progress', '--mode=plan')  # A bare boolean.
+  assert r.returncode == 2 and '--config.train.progress=True: the sweep' in r.stderr, r.stderr
   r = _sweep_cli(tmp_path)
   assert r.returncode == 1, (r.stdout, r.stderr)
   assert 'every run failed (1)' in r.stderr and 'ConfigError' in r.stderr
@@ -823,6 +829,15 @@ def test_transfer_plan_and_report(tmp_path, corpus_dir):
   assert {r.overrides['train.steps'] for r in runs} == {5}
   c = sweep.run_config(cd, runs[-1], 2)
   assert (c.model.parametrization, c.model.d_model, c.opt.lr) == ('mup', 64, 8e-3)
+  # Every run sets model.base_width and mlp_dim, but from the base's: they count.
+  for key, value in (('base_width', 32), ('mlp_dim', 96)):
+    was, cd.model[key] = cd.model[key], value
+    sweep.check_overrides(cd, [f'--config.model.{key}={value}'], sweep.make_plan(cd))
+    cd.model[key] = was
+  cd.train.seed = 3
+  with pytest.raises(ConfigError, match=r"sets every run's train.seed.*sweep.seeds"):
+    sweep.check_overrides(cd, ['--config.train.seed=3'], runs)
+  cd.train.seed = 0
   for bad, match in ((dict(lrs=[1e-3, 2e-3]), '3 learning rates'),
                      (dict(parametrizations=['ntk']), 'sweep.parametrizations'),
                      (dict(widths=[18, 32]), 'not divisible by model.num_heads')):

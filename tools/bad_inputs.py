@@ -556,6 +556,9 @@ CASES += [
     ('sweep: collect a done run whose metrics lost its evaluations',
      [*SWEEP, *_SWF, '--workdir={S}/sw_noeval', '--mode=collect'],
      'has no evaluation at step'),
+    ('sweep: resume a sweep whose run config.json is a JSON list',
+     [*SWEEP, *_SWF, '--workdir={S}/sw_cfglist', '--noreport'],
+     'config.json is unreadable (not an object of config sections)'),
     ('sweep: collect a run whose metrics.jsonl is not UTF-8',
      [*SWEEP, *_SWF, '--workdir={S}/sw_bin', '--mode=collect'], 'metrics.jsonl cannot be read'),
 ]
@@ -652,7 +655,9 @@ def _prepare(scratch: str, hf: bool = True, sw: bool = True) -> dict[str, str]:
         ('sw_noeval', lambda d: _write(os.path.join(d, 'runs', first, 'metrics.jsonl'),
                                        'garbage\n')),
         ('sw_bin', lambda d: open(os.path.join(d, 'runs', first, 'metrics.jsonl'),
-                                  'ab').write(b'\xff\xfe\n'))):
+                                  'ab').write(b'\xff\xfe\n')),
+        ('sw_cfglist', lambda d: _write(os.path.join(d, 'runs', first, 'config.json'),
+                                        '[1, 2]'))):
       shutil.copytree(sweep_dir, os.path.join(s, name))
       damage(os.path.join(s, name))
   if hf and not os.path.isdir(hf):
@@ -675,11 +680,11 @@ def _prepare(scratch: str, hf: bool = True, sw: bool = True) -> dict[str, str]:
 # What _prepare writes into the scratch directory (and the cases' LM_CACHE).
 SCRATCH_NAMES = frozenset({
     'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'canaries_bad', 'cfg_cut',
-    'cfg_dir', 'cfg_list', 'cfg_num', 'corpus', 'damaged', 'empty', 'eta_plan', 'eta_wall', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
-    'hf_cfgdir', 'hf_lmcfg', 'hf_rope', 'latin1.csv', 'nameerr.py', 'nfkc.model', 'nfkc.vocab',
-    'metrics_bin', 'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv',
-    'rep', 'run', 'sp.model', 'sw', 'sw_bin', 'sw_csvdir', 'sw_mddir', 'sw_noeval', 'sw_plandir',
-    'table.jsonl', 'tok'})
+    'cfg_dir', 'cfg_list', 'cfg_num', 'corpus', 'damaged', 'empty', 'eta_plan', 'eta_wall',
+    'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf', 'hf_cfgdir', 'hf_lmcfg', 'hf_rope',
+    'latin1.csv', 'metrics_bin', 'nameerr.py', 'nfkc.model', 'nfkc.vocab', 'no_n.jsonl',
+    'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'rep', 'run', 'sp.model', 'sw',
+    'sw_bin', 'sw_cfglist', 'sw_csvdir', 'sw_mddir', 'sw_noeval', 'sw_plandir', 'table.jsonl', 'tok'})
 
 
 def _write(path: str, text: str) -> None:

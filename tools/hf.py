@@ -478,7 +478,7 @@ def import_dir(hf_dir: str, workdir: str, log=print) -> str:
       raise HFError(f'config.json\'s lm_config is {type(cfg["lm_config"]).__name__}, not the '
                     'JSON object tools.hf export writes')
     # Every section, with defaults for any the file leaves out (checked as a config file's).
-    full = config_lib.from_configdict(dict(cfg['lm_config']))
+    full = config_lib.from_configdict(dict(cfg['lm_config']), recorded=True)  # A trained run's.
     d, orig = config_lib.to_dict(full), full.model
     # Free and head fields, and the layer layout, come from the original.
     keep = [f.name for f in dataclasses.fields(m)
@@ -500,7 +500,7 @@ def import_dir(hf_dir: str, workdir: str, log=print) -> str:
     d['data']['tokenizer_path'] = _shipped_tokenizer(hf_dir, d['data'])
     d['name'] = os.path.basename(os.path.abspath(hf_dir))
   d['init_from'] = ''
-  c = config_lib.from_configdict(d)
+  c = config_lib.from_configdict(d, recorded='lm_config' in cfg)
   from lm.tokenizers import get_tokenizer
   # A tokenizer file that came with the weights must fit them (ids past the
   # embedding score NaN or crash generation). Without one the run reads bytes
