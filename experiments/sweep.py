@@ -31,6 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from lm import config as config_lib  # noqa: E402
 from lm import cli, host, report, scaling, sweep  # noqa: E402
+from lm import data as data_lib  # noqa: E402
 
 _CONFIG = cli.define_config('Sweep config (a run config + sweep).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory.')
@@ -189,6 +190,12 @@ def main(argv):
                                sweep.REPORT_FILES)
       sweep.check_configs(cd, wd, runs)
       sweep.check_corpus(cd, wd, runs)
+      # The runs' shared text, as the train CLI checks it: a missing or empty
+      # data.path or an unusable cache, before plan.json and the runs' records.
+      d = sweep.run_config(cd, runs[0], s.evals_per_run).data
+      workdir.check_writable(data_lib.cache_root(d),
+                             'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
+      data_lib.corpus_record(d)
       if s.executor in ('slurm', 'ray') and not _ONLY.value:
         results = sweep.submit(cd, wd)
       elif workers > 1 and not _ONLY.value:

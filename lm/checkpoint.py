@@ -97,28 +97,6 @@ def load_config(path: str) -> Config:
   return read_config(cfg_path)
 
 
-def inside_checkpoints(path: str) -> str | None:
-  """The run directory whose checkpoints/ holds `path` (any depth), else None:
-  writing there would leave the run's checkpoint directory unreadable. A run
-  is a config.json beside a checkpoints/ with step directories (a project's
-  own checkpoints/ folder of runs is not one)."""
-  p = os.path.abspath(path)
-  while os.path.dirname(p) != p:
-    if os.path.basename(p) == 'checkpoints' and os.path.exists(
-        os.path.join(os.path.dirname(p), 'config.json')) and any(
-            e.isdigit() for e in _entries(p)):
-      return os.path.dirname(p)
-    p = os.path.dirname(p)
-  return None
-
-
-def _entries(path: str) -> list[str]:
-  try:
-    return os.listdir(path)
-  except OSError:
-    return []
-
-
 def abstract_params(m: ModelConfig) -> Any:
   inputs = init_inputs(m, min(8, m.max_len))
   boxed = jax.eval_shape(lambda: Transformer(m).init(jax.random.key(0), **inputs)['params'])
@@ -307,10 +285,6 @@ def check_workdir(workdir: str, c: Config) -> bool:
   if os.path.exists(os.path.join(workdir, 'plan.json')):  # A run beside a sweep's runs/.
     raise CheckpointError(f'--workdir={workdir} is a sweep directory (it holds plan.json); '
                           'it was left untouched: train a run into its own directory')
-  run = inside_checkpoints(workdir)
-  if run:
-    raise CheckpointError(f'--workdir={workdir} lies inside the checkpoints of the run {run}; '
-                          'it was left untouched: choose another --workdir')
   if not os.path.isdir(ckpt) or not os.listdir(ckpt):
     if os.path.lexists(cfg_path):  # E.g. a Hugging Face export: its config.json is not ours.
       try:

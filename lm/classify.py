@@ -63,7 +63,10 @@ def _rows(path: str) -> list[tuple[int, dict]]:
 
 
 def _field(path: str, line: int, r: dict, key: str, needed: tuple[str, ...]) -> str | None:
-  if not isinstance(r, dict) or r.get(key) in (None, ''):
+  if isinstance(r, dict) and r.get(key) == '':
+    raise LabelError(f'{path}:{line}: missing field {key!r} (it is empty); every example '
+                     f'needs {" and ".join(map(repr, needed))}')
+  if not isinstance(r, dict) or r.get(key) is None:
     raise LabelError(f'{path}:{line}: missing field {key!r} (fields: '
                      f'{", ".join(r) if isinstance(r, dict) else type(r).__name__}); '
                      f'every example needs {" and ".join(map(repr, needed))}')

@@ -149,6 +149,13 @@ def init_distributed(coordinator: str = '', num_processes: int = 0, process_id: 
 
   CPU collectives go through gloo so CPU processes can train together.
   """
+  if process_id < -1:
+    raise ConfigError(f'--process_id={process_id}: process ids count from 0 (-1: unset)')
+  if coordinator:  # gRPC crashed the process (SIGSEGV) on a port it could not parse.
+    host, _, port = coordinator.rpartition(':')
+    if not (host and port.isdigit() and 1 <= int(port) <= 65535):
+      raise ConfigError(f'--coordinator_address={coordinator!r}: give HOST:PORT, a port '
+                        'in 1..65535 (e.g. 10.0.0.1:1234)')
   if not (coordinator or auto):
     if num_processes > 1 or process_id >= 0:
       raise ConfigError(f'--num_processes={num_processes} / --process_id={process_id} '

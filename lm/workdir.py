@@ -59,12 +59,39 @@ def reason(e: BaseException) -> str:
   return (str(e).splitlines() or [type(e).__name__])[0]
 
 
+def inside_checkpoints(path: str) -> str | None:
+  """The run directory whose checkpoints/ holds `path` (any depth), else None:
+  writing there would leave the run's checkpoint directory unreadable. A run
+  is a config.json beside a checkpoints/ with step directories (a project's
+  own checkpoints/ folder of runs is not one)."""
+  p = os.path.abspath(path)
+  while os.path.dirname(p) != p:
+    if os.path.basename(p) == 'checkpoints' and os.path.exists(
+        os.path.join(os.path.dirname(p), 'config.json')) and any(
+            e.isdigit() for e in _entries(p)):
+      return os.path.dirname(p)
+    p = os.path.dirname(p)
+  return None
+
+
+def _entries(path: str) -> list[str]:
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
+
+
 def check_writable(path: str, what: str, files: tuple[str, ...] = ()) -> None:
   """Raises NotWritable, naming `what` and `path`, unless `path` is (or can be
   created as) a writable directory. Checked before anything is prepared, so a
   read-only workdir or cache fails in one line instead of an OSError mid-run.
   `files`: names (or '.suffix'es) of files written there later, which an
-  existing directory of that name would stop only then."""
+  existing directory of that name would stop only then. A path inside a run's
+  checkpoints/ is refused: the run could not resume beside a foreign entry."""
+  run = inside_checkpoints(path)
+  if run:
+    raise NotWritable(f'{what} {path!r} lies inside the checkpoints of the run {run}; it was '
+                      'left untouched: choose another path')
   try:
     entries = sorted(os.listdir(path)) if files and os.path.isdir(path) else []
   except OSError:  # Unreadable: the probe below says whether it can be written.

@@ -200,12 +200,12 @@ def test_run_records_and_folders_named_checkpoints(tmp_path):
   rules added after it was made (a wsd warmup past its cooldown's start)."""
   import dataclasses
 
-  from lm import checkpoint
+  from lm import workdir
   (tmp_path / 'proj' / 'checkpoints' / 'run1').mkdir(parents=True)
   (tmp_path / 'proj' / 'config.json').write_text('{"editor": 1}')
-  assert checkpoint.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'run1')) is None
+  assert workdir.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'run1')) is None
   (tmp_path / 'proj' / 'checkpoints' / '3').mkdir()
-  assert checkpoint.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'x' / 'y')) == str(
+  assert workdir.inside_checkpoints(str(tmp_path / 'proj' / 'checkpoints' / 'x' / 'y')) == str(
       tmp_path / 'proj')
   c = config_lib.from_configdict(tiny_config.get_config())
   old = config_lib.to_dict(dataclasses.replace(
@@ -213,3 +213,13 @@ def test_run_records_and_folders_named_checkpoints(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='inside the warmup'):
     config_lib.from_configdict(old)
   assert config_lib.from_configdict(old, recorded=True).opt.warmup_steps == c.train.steps
+
+
+def test_a_coordinator_address_is_host_and_port_before_jax_distributed_starts():
+  """gRPC crashed the process (SIGSEGV) on 'localhost:abc'; 99999 was accepted."""
+  from lm import sharding
+  for address in ('localhost:abc', 'localhost:-5', 'garbage', 'localhost:99999', ':80'):
+    with pytest.raises(config_lib.ConfigError, match='give HOST:PORT, a port in 1..65535'):
+      sharding.init_distributed(address, 1, 0)
+  with pytest.raises(config_lib.ConfigError, match='--process_id=-7'):
+    sharding.init_distributed('', 0, -7)

@@ -741,6 +741,12 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   assert r.returncode == 0, r.stderr
   r = _sweep_cli(tmp_path, '--config.train.progress', '--mode=plan')  # A bare boolean.
   assert r.returncode == 2 and '--config.train.progress=True: the sweep' in r.stderr, r.stderr
+  # One file cannot be split into train and validation: refused as the train
+  # CLI refuses it, before plan.json or any run's record (every run had failed).
+  r = _sweep_cli(tmp_path)
+  assert r.returncode == 2 and 'a split by file needs at least 2' in r.stderr, r.stderr
+  assert not (tmp_path / 'sw').exists()
+  (tmp_path / 'corpus' / 'b.py').write_text('y = 2\n' * 10)  # Two, still far too little.
   r = _sweep_cli(tmp_path)
   assert r.returncode == 1, (r.stdout, r.stderr)
   assert 'every run failed (1)' in r.stderr and 'ConfigError' in r.stderr

@@ -556,6 +556,42 @@ CASES += [
     ('sweep: collect a done run whose metrics lost its evaluations',
      [*SWEEP, *_SWF, '--workdir={S}/sw_noeval', '--mode=collect'],
      'has no evaluation at step'),
+    # A second hunt (2026-11-29): flags and paths of the other tools.
+    ('train: --coordinator_address with a port that is not a number',
+     [*TRAIN, _W, '--coordinator_address=localhost:abc', '--num_processes=1', '--process_id=0'],
+     'give HOST:PORT, a port in 1..65535'),
+    ('train: --process_id below -1', [*TRAIN, _W, '--process_id=-7'], '--process_id=-7'),
+    ('sweep: a data.path that does not exist (refused before plan.json)',
+     [*SWEEP, _W, '--config.data.source=dir', '--config.data.path={S}/none'],
+     "config.data.path='"),
+    ('bench_data: a data cache that is a file', ['-m', 'tools.bench_data',
+                                                 '--config=configs/tiny.py', *_DIR,
+                                                 '--config.data.cache_dir={S}/blank.txt'],
+     'cannot be a directory'),
+    ('eval: its default output file is a directory',
+     ['-m', 'tools.eval', '--workdir={S}/eval_dir', '--bias_csv=tests/data/bias_pairs.csv'],
+     'eval/step_2.json (--out: write elsewhere) is a directory'),
+    ("eval: --out inside a run's checkpoints",
+     ['-m', 'tools.eval', '--workdir={RUN}', '--bias_csv=tests/data/bias_pairs.csv',
+      '--out={RUN}/checkpoints/e.json'], 'lies inside the checkpoints of the run'),
+    ("train_tokenizer: --out inside a run's checkpoints",
+     ['-m', 'tools.train_tokenizer', '--out={RUN}/checkpoints/sp', '--data_path={CORPUS}',
+      '--vocab_size=300'], 'lies inside the checkpoints of the run'),
+    ('train_tokenizer: --vocab_size past int32', ['-m', 'tools.train_tokenizer', '--out={S}/t/sp',
+                                                  '--vocab_size=3000000000'],
+     '--vocab_size=3000000000'),
+    ('coord_check: a directory where coord_check.png goes',
+     ['-m', 'tools.coord_check', '--config=configs/tiny.py', '--out={S}/cc', '--widths=8,16',
+      '--steps=1', '--seeds=1'], 'coord_check.png is a directory'),
+    ('fit: --bootstrap of a billion', ['-m', 'tools.fit', '--results={S}/table.jsonl',
+                                       '--bootstrap=1000000000'], '--bootstrap=1000000000'),
+    ('fit_coverage: --budgets of a billion', ['-m', 'tools.fit_coverage',
+                                              '--budgets=1000000000'], '--budgets=1000000000'),
+    ('eta_replay: --workers of a billion', ['-m', 'tools.eta_replay', '--workdir={S}/eta_wall',
+                                            '--workers=1000000000'], '--workers=1000000000'),
+    ('bench_decode: --new_tokens of a billion', ['-m', 'tools.bench_decode',
+                                                 '--new_tokens=1000000000'],
+     '--new_tokens=1000000000'),
     ('sweep: resume a sweep whose run config.json is a JSON list',
      [*SWEEP, *_SWF, '--workdir={S}/sw_cfglist', '--noreport'],
      'config.json is unreadable (not an object of config sections)'),
@@ -635,7 +671,8 @@ def _prepare(scratch: str, hf: bool = True, sw: bool = True) -> dict[str, str]:
       ('cfg_dir', lambda d: (os.remove(os.path.join(d, 'config.json')),
                              os.makedirs(os.path.join(d, 'config.json')))),
       ('metrics_bin', lambda d: open(os.path.join(d, 'metrics.jsonl'), 'ab').write(b'\xff\xfe\n')),
-      ('canaries_bad', lambda d: _write(os.path.join(d, 'canaries.json'), '{"a": 1}'))):
+      ('canaries_bad', lambda d: _write(os.path.join(d, 'canaries.json'), '{"a": 1}')),
+      ('eval_dir', lambda d: os.makedirs(os.path.join(d, 'eval', 'step_2.json')))):
     if not os.path.isdir(os.path.join(s, name)):
       shutil.copytree(run, os.path.join(s, name))
       damage(os.path.join(s, name))
@@ -679,12 +716,13 @@ def _prepare(scratch: str, hf: bool = True, sw: bool = True) -> dict[str, str]:
 
 # What _prepare writes into the scratch directory (and the cases' LM_CACHE).
 SCRATCH_NAMES = frozenset({
-    'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'canaries_bad', 'cfg_cut',
-    'cfg_dir', 'cfg_list', 'cfg_num', 'corpus', 'damaged', 'empty', 'eta_plan', 'eta_wall',
-    'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf', 'hf_cfgdir', 'hf_lmcfg', 'hf_rope',
-    'latin1.csv', 'metrics_bin', 'nameerr.py', 'nfkc.model', 'nfkc.vocab', 'no_n.jsonl',
-    'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv', 'rep', 'run', 'sp.model', 'sw',
-    'sw_bin', 'sw_cfglist', 'sw_csvdir', 'sw_mddir', 'sw_noeval', 'sw_plandir', 'table.jsonl', 'tok'})
+    'badhf', 'badyaml', 'binary', 'blank.txt', 'broken.py', 'cache', 'canaries_bad', 'cc',
+    'cfg_cut', 'cfg_dir', 'cfg_list', 'cfg_num', 'corpus', 'damaged', 'empty', 'eta_plan',
+    'eta_wall', 'eval_dir', 'five.py', 'foreign', 'full', 'full.json', 'garb', 'hf',
+    'hf_cfgdir', 'hf_lmcfg', 'hf_rope', 'latin1.csv', 'metrics_bin', 'nameerr.py', 'nfkc.model',
+    'nfkc.vocab', 'no_n.jsonl', 'noeos.model', 'noeos.vocab', 'nolabel.jsonl', 'notype.csv',
+    'rep', 'run', 'sp.model', 'sw', 'sw_bin', 'sw_cfglist', 'sw_csvdir', 'sw_mddir',
+    'sw_noeval', 'sw_plandir', 'table.jsonl', 'tok'})
 
 
 def _write(path: str, text: str) -> None:
@@ -718,6 +756,7 @@ def _prepare_small(s: str) -> None:
   os.makedirs(os.path.join(s, 'rep'), exist_ok=True)
   with open(os.path.join(s, 'rep', 'report'), 'w') as f:  # Where the report directory goes.
     f.write('keep me\n')
+  os.makedirs(os.path.join(s, 'cc', 'coord_check.png'), exist_ok=True)  # Where it writes.
   with open(os.path.join(s, 'five.py'), 'w') as f:
     f.write('def get_config(arg=None):\n  return 5\n')
   with open(os.path.join(s, 'table.jsonl'), 'w') as f:  # One finished run.

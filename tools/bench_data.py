@@ -52,8 +52,11 @@ def measure(cd, batches: int) -> dict[str, float]:
 
   from lm import config as config_lib
   from lm import data as data_lib
-  from lm import train
-  c, tok, objective, loaded = train.resolve(config_lib.from_configdict(cd))
+  from lm import train, workdir
+  c = config_lib.from_configdict(cd)
+  workdir.check_writable(data_lib.cache_root(c.data),  # As the train CLI, before preparing.
+                         'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
+  c, tok, objective, loaded = train.resolve(c)
   data = objective.data(c, tok, loaded, 0, 1)
   fast = data.transform is None and hasattr(data.train, 'gather')
   # One producer thread and a short buffer: the time to make a batch, not to
@@ -77,6 +80,7 @@ def main(argv):
   import ml_collections
 
   from lm.config import ConfigError
+  from lm.workdir import NotWritable
   cd = ml_collections.ConfigDict(_CONFIG.value.to_dict())  # Unlocked copy.
   if 'sweep' in cd:  # A sweep config's runs share its data; a run config has none.
     del cd['sweep']
@@ -84,7 +88,7 @@ def main(argv):
     print(f'batch {cd.train.batch_size} x {cd.data.seq_len + 1} tokens, '
           f'document_mask={cd.data.document_mask}\n')
     rows = measure(cd, _BATCHES.value)
-  except ConfigError as e:
+  except (ConfigError, NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print('| path | ms/batch |\n|---|---|')

@@ -51,8 +51,10 @@ from tools.bench_train import _KEEP, _SCAN, CONFIGS, check_names  # Shares its f
 
 _MODELS = flags.DEFINE_string('models', 'small,medium', 'Config names from tools.bench_train.')
 _BATCHES = flags.DEFINE_string('batches', '1,8', 'Comma-separated batch sizes.')
-_NEW = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.', lower_bound=1)
-_PROMPT = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.', lower_bound=1)
+_NEW = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.',
+                            lower_bound=1, upper_bound=1 << 16)
+_PROMPT = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.', lower_bound=1,
+                               upper_bound=1 << 16)
 _UNCACHED_STEPS = flags.DEFINE_integer('uncached_steps', 16, 'Timed uncached steps.',
                                        lower_bound=1)
 flags.register_validator(  # Checked with the flags, before any model is built.

@@ -180,7 +180,7 @@ def main(argv):
     if c.model.family != 'decoder' or c.model.num_classes:
       raise config_lib.ConfigError(f'model.family={c.model.family!r}: the coordinate check '
                                    'trains a causal LM (a decoder config)')
-    workdir.check_writable(F.out, '--out')
+    workdir.check_writable(F.out, '--out', ('coord_check.png', 'coord_check.json'))
     result = run(c, widths, F.steps, F.seeds, F.lr)
   except (config_lib.ConfigError, workdir.NotWritable) as e:
     print(f'error: {e}', file=sys.stderr)

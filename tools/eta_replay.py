@@ -121,7 +121,8 @@ if __name__ == '__main__':
   # Defined here, not at import: tests import replay() into processes whose
   # other CLI modules (experiments.fill_mask, ...) define --workdir too.
   flags.DEFINE_string('workdir', None, 'A sweep\'s --workdir (plan.json, runs/).')
-  flags.DEFINE_integer('workers', 2, 'Local workers to replay the queue with.', lower_bound=1)
+  flags.DEFINE_integer('workers', 2, 'Local workers to replay the queue with.',
+                       lower_bound=1, upper_bound=1024)
   flags.mark_flag_as_required('workdir')
   from lm import cli
   app.run(main, flags_parser=cli.parse_flags)

@@ -66,15 +66,17 @@ def evaluate(path: str, tasks: list[str], include_path: str = '', limit: int | N
   return out
 
 
-def check_out(out: str) -> None:
-  """--out is a new .json file or an earlier output of this tool, never a
-  directory or another file (a run's config.json, say) that it would replace."""
+def check_out(out: str, label: str = '') -> None:
+  """--out (or the default eval/step_<N>.json, `label` naming it) is a new
+  .json file or an earlier output of this tool, never a directory or another
+  file (a run's config.json, say) that it would replace."""
   if not out:
     return
+  label = label or f'--out={out}'
   if not out.endswith('.json'):
-    raise config_lib.ConfigError(f'--out={out} must name a .json file')
+    raise config_lib.ConfigError(f'{label} must name a .json file')
   if os.path.isdir(out):
-    raise config_lib.ConfigError(f'--out={out} is a directory; name a .json file')
+    raise config_lib.ConfigError(f'{label} is a directory; name a .json file')
   if os.path.exists(out):
     try:
       with open(out) as f:
@@ -82,7 +84,7 @@ def check_out(out: str) -> None:
     except (OSError, ValueError):
       old = None
     if not (isinstance(old, dict) and {'workdir', 'step'} <= set(old)):
-      raise config_lib.ConfigError(f'--out={out} exists and is not an earlier tools.eval '
+      raise config_lib.ConfigError(f'{label} exists and is not an earlier tools.eval '
                                    'output; it was left untouched: choose another --out')
 
 
@@ -93,10 +95,12 @@ def main(argv):
     ignored = cli.ignored_flags(('limit', 'batch_size', 'include_path'), 'harness tasks')
     if ignored and not _TASKS.value:  # Canaries and the bias probe take none of them.
       raise config_lib.ConfigError(f'{ignored}, or give --tasks')
-    check_out(_OUT.value)
-    out_dir = (os.path.dirname(os.path.abspath(_OUT.value)) if _OUT.value else
-               os.path.join(os.path.dirname(checkpoint.find(_WORKDIR.value)[0]), 'eval'))
-    workdir.check_writable(out_dir, 'the output directory')  # Before the evaluation.
+    cfg_path, step_dir = checkpoint.find(_WORKDIR.value)
+    out = _OUT.value or os.path.join(os.path.dirname(cfg_path), 'eval',
+                                     f'step_{os.path.basename(step_dir)}.json')
+    check_out(out, '' if _OUT.value else f'the default output {out} (--out: write elsewhere)')
+    # Before the evaluation.
+    workdir.check_writable(os.path.dirname(os.path.abspath(out)), 'the output directory')
     result = evaluate(_WORKDIR.value, _TASKS.value, _INCLUDE.value, _LIMIT.value,
                       _CANARIES.value, _BIAS.value, _BATCH.value)
   except (config_lib.ConfigError, checkpoint.CheckpointError, probes.ProbeError,
@@ -109,8 +113,6 @@ def main(argv):
     print(probes.canary_table(result['canaries']))
   if 'bias' in result:
     print(probes.bias_table(result['bias']))
-  run_dir = os.path.dirname(checkpoint.find(_WORKDIR.value)[0])
-  out = _OUT.value or os.path.join(run_dir, 'eval', f'step_{result["step"]}.json')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   workdir.write_atomic(out, json.dumps(result, indent=1) + '\n')
   print(f'wrote {out}')

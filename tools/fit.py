@@ -28,7 +28,8 @@ def _define_flags() -> None:
                     'against each run\'s planned budget and reads D_opt from this C_<convention> '
                     'column, so give the sweep\'s own; approach 3 does not use it.')
   flags.DEFINE_string('loss', 'final_loss', 'Loss column.')
-  flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).', lower_bound=0)
+  flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples (0: no intervals).',
+                       lower_bound=0, upper_bound=100_000)
   flags.mark_flags_as_required(['results'])
 
 

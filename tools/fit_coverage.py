@@ -166,13 +166,17 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app, flags
-  flags.DEFINE_integer('replicates', 100, 'Simulated sweeps.', lower_bound=1)
-  flags.DEFINE_integer('resamples', 1000, 'Bootstrap resamples per fit.', lower_bound=1)
-  flags.DEFINE_integer('budgets', 5, 'Compute budgets.', lower_bound=2)
+  flags.DEFINE_integer('replicates', 100, 'Simulated sweeps.', lower_bound=1,
+                       upper_bound=10_000)
+  flags.DEFINE_integer('resamples', 1000, 'Bootstrap resamples per fit.', lower_bound=1,
+                       upper_bound=100_000)
+  flags.DEFINE_integer('budgets', 5, 'Compute budgets.', lower_bound=2, upper_bound=100)
   flags.DEFINE_float('decades', 2.0, 'Decades the budgets span.')
-  flags.DEFINE_integer('sizes', 7, 'Model sizes per budget.', lower_bound=3)
+  flags.DEFINE_integer('sizes', 7, 'Model sizes per budget.', lower_bound=3,
+                       upper_bound=100)
   flags.DEFINE_float('size_ratio', 1.5, 'Ratio between consecutive sizes.')
-  flags.DEFINE_integer('seeds', 2, 'Replicates per (budget, size).', lower_bound=1)
+  flags.DEFINE_integer('seeds', 2, 'Replicates per (budget, size).', lower_bound=1,
+                       upper_bound=100)
   flags.DEFINE_float('noise', 0.01, 'Loss noise sd.')
   from lm import cli
   app.run(main, flags_parser=cli.parse_flags)

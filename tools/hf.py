@@ -403,9 +403,6 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
     raise HFError(f'--out={out} is a run directory (it has checkpoints/); --overwrite would '
                   'replace its config.json and break it: it was left untouched, choose '
                   'another --out')
-  if run := checkpoint.inside_checkpoints(out):  # Its config.json would break the run.
-    raise HFError(f'--out={out} lies inside the checkpoints of the run {run}; it was left '
-                  'untouched: choose another --out')
   c = checkpoint.load_config(workdir)
   family(c.model)  # Refuse before reading any weights.
   c, params = checkpoint.load_params(workdir)
@@ -467,9 +464,6 @@ def import_dir(hf_dir: str, workdir: str, log=print) -> str:
   """Writes a new run directory (config.json + step-0 params) from a transformers
   dir; never into an existing run."""
   _refuse_nonempty(workdir, '--workdir', 'import writes a new run: choose a new --workdir')
-  if run := checkpoint.inside_checkpoints(workdir):
-    raise HFError(f'--workdir={workdir} lies inside the checkpoints of the run {run}; it was '
-                  'left untouched: choose a new --workdir')
   workdir_lib.check_writable(workdir, '--workdir')  # Before the weights are read.
   cfg, t = read_dir(hf_dir)
   m = model_config(cfg)

@@ -15,6 +15,7 @@ import tempfile
 from absl import app, flags, logging
 
 from lm import data as data_lib
+from lm import workdir
 from lm.config import ConfigError, DataConfig
 
 
@@ -65,7 +66,10 @@ def main(argv):
       raise ConfigError(f'{" and ".join(there)} already exist{"s" * (len(there) == 1)}; left '
                         'untouched: choose another --out, or pass --overwrite if no run uses '
                         'it')
+    workdir.check_writable(parent, '--out')  # Before the corpus is prepared.
     d = DataConfig(source='dir' if F.data_path else 'stdlib', path=F.data_path)
+    workdir.check_writable(data_lib.cache_root(d),
+                           'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
     builder, key = data_lib.corpus(d)
     texts = (data_lib._as_str(ex[key]) for ex in builder.as_data_source(split='train'))
     path = train(texts, F.out, F.vocab_size, F.model_type)
@@ -75,7 +79,7 @@ def main(argv):
       print(f'note: the corpus gave {got} pieces, fewer than --vocab_size={F.vocab_size}',
             file=sys.stderr)
     print(path)
-  except (ConfigError, RuntimeError, OSError) as e:  # SentencePiece raises RuntimeError.
+  except (ConfigError, RuntimeError, OSError, workdir.NotWritable) as e:  # SP: RuntimeError.
     why = ' '.join(str(e).split()).replace('config.data.path=', '--data_path=')
     print(f'error: {why}' + (f' (--vocab_size={F.vocab_size} is too small for this corpus: '
                              'raise it)' if 'required_chars' in why else ''), file=sys.stderr)
@@ -85,7 +89,8 @@ def main(argv):
 if __name__ == '__main__':
   # Flags only when run as a program, so tests can import this module.
   flags.DEFINE_string('out', None, 'Output prefix (writes PREFIX.model and .vocab).')
-  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size.', lower_bound=8)
+  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary size (SentencePiece reads an int32).',
+                       lower_bound=8, upper_bound=2 ** 31 - 1)
   flags.DEFINE_bool('overwrite', False, 'Replace an existing PREFIX.model and .vocab.')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_string('data_path', '', 'Directory or glob; empty: the stdlib corpus.')
