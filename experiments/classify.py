@@ -73,6 +73,12 @@ def main(argv):
           ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  room = c.data.seq_len - 1 - (c.model.family == 'encoder')  # Text tokens besides EOS (, BOS).
+  cut = sum(len(tok.encode(t)) > room for t in texts)
+  if cut:  # As the training examples were cut (lm/classify.encode); fill_mask refuses instead.
+    print(f'note: {cut} of {len(texts)} texts are longer than the {room} tokens a '
+          f'data.seq_len={c.data.seq_len} example holds: each is classified from its first '
+          f'{room} tokens, as training cut its examples', file=sys.stderr)
   probs = objective.predict(params, c, tok, texts)
   names = c.data.labels
   for i, (text, p) in enumerate(zip(texts, probs)):

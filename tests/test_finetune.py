@@ -155,6 +155,11 @@ def test_classifier_learns_a_learnable_task(tmp_path):
   p = [float(x.split('=')[1]) for x in lines[0].split('\t')[1].split()]
   assert abs(sum(p) - 1) < 1e-5 and p[0] > 0.5
   assert float(r.stderr.split()[1]) >= 0.9 and 'on 40 labelled examples' in r.stderr
+  assert 'note:' not in r.stderr  # Every text fits in an example.
+  r = forked_cli.run([sys.executable, '-m', 'experiments.classify', f'--workdir={tmp_path / "cls"}',
+                      f'--text={" ".join(A_WORDS * 40)}', '--text=good'], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0 and r.stderr.startswith('note: 1 of 2 texts are longer than'), r.stderr
   r = forked_cli.run([sys.executable, '-m', 'experiments.generate',
                       f'--workdir={tmp_path / "cls"}', '--prompt=x'], capture_output=True,
                      text=True, timeout=300)
