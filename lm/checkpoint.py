@@ -48,19 +48,25 @@ class CheckpointError(RuntimeError):
   """A workdir's checkpoints are corrupt, missing or belong to another run."""
 
 
+def _step_numbers(ckpt: str) -> list[int]:
+  """The finished steps in a checkpoints/ directory (orbax's temporary names
+  are not numbers), in order."""
+  return sorted(int(e) for e in os.listdir(ckpt) if e.isdigit())
+
+
 def find(path: str) -> tuple[str, str]:
   """(config.json path, step directory) for a workdir or a step directory."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     ckpt = os.path.join(path, 'checkpoints')
-    steps = sorted(int(e) for e in os.listdir(ckpt) if e.isdigit())
+    steps = _step_numbers(ckpt)
     if not steps:
       raise CheckpointError(f'{ckpt} holds no finished checkpoint (no step directories)')
     return os.path.join(path, 'config.json'), os.path.join(ckpt, str(steps[-1]))
   parent = os.path.dirname(path)
   if os.path.basename(path).isdigit() and os.path.basename(parent) == 'checkpoints':
     if os.path.isdir(parent) and not os.path.isdir(path):
-      steps = sorted(int(e) for e in os.listdir(parent) if e.isdigit())
+      steps = _step_numbers(parent)
       raise CheckpointError(f'{path} does not exist; {parent} holds steps '
                             f'{", ".join(map(str, steps)) or "none"}')
     return os.path.join(os.path.dirname(parent), 'config.json'), path
@@ -84,7 +90,7 @@ def read_config(cfg_path: str) -> Config:
                             'makes one of it); it was left untouched')
     return config_lib.from_configdict(d, recorded=True)
   except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:
-    # ConfigError is a ValueError; KeyError: a rules table that is a dict.
+    # ConfigError is a ValueError; the others: JSON of another shape than a config's.
     raise CheckpointError(f'{cfg_path} is not a readable run config of this codebase '
                           f'({workdir_lib.reason(e)}); it was left untouched') from None
 
@@ -285,12 +291,15 @@ def check_workdir(workdir: str, c: Config) -> bool:
   if os.path.exists(os.path.join(workdir, 'plan.json')):  # A run beside a sweep's runs/.
     raise CheckpointError(f'--workdir={workdir} is a sweep directory (it holds plan.json); '
                           'it was left untouched: train a run into its own directory')
+  def recorded() -> Config:
+    try:
+      return read_config(cfg_path)  # Truncated JSON, a field we no longer accept, not ours.
+    except CheckpointError as e:
+      raise CheckpointError(f'{e}: choose another --workdir') from None
+
   if not os.path.isdir(ckpt) or not os.listdir(ckpt):
     if os.path.lexists(cfg_path):  # E.g. a Hugging Face export: its config.json is not ours.
-      try:
-        read_config(cfg_path)
-      except CheckpointError as e:
-        raise CheckpointError(f'{e}: choose another --workdir') from None
+      recorded()
     return False
   bad = [e for e in os.listdir(ckpt) if not e.isdigit() and 'tmp' not in e]
   if bad or not os.path.exists(cfg_path):
@@ -298,11 +307,8 @@ def check_workdir(workdir: str, c: Config) -> bool:
         f'{ckpt} is not a checkpoint directory of this codebase (unexpected entries '
         f'{sorted(bad)[:5]} or no config.json beside it); it was left untouched: '
         'choose another --workdir')
-  try:
-    old = read_config(cfg_path)  # Truncated JSON, or a field we no longer accept.
-  except CheckpointError as e:
-    raise CheckpointError(f'{e}: choose another --workdir') from None
-  steps = sorted(int(e) for e in os.listdir(ckpt) if e.isdigit())
+  old = recorded()
+  steps = _step_numbers(ckpt)
   last = os.path.join(ckpt, str(steps[-1])) if steps else ''
   if last and os.path.isdir(os.path.join(last, 'state')) and not os.path.isdir(
       os.path.join(last, 'data')):  # save_params: no optimizer state or data position.
@@ -329,7 +335,7 @@ def check_workdir(workdir: str, c: Config) -> bool:
         'values), or choose another --workdir. Differing fields (run != config): '
         + '; '.join(moved))
   # Only temporary directories (a kill during the first save): a fresh start.
-  return any(e.isdigit() for e in os.listdir(ckpt))
+  return bool(steps)
 
 
 def check_not_past_end(workdir: str, latest: int | None, steps: int) -> None:
@@ -347,8 +353,8 @@ def check_resumable(workdir: str, tok, steps: int) -> None:
   before the data are prepared: the tokenizer it recorded, and no finished
   step past train.steps (the loop checks the latest again under its lock)."""
   check_tokenizer(workdir, tok)
-  done = [int(e) for e in os.listdir(os.path.join(workdir, 'checkpoints')) if e.isdigit()]
-  check_not_past_end(workdir, max(done, default=None), steps)
+  done = _step_numbers(os.path.join(workdir, 'checkpoints'))
+  check_not_past_end(workdir, done[-1] if done else None, steps)
 
 
 _QUIET = []

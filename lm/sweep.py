@@ -140,12 +140,12 @@ def check_overrides(cd: ml_collections.ConfigDict, overrides: list[str],
   and the base config (a WSD plan caps the base warmup; a ladder's MLP width
   follows the base's mlp_dim / d_model)."""
   _, s = split(cd)
-  planned = [config_lib.to_dict(run_config(cd, r, s.evals_per_run)) for r in runs]
+  planned = None  # The runs' configs, made once an override needs them.
   for o in overrides:
     field = o[len('--config.'):].split('=', 1)[0]
     sec, _, key = field.partition('.')
-    fields = {f.name: f.default for f in dataclasses.fields(config_lib.SECTIONS.get(sec, object))
-              } if sec in config_lib.SECTIONS else {}
+    cls = config_lib.SECTIONS.get(sec)
+    fields = {f.name: f.default for f in dataclasses.fields(cls)} if cls else {}
     if key not in fields:
       continue
     other = fields[key]  # The run configs with another value in its place.
@@ -153,6 +153,7 @@ def check_overrides(cd: ml_collections.ConfigDict, overrides: list[str],
       if not isinstance(other, bool):
         continue  # At its default: whether it counts cannot be told from the default.
       other = not other
+    planned = planned or [config_lib.to_dict(run_config(cd, r, s.evals_per_run)) for r in runs]
     alt = ml_collections.ConfigDict(cd.to_dict())
     try:
       alt[sec][key] = other

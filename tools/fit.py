@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from lm import scaling
+from lm import scaling, workdir
 from lm.config import CONVENTIONS
 
 
@@ -50,8 +50,8 @@ def read(path: str) -> list[dict]:
         return rows
       return list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    raise scaling.FitError(f'--results={path} cannot be read as a results table: {why} '
+    raise scaling.FitError(f'--results={path} cannot be read as a results table: '
+                           f'{workdir.reason(e)} '
                            '(a results.csv or results.jsonl that experiments.sweep wrote)') from None
 
 
