@@ -508,18 +508,28 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
   reads one batch per member each step)."""
   import grain
   first, global_batch = process_index * local_batch, local_batch * process_count
+  order = _order_seed(seed)
   if transform is None and hasattr(source, 'gather'):
-    ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    ids = grain.MapDataset.range(len(source)).shuffle(seed=order).repeat()
     return ids.batch(global_batch, drop_remainder=True).map(
         functools.partial(_gather_block, source, first, local_batch)).to_iter_dataset(
             read_options)
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  ds = grain.MapDataset.source(source).shuffle(seed=order).repeat()
   if transform is not None:
     ds = ds.random_map(transform, seed=seed)
   if process_count > 1:
     ds = grain.MapDataset.range(len(ds)).map(
         functools.partial(_row_of_block, ds, first, local_batch, global_batch))
   return ds.batch(local_batch, drop_remainder=True).to_iter_dataset(read_options)
+
+
+def _order_seed(seed: int) -> int:
+  """The seed handed to grain's shuffle: a hash of `seed`, not `seed` itself.
+
+  grain shuffles epoch e with seed + e, so raw seeds 0 and 1 (a sweep's
+  replicates) would train on the same batches one epoch apart. Hashed seeds lie
+  ~2^32 / replicates apart, far beyond any run's epoch count."""
+  return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
 
 
 def _gather_block(source, first: int, local_batch: int, ids_B: np.ndarray):

@@ -175,6 +175,21 @@ def test_shuffle_changes_each_epoch_and_depends_on_seed():
   assert list(other) != list(e1)
 
 
+def test_seed_replicates_do_not_share_epochs():
+  """grain shuffles epoch e with seed + e, so with raw seeds a sweep's
+  replicates (seeds 0, 1, 2) trained on each other's batches one epoch apart."""
+  w = data.Windows(np.arange(10 * 8, dtype=np.int32), 8)
+  n = len(w)  # One batch of every window is one epoch.
+  orders = {}
+  for seed in range(4):
+    it = iter(data.batched(w, n, seed, read_options=THREADED))
+    orders[seed] = [tuple(next(it)[:, 0]) for _ in range(3)]
+  for a in orders:
+    for b in orders:
+      for epoch in (1, 2):  # a's epoch 0 against b's epoch 1, 2 (and a's own).
+        assert orders[a][0] != orders[b][epoch], (a, b, epoch)
+
+
 def test_global_batch_is_the_same_rows_in_the_same_order_on_any_process_count():
   """Process p reads block p of each global batch, so the blocks concatenated
   are the one-process batch, row for row, past an epoch, whether read a batch
