@@ -3,7 +3,10 @@
 Reads <workdir>/results.jsonl (lm/sweep.collect writes it) and each run's eval
 curve; writes <workdir>/report/report.md, PNG figures, and
 <workdir>/report/fits.json ({"approach1"|"approach2"|"approach3": {param:
-{"estimate": x, "ci95": [lo, hi] or null}}}) for scripts and notebooks.
+{"estimate": x, "ci95": [lo, hi] or null}}}) for scripts and notebooks; every
+approach's a and b are N_opt ~ C^a and D_opt ~ C^b with C in the sweep's
+FLOP convention (approach3 also gives a_kND = beta / (alpha + beta), its a
+were C = k N D).
 Every fitted constant comes with a bootstrap interval; a fit that the data do
 not constrain says so instead of printing a bare number. CLIs: tools/report.py
 and experiments/sweep.py.
@@ -108,6 +111,8 @@ def _fmt(v: float) -> str:
 def _ci(ci: dict, k: str, transform=None) -> str:
   """'[lo, hi]', or why there is none (no resamples asked for, or every refit failed)."""
   if k not in ci:
+    if f'_why_{k}' in ci:
+      return f'none: {ci[f"_why_{k}"]}'
     if '_why' in ci:
       return f'none: {ci["_why"]}'
     if ci['_failed'][1] == 0:
@@ -150,7 +155,8 @@ def _fit_entry(estimate: float, ci: dict, key: str, transform=None) -> dict:
   lo_hi = ci.get(key)
   if lo_hi is not None and transform is not None:
     lo_hi = [transform(lo_hi[0]), transform(lo_hi[1])]
-  return {'estimate': float(estimate), 'ci95': None if lo_hi is None else
+  return {'estimate': float(estimate) if math.isfinite(estimate) else None,
+          'ci95': None if lo_hi is None else
           [float(v) if math.isfinite(v) else None for v in lo_hi]}
 
 
@@ -498,20 +504,40 @@ def _approach3(t: _Table):
   md += ['## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta', '']
   try:
     f3 = scaling.approach3(n, d, loss, grid=grid)
-    ci3 = scaling.approach3_intervals(n, d, loss, f3, s.bootstrap)
-    t.fits['approach3'] = {k: _fit_entry(getattr(f3, k), ci3, k)
-                           for k in ('E', 'A', 'B', 'alpha', 'beta', 'a')}
+    # The frontier in the sweep's FLOP convention, over its budgets (or its
+    # runs' compute range), so that a is the exponent Approaches 1 and 2 fit.
+    tokens_for = scaling.tokens_at(n, c, d)
+    budgets = (np.unique(t.budget[t.budget > 0]) if (t.budget > 0).any() else
+               np.geomspace(c.min(), c.max(), 6))
+    ci3 = scaling.approach3_intervals(n, d, loss, f3, s.bootstrap, tokens_for=tokens_for,
+                                      budgets=budgets)
+    est = {k: getattr(f3, k) for k in ('E', 'A', 'B', 'alpha', 'beta', 'a_kND', 'b_kND')}
+    est.update(f3.frontier(tokens_for, budgets))
+    if f3.E < 1e-3 * float(loss.min()) and 'E' in ci3:  # Refits started at E ~ 0 stay there.
+      del ci3['E']
+      ci3['_why_E'] = 'E is at its lower bound, where no refit moves it'
+    if not math.isfinite(est['a']):
+      ci3['_why_a'] = ci3['_why_b'] = ('the fitted law has no optimum within 10^4 times '
+                                       'the 6ND optimum at some budget')
+    t.fits['approach3'] = {k: _fit_entry(v, ci3, k) for k, v in est.items()}
+    what = {'a': f'a: N_opt ~ C^a, C in {t.conv} FLOPs over {_fmt(budgets.min())}-'
+                 f'{_fmt(budgets.max())}',
+            'b': 'b: D_opt ~ C^b, the same C',
+            'a_kND': 'a_kND = beta/(alpha+beta): a if C were k N D',
+            'b_kND': 'b_kND = alpha/(alpha+beta)'}
     md += ['| parameter | estimate | 95% CI |', '|---|---|---|']
-    for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
-      md.append(f'| {k} | {_fmt(getattr(f3, k))} | {_ci(ci3, k)} |')
+    for k, v in est.items():
+      md.append(f'| {what.get(k, k)} | {_fmt(v) if math.isfinite(v) else "none"} | '
+                f'{_ci(ci3, k)} |')
     md += ['', f'Objective (Huber, summed) {f3.objective:.4e}; gradient norm at the optimum '
            f'{f3.grad_norm:.2e}; from {f3.starts} grid starts, reached from {f3.best_start} '
            + ('(ONLY starts on the grid edge reached it: widen the grid). '
               if f3.start_on_grid_edge else '(inside the grid). ')
            + f'Bootstrap refits start from the full fit\'s optimum; failed: '
            f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
-    wide = [k for k in ('E', 'alpha', 'beta') if ci3['_failed'][1] and (k not in ci3 or
-            ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k)))]
+    wide = [k for k in ('E', 'alpha', 'beta') if ci3['_failed'][1] and (
+            (k not in ci3 and f'_why_{k}' not in ci3) or
+            (k in ci3 and ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))))]
     if f3.E < 1e-3 * float(loss.min()):
       md += [f'**E is at its lower bound (E = {_fmt(f3.E)} ≈ 0):** the fit puts the whole '
              'loss into the power-law terms, and refits that start there stay there, so '
@@ -527,10 +553,9 @@ def _approach3(t: _Table):
     cont = ax.contourf(nn_, dd_, f3.loss(nn_, dd_), levels=20, cmap='viridis')
     fig.colorbar(cont, label='predicted loss')
     ax.scatter(n, d, c='w', edgecolors='k', s=20, label='runs')
-    k_flops = float(np.median(c / (n * d)))
-    cs = np.geomspace(c.min() / 3, c.max() * 3, 50)
-    nf, df = f3.optimal(cs, k_flops)
-    ax.plot(nf, df, 'r-', lw=2, label=f'frontier (C = {k_flops:.2g} N D)')
+    nf, df = (v[0] for v in scaling.frontier(f3.x, tokens_for,
+                                             np.geomspace(c.min() / 3, c.max() * 3, 50)))
+    ax.plot(nf, df, 'r-', lw=2, label=f'frontier (C in {t.conv} FLOPs)')
     ax.set(xscale='log', yscale='log', xlabel='N', ylabel='D', xlim=(ns[0], ns[-1]),
            ylim=(ds[0], ds[-1]), title='Parametric fit')
     ax.legend(loc='lower left')

@@ -7,8 +7,12 @@ Approach 2: per compute budget, a parabola in log N through the final losses
 Approach 3: L(N, D) = E + A / N^alpha + B / D^beta, fitted in log space with
 log L = LSE(a - alpha log N, b - beta log D, e) (A = e^a, B = e^b, E = e^e),
 the Huber loss (delta 1e-3) summed over points, minimised from a full grid
-of starts; the compute-optimal frontier follows with exponent
-a = beta / (alpha + beta) for N_opt.
+of starts; its compute-optimal frontier has N_opt ~ C^a with
+a = beta / (alpha + beta) when C = k N D exactly (`ParametricFit.a_kND`), and
+is found numerically (`frontier_exponents`) when C is counted as the sweep
+counts it (logits and attention make FLOPs per token grow slower than N, so
+the two differ: 0.18 against 0.28 on a law simulated with 6N + 24,000 FLOPs per
+token), which is the exponent Approaches 1 and 2 estimate.
 
 Intervals: Approach 2 by a residual bootstrap within budgets (the design is
 kept, only the noise is redrawn; resampling rows instead drops sizes and made
@@ -349,13 +353,19 @@ class ParametricFit:
   x: tuple[float, ...] = ()
 
   @property
-  def a(self) -> float:
-    """N_opt ~ C^a with a = beta / (alpha + beta)."""
+  def a_kND(self) -> float:
+    """N_opt ~ C^a with a = beta / (alpha + beta), when C = k N D exactly."""
     return self.beta / (self.alpha + self.beta)  # approach3 refuses alpha + beta = 0.
 
   @property
-  def b(self) -> float:
+  def b_kND(self) -> float:
     return self.alpha / (self.alpha + self.beta)
+
+  def frontier(self, tokens_for: Callable, budgets) -> dict[str, float]:
+    """{'a', 'b'}: the frontier's exponents over `budgets`, C counted as
+    `tokens_for` counts it (see frontier_exponents)."""
+    return {k: float(v[0]) for k, v in
+            frontier_exponents(np.asarray([self.x]), tokens_for, budgets).items()}
 
   def loss(self, n, d):
     n, d = np.asarray(n, float), np.asarray(d, float)
@@ -365,8 +375,55 @@ class ParametricFit:
     """N_opt(C), D_opt(C) on the frontier when C = k N D (k = 6 by default)."""
     c = np.asarray(c, float) / flops_per_param_token
     g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-    n = g * c ** self.a
+    n = g * c ** self.a_kND
     return n, c / n
+
+
+def frontier(x, tokens_for: Callable, budgets, span: float = 1e4, points: int = 801
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(N_opt, D_opt), each [R, K]: the compute-optimal frontier of each fitted
+  law x [R, 5] ((log A, log B, log E, alpha, beta) rows) at K budgets, with
+  D = tokens_for(C, N), so C is counted in the sweep's FLOP convention.
+
+  N_opt minimises L(N, tokens_for(C, N)) on a log grid over `span` times the
+  budget's 6ND optimum either way, refined by a parabola through the best grid
+  point and its neighbours; an optimum at the grid's end (no minimum in reach)
+  or a non-finite loss gives NaN."""
+  x = np.atleast_2d(np.asarray(x, float))
+  cs = np.asarray(budgets, float)[None, :, None]  # [1, K, 1]
+  la, lb, le, alpha, beta = (v[:, None, None] for v in x.T)  # [R, 1, 1]
+  with np.errstate(all='ignore'):
+    h = 2 * np.log(span) / (points - 1)
+    logn = np.log(np.sqrt(cs / 6)) + np.linspace(-np.log(span), np.log(span), points)
+    logd = np.log(tokens_for(cs, np.exp(logn)))  # [1, K, G]
+    loss = np.exp(le) + np.exp(la - alpha * logn) + np.exp(lb - beta * logd)  # [R, K, G]
+    loss = np.where(np.isfinite(loss) & np.isfinite(logd), loss, np.inf)
+    i = np.argmin(loss, axis=-1)  # [R, K]
+    j = np.clip(i, 1, points - 2)
+    l0, l1, l2 = (np.take_along_axis(loss, (j + o)[..., None], -1)[..., 0] for o in (-1, 0, 1))
+    curv = l0 - 2 * l1 + l2
+    shift = np.where(curv > 0, 0.5 * (l0 - l2) / curv, 0.0) * h
+    at = np.take_along_axis(np.broadcast_to(logn, loss.shape), j[..., None], -1)[..., 0]
+    ok = (i > 0) & (i < points - 1) & np.isfinite(l1)
+    n_opt = np.where(ok, np.exp(at + shift), np.nan)
+    return n_opt, tokens_for(cs[..., 0], n_opt)
+
+
+def frontier_exponents(x, tokens_for: Callable, budgets) -> dict[str, np.ndarray]:
+  """{'a': [R], 'b': [R]}: N_opt ~ C^a and D_opt ~ C^b along each law's
+  frontier (see `frontier`), as the least-squares slopes of log N_opt and
+  log D_opt on log C over the budgets, as Approach 2 fits its optima (with one
+  budget, over [C/2, 2C]). NaN for a law with no optimum in reach at some budget."""
+  cs = np.unique(np.asarray(budgets, float))
+  if len(cs) == 1:
+    cs = np.array([cs[0] / 2, cs[0] * 2])
+  n_opt, d_opt = frontier(x, tokens_for, cs)
+  logc = np.log(cs) - np.log(cs).mean()
+  with np.errstate(all='ignore'):
+    def slope(y):  # [R, K] -> [R]; NaN rows stay NaN.
+      y = np.log(y)
+      return (y - y.mean(-1, keepdims=True)) @ logc / (logc @ logc)
+    return {'a': slope(n_opt), 'b': slope(d_opt)}
 
 
 def approach3(n, d, loss, delta: float = 1e-3, grid: dict | None = None,
@@ -462,11 +519,14 @@ def bootstrap(fit_fn: Callable[[np.ndarray], dict[str, float]], num_points: int,
 
 
 def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, tuple[float, float]]:
-  """Bootstrap intervals of E, A, B, alpha, beta and a: runs resampled with
-  replacement (as point weights), every refit from the full fit's optimum,
-  all refits at once (lm/scaling.minimize). A refit that does not converge
-  (gradient norm above 1e-6) or is not finite counts as failed."""
+                        level: float = 0.95, tokens_for: Callable | None = None,
+                        budgets=None) -> dict[str, tuple[float, float]]:
+  """Bootstrap intervals of E, A, B, alpha, beta, a_kND and b_kND, and with
+  `tokens_for` and `budgets` of the frontier's a and b in that FLOP convention
+  (frontier_exponents): runs resampled with replacement (as point weights),
+  every refit from the full fit's optimum, all refits at once
+  (lm/scaling.minimize). A refit that does not converge (gradient norm above
+  1e-6) or is not finite counts as failed."""
   n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
   if resamples == 0:
     return {'_failed': (0, 0)}
@@ -486,7 +546,9 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   a, b, e, alpha, beta = x[ok].T
   with np.errstate(all='ignore'):
     draws = {'E': np.exp(e), 'A': np.exp(a), 'B': np.exp(b), 'alpha': alpha, 'beta': beta,
-             'a': beta / (alpha + beta)}
+             'a_kND': beta / (alpha + beta), 'b_kND': alpha / (alpha + beta)}
+  if tokens_for is not None:
+    draws.update(frontier_exponents(x[ok], tokens_for, budgets))
   out = _percentiles({k: v[np.isfinite(v)] for k, v in draws.items()}, level)
   out['_failed'] = (int(resamples - ok.sum()), resamples)
   return out

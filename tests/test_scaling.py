@@ -29,7 +29,7 @@ def test_approach3_recovers_the_law():
   assert f.E == pytest.approx(E, rel=0.02)
   assert f.alpha == pytest.approx(ALPHA, rel=0.05)
   assert f.beta == pytest.approx(BETA, rel=0.05)
-  assert f.a == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
+  assert f.a_kND == pytest.approx(BETA / (ALPHA + BETA), abs=0.02)
   assert f.grad_norm < 1e-3 and f.starts == 3 * 3 * 2 * 3 * 3
   # Reached from inside the grid: the coarse grid's two values of e are no edge
   # (every start sat on one, so every coarse report warned of an edge start).
@@ -41,7 +41,8 @@ def test_approach3_bootstrap_covers_the_truth():
   f = scaling.approach3(n, d, loss, grid=SMALL_GRID)
   ci = scaling.approach3_intervals(n, d, loss, f, resamples=200)
   assert ci['_failed'][0] < 10
-  for name, truth in [('E', E), ('alpha', ALPHA), ('beta', BETA), ('a', BETA / (ALPHA + BETA))]:
+  for name, truth in [('E', E), ('alpha', ALPHA), ('beta', BETA),
+                      ('a_kND', BETA / (ALPHA + BETA))]:
     lo, hi = ci[name]
     assert lo <= truth <= hi, f'{name}: {truth} outside [{lo}, {hi}]'
     assert hi - lo < 0.5 * truth, f'{name}: interval [{lo}, {hi}] is uninformative'
@@ -324,6 +325,12 @@ def test_fit_tool_fits_a_table_and_refuses_what_is_not_one(tmp_path):
   assert out.returncode == 0, out.stderr
   a = float(out.stdout.split('\na ')[1].split()[0])
   assert abs(a - BETA / (ALPHA + BETA)) < 0.02 and 'CI none (--bootstrap=0)' in out.stdout
+  # C = 6ND here, so the frontier's a (in C_exact) is beta / (alpha + beta); a
+  # grid sweep (no budgets) reads it over its runs' compute range.
+  a_knd = float(out.stdout.split('\na_kND ')[1].split()[0])
+  assert abs(a - a_knd) < 1e-3 and 'C in exact FLOPs over 1e+15-1e+18' in out.stdout
+  out = fit(f'--results={grid}', '--bootstrap=20')
+  assert out.returncode == 0 and abs(float(out.stdout.split('\na ')[1].split()[0]) - a) < 1e-3
   out = fit(f'--results={good}', '--method=2', '--bootstrap=200')
   lo, hi = (float(x) for x in out.stdout.split('a 95% CI [')[1].split(']')[0].split(', '))
   assert out.returncode == 0 and lo < BETA / (ALPHA + BETA) < hi, out.stdout
@@ -395,6 +402,68 @@ def test_report_noise_and_agreement_lines():
             'approach3': {'a': {'estimate': 0.9, 'ci95': [0.8, 1.0]}}}
   report._agreement(t)
   assert 'These disagree: approach2 and approach3 have disjoint intervals' in '\n'.join(t.md)
+
+
+def _frontier_sweep(e=1.0, noise=0.002, seed=0):
+  """An IsoFLOP sweep from a known law whose FLOPs per token are 6N + 24,000
+  (logits and attention, as in the main job's `exact` ladder), so C is not
+  k N D, its sizes centred on each budget's true optimum; returns (law params,
+  tokens_for, budgets, the true N_opt per budget, the sweep's arrays)."""
+  ee, aa, bb, al, be = law_ = (e, 11.26, 18.38, 0.37, 0.143)
+  tokens_for = lambda c, n: c / (6 * n + 24000.0)
+  budgets = np.geomspace(1.5e11, 1e13, 4)
+  ns = np.geomspace(10, 1e8, 200001)  # Brute force: the true law's optimum per budget.
+  true_nopt = np.array([ns[np.argmin(aa / ns ** al + bb / tokens_for(c, ns) ** be)]
+                        for c in budgets])
+  budget = np.repeat(budgets, 9)
+  n = np.concatenate([m * np.geomspace(1 / 4, 4, 9) for m in true_nopt])
+  d = tokens_for(budget, n)
+  rng = np.random.default_rng(seed)
+  loss = (ee + aa / n ** al + bb / d ** be) * np.exp(rng.normal(0, noise, len(n)))
+  return law_, tokens_for, budgets, true_nopt, budget, n, d, loss
+
+
+def test_approach3_frontier_is_in_the_sweeps_flop_convention():
+  """Approach 3's a is the slope of N_opt on C as the sweep counts C (what
+  Approaches 1 and 2 estimate), not beta / (alpha + beta), which holds only
+  for C = k N D: with 6N + 24,000 FLOPs per token the two are 0.18 and 0.28,
+  and comparing them had the report call consistent fits a disagreement."""
+  from lm import report
+  (e, aa, bb, al, be), tokens_for, budgets, true_nopt, budget, n, d, loss = _frontier_sweep()
+  truth = np.polyfit(np.log(budgets), np.log(true_nopt), 1)[0]
+  x_true = [np.log(aa), np.log(bb), np.log(e), al, be]
+  got = scaling.frontier_exponents([x_true], tokens_for, budgets)
+  assert got['a'][0] == pytest.approx(truth, abs=1e-3) and abs(truth - be / (al + be)) > 0.05
+  kND = scaling.frontier_exponents([x_true], lambda c, n: c / (6 * n), budgets)
+  assert kND['a'][0] == pytest.approx(be / (al + be), abs=1e-4)
+  assert kND['b'][0] == pytest.approx(al / (al + be), abs=1e-4)
+
+  t = report._Table('', type('S', (), {'bootstrap': 100, 'grid': 'coarse', 'design': 'isoflop',
+                                       'convention': 'exact'})(),
+                    [], n, d, budget, budget, loss)
+  report._approach2(t)
+  report._approach3(t)
+  report._agreement(t)
+  a3 = t.fits['approach3']
+  assert a3['a']['estimate'] == pytest.approx(truth, abs=0.01)
+  assert a3['a']['ci95'][0] < a3['a']['estimate'] < a3['a']['ci95'][1]
+  assert a3['a_kND']['estimate'] == pytest.approx(be / (al + be), abs=0.03)
+  assert set(a3) >= {'E', 'A', 'B', 'alpha', 'beta', 'a', 'b'}
+  assert 'every pair of 95% intervals overlaps' in '\n'.join(t.md)
+
+
+def test_approach3_gives_e_at_zero_no_interval():
+  """A law fitted with E ~ 0 has refits that never move E: the zero-width
+  interval they give is written as none (null in fits.json), with the reason."""
+  from lm import report
+  *_, budget, n, d, loss = _frontier_sweep(e=0.0, noise=0.003)
+  t = report._Table('', type('S', (), {'bootstrap': 50, 'grid': 'coarse', 'design': 'isoflop',
+                                       'convention': 'exact'})(),
+                    [], n, d, budget, budget, loss)
+  report._approach3(t)
+  assert t.fits['approach3']['E']['estimate'] < 1e-3 and t.fits['approach3']['E']['ci95'] is None
+  assert '| E | ' in (md := '\n'.join(t.md)) and 'none: E is at its lower bound' in md
+  assert t.fits['approach3']['alpha']['ci95'] is not None
 
 
 def test_budgets_of_three_points_add_no_zero_residuals_to_the_pool():

@@ -145,12 +145,34 @@ def main(argv):
     loss = column(rows, F.loss)
     if F.method == '3':
       f = scaling.approach3(n, d, loss)
-      ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap)
-      for k in ('E', 'A', 'B', 'alpha', 'beta', 'a'):
-        print(f'{k:6s} {getattr(f, k):.4g}  95% CI {_interval(ci, k)}')
+      # The frontier's exponents with C counted as the table counts it (as
+      # --method=2 fits them), over the budgets or the runs' compute range.
+      c = column(rows, f'C_{F.convention}') if all(
+          _num(r.get(f'C_{F.convention}')) not in (None, '') for r in rows) else None
+      if c is not None:
+        budget = np.array([_num(r.get('budget')) or 0 for r in rows], float)
+        budgets = np.unique(budget[budget > 0]) if (budget > 0).any() else np.geomspace(
+            c.min(), c.max(), 6)
+        tokens_for = scaling.tokens_at(n, c, d)
+        ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap, tokens_for=tokens_for,
+                                         budgets=budgets)
+        est = f.frontier(tokens_for, budgets)
+      else:
+        ci, est = scaling.approach3_intervals(n, d, loss, f, F.bootstrap), {}
+      est.update({k: getattr(f, k) for k in ('E', 'A', 'B', 'alpha', 'beta', 'a_kND', 'b_kND')})
+      at_zero = f.E < 1e-3 * float(loss.min())
+      for k in ('E', 'A', 'B', 'alpha', 'beta', 'a', 'b', 'a_kND', 'b_kND'):
+        if k in est:
+          print(f'{k:6s} {est[k]:.4g}  95% CI ' + ('none: E is at its lower bound, where no '
+                                                  'refit moves it' if k == 'E' and at_zero
+                                                  else _interval(ci, k)))
+      print('a, b: N_opt ~ C^a, D_opt ~ C^b with C in ' + (
+          f'{F.convention} FLOPs over {budgets.min():.3g}-{budgets.max():.3g}' if c is not None
+          else f'--convention={F.convention} FLOPs: the table has no C_{F.convention} column')
+          + '; a_kND = beta/(alpha+beta), a if C were k N D')
       print(f'grad norm {f.grad_norm:.2e}; best start {f.best_start} '
             f'({"on the edge of" if f.start_on_grid_edge else "inside"} the start grid)')
-      if f.E < 1e-3 * float(loss.min()):
+      if at_zero:
         print(f'warning: E = {f.E:.3g} is at its lower bound (0): the fit puts all the loss in '
               'the power-law terms and the intervals of E, A and alpha are not informative')
     else:

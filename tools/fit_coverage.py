@@ -12,7 +12,7 @@ planner's guess would be), `seeds` replicates per point with Gaussian loss
 noise of sd `noise`. It fits Approach 2 (residual bootstrap) and Approach 3
 (resampled runs; for speed from the 162-start coarse grid with 5 starts
 polished, where the report uses the 4500-start grid and 20) and counts how
-often the 95% intervals contain the true a (= beta / (alpha + beta)), alpha
+often the 95% intervals contain the true a (= beta / (alpha + beta), as C = 6ND here), alpha
 and beta (a replicate whose fit fails counts as a miss, in 'no interval');
 the last lines read
 `approach2 a: coverage <x>, median width <w>` and the same for approach3.
@@ -106,9 +106,10 @@ def replicate(design: Design, seed: int, resamples: int = 1000) -> dict[str, dic
     out['approach2'] = {'a': nan}
   try:
     f3 = scaling.approach3(s['n'], s['d'], s['loss'], grid=scaling.COARSE_GRID, polish=5)
-    ci3 = scaling.approach3_intervals(s['n'], s['d'], s['loss'], f3, resamples, seed=seed)
-    out['approach3'] = {k: (getattr(f3, k), *ci3.get(k, (np.nan, np.nan)))
-                        for k in ('a', 'alpha', 'beta')}
+    ci3 = scaling.approach3_intervals(s['n'], s['d'], s['loss'], f3, resamples, seed=seed,
+                                      tokens_for=tokens_for, budgets=s['budget'])
+    est = {'alpha': f3.alpha, 'beta': f3.beta, **f3.frontier(tokens_for, s['budget'])}
+    out['approach3'] = {k: (est[k], *ci3.get(k, (np.nan, np.nan))) for k in ('a', 'alpha', 'beta')}
   except scaling.FitError:
     out['approach3'] = {k: nan for k in ('a', 'alpha', 'beta')}
   return out
