@@ -34,7 +34,7 @@ _TOP_K = flags.DEFINE_integer('top_k', None, 'Sample among the k most likely (un
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass in (0, 1] (1: off).')
 _REP = flags.DEFINE_float('repetition_penalty', 1.0, 'CTRL repetition penalty (1: off).')
 _NUM = flags.DEFINE_integer('num_return_sequences', 1, 'Samples per prompt.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed (same seed, same samples).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed (the same seed and prompts in the same order: the same samples).')
 _DOC_START = flags.DEFINE_bool('doc_start', True,
                                'Put EOS before the prompt, as before every training document.')
 flags.mark_flags_as_required(['workdir'])
@@ -69,10 +69,12 @@ def main(argv):
     if ignored:
       raise sampling.SamplingError(ignored)
     sentinels = objectives.get(c).extra_ids(c) - 1 if seq2seq else 0  # <extra_id_N>, N below.
-    if seq2seq and _SCORE.value is not None and len(_PROMPT.value) != 1:
+    if seq2seq and _SCORE.value is not None and (len(_PROMPT.value) != 1
+                                                  or _PROMPTS_FILE.value):
       raise sampling.SamplingError(
           '--score with an encoder-decoder scores the target given one --prompt (the '
-          'encoder input); give exactly one --prompt')
+          'encoder input); give exactly one --prompt' + (
+              ' and no --prompts_file' if _PROMPTS_FILE.value else ''))
     if not seq2seq and _SCORE.value is not None and (len(_PROMPT.value) > 1
                                                       or _PROMPTS_FILE.value):
       raise sampling.SamplingError('--score with a decoder scores the text given at most one '

@@ -82,7 +82,7 @@ def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], l
       continue
     seq, done = list(ctx)[-L:] + list(cont), min(len(ctx), L)
     while done < len(seq):
-      lo = 0 if done <= L else done - L // 2
+      lo = 0 if done <= L else done - max(L // 2, 1)  # As lm.sampling.score.
       hi = min(lo + L + 1, len(seq))
       parts.append((seq[lo:done], seq[done:hi]))
       owner.append(k)

@@ -248,17 +248,22 @@ def _right_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   return tokens, valid
 
 
-def _rows(prompts: list[list[int]], m: ModelConfig, s: SamplingConfig
+def _rows(prompts: list[list[int]], m: ModelConfig, s: SamplingConfig, eos_id: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Checks the request; each prompt repeated num_return_sequences times,
-  left-padded: (tokens_BxP, start_B, seen_BxV: the prompt tokens of each row)."""
+  left-padded: (tokens_BxP, start_B, seen_BxV: the prompt tokens of each row).
+
+  A prompt's start token (a decoder's leading EOS, the document start; an
+  encoder-decoder's BOS) is not text, so the repetition penalty does not count
+  it: counted, it made ending the sample (EOS) less likely at every step."""
   validate(s)
   check_prompts(prompts, m, s.max_new_tokens)
   rows = [p for p in prompts for _ in range(s.num_return_sequences)]
   tokens_BP, start_B = _left_pad(rows)
   seen_BV = np.zeros((len(rows), m.vocab_size), bool)
   for b, p in enumerate(rows):
-    seen_BV[b, p] = True
+    start = m.family == 'encoder_decoder' or p[0] == eos_id
+    seen_BV[b, p[1:] if start else p] = True
   return tokens_BP, start_B, seen_BV
 
 
@@ -308,7 +313,7 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
   if (m.family == 'encoder_decoder') != (enc_inputs is not None):
     raise SamplingError('encoder inputs are needed for, and only for, an encoder-decoder')
   n = s.num_return_sequences
-  tokens_BP, start_B, seen_BV = _rows(prompts, m, s)
+  tokens_BP, start_B, seen_BV = _rows(prompts, m, s, eos_id)
   P = tokens_BP.shape[1]
   enc_out, enc_valid = None, None
   if enc_inputs is not None:
@@ -364,7 +369,7 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int],
   logp = np.zeros(len(seq))
   done = first  # Tokens before `done` are scored (or are context).
   while done < len(seq):
-    lo = 0 if done <= L else done - L // 2
+    lo = 0 if done <= L else done - max(L // 2, 1)  # Windows overlap by half (L = 1: 1).
     hi = min(lo + L + 1, len(seq))
     padded = np.zeros(L + 1, np.int32)  # One compiled shape for every window.
     padded[:hi - lo] = seq[lo:hi]

@@ -435,6 +435,10 @@ def test_fill_mask_and_encoder_decoder_generate_clis(tmp_path):
   assert r.returncode == 2 and "decoder's start token exceed" in r.stderr, r.stderr
   r = forked_cli.run(ed + ['--score=os'], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'give exactly one --prompt' in r.stderr
+  (tmp_path / 'more.txt').write_text('y\n')  # Was read and silently not used.
+  r = forked_cli.run(ed + ['--score=os', '--prompt=x', f'--prompts_file={tmp_path}/more.txt'],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'exactly one --prompt and no --prompts_file' in r.stderr, r.stderr
   # Its input always ends with EOS and decoding starts at BOS: the flag changed nothing.
   r = forked_cli.run(ed + ['--prompt=x', '--nodoc_start'], capture_output=True, text=True,
                      timeout=300)

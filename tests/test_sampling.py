@@ -176,6 +176,26 @@ def test_score_matches_the_forward_pass_and_windows_long_text():
   np.testing.assert_allclose(long['logprobs'][:23],
                              sampling.score(params, BASE, list(np.arange(23)), ctx)['logprobs'],
                              atol=1e-5)
+  # A window of one token scores each token from the one before it (the windows'
+  # half-overlap was L // 2 = 0: a neighbour's log-prob, or a ValueError).
+  from lm import harness
+  seq = ctx + toks
+  want1 = [float(jax.nn.log_softmax(Transformer(BASE).apply(
+      {'params': params}, jnp.asarray([[seq[i]]]))[0, 0])[seq[i + 1]]) for i in range(len(toks))]
+  for n in (3, 4, 10):
+    np.testing.assert_allclose(sampling.score(params, BASE, toks[:n], ctx, window=1)['logprobs'],
+                               want1[:n], atol=1e-5)
+  (ll, _), = harness.continuation_logprobs(params, BASE, [(ctx, toks)], window=1)
+  assert ll == pytest.approx(sum(want1), abs=1e-4)
+
+
+def test_repetition_penalty_does_not_count_the_document_start():
+  """The EOS put before a prompt (--doc_start) is not text: counted as seen,
+  the penalty made ending the sample less likely at every step."""
+  s = SamplingConfig(max_new_tokens=2, repetition_penalty=2.0)
+  _, _, seen_BV = sampling._rows([[EOS, 3, 4], [5, EOS, 6]], BASE, s, EOS)
+  assert not seen_BV[0, EOS] and seen_BV[0, [3, 4]].all()
+  assert seen_BV[1, [5, EOS, 6]].all()  # An EOS inside the prompt is text that repeats.
 
 
 @pytest.mark.parametrize('kw,match', [
@@ -221,7 +241,7 @@ def generate_uncached(params, m: ModelConfig, prompts: list[list[int]],
   new token re-running the whole window."""
   if m.family != 'decoder':
     raise sampling.SamplingError(f'generate_uncached serves decoder-only models, not {m.family}')
-  tokens_BP, start_B, seen_BV = sampling._rows(prompts, m, s)
+  tokens_BP, start_B, seen_BV = sampling._rows(prompts, m, s, eos_id)
   B, P = tokens_BP.shape
   window_BS = np.zeros((B, P + s.max_new_tokens), np.int32)
   window_BS[:, :P] = tokens_BP
