@@ -545,11 +545,14 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   ok = np.isfinite(f) & (g < 1e-6) & np.all(np.isfinite(x), 1)
   a, b, e, alpha, beta = x[ok].T
   with np.errstate(all='ignore'):
-    draws = {'E': np.exp(e), 'A': np.exp(a), 'B': np.exp(b), 'alpha': alpha, 'beta': beta,
+    draws = {'log E': e, 'log A': a, 'log B': b, 'alpha': alpha, 'beta': beta,
              'a_kND': beta / (alpha + beta), 'b_kND': alpha / (alpha + beta)}
   if tokens_for is not None:
     draws.update(frontier_exponents(x[ok], tokens_for, budgets))
   out = _percentiles({k: v[np.isfinite(v)] for k, v in draws.items()}, level)
+  for k in ('E', 'A', 'B'):  # From the logs, so a draw past float64's range stays in (as inf).
+    if f'log {k}' in out:
+      out[k] = tuple(math.exp(v) if v < 709.0 else math.inf for v in out.pop(f'log {k}'))
   out['_failed'] = (int(resamples - ok.sum()), resamples)
   return out
 
