@@ -184,8 +184,12 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
   t_start = time.perf_counter()
   for wd in workdirs:
     workdir_lib.check_writable(wd, 'the workdir')
+  workdir_lib.check_writable(data_lib.cache_root(configs[0].data),
+                             'the data cache (data.cache_dir, $LM_CACHE or ~/.cache/lm)')
   resolved = [train.resolve(c) for c in configs]
   cs = [r[0] for r in resolved]
+  for c in cs:  # As train_and_evaluate does: a bad eval task fails before any data work.
+    probes.check_tasks(c)
   _, tok, objective, loaded = resolved[0]
   p = Pack(tuple(cs))
   for c in cs:

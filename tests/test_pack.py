@@ -68,6 +68,24 @@ def test_pack_refuses_members_of_another_shape():
     pack.Pack((a, b))
 
 
+def test_train_pack_checks_eval_probes_and_the_cache_before_any_work(tmp_path):
+  """As train_and_evaluate: a bias CSV the probe cannot read, or a data
+  cache that cannot be written, fails before the data are prepared."""
+  from lm.config import ConfigError
+  from lm.workdir import NotWritable
+  a, b = _member_configs()[:2]
+  wds = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  bad = [dataclasses.replace(c, train=dataclasses.replace(
+      c.train, eval_bias_csv=str(tmp_path / 'missing.csv'))) for c in (a, b)]
+  with pytest.raises(ConfigError, match='missing.csv'):
+    pack.train_pack(bad, wds)
+  (tmp_path / 'file').write_text('')
+  cache = dataclasses.replace(a, data=dataclasses.replace(a.data, cache_dir=str(tmp_path / 'file')))
+  with pytest.raises(NotWritable, match='data cache'):
+    pack.train_pack([cache, dataclasses.replace(b, data=cache.data)], wds)
+  assert not any(p.exists() for p in map(type(tmp_path), wds))
+
+
 @pytest.mark.slow
 def test_sweep_packs_seeds_and_lengths_like_single_runs(tmp_path, corpus_dir):
   """sweep.pack=4: 2 seeds x 2 lengths of one size train as one pack (the
