@@ -291,6 +291,15 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
 
       trained, skips = [0] * K, [0] * K
       skip_flags: list[list] = [[] for _ in range(K)]
+      for k, c in enumerate(cs):  # Resumed: the run of skips and the flags not yet in a row.
+        if c.train.on_nonfinite == 'skip':
+          skips[k], flags = train.skips_resumed(workdirs[k], steps[k])
+          skip_flags[k] = [(np.asarray([f]), 0) for f in flags]
+
+      def pending(k: int) -> list[int]:
+        """Member k's skipped flags since its last row (each step's [rows] array, its row)."""
+        got = jax.device_get([a for a, _ in skip_flags[k]])
+        return [int(a[j]) for a, (_, j) in zip(got, skip_flags[k])]
       t_loop = time.perf_counter()
       wall['setup'] = t_loop - t_start
       for k in range(K):  # Resumed at its end: the final eval, once.
@@ -364,10 +373,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
           host = host if host is not None else jax.device_get(m)
           mk = {name: float(v[i]) for name, v in host.items()}
           if log_now:  # Non-finite losses checked at metric rows, as train._Progress does.
-            flags = [a[j] for a, (_, j) in zip(jax.device_get([a for a, _ in skip_flags[k]]),
-                                               skip_flags[k])]
+            flags = pending(k)
             skip_flags[k] = []
-            skips[k], why, too_many = train.row_verdict(c, skips[k], [int(f) for f in flags], mk)
+            skips[k], why, too_many = train.row_verdict(c, skips[k], flags, mk)
             if why:
               results[k] = {'error': _halt(workdirs[k], done, mk['loss'], mngrs[k], why,
                                            too_many)}
@@ -404,6 +412,8 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
             own[k]['checkpoint'] += spent
             paused = [p + spent for p in paused]
             writers[k].write(done, 'wall', share(k))
+            if c.train.on_nonfinite == 'skip':
+              writers[k].write(done, 'skips', {'run': skips[k], 'flags': pending(k)})
         if signame and any(steps[k] < ends[k] and 'error' not in results[k] for k in rows):
           commit()  # Every active member checkpointed at this step above.
           raise workdir_lib.Preempted(max(steps), signame, ','.join(workdirs))

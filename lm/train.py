@@ -431,6 +431,24 @@ def count_skips(run: int, flags) -> tuple[int, int]:
   return run, longest
 
 
+def stop_signal(preemption, mngr, step: int, process_count: int) -> str | None:
+  """Why the run must stop after `step`: this process's signal, or with
+  several processes a preemption notice that all of them see at the same step
+  (orbax's reached_preemption); None to go on."""
+  if preemption.signame:
+    return preemption.signame
+  return 'a preemption notice' if process_count > 1 and mngr.reached_preemption(step) else None
+
+
+def skips_resumed(workdir: str, start: int) -> tuple[int, list[int]]:
+  """on_nonfinite=skip, resumed at checkpoint `start`: (skipped steps in a
+  row, the flags of the steps not yet in a metric row), from the 'skips' row
+  written with that checkpoint; without them a preempted run forgot its run of
+  skips, so train.max_skips never stopped a run preempted often enough."""
+  rows = [r for r in metrics_lib.read(workdir, 'skips') if r['step'] == start] if start else []
+  return (int(rows[-1]['run']), [int(f) for f in rows[-1]['flags']]) if rows else (0, [])
+
+
 def diverged(m: dict) -> str:
   """Why a train metric row shows divergence ('' if it does not). The loss is
   computed before the step's update, so a batch whose gradient is non-finite
@@ -507,6 +525,12 @@ class _Progress:
     self.writer.write(step, 'train', m)
     if self.bar is not None:
       self.bar.set_postfix(loss=f'{m["loss"]:.4f}', tok_s=f'{m["tokens_per_s"]:.3g}')
+
+  def skip_state(self) -> dict:
+    """What skips_resumed reads back: the run of skips before the steps
+    whose flags are not yet in a row, and those flags."""
+    return {'run': self.skips,
+            'flags': [int(f) for f in jax.device_get([f for _, f in self.skip_flags])]}
 
   def close(self) -> None:
     self.flush()
@@ -712,6 +736,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     end = c.train.steps if stop_at is None else min(stop_at, c.train.steps)
     progress = _Progress(c, workdir, writer, start, flops_per_step, peak * t.mesh.size,
                          mngr.latest_step)
+    if c.train.on_nonfinite == 'skip':
+      progress.skips, flags = skips_resumed(workdir, start)
+      progress.skip_flags = [(start, f) for f in flags]
     # Where the wall time goes (returned as 'wall', seconds, with earlier
     # processes' if resumed; a 'wall' row with every checkpoint): setup
     # (config, data, build, init or restore), compile (the first step's call),
@@ -720,6 +747,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     t_loop = time.perf_counter()
     wall['setup'] = t_loop - t_start
     last_eval, rollbacks, discard, step, compiled = {}, 0, {}, start, False
+    notice = None  # A signal, or another process's preemption notice (multi-host).
     try:
       while True:
         try:
@@ -761,8 +789,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
                 h = objective.headline
                 progress.bar.write(f'step {done}: eval loss {last_eval["loss"]:.4f} '
                                    f'{h} {last_eval[h]:.4f}')
-            signame = preemption.signame or (
-                'a preemption notice' if pcount > 1 and mngr.reached_preemption(done) else None)
+            signame = stop_signal(preemption, mngr, done, pcount)
             if signame or checkpoint_due(c, done, end):
               progress.flush()  # Every row up to this step is on disk before its checkpoint.
               jax.block_until_ready(state)  # As above.
@@ -773,6 +800,9 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
               progress.paused += spent
               writer.write(done, 'wall', add_wall(
                   before, with_train(wall, time.perf_counter() - t_loop)))
+              if c.train.on_nonfinite == 'skip':
+                writer.write(done, 'skips', progress.skip_state())
+            notice = notice or signame
             if signame and done < end:
               progress.close()
               raise workdir_lib.Preempted(done, signame, workdir)
@@ -796,7 +826,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   wall = with_train(wall, time.perf_counter() - t_loop)
   # A signal in the last step or the closing waits: the run is whole, but the
   # caller must not start more work (a sweep stops after recording it).
-  return {'step': end, **last_eval, 'preempted': preemption.signame,
+  return {'step': end, **last_eval, 'preempted': preemption.signame or notice,
           'wall': add_wall(before, wall),
           'wall_resumed': sum(before.values()), 'params': flops_lib.param_counts(c.model)['total'],
           'state': state, 'config': c, 'tokenizer': tok, 'objective': objective}

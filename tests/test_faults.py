@@ -377,6 +377,50 @@ def test_a_signal_during_the_last_step_still_stops_the_caller(tmp_path, corpus_d
   monkeypatch.setattr(train, 'build', real_build)
   again = train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)  # Read back.
   assert again['preempted'] is None and again['loss'] == out['loss']
+  # Multi-host: the notice every process sees in the last step (orbax's
+  # reached_preemption) is reported too; it had been checkpointed, then dropped.
+  real_stop = train.stop_signal
+  monkeypatch.setattr(train, 'stop_signal', lambda p, mngr, step, count: real_stop(
+      p, type('M', (), {'reached_preemption': lambda self, s: s == 4})(), step, 2))
+  out = train.train_and_evaluate(c, str(tmp_path / 'multi'), log=lambda *_: None)
+  assert out['preempted'] == 'a preemption notice' and out['step'] == 4
+  assert os.listdir(tmp_path / 'multi' / 'checkpoints') == ['4']
+
+
+def test_skipped_steps_in_a_row_survive_a_preemption(tmp_path, corpus_dir, monkeypatch):
+  """on_nonfinite=skip: the run of skipped steps and the flags not yet in a
+  metric row are checkpointed (a 'skips' row), so a run preempted between rows
+  halts where an uninterrupted one does, with the same rows; they had lived in
+  memory only, so train.max_skips never stopped a run preempted often enough."""
+  c = tiny(corpus_dir, **{'opt.lr': 1e30, 'opt.grad_clip': 0.0, 'opt.warmup_steps': 0,
+                          'train.on_nonfinite': 'skip', 'train.max_skips': 5,
+                          'train.steps': 12, 'train.log_every': 4, 'train.eval_every': 100,
+                          'train.checkpoint_every': 100})
+  real_build, term_at = train.build, {6}
+
+  def build(cfg, *args, **kwargs):
+    t = real_build(cfg, *args, **kwargs)
+    step = t.train_step
+
+    def signalling(state, batch, sched):
+      if int(state.step) + 1 in term_at:
+        os.kill(os.getpid(), signal.SIGTERM)  # Preempted between the rows at 4 and 8.
+      return step(state, batch, sched)
+    t.train_step = signalling
+    return t
+
+  monkeypatch.setattr(train, 'build', build)
+  with pytest.raises(workdir.Preempted):
+    train.train_and_evaluate(c, str(tmp_path / 'split'), log=lambda *_: None)
+  term_at.clear()
+  for wd in ('split', 'whole'):
+    with pytest.raises(FloatingPointError, match='8 steps in a row .* at step 8'):
+      train.train_and_evaluate(c, str(tmp_path / wd), log=lambda *_: None)
+  rows = {wd: [(r['step'], r['skipped']) for r in metrics.read(str(tmp_path / wd), 'train')]
+          for wd in ('split', 'whole')}
+  assert rows['split'] == rows['whole'] == [(4, 4.0)], rows
+  assert [(r['run'], r['flags']) for r in metrics.read(str(tmp_path / 'split'), 'skips')] == [
+      (4, [1, 1])]
 
 
 def test_a_damaged_metrics_row_is_refused_on_resume_not_dropped(tmp_path, corpus_dir):
