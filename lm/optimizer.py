@@ -166,7 +166,29 @@ def make(o: OptimizerConfig, total_steps: int, m: ModelConfig | None = None
   tx = optax.chain(*parts)
   if o.freeze_backbone:  # Only the classifier head trains; no Adam state for the rest.
     tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, head_labels)
-  return tx
+  return float32_state(tx)
+
+
+def _f32(tree: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def float32_state(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with its state and arithmetic in float32 whatever the parameters'
+  dtype (a no-op for float32 ones). With model.param_dtype='bfloat16', Adam's
+  moments started in bfloat16: the first update promoted mu to float32 (the
+  state's dtypes changed after step 0, so the step compiled twice and a
+  checkpoint no longer matched the state it restores into), and nu stayed in
+  bfloat16, where b2 * nu rounds back to nu for b2 >= ~0.998: the second moment
+  stopped decaying. The updates come back in float32; the train step casts
+  the new parameters to their dtype."""
+  def init(params):
+    return tx.init(_f32(params))
+
+  def update(updates, state, params=None):
+    return tx.update(_f32(updates), state, None if params is None else _f32(params))
+  return optax.GradientTransformation(init, update)
 
 
 def head_labels(params: Any) -> Any:

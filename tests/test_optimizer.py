@@ -2,8 +2,10 @@
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lm import optimizer
@@ -79,3 +81,27 @@ def test_weight_decay_applies_only_through_the_mask():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['dense']['kernel'], -0.5 * 1.0)  # -lr * wd * w.
   np.testing.assert_allclose(updates['dense']['bias'], 0.0)
+
+
+def test_optimizer_state_stays_float32_for_bfloat16_parameters():
+  """With bfloat16 parameters Adam's moments started in bfloat16: the first
+  update promoted mu to float32 (a second compile; a checkpoint that no longer
+  matched the state it restores into) and nu, left in bfloat16, stopped
+  decaying (0.999 * nu rounds back to nu)."""
+  o = OptimizerConfig(lr=1.0, schedule='constant', warmup_steps=0, b2=0.999, weight_decay=0.0,
+                      grad_clip=0.0)
+  params = {'w': jnp.ones((4,), jnp.bfloat16)}
+  tx = optimizer.make(o, 10)
+  state = tx.init(params)
+  dtypes = lambda t: {str(x.dtype) for x in jax.tree_util.tree_leaves(t)  # noqa: E731
+                      if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert dtypes(state) == {'float32'}
+  step = jax.jit(tx.update)
+  _, state = step({'w': jnp.ones((4,), jnp.float32)}, state, params)
+  for _ in range(100):  # Zero gradients: nu decays by b2 each step.
+    u, state = step({'w': jnp.zeros((4,), jnp.float32)}, state, params)
+  assert dtypes(state) == {'float32'} and u['w'].dtype == jnp.float32
+  assert step._cache_size() == 1
+  nu = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0].nu['w']
+  np.testing.assert_allclose(nu, (1 - 0.999) * 0.999 ** 100, rtol=1e-5)
