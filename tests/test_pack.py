@@ -287,6 +287,33 @@ def test_a_signal_during_a_pack_s_last_step_still_stops_the_caller(tmp_path, cor
   assert all(o['preempted'] is None and o['wall']['train'] > 0 for o in again)
 
 
+def test_a_packed_member_s_skips_in_a_row_survive_a_preemption(tmp_path, corpus_dir,
+                                                              monkeypatch):
+  """As for a single run (tests/test_faults.py): preempted at step 6, between
+  its rows at 4 and 8, the diverging member halts at step 8 (8 skipped in a
+  row > max_skips 5) as it does uninterrupted; its run of skips had been
+  forgotten on resume, so it went on to halt later, at step 12."""
+  import os
+  import signal
+
+  base = tiny(corpus_dir, **{'train.on_nonfinite': 'skip', 'train.max_skips': 5,
+                             'opt.grad_clip': 0.0, 'opt.warmup_steps': 0, 'train.steps': 12,
+                             'train.log_every': 4, 'train.eval_every': 100,
+                             'train.checkpoint_every': 100})
+  ok = dataclasses.replace(base, name='ok')
+  bad = dataclasses.replace(base, name='bad', opt=dataclasses.replace(base.opt, lr=1e30))
+  wds = [str(tmp_path / n) for n in ('ok', 'bad')]
+  real = _before_step_call(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGTERM))
+  from lm import metrics, workdir
+  with pytest.raises(workdir.Preempted):
+    pack.train_pack([ok, bad], wds, log=lambda *_: None)
+  monkeypatch.setattr(pack, 'make_step', real)
+  out = pack.train_pack([ok, bad], wds, log=lambda *_: None)
+  assert out[1]['error'].startswith('8 steps in a row had a non-finite loss'), out[1]
+  assert 'at step 8;' in out[1]['error'] and out[0]['step'] == 12
+  assert [(r['step'], r['skipped']) for r in metrics.read(wds[1], 'train')] == [(4, 4.0)]
+
+
 def _pair_and_its_uninterrupted_run(tmp_path, corpus_dir, **over):
   """Members A (8 steps, checkpoints every 4) and B (12, every 6), the results
   of their pack trained without interruption into tmp_path/full, and the run
