@@ -152,7 +152,9 @@ def main(argv):
     runs = sweep.make_plan(cd)
     booleans = frozenset(n for n in flags.FLAGS
                          if n.startswith('config.') and flags.FLAGS[n].boolean)
-    sweep.check_overrides(cd, sweep.config_overrides(sys.argv[1:], booleans), runs)
+    overrides = sweep.config_overrides(sys.argv[1:], booleans)
+    if overrides:
+      sweep.check_overrides(cd, overrides, runs, cli.config_file())
     only = sweep.only_names(runs, _ONLY.value) if _ONLY.value else None
     # Every mode refuses a name the plan does not have; plan and commands show just
     # the named runs (in the packs the whole plan puts them in, numbered as in it).

@@ -37,6 +37,19 @@ def define_config(help: str, default: str | None = None):
     sys.exit(2)
 
 
+def config_file(flag: str = 'config'):
+  """The --config file's ConfigDict as its get_config() returns it, before any
+  --config.* override (a 'path:arg' passes arg, as ml_collections does)."""
+  import importlib.util
+
+  from ml_collections import config_flags
+  path, _, arg = config_flags.get_config_filename(flags.FLAGS[flag]).partition(':')
+  spec = importlib.util.spec_from_file_location('_lm_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*([arg] if arg else []))
+
+
 def _override_names(argv: list[str]) -> list[str]:
   """The fields of the --config.* overrides on a command line, in order (up to
   a '--'): 'train.steps' for --config.train.steps=3."""

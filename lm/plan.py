@@ -75,8 +75,10 @@ def _steps(tokens: float, tokens_per_step: int, what: str) -> int:
 
 def _rung(base: ModelConfig, d: int, layers: int, head_dim: int) -> ModelConfig:
   heads = d // head_dim
-  # Grouped-query bases keep their KV heads where they divide the rung's heads.
-  kv = math.gcd(heads, base.num_kv_heads) if base.num_kv_heads else 0
+  # Grouped-query bases keep their KV heads where they divide the rung's heads;
+  # num_kv_heads == num_heads is multi-head attention, as 0 is (ModelConfig.canonical).
+  gqa = base.num_kv_heads and base.num_kv_heads != base.num_heads
+  kv = math.gcd(heads, base.num_kv_heads) if gqa else 0
   # An encoder-decoder's decoder keeps its depth's ratio to the encoder's (0:
   # the same depth), so rung k is k encoder layers and its decoder in proportion.
   dec = 0

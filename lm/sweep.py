@@ -47,6 +47,13 @@ def split(cd: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any
 def make_plan(cd: ml_collections.ConfigDict) -> list[plan.Run]:
   """Validates the base config and the sweep settings, then plans every run."""
   run_cd, s = split(cd)
+  # The plan sets every run's train.steps and run_config caps each run's warmup
+  # at a tenth of them: the base's own steps are no run's, so its warmup is
+  # checked as a run's would be, not against them (a warmup above the base's
+  # steps had been refused, and raising those refused as the plan's to set).
+  w = run_cd.opt.get('warmup_steps')
+  if isinstance(w, int) and not isinstance(w, bool) and isinstance(run_cd.train.get('steps'), int):
+    run_cd.train.steps = max(run_cd.train.steps, 10 * w)
   base = _resolved(config_lib.from_configdict(run_cd))
   m = base.model
   tps = base.train.batch_size * base.data.seq_len
@@ -132,10 +139,12 @@ _INSTEAD = {'train.steps': 'set sweep.tokens or sweep.budgets instead',
 
 
 def check_overrides(cd: ml_collections.ConfigDict, overrides: list[str],
-                    runs: list[plan.Run]) -> None:
+                    runs: list[plan.Run], file_cd: ml_collections.ConfigDict | None = None
+                    ) -> None:
   """A ConfigError for a --config override of a run field that the plan (or
   run_config) overwrites in every run, so that the planned runs are the same
-  with it as with the field's default: it would be accepted and change
+  with it as with the config file's value (`file_cd`, the config before any
+  override; else the field's default): it would be accepted and change
   nothing. Tried, not listed: whether a field counts depends on the design
   and the base config (a WSD plan caps the base warmup; a ladder's MLP width
   follows the base's mlp_dim / d_model)."""
@@ -148,10 +157,12 @@ def check_overrides(cd: ml_collections.ConfigDict, overrides: list[str],
     fields = {f.name: f.default for f in dataclasses.fields(cls)} if cls else {}
     if key not in fields:
       continue
-    other = fields[key]  # The run configs with another value in its place.
+    other = fields[key]  # The run configs with another value in its place: the file's.
+    if file_cd is not None and sec in file_cd and key in file_cd[sec]:
+      other = file_cd[sec][key]
     if json.dumps(cd[sec][key]) == json.dumps(other):
       if not isinstance(other, bool):
-        continue  # At its default: whether it counts cannot be told from the default.
+        continue  # As the file has it: whether it counts cannot be told from that.
       other = not other
     planned = planned or [config_lib.to_dict(run_config(cd, r, s.evals_per_run)) for r in runs]
     alt = ml_collections.ConfigDict(cd.to_dict())

@@ -34,6 +34,12 @@ def test_ladder_rule():
     plan.ladder_model(10, BASE, 16, 8)
   with pytest.raises(ConfigError, match='aspect=12 must be a multiple of sweep.head_dim=8'):
     plan.rungs(BASE, 12, 8)
+  # num_kv_heads == num_heads is multi-head attention, as 0 is: every rung
+  # multi-head (a 3-head rung had got gcd(3, 4) = 1 KV head, multi-query).
+  mha = dataclasses.replace(BASE, num_heads=4, num_kv_heads=4, d_model=32)
+  assert {m.num_kv_heads for _, m in plan.rungs(mha, 8, 8, max_layers=6)} == {0}
+  gqa = dataclasses.replace(BASE, num_heads=4, num_kv_heads=2, d_model=32)
+  assert [m.num_kv_heads for _, m in plan.rungs(gqa, 8, 8, max_layers=4)] == [1, 2, 1, 2]
 
 
 def test_isoflop_plan_brackets_the_expected_optimum():
@@ -738,6 +744,17 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   # ... but not a field the plan computes from the base's: a ladder's KV heads
   # (their gcd with the base's).
   r = _sweep_cli(tmp_path, '--config.model.num_kv_heads=1', '--mode=plan')
+  assert r.returncode == 0, r.stderr
+  # Judged against the config file's value, not the field's default: runs of 30
+  # steps cap warmup at 3, so 40 plans what the default 50 plans, but not what
+  # the file's 2 plans (it had been refused as changing nothing).
+  r = _sweep_cli(tmp_path, '--config.opt.warmup_steps=40', '--config.sweep.tokens=(3840.0,)',
+                 '--mode=plan')
+  assert r.returncode == 0, r.stderr
+  # A warmup above the base's own train.steps (500), which no run uses: each
+  # run caps it at a tenth of its steps (it had been refused against the 500).
+  r = _sweep_cli(tmp_path, '--config.opt.warmup_steps=800', '--config.sweep.tokens=(3840.0,)',
+                 '--mode=plan')
   assert r.returncode == 0, r.stderr
   r = _sweep_cli(tmp_path, '--config.train.progress', '--mode=plan')  # A bare boolean.
   assert r.returncode == 2 and '--config.train.progress=True: the sweep' in r.stderr, r.stderr
