@@ -351,14 +351,19 @@ def catalog_dataset(name: str, cache: str) -> tfds.core.DatasetBuilder:
     why = ' '.join(str(e).split()).split('": ')[-1][:300]
     raise ConfigError(f'config.data.tfds_name={name!r} is not a valid TFDS name '
                       f'(name[/config][:version], e.g. tiny_shakespeare:1.0.0): {why}') from None
-  with _prepare_lock(os.path.join(cache, 'tfds', name.replace('/', '_'))):
+  # Locked by its data directory (name and resolved version), so 'mnist' and
+  # 'mnist:3.0.1' prepare it once too.
+  with _prepare_lock(builder.data_dir.rstrip('/')):
     try:
       builder.download_and_prepare()
     except Exception as e:  # No network, a moved URL, a full disk: TFDS raises many kinds.
       raise ConfigError(f'config.data.tfds_name={name!r} could not be downloaded and prepared '
                         f'({type(e).__name__}: {" ".join(str(e).split())[:200]}); a catalog '
                         'dataset needs a network on first use') from None
-  return builder
+    # A builder reads the dataset's info when it is made: one made while another
+    # process was preparing the data has no splits (TFDS then reuses the data
+    # without reading it again), so it is made again from what is on disk.
+    return tfds.builder(name, data_dir=os.path.join(cache, 'tfds'), file_format='array_record')
 
 
 def check_split(builder: tfds.core.DatasetBuilder, split: str) -> None:

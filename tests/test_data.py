@@ -1,5 +1,6 @@
 """TFDS builder, catalog path, token cache, packing and the grain iterator."""
 
+import contextlib
 import hashlib
 import os
 import time
@@ -242,6 +243,42 @@ def test_catalog_dataset_with_mock_data(tmp_path):
     builder, key = data.corpus(d)
     tokens = data.tokenize_split(builder, 'train', key, ByteTokenizer(), str(tmp_path))
   assert len(tokens) > 5 and (tokens == 257).sum() == 5  # One EOS per document.
+
+
+class LmTestRaceText(tfds.core.GeneratorBasedBuilder):
+  """A catalog dataset made here (no download), for the preparation race below."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(0), 'validation': self._generate_examples(1)}
+
+  def _generate_examples(self, split):
+    for i in range(4):
+      yield f'{split}-{i}', {'text': f'document {i} of split {split}'}
+
+
+def test_a_catalog_dataset_prepared_by_another_process_meanwhile_is_read(tmp_path, monkeypatch):
+  """A builder made while another process prepared the data (a sweep's
+  workers on a fresh cache) had no splits once it got the lock, since TFDS
+  then reuses the data without reading its info again: a KeyError traceback."""
+  real_lock, cache = data._prepare_lock, str(tmp_path)
+
+  @contextlib.contextmanager
+  def lock_after_another_process(path):
+    tfds.builder('lm_test_race_text', data_dir=os.path.join(cache, 'tfds'),
+                 file_format='array_record').download_and_prepare()  # It held the lock.
+    with real_lock(path):
+      yield
+
+  monkeypatch.setattr(data, '_prepare_lock', lock_after_another_process)
+  builder = data.catalog_dataset('lm_test_race_text', cache)
+  assert set(builder.info.splits) == {'train', 'validation'}
+  tokens = data.tokenize_split(builder, 'train', 'text', ByteTokenizer(), cache)
+  assert (tokens == 257).sum() == 4
 
 
 def test_catalog_bad_text_key_and_name(tmp_path):
