@@ -217,7 +217,10 @@ def make_lm(params, m: ModelConfig, tokenizer, batch_size: int = 16, window: int
         penalty = float(gen.pop('repetition_penalty', 1.0))
         if gen:  # Dropped silently, a task would be scored under other settings than it asks.
           raise ValueError(_unsupported(gen))
-        prompt = self.tok_encode(context)[-(self.max_length - n):] or [self.eot_token_id]
+        # The window's last tokens, at least one (a 1-token window: -(1 - 1) was 0,
+        # which kept the whole context).
+        prompt = (self.tok_encode(context)[-max(self.max_length - n, 1):]
+                  or [self.eot_token_id])
         s = sampling.SamplingConfig(max_new_tokens=n, greedy=greedy,
                                     temperature=temperature if not greedy else 1.0,
                                     top_k=None if top_k is None else int(top_k), top_p=top_p,

@@ -244,10 +244,10 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str], **h
                     ) -> np.ndarray:
   """Decoder: log p(sentence | EOS). Encoder: pseudo-log-likelihood, each token
   masked in turn (MASK = the first id above the tokenizer's, as in training).
-  Sentences longer than model.max_len are scored in windows, never cut: a
-  decoder's as in lm.sampling.score, an encoder masks each token in the
-  max_len tokens centred on it. `how`: a decoder's window and doc_eos
-  (continuation_logprobs)."""
+  Sentences longer than the window (how['window'], else model.max_len) are
+  scored in windows, never cut: a decoder's as in lm.sampling.score, an
+  encoder masks each token in the window's tokens centred on it. `how`: the
+  window and a decoder's doc_eos (continuation_logprobs)."""
   if m.family == 'decoder' and not m.num_classes:
     pairs = [([tokenizer.eos_id], [int(t) for t in tokenizer.encode(s)]) for s in sentences]
     return np.asarray([ll for ll, _ in continuation_logprobs(params, m, pairs, **how)])
@@ -255,11 +255,14 @@ def sentence_scores(params, m: ModelConfig, tokenizer, sentences: list[str], **h
     raise ProbeError(f'{_what(m)}: the bias probe scores sentences with a language model, '
                      'a decoder (log-likelihood) or an encoder (pseudo-log-likelihood)')
   f = _masked_logprob_fn(m)
+  # The window the model trained at (how['window'], data.seq_len), not max_len:
+  # learned positions past it were never trained.
+  cap = min(how.get('window') or m.max_len, m.max_len)
   out = []
   for s in sentences:
     ids = np.asarray([int(t) for t in tokenizer.encode(s)], np.int32)
-    L = len(ids)  # W x W rows, W the next power of two up to max_len: few compiled shapes.
-    W = min(m.max_len, max(8, 1 << (L - 1).bit_length()))
+    L = len(ids)  # W x W rows, W the next power of two up to the window: few compiled shapes.
+    W = min(cap, max(8, 1 << (L - 1).bit_length()))
     start_L = np.clip(np.arange(L) - W // 2, 0, max(L - W, 0))  # Window of each token.
     total = 0.0
     for lo in range(0, L, W):  # W masked copies per call.

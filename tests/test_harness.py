@@ -62,6 +62,23 @@ def test_adapter_loglikelihoods_equal_lms_score_path(run_dir):
     lm_obj.generate_until([Instance('generate_until', {}, ('x', {'num_beams': 4}), 0)])
 
 
+def test_generate_until_keeps_a_one_token_window(run_dir, monkeypatch):
+  """With a 1-token window the prompt is the context's last token; the slice
+  [-(window - new tokens):] was [-0:], the whole context."""
+  c, params = checkpoint.load_params(run_dir)
+  seen, real = [], sampling.generate
+
+  def spy(params, m, prompts, *args, **kwargs):
+    seen.append(prompts[0])
+    return real(params, m, prompts, *args, **kwargs)
+  monkeypatch.setattr(sampling, 'generate', spy)
+  from lm_eval.api.instance import Instance
+  for window, want in ((1, 1), (8, 4)):
+    harness.make_lm(params, c.model, BYTES, window=window).generate_until([Instance(
+        'generate_until', {}, ('x' * 40 + 'y', {'until': ['\n'], 'max_gen_toks': 4}), 0)])
+    assert len(seen[-1]) == want and seen[-1][-1] == BYTES.encode('y')[0], (window, seen)
+
+
 class _Merging:
   """Bytes, but `('` is one token (259), as a BPE merge across a
   context/continuation boundary makes it."""

@@ -49,10 +49,10 @@ def _trained(tmp_path, corpus_dir, name, repeats):
   # The control model trains on the same text without canaries (their fields: defaults).
   canaries = {'data.canary_repeats': repeats, 'data.canary_digits': 3} if repeats else {}
   c = tiny(corpus_dir, **{**canaries,
-                          'data.seq_len': 32, 'train.steps': 120, 'train.batch_size': 16,
-                          'opt.lr': 1e-2, 'opt.warmup_steps': 10, 'train.eval_every': 120,
+                          'data.seq_len': 32, 'train.steps': 160, 'train.batch_size': 16,
+                          'opt.lr': 1e-2, 'opt.warmup_steps': 10, 'train.eval_every': 160,
                           'train.log_every': 20,
-                          'train.checkpoint_every': 120, 'model.d_model': 64,
+                          'train.checkpoint_every': 160, 'model.d_model': 64,
                           'model.mlp_dim': 128})
   wd = str(tmp_path / name)
   train.train_and_evaluate(c, wd, log=lambda *_: None)
@@ -61,10 +61,12 @@ def _trained(tmp_path, corpus_dir, name, repeats):
 
 @pytest.mark.slow
 def test_exposure_of_a_repeated_canary_is_far_above_an_unseen_one(tmp_path, corpus_dir):
-  """A 64x canary is memorised (exposure near the maximum, log2 10^3 = 10
+  """A 128x canary is memorised (exposure near the maximum, log2 10^3 = 10
   bits); the same canary in an equally trained model that never saw it, and a
-  control canary (0 repeats), stay near chance (~1 bit on average)."""
-  seen_wd, _ = _trained(tmp_path, corpus_dir, 'seen', (64, 0))
+  control canary (0 repeats), stay near chance (~1 bit on average). (64 copies
+  in 120 steps gave 1.9-10 bits across data orders, too few to test on one;
+  128 in 160 steps gave 9.0-10 for six orders.)"""
+  seen_wd, _ = _trained(tmp_path, corpus_dir, 'seen', (128, 0))
   unseen_wd, _ = _trained(tmp_path, corpus_dir, 'unseen', ())
   c, params = checkpoint.load_params(seen_wd)
   canaries = probes.read_canaries(seen_wd)
@@ -133,6 +135,13 @@ def test_masked_lm_scores_sentences_longer_than_its_context():
               for p in range(62) for lo in [min(max(p - 8, 0), 46)])
   np.testing.assert_allclose(probes.sentence_scores(params, c.model, BYTES, [long])[0], whole,
                              rtol=1e-5)
+  # In the window the model trained at (probes.scoring's data.seq_len), not max_len:
+  # learned positions past it were never trained (they had been read).
+  whole8 = sum(float(f(params, ids[None, lo:lo + 8], np.ones((1, 8), bool),
+                       np.array([p - lo]), BYTES.vocab_size)[0])
+               for p in range(62) for lo in [min(max(p - 4, 0), 54)])
+  np.testing.assert_allclose(probes.sentence_scores(params, c.model, BYTES, [long], window=8)[0],
+                             whole8, rtol=1e-5)
 
 
 def test_bias_csv_errors(tmp_path):
