@@ -603,6 +603,11 @@ class Attention(nn.Module):
     k_BKSDh, v_BKSDh = k_BKSDh.astype(dt), v_BKSDh.astype(dt)
     if attn_multiplier(c) != 1.0:  # muP's 1/Dh: the paths all scale by 1/sqrt(Dh).
       q_BLHDh = q_BLHDh * jnp.asarray(attn_multiplier(c), q_BLHDh.dtype)
+    if self.is_mutable_collection('intermediates'):  # tools/coord_check: the logits q.k.
+      q_BLKGDh = q_BLHDh.reshape(B, L, K, H // K, Dh) / math.sqrt(Dh)
+      self.sow('intermediates', 'logits',
+               jnp.einsum('BLKGd,BKSd->BKGLS', q_BLKGDh.astype(jnp.float32),
+                          k_BKSDh.astype(jnp.float32)))
     o_BLHDh = attention(c.attention, q_BLHDh.astype(dt), k_BKSDh, v_BKSDh,
                         causal=mask_BLS is None, mask_BLS=mask_BLS,
                         seg_BL=None if self.cross else seg_BL, block=c.attn_block,

@@ -160,7 +160,9 @@ def test_mup_resume_is_bitwise_identical(tmp_path, corpus_dir):
 @pytest.mark.slow
 def test_coordinate_check_passes_for_mup_and_fails_for_sp(tmp_path, corpus_dir):
   """tools/coord_check on 8x of width (32 and 256): every muP curve is flat
-  (|log-log slope| <= 0.1); SP's logits and hidden activations grow."""
+  (|log-log slope| <= 0.1), the attention logits' does not rise (a scale too
+  large, e.g. the multiplier inverted, reads +0.54); SP's logits and hidden
+  activations grow."""
   import json
   import os
   import sys
@@ -173,9 +175,13 @@ def test_coordinate_check_passes_for_mup_and_fails_for_sp(tmp_path, corpus_dir):
       cwd=root, check=True, capture_output=True, text=True)
   result = json.loads((out / 'coord_check.json').read_text())
   assert (out / 'coord_check.png').stat().st_size > 10_000
-  assert set(result['mup']) == {'embedding', 'attention', 'mlp', 'residual', 'logits'}
+  assert set(result['mup']) == {'embedding', 'attn_logits', 'attention', 'mlp', 'residual',
+                                'logits'}
   for layer, slope in result['mup'].items():
-    assert abs(slope) <= 0.1, (layer, slope)
+    if layer == 'attn_logits':  # Must not grow; falls in a few steps (tools/coord_check.py).
+      assert slope <= 0.1, slope
+    else:
+      assert abs(slope) <= 0.1, (layer, slope)
   assert result['sp']['logits'] > 0.3
   assert min(result['sp'][k] for k in ('attention', 'mlp', 'residual')) > 1.0
 

@@ -9,6 +9,7 @@ model), trains each width with lm's own train step (AdamW at a constant LR,
 no warmup) on the config's corpus and, after steps 1..T, measures on a fixed
 probe batch the RMS over coordinates of x_t - x_0, the change of each
 activation since initialisation, per layer type: the token embedding output,
+the attention logits (q.k before the softmax, where muP's 1/Dh acts), the
 attention and MLP outputs and the residual stream after each block (averaged
 over blocks), and the logits. Yang et al. 2022 (Tensor Programs V, Sec. 7 and
 Fig. 5) plot such curves against width: under muP they are flat, under SP
@@ -22,7 +23,23 @@ they grow. Writes, in --out:
                     per-step slopes and the measured RMS values.
 
 A muP that works has every slope near 0 (tests/test_mup.py asserts |slope| <=
-0.1); SP's logits grow with width (slope clearly > 0).
+0.1) except the attention logits'; SP's logits grow with width (slope clearly
+> 0).
+
+What a short check may not test: muP's attention scale. Its 1/Dh (for SP's
+1/sqrt(Dh)) is an argument about training long enough for q and k to become
+correlated, when q.k grows ~Dh; before that the change of q.k is led by
+init x update terms, which grow ~sqrt(Dh). In the test's short check
+(tests/test_mup.py: tests/tiny_config.py, widths 32 and 256, 3 steps, batch
+4; this project's 2-core machine, 2026-11-29) muP's attention-logit change
+falls with width: slope -0.47 as shipped, +0.04 with 1/sqrt(Dh) inside an
+otherwise-muP model, +0.54 with the multiplier inverted, every other slope
+within 0.04 of 0 in all three. With the README's command (configs/tiny.py,
+widths 64-1024, 5 steps, batch 8, seq 64) it is flat: -0.000 (SP +1.741);
+with that config's own batch and length, -0.021 (SP +1.788). So the test asserts
+only that the attention logits do not grow (slope <= 0.1), which catches a
+scale too large, not a missing one; tests/test_mup.py also checks the
+multiplier's value.
 """
 
 from __future__ import annotations
@@ -41,7 +58,7 @@ from absl import app, flags
 from lm import cli, data as data_lib, plan, tokenizers, train, workdir
 from lm import config as config_lib
 
-LAYERS = ('embedding', 'attention', 'mlp', 'residual', 'logits')
+LAYERS = ('embedding', 'attn_logits', 'attention', 'mlp', 'residual', 'logits')
 PARAMETRIZATIONS = ('sp', 'mup')
 
 
@@ -66,6 +83,8 @@ def activations(model: nn.Module, params, tokens_BL) -> dict[str, list[np.ndarra
   inter = state['intermediates']
   blocks = sorted((k for k in inter if k.startswith('block_')), key=lambda k: int(k[6:]))
   return {'embedding': [inter['embed']['__call__'][0]],
+          # q.k before the softmax (every query-key pair, masked ones too).
+          'attn_logits': [inter[b]['attn']['logits'][0] for b in blocks],
           'attention': [inter[b]['attn']['__call__'][0][0] for b in blocks],
           'mlp': [inter[b]['mlp']['__call__'][0] for b in blocks],
           'residual': [inter[b]['__call__'][0][0] for b in blocks],
