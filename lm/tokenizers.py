@@ -81,6 +81,11 @@ class SentencePieceTokenizer:
                         f'({", ".join(changes)}), so bits per byte would count other bytes '
                         'than the text\'s; train one with python -m tools.train_tokenizer '
                         '(identity, no dummy prefix, whitespace kept)')
+    if not proto.trainer_spec.byte_fallback:
+      raise ConfigError(f'data.tokenizer_path={path!r} has no byte pieces (byte_fallback=false): '
+                        'text its pieces do not cover becomes <unk>, which counts no bytes '
+                        'and decodes as \u2047, so bits per byte and decode would be wrong; '
+                        'train one with python -m tools.train_tokenizer (byte_fallback)')
 
     # SentencePiece reads a literal '▁' (U+2581) in the text as its own space
     # mark, and decodes it as a space; with byte pieces (tools.train_tokenizer's

@@ -198,6 +198,13 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   hf.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
   assert (tmp_path / 'out' / 'tokenizer.json').read_bytes() == (
       tmp_path / 'hf' / 'tokenizer.json').read_bytes()
+  # With no tokenizer_config.json beside ours, the export writes one: AutoTokenizer
+  # had taken GPT2Tokenizer (a Metaspace vocabulary re-encoded, a foreign
+  # <|endoftext|> added), and read special-token text in a document as EOS.
+  exported = transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'out'))
+  assert exported.eos_token_id == eos and len(exported) == ours_tok.vocab_size
+  for text in (prompt, 'x = 1  # <|endoftext|> in a comment'):
+    assert exported(text, add_special_tokens=False)['input_ids'] == list(tok.encode(text)), text
   # Exported back over the directory it was imported from, which holds the
   # run's tokenizer: --overwrite had deleted it before copying it from there.
   before = (tmp_path / 'hf' / 'tokenizer.json').read_bytes()
@@ -236,6 +243,9 @@ def test_sentencepiece_export_encodes_in_transformers_as_here(model_type, tmp_pa
     assert theirs(text, add_special_tokens=False)['input_ids'] == list(ours.encode(text)), text
     assert theirs.decode(list(ours.encode(text))) == text
   assert theirs.eos_token_id == ours.eos_id
+  eos_text = f'a {ours.sp.id_to_piece(ours.eos_id)} b'  # Text, as ours reads it, not EOS.
+  if model_type == 'bpe':  # transformers' unigram conversion keeps '</s>' a matchable piece.
+    assert theirs(eos_text, add_special_tokens=False)['input_ids'] == list(ours.encode(eos_text))
 
 
 def test_llama2_directory_with_both_tokenizer_files_uses_its_tokenizer_json(tmp_path,

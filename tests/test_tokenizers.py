@@ -62,9 +62,10 @@ def test_sentencepiece_specials_absent(tmp_path, corpus_dir):
   text = tmp_path / 'c.txt'
   text.write_text(''.join(p.read_text() for p in sorted(corpus_dir.glob('*.py'))))
   exact = dict(normalization_rule_name='identity', add_dummy_prefix=False,
-               remove_extra_whitespaces=False)
+               remove_extra_whitespaces=False, byte_fallback=True)
   for name, extra in (('noeos', {'eos_id': -1}), ('nobos', {'bos_id': -1, **exact}),
-                      ('nfkc', {}), ('dummy', {**exact, 'add_dummy_prefix': True})):
+                      ('nfkc', {}), ('dummy', {**exact, 'add_dummy_prefix': True}),
+                      ('nobytes', {**exact, 'byte_fallback': False})):
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / name),
                                    vocab_size=300, hard_vocab_limit=False, minloglevel=2,
                                    **extra)
@@ -77,6 +78,10 @@ def test_sentencepiece_specials_absent(tmp_path, corpus_dir):
     SentencePieceTokenizer(str(tmp_path / 'nfkc.model'))
   with pytest.raises(ConfigError, match=r'dummy.model.*\(add_dummy_prefix=true\)'):
     SentencePieceTokenizer(str(tmp_path / 'dummy.model'))
+  # Without byte pieces, text outside the pieces is <unk>: 0 bytes, decoded as
+  # U+2047 ('x = 中文' counted 3 of its 10 bytes).
+  with pytest.raises(ConfigError, match=r'nobytes.model.*no byte pieces \(byte_fallback=false\)'):
+    SentencePieceTokenizer(str(tmp_path / 'nobytes.model'))
   tok = SentencePieceTokenizer(str(tmp_path / 'nobos.model'))  # pad_id is -1 by default too.
   assert tok.sp.bos_id() == tok.sp.pad_id() == -1
   assert tok.bos_id == tok.pad_id == tok.eos_id == tok.sp.eos_id() >= 0

@@ -378,12 +378,32 @@ def sentencepiece_config(tok) -> dict:
   then builds its fast tokenizer from the file itself, which encodes as ours
   (tests/test_hf.py; only a literal U+2581 in the text decodes as a space
   there), and knows our end-of-text token. Without it AutoTokenizer takes the
-  model type's tokenizer class and mis-encodes."""
+  model type's tokenizer class and mis-encodes. split_special_tokens keeps
+  special-token text in a document text, as ours reads it. Two differences
+  remain for unigram models, both in transformers' conversion: pieces of equal
+  total score (runs of spaces) can split differently, and special-token text
+  ('</s>') still encodes as the special id; BPE models encode as ours."""
   piece = lambda i: tok.sp.id_to_piece(i)  # noqa: E731
   return {'tokenizer_class': 'PreTrainedTokenizerFast', 'add_bos_token': False,
           'add_eos_token': False, 'eos_token': piece(tok.eos_id),
           'bos_token': piece(tok.bos_id), 'pad_token': piece(tok.pad_id),
-          'unk_token': piece(tok.sp.unk_id())}
+          'unk_token': piece(tok.sp.unk_id()), 'split_special_tokens': True}
+
+
+def hf_tokenizer_config(tok, side: dict | None) -> dict:
+  """tokenizer_config.json for an exported tokenizer.json: the one beside our
+  file if any, else one naming our special tokens, so AutoTokenizer builds its
+  fast tokenizer from the file (without one it took the model type's class:
+  GPT2Tokenizer re-encoded a Metaspace vocabulary and added its own
+  <|endoftext|> past the vocabulary; Llama's had no EOS). Either way
+  special-token text inside a document stays text, as ours reads it
+  (lm/tokenizers.HFTokenizer: encode_special_tokens)."""
+  out = dict(side or {'tokenizer_class': 'PreTrainedTokenizerFast', 'add_bos_token': False,
+                      'add_eos_token': False})
+  for role in ('eos', 'bos', 'pad'):
+    out.setdefault(f'{role}_token', tok.tok.id_to_token(getattr(tok, f'{role}_id')))
+  out['split_special_tokens'] = True
+  return out
 
 
 def _refuse_nonempty(path: str, flag: str, hint: str) -> None:
@@ -417,8 +437,10 @@ def export(workdir: str, out: str, overwrite: bool = False) -> str:
   if tok.tokenizer in TOKENIZER_FILES:
     tok_files[TOKENIZER_FILES[tok.tokenizer]] = open(tok.tokenizer_path, 'rb').read()
   side = os.path.join(os.path.dirname(tok.tokenizer_path or '.'), 'tokenizer_config.json')
-  if tok.tokenizer == 'hf' and os.path.isfile(side):  # It names the special tokens.
-    tok_files['tokenizer_config.json'] = open(side, 'rb').read()
+  if tok.tokenizer == 'hf':  # Else AutoTokenizer takes model_type's class (GPT-2's BPE).
+    side_cfg = json.load(open(side, encoding='utf-8')) if os.path.isfile(side) else None
+    tok_files['tokenizer_config.json'] = json.dumps(hf_tokenizer_config(ours, side_cfg),
+                                                    indent=2).encode()
   if tok.tokenizer == 'sentencepiece':  # Else AutoTokenizer takes model_type's (GPT-2's BPE).
     tok_files['tokenizer_config.json'] = json.dumps(sentencepiece_config(ours), indent=2).encode()
   os.makedirs(out, exist_ok=True)
