@@ -541,7 +541,7 @@ def validate(c: Config, recorded: bool = False) -> None:
   some runs were made, and do not make those runs unreadable."""
   validate_model(c.model)
   _validate_opt(c.opt, c.train, recorded)
-  _validate_data(c.data, c.model)
+  _validate_data(c.data, c.model, recorded)
   _validate_task(c)
   _validate_train(c)
   _validate_mesh(c, recorded)
@@ -627,7 +627,7 @@ def _validate_opt(o: OptimizerConfig, t: TrainConfig, recorded: bool = False) ->
     _choice('opt.wd_exclude', x, WD_EXCLUDE)
 
 
-def _validate_data(d: DataConfig, m: ModelConfig) -> None:
+def _validate_data(d: DataConfig, m: ModelConfig, recorded: bool = False) -> None:
   _choice('data.source', d.source, SOURCES)
   _choice('data.tokenizer', d.tokenizer, TOKENIZERS)
   _positive('data.seq_len', d.seq_len)
@@ -646,6 +646,10 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
                    "and 'validation' (data.val_fraction sets their sizes)")
   if d.source == 'dir' and not d.path:
     raise _err('data.path', d.path, "set a directory or glob for data.source='dir'")
+  if d.source == 'tfds' and d.train_split == d.val_split and not recorded:
+    raise _err('data.val_split', d.val_split, 'it is data.train_split too, so validation '
+               "would score the training data; name another split or a slice (e.g. "
+               "train_split='train[:95%]', val_split='train[95%:]')")
   if d.source == 'tfds' and not d.tfds_name:
     raise _err('data.tfds_name', d.tfds_name,
                "set a TFDS catalog name (e.g. 'tiny_shakespeare') for data.source='tfds'")

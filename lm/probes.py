@@ -224,6 +224,10 @@ def read_pairs(path: str, name: str = '--bias_csv') -> list[dict[str, str]]:
       raise ProbeError(f'{name}={path}: row {i + 2} has an empty sentence')
     if not (r['bias_type'] or '').strip():
       raise ProbeError(f'{name}={path}: row {i + 2} has no bias_type')
+    if r['bias_type'] in ('all', 'method'):  # The result's own keys (bias_probe).
+      raise ProbeError(f'{name}={path}: row {i + 2} has bias_type={r["bias_type"]!r}, a name '
+                       "the results use for every pair ('all') and the scoring ('method'); "
+                       'rename that type')
   return rows
 
 

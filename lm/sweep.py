@@ -453,7 +453,7 @@ def worker_args(argv: list[str]) -> list[str]:
 def only_names(runs: list[plan.Run], only: str) -> set[str]:
   """The run names --only=NAME[,NAME...] gives (a run directory's last part
   will do); a ConfigError names the first that is not a run of the plan."""
-  names = {x.rsplit('/', 1)[-1] for x in only.split(',')}
+  names = {x.rstrip('/').rsplit('/', 1)[-1] for x in only.split(',')}  # runs/sw/NAME/ too.
   unknown = names - {r.name for r in runs}
   if unknown:
     raise config_lib.ConfigError(f'--only: {sorted(unknown)[0]!r} is not a run of this sweep')

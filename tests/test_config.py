@@ -79,6 +79,9 @@ CASES = [
      r'data.mean_span=5.0 is read only by the span objective, and this run trains mlm'),
     ({'model.pool': 'mean'}, r"model.pool='mean' is read only by the classify objective"),
     ({'data.canary_digits': 3}, r'data.canary_digits=3 .* read only with data.canary_repeats'),
+    # Validation on the training split, silently.
+    ({'data.source': 'tfds', 'data.tfds_name': 'tiny_shakespeare', 'data.val_split': 'train'},
+     r"data.val_split='train' .* data.train_split too"),
 ]
 
 

@@ -154,6 +154,9 @@ def test_bias_csv_errors(tmp_path):
     probes.read_pairs(str(bad))
   with pytest.raises(probes.ProbeError, match='could not be read'):
     probes.read_pairs(str(tmp_path / 'missing.csv'))
+  bad.write_text('sent_more,sent_less,bias_type\na,b,all\n')  # Overwrote the all-pairs row.
+  with pytest.raises(probes.ProbeError, match="row 2 has bias_type='all'"):
+    probes.read_pairs(str(bad))
   assert json.loads(json.dumps(probes.read_pairs(PAIRS)))[0]['bias_type'] == 'colour'
   bom = tmp_path / 'bom.csv'  # Saved by Excel as 'CSV UTF-8': read as the same rows.
   bom.write_text(open(PAIRS, encoding='utf-8').read(), encoding='utf-8-sig')

@@ -727,6 +727,8 @@ def test_sweep_cli_overrides_lists_workers_and_fails_when_every_run_fails(tmp_pa
   r = _sweep_cli(tmp_path, '--mode=commands', "--config.sweep.tokens=(640.0, 1280.0)",
                  f'--only={name}')
   assert r.returncode == 0 and r.stdout.strip().splitlines() == [lines[1]], (r.stdout, r.stderr)
+  run = type('Run', (), {'name': name})()  # A tab-completed run directory names it too.
+  assert sweep.only_names([run], f'runs/sw/{name}/') == {name}
   assert not (tmp_path / 'sw').exists()  # Nothing ran.
   r = _sweep_cli(tmp_path, '--json', '--mode=plan')
   assert r.returncode == 2 and '--json lists the commands' in r.stderr, r.stderr
