@@ -300,6 +300,32 @@ def build_text_dataset(root: str, splits: dict[str, list[str]], prov: dict[str, 
 
 
 CORPUS_FILE = 'corpus.json'  # A run's record of the text it trained on (lm/checkpoint.py).
+ORDER = 2  # The data order new runs use (see _order_seed).
+ORDER_FILE = 'data_order.json'  # A run's record of it.
+
+
+def run_order(run_dir: str, resume: bool) -> int:
+  """The data order of a run: the one it recorded; a run resumed without a
+  record started before there was one (order 1), and keeps it, so it resumes
+  on the batches it would have trained on; else the current one."""
+  path = os.path.join(run_dir, ORDER_FILE)
+  try:
+    with open(path) as f:
+      order = json.load(f)['order']
+  except FileNotFoundError:
+    return 1 if resume else ORDER
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f'{path}, the record of the run\'s data order, is unreadable ({e}); '
+                      f'write {{"order": 1}} into it for a run started before 2026-11-29, '
+                      f'else {{"order": {ORDER}}}') from None
+  if order not in (1, ORDER):
+    raise ConfigError(f'{path}: data order {order!r} is not one this version reads (1 or '
+                      f'{ORDER})')
+  return order
+
+
+def write_order(run_dir: str, order: int) -> None:
+  workdir.write_atomic(os.path.join(run_dir, ORDER_FILE), json.dumps({'order': order}) + '\n')
 
 
 def corpus_record(d: DataConfig) -> dict[str, Any] | None:
@@ -493,7 +519,8 @@ def token_splits(d: DataConfig, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 def batched(source, local_batch: int, seed: int, process_index: int = 0,
             process_count: int = 1, transform=None,
-            read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+            read_options: grain.ReadOptions | None = None, order: int = ORDER
+            ) -> grain.IterDataset:
   """Any random-access source, shuffled per epoch, repeated, this process's rows.
 
   Global batch s is rows [s*B, (s+1)*B) of one shuffled order (B = local_batch
@@ -513,13 +540,13 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
   reads one batch per member each step)."""
   import grain
   first, global_batch = process_index * local_batch, local_batch * process_count
-  order = _order_seed(seed)
+  shuffle = _order_seed(seed, order)
   if transform is None and hasattr(source, 'gather'):
-    ids = grain.MapDataset.range(len(source)).shuffle(seed=order).repeat()
+    ids = grain.MapDataset.range(len(source)).shuffle(seed=shuffle).repeat()
     return ids.batch(global_batch, drop_remainder=True).map(
         functools.partial(_gather_block, source, first, local_batch)).to_iter_dataset(
             read_options)
-  ds = grain.MapDataset.source(source).shuffle(seed=order).repeat()
+  ds = grain.MapDataset.source(source).shuffle(seed=shuffle).repeat()
   if transform is not None:
     ds = ds.random_map(transform, seed=seed)
   if process_count > 1:
@@ -528,13 +555,14 @@ def batched(source, local_batch: int, seed: int, process_index: int = 0,
   return ds.batch(local_batch, drop_remainder=True).to_iter_dataset(read_options)
 
 
-def _order_seed(seed: int) -> int:
-  """The seed handed to grain's shuffle: a hash of `seed`, not `seed` itself.
+def _order_seed(seed: int, order: int) -> int:
+  """The seed handed to grain's shuffle: in data order 2 a hash of `seed`.
 
   grain shuffles epoch e with seed + e, so raw seeds 0 and 1 (a sweep's
-  replicates) would train on the same batches one epoch apart. Hashed seeds lie
-  ~2^32 / replicates apart, far beyond any run's epoch count."""
-  return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+  replicates; order 1, before 2026-11-29) trained on the same batches one epoch
+  apart. Hashed seeds lie ~2^32 / replicates apart, far beyond any run's epoch
+  count."""
+  return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0]) if order >= 2 else seed
 
 
 def _gather_block(source, first: int, local_batch: int, ids_B: np.ndarray):

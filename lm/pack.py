@@ -216,8 +216,9 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         ckpt_lib.check_corpus(wd, corpus)
         metrics_lib.read(wd)  # A damaged metrics.jsonl: refused, not truncated.
     read, data_clock = train.data_reading(t.mesh)
+    orders = [data_lib.run_order(wd, r) for wd, r in zip(workdirs, resume)]
     iters = [iter(data_lib.batched(data.train, c.train.batch_size, c.data.shuffle_seed, 0, 1,
-                                   data.transform, read)) for c in cs]
+                                   data.transform, read, o)) for c, o in zip(cs, orders)]
     # One spare checkpoint each: the step a kill between two members' commits
     # rolls the leading members back to (resume_steps).
     mngrs = [stack.enter_context(contextlib.closing(ckpt_lib.checkpoint_manager(wd, c, 1)))
@@ -236,9 +237,10 @@ def train_pack(configs: list[Config], workdirs: list[str], log=print) -> list[di
         for s in m.all_steps() if b is not None else ():
           if s > b:
             m.delete(s)
-      for wd, c in zip(workdirs, cs):  # After every restore worked.
+      for wd, c, o in zip(workdirs, cs, orders):  # After every restore worked.
         ckpt_lib.write_config(wd, c, tok)
         ckpt_lib.write_corpus(wd, corpus)
+        data_lib.write_order(wd, o)
       steps = [int(s.step) for s in states]
       ends = [c.train.steps for c in cs]
       results: list[dict] = [{} for _ in range(K)]

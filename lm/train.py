@@ -676,6 +676,7 @@ def train_and_evaluate(c: Config, workdir: str, stop_at: int | None = None,
   resume = ckpt_lib.check_workdir(workdir, c)
   corpus = data_lib.corpus_record(c.data)
   if resume:  # Before the data are prepared.
+    data_lib.run_order(workdir, resume)  # A damaged record: refused here.
     ckpt_lib.check_corpus(workdir, corpus)
     ckpt_lib.check_resumable(workdir, tok, c.train.steps)
     metrics_lib.read(workdir)  # A damaged metrics.jsonl: refused, not truncated.
@@ -709,8 +710,10 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
   canaries = probes.make_canaries(c.data, c.train.steps * c.train.batch_size, len(data.train))
   extras = functools.partial(probes.eval_extras, c, tokenizer=tok, canaries=canaries)
   read, data_clock = data_reading(t.mesh)
+  order = data_lib.run_order(workdir, resume)  # A run started before 2026-11-29 keeps its.
   data_iter = iter(data_lib.batched(data.train, c.train.batch_size // pcount,
-                                    c.data.shuffle_seed, pidx, pcount, data.transform, read))
+                                    c.data.shuffle_seed, pidx, pcount, data.transform, read,
+                                    order))
   conv, flops_per_step, peak = step_cost(c)
 
   # With several processes JAX's own SIGTERM notifier (jax.distributed) must
@@ -723,6 +726,7 @@ def _train(c: Config, t: Trainer, tok, objective, data, workdir: str, resume: bo
     if pidx == 0:  # After a restore that worked: a failed one leaves the run's config.
       ckpt_lib.write_config(workdir, c, tok)
       ckpt_lib.write_corpus(workdir, corpus)
+      data_lib.write_order(workdir, order)
       if canaries:  # What tools.eval --canaries measures (lm/probes.py).
         workdir_lib.write_atomic(os.path.join(workdir, probes.CANARY_FILE),
                                  json.dumps({'canaries': canaries}, indent=1))

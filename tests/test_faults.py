@@ -515,3 +515,32 @@ def test_a_checkpoint_of_another_process_count_resumes_at_its_global_position(
     train.train_and_evaluate(c, str(bad), log=lambda *_: None)
   train.train_and_evaluate(c, str(wd), log=lambda *_: None)
   assert _losses(wd) == reference
+
+
+def test_a_run_from_before_the_data_order_record_resumes_on_its_own_batches(
+    tmp_path, corpus_dir, monkeypatch):
+  """Runs started before the shuffle seed was hashed (data order 1) have no
+  data_order.json; resumed, they keep order 1, so they train on the batches
+  they would have (the new order had silently repeated some windows of the
+  epoch in flight and skipped others). New runs record order 2."""
+  from lm import data as data_lib
+  c = tiny(corpus_dir, **{'train.steps': 6, 'train.checkpoint_every': 3})
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  monkeypatch.setattr(data_lib, 'ORDER', 1)  # The code before the record.
+  train.train_and_evaluate(c, whole, log=lambda *_: None)
+  train.train_and_evaluate(c, split, stop_at=3, log=lambda *_: None)
+  os.remove(os.path.join(split, data_lib.ORDER_FILE))  # It wrote none.
+  monkeypatch.setattr(data_lib, 'ORDER', 2)
+  train.train_and_evaluate(c, split, log=lambda *_: None)
+  losses = lambda w: [r['loss'] for r in metrics.read(w, 'train')]  # noqa: E731
+  assert losses(split) == losses(whole)
+  assert json.load(open(os.path.join(split, data_lib.ORDER_FILE))) == {'order': 1}
+  fresh = str(tmp_path / 'fresh')
+  train.train_and_evaluate(c, fresh, log=lambda *_: None)
+  assert json.load(open(os.path.join(fresh, data_lib.ORDER_FILE))) == {'order': 2}
+  assert losses(fresh)[1:] != losses(whole)[1:]  # Other batches after the first step's.
+  with open(os.path.join(split, data_lib.ORDER_FILE), 'w') as f:
+    f.write('{"order": 7}')
+  from lm.config import ConfigError
+  with pytest.raises(ConfigError, match='data order 7 is not one this version reads'):
+    train.train_and_evaluate(c, split, log=lambda *_: None)

@@ -205,6 +205,15 @@ def test_gpt2_with_tokenizer_json_generates_from_text(tmp_path, corpus_dir):
   assert exported.eos_token_id == eos and len(exported) == ours_tok.vocab_size
   for text in (prompt, 'x = 1  # <|endoftext|> in a comment'):
     assert exported(text, add_special_tokens=False)['input_ids'] == list(tok.encode(text)), text
+  # A side file naming only the EOS (as our error message advises) gets the class too.
+  (tmp_path / 'hf' / 'tokenizer_config.json').write_text('{"eos_token": "<|endoftext|>"}')
+  hf.export(str(tmp_path / 'run'), str(tmp_path / 'out2'))
+  cls, exported = type(exported), transformers.AutoTokenizer.from_pretrained(
+      str(tmp_path / 'out2'))
+  assert type(exported) is cls, type(exported)  # Not the model type's GPT2Tokenizer.
+  assert len(exported) == ours_tok.vocab_size and exported.eos_token_id == eos
+  assert exported(prompt, add_special_tokens=False)['input_ids'] == ids
+  (tmp_path / 'hf' / 'tokenizer_config.json').unlink()
   # Exported back over the directory it was imported from, which holds the
   # run's tokenizer: --overwrite had deleted it before copying it from there.
   before = (tmp_path / 'hf' / 'tokenizer.json').read_bytes()

@@ -398,10 +398,12 @@ def hf_tokenizer_config(tok, side: dict | None) -> dict:
   <|endoftext|> past the vocabulary; Llama's had no EOS). Either way
   special-token text inside a document stays text, as ours reads it
   (lm/tokenizers.HFTokenizer: encode_special_tokens)."""
-  out = dict(side or {'tokenizer_class': 'PreTrainedTokenizerFast', 'add_bos_token': False,
-                      'add_eos_token': False})
+  out = dict(side or {'add_bos_token': False, 'add_eos_token': False})
+  if not out.get('tokenizer_class'):  # A side file naming only eos_token, as ours advises.
+    out['tokenizer_class'] = 'PreTrainedTokenizerFast'
   for role in ('eos', 'bos', 'pad'):
-    out.setdefault(f'{role}_token', tok.tok.id_to_token(getattr(tok, f'{role}_id')))
+    if out.get(f'{role}_token') is None:
+      out[f'{role}_token'] = tok.tok.id_to_token(getattr(tok, f'{role}_id'))
   out['split_special_tokens'] = True
   return out
 
