@@ -534,7 +534,10 @@ def _approach3(t: _Table):
            + ('(ONLY starts on the grid edge reached it: widen the grid). '
               if f3.start_on_grid_edge else '(inside the grid). ')
            + f'Bootstrap refits start from the full fit\'s optimum; failed: '
-           f'{ci3["_failed"][0]} of {ci3["_failed"][1]}.', '']
+           f'{ci3["_failed"][0]} of {ci3["_failed"][1]}'
+           + (f'; of those that converged, {ci3["_no_frontier"]} have no frontier optimum '
+              'within 10^4 times the 6ND one at some budget and are left out of a and b'
+              if ci3.get('_no_frontier') else '') + '.', '']
     wide = [k for k in ('E', 'alpha', 'beta') if ci3['_failed'][1] and (
             (k not in ci3 and f'_why_{k}' not in ci3) or
             (k in ci3 and ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))))]
@@ -585,7 +588,8 @@ def _noise(t: _Table, a2) -> tuple[float | None, float]:
 
 def _agreement(t: _Table) -> None:
   """Do the approaches' exponents a agree within their 95% intervals?"""
-  got = {k: v['a'] for k, v in t.fits.items() if 'a' in v and v['a']['ci95']}
+  got = {k: v['a'] for k, v in t.fits.items()
+         if 'a' in v and v['a']['ci95'] and v['a']['estimate'] is not None}
   if len(got) < 2:
     return
   t.md += ['## Do the approaches agree?', '']

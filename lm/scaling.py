@@ -550,6 +550,8 @@ def approach3_intervals(n, d, loss, fit: ParametricFit, resamples: int = 1000, s
   if tokens_for is not None:
     draws.update(frontier_exponents(x[ok], tokens_for, budgets))
   out = _percentiles({k: v[np.isfinite(v)] for k, v in draws.items()}, level)
+  if tokens_for is not None:  # Refits with no frontier optimum in reach: said, not hidden.
+    out['_no_frontier'] = int(np.sum(~np.isfinite(draws['a'])))
   for k in ('E', 'A', 'B'):  # From the logs, so a draw past float64's range stays in (as inf).
     if f'log {k}' in out:
       out[k] = tuple(math.exp(v) if v < 709.0 else math.inf for v in out.pop(f'log {k}'))
