@@ -507,13 +507,13 @@ def _approach3(t: _Table):
     # The frontier in the sweep's FLOP convention, over its budgets (or its
     # runs' compute range), so that a is the exponent Approaches 1 and 2 fit.
     tokens_for = scaling.tokens_at(n, c, d)
-    budgets = (np.unique(t.budget[t.budget > 0]) if (t.budget > 0).any() else
-               np.geomspace(c.min(), c.max(), 6))
+    budgets = scaling.frontier_budgets(t.budget, c)
     ci3 = scaling.approach3_intervals(n, d, loss, f3, s.bootstrap, tokens_for=tokens_for,
                                       budgets=budgets)
     est = {k: getattr(f3, k) for k in ('E', 'A', 'B', 'alpha', 'beta', 'a_kND', 'b_kND')}
     est.update(f3.frontier(tokens_for, budgets))
-    if f3.E < 1e-3 * float(loss.min()) and 'E' in ci3:  # Refits started at E ~ 0 stay there.
+    at_zero = scaling.e_at_zero(f3, loss)
+    if at_zero and 'E' in ci3:  # Refits started at E ~ 0 stay there.
       del ci3['E']
       ci3['_why_E'] = 'E is at its lower bound, where no refit moves it'
     if not math.isfinite(est['a']):
@@ -541,7 +541,7 @@ def _approach3(t: _Table):
     wide = [k for k in ('E', 'alpha', 'beta') if ci3['_failed'][1] and (
             (k not in ci3 and f'_why_{k}' not in ci3) or
             (k in ci3 and ci3[k][1] - ci3[k][0] > 0.5 * abs(getattr(f3, k))))]
-    if f3.E < 1e-3 * float(loss.min()):
+    if at_zero:
       md += [f'**E is at its lower bound (E = {_fmt(f3.E)} ≈ 0):** the fit puts the whole '
              'loss into the power-law terms, and refits that start there stay there, so '
              'the interval of E (and of A, alpha) is not informative.', '']

@@ -409,6 +409,21 @@ def frontier(x, tokens_for: Callable, budgets, span: float = 1e4, points: int = 
     return n_opt, tokens_for(cs[..., 0], n_opt)
 
 
+def frontier_budgets(budget, c) -> np.ndarray:
+  """The compute values a frontier's exponents are read over: an IsoFLOP
+  sweep's budgets, else (grid and WSD runs have budget 0) six points across
+  its runs' compute."""
+  budget, c = np.asarray(budget, float), np.asarray(c, float)
+  return np.unique(budget[budget > 0]) if (budget > 0).any() else np.geomspace(
+      c.min(), c.max(), 6)
+
+
+def e_at_zero(fit: 'ParametricFit', loss) -> bool:
+  """E at its lower bound: the fit put the whole loss into the power-law
+  terms, and bootstrap refits that start there stay there."""
+  return fit.E < 1e-3 * float(np.min(loss))
+
+
 def frontier_exponents(x, tokens_for: Callable, budgets) -> dict[str, np.ndarray]:
   """{'a': [R], 'b': [R]}: N_opt ~ C^a and D_opt ~ C^b along each law's
   frontier (see `frontier`), as the least-squares slopes of log N_opt and

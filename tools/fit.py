@@ -150,9 +150,7 @@ def main(argv):
       c = column(rows, f'C_{F.convention}') if all(
           _num(r.get(f'C_{F.convention}')) not in (None, '') for r in rows) else None
       if c is not None:
-        budget = np.array([_num(r.get('budget')) or 0 for r in rows], float)
-        budgets = np.unique(budget[budget > 0]) if (budget > 0).any() else np.geomspace(
-            c.min(), c.max(), 6)
+        budgets = scaling.frontier_budgets([_num(r.get('budget')) or 0 for r in rows], c)
         tokens_for = scaling.tokens_at(n, c, d)
         ci = scaling.approach3_intervals(n, d, loss, f, F.bootstrap, tokens_for=tokens_for,
                                          budgets=budgets)
@@ -160,7 +158,7 @@ def main(argv):
       else:
         ci, est = scaling.approach3_intervals(n, d, loss, f, F.bootstrap), {}
       est.update({k: getattr(f, k) for k in ('E', 'A', 'B', 'alpha', 'beta', 'a_kND', 'b_kND')})
-      at_zero = f.E < 1e-3 * float(loss.min())
+      at_zero = scaling.e_at_zero(f, loss)
       for k in ('E', 'A', 'B', 'alpha', 'beta', 'a', 'b', 'a_kND', 'b_kND'):
         if k in est:
           print(f'{k:6s} {est[k]:.4g}  95% CI ' + ('none: E is at its lower bound, where no '
