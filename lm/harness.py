@@ -80,13 +80,10 @@ def continuation_logprobs(params, m: ModelConfig, pairs: list[tuple[list[int], l
       parts.append((ctx, cont))
       owner.append(k)
       continue
-    seq, done = list(ctx)[-L:] + list(cont), min(len(ctx), L)
-    while done < len(seq):
-      lo = 0 if done <= L else done - max(L // 2, 1)  # As lm.sampling.score.
-      hi = min(lo + L + 1, len(seq))
+    seq = list(ctx)[-L:] + list(cont)
+    for lo, done, hi in sampling.score_windows(min(len(ctx), L), len(seq), L):
       parts.append((seq[lo:done], seq[done:hi]))
       owner.append(k)
-      done = hi
   sums = [0.0] * len(pairs)
   greedy = [True] * len(pairs)
   for k, (ll, g) in zip(owner, _score_rows(params, m, parts, batch_size, L, doc_eos)):

@@ -335,6 +335,20 @@ def generate(params, m: ModelConfig, prompts: list[list[int]], s: SamplingConfig
 
 # --- Scoring ------------------------------------------------------------------------
 
+def score_windows(first: int, total: int, L: int) -> list[tuple[int, int, int]]:
+  """(lo, done, hi) per window: tokens [done, hi) are scored from the window
+  [lo, hi) of at most L + 1 tokens, starting at token `first`. Windows overlap
+  by half (at least one token, so a 1-token window scores each token from the
+  one before it), so every token sees at least L / 2 tokens before it."""
+  out, done = [], first
+  while done < total:
+    lo = 0 if done <= L else done - max(L // 2, 1)
+    hi = min(lo + L + 1, total)
+    out.append((lo, done, hi))
+    done = hi
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=('m',))
 def _token_logprobs(params, m: ModelConfig, tokens_1L: Array, seg_1L: Array | None,
                     pos_1L: Array | None) -> Array:
@@ -367,16 +381,12 @@ def score(params, m: ModelConfig, tokens: list[int], context: list[int],
   seq = list(context) + list(tokens)
   L, first = min(window or m.max_len, m.max_len), len(context)
   logp = np.zeros(len(seq))
-  done = first  # Tokens before `done` are scored (or are context).
-  while done < len(seq):
-    lo = 0 if done <= L else done - max(L // 2, 1)  # Windows overlap by half (L = 1: 1).
-    hi = min(lo + L + 1, len(seq))
+  for lo, done, hi in score_windows(first, len(seq), L):
     padded = np.zeros(L + 1, np.int32)  # One compiled shape for every window.
     padded[:hi - lo] = seq[lo:hi]
     seg_1L, pos_1L = documents(padded[None, :-1], doc_eos) if doc_eos is not None else (None, None)
     lp = np.asarray(_token_logprobs(params, m, padded[None], seg_1L, pos_1L))
     logp[done:hi] = lp[done - lo - 1:hi - lo - 1]  # lp[j] scores seq[lo + j + 1].
-    done = hi
   lp_tok = logp[first:]
   return {'logprobs': lp_tok.tolist(), 'nll': float(-lp_tok.sum()), 'tokens': len(tokens),
           'perplexity': math.exp(min(-lp_tok.mean(), 700.0))}
